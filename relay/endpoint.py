@@ -1,0 +1,216 @@
+"""The WebSocket endpoint ``/v1/ws``: authenticate, then pump frames.
+
+Thin by design: it moves bytes between the socket and the core (frame parser,
+:mod:`starmux.relay_auth`, :mod:`relay.requests`) and enforces limits. The hot
+path for a DATA frame is: rate check → parse the envelope → look up the peer →
+check :func:`may_route` → enqueue the re-addressed frame. The body is never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from starmux.close_codes import CloseCode
+from starmux.control import CONTROL, Failure, RouteError, SessionStatus
+from starmux.errors import CryptoError, FrameError, RemoteProtocolError
+from starmux.frames import FrameType, encode_frame, parse_frame
+from starmux.identity import IdentityCard, Role
+from starmux.relay_auth import RelayAuth
+
+from .peer import Peer, TokenBucket
+from .registry import RegistryError
+from .requests import HANDLERS, announce_presence, greet_controller, send_control
+from .routing import may_route
+from .state import RelayState
+
+log = logging.getLogger("starmux.relay")
+
+_UNREACHABLE = CONTROL.encode(RouteError("unreachable", "no such peer online for you"))
+
+
+async def _reject(websocket: WebSocket, state: RelayState, code: CloseCode, reason: str) -> None:
+    state.metrics.closes[int(code)] += 1
+    with contextlib.suppress(Exception):
+        await websocket.close(int(code), reason)
+
+
+async def _receive_bytes(websocket: WebSocket) -> bytes:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    data = message.get("bytes")
+    if data is None:
+        raise FrameError("text messages are not frames")
+    return data  # type: ignore[no-any-return]
+
+
+async def _authenticate(
+    websocket: WebSocket, state: RelayState
+) -> tuple[IdentityCard, SessionStatus, bytes] | None:
+    """Run the auth exchange; None if the connection was refused (and closed)."""
+    auth = RelayAuth(state.keys, state.card, now=state.clock())
+    try:
+        async with asyncio.timeout(state.config.limits.handshake_timeout):
+            await websocket.send_bytes(auth.challenge_frame())
+            data = await _receive_bytes(websocket)
+            card = auth.verify_response(parse_frame(data, max_size=4096))
+            key = card.sign_public
+            if key == state.probe_keys.sign_public:
+                status, account = SessionStatus.CONTROLLER, b""
+            elif card.role is Role.CONTROLLER:
+                record = await state.registry.controller(key)
+                status = SessionStatus.CONTROLLER if record else SessionStatus.UNREGISTERED
+                account = record.account if record else b""
+            elif await state.registry.is_revoked(key):
+                state.metrics.auth_failures["revoked"] += 1
+                await _reject(websocket, state, CloseCode.REVOKED, "this machine was revoked")
+                return None
+            else:
+                machine = await state.registry.machine(key)
+                status = SessionStatus.MACHINE if machine else SessionStatus.UNPAIRED
+                account = machine.account if machine else b""
+            await websocket.send_bytes(auth.welcome_frame(card, status, account,
+                                                          now=state.clock()))
+            return card, status, account
+    except TimeoutError:
+        state.metrics.auth_failures["timeout"] += 1
+        await _reject(websocket, state, CloseCode.AUTH_TIMEOUT, "authentication timed out")
+    except (CryptoError, RemoteProtocolError):
+        state.metrics.auth_failures["invalid"] += 1
+        await _reject(websocket, state, CloseCode.AUTH_FAILED, "authentication failed")
+    except WebSocketDisconnect:
+        state.metrics.auth_failures["disconnected"] += 1
+    return None
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    state: RelayState = websocket.app.state.relay
+    ip = websocket.client.host if websocket.client else "?"
+    await websocket.accept()
+    state.metrics.connections_total += 1
+    if state.shutting_down:
+        await _reject(websocket, state, CloseCode.RESTARTING, "relay is restarting")
+        return
+    if state.connections_per_ip.get(ip, 0) >= state.config.limits.connections_per_ip:
+        await _reject(websocket, state, CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
+        return
+    state.connections_per_ip[ip] = state.connections_per_ip.get(ip, 0) + 1
+    try:
+        outcome = await _authenticate(websocket, state)
+        if outcome is not None:
+            await _serve(websocket, state, ip, *outcome)
+    finally:
+        remaining = state.connections_per_ip[ip] - 1
+        if remaining:
+            state.connections_per_ip[ip] = remaining
+        else:
+            del state.connections_per_ip[ip]
+
+
+def _on_close(state: RelayState) -> object:
+    def detach(peer: Peer) -> None:
+        if state.table.detach(peer):
+            announce_presence(state, peer, online=False)
+    return detach
+
+
+async def _serve(websocket: WebSocket, state: RelayState, ip: str, card: IdentityCard,
+                 status: SessionStatus, account: bytes) -> None:
+    limits = state.config.limits
+    peer = Peer(
+        websocket, key=card.sign_public, card=card.encode(), status=status, account=account,
+        ip=ip, max_queue=limits.send_queue_frames,
+        frames=TokenBucket(limits.frames_per_second, limits.frame_burst),
+        bytes_=TokenBucket(limits.bytes_per_second, limits.byte_burst),
+        metrics=state.metrics, on_close=_on_close(state),  # type: ignore[arg-type]
+    )
+    replaced = state.table.attach(peer)
+    if replaced is not None:
+        replaced.on_close = lambda _peer: None  # it is already detached
+        replaced.close(CloseCode.REPLACED, "this key connected again")
+    if status is SessionStatus.MACHINE:
+        announce_presence(state, peer, online=True)
+    elif status is SessionStatus.CONTROLLER and account:
+        greet_controller(state, peer)
+    try:
+        await _pump(websocket, state, peer)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        peer.close_silently()
+        await peer.finish()
+        if peer.status is SessionStatus.MACHINE:
+            with contextlib.suppress(Exception):
+                await state.registry.touch_machine(peer.key, now=state.clock())
+
+
+async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
+    metrics = state.metrics
+    table = state.table
+    max_size = state.config.limits.max_frame_size
+    probe_key = state.probe_keys.sign_public
+    clock = time.perf_counter
+    receive = websocket.receive
+    while not peer.closed:
+        message = await receive()
+        data = message.get("bytes")
+        if data is None:
+            if message["type"] == "websocket.disconnect":
+                return
+            peer.close(CloseCode.PROTOCOL_ERROR, "text messages are not frames")
+            return
+        now = clock()
+        size = len(data)
+        if size > max_size:
+            metrics.drops["too-large"] += 1
+            peer.close(CloseCode.FRAME_TOO_LARGE, "frame too large")
+            return
+        if not peer.frames.take(1, now) or not peer.bytes_.take(size, now):
+            metrics.drops["flood"] += 1
+            peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
+            return
+        try:
+            frame = parse_frame(data, max_size=max_size)
+        except FrameError:
+            metrics.drops["malformed"] += 1
+            peer.close(CloseCode.PROTOCOL_ERROR, "malformed frame")
+            return
+        if frame.type is FrameType.DATA:
+            destination = table.get(frame.peer)
+            if destination is not None and may_route(peer, destination, probe_key=probe_key):
+                if destination.deliver(encode_frame(FrameType.DATA, peer.key, frame.body), now):
+                    metrics.frames_routed += 1
+                    metrics.bytes_routed += size
+                continue
+            metrics.drops["unreachable" if destination is None else "forbidden"] += 1
+            peer.deliver(encode_frame(FrameType.ERROR, frame.peer, _UNREACHABLE), now)
+        elif frame.type is FrameType.REQUEST:
+            await _handle_request(state, peer, frame.body)
+        else:
+            metrics.drops["unexpected-type"] += 1
+            peer.close(CloseCode.PROTOCOL_ERROR, "unexpected frame type")
+            return
+
+
+async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:
+    try:
+        request = CONTROL.decode(body)
+    except RemoteProtocolError:
+        state.metrics.drops["malformed"] += 1
+        peer.close(CloseCode.PROTOCOL_ERROR, "malformed request")
+        return
+    handler = HANDLERS.get(type(request))
+    request_id: int = getattr(request, "request_id", 0)
+    if handler is None:
+        peer.close(CloseCode.PROTOCOL_ERROR, "not a request")
+        return
+    try:
+        reply = await handler(state, peer, request)
+    except RegistryError as exc:
+        reply = Failure(request_id, exc.code, exc.message, exc.hint or "")
+    send_control(peer, FrameType.RESPONSE, reply)

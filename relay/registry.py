@@ -1,0 +1,162 @@
+"""The relay's registry: accounts, controller devices, machines, tickets, revocations.
+
+One small async interface (:class:`Registry`) that the endpoint uses; the embedded
+default is :class:`relay.sqlite_registry.SqliteRegistry`, and a clustered relay
+can supply a PostgreSQL one without touching the endpoint.
+
+Invariants every implementation keeps:
+- A machine record exists only after a valid grant: :meth:`Registry.grant_machine`
+  consumes the ticket and creates the record in one transaction.
+- Revocation is permanent: a revoked key stays in ``revocations`` even if its
+  machine record is deleted, and :meth:`Registry.machine` reports it revoked.
+- Tickets are single-use, expire, and burn after ``max_failures`` failed handshakes.
+- The audit log holds metadata only (who, what, when), never message content.
+- Times are seconds since the epoch passed in by the caller (``now``), never read
+  from the clock inside the registry, so tests are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from starmux.errors import StarmuxError
+
+
+class RegistryError(StarmuxError):
+    """A registry operation was refused; ``code`` is stable and sent to clients."""
+
+    def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ControllerRecord:
+    key: bytes  # Ed25519 public key of the controller device
+    account: bytes  # 16-byte account id
+    card: bytes  # the device's encoded identity card
+    created_at: float
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    key: bytes
+    account: bytes
+    card: bytes
+    granted_by: bytes  # controller key whose signature is in grant_signature
+    grant_signature: bytes
+    grant_issued_at: float
+    paired_at: float
+    last_seen: float | None
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    ticket: bytes  # 16 random bytes
+    machine_key: bytes
+    machine_card: bytes
+    created_at: float
+    expires_at: float
+    failures: int
+    opened_by: bytes | None  # the controller that opened it (only one may)
+    consumed_at: float | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    event: str  # e.g. "account.created", "machine.granted", "machine.revoked"
+    actor: bytes  # key of whoever did it (empty for the relay itself)
+    subject: bytes  # key the event is about (empty if none)
+    detail: str  # short metadata text, never content
+
+
+class Registry(Protocol):
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    # --- registration ------------------------------------------------------------
+    async def has_accounts(self) -> bool: ...
+
+    async def add_registration_token(self, token_hash: bytes, *, now: float) -> None:
+        """Store the hash of a new one-time registration token."""
+
+    async def create_account(
+        self,
+        *,
+        controller_key: bytes,
+        controller_card: bytes,
+        account: bytes,
+        token_hash: bytes | None,
+        now: float,
+    ) -> ControllerRecord:
+        """Create ``account`` with its first controller device, atomically consuming
+        the registration token whose hash is ``token_hash`` (``None``: open
+        registration). Raises ``RegistryError("bad-token")`` for an unknown or used
+        token and ``RegistryError("exists")`` if the controller key is registered."""
+
+    async def controller(self, key: bytes) -> ControllerRecord | None: ...
+
+    async def controllers_of(self, account: bytes) -> list[ControllerRecord]: ...
+
+    # --- tickets -----------------------------------------------------------------
+    async def create_ticket(
+        self, *, ticket: bytes, machine_key: bytes, machine_card: bytes, now: float, ttl: float
+    ) -> TicketRecord:
+        """A new ticket; any older unconsumed tickets of the same machine are dropped.
+        Raises ``RegistryError("revoked")`` if ``machine_key`` was revoked and
+        ``RegistryError("paired")`` if it is already a paired machine."""
+
+    async def open_ticket(
+        self, ticket: bytes, *, controller_key: bytes, now: float
+    ) -> TicketRecord:
+        """Bind the ticket to one controller. Raises RegistryError with code
+        ``unknown-ticket``, ``expired``, ``consumed``, ``burnt`` or ``taken`` (opened
+        by another controller)."""
+
+    async def record_ticket_failure(self, ticket: bytes, *, max_failures: int) -> int:
+        """Count a failed handshake; returns the new count. At ``max_failures`` the
+        ticket is burnt (unusable). Unknown tickets return 0."""
+
+    async def grant_machine(
+        self,
+        *,
+        ticket: bytes,
+        account: bytes,
+        granted_by: bytes,
+        machine_card: bytes,
+        machine_key: bytes,
+        grant_signature: bytes,
+        grant_issued_at: float,
+        now: float,
+    ) -> MachineRecord:
+        """Consume the ticket (must be open by ``granted_by``, unexpired, unburnt,
+        for ``machine_key`` and that exact card) and create the machine record, in
+        one transaction. Same error codes as :meth:`open_ticket`, plus ``mismatch``."""
+
+    # --- machines ----------------------------------------------------------------
+    async def machine(self, key: bytes) -> MachineRecord | None:
+        """The machine record; for a revoked key, a record with ``revoked_at`` set."""
+
+    async def machines_of(self, account: bytes) -> list[MachineRecord]:
+        """Paired machines of the account, not revoked, oldest first."""
+
+    async def is_revoked(self, key: bytes) -> bool: ...
+
+    async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
+        """Mark revoked (forever). False if no such machine in that account."""
+
+    async def touch_machine(self, key: bytes, *, now: float) -> None:
+        """Record ``last_seen``."""
+
+    # --- audit -------------------------------------------------------------------
+    async def audit(
+        self, event: str, *, actor: bytes, subject: bytes, detail: str, now: float
+    ) -> None: ...
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditEntry]:
+        """Newest first."""

@@ -1,0 +1,184 @@
+"""Versioned SQLite schemas: numbered migration files applied in order.
+
+A package keeps its schema as files ``NNN_name.sql`` in a folder (``migrations``
+by default) shipped as package data; :func:`migrate` brings a database up to the
+newest of them and returns the version. The relay registry uses it today; the
+daemon's event log and the controller's cache can call it with their own package.
+
+Rules the runner keeps (the way magic-wormhole's mailbox ``database.py`` does):
+
+- One row in ``schema_version`` holds the version, i.e. the number of the last
+  file applied. A fresh database is version 0.
+- Each file runs in its own ``BEGIN IMMEDIATE`` transaction together with the
+  version bump, so a failing migration leaves both schema and version as they
+  were. The file must therefore not contain ``BEGIN``/``COMMIT``/``ROLLBACK``/
+  ``SAVEPOINT``/``RELEASE`` (refused before anything runs), and ``PRAGMA``s that
+  are no-ops inside a transaction (``foreign_keys``, ``journal_mode``) do not
+  belong in one.
+- The version is re-read inside that transaction, so two processes opening the
+  same file at once apply each migration exactly once.
+- A database whose version is newer than the newest file is refused: older code
+  must not write into a schema it does not know.
+- Numbers start at 1 and have no gaps or duplicates; a misnamed ``.sql`` file is
+  an error rather than silently skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import sqlite3
+from dataclasses import dataclass
+
+import aiosqlite
+
+from starmux.errors import StarmuxError
+
+__all__ = ["Migration", "SchemaError", "load_migrations", "migrate"]
+
+_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+# Leading whitespace and comments, stripped to find a statement's first keyword.
+_LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+
+
+class SchemaError(StarmuxError):
+    """The database schema cannot be brought to the version this code knows."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str  # file name, for messages
+    statements: tuple[str, ...]
+
+
+def _first_keyword(statement: str) -> str:
+    body = _LEADING_NOISE.sub("", statement, count=1)
+    match = re.match(r"[A-Za-z]+", body)
+    return match.group(0).upper() if match else ""
+
+
+def split_statements(script: str, *, name: str = "<script>") -> tuple[str, ...]:
+    """Split ``script`` into single statements.
+
+    ``sqlite3.complete_statement`` knows about string literals, comments and
+    ``CREATE TRIGGER ... END;`` bodies, so cutting at each ``;`` where it says the
+    text so far is complete is exact, unlike a naive split on ``;``.
+    """
+    statements: list[str] = []
+    pending = ""
+    *pieces, tail = script.split(";")
+    for piece in pieces:
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if _first_keyword(pending):
+                statements.append(pending.strip())
+            pending = ""
+    if _first_keyword(pending + tail):
+        raise SchemaError(f"{name}: incomplete SQL statement at the end of the file")
+    for statement in statements:
+        if _first_keyword(statement) in _TRANSACTION_CONTROL:
+            raise SchemaError(
+                f"{name}: migrations must not control transactions ({_first_keyword(statement)})",
+                hint="the runner wraps each migration file in its own transaction",
+            )
+    return tuple(statements)
+
+
+def load_migrations(package: str, folder: str = "migrations") -> list[Migration]:
+    """Read and check every ``NNN_name.sql`` in ``package``/``folder``, in order."""
+    root = importlib.resources.files(package) / folder
+    found: dict[int, Migration] = {}
+    for entry in root.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue  # e.g. __pycache__, README
+        match = _NAME.match(entry.name)
+        if match is None:
+            raise SchemaError(f"{package}/{folder}/{entry.name}: name is not NNN_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise SchemaError(
+                f"{package}/{folder}: two migrations numbered {version:03d}"
+                f" ({found[version].name}, {entry.name})"
+            )
+        text = entry.read_text(encoding="utf-8")
+        found[version] = Migration(version, entry.name, split_statements(text, name=entry.name))
+    expected = list(range(1, len(found) + 1))
+    if sorted(found) != expected:
+        raise SchemaError(
+            f"{package}/{folder}: migrations must be numbered 001, 002, ... without gaps"
+            f" (found {', '.join(f'{v:03d}' for v in sorted(found))})"
+        )
+    return [found[v] for v in expected]
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    # Some errors (disk full, I/O) make SQLite roll back by itself; a second
+    # ROLLBACK would then raise and hide the real error.
+    if db.in_transaction:
+        await _rollback(db)
+
+
+async def _version(db: aiosqlite.Connection) -> int:
+    rows = list(await db.execute_fetchall("SELECT version FROM schema_version WHERE id = 0"))
+    return int(rows[0][0])
+
+
+async def migrate(db: aiosqlite.Connection, package: str, folder: str = "migrations") -> int:
+    """Apply the pending migrations of ``package``/``folder``; return the version.
+
+    ``db`` should be in autocommit mode (``isolation_level=None``) and not inside a
+    transaction; each migration gets its own. Raises :class:`SchemaError` if the
+    database is newer than the files, or if a migration fails (then the database
+    stays at the version before it).
+    """
+    if db.in_transaction:
+        raise SchemaError("migrate() needs a connection that is not inside a transaction")
+    migrations = load_migrations(package, folder)
+    known = migrations[-1].version if migrations else 0
+
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL)"
+        )
+        await db.execute("INSERT OR IGNORE INTO schema_version (id, version) VALUES (0, 0)")
+        current = await _version(db)
+        await db.execute("COMMIT")
+    except BaseException:
+        await _rollback(db)
+        raise
+    if current > known:
+        raise SchemaError(
+            f"database schema version {current} is newer than this starmux knows ({known})",
+            hint="upgrade starmux, or point it at another data directory",
+        )
+
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have applied it while we waited for the lock.
+            current = await _version(db)
+            if migration.version <= current:
+                await db.execute("COMMIT")
+                continue
+            for statement in migration.statements:
+                await db.execute(statement)
+            await db.execute(
+                "UPDATE schema_version SET version = ? WHERE id = 0", (migration.version,)
+            )
+            await db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await _rollback(db)
+            raise SchemaError(
+                f"migration {package}/{folder}/{migration.name} failed: {exc}"
+            ) from exc
+        except BaseException:
+            await _rollback(db)
+            raise
+        current = migration.version
+    return current

@@ -1,0 +1,416 @@
+"""The embedded relay registry: :class:`relay.registry.Registry` on one SQLite file.
+
+One aiosqlite connection per registry, in autocommit mode, with every write in an
+explicit ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the first
+read, so a check ("is the ticket still free?") and the write that depends on it
+cannot be interleaved with another connection's, even across processes.
+
+A single connection is shared by every coroutine of the relay, so an asyncio lock
+serialises whole operations on it: without it two coroutines would try to nest
+``BEGIN`` on the same connection, and a reader could see another coroutine's
+half-done transaction.
+
+Refusals are decided by reads *before* the first write of an operation, and any
+exception rolls the whole transaction back, so a refused or failed operation
+leaves the file exactly as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiosqlite
+
+from relay.registry import (
+    AuditEntry,
+    ControllerRecord,
+    MachineRecord,
+    RegistryError,
+    TicketRecord,
+)
+from relay.schema import migrate
+from starmux.errors import UsageError
+
+__all__ = ["SqliteRegistry"]
+
+_BUSY_TIMEOUT_MS = 5_000
+
+_SELECT_MACHINE = (
+    "SELECT m.key, m.account, m.card, m.granted_by, m.grant_signature, m.grant_issued_at,"
+    " m.paired_at, m.last_seen, r.revoked_at"
+    " FROM machines AS m LEFT JOIN revocations AS r ON r.key = m.key"
+)
+_SELECT_TICKET = (
+    "SELECT ticket, machine_key, machine_card, created_at, expires_at, failures,"
+    " opened_by, consumed_at, burnt FROM tickets WHERE ticket = ?"
+)
+_SELECT_CONTROLLER = "SELECT key, account, card, created_at FROM controllers"
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _controller(row: Any) -> ControllerRecord:
+    return ControllerRecord(
+        key=bytes(row[0]), account=bytes(row[1]), card=bytes(row[2]), created_at=float(row[3])
+    )
+
+
+def _machine(row: Any) -> MachineRecord:
+    key, account, card, granted_by, signature, issued_at, paired_at, seen, revoked = row
+    return MachineRecord(
+        bytes(key), bytes(account), bytes(card), bytes(granted_by), bytes(signature),
+        float(issued_at), float(paired_at), _opt_float(seen), _opt_float(revoked),
+    )  # fmt: skip
+
+
+def _ticket(row: Any) -> TicketRecord:
+    ticket, key, card, created_at, expires_at, failures, opened_by, consumed_at, _ = row
+    return TicketRecord(
+        bytes(ticket), bytes(key), bytes(card), float(created_at), float(expires_at),
+        int(failures), None if opened_by is None else bytes(opened_by), _opt_float(consumed_at),
+    )  # fmt: skip
+
+
+def _make_private(path: pathlib.Path) -> None:
+    """Create the database file 0600 (or tighten an existing one).
+
+    Only the main file needs this: SQLite creates ``-wal`` and ``-shm`` with the
+    main file's permission bits, independent of the umask. Files left over from
+    an older run are tightened too, in case they were made before this rule.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+def _check_usable(row: Any, now: float) -> None:
+    """Refuse a ticket that cannot be opened or granted any more.
+
+    Order: a finished ticket (consumed) says so before how it could not be used.
+    """
+    if row is None:
+        raise RegistryError("unknown-ticket", "no such pairing ticket")
+    if row[7] is not None:
+        raise RegistryError("consumed", "this pairing ticket was already used")
+    if row[8]:
+        raise RegistryError(
+            "burnt", "too many failed attempts on this pairing ticket", hint="restart pairing"
+        )
+    if now >= float(row[4]):
+        raise RegistryError("expired", "this pairing ticket has expired", hint="restart pairing")
+
+
+class SqliteRegistry:
+    """The registry in one SQLite file (WAL). See :class:`relay.registry.Registry`.
+
+    ``ticket_retention``: how long an expired, unused ticket is kept (so that a
+    late controller hears ``expired`` rather than ``unknown-ticket``) before
+    :meth:`create_ticket` drops it; bounds the table without a background job.
+    """
+
+    def __init__(self, path: pathlib.Path, *, ticket_retention: float = 24 * 3600.0) -> None:
+        self._path = path
+        self._ticket_retention = ticket_retention
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # --- connection --------------------------------------------------------------
+    async def open(self) -> None:
+        if self._db is not None:
+            raise UsageError("registry is already open")
+        await asyncio.to_thread(_make_private, self._path)
+        db = await aiosqlite.connect(self._path, isolation_level=None)
+        try:
+            rows = list(await db.execute_fetchall("PRAGMA journal_mode=WAL"))
+            wal = str(rows[0][0]).lower() == "wal"
+            # WAL + NORMAL: a committed transaction survives a crash of the relay
+            # process; only an OS crash or power loss can lose the last commits,
+            # never corrupt the file. Without WAL (a filesystem that cannot do it)
+            # NORMAL is not safe against power loss, so fall back to FULL.
+            await db.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
+            await db.execute("PRAGMA foreign_keys=ON")
+            # Another process (e.g. an admin command) may hold the write lock
+            # briefly; wait for it instead of failing at once.
+            await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            await migrate(db, "relay")
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        async with self._lock:  # let an operation in flight finish first
+            if self._db is not None:
+                db, self._db = self._db, None
+                await db.close()
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise UsageError("registry is not open")
+        return self._db
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._connection()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self._connection()
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                await db.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back by itself (disk full, I/O).
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    async def _one(db: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+        async with db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    @classmethod
+    async def _refuse_known(cls, db: aiosqlite.Connection, machine_key: bytes) -> None:
+        if await cls._one(db, "SELECT 1 FROM revocations WHERE key = ?", (machine_key,)):
+            raise RegistryError("revoked", "this machine was revoked")
+        if await cls._one(db, "SELECT 1 FROM machines WHERE key = ?", (machine_key,)):
+            raise RegistryError("paired", "this machine is already paired")
+
+    @staticmethod
+    async def _audit(
+        db: aiosqlite.Connection, event: str, actor: bytes, subject: bytes, detail: str, now: float
+    ) -> None:
+        await db.execute(
+            "INSERT INTO audit_log (at, event, actor, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            (now, event, actor, subject, detail),
+        )
+
+    # --- registration ------------------------------------------------------------
+    async def has_accounts(self) -> bool:
+        async with self._reading() as db:
+            row = await self._one(db, "SELECT EXISTS (SELECT 1 FROM accounts)", ())
+        return bool(row[0])
+
+    async def add_registration_token(self, token_hash: bytes, *, now: float) -> None:
+        async with self._transaction() as db:
+            sql = "SELECT 1 FROM registration_tokens WHERE token_hash = ?"
+            if await self._one(db, sql, (token_hash,)) is not None:
+                raise RegistryError("exists", "this registration token is already stored")
+            await db.execute(
+                "INSERT INTO registration_tokens (token_hash, created_at) VALUES (?, ?)",
+                (token_hash, now),
+            )
+
+    async def create_account(
+        self,
+        *,
+        controller_key: bytes,
+        controller_card: bytes,
+        account: bytes,
+        token_hash: bytes | None,
+        now: float,
+    ) -> ControllerRecord:
+        async with self._transaction() as db:
+            # The token first: without a valid one, learn nothing about which keys exist.
+            if token_hash is not None:
+                sql = "SELECT used_at FROM registration_tokens WHERE token_hash = ?"
+                row = await self._one(db, sql, (token_hash,))
+                if row is None or row[0] is not None:
+                    raise RegistryError("bad-token", "unknown or already used registration token")
+            if await self._one(db, "SELECT 1 FROM controllers WHERE key = ?", (controller_key,)):
+                raise RegistryError("exists", "this controller key is already registered")
+            if await self._one(db, "SELECT 1 FROM accounts WHERE id = ?", (account,)):
+                raise RegistryError("exists", "this account id is already taken")
+            await db.execute("INSERT INTO accounts (id, created_at) VALUES (?, ?)", (account, now))
+            await db.execute(
+                "INSERT INTO controllers (key, account, card, created_at) VALUES (?, ?, ?, ?)",
+                (controller_key, account, controller_card, now),
+            )
+            if token_hash is not None:
+                await db.execute(
+                    "UPDATE registration_tokens SET used_at = ?, used_by = ? WHERE token_hash = ?",
+                    (now, controller_key, token_hash),
+                )
+            how = "open registration" if token_hash is None else "registration token"
+            await self._audit(db, "account.created", controller_key, account, how, now)
+        return ControllerRecord(controller_key, account, controller_card, now)
+
+    async def controller(self, key: bytes) -> ControllerRecord | None:
+        async with self._reading() as db:
+            row = await self._one(db, _SELECT_CONTROLLER + " WHERE key = ?", (key,))
+        return None if row is None else _controller(row)
+
+    async def controllers_of(self, account: bytes) -> list[ControllerRecord]:
+        sql = _SELECT_CONTROLLER + " WHERE account = ? ORDER BY created_at, rowid"
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(sql, (account,))
+        return [_controller(row) for row in rows]
+
+    # --- tickets -----------------------------------------------------------------
+    async def create_ticket(
+        self, *, ticket: bytes, machine_key: bytes, machine_card: bytes, now: float, ttl: float
+    ) -> TicketRecord:
+        if ttl <= 0:
+            raise UsageError(f"ticket ttl must be positive, not {ttl}")
+        async with self._transaction() as db:
+            await self._refuse_known(db, machine_key)
+            # One live ticket per machine, and stale ones of any machine go too.
+            await db.execute(
+                "DELETE FROM tickets WHERE consumed_at IS NULL"
+                " AND (machine_key = ? OR expires_at <= ?)",
+                (machine_key, now - self._ticket_retention),
+            )
+            if await self._one(db, "SELECT 1 FROM tickets WHERE ticket = ?", (ticket,)):
+                raise RegistryError("exists", "this ticket id is already in use")
+            await db.execute(
+                "INSERT INTO tickets (ticket, machine_key, machine_card, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (ticket, machine_key, machine_card, now, now + ttl),
+            )
+        return TicketRecord(ticket, machine_key, machine_card, now, now + ttl, 0, None, None)
+
+    async def open_ticket(
+        self, ticket: bytes, *, controller_key: bytes, now: float
+    ) -> TicketRecord:
+        """First controller wins; the same controller may open again (a retry)."""
+        async with self._transaction() as db:
+            row = await self._one(db, _SELECT_TICKET, (ticket,))
+            _check_usable(row, now)
+            if row[6] is not None and bytes(row[6]) != controller_key:
+                raise RegistryError("taken", "another controller is pairing with this ticket")
+            if row[6] is None:
+                await db.execute(
+                    "UPDATE tickets SET opened_by = ? WHERE ticket = ?", (controller_key, ticket)
+                )
+        return dataclasses.replace(_ticket(row), opened_by=controller_key)
+
+    async def record_ticket_failure(self, ticket: bytes, *, max_failures: int) -> int:
+        if max_failures < 1:
+            raise UsageError(f"max_failures must be at least 1, not {max_failures}")
+        async with self._transaction() as db:
+            # In SET, `failures` is the old value on both sides: one atomic step.
+            cursor = await db.execute(
+                "UPDATE tickets SET failures = failures + 1,"
+                " burnt = (burnt OR failures + 1 >= ?) WHERE ticket = ?",
+                (max_failures, ticket),
+            )
+            if cursor.rowcount == 0:
+                return 0
+            row = await self._one(db, "SELECT failures FROM tickets WHERE ticket = ?", (ticket,))
+        return int(row[0])
+
+    async def grant_machine(
+        self,
+        *,
+        ticket: bytes,
+        account: bytes,
+        granted_by: bytes,
+        machine_card: bytes,
+        machine_key: bytes,
+        grant_signature: bytes,
+        grant_issued_at: float,
+        now: float,
+    ) -> MachineRecord:
+        async with self._transaction() as db:
+            row = await self._one(db, _SELECT_TICKET, (ticket,))
+            _check_usable(row, now)
+            # Before comparing contents, so a controller that did not open the
+            # ticket learns nothing about the machine behind it.
+            if row[6] is None or bytes(row[6]) != granted_by:
+                raise RegistryError("taken", "this ticket is not open by this controller")
+            if bytes(row[1]) != machine_key or bytes(row[2]) != machine_card:
+                raise RegistryError("mismatch", "the grant is not for this ticket's machine")
+            sql = "SELECT account FROM controllers WHERE key = ?"
+            grantor = await self._one(db, sql, (granted_by,))
+            if grantor is None or bytes(grantor[0]) != account:
+                raise RegistryError("mismatch", "the granting controller is not in this account")
+            # Unreachable through create_ticket, which refuses both; guards the
+            # invariants against rows written some other way.
+            await self._refuse_known(db, machine_key)
+            await db.execute("UPDATE tickets SET consumed_at = ? WHERE ticket = ?", (now, ticket))
+            grant = (machine_key, account, machine_card, granted_by, grant_signature)
+            await db.execute(
+                "INSERT INTO machines (key, account, card, granted_by, grant_signature,"
+                " grant_issued_at, paired_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*grant, grant_issued_at, now),
+            )
+            await self._audit(
+                db, "machine.granted", granted_by, machine_key, f"account {account.hex()}", now
+            )
+            row = await self._one(db, _SELECT_MACHINE + " WHERE m.key = ?", (machine_key,))
+        return _machine(row)
+
+    # --- machines ----------------------------------------------------------------
+    async def machine(self, key: bytes) -> MachineRecord | None:
+        async with self._reading() as db:
+            row = await self._one(db, _SELECT_MACHINE + " WHERE m.key = ?", (key,))
+        return None if row is None else _machine(row)
+
+    async def machines_of(self, account: bytes) -> list[MachineRecord]:
+        sql = (
+            _SELECT_MACHINE + " WHERE m.account = ? AND r.key IS NULL ORDER BY m.paired_at, m.rowid"
+        )
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(sql, (account,))
+        return [_machine(row) for row in rows]
+
+    async def is_revoked(self, key: bytes) -> bool:
+        async with self._reading() as db:
+            row = await self._one(db, "SELECT 1 FROM revocations WHERE key = ?", (key,))
+        return row is not None
+
+    async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
+        """Idempotent: revoking again returns True and keeps the first time and author."""
+        async with self._transaction() as db:
+            sql = "SELECT 1 FROM machines WHERE key = ? AND account = ?"
+            if await self._one(db, sql, (key, account)) is None:
+                return False
+            if await self._one(db, "SELECT 1 FROM revocations WHERE key = ?", (key,)):
+                return True
+            await db.execute(
+                "INSERT INTO revocations (key, revoked_at, account, revoked_by)"
+                " VALUES (?, ?, ?, ?)",
+                (key, now, account, by),
+            )
+            await self._audit(db, "machine.revoked", by, key, f"account {account.hex()}", now)
+        return True
+
+    async def touch_machine(self, key: bytes, *, now: float) -> None:
+        """Never moves ``last_seen`` backwards (touches may arrive out of order)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE machines SET last_seen = max(coalesce(last_seen, ?), ?) WHERE key = ?",
+                (now, now, key),
+            )
+
+    # --- audit -------------------------------------------------------------------
+    async def audit(
+        self, event: str, *, actor: bytes, subject: bytes, detail: str, now: float
+    ) -> None:
+        async with self._transaction() as db:
+            await self._audit(db, event, actor, subject, detail, now)
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditEntry]:
+        """Newest first, by order of writing (``at`` comes from callers' clocks)."""
+        if limit < 0:
+            raise UsageError(f"limit must not be negative, not {limit}")
+        sql = "SELECT at, event, actor, subject, detail FROM audit_log ORDER BY id DESC LIMIT ?"
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(sql, (limit,))
+        return [
+            AuditEntry(float(r[0]), str(r[1]), bytes(r[2]), bytes(r[3]), str(r[4])) for r in rows
+        ]

@@ -1,0 +1,40 @@
+"""WebSocket close codes the relay uses. Clients act on the class of the code.
+
+=====  ====================  =========================================================
+code   name                  what the client should do
+=====  ====================  =========================================================
+1009   FRAME_TOO_LARGE       a frame exceeded ``max_frame_size``; fix the sender
+1012   RESTARTING            the relay is restarting: reconnect (after the notice's
+                             ``retry_after``, with jitter)
+4001   AUTH_FAILED           bad signature, malformed card or auth frame: do not retry
+                             blindly (a relay with the wrong key is refused locally)
+4002   AUTH_TIMEOUT          did not authenticate within ``handshake_timeout``: retry
+4003   REVOKED               this machine key was revoked: stop, go back to unpaired
+4008   TOO_MANY_CONNECTIONS  over ``connections_per_ip``: back off and retry
+4010   FLOOD                 over frames/s or bytes/s: back off and retry
+4011   SLOW_CONSUMER         the send queue filled up because we did not read: retry
+4013   REPLACED              the same key connected again elsewhere: do not fight it
+4014   PROTOCOL_ERROR        a frame that does not parse or is not allowed now
+=====  ====================  =========================================================
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    FRAME_TOO_LARGE = 1009
+    RESTARTING = 1012
+    AUTH_FAILED = 4001
+    AUTH_TIMEOUT = 4002
+    REVOKED = 4003
+    TOO_MANY_CONNECTIONS = 4008
+    FLOOD = 4010
+    SLOW_CONSUMER = 4011
+    REPLACED = 4013
+    PROTOCOL_ERROR = 4014
+
+    @property
+    def retryable(self) -> bool:
+        return self not in (CloseCode.AUTH_FAILED, CloseCode.REVOKED, CloseCode.REPLACED)

@@ -1,0 +1,213 @@
+"""Versioned msgpack encoding of frozen dataclass messages, with strict decoding.
+
+A message on the wire is ``[kind, version, {field: value, ...}]``. Each message class
+declares ``KIND`` (a short string, unique within its :class:`MessageCodec`) and
+``VERSION``. Decoding is strict: the kind must be known, the version supported,
+the field set exact and every value of its annotated type (``bool`` is not an
+``int``; ``tuple[X, ...]`` and ``dict[str, X]`` are checked element by element;
+nested messages are encoded as their field maps). Anything else raises the
+codec's error type and nothing else escapes, because these bytes come from peers.
+
+Supported field types: ``int``, ``float``, ``str``, ``bytes``, ``bool``, ``None``,
+``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``enum.StrEnum`` subclasses and
+nested message dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from .errors import RemoteProtocolError, UsageError
+
+MAX_MESSAGE_SIZE = 1 << 20
+
+
+class Message:
+    """Base of every wire message; subclasses are frozen dataclasses."""
+
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+M = TypeVar("M", bound=Message)
+_Check = Callable[[Any], Any]
+
+
+class _Invalid(Exception):
+    """Internal: a value does not match its declared type."""
+
+
+def _converter(hint: Any) -> _Check:
+    """Build a function that validates a decoded value and converts it to ``hint``."""
+    origin = typing.get_origin(hint)
+    if hint is type(None):
+        return _exact(type(None))
+    if hint in (int, str, bytes, bool):
+        return _exact(hint)
+    if hint is float:
+
+        def to_float(value: Any) -> float:
+            if type(value) not in (int, float):
+                raise _Invalid
+            return float(value)
+
+        return to_float
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        enum_type = hint
+
+        def to_enum(value: Any) -> enum.StrEnum:
+            if type(value) is not str or value not in enum_type._value2member_map_:
+                raise _Invalid
+            return enum_type(value)
+
+        return to_enum
+    if isinstance(hint, type) and issubclass(hint, Message):
+        return _fields_converter(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [_converter(arg) for arg in typing.get_args(hint)]
+
+        def to_union(value: Any) -> Any:
+            for option in options:
+                try:
+                    return option(value)
+                except _Invalid:
+                    continue
+            raise _Invalid
+
+        return to_union
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise UsageError(f"only tuple[X, ...] is supported, not {hint}")
+        item = _converter(args[0])
+
+        def to_tuple(value: Any) -> tuple[Any, ...]:
+            if type(value) is not list:
+                raise _Invalid
+            return tuple(item(element) for element in value)
+
+        return to_tuple
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if key_type is not str:
+            raise UsageError("only dict[str, X] is supported")
+        item = _converter(value_type)
+
+        def to_dict(value: Any) -> dict[str, Any]:
+            if type(value) is not dict or any(type(k) is not str for k in value):
+                raise _Invalid
+            return {k: item(v) for k, v in value.items()}
+
+        return to_dict
+    raise UsageError(f"unsupported message field type {hint!r}")
+
+
+def _exact(expected: type) -> _Check:
+    def check(value: Any) -> Any:
+        if type(value) is not expected:
+            raise _Invalid
+        return value
+
+    return check
+
+
+def _fields_converter(cls: type[M]) -> Callable[[Any], M]:
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    converters: dict[str, _Check] = {}
+    names = frozenset(fields)
+
+    def convert(value: Any) -> M:
+        if not converters:  # built lazily so messages may refer to later classes
+            converters.update({name: _converter(hints[name]) for name in fields})
+        if type(value) is not dict or value.keys() != names:
+            raise _Invalid
+        try:
+            return cls(**{name: converters[name](value[name]) for name in fields})
+        except (TypeError, ValueError, UsageError) as exc:  # __post_init__ refused it
+            raise _Invalid from exc
+
+    return convert
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, Message):
+        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+    if isinstance(value, enum.StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+class MessageCodec:
+    """A closed set of message classes and the error type their decoding raises."""
+
+    def __init__(self, error: type[RemoteProtocolError], *, max_size: int = MAX_MESSAGE_SIZE):
+        self._error = error
+        self._max_size = max_size
+        self._classes: dict[str, type[Message]] = {}
+        self._converters: dict[str, Callable[[Any], Message]] = {}
+
+    def register(self, cls: type[M]) -> type[M]:
+        """Class decorator adding ``cls`` to this codec."""
+        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+            raise UsageError(f"{cls.__name__} must be a frozen dataclass")
+        if cls.KIND in self._classes:
+            raise UsageError(f"message kind {cls.KIND!r} registered twice")
+        self._classes[cls.KIND] = cls
+        self._converters[cls.KIND] = _fields_converter(cls)
+        return cls
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self._classes)
+
+    def encode(self, message: Message) -> bytes:
+        if self._classes.get(message.KIND) is not type(message):
+            raise UsageError(f"{type(message).__name__} is not registered with this codec")
+        data = msgpack.packb([message.KIND, message.VERSION, _to_wire(message)], use_bin_type=True)
+        if len(data) > self._max_size:
+            raise UsageError(f"{message.KIND} message exceeds {self._max_size} bytes")
+        return data
+
+    def decode(self, data: bytes) -> Message:
+        """Parse untrusted bytes; raises only this codec's error type."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise self._error("a message must be bytes")
+        if len(data) > self._max_size:
+            raise self._error(f"message exceeds {self._max_size} bytes")
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
+        except Exception as exc:  # hostile bytes make msgpack raise many types
+            raise self._error("message is not valid msgpack") from exc
+        if type(value) is not list or len(value) != 3:
+            raise self._error("a message is [kind, version, fields]")
+        kind, version, fields = value
+        if type(kind) is not str or kind not in self._classes:
+            raise self._error("unknown message kind")
+        cls = self._classes[kind]
+        if type(version) is not int or version != cls.VERSION:
+            raise self._error(f"unsupported {kind} version")
+        try:
+            return self._converters[kind](fields)
+        except _Invalid as exc:
+            raise self._error(f"invalid {kind} message") from exc
+        except RecursionError as exc:
+            raise self._error(f"{kind} message nested too deeply") from exc
+
+    def decode_as(self, data: bytes, cls: type[M]) -> M:
+        """Decode and require a specific message class."""
+        message = self.decode(data)
+        if not isinstance(message, cls):
+            raise self._error(f"expected {cls.KIND}, got {message.KIND}")
+        return message

@@ -1,0 +1,232 @@
+"""Relay control messages: the bodies of frames between a node and the relay itself.
+
+These are the only message bodies the relay reads (``DATA`` bodies stay opaque).
+Each request carries a ``request_id`` chosen by the node; the relay answers with
+the matching reply class or a :class:`Failure` with the same id.
+
+The codec is strict (see :mod:`starmux.codec`); decoding errors are
+:class:`~starmux.errors.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .codec import Message, MessageCodec
+from .errors import RemoteProtocolError
+
+CONTROL = MessageCodec(RemoteProtocolError, max_size=64 * 1024)
+
+
+class SessionStatus(enum.StrEnum):
+    CONTROLLER = "controller"  # a registered controller device of an account
+    MACHINE = "machine"  # a paired, not revoked machine
+    UNPAIRED = "unpaired"  # a machine the relay does not know: pairing-only session
+    UNREGISTERED = "unregistered"  # a controller the relay does not know: may register
+
+
+# --- authentication --------------------------------------------------------------
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class AuthChallenge(Message):
+    KIND = "auth-challenge"
+    relay_card: bytes
+    nonce: bytes
+    relay_time: float
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class AuthResponse(Message):
+    KIND = "auth-response"
+    card: bytes
+    client_nonce: bytes
+    signature: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class Welcome(Message):
+    KIND = "welcome"
+    status: SessionStatus
+    account: bytes  # empty unless status is controller or machine
+    signature: bytes  # the relay's, over both nonces and the node's key
+    relay_time: float
+
+
+# --- requests and replies ----------------------------------------------------------
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class Failure(Message):
+    KIND = "failure"
+    request_id: int
+    code: str
+    message: str
+    hint: str
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class RegisterAccount(Message):
+    KIND = "register-account"
+    request_id: int
+    token: str  # the relay's registration token; empty with open registration
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class AccountRegistered(Message):
+    KIND = "account-registered"
+    request_id: int
+    account: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class CreateTicket(Message):
+    KIND = "create-ticket"
+    request_id: int
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class TicketCreated(Message):
+    KIND = "ticket-created"
+    request_id: int
+    ticket: bytes
+    expires_at: float
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class OpenTicket(Message):
+    """Controller → relay: let me talk to the machine holding this ticket."""
+
+    KIND = "open-ticket"
+    request_id: int
+    ticket: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class TicketOpened(Message):
+    KIND = "ticket-opened"
+    request_id: int
+    machine_key: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class ReportPairingFailure(Message):
+    """Either side: the pairing handshake on this ticket failed (counts toward burning it)."""
+
+    KIND = "report-pairing-failure"
+    request_id: int
+    ticket: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class GrantMachine(Message):
+    KIND = "grant-machine"
+    request_id: int
+    ticket: bytes
+    machine_card: bytes
+    issued_at: float
+    signature: bytes  # the controller's, see relay_auth.grant_transcript
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class MachineGranted(Message):
+    KIND = "machine-granted"
+    request_id: int
+    machine_key: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class RevokeMachine(Message):
+    KIND = "revoke-machine"
+    request_id: int
+    machine_key: bytes
+    issued_at: float
+    signature: bytes  # the controller's, see relay_auth.revoke_transcript
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class MachineRevoked(Message):
+    KIND = "machine-revoked"
+    request_id: int
+    machine_key: bytes
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class ListMachines(Message):
+    KIND = "list-machines"
+    request_id: int
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class MachineInfo(Message):
+    KIND = "machine-info"
+    machine_key: bytes
+    card: bytes
+    online: bool
+    paired_at: float
+    last_seen: float | None
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class MachineList(Message):
+    KIND = "machine-list"
+    request_id: int
+    machines: tuple[MachineInfo, ...]
+
+
+# --- unsolicited -----------------------------------------------------------------
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class RouteError(Message):
+    """Body of an ERROR frame: a DATA frame to ``frame.peer`` was not delivered."""
+
+    KIND = "route-error"
+    code: str
+    message: str
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class Presence(Message):
+    """Body of a PRESENCE frame: ``frame.peer`` came online or went offline."""
+
+    KIND = "presence"
+    online: bool
+    at: float
+
+
+class NoticeEvent(enum.StrEnum):
+    PAIRED = "paired"  # to a machine: a controller granted you
+    REVOKED = "revoked"  # to a machine (before close) and to every controller of the account
+    RESTARTING = "restarting"  # the relay is shutting down; reconnect after ``retry_after``
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class Notice(Message):
+    KIND = "notice"
+    event: NoticeEvent
+    subject: bytes  # the key the notice is about (a machine), or empty
+    account: bytes
+    retry_after: float

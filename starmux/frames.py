@@ -1,0 +1,96 @@
+"""The relay-visible envelope: the only bytes the relay parses on the hot path.
+
+A frame is the msgpack array ``[type, peer, body]``:
+
+- ``type``: a :class:`FrameType` (small int);
+- ``peer``: 32 bytes, the Ed25519 key of the other end: the *destination* on frames a
+  node sends, the *source* on frames the relay delivers; empty for frames between a
+  node and the relay itself;
+- ``body``: opaque bytes. For ``DATA`` they are Noise ciphertext the relay cannot
+  read; for relay control frames they are a :mod:`starmux.control` message.
+
+:func:`parse_frame` accepts any bytes and returns a :class:`Frame` or raises
+:class:`~starmux.errors.FrameError`; no other exception escapes it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import msgpack
+
+from .errors import FrameError, UsageError
+
+PEER_KEY_SIZE = 32
+#: A Noise message is at most 65535 bytes; a body never needs more.
+MAX_BODY_SIZE = 65535
+#: Envelope overhead: array header, type, two bin headers, the peer key.
+MAX_FRAME_SIZE = MAX_BODY_SIZE + 64
+
+
+class FrameType(enum.IntEnum):
+    CHALLENGE = 1  # relay → node: the one-time auth nonce and the relay's card
+    AUTH = 2  # node → relay: identity card and signature over the transcript
+    WELCOME = 3  # relay → node: authenticated; the relay's signature over both nonces
+    DATA = 16  # routed, opaque end-to-end ciphertext
+    ERROR = 17  # relay → node: something about ``peer`` (or the relay itself) failed
+    PRESENCE = 18  # relay → controller: ``peer`` came online or went offline
+    REQUEST = 32  # node → relay: a control request (register, ticket, grant, revoke...)
+    RESPONSE = 33  # relay → node: the answer to a REQUEST
+    NOTICE = 34  # relay → node: unsolicited news (revoked, paired, shutting down)
+
+
+_VALID_TYPES = frozenset(int(t) for t in FrameType)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    peer: bytes
+    body: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.peer) not in (0, PEER_KEY_SIZE):
+            raise UsageError("a frame's peer is empty or a 32-byte key")
+        if len(self.body) > MAX_BODY_SIZE:
+            raise UsageError(f"a frame body is at most {MAX_BODY_SIZE} bytes")
+
+    def encode(self) -> bytes:
+        return encode_frame(self.type, self.peer, self.body)
+
+
+def encode_frame(frame_type: FrameType, peer: bytes, body: bytes) -> bytes:
+    """Encode without building a :class:`Frame` first (the relay's forwarding path)."""
+    return msgpack.packb([int(frame_type), peer, body], use_bin_type=True)
+
+
+def parse_frame(data: bytes, *, max_size: int = MAX_FRAME_SIZE) -> Frame:
+    """Parse untrusted bytes into a :class:`Frame`; raises only :class:`FrameError`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FrameError("a frame must be bytes")
+    if len(data) > max_size:
+        raise FrameError(f"frame of {len(data)} bytes exceeds the {max_size}-byte limit")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=True,
+            use_list=True,
+            max_array_len=3,
+            max_map_len=0,
+            max_str_len=0,
+            max_ext_len=0,
+            max_bin_len=MAX_BODY_SIZE,
+        )
+    except Exception as exc:  # msgpack raises several types for hostile bytes
+        raise FrameError("frame is not valid msgpack") from exc
+    if type(value) is not list or len(value) != 3:
+        raise FrameError("a frame is a 3-element array")
+    frame_type, peer, body = value
+    if type(frame_type) is not int or frame_type not in _VALID_TYPES:
+        raise FrameError("unknown frame type")
+    if type(peer) is not bytes or len(peer) not in (0, PEER_KEY_SIZE):
+        raise FrameError("a frame's peer must be empty or a 32-byte key")
+    if type(body) is not bytes:
+        raise FrameError("a frame's body must be bytes")
+    return Frame(FrameType(frame_type), peer, body)
