@@ -47,7 +47,10 @@ async def open_relay_state(config: RelayConfig) -> tuple[RelayState, StartupInfo
     registry = SqliteRegistry(data_dir / REGISTRY_FILE)
     await registry.open()
     state = RelayState(
-        config=config, registry=registry, table=LocalRoutingTable(), keys=keys,
+        config=config,
+        registry=registry,
+        table=LocalRoutingTable(),
+        keys=keys,
         card=keys.card(Role.RELAY, "starmux-relay"),
         # A fresh probe identity each start: it exists only inside this process.
         probe_keys=NodeKeys.generate(),
@@ -62,8 +65,9 @@ async def issue_registration_token(state: RelayState) -> str:
     """A new one-time token; only its hash is stored."""
     token = secrets.token_urlsafe(18)
     await state.registry.add_registration_token(token_hash(token), now=state.clock())
-    await state.registry.audit("registration-token.issued", actor=b"", subject=b"", detail="",
-                               now=state.clock())
+    await state.registry.audit(
+        "registration-token.issued", actor=b"", subject=b"", detail="", now=state.clock()
+    )
     return token
 
 
@@ -72,14 +76,19 @@ def create_app(state: RelayState) -> Starlette:
 
     async def health(request: Request) -> Response:
         healthy, detail, rtt = await probe.check()
-        body = {"ok": healthy, "detail": detail, "round_trip_ms": round(rtt * 1000, 3),
-                "relay_fingerprint": state.keys.fingerprint,
-                "connections": len(state.table)}
+        body = {
+            "ok": healthy,
+            "detail": detail,
+            "round_trip_ms": round(rtt * 1000, 3),
+            "relay_fingerprint": state.keys.fingerprint,
+            "connections": len(state.table),
+        }
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def metrics(request: Request) -> Response:
-        return Response(state.metrics.exposition(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,5 +106,3 @@ def create_app(state: RelayState) -> Starlette:
         ],
         lifespan=lifespan,
     )
-
-

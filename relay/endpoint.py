@@ -74,8 +74,7 @@ async def _authenticate(
                 machine = await state.registry.machine(key)
                 status = SessionStatus.MACHINE if machine else SessionStatus.UNPAIRED
                 account = machine.account if machine else b""
-            await websocket.send_bytes(auth.welcome_frame(card, status, account,
-                                                          now=state.clock()))
+            await websocket.send_bytes(auth.welcome_frame(card, status, account, now=state.clock()))
             return card, status, account
     except TimeoutError:
         state.metrics.auth_failures["timeout"] += 1
@@ -116,18 +115,31 @@ def _on_close(state: RelayState) -> object:
     def detach(peer: Peer) -> None:
         if state.table.detach(peer):
             announce_presence(state, peer, online=False)
+
     return detach
 
 
-async def _serve(websocket: WebSocket, state: RelayState, ip: str, card: IdentityCard,
-                 status: SessionStatus, account: bytes) -> None:
+async def _serve(
+    websocket: WebSocket,
+    state: RelayState,
+    ip: str,
+    card: IdentityCard,
+    status: SessionStatus,
+    account: bytes,
+) -> None:
     limits = state.config.limits
     peer = Peer(
-        websocket, key=card.sign_public, card=card.encode(), status=status, account=account,
-        ip=ip, max_queue=limits.send_queue_frames,
+        websocket,
+        key=card.sign_public,
+        card=card.encode(),
+        status=status,
+        account=account,
+        ip=ip,
+        max_queue=limits.send_queue_frames,
         frames=TokenBucket(limits.frames_per_second, limits.frame_burst),
         bytes_=TokenBucket(limits.bytes_per_second, limits.byte_burst),
-        metrics=state.metrics, on_close=_on_close(state),  # type: ignore[arg-type]
+        metrics=state.metrics,
+        on_close=_on_close(state),  # type: ignore[arg-type]
     )
     replaced = state.table.attach(peer)
     if replaced is not None:

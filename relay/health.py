@@ -61,8 +61,11 @@ class HealthProbe:
                 async with websockets.connect(
                     self._url, compression=None, ssl=ssl_context, open_timeout=PROBE_TIMEOUT
                 ) as ws:
-                    auth = NodeAuth(self._state.probe_keys, self._card,
-                                    pinned_relay_key=self._state.keys.sign_public)
+                    auth = NodeAuth(
+                        self._state.probe_keys,
+                        self._card,
+                        pinned_relay_key=self._state.keys.sign_public,
+                    )
                     await ws.send(auth.receive_challenge(parse_frame(await _binary(ws))))
                     auth.receive_welcome(parse_frame(await _binary(ws)))
                     marker = nacl.utils.random(16)

@@ -50,14 +50,40 @@ class TokenBucket:
 
 class Peer:
     __slots__ = (
-        "_close_after", "_close_task", "_wake", "_writer", "account", "card", "closed", "frames", "bytes_", "ip", "key", "max_queue",
-        "metrics", "on_close", "queue", "status", "ticket_peer", "websocket",
+        "_close_after",
+        "_close_task",
+        "_wake",
+        "_writer",
+        "account",
+        "bytes_",
+        "card",
+        "closed",
+        "frames",
+        "ip",
+        "key",
+        "max_queue",
+        "metrics",
+        "on_close",
+        "queue",
+        "status",
+        "ticket_peer",
+        "websocket",
     )
 
     def __init__(
-        self, websocket: WebSocket, *, key: bytes, card: bytes, status: SessionStatus, account: bytes,
-        ip: str, max_queue: int, frames: TokenBucket, bytes_: TokenBucket,
-        metrics: RelayMetrics, on_close: Callable[[Peer], None],
+        self,
+        websocket: WebSocket,
+        *,
+        key: bytes,
+        card: bytes,
+        status: SessionStatus,
+        account: bytes,
+        ip: str,
+        max_queue: int,
+        frames: TokenBucket,
+        bytes_: TokenBucket,
+        metrics: RelayMetrics,
+        on_close: Callable[[Peer], None],
     ) -> None:
         self.websocket = websocket
         self.key = key

@@ -16,6 +16,7 @@ from typing import Any
 import nacl.utils
 
 from starmux.close_codes import CloseCode
+from starmux.codec import Message
 from starmux.control import (
     CONTROL,
     AccountRegistered,
@@ -37,7 +38,6 @@ from starmux.control import (
     TicketCreated,
     TicketOpened,
 )
-from starmux.codec import Message
 from starmux.errors import CryptoError, RemoteProtocolError
 from starmux.frames import FrameType, encode_frame
 from starmux.identity import IdentityCard, Role, verify_signature
@@ -81,8 +81,11 @@ async def register_account(state: RelayState, peer: Peer, req: RegisterAccount) 
         raise RegistryError("bad-token", "this relay needs a registration token")
     account = nacl.utils.random(ACCOUNT_ID_SIZE)
     await state.registry.create_account(
-        controller_key=peer.key, controller_card=peer.card, account=account,
-        token_hash=digest, now=state.clock(),
+        controller_key=peer.key,
+        controller_card=peer.card,
+        account=account,
+        token_hash=digest,
+        now=state.clock(),
     )
     state.table.move_to_account(peer, account, SessionStatus.CONTROLLER)
     return AccountRegistered(req.request_id, account)
@@ -92,29 +95,37 @@ async def create_ticket(state: RelayState, peer: Peer, req: CreateTicket) -> Mes
     _require(peer, SessionStatus.UNPAIRED)
     _pairing_rate(state, peer)
     record = await state.registry.create_ticket(
-        ticket=nacl.utils.random(TICKET_SIZE), machine_key=peer.key, machine_card=peer.card,
-        now=state.clock(), ttl=state.config.limits.ticket_ttl,
+        ticket=nacl.utils.random(TICKET_SIZE),
+        machine_key=peer.key,
+        machine_card=peer.card,
+        now=state.clock(),
+        ttl=state.config.limits.ticket_ttl,
     )
     peer.ticket_peer = None
     return TicketCreated(req.request_id, record.ticket, record.expires_at)
 
 
 async def open_ticket(state: RelayState, peer: Peer, req: OpenTicket) -> Message:
-    _require(peer, SessionStatus.CONTROLLER, SessionStatus.UNREGISTERED)
+    _require(peer, SessionStatus.CONTROLLER)
     _pairing_rate(state, peer)
-    record = await state.registry.open_ticket(req.ticket, controller_key=peer.key,
-                                              now=state.clock())
+    record = await state.registry.open_ticket(
+        req.ticket, controller_key=peer.key, now=state.clock()
+    )
     machine = state.table.get(record.machine_key)
     if machine is None or machine.status is not SessionStatus.UNPAIRED:
-        raise RegistryError("offline", "the machine holding this ticket is not connected",
-                            hint="keep `starmux daemon start` running on the machine")
+        raise RegistryError(
+            "offline",
+            "the machine holding this ticket is not connected",
+            hint="keep `starmux daemon start` running on the machine",
+        )
     peer.ticket_peer = machine.key
     machine.ticket_peer = peer.key
     return TicketOpened(req.request_id, machine.key)
 
 
-async def report_pairing_failure(state: RelayState, peer: Peer,
-                                 req: ReportPairingFailure) -> Message:
+async def report_pairing_failure(
+    state: RelayState, peer: Peer, req: ReportPairingFailure
+) -> Message:
     if peer.ticket_peer is None and peer.status is not SessionStatus.UNPAIRED:
         raise RegistryError("forbidden", "no pairing in progress on this connection")
     failures = await state.registry.record_ticket_failure(
@@ -134,14 +145,20 @@ async def grant_machine(state: RelayState, peer: Peer, req: GrantMachine) -> Mes
         card = IdentityCard.decode(req.machine_card)
         if card.role is not Role.MACHINE:
             raise RemoteProtocolError("not a machine card")
-        verify_signature(peer.key, grant_transcript(peer.account, req.machine_card,
-                                                    req.issued_at), req.signature)
+        verify_signature(
+            peer.key, grant_transcript(peer.account, req.machine_card, req.issued_at), req.signature
+        )
     except (CryptoError, RemoteProtocolError) as exc:
         raise RegistryError("bad-grant", "the machine grant does not verify") from exc
     now = state.clock()
     await state.registry.grant_machine(
-        ticket=req.ticket, account=peer.account, granted_by=peer.key, machine_card=req.machine_card,
-        machine_key=card.sign_public, grant_signature=req.signature, grant_issued_at=req.issued_at,
+        ticket=req.ticket,
+        account=peer.account,
+        granted_by=peer.key,
+        machine_card=req.machine_card,
+        machine_key=card.sign_public,
+        grant_signature=req.signature,
+        grant_issued_at=req.issued_at,
         now=now,
     )
     peer.ticket_peer = None
@@ -149,8 +166,9 @@ async def grant_machine(state: RelayState, peer: Peer, req: GrantMachine) -> Mes
     if machine is not None:
         machine.ticket_peer = None
         state.table.move_to_account(machine, peer.account, SessionStatus.MACHINE)
-        send_control(machine, FrameType.NOTICE,
-                     Notice(NoticeEvent.PAIRED, peer.key, peer.account, 0.0))
+        send_control(
+            machine, FrameType.NOTICE, Notice(NoticeEvent.PAIRED, peer.key, peer.account, 0.0)
+        )
         announce_presence(state, machine, online=True)
     return MachineGranted(req.request_id, card.sign_public)
 
@@ -158,8 +176,9 @@ async def grant_machine(state: RelayState, peer: Peer, req: GrantMachine) -> Mes
 async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> Message:
     _require(peer, SessionStatus.CONTROLLER)
     try:
-        verify_signature(peer.key, revoke_transcript(peer.account, req.machine_key,
-                                                     req.issued_at), req.signature)
+        verify_signature(
+            peer.key, revoke_transcript(peer.account, req.machine_key, req.issued_at), req.signature
+        )
     except CryptoError as exc:
         raise RegistryError("bad-revocation", "the revocation does not verify") from exc
     revoked = await state.registry.revoke_machine(
@@ -185,8 +204,15 @@ async def list_machines(state: RelayState, peer: Peer, req: ListMachines) -> Mes
     for record in await state.registry.machines_of(peer.account):
         live = state.table.get(record.key)
         online = live is not None and live.status is SessionStatus.MACHINE
-        infos.append(MachineInfo(record.key, record.card, online, record.paired_at,
-                                 state.clock() if online else record.last_seen))
+        infos.append(
+            MachineInfo(
+                record.key,
+                record.card,
+                online,
+                record.paired_at,
+                state.clock() if online else record.last_seen,
+            )
+        )
     return MachineList(req.request_id, tuple(infos))
 
 
@@ -206,8 +232,9 @@ def greet_controller(state: RelayState, controller: Peer) -> None:
     body = CONTROL.encode(Presence(True, state.clock()))
     for other in state.table.account_peers(controller.account):
         if other.status is SessionStatus.MACHINE:
-            controller.deliver(encode_frame(FrameType.PRESENCE, other.key, body),
-                               time.perf_counter())
+            controller.deliver(
+                encode_frame(FrameType.PRESENCE, other.key, body), time.perf_counter()
+            )
 
 
 Handler = Callable[[RelayState, Peer, Any], Awaitable[Message]]

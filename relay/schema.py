@@ -117,7 +117,7 @@ async def _rollback(db: aiosqlite.Connection) -> None:
     # Some errors (disk full, I/O) make SQLite roll back by itself; a second
     # ROLLBACK would then raise and hide the real error.
     if db.in_transaction:
-        await _rollback(db)
+        await db.execute("ROLLBACK")
 
 
 async def _version(db: aiosqlite.Connection) -> int:

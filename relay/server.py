@@ -43,8 +43,9 @@ def _loop_name() -> str:
 
 
 class RelayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: RelayState,
-                 on_listening: Callable[[str], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: RelayState, on_listening: Callable[[str], None]
+    ) -> None:
         super().__init__(config)
         self.relay_state = state
         self._on_listening = on_listening
@@ -70,10 +71,14 @@ async def announce_restart(state: RelayState) -> None:
     peers = state.table.peers()
     window = max(1.0, len(peers) / RECONNECT_RATE)
     for peer in peers:
-        send_control(peer, FrameType.NOTICE,
-                         Notice(NoticeEvent.RESTARTING, b"", b"", random.uniform(0, window)))  # noqa: S311
+        send_control(
+            peer,
+            FrameType.NOTICE,
+            Notice(NoticeEvent.RESTARTING, b"", b"", random.uniform(0, window)),  # noqa: S311 (jitter, not a secret)
+        )
     deadline = time.monotonic() + NOTICE_FLUSH_TIMEOUT
-    while time.monotonic() < deadline and any(p.queue for p in peers):
+    # Polling is fine here: it runs once per shutdown, for at most a second.
+    while time.monotonic() < deadline and any(p.queue for p in peers):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
 
 
@@ -109,7 +114,9 @@ def bound_url(config: RelayConfig, port: int) -> str:
 
 
 async def serve(
-    config: RelayConfig, *, on_ready: Callable[[StartupInfo], None],
+    config: RelayConfig,
+    *,
+    on_ready: Callable[[StartupInfo], None],
     on_listening: Callable[[str], None],
 ) -> None:
     state, info = await open_relay_state(config)

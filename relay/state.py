@@ -49,7 +49,6 @@ class RelayState:
     shutting_down: bool = False
     url: str = ""  # where this relay listens, known once bound
 
-
     def __post_init__(self) -> None:
         self.pairing_by_ip = WindowCounter(self.config.limits.pairing_requests_per_minute, 60.0)
         self.metrics.live_connections = self.table.counts_by_status

@@ -82,19 +82,27 @@ class SecureChannel:
         handshake_hash = hs.handshake_hash
         remote_static = hs.remote_static
         send, receive = hs.split()
+        usable_send: CipherState | None = send
+        usable_receive: CipherState | None = receive
         if hs.pattern.is_one_way:
             # The spec discards the responder-to-initiator cipher of a one-way pattern.
-            send, receive = (send, None) if hs.initiator else (None, receive)
+            if hs.initiator:
+                usable_receive = None
+            else:
+                usable_send = None
         return cls(
-            send,
-            receive,
+            usable_send,
+            usable_receive,
             handshake_hash=handshake_hash,
             remote_static=remote_static,
             rekey_every=rekey_every,
         )
 
     def __repr__(self) -> str:
-        return f"SecureChannel(state={self._state.value}, sent={self._sent}, received={self._received})"
+        return (
+            f"SecureChannel(state={self._state.value}, "
+            f"sent={self._sent}, received={self._received})"
+        )
 
     @property
     def handshake_hash(self) -> bytes:
@@ -117,9 +125,13 @@ class SecureChannel:
         self._forget_keys()
 
     def encrypt(self, plaintext: bytes) -> bytes:
+        if not isinstance(plaintext, bytes):
+            raise UsageError("plaintext must be bytes")
         self._require_open()
         if len(plaintext) > MAX_PLAINTEXT_LEN:
-            raise UsageError(f"plaintext is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT_LEN}")
+            raise UsageError(
+                f"plaintext is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT_LEN}"
+            )
         if self._send is None:
             raise UsageError("this side of a one-way pattern cannot send")
         try:
@@ -133,6 +145,8 @@ class SecureChannel:
         return ciphertext
 
     def decrypt(self, ciphertext: bytes) -> bytes:
+        if not isinstance(ciphertext, bytes):
+            raise UsageError("ciphertext must be bytes")
         self._require_open()
         if self._receive is None:
             raise UsageError("this side of a one-way pattern cannot receive")

@@ -120,7 +120,9 @@ class HandshakeState:
         if self._rs is not None and (not isinstance(self._rs, bytes) or len(self._rs) != DHLEN):
             raise UsageError(f"remote static key must be {DHLEN} bytes")
         if len(self._psks) != pattern.psk_count:
-            raise UsageError(f"{pattern.name} needs {pattern.psk_count} psks, got {len(self._psks)}")
+            raise UsageError(
+                f"{pattern.name} needs {pattern.psk_count} psks, got {len(self._psks)}"
+            )
         if any(not isinstance(psk, bytes) or len(psk) != PSKLEN for psk in self._psks):
             raise UsageError(f"each psk must be {PSKLEN} bytes")
 
@@ -172,6 +174,8 @@ class HandshakeState:
     # -- messages ---------------------------------------------------------------
 
     def write_message(self, payload: bytes = b"") -> bytes:
+        if not isinstance(payload, bytes):
+            raise UsageError("payload must be bytes")
         tokens = self._begin_turn(writing=True)
         size = self._written_size(tokens, len(payload))
         if size > MAX_MESSAGE_LEN:
@@ -197,6 +201,8 @@ class HandshakeState:
         return bytes(message)
 
     def read_message(self, message: bytes) -> bytes:
+        if not isinstance(message, bytes):
+            raise UsageError("message must be bytes")
         tokens = self._begin_turn(writing=False)
         try:
             if len(message) > MAX_MESSAGE_LEN:
@@ -212,9 +218,8 @@ class HandshakeState:
                     size = DHLEN + TAGLEN if self._symmetric.has_key() else DHLEN
                     if len(rest) < size:
                         raise CryptoError()
-                    rs = self._symmetric.decrypt_and_hash(bytes(rest[:size]))
+                    self._rs = self._symmetric.decrypt_and_hash(bytes(rest[:size]))
                     rest = rest[size:]
-                    self._rs = rs
                 else:
                     self._mix_secret(token)
             payload = self._symmetric.decrypt_and_hash(bytes(rest))
@@ -296,7 +301,7 @@ class HandshakeState:
             return
         assert token in _DH_TOKENS
         # The first letter names the initiator's key, the second the responder's.
-        initiator_key, responder_key = token
+        initiator_key, responder_key = token[0], token[1]
         mine, theirs = (
             (initiator_key, responder_key) if self._initiator else (responder_key, initiator_key)
         )

@@ -128,9 +128,7 @@ def _nonce(n: int) -> bytes:
 
 def aead_encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
     """ChaCha20-Poly1305 (IETF) ENCRYPT(k, n, ad, plaintext) -> ciphertext || tag."""
-    return nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
-        plaintext, ad, _nonce(n), key
-    )
+    return nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, _nonce(n), key)
 
 
 def aead_decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
@@ -156,13 +154,13 @@ def _hmac(key: bytes, data: bytes) -> bytes:
 
 
 @overload
-def hkdf(chaining_key: bytes, input_key_material: bytes, num_outputs: Literal[2]) -> tuple[
-    bytes, bytes
-]: ...
+def hkdf(
+    chaining_key: bytes, input_key_material: bytes, num_outputs: Literal[2]
+) -> tuple[bytes, bytes]: ...
 @overload
-def hkdf(chaining_key: bytes, input_key_material: bytes, num_outputs: Literal[3]) -> tuple[
-    bytes, bytes, bytes
-]: ...
+def hkdf(
+    chaining_key: bytes, input_key_material: bytes, num_outputs: Literal[3]
+) -> tuple[bytes, bytes, bytes]: ...
 def hkdf(
     chaining_key: bytes, input_key_material: bytes, num_outputs: Literal[2, 3]
 ) -> tuple[bytes, bytes] | tuple[bytes, bytes, bytes]:

@@ -92,7 +92,7 @@ class CipherState:
 class SymmetricState:
     """The chaining key ``ck``, the handshake hash ``h`` and a :class:`CipherState`."""
 
-    __slots__ = ("_ck", "_cipher", "_h")
+    __slots__ = ("_cipher", "_ck", "_h")
 
     def __init__(self, protocol_name: bytes) -> None:
         # InitializeSymmetric: a short name is zero-padded rather than hashed.

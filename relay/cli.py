@@ -1,0 +1,95 @@
+"""``starmux relay ...``: run the relay server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from .config import load_config
+
+
+@click.group("relay")
+def relay_group() -> None:
+    """Run the relay that routes encrypted frames between machines and controllers."""
+
+
+@relay_group.command("serve")
+@click.option(
+    "--host",
+    default=None,
+    help="Bind address [127.0.0.1]. Use a Tailscale address or 0.0.0.0 to accept other machines.",
+)
+@click.option("--port", type=int, default=None, help="TCP port [8765]; 0 picks a free one.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Relay key and registry [./starmux-relay-data].",
+)
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file with relay settings (a [relay] table).",
+)
+@click.option(
+    "--open-registration",
+    is_flag=True,
+    default=None,
+    help="Let anyone who can reach the relay create an account (off by default).",
+)
+@click.option("--public-url", default=None, help="URL clients use, e.g. behind a proxy.")
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print start-up facts as JSON lines.")
+def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> None:
+    """Serve /v1/ws, /health and /metrics until interrupted."""
+    from .server import serve
+
+    config = load_config(flags, config_file=config_file)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    def on_ready(info: object) -> None:
+        from .app import StartupInfo
+
+        assert isinstance(info, StartupInfo)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "event": "started",
+                        "fingerprint": info.fingerprint,
+                        "registration_token": info.registration_token,
+                        "data_dir": str(config.data_dir),
+                    }
+                ),
+                nl=True,
+            )
+            return
+        click.echo(f"starmux relay fingerprint: {info.fingerprint}")
+        click.echo(f"data directory: {config.data_dir.resolve()}")
+        if info.registration_token:
+            click.echo(
+                "registration is closed; the first controller registers with this one-time token:"
+            )
+            click.echo(f"  starmux init --relay URL --token {info.registration_token}")
+
+    def on_listening(url: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": "listening", "url": url}))
+        else:
+            click.echo(f"listening on {url}  (health: {url.replace('ws', 'http', 1)}/health)")
+
+    asyncio.run(serve(config, on_ready=on_ready, on_listening=on_listening))

@@ -1,0 +1,110 @@
+"""The ``starmux`` command: one entry point that mounts each role's commands lazily.
+
+``starmux relay serve`` imports only relay code, ``starmux daemon ...`` only daemon
+code, and controller commands (``init``, ``pair``, ``machines``...) only client code,
+so each role starts fast and a relay host never loads controller code.
+
+This is the one place that turns errors into exit codes: a :class:`StarmuxError`
+prints ``error: <message>`` and ``hint: <hint>`` on stderr; anything unexpected
+prints one line and asks for ``--debug``, which shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import click
+
+from .errors import StarmuxError
+
+#: command name → "module:attribute" of a click command or group
+LAZY_COMMANDS: dict[str, str] = {
+    "relay": "relay.cli:relay_group",
+}
+
+
+class LazyGroup(click.Group):
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            module_name, attribute = self._lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self._lazy[cmd_name]} is not a click command")
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+def _version() -> str:
+    try:
+        return version("starmux")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+@click.group(
+    cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(_version(), prog_name="starmux")
+@click.option("--debug", is_flag=True, envvar="STARMUX_DEBUG", help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Delegate, watch and approve agent work on many machines from one controller."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _colour(stream: Any) -> bool:
+    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
+
+
+def report_error(error: StarmuxError) -> None:
+    colour = _colour(sys.stderr)
+    click.secho(f"error: {error.message}", fg="red" if colour else None, err=True)
+    if error.hint:
+        click.secho(f"hint: {error.hint}", fg="yellow" if colour else None, err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(
+        os.environ.get("STARMUX_DEBUG")
+    )
+    try:
+        cli.main(args=argv, prog_name="starmux", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except StarmuxError as exc:
+        if debug:
+            raise
+        report_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: run again with --debug for the traceback, and report it", err=True)
+        return 70
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""A real relay in a subprocess on a real port, for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RelayProcess:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = None
+    url: str = ""
+    fingerprint: str = ""
+    registration_token: str | None = None
+    output: list[str] = field(default_factory=list)
+    _lines: Queue[str] = field(default_factory=Queue)
+
+    def start(self) -> RelayProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "starmux.cli",
+            "relay",
+            "serve",
+            "--json",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+            *self.extra_args,
+        ]
+        env = {**os.environ, **self.env}
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        while True:
+            try:
+                line = self._lines.get(timeout=START_TIMEOUT)
+            except Empty:
+                self.stop()
+                raise RuntimeError("relay did not start:\n" + "".join(self.output)) from None
+            if not line:
+                raise RuntimeError("relay exited:\n" + "".join(self.output))
+            if not line.startswith("{"):
+                continue
+            event = json.loads(line)
+            if event["event"] == "started":
+                self.fingerprint = event["fingerprint"]
+                self.registration_token = event["registration_token"]
+            elif event["event"] == "listening":
+                self.url = event["url"]
+                return self
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            self._lines.put(line)
+        self._lines.put("")
+
+    @property
+    def http_url(self) -> str:
+        return self.url.replace("ws://", "http://", 1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=15)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)

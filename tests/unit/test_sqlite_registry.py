@@ -1,0 +1,553 @@
+"""SqliteRegistry against real SQLite files: every method, every refusal code,
+and that refusals and failures write nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import pathlib
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from relay.registry import Registry, RegistryError
+from relay.schema import SchemaError
+from relay.sqlite_registry import SqliteRegistry
+from starmux.errors import UsageError
+
+T0 = 1_700_000_000.0
+TTL = 300.0
+ACCOUNT = bytes(range(16))
+OTHER_ACCOUNT = bytes(range(1, 17))
+CTRL = b"C" * 32
+CTRL_CARD = b"controller-card"
+OTHER_CTRL = b"D" * 32  # a controller of OTHER_ACCOUNT
+MACHINE = b"M" * 32
+MACHINE_CARD = b"machine-card"
+TICKET = b"T" * 16
+SIG = b"S" * 64
+TOKEN = b"H" * 32
+TABLES = [
+    "schema_version", "accounts", "controllers", "machines", "revocations", "tickets",
+    "registration_tokens", "audit_log",
+]  # fmt: skip
+
+Snapshot = dict[str, list[tuple[Any, ...]]]
+
+
+@pytest.fixture
+def path(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "relay.db"
+
+
+@pytest.fixture
+async def reg(path: pathlib.Path) -> AsyncIterator[SqliteRegistry]:
+    registry = SqliteRegistry(path)
+    await registry.open()
+    yield registry
+    await registry.close()
+
+
+def mode_of(path: pathlib.Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def snapshot(path: pathlib.Path) -> Snapshot:
+    """Every row of every table, through a connection of its own."""
+    async with aiosqlite.connect(path) as db:
+        return {
+            t: [tuple(r) for r in await db.execute_fetchall(f"SELECT * FROM {t} ORDER BY rowid")]
+            for t in TABLES
+        }
+
+
+async def raw(path: pathlib.Path, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Write behind the registry's back, to set up states the API cannot reach."""
+    async with aiosqlite.connect(path) as db:
+        await db.execute(sql, params)
+        await db.commit()
+
+
+async def with_accounts(reg: SqliteRegistry) -> None:
+    await reg.create_account(
+        controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=None, now=T0
+    )
+    await reg.create_account(
+        controller_key=OTHER_CTRL, controller_card=b"d", account=OTHER_ACCOUNT, token_hash=None,
+        now=T0,
+    )  # fmt: skip
+
+
+async def with_open_ticket(reg: SqliteRegistry) -> None:
+    await with_accounts(reg)
+    await reg.create_ticket(
+        ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
+    )
+    await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 1)
+
+
+async def grant(reg: SqliteRegistry, **changes: Any) -> Any:
+    args: dict[str, Any] = {
+        "ticket": TICKET, "account": ACCOUNT, "granted_by": CTRL, "machine_card": MACHINE_CARD,
+        "machine_key": MACHINE, "grant_signature": SIG, "grant_issued_at": T0 + 2, "now": T0 + 3,
+    }  # fmt: skip
+    args.update(changes)
+    return await reg.grant_machine(**args)
+
+
+async def refused(path: pathlib.Path, code: str, action: Any) -> None:
+    """``action`` raises RegistryError(code) and leaves every table as it was."""
+    before = await snapshot(path)
+    with pytest.raises(RegistryError) as e:
+        await action
+    assert e.value.code == code
+    assert await snapshot(path) == before
+
+
+# --- file, connection, schema ---------------------------------------------------------
+def test_satisfies_the_protocol(path: pathlib.Path) -> None:
+    registry: Registry = SqliteRegistry(path)  # checked by mypy
+    assert registry is not None
+
+
+async def test_file_and_wal_are_private(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    old_umask = os.umask(0o022)  # a typical, permissive umask must not matter
+    try:
+        await with_open_ticket(reg)
+    finally:
+        os.umask(old_umask)
+    for name in (path, pathlib.Path(f"{path}-wal"), pathlib.Path(f"{path}-shm")):
+        assert mode_of(name) == 0o600, name
+    async with aiosqlite.connect(path) as db:
+        rows = list(await db.execute_fetchall("PRAGMA journal_mode"))
+    assert rows[0][0] == "wal"
+
+
+async def test_open_tightens_an_existing_file(path: pathlib.Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.chmod(path, 0o644)  # whatever the umask made of it
+    registry = SqliteRegistry(path)
+    await registry.open()
+    await registry.close()
+    assert mode_of(path) == 0o600
+
+
+async def test_keys_are_stored_as_blobs(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_open_ticket(reg)
+    await grant(reg)
+    async with aiosqlite.connect(path) as db:
+        rows = list(await db.execute_fetchall("SELECT typeof(key), typeof(account) FROM machines"))
+    assert [tuple(r) for r in rows] == [("blob", "blob")]
+
+
+async def test_open_close_misuse(path: pathlib.Path) -> None:
+    registry = SqliteRegistry(path)
+    with pytest.raises(UsageError, match="not open"):
+        await registry.has_accounts()
+    await registry.open()
+    with pytest.raises(UsageError, match="already open"):
+        await registry.open()
+    await registry.close()
+    await registry.close()  # idempotent
+    with pytest.raises(UsageError, match="not open"):
+        await registry.machine(MACHINE)
+
+
+async def test_reopen_finds_everything(path: pathlib.Path) -> None:
+    first = SqliteRegistry(path)
+    await first.open()
+    await first.add_registration_token(TOKEN, now=T0)
+    await with_open_ticket(first)
+    machine = await grant(first)
+    await first.touch_machine(MACHINE, now=T0 + 10)
+    await first.audit("relay.started", actor=b"", subject=b"", detail="x", now=T0 + 11)
+    before = await snapshot(path)
+    await first.close()
+
+    second = SqliteRegistry(path)
+    await second.open()
+    try:
+        assert await snapshot(path) == before
+        assert await second.has_accounts()
+        assert await second.machine(MACHINE) == dataclasses.replace(machine, last_seen=T0 + 10)
+        assert [c.key for c in await second.controllers_of(ACCOUNT)] == [CTRL]
+        assert (await second.audit_log(limit=1))[0].event == "relay.started"
+    finally:
+        await second.close()
+
+
+async def test_refuses_a_newer_schema(path: pathlib.Path) -> None:
+    registry = SqliteRegistry(path)
+    await registry.open()
+    await registry.close()
+    await raw(path, "UPDATE schema_version SET version = 999")
+    with pytest.raises(SchemaError, match="999 is newer"):
+        await registry.open()
+    with pytest.raises(UsageError, match="not open"):
+        await registry.has_accounts()
+
+
+# --- registration ---------------------------------------------------------------------
+async def test_open_registration(reg: SqliteRegistry) -> None:
+    assert not await reg.has_accounts()
+    record = await reg.create_account(
+        controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=None, now=T0
+    )
+    assert (record.key, record.account, record.card, record.created_at) == (
+        CTRL, ACCOUNT, CTRL_CARD, T0,
+    )  # fmt: skip
+    assert await reg.has_accounts()
+    assert await reg.controller(CTRL) == record
+    entry = (await reg.audit_log())[0]
+    assert (entry.event, entry.actor, entry.subject, entry.at) == (
+        "account.created", CTRL, ACCOUNT, T0,
+    )  # fmt: skip
+
+
+async def test_registration_token_is_consumed_once(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await reg.add_registration_token(TOKEN, now=T0)
+    await refused(path, "exists", reg.add_registration_token(TOKEN, now=T0 + 1))
+    await reg.create_account(
+        controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=TOKEN,
+        now=T0 + 2,
+    )  # fmt: skip
+    rows = (await snapshot(path))["registration_tokens"]
+    assert rows == [(TOKEN, T0, T0 + 2, CTRL)]
+    await refused(
+        path, "bad-token",
+        reg.create_account(
+            controller_key=OTHER_CTRL, controller_card=b"d", account=OTHER_ACCOUNT,
+            token_hash=TOKEN, now=T0 + 3,
+        ),
+    )  # fmt: skip
+
+
+async def test_create_account_refusals(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_accounts(reg)
+    await reg.add_registration_token(TOKEN, now=T0)
+
+    def create(key: bytes, account: bytes, token: bytes | None) -> Any:
+        return reg.create_account(
+            controller_key=key, controller_card=b"x", account=account, token_hash=token, now=T0
+        )
+
+    await refused(path, "bad-token", create(b"N" * 32, b"n" * 16, b"unknown"))
+    # The token is checked first: without one, nobody learns which keys exist.
+    await refused(path, "bad-token", create(CTRL, b"n" * 16, b"unknown"))
+    # A valid token is not spent on a refused registration.
+    await refused(path, "exists", create(CTRL, b"n" * 16, TOKEN))
+    await refused(path, "exists", create(b"N" * 32, ACCOUNT, TOKEN))
+    await refused(path, "exists", create(CTRL, b"n" * 16, None))
+
+
+async def test_controllers(reg: SqliteRegistry) -> None:
+    assert await reg.controller(CTRL) is None
+    assert await reg.controllers_of(ACCOUNT) == []
+    await with_accounts(reg)
+    assert [c.key for c in await reg.controllers_of(ACCOUNT)] == [CTRL]
+    assert [c.key for c in await reg.controllers_of(OTHER_ACCOUNT)] == [OTHER_CTRL]
+    other = await reg.controller(OTHER_CTRL)
+    assert other is not None
+    assert other.account == OTHER_ACCOUNT
+
+
+# --- tickets --------------------------------------------------------------------------
+async def test_create_ticket(reg: SqliteRegistry) -> None:
+    record = await reg.create_ticket(
+        ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
+    )
+    assert record.expires_at == T0 + TTL
+    assert (record.failures, record.opened_by, record.consumed_at) == (0, None, None)
+    with pytest.raises(UsageError):
+        await reg.create_ticket(
+            ticket=b"x" * 16, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=0
+        )
+
+
+async def test_new_ticket_replaces_the_machines_old_one(reg: SqliteRegistry) -> None:
+    await with_open_ticket(reg)
+    await reg.create_ticket(
+        ticket=b"U" * 16, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0 + 5, ttl=TTL
+    )
+    with pytest.raises(RegistryError) as e:
+        await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 6)
+    assert e.value.code == "unknown-ticket"
+
+
+async def test_stale_tickets_are_dropped_after_retention(path: pathlib.Path) -> None:
+    registry = SqliteRegistry(path, ticket_retention=100.0)
+    await registry.open()
+    try:
+        for n, machine in enumerate((b"1", b"2")):
+            await registry.create_ticket(
+                ticket=machine * 16, machine_key=machine, machine_card=b"c", now=T0 + n, ttl=TTL
+            )
+        # Expired but within retention: still says "expired", not "unknown".
+        await registry.create_ticket(
+            ticket=b"3" * 16, machine_key=b"3", machine_card=b"c", now=T0 + TTL + 50, ttl=TTL
+        )
+        assert len((await snapshot(path))["tickets"]) == 3
+        await registry.create_ticket(
+            ticket=b"4" * 16, machine_key=b"4", machine_card=b"c", now=T0 + TTL + 100.5, ttl=TTL
+        )
+        assert [r[0] for r in (await snapshot(path))["tickets"]] == [
+            b"2" * 16,
+            b"3" * 16,
+            b"4" * 16,
+        ]
+    finally:
+        await registry.close()
+
+
+async def test_create_ticket_refusals(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_open_ticket(reg)
+    await refused(
+        path, "exists",
+        reg.create_ticket(ticket=TICKET, machine_key=b"new", machine_card=b"c", now=T0, ttl=TTL),
+    )  # fmt: skip
+    await grant(reg)
+
+    def again(now: float) -> Any:
+        return reg.create_ticket(
+            ticket=b"V" * 16, machine_key=MACHINE, machine_card=MACHINE_CARD, now=now, ttl=TTL
+        )
+
+    await refused(path, "paired", again(T0 + 10))
+    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 20)
+    await refused(path, "revoked", again(T0 + 30))
+
+
+async def test_open_ticket(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_accounts(reg)
+    await reg.create_ticket(
+        ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
+    )
+    record = await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 1)
+    assert record.opened_by == CTRL
+    assert (await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2)).opened_by == CTRL
+    await refused(path, "taken", reg.open_ticket(TICKET, controller_key=OTHER_CTRL, now=T0 + 3))
+    await refused(path, "unknown-ticket", reg.open_ticket(b"?" * 16, controller_key=CTRL, now=T0))
+    # Expiry is exact: at expires_at the ticket is already gone.
+    await refused(path, "expired", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + TTL))
+    assert (await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + TTL - 0.001)).opened_by
+
+
+@pytest.mark.parametrize("same_instance", [True, False])
+async def test_first_controller_to_open_wins(path: pathlib.Path, same_instance: bool) -> None:
+    one = SqliteRegistry(path)
+    await one.open()
+    two = one if same_instance else SqliteRegistry(path)
+    if not same_instance:
+        await two.open()
+    try:
+        await with_accounts(one)
+        await one.create_ticket(
+            ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
+        )
+        results = await asyncio.gather(
+            *(
+                registry.open_ticket(TICKET, controller_key=key, now=T0 + 1)
+                for _ in range(5)
+                for registry, key in ((one, CTRL), (two, OTHER_CTRL))
+            ),
+            return_exceptions=True,
+        )
+        winners = {r.opened_by for r in results if not isinstance(r, BaseException)}
+        losers = [r for r in results if isinstance(r, BaseException)]
+        assert len(winners) == 1
+        assert len(losers) == 5
+        assert all(isinstance(r, RegistryError) and r.code == "taken" for r in losers)
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_ticket_burns_at_max_failures(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_open_ticket(reg)
+    assert await reg.record_ticket_failure(b"?" * 16, max_failures=3) == 0
+    assert await reg.record_ticket_failure(TICKET, max_failures=3) == 1
+    assert await reg.record_ticket_failure(TICKET, max_failures=3) == 2
+    assert (await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2)).failures == 2
+    assert await reg.record_ticket_failure(TICKET, max_failures=3) == 3
+    await refused(path, "burnt", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2))
+    await refused(path, "burnt", grant(reg))
+    # Stays burnt even if the limit is raised later (e.g. a config change).
+    assert await reg.record_ticket_failure(TICKET, max_failures=10) == 4
+    await refused(path, "burnt", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2))
+    with pytest.raises(UsageError):
+        await reg.record_ticket_failure(TICKET, max_failures=0)
+
+
+# --- grants ---------------------------------------------------------------------------
+async def test_grant_machine(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_open_ticket(reg)
+    record = await grant(reg)
+    assert (record.key, record.account, record.card, record.granted_by) == (
+        MACHINE, ACCOUNT, MACHINE_CARD, CTRL,
+    )  # fmt: skip
+    assert (record.grant_signature, record.grant_issued_at, record.paired_at) == (
+        SIG, T0 + 2, T0 + 3,
+    )  # fmt: skip
+    assert (record.last_seen, record.revoked_at) == (None, None)
+    assert await reg.machine(MACHINE) == record
+    assert await reg.machines_of(ACCOUNT) == [record]
+    entry = (await reg.audit_log())[0]
+    assert (entry.event, entry.actor, entry.subject) == ("machine.granted", CTRL, MACHINE)
+    assert (await snapshot(path))["tickets"][0][8] == T0 + 3  # consumed_at
+    await refused(path, "consumed", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 4))
+    await refused(path, "consumed", grant(reg, now=T0 + 4))
+
+
+@pytest.mark.parametrize(
+    ("code", "changes"),
+    [
+        ("unknown-ticket", {"ticket": b"?" * 16}),
+        ("expired", {"now": T0 + TTL}),
+        ("taken", {"granted_by": OTHER_CTRL, "account": OTHER_ACCOUNT}),
+        ("mismatch", {"machine_key": b"X" * 32}),
+        ("mismatch", {"machine_card": MACHINE_CARD + b" "}),
+        ("mismatch", {"account": OTHER_ACCOUNT}),  # grantor is not in that account
+    ],
+)
+async def test_grant_refusals_write_nothing(
+    reg: SqliteRegistry, path: pathlib.Path, code: str, changes: dict[str, Any]
+) -> None:
+    await with_open_ticket(reg)
+    await refused(path, code, grant(reg, **changes))
+    await grant(reg)  # the ticket is still good for the right grant
+
+
+async def test_grant_needs_the_ticket_opened(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_accounts(reg)
+    await reg.create_ticket(
+        ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
+    )
+    await refused(path, "taken", grant(reg))
+
+
+async def test_grant_guards_revoked_and_paired_keys(
+    reg: SqliteRegistry, path: pathlib.Path
+) -> None:
+    await with_open_ticket(reg)
+    # Neither state is reachable through the API (create_ticket refuses both);
+    # written behind its back to prove grant_machine still keeps the invariants.
+    await raw(path, "INSERT INTO revocations VALUES (?, ?, ?, ?)", (MACHINE, T0, ACCOUNT, CTRL))
+    await refused(path, "revoked", grant(reg))
+    await raw(path, "DELETE FROM revocations")
+    await grant(reg)
+    await raw(
+        path,
+        "INSERT INTO tickets (ticket, machine_key, machine_card, created_at, expires_at,"
+        " opened_by) VALUES (?, ?, ?, ?, ?, ?)",
+        (b"W" * 16, MACHINE, MACHINE_CARD, T0, T0 + TTL, CTRL),
+    )
+    await refused(path, "paired", grant(reg, ticket=b"W" * 16))
+
+
+ABORT_AUDIT = (
+    "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk'); END"
+)
+
+
+async def test_failure_partway_rolls_back_everything(
+    reg: SqliteRegistry, path: pathlib.Path
+) -> None:
+    """The audit row is each operation's last write; make it fail and check that
+    the writes before it (ticket consumed, machine row, token, revocation) are gone."""
+    await reg.add_registration_token(TOKEN, now=T0)
+    await with_open_ticket(reg)
+    await raw(path, ABORT_AUDIT)
+    before = await snapshot(path)
+    with pytest.raises(sqlite3.IntegrityError, match="disk"):
+        await grant(reg)
+    with pytest.raises(sqlite3.IntegrityError, match="disk"):
+        await reg.create_account(
+            controller_key=b"N" * 32, controller_card=b"n", account=b"n" * 16, token_hash=TOKEN,
+            now=T0,
+        )  # fmt: skip
+    assert await snapshot(path) == before
+    assert await reg.machine(MACHINE) is None
+
+    await raw(path, "DROP TRIGGER fail_audit")
+    await grant(reg)  # the ticket was left unconsumed, so this still works
+    await raw(path, ABORT_AUDIT)
+    before = await snapshot(path)
+    with pytest.raises(sqlite3.IntegrityError, match="disk"):
+        await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 9)
+    assert await snapshot(path) == before
+    assert not await reg.is_revoked(MACHINE)
+
+
+# --- machines -------------------------------------------------------------------------
+async def test_revocation(reg: SqliteRegistry, path: pathlib.Path) -> None:
+    assert await reg.machine(MACHINE) is None
+    assert not await reg.is_revoked(MACHINE)
+    await with_open_ticket(reg)
+    await grant(reg)
+    before = await snapshot(path)
+    assert not await reg.revoke_machine(MACHINE, account=OTHER_ACCOUNT, by=OTHER_CTRL, now=T0)
+    assert not await reg.revoke_machine(b"?" * 32, account=ACCOUNT, by=CTRL, now=T0)
+    assert await snapshot(path) == before
+
+    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 10)
+    assert await reg.is_revoked(MACHINE)
+    record = await reg.machine(MACHINE)
+    assert record is not None
+    assert record.revoked_at == T0 + 10
+    assert await reg.machines_of(ACCOUNT) == []
+    entry = (await reg.audit_log())[0]
+    assert (entry.event, entry.actor, entry.subject) == ("machine.revoked", CTRL, MACHINE)
+
+    # Again: still True, first time kept, nothing new written.
+    before = await snapshot(path)
+    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 20)
+    assert await snapshot(path) == before
+
+    # Permanent even if the machine row goes away.
+    await raw(path, "DELETE FROM machines")
+    assert await reg.is_revoked(MACHINE)
+
+
+async def test_machines_of_lists_live_machines_oldest_first(reg: SqliteRegistry) -> None:
+    await with_accounts(reg)
+    for n, key in enumerate((b"3", b"1", b"2")):
+        ticket = key * 16
+        await reg.create_ticket(ticket=ticket, machine_key=key, machine_card=b"c", now=T0, ttl=TTL)
+        await reg.open_ticket(ticket, controller_key=CTRL, now=T0)
+        await grant(reg, ticket=ticket, machine_key=key, machine_card=b"c", now=T0 + n)
+    assert [m.key for m in await reg.machines_of(ACCOUNT)] == [b"3", b"1", b"2"]
+    assert await reg.machines_of(OTHER_ACCOUNT) == []
+    await reg.revoke_machine(b"1", account=ACCOUNT, by=CTRL, now=T0 + 5)
+    assert [m.key for m in await reg.machines_of(ACCOUNT)] == [b"3", b"2"]
+
+
+async def test_touch_machine(reg: SqliteRegistry) -> None:
+    await reg.touch_machine(MACHINE, now=T0)  # unknown: nothing happens
+    await with_open_ticket(reg)
+    await grant(reg)
+    await reg.touch_machine(MACHINE, now=T0 + 50)
+    await reg.touch_machine(MACHINE, now=T0 + 40)  # late arrival does not go backwards
+    record = await reg.machine(MACHINE)
+    assert record is not None
+    assert record.last_seen == T0 + 50
+
+
+# --- audit ----------------------------------------------------------------------------
+async def test_audit_log_newest_first(reg: SqliteRegistry) -> None:
+    assert await reg.audit_log() == []
+    for n in range(5):
+        await reg.audit(f"e{n}", actor=b"a", subject=b"s", detail=str(n), now=T0 - n)
+    entries = await reg.audit_log(limit=3)
+    assert [e.event for e in entries] == ["e4", "e3", "e2"]
+    assert (entries[0].at, entries[0].actor, entries[0].subject, entries[0].detail) == (
+        T0 - 4, b"a", b"s", "4",
+    )  # fmt: skip
+    assert len(await reg.audit_log()) == 5
+    assert await reg.audit_log(limit=0) == []
+    with pytest.raises(UsageError):
+        await reg.audit_log(limit=-1)
