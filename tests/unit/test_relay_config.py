@@ -1,0 +1,75 @@
+"""Relay configuration: defaults < TOML < environment < flags; bad values refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import Limits, RelayConfig, load_config
+from starmux.errors import ConfigError
+
+
+def test_defaults_are_safe() -> None:
+    config = load_config({}, env={})
+    assert config.host == "127.0.0.1"
+    assert config.open_registration is False
+    assert config.limits == Limits()
+    assert config.url == "ws://127.0.0.1:8765"
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text(
+        '[relay]\nport = 1111\nhost = "100.64.0.1"\n[relay.limits]\n'
+        "send_queue_frames = 10\nhandshake_timeout = 3.5\n"
+    )
+    env = {
+        "STARMUX_RELAY_PORT": "2222",
+        "STARMUX_RELAY_SEND_QUEUE_FRAMES": "20",
+        "STARMUX_RELAY_OPEN_REGISTRATION": "yes",
+    }
+    config = load_config({"port": 3333, "host": None}, env=env, config_file=toml)
+    assert config.port == 3333  # flag
+    assert config.host == "100.64.0.1"  # file (flag was not given)
+    assert config.limits.send_queue_frames == 20  # env over file
+    assert config.limits.handshake_timeout == 3.5  # file
+    assert config.open_registration is True
+    assert config.url == "ws://100.64.0.1:3333"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text("port = 4444\n")
+    assert load_config({}, env={"STARMUX_RELAY_CONFIG": str(toml)}).port == 4444
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STARMUX_RELAY_PORT": "http"}, "invalid value"),
+        ({"STARMUX_RELAY_PORT": "70000"}, "out of range"),
+        ({"STARMUX_RELAY_OPEN_REGISTRATION": "maybe"}, "invalid value"),
+        ({"STARMUX_RELAY_NO_SUCH_THING": "1"}, "unknown relay setting"),
+        ({"STARMUX_RELAY_MAX_FRAME_SIZE": "10"}, "max_frame_size"),
+        ({"STARMUX_RELAY_SEND_QUEUE_FRAMES": "0"}, "at least 1"),
+        ({"STARMUX_RELAY_TLS_CERT": "/x.pem"}, "go together"),
+    ],
+)
+def test_bad_values_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config({}, env=env)
+
+
+def test_bad_toml_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text("port = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config({}, env={}, config_file=toml)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config({}, env={}, config_file=tmp_path / "missing.toml")
+
+
+def test_ipv6_and_public_url() -> None:
+    assert RelayConfig(host="::1", port=1).url == "ws://[::1]:1"
+    assert RelayConfig(public_url="wss://relay.example").url == "wss://relay.example"
