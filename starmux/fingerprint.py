@@ -59,6 +59,11 @@ def normalize_fingerprint(text: str) -> str:
     return "-".join(compact[i : i + _GROUP] for i in range(0, 32, _GROUP))
 
 
+def fingerprint_from_text(text: str) -> bytes:
+    """The raw fingerprint bytes of a typed or scanned fingerprint."""
+    return base64.b32decode(normalize_fingerprint(text).replace("-", ""))
+
+
 def fingerprints_match(a: str, b: str) -> bool:
     """Constant-time comparison of two fingerprints in any accepted spelling."""
     return hmac.compare_digest(normalize_fingerprint(a), normalize_fingerprint(b))
