@@ -25,10 +25,14 @@ Rules the runner keeps (the way magic-wormhole's mailbox ``database.py`` does):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.resources
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiosqlite
 
@@ -182,3 +186,63 @@ async def migrate(db: aiosqlite.Connection, package: str, folder: str = "migrati
             raise
         current = migration.version
     return current
+
+
+_BUSY_TIMEOUT_MS = 5_000
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 (or tighten an existing one).
+
+    Only the main file needs this: SQLite creates ``-wal`` and ``-shm`` with the
+    main file's permission bits, independent of the umask. Files left over from
+    an older run are tightened too, in case they were made before this rule.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+async def open_database(
+    path: Path, package: str, folder: str = "migrations"
+) -> aiosqlite.Connection:
+    """Open (creating 0600) an SQLite file in autocommit mode, WAL, migrated.
+
+    Used by the relay registry, the daemon's event log and the controller's cache:
+    one place decides durability settings for every database starmux writes.
+    """
+    await asyncio.to_thread(_make_private, path)
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        rows = list(await db.execute_fetchall("PRAGMA journal_mode=WAL"))
+        wal = str(rows[0][0]).lower() == "wal"
+        # WAL + NORMAL: a committed transaction survives a crash of the process;
+        # only an OS crash or power loss can lose the last commits, never corrupt
+        # the file. Without WAL (a filesystem that cannot do it) NORMAL is not safe
+        # against power loss, so fall back to FULL.
+        await db.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
+        await db.execute("PRAGMA foreign_keys=ON")
+        # Another process (e.g. a CLI command next to the daemon) may hold the write
+        # lock briefly; wait for it instead of failing at once.
+        await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        await migrate(db, package, folder)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def read_setting(db: aiosqlite.Connection, name: str) -> bytes | None:
+    """A value from the ``settings (name, value)`` table every node database has."""
+    rows = list(await db.execute_fetchall("SELECT value FROM settings WHERE name = ?", (name,)))
+    return bytes(rows[0][0]) if rows else None
+
+
+async def write_setting(db: aiosqlite.Connection, name: str, value: bytes) -> None:
+    await db.execute(
+        "INSERT INTO settings (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,12 +33,11 @@ from relay.registry import (
     RegistryError,
     TicketRecord,
 )
-from relay.schema import migrate
+from relay.schema import open_database
 from starmux.errors import UsageError
 
 __all__ = ["SqliteRegistry"]
 
-_BUSY_TIMEOUT_MS = 5_000
 
 _SELECT_MACHINE = (
     "SELECT m.key, m.account, m.card, m.granted_by, m.grant_signature, m.grant_issued_at,"
@@ -79,20 +77,6 @@ def _ticket(row: Any) -> TicketRecord:
     )  # fmt: skip
 
 
-def _make_private(path: pathlib.Path) -> None:
-    """Create the database file 0600 (or tighten an existing one).
-
-    Only the main file needs this: SQLite creates ``-wal`` and ``-shm`` with the
-    main file's permission bits, independent of the umask. Files left over from
-    an older run are tightened too, in case they were made before this rule.
-    """
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(f"{path}{suffix}", 0o600)
-
-
 def _check_usable(row: Any, now: float) -> None:
     """Refuse a ticket that cannot be opened or granted any more.
 
@@ -128,25 +112,7 @@ class SqliteRegistry:
     async def open(self) -> None:
         if self._db is not None:
             raise UsageError("registry is already open")
-        await asyncio.to_thread(_make_private, self._path)
-        db = await aiosqlite.connect(self._path, isolation_level=None)
-        try:
-            rows = list(await db.execute_fetchall("PRAGMA journal_mode=WAL"))
-            wal = str(rows[0][0]).lower() == "wal"
-            # WAL + NORMAL: a committed transaction survives a crash of the relay
-            # process; only an OS crash or power loss can lose the last commits,
-            # never corrupt the file. Without WAL (a filesystem that cannot do it)
-            # NORMAL is not safe against power loss, so fall back to FULL.
-            await db.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
-            await db.execute("PRAGMA foreign_keys=ON")
-            # Another process (e.g. an admin command) may hold the write lock
-            # briefly; wait for it instead of failing at once.
-            await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            await migrate(db, "relay")
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
+        self._db = await open_database(self._path, "relay")
 
     async def close(self) -> None:
         async with self._lock:  # let an operation in flight finish first

@@ -24,6 +24,11 @@ from .errors import StarmuxError
 #: command name → "module:attribute" of a click command or group
 LAZY_COMMANDS: dict[str, str] = {
     "relay": "relay.cli:relay_group",
+    "daemon": "daemon.cli:daemon_group",
+    "init": "client.commands:init_command",
+    "pair": "client.commands:pair_command",
+    "machines": "client.commands:machines_command",
+    "revoke": "client.commands:revoke_command",
 }
 
 

@@ -1,0 +1,271 @@
+"""What the controller's commands do, as async functions over real I/O.
+
+Each function takes the controller's home and explicit arguments and returns data
+for the command layer to print; errors are :class:`StarmuxError` with a hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starmux.control import (
+    AccountRegistered,
+    GrantMachine,
+    ListMachines,
+    MachineGranted,
+    MachineList,
+    MachineRevoked,
+    OpenTicket,
+    RegisterAccount,
+    ReportPairingFailure,
+    RevokeMachine,
+    SessionStatus,
+    TicketOpened,
+)
+from starmux.errors import StarmuxError, UsageError
+from starmux.fingerprint import fingerprint, fingerprints_match
+from starmux.identity import IdentityCard, Role
+from starmux.pairing import ControllerPairing, PairingFailed, abort_body
+from starmux.pairing_code import PairingCode, check_relay_url
+from starmux.relay_auth import revoke_transcript
+
+from .link import Data, RelayLink, RelayRefused
+from .store import ControllerConfig, ControllerStore, KnownMachine
+
+PAIRING_STEP_TIMEOUT = 20.0
+
+_TICKET_REFUSALS = {
+    "expired": (
+        "this pairing code has expired",
+        "the daemon prints a fresh code when one expires: use the newest",
+    ),
+    "consumed": (
+        "this pairing code was already used",
+        "each code pairs once; if the machine is not yours, ask its owner",
+    ),
+    "burnt": (
+        "this pairing code was blocked after failed attempts",
+        "use the fresh code the daemon prints next",
+    ),
+    "taken": (
+        "another controller is already using this pairing code",
+        "wait for the daemon's next code",
+    ),
+    "unknown-ticket": (
+        "the relay does not know this pairing code",
+        "check that the code is for this relay and was copied whole",
+    ),
+}
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    store: ControllerStore, config: ControllerConfig, url: str | None = None
+) -> AsyncIterator[RelayLink]:
+    keys = store.keys()
+    link = RelayLink(
+        url or config.relay_url,
+        keys,
+        keys.card(Role.CONTROLLER, config.name),
+        pinned_relay_key=config.relay_key,
+    )
+    await link.connect()
+    try:
+        yield link
+    finally:
+        await link.close()
+
+
+@dataclass(frozen=True)
+class InitResult:
+    fingerprint: str
+    account: bytes
+    relay_fingerprint: str
+    already: bool
+
+
+async def init(home: Path, *, relay_url: str, token: str, name: str) -> InitResult:
+    check_relay_url(relay_url)
+    async with ControllerStore(home) as store:
+        keys = store.keys(create=True)
+        try:
+            existing = await store.config()
+        except UsageError:
+            existing = None
+        if existing is not None and existing.relay_url != relay_url:
+            raise UsageError(
+                f"this controller already uses the relay {existing.relay_url}",
+                hint="use another STARMUX_HOME for a second relay",
+            )
+        link = RelayLink(
+            relay_url,
+            keys,
+            keys.card(Role.CONTROLLER, name),
+            pinned_relay_key=existing.relay_key if existing else None,
+        )
+        auth = await link.connect()
+        try:
+            if auth.status is SessionStatus.UNREGISTERED:
+                reply = await link.request(RegisterAccount(0, token), AccountRegistered)
+                assert isinstance(reply, AccountRegistered)
+                account = reply.account
+            else:
+                account = auth.account
+        except RelayRefused as exc:
+            if exc.code == "bad-token":
+                raise UsageError(
+                    "the relay refused the registration token",
+                    hint="use the one-time token the relay printed at its first start "
+                    "(--token), or start the relay with --open-registration",
+                ) from exc
+            raise
+        finally:
+            await link.close()
+        await store.save_config(ControllerConfig(relay_url, link.relay_key, account, name))
+        return InitResult(
+            keys.fingerprint, account, fingerprint(link.relay_key), existing is not None
+        )
+
+
+@dataclass(frozen=True)
+class PairResult:
+    machine: IdentityCard
+    comparison_code: str
+    stored_by_machine: bool
+
+
+async def pair(
+    home: Path, code: PairingCode, *, confirm: Callable[[IdentityCard, str], bool]
+) -> PairResult:
+    async with ControllerStore(home) as store:
+        config = await store.config()
+        keys = store.keys()
+        if not fingerprints_match(fingerprint(config.relay_key), code.relay_fingerprint):
+            raise UsageError(
+                f"this code is for the relay {code.relay_fingerprint}, but this controller "
+                f"uses {fingerprint(config.relay_key)}",
+                hint="pair through the same relay the controller was set up with",
+            )
+        async with connected(store, config, code.relay_url) as link:
+            try:
+                opened = await link.request(OpenTicket(0, code.ticket), TicketOpened)
+            except RelayRefused as exc:
+                message, hint = _TICKET_REFUSALS.get(exc.code, (exc.message, exc.hint or ""))
+                raise UsageError(message, hint=hint) from exc
+            assert isinstance(opened, TicketOpened)
+            machine_key = opened.machine_key
+            handshake = ControllerPairing(
+                keys,
+                keys.card(Role.CONTROLLER, config.name),
+                code,
+                relay_key=config.relay_key,
+                account=config.account,
+            )
+            try:
+                await link.send_data(machine_key, handshake.start(machine_key))
+                while handshake.phase.value != "confirmed":
+                    reply = handshake.receive(await _from(link, machine_key))
+                    if reply is not None:
+                        await link.send_data(machine_key, reply)
+                assert handshake.machine_card is not None
+                if not confirm(handshake.machine_card, handshake.comparison_code):
+                    raise PairingFailed(
+                        "pairing cancelled: the comparison codes were not confirmed"
+                    )
+                issued_at = time.time()
+                signature, grant_body = handshake.grant(keys, issued_at=issued_at)
+                await link.request(
+                    GrantMachine(
+                        0, code.ticket, handshake.machine_card.encode(), issued_at, signature
+                    ),
+                    MachineGranted,
+                )
+            except PairingFailed as exc:
+                with contextlib.suppress(StarmuxError):
+                    await link.send_data(machine_key, abort_body())
+                    await link.request(ReportPairingFailure(0, code.ticket))
+                raise UsageError(
+                    exc.message, hint="nothing was registered; try the daemon's current code again"
+                ) from exc
+            await store.add_machine(handshake.machine_card, paired_at=issued_at)
+            await link.send_data(machine_key, grant_body)
+            stored = False
+            with contextlib.suppress(TimeoutError, PairingFailed):
+                handshake.receive(await _from(link, machine_key, patience=10.0))
+                stored = True
+            return PairResult(handshake.machine_card, handshake.comparison_code, stored)
+
+
+async def _from(link: RelayLink, peer: bytes, *, patience: float = PAIRING_STEP_TIMEOUT) -> bytes:
+    """The next DATA body from ``peer``."""
+    try:
+        async with asyncio.timeout(patience):
+            async for event in link.events():
+                if isinstance(event, Data) and event.peer == peer:
+                    return event.body
+    except TimeoutError as exc:
+        raise PairingFailed("the machine stopped answering during pairing") from exc
+    raise PairingFailed("the relay connection closed during pairing")
+
+
+@dataclass(frozen=True)
+class MachineView:
+    key: bytes
+    name: str
+    fingerprint: str
+    online: bool
+    paired_at: float
+    last_seen: float | None
+
+
+async def machines(home: Path) -> list[MachineView]:
+    async with ControllerStore(home) as store:
+        config = await store.config()
+        async with connected(store, config) as link:
+            listing = await link.request(ListMachines(0), MachineList)
+        assert isinstance(listing, MachineList)
+        known = {m.key: m for m in await store.machines()}
+        views = []
+        for info in listing.machines:
+            card = IdentityCard.decode(info.card)
+            if info.machine_key not in known:  # paired from another controller device
+                await store.add_machine(card, paired_at=info.paired_at)
+            views.append(
+                MachineView(
+                    info.machine_key,
+                    card.name,
+                    card.fingerprint,
+                    info.online,
+                    info.paired_at,
+                    info.last_seen,
+                )
+            )
+        # Machines the relay no longer lists were revoked elsewhere: forget them here.
+        listed = {info.machine_key for info in listing.machines}
+        for key in set(known) - listed:
+            await store.remove_machine(key)
+        return views
+
+
+async def revoke(home: Path, query: str) -> KnownMachine:
+    async with ControllerStore(home) as store:
+        config = await store.config()
+        machine = await store.find_machine(query)
+        keys = store.keys()
+        issued_at = time.time()
+        signature = keys.sign(revoke_transcript(config.account, machine.key, issued_at))
+        async with connected(store, config) as link:
+            try:
+                await link.request(
+                    RevokeMachine(0, machine.key, issued_at, signature), MachineRevoked
+                )
+            except RelayRefused as exc:
+                if exc.code != "unknown-machine":
+                    raise
+        await store.remove_machine(machine.key)
+        return machine

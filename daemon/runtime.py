@@ -1,0 +1,381 @@
+"""The machine daemon's main loop: stay connected, pair when unpaired, obey revocation.
+
+States (one at a time)::
+
+    connecting ──auth ok, unpaired──▶ unpaired (ticket + QR, renewed on expiry)
+        ▲                                  │ paired by a controller
+        │ backoff+jitter / restart hint    ▼
+        └──────── connection lost ◀──── paired (issue: sessions run here)
+    revoked (notice or close 4003) ─▶ keys and pairing forgotten ─▶ connecting (new identity)
+    relay key differs from the pinned one ─▶ stop with an error (never talk to it)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import nacl.utils
+
+from client.link import (
+    Closed,
+    Data,
+    LinkEvent,
+    NoticeReceived,
+    RelayClosedConnection,
+    RelayLink,
+    RelayRefused,
+    RelayUnreachable,
+)
+from starmux.backoff import Backoff
+from starmux.close_codes import CloseCode
+from starmux.control import (
+    CreateTicket,
+    NoticeEvent,
+    ReportPairingFailure,
+    SessionStatus,
+    TicketCreated,
+)
+from starmux.e2e import Kind, unwrap
+from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError, UsageError
+from starmux.fingerprint import fingerprint
+from starmux.identity import IdentityCard, NodeKeys, Role
+from starmux.pairing import MachinePairing, PairingFailed, abort_body
+from starmux.pairing_code import PairingCode, check_relay_url
+from starmux.relay_auth import RelayKeyMismatch
+
+from .store import DaemonStore, PairedController
+from .terminal import Terminal
+
+log = logging.getLogger("starmux.daemon")
+
+
+class DaemonStopped(StarmuxError):
+    """The daemon cannot go on (e.g. the relay's key changed); exit non-zero."""
+
+
+class _Revoked(Exception):
+    """Internal: the relay revoked this machine."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        relay_url: str | None,
+        name: str | None,
+        terminal: Terminal,
+        status_hook: object = None,
+    ) -> None:
+        self.home = home
+        self.store = DaemonStore(home)
+        self.terminal = terminal
+        self._relay_url_flag = check_relay_url(relay_url) if relay_url else None
+        self._name_flag = name
+        self.backoff = Backoff()
+        self._status_hook = status_hook
+        self.keys: NodeKeys | None = None
+        self.card: IdentityCard | None = None
+
+    def _set_status(self, state: str, **fields: object) -> None:
+        hook = self._status_hook
+        if callable(hook):
+            hook(state=state, **fields)
+
+    async def run(self) -> None:
+        await self.store.open()
+        try:
+            await self._configure()
+            while True:
+                await self._connect_once()
+        finally:
+            await self.store.close()
+
+    async def _configure(self) -> None:
+        stored = await self.store.setting("relay_url")
+        if self._relay_url_flag and stored and self._relay_url_flag != stored:
+            if await self.store.controllers():
+                raise UsageError(
+                    f"this machine is paired through {stored}",
+                    hint="run `starmux daemon start` without --relay, or revoke it from the "
+                    "controller first to pair it through another relay",
+                )
+            await self.store.db.execute("DELETE FROM settings WHERE name = 'relay_key'")
+        url = self._relay_url_flag or stored
+        if not url:
+            raise UsageError(
+                "no relay configured for this machine",
+                hint="run `starmux daemon start --relay ws://RELAY:8765`",
+            )
+        await self.store.set_setting("relay_url", url)
+        if self._name_flag:
+            await self.store.set_setting("name", self._name_flag)
+        self.relay_url = url
+
+    async def _identity(self) -> tuple[NodeKeys, IdentityCard]:
+        keys, created = self.store.keys()
+        name = await self.store.setting("name") or _default_name()
+        if created:
+            self.terminal.event(
+                "identity-created",
+                f"created this machine's keys: {keys.fingerprint}",
+                fingerprint=keys.fingerprint,
+            )
+        return keys, keys.card(Role.MACHINE, name)
+
+    async def _connect_once(self) -> None:
+        keys, card = await self._identity()
+        self.keys, self.card = keys, card
+        pinned = await self.store.relay_key()
+        link = RelayLink(self.relay_url, keys, card, pinned_relay_key=pinned)
+        self._set_status(
+            "connecting", machine_fingerprint=keys.fingerprint, relay_url=self.relay_url
+        )
+        try:
+            auth = await link.connect()
+        except RelayKeyMismatch as exc:
+            self.terminal.event(
+                "relay-key-mismatch", f"REFUSING the relay: {exc.message}", message=exc.message
+            )
+            raise DaemonStopped(exc.message, hint=exc.hint) from exc
+        except RelayClosedConnection as exc:
+            if exc.code == CloseCode.REVOKED:
+                await self._forget_revoked_identity()
+                return
+            await self._wait_backoff(f"the relay refused the connection ({exc.code})")
+            return
+        except (RelayUnreachable, ConnectionLost, OSError, RemoteProtocolError) as exc:
+            await self._wait_backoff(str(exc))
+            return
+        if pinned is None:
+            await self.store.set_setting("relay_key", link.relay_key)
+        self.backoff.reset()
+        try:
+            closed = await self._serve(link, auth.status)
+        except _Revoked:
+            await link.close()
+            await self._forget_revoked_identity()
+            return
+        finally:
+            await link.close()
+        await self._after_close(closed)
+
+    async def _after_close(self, closed: Closed) -> None:
+        if closed.code == CloseCode.REVOKED:
+            await self._forget_revoked_identity()
+        elif closed.code == CloseCode.REPLACED:
+            raise DaemonStopped(
+                "another daemon connected with this machine's key",
+                hint="stop the other daemon (same STARMUX_HOME copied?)",
+            )
+        elif closed.code == CloseCode.AUTH_FAILED:
+            raise DaemonStopped("the relay refused this machine's authentication")
+        elif self._restart_hint is not None:
+            delay = self.backoff.hinted_delay(self._restart_hint)
+            self._restart_hint = None
+            self.terminal.event(
+                "relay-restarting", f"relay restarting; reconnecting in {delay:.1f}s", delay=delay
+            )
+            await asyncio.sleep(delay)
+        else:
+            await self._wait_backoff(f"connection to the relay lost ({closed.reason})")
+
+    async def _wait_backoff(self, why: str) -> None:
+        delay = self.backoff.next_delay()
+        self.terminal.event(
+            "reconnecting", f"{why}; retrying in {delay:.1f}s", reason=why, delay=round(delay, 2)
+        )
+        await asyncio.sleep(delay)
+
+    _restart_hint: float | None = None
+
+    async def _serve(self, link: RelayLink, status: SessionStatus) -> Closed:
+        if status is SessionStatus.UNPAIRED:
+            if await self.store.controllers():
+                # The relay forgot us (registry reset?) but we still hold a grant.
+                self.terminal.event(
+                    "pairing-lost", "the relay no longer knows this machine; pairing again"
+                )
+                await self.store.forget_pairing()
+            closed = await self._unpaired(link)
+            if closed is not None:
+                return closed
+        return await self._paired(link)
+
+    # --- unpaired: tickets, QR, the pairing handshake -------------------------------
+
+    async def _unpaired(self, link: RelayLink) -> Closed | None:
+        """Offer pairing until paired (returns None) or the connection closes."""
+        assert self.keys is not None and self.card is not None
+        while True:
+            ticket = await link.request(CreateTicket(0), TicketCreated)
+            assert isinstance(ticket, TicketCreated)
+            secret = nacl.utils.random(32)
+            code = PairingCode(
+                self.relay_url,
+                fingerprint(link.relay_key),
+                ticket.ticket,
+                self.keys.fingerprint,
+                secret,
+            )
+            self._set_status("unpaired", machine_fingerprint=self.keys.fingerprint)
+            self.terminal.pairing(
+                code=code.to_text(),
+                machine_fingerprint=self.keys.fingerprint,
+                machine_name=self.card.name,
+                expires_in=ticket.expires_at - time.time(),
+            )
+            outcome = await self._offer(link, ticket, secret)
+            if outcome == "expired":
+                continue
+            if isinstance(outcome, Closed):
+                return outcome
+            return None
+
+    async def _offer(
+        self, link: RelayLink, ticket: TicketCreated, secret: bytes
+    ) -> str | Closed | PairedController:
+        assert self.keys is not None and self.card is not None
+        responder = self._responder(link, ticket.ticket, secret)
+        partner: bytes | None = None
+        while True:
+            remaining = ticket.expires_at - time.time()
+            if remaining <= 0:
+                self.terminal.event("ticket-expired", "the pairing code expired; here is a new one")
+                return "expired"
+            self.terminal.countdown(remaining)
+            try:
+                async with asyncio.timeout(min(1.0, remaining)):
+                    event = await link.next_event()
+            except TimeoutError:
+                continue
+            if isinstance(event, Closed):
+                return event
+            if isinstance(event, NoticeReceived) and event.notice.event is NoticeEvent.RESTARTING:
+                self._restart_hint = event.notice.retry_after
+                continue
+            if not isinstance(event, Data):
+                continue
+            if partner is not None and event.peer != partner:
+                continue  # one controller at a time: the relay links only the opener
+            partner = event.peer
+            try:
+                reply = responder.receive(event.body)
+            except PairingFailed as exc:
+                self.terminal.event(
+                    "pairing-failed", f"pairing attempt failed: {exc}", reason=str(exc)
+                )
+                with contextlib.suppress(StarmuxError):
+                    await link.send_data(event.peer, abort_body())
+                    await link.request(ReportPairingFailure(0, ticket.ticket))
+                responder = self._responder(link, ticket.ticket, secret)
+                partner = None
+                continue
+            if reply is not None:
+                await link.send_data(event.peer, reply)
+            if responder.phase.value == "await-grant" and responder.controller_card:
+                self.terminal.event(
+                    "pairing-handshake",
+                    f"controller {responder.controller_card.fingerprint} is pairing; "
+                    f"comparison code: {responder.comparison_code}",
+                    controller_fingerprint=responder.controller_card.fingerprint,
+                    comparison_code=responder.comparison_code,
+                )
+            if responder.grant is not None and responder.controller_card is not None:
+                controller = PairedController(
+                    responder.controller_card.sign_public,
+                    responder.controller_card,
+                    responder.account,
+                    responder.grant.signature,
+                    responder.grant.issued_at,
+                    time.time(),
+                )
+                await self.store.add_controller(controller)
+                await self.store.audit(
+                    "paired",
+                    actor=controller.key,
+                    detail=f"account {controller.account.hex()}",
+                    now=time.time(),
+                )
+                self.terminal.event(
+                    "paired",
+                    f"paired by controller {controller.card.name} "
+                    f"({controller.card.fingerprint}); comparison code "
+                    f"{responder.comparison_code}",
+                    controller_fingerprint=controller.card.fingerprint,
+                    controller_name=controller.card.name,
+                    comparison_code=responder.comparison_code,
+                )
+                return controller
+
+    def _responder(self, link: RelayLink, ticket: bytes, secret: bytes) -> MachinePairing:
+        assert self.keys is not None and self.card is not None
+        return MachinePairing(
+            self.keys, self.card, relay_key=link.relay_key, ticket=ticket, secret=secret
+        )
+
+    # --- paired ------------------------------------------------------------------------
+
+    async def _paired(self, link: RelayLink) -> Closed:
+        assert self.keys is not None
+        controllers = await self.store.controllers()
+        self._set_status(
+            "paired", machine_fingerprint=self.keys.fingerprint, controllers=len(controllers)
+        )
+        self.terminal.event(
+            "connected",
+            f"connected to {self.relay_url} as "
+            f"{self.keys.fingerprint}; paired with "
+            f"{', '.join(c.card.name for c in controllers) or 'a controller'}",
+            relay_url=self.relay_url,
+        )
+        async for event in link.events():
+            if isinstance(event, Closed):
+                return event
+            await self._paired_event(link, event)
+        return Closed(None, "link ended")
+
+    async def _paired_event(self, link: RelayLink, event: LinkEvent) -> None:
+        if isinstance(event, NoticeReceived):
+            notice = event.notice
+            if (
+                notice.event is NoticeEvent.REVOKED
+                and self.keys is not None
+                and (notice.subject == self.keys.sign_public)
+            ):
+                raise _Revoked
+            if notice.event is NoticeEvent.RESTARTING:
+                self._restart_hint = notice.retry_after
+        elif isinstance(event, Data):
+            try:
+                kind, _ = unwrap(event.body)
+            except RemoteProtocolError:
+                return
+            log.debug("ignoring %s from a controller (sessions not handled here)", kind.name)
+            del kind
+
+    async def _forget_revoked_identity(self) -> None:
+        old = self.keys.fingerprint if self.keys else "?"
+        await self.store.audit("revoked", actor=b"", detail=f"machine {old}", now=time.time())
+        await self.store.forget_pairing()
+        self.store.forget_keys()
+        self.terminal.event(
+            "revoked",
+            f"this machine ({old}) was REVOKED by its controller: its keys are deleted; "
+            "a new identity is created for pairing again",
+            machine_fingerprint=old,
+        )
+        self.backoff.reset()
+
+
+def _default_name() -> str:
+    import socket
+
+    return (socket.gethostname() or "machine")[:64]
+
+
+__all__ = ["Daemon", "DaemonStopped", "Kind", "RelayRefused"]

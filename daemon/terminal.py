@@ -1,0 +1,84 @@
+"""What the daemon shows a person: pairing QR and code, countdown, status lines.
+
+Human output goes to stdout; with ``json_lines`` every event is one JSON object
+per line instead (for scripts and supervisors). Diagnostics go through ``logging``
+(stderr) and never contain secrets. The pairing code *does* contain the pairing
+secret: showing it to the person at this terminal is its purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from .qr import render_terminal_qr
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Terminal:
+    def __init__(self, stream: TextIO | None = None, *, json_lines: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.json_lines = json_lines
+        self.tty = self.stream.isatty() and not json_lines
+        self.colour = self.tty and "NO_COLOR" not in os.environ
+        self._countdown_shown = False
+
+    def _write(self, text: str) -> None:
+        if self._countdown_shown:
+            self.stream.write("\r\x1b[K" if self.tty else "")
+            self._countdown_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def event(self, name: str, text: str, **fields: Any) -> None:
+        if self.json_lines:
+            self._write(json.dumps({"event": name, "at": time.time(), **fields}))
+        else:
+            self._write(text)
+
+    def _bold(self, text: str) -> str:
+        return f"\x1b[1m{text}\x1b[0m" if self.colour else text
+
+    def pairing(
+        self, *, code: str, machine_fingerprint: str, machine_name: str, expires_in: float
+    ) -> None:
+        if self.json_lines:
+            self.event(
+                "pairing-code",
+                "",
+                code=code,
+                machine_fingerprint=machine_fingerprint,
+                machine_name=machine_name,
+                expires_in=round(expires_in),
+            )
+            return
+        lines = [
+            "",
+            f"This machine ({self._bold(machine_name)}) is not paired yet.",
+            "On your controller, scan this QR code (save a screenshot and run",
+            "`starmux pair --image FILE`) or paste the code below into `starmux pair`.",
+            "",
+            render_terminal_qr(code),
+            "",
+            f"  {code}",
+            "",
+            f"machine fingerprint: {machine_fingerprint}",
+            f"the code expires in {_clock(expires_in)}; a new one follows automatically",
+            "",
+        ]
+        self._write("\n".join(lines))
+
+    def countdown(self, remaining: float) -> None:
+        """Live countdown on a terminal; silent otherwise (the expiry was printed)."""
+        if not self.tty:
+            return
+        self.stream.write(f"\r\x1b[Kwaiting for a controller… code expires in {_clock(remaining)}")
+        self.stream.flush()
+        self._countdown_shown = True
