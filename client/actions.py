@@ -30,7 +30,7 @@ from starmux.control import (
 from starmux.errors import StarmuxError, UsageError
 from starmux.fingerprint import fingerprint, fingerprints_match
 from starmux.identity import IdentityCard, Role
-from starmux.pairing import ControllerPairing, PairingFailed, abort_body
+from starmux.pairing import ControllerPairing, PairingAborted, PairingFailed, abort_body
 from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.relay_auth import revoke_transcript
 
@@ -186,9 +186,10 @@ async def pair(
                     MachineGranted,
                 )
             except PairingFailed as exc:
-                with contextlib.suppress(StarmuxError):
-                    await link.send_data(machine_key, abort_body())
-                    await link.request(ReportPairingFailure(0, code.ticket))
+                if not isinstance(exc, PairingAborted):  # else the machine counted it
+                    with contextlib.suppress(StarmuxError):
+                        await link.send_data(machine_key, abort_body())
+                        await link.request(ReportPairingFailure(0, code.ticket))
                 raise UsageError(
                     exc.message, hint="nothing was registered; try the daemon's current code again"
                 ) from exc

@@ -262,6 +262,11 @@ class Daemon:
                 continue
             if partner is not None and event.peer != partner:
                 continue  # one controller at a time: the relay links only the opener
+            if event.body[:1] == bytes((Kind.PAIR_ABORT,)):
+                # The controller gave up and counted it; start over quietly.
+                responder = self._responder(link, ticket.ticket, secret)
+                partner = None
+                continue
             partner = event.peer
             try:
                 reply = responder.receive(event.body)

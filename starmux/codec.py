@@ -119,13 +119,13 @@ def _exact(expected: type) -> _Check:
 
 
 def _fields_converter(cls: type[M]) -> Callable[[Any], M]:
-    hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     converters: dict[str, _Check] = {}
     names = frozenset(fields)
 
     def convert(value: Any) -> M:
         if not converters:  # built lazily so messages may refer to later classes
+            hints = typing.get_type_hints(cls)
             converters.update({name: _converter(hints[name]) for name in fields})
         if type(value) is not dict or value.keys() != names:
             raise _Invalid

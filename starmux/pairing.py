@@ -60,6 +60,10 @@ class PairingFailed(StarmuxError):
     """This pairing attempt is over; the message says why, for the local person."""
 
 
+class PairingAborted(PairingFailed):
+    """The other side ended the attempt (it already counted the failure)."""
+
+
 def pairing_prologue(relay_key: bytes, ticket: bytes, machine_sign_key_fp: bytes) -> bytes:
     return transcript(PAIR_DOMAIN, relay_key, ticket, machine_sign_key_fp)
 
@@ -111,10 +115,12 @@ class _Side:
         if self.phase is not phase:
             raise PairingFailed(f"unexpected pairing message in phase {self.phase.value}")
 
-    def _fail(self, message: str, exc: BaseException | None = None) -> PairingFailed:
+    def _fail(
+        self, message: str, exc: BaseException | None = None, *, aborted: bool = False
+    ) -> PairingFailed:
         self.phase = _Phase.FAILED
         self._channel = None
-        error = PairingFailed(message)
+        error = PairingAborted(message) if aborted else PairingFailed(message)
         if exc is not None:
             error.__cause__ = exc
         return error
@@ -197,7 +203,7 @@ class ControllerPairing(_Side):
             except RemoteProtocolError as exc:
                 raise self._fail("unexpected message during pairing", exc) from exc
             if kind is Kind.PAIR_ABORT:
-                raise self._fail("the machine aborted the pairing")
+                raise self._fail("the machine aborted the pairing", aborted=True)
             if kind is not Kind.PAIR_HANDSHAKE:
                 raise self._fail("unexpected message during pairing")
             try:

@@ -33,10 +33,13 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         data_dir: Path | None = None,
+        port: int | None = None,
     ) -> RelayProcess:
         relay = RelayProcess(
             data_dir or tmp_path / f"relay{len(started)}", env=env or {}, extra_args=args or []
         )
+        if port is not None:
+            relay.port = port
         started.append(relay)
         return relay.start()
 
