@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
 from starmux.home import default_home
 
+home_option = click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="STARMUX_HOME",
+    help="Daemon home folder [STARMUX_HOME or the user data dir].",
+)
+
 
 def _home(home: Path | None) -> Path:
     return home or default_home()
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @click.group("daemon")
@@ -31,30 +47,65 @@ def daemon_group() -> None:
 )
 @click.option("--name", default=None, help="Name shown to controllers [the hostname].")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
-@click.option(
-    "--home",
-    type=click.Path(path_type=Path),
-    default=None,
-    envvar="STARMUX_HOME",
-    help="Daemon home folder [STARMUX_HOME or the user data dir].",
-)
+@home_option
+@click.option("--detach", is_flag=True, help="Run in the background (log: HOME/daemon.log).")
+@click.option("--foreground", is_flag=True, help="Run in this terminal (the default).")
 def start_command(
-    relay_url: str | None, name: str | None, as_json: bool, home: Path | None
+    relay_url: str | None,
+    name: str | None,
+    as_json: bool,
+    home: Path | None,
+    detach: bool,
+    foreground: bool,
 ) -> None:
-    """Start the daemon in the foreground (pairs on first run: shows a QR code)."""
+    """Start the daemon (pairs on first run: shows a QR code)."""
+    from .process import DaemonLock
+    from .process import detach as detach_process
     from .runtime import Daemon
     from .terminal import Terminal
 
+    home = _home(home)
+    if detach and not foreground:
+        argv = [
+            sys.executable,
+            "-m",
+            "starmux.cli",
+            "daemon",
+            "start",
+            "--foreground",
+            "--home",
+            str(home),
+        ]
+        if relay_url:
+            argv += ["--relay", relay_url]
+        if name:
+            argv += ["--name", name]
+        pid = detach_process(argv, home=home, log_file=home / "daemon.log")
+        click.echo(f"daemon started in the background (pid {pid}); log: {home / 'daemon.log'}")
+        click.echo("see `starmux daemon status`; the pairing code is in the log")
+        return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(
-        _home(home), relay_url=relay_url, name=name, terminal=Terminal(json_lines=as_json)
-    )
-    asyncio.run(_run_until_signal(daemon.run()))
+    with DaemonLock(home, argv=sys.argv, relay_url=relay_url) as lock:
+
+        def status_hook(*, state: str, **fields: object) -> None:
+            lock.update_status(
+                state=state,
+                relay_url=_str(fields.get("relay_url")),
+                fingerprint=_str(fields.get("machine_fingerprint")),
+            )
+
+        daemon = Daemon(
+            home,
+            relay_url=relay_url,
+            name=name,
+            terminal=Terminal(json_lines=as_json),
+            status_hook=status_hook,
+        )
+        asyncio.run(_run_until_signal(daemon.run()))
 
 
-async def _run_until_signal(main: object) -> None:
+async def _run_until_signal(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main``; SIGTERM/SIGINT cancel it so cleanup (closing SQLite) runs."""
-    assert asyncio.iscoroutine(main)
     task = asyncio.ensure_future(main)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,3 +114,59 @@ async def _run_until_signal(main: object) -> None:
         await task
     except asyncio.CancelledError:
         click.echo("daemon stopped", err=True)
+
+
+@daemon_group.command("status")
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_command(home: Path | None, as_json: bool) -> None:
+    """Is this home's daemon running, and in which state?"""
+    from .process import read_status
+
+    status = read_status(_home(home))
+    if as_json:
+        click.echo(json.dumps(status.to_json() if status else {"alive": False}))
+        return
+    if status is None or not status.alive:
+        click.echo("daemon: not running (start it with `starmux daemon start`)")
+        raise SystemExit(3)
+    click.echo(f"daemon: running (pid {status.pid}), {status.state}, up {int(status.uptime or 0)}s")
+    if status.fingerprint:
+        click.echo(f"machine fingerprint: {status.fingerprint}")
+    if status.relay_url:
+        click.echo(f"relay: {status.relay_url}")
+
+
+@daemon_group.command("stop")
+@home_option
+def stop_command(home: Path | None) -> None:
+    """Stop this home's daemon (SIGTERM, then SIGKILL after 10 s)."""
+    from .process import stop_daemon
+
+    click.echo("daemon stopped" if stop_daemon(_home(home)) else "daemon was not running")
+
+
+@daemon_group.command("install")
+@home_option
+@click.option("--relay", "relay_url", default=None, help="Relay URL to start with.")
+@click.option("--force", is_flag=True, help="Replace a different existing unit.")
+def install_command(home: Path | None, relay_url: str | None, force: bool) -> None:
+    """Write a systemd user unit that keeps the daemon running, and say how to enable it."""
+    from .systemd import enable_instructions, install_user_unit
+
+    home = _home(home)
+    exec_start = [
+        sys.executable,
+        "-m",
+        "starmux.cli",
+        "daemon",
+        "start",
+        "--foreground",
+        "--home",
+        str(home),
+    ]
+    if relay_url:
+        exec_start += ["--relay", relay_url]
+    path = install_user_unit(exec_start=exec_start, home=home, force=force)
+    click.echo(f"wrote {path}")
+    click.echo(enable_instructions(path))

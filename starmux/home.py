@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -47,8 +48,10 @@ def ensure_private_dir(path: Path) -> Path:
 def write_private_file(path: Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path`` with mode 0600."""
     ensure_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # mkstemp creates the file 0600 with a random name, so a temp file left by a
+    # crash (even of a process that had our pid) never blocks the next write.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -53,3 +53,175 @@ class PairingStored(Message):
     """Machine → controller: grant verified and stored; pairing complete."""
 
     KIND = "pairing-stored"
+
+
+# --- live session channel (inside Noise_KK) --------------------------------------
+
+
+@APP.register
+@dataclass(frozen=True)
+class SyncRequest(Message):
+    """Controller → machine: send me every event after ``after_seq`` of ``epoch``.
+
+    An unknown or empty ``epoch`` (the machine's log was wiped, or a first sync) gets
+    the whole log from the start with the machine's current epoch.
+    """
+
+    KIND = "sync-request"
+    epoch: str
+    after_seq: int
+    limit: int
+
+
+@APP.register
+@dataclass(frozen=True)
+class LoggedEvent(Message):
+    """One entry of a machine's event log; ``body`` is an APP-encoded event message."""
+
+    KIND = "logged-event"
+    seq: int
+    at: float
+    session: str
+    body: bytes
+
+
+@APP.register
+@dataclass(frozen=True)
+class EventPage(Message):
+    """Machine → controller: events in ``seq`` order (a sync page or live events)."""
+
+    KIND = "event-page"
+    epoch: str
+    events: tuple[LoggedEvent, ...]
+    more: bool  # another sync page follows
+    live: bool  # pushed as it happened, not in answer to a SyncRequest
+
+
+@APP.register
+@dataclass(frozen=True)
+class CommandEnvelope(Message):
+    """Controller → machine: one outbox command; ``body`` is an APP-encoded command."""
+
+    KIND = "command"
+    command_id: str
+    body: bytes
+
+
+@APP.register
+@dataclass(frozen=True)
+class CommandAck(Message):
+    """Machine → controller: the command ran (or was refused). Repeats are re-acked
+    with the first result, never run twice."""
+
+    KIND = "command-ack"
+    command_id: str
+    ok: bool
+    error: str
+    hint: str
+    result: str
+
+
+# --- commands (bodies of CommandEnvelope) ----------------------------------------
+
+
+@APP.register
+@dataclass(frozen=True)
+class StartSession(Message):
+    KIND = "start-session"
+    session: str
+    argv: tuple[str, ...]
+    cwd: str
+    title: str
+    env: dict[str, str]
+    pty: bool
+
+
+@APP.register
+@dataclass(frozen=True)
+class CancelSession(Message):
+    KIND = "cancel-session"
+    session: str
+
+
+@APP.register
+@dataclass(frozen=True)
+class SendInput(Message):
+    KIND = "send-input"
+    session: str
+    data: bytes
+
+
+@APP.register
+@dataclass(frozen=True)
+class DecideCheckpoint(Message):
+    """Signed by the deciding controller (see :func:`starmux.checkpoints.decision_transcript`)."""
+
+    KIND = "decide-checkpoint"
+    checkpoint: str
+    approve: bool
+    reason: str
+    decided_at: float
+    signature: bytes
+
+
+# --- events (bodies of LoggedEvent) ------------------------------------------------
+
+
+@APP.register
+@dataclass(frozen=True)
+class SessionCreated(Message):
+    KIND = "session-created"
+    argv: tuple[str, ...]
+    cwd: str
+    title: str
+    pty: bool
+    command_id: str
+
+
+@APP.register
+@dataclass(frozen=True)
+class SessionStatusChanged(Message):
+    KIND = "session-status"
+    status: str  # a starmux.session_state.Status value
+    exit_code: int | None
+    detail: str
+
+
+@APP.register
+@dataclass(frozen=True)
+class Output(Message):
+    KIND = "output"
+    stream: str  # "stdout" | "stderr" | "pty"
+    data: bytes
+
+
+@APP.register
+@dataclass(frozen=True)
+class CostReported(Message):
+    KIND = "cost"
+    input_tokens: int
+    output_tokens: int
+    usd: float
+    note: str
+
+
+@APP.register
+@dataclass(frozen=True)
+class CheckpointRaised(Message):
+    KIND = "checkpoint-raised"
+    checkpoint: str
+    title: str
+    body: str
+    expires_at: float
+    default_approve: bool
+
+
+@APP.register
+@dataclass(frozen=True)
+class CheckpointDecided(Message):
+    KIND = "checkpoint-decided"
+    checkpoint: str
+    decision: str  # "approved" | "denied" | "expired"
+    by: bytes  # controller key; empty when the default was applied on expiry
+    reason: str
+    decided_at: float
