@@ -180,7 +180,7 @@ class MessageCodec:
             raise UsageError(f"{message.KIND} message exceeds {self._max_size} bytes")
         return data
 
-    def decode(self, data: bytes) -> Message:
+    def decode(self, data: bytes | bytearray | memoryview) -> Message:
         """Parse untrusted bytes; raises only this codec's error type."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise self._error("a message must be bytes")
@@ -205,7 +205,7 @@ class MessageCodec:
         except RecursionError as exc:
             raise self._error(f"{kind} message nested too deeply") from exc
 
-    def decode_as(self, data: bytes, cls: type[M]) -> M:
+    def decode_as(self, data: bytes | bytearray | memoryview, cls: type[M]) -> M:
         """Decode and require a specific message class."""
         message = self.decode(data)
         if not isinstance(message, cls):

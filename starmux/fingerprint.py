@@ -50,7 +50,8 @@ def normalize_fingerprint(text: str) -> str:
 
     Accepts lower case, spaces and missing dashes, because people retype these.
     """
-    compact = "".join(ch for ch in text.upper() if ch not in "- ")
+    # ASCII first: upper() maps some non-ASCII letters (ß, ſ) into the alphabet.
+    compact = "".join(ch for ch in text.upper() if ch not in "- ") if text.isascii() else ""
     if len(compact) != 32 or any(ch not in _ALPHABET for ch in compact):
         raise UsageError(
             f"not a fingerprint: {text[:60]!r}",

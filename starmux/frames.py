@@ -65,7 +65,7 @@ def encode_frame(frame_type: FrameType, peer: bytes, body: bytes) -> bytes:
     return msgpack.packb([int(frame_type), peer, body], use_bin_type=True)
 
 
-def parse_frame(data: bytes, *, max_size: int = MAX_FRAME_SIZE) -> Frame:
+def parse_frame(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME_SIZE) -> Frame:
     """Parse untrusted bytes into a :class:`Frame`; raises only :class:`FrameError`."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FrameError("a frame must be bytes")

@@ -160,7 +160,12 @@ class IdentityCard:
             )
         except Exception as exc:  # msgpack raises many types for bad input
             raise RemoteProtocolError("identity card is not valid msgpack") from exc
-        if not isinstance(fields, list) or len(fields) != 6 or fields[0] != CARD_VERSION:
+        if (
+            not isinstance(fields, list)
+            or len(fields) != 6
+            or type(fields[0]) is not int
+            or fields[0] != CARD_VERSION
+        ):
             raise RemoteProtocolError("identity card has the wrong shape or version")
         _, role, sign_pk, dh_pk, name, signature = fields
         if (

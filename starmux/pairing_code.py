@@ -65,8 +65,11 @@ def check_relay_url(url: str) -> str:
         raise UsageError(
             f"invalid relay URL {url[:100]!r}", hint="use ws://HOST:PORT or wss://HOST[:PORT]"
         )
-    if parts.username or parts.password or parts.fragment or parts.query:
-        raise UsageError(f"relay URL {url[:100]!r} must not carry credentials, query or fragment")
+    if parts.username or parts.password:
+        # Never echo the URL here: it holds a password.
+        raise UsageError("the relay URL must not carry credentials (user:password@)")
+    if parts.fragment or parts.query:
+        raise UsageError(f"relay URL {url[:100]!r} must not carry a query or fragment")
     del port
     return url
 
@@ -117,7 +120,7 @@ def parse_pairing_code(text: str) -> PairingCode:
     query = text[len(PREFIX) :]
     try:
         pairs = urllib.parse.parse_qsl(
-            query, keep_blank_values=True, strict_parsing=True, max_num_fields=len(_PARAMS)
+            query, keep_blank_values=True, strict_parsing=True, max_num_fields=2 * len(_PARAMS)
         )
     except ValueError as exc:
         raise PairingCodeError("the pairing code's parameters are garbled", hint=_HINT) from exc

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import hmac
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ from .errors import CryptoError, RemoteProtocolError, UsageError
 from .fingerprint import fingerprint
 from .frames import Frame, FrameType, encode_frame
 from .identity import IdentityCard, NodeKeys, Role, verify_signature
-from .transcript import transcript
+from .transcript import signed_time, transcript
 
 AUTH_DOMAIN = b"starmux/relay-auth/v1"
 WELCOME_DOMAIN = b"starmux/relay-welcome/v1"
@@ -41,11 +40,6 @@ REVOKE_DOMAIN = b"starmux/machine-revoke/v1"
 NONCE_SIZE = 32
 
 Rng = Callable[[int], bytes]
-
-
-def _time_field(seconds: float) -> bytes:
-    # Times are signed as integer milliseconds: floats have no canonical byte form.
-    return struct.pack(">q", round(seconds * 1000))
 
 
 def auth_transcript(relay_key: bytes, nonce: bytes, client_nonce: bytes, card: bytes) -> bytes:
@@ -66,11 +60,11 @@ def welcome_transcript(
 
 
 def grant_transcript(account: bytes, machine_card: bytes, issued_at: float) -> bytes:
-    return transcript(GRANT_DOMAIN, account, machine_card, _time_field(issued_at))
+    return transcript(GRANT_DOMAIN, account, machine_card, signed_time(issued_at))
 
 
 def revoke_transcript(account: bytes, machine_key: bytes, issued_at: float) -> bytes:
-    return transcript(REVOKE_DOMAIN, account, machine_key, _time_field(issued_at))
+    return transcript(REVOKE_DOMAIN, account, machine_key, signed_time(issued_at))
 
 
 class RelayKeyMismatch(CryptoError):
@@ -232,6 +226,8 @@ class RelayAuth:
     def welcome_frame(
         self, card: IdentityCard, status: SessionStatus, account: bytes, *, now: float
     ) -> bytes:
+        if not self._client_nonce:
+            raise UsageError("welcome_frame needs a verified AUTH response first")
         signature = self._keys.sign(
             welcome_transcript(
                 self._card.sign_public,

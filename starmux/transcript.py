@@ -9,7 +9,10 @@ another (``starmux/identity-card/v1``).
 
 from __future__ import annotations
 
-from .errors import UsageError
+import math
+import struct
+
+from .errors import CryptoError, UsageError
 
 _MAX_FIELD = 2**32 - 1
 
@@ -25,3 +28,16 @@ def transcript(domain: bytes, *fields: bytes) -> bytes:
         parts.append(len(field).to_bytes(4, "big"))
         parts.append(field)
     return b"".join(parts)
+
+
+def signed_time(seconds: float) -> bytes:
+    """A timestamp as signed bytes: integer milliseconds, 8 bytes big-endian.
+
+    Floats have no canonical byte form, so signatures cover this instead. A time no
+    signature can cover (NaN, infinite, out of range: only a hostile peer sends
+    those) raises :class:`CryptoError`, like any other signature that cannot verify.
+    """
+    millis = seconds * 1000
+    if not math.isfinite(millis) or not -(2**63) <= millis < 2**63:
+        raise CryptoError()
+    return struct.pack(">q", round(millis))
