@@ -50,6 +50,13 @@ def daemon_group() -> None:
 @home_option
 @click.option("--detach", is_flag=True, help="Run in the background (log: HOME/daemon.log).")
 @click.option("--foreground", is_flag=True, help="Run in this terminal (the default).")
+@click.option(
+    "--allow-root",
+    "allow_roots",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Sessions may only run under these directories (repeatable) [your home].",
+)
 def start_command(
     relay_url: str | None,
     name: str | None,
@@ -57,6 +64,7 @@ def start_command(
     home: Path | None,
     detach: bool,
     foreground: bool,
+    allow_roots: tuple[Path, ...],
 ) -> None:
     """Start the daemon (pairs on first run: shows a QR code)."""
     from .process import DaemonLock
@@ -80,6 +88,8 @@ def start_command(
             argv += ["--relay", relay_url]
         if name:
             argv += ["--name", name]
+        for root in allow_roots:
+            argv += ["--allow-root", str(root)]
         pid = detach_process(argv, home=home, log_file=home / "daemon.log")
         click.echo(f"daemon started in the background (pid {pid}); log: {home / 'daemon.log'}")
         click.echo("see `starmux daemon status`; the pairing code is in the log")
@@ -100,6 +110,7 @@ def start_command(
             name=name,
             terminal=Terminal(json_lines=as_json),
             status_hook=status_hook,
+            allow_roots=allow_roots,
         )
         asyncio.run(_run_until_signal(daemon.run()))
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import nacl.utils
@@ -39,7 +40,7 @@ from starmux.control import (
     SessionStatus,
     TicketCreated,
 )
-from starmux.e2e import Kind, unwrap
+from starmux.e2e import Kind
 from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError, UsageError
 from starmux.fingerprint import fingerprint
 from starmux.identity import IdentityCard, NodeKeys, Role
@@ -47,8 +48,15 @@ from starmux.pairing import MachinePairing, PairingFailed, abort_body
 from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.relay_auth import RelayKeyMismatch
 
-from .store import DaemonStore, PairedController
+from .checkpoints import Checkpoints
+from .eventlog import EventLog
+from .live import LiveService
+from .local_api import LocalApiServer
+from .sessions import SessionManager
+from .store import DATABASE_FILE, DaemonStore, PairedController
 from .terminal import Terminal
+
+API_SOCKET = "api.sock"
 
 log = logging.getLogger("starmux.daemon")
 
@@ -70,8 +78,11 @@ class Daemon:
         name: str | None,
         terminal: Terminal,
         status_hook: object = None,
+        allow_roots: Sequence[Path] = (),
     ) -> None:
         self.home = home
+        self.allow_roots = list(allow_roots) or [Path.home()]
+        self.live: LiveService | None = None
         self.store = DaemonStore(home)
         self.terminal = terminal
         self._relay_url_flag = check_relay_url(relay_url) if relay_url else None
@@ -88,12 +99,50 @@ class Daemon:
 
     async def run(self) -> None:
         await self.store.open()
+        self.log = await EventLog.open(self.home / DATABASE_FILE)
+        self.sessions = SessionManager(
+            self.log, allowed_roots=self.allow_roots, api_socket=self.home / API_SOCKET
+        )
         try:
             await self._configure()
+            for session in await self.sessions.recover():
+                self.terminal.event(
+                    "session-lost",
+                    f"session {session} was lost: its process ended with the previous daemon",
+                    session=session,
+                )
             while True:
                 await self._connect_once()
         finally:
+            if self.api is not None:
+                await self.api.close()
+            await self.sessions.close()
+            await self.log.close()
             await self.store.close()
+
+    api: LocalApiServer | None = None
+
+    async def _services(self, keys: NodeKeys, card: IdentityCard) -> LiveService:
+        """Checkpoints, the local API and the live service for this identity."""
+        if self.live is not None and self.live.keys == keys:
+            return self.live
+        if self.live is not None:
+            self.live.close()
+        checkpoints = Checkpoints(self.log, self.sessions, self.store, machine_key=keys.sign_public)
+        await checkpoints.expire_stale()
+        if self.api is not None:
+            await self.api.close()
+        self.api = LocalApiServer(self.home / API_SOCKET, checkpoints)
+        await self.api.start()
+        self.live = LiveService(
+            keys=keys,
+            card=card,
+            store=self.store,
+            log=self.log,
+            sessions=self.sessions,
+            checkpoints=checkpoints,
+        )
+        return self.live
 
     async def _configure(self) -> None:
         stored = await self.store.setting("relay_url")
@@ -326,6 +375,15 @@ class Daemon:
     # --- paired ------------------------------------------------------------------------
 
     async def _paired(self, link: RelayLink) -> Closed:
+        assert self.keys is not None and self.card is not None
+        live = await self._services(self.keys, self.card)
+        live.attach(link.send_data, link.relay_key)
+        try:
+            return await self._paired_loop(link, live)
+        finally:
+            live.detach()
+
+    async def _paired_loop(self, link: RelayLink, live: LiveService) -> Closed:
         assert self.keys is not None
         controllers = await self.store.controllers()
         self._set_status(
@@ -341,10 +399,10 @@ class Daemon:
         async for event in link.events():
             if isinstance(event, Closed):
                 return event
-            await self._paired_event(link, event)
+            await self._paired_event(live, event)
         return Closed(None, "link ended")
 
-    async def _paired_event(self, link: RelayLink, event: LinkEvent) -> None:
+    async def _paired_event(self, live: LiveService, event: LinkEvent) -> None:
         if isinstance(event, NoticeReceived):
             notice = event.notice
             if (
@@ -356,12 +414,7 @@ class Daemon:
             if notice.event is NoticeEvent.RESTARTING:
                 self._restart_hint = notice.retry_after
         elif isinstance(event, Data):
-            try:
-                kind, _ = unwrap(event.body)
-            except RemoteProtocolError:
-                return
-            log.debug("ignoring %s from a controller (sessions not handled here)", kind.name)
-            del kind
+            await live.on_data(event.peer, event.body)
 
     async def _forget_revoked_identity(self) -> None:
         old = self.keys.fingerprint if self.keys else "?"

@@ -29,6 +29,14 @@ LAZY_COMMANDS: dict[str, str] = {
     "pair": "client.commands:pair_command",
     "machines": "client.commands:machines_command",
     "revoke": "client.commands:revoke_command",
+    "run": "client.session_commands:run_command",
+    "cancel": "client.session_commands:cancel_command",
+    "sessions": "client.session_commands:sessions_command",
+    "logs": "client.session_commands:logs_command",
+    "watch": "client.session_commands:watch_command",
+    "approvals": "client.session_commands:approvals_command",
+    "approve": "client.session_commands:approve_command",
+    "deny": "client.session_commands:deny_command",
 }
 
 

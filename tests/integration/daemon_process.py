@@ -46,6 +46,7 @@ class DaemonProcess:
     home: Path
     relay_url: str | None
     name: str = "gpu-box"
+    extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
@@ -55,6 +56,7 @@ class DaemonProcess:
         args = ["daemon", "start", "--name", self.name]
         if self.relay_url:
             args += ["--relay", self.relay_url]
+        args += self.extra_args
         env = {**os.environ, "STARMUX_HOME": str(self.home), "NO_COLOR": "1"}
         self.process = subprocess.Popen(
             starmux_command(*args),
@@ -106,6 +108,11 @@ class DaemonProcess:
 
     def pairing_code(self, *, after: int = 0) -> str:
         return self.wait_for(CODE_PATTERN, after=after).group(0)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,0 +1,332 @@
+"""The controller's cache: events per machine (exactly once, in order), projections
+of sessions and checkpoints, cursors, and the outbox of commands.
+
+Invariants:
+- ``cursors.seq`` is the last event applied for a machine; an event is applied only
+  if its ``seq`` is exactly the next one, in the same transaction that advances the
+  cursor. So applying a page twice changes nothing, and a gap stops application
+  (the caller asks for a resync from the cursor).
+- A machine whose log epoch changed (its log was wiped) is forgotten and resynced
+  from the start under the new epoch.
+- An outbox command stays until the machine acks it; its id makes delivery
+  idempotent on the machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import msgpack
+
+from starmux.errors import MessageError
+from starmux.messages import (
+    APP,
+    CheckpointDecided,
+    CheckpointRaised,
+    CommandAck,
+    CostReported,
+    EventPage,
+    LoggedEvent,
+    SessionCreated,
+    SessionStatusChanged,
+)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: str
+    machine: bytes
+    title: str
+    cwd: str
+    argv: list[str]
+    status: str
+    exit_code: int | None
+    created_at: float
+    updated_at: float
+    input_tokens: int
+    output_tokens: int
+    usd: float
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    id: str
+    machine: bytes
+    session: str
+    title: str
+    body: str
+    created_at: float
+    expires_at: float
+    default_approve: bool
+    decision: str | None
+    decided_by: bytes | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class OutboxCommand:
+    command_id: str
+    machine: bytes
+    kind: str
+    body: bytes
+    created_at: float
+    acked: bool
+    ok: bool | None
+    error: str | None
+    hint: str | None
+    result: str | None
+
+
+@dataclass(frozen=True)
+class Applied:
+    events: list[LoggedEvent]  # newly applied, in order
+    gap: bool  # events were skipped for a missing seq: resync from the cursor
+
+
+_SESSION_COLUMNS = (
+    "id, machine, title, cwd, argv, status, exit_code, created_at, updated_at, "
+    "input_tokens, output_tokens, usd"
+)
+_CHECKPOINT_COLUMNS = (
+    "id, machine, session, title, body, created_at, expires_at, "
+    "default_approve, decision, decided_by, reason"
+)
+
+
+class Cache:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def cursor(self, machine: bytes) -> Cursor:
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT epoch, seq FROM cursors WHERE machine = ?", (machine,)
+            )
+        )
+        return Cursor(rows[0][0], rows[0][1]) if rows else Cursor("", 0)
+
+    async def apply_page(self, machine: bytes, page: EventPage) -> Applied:
+        applied: list[LoggedEvent] = []
+        gap = False
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = await self.cursor(machine)
+            if page.epoch != cursor.epoch:
+                if cursor.epoch:
+                    await self._forget_machine_data(machine)
+                cursor = Cursor(page.epoch, 0)
+            seq = cursor.seq
+            for event in page.events:
+                if event.seq <= seq:
+                    continue  # already applied: a replay or an overlap of sync and live
+                if event.seq != seq + 1:
+                    gap = True
+                    break
+                await self.db.execute(
+                    "INSERT INTO events (machine, seq, session, at, body) VALUES (?,?,?,?,?)",
+                    (machine, event.seq, event.session, event.at, event.body),
+                )
+                await self._project(machine, event)
+                applied.append(event)
+                seq = event.seq
+            await self.db.execute(
+                "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+                (machine, page.epoch, seq),
+            )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return Applied(applied, gap)
+
+    async def _forget_machine_data(self, machine: bytes) -> None:
+        for table in ("events", "sessions", "checkpoints"):
+            await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
+
+    async def _project(self, machine: bytes, event: LoggedEvent) -> None:
+        try:
+            message = APP.decode(event.body)
+        except MessageError:
+            return  # a newer daemon's event kind: kept in the log, not projected
+        if isinstance(message, SessionCreated):
+            await self.db.execute(
+                "INSERT OR IGNORE INTO sessions (id, machine, title, cwd, argv, status, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (
+                    event.session,
+                    machine,
+                    message.title,
+                    message.cwd,
+                    msgpack.packb(list(message.argv)),
+                    event.at,
+                    event.at,
+                ),
+            )
+        elif isinstance(message, SessionStatusChanged):
+            await self.db.execute(
+                "UPDATE sessions SET status = ?, exit_code = ?, updated_at = ? WHERE id = ?",
+                (message.status, message.exit_code, event.at, event.session),
+            )
+        elif isinstance(message, CostReported):
+            await self.db.execute(
+                "UPDATE sessions SET input_tokens = input_tokens + ?, output_tokens = "
+                "output_tokens + ?, usd = usd + ? WHERE id = ?",
+                (message.input_tokens, message.output_tokens, message.usd, event.session),
+            )
+        elif isinstance(message, CheckpointRaised):
+            await self.db.execute(
+                "INSERT OR IGNORE INTO checkpoints (id, machine, session, title, body, "
+                "created_at, expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.checkpoint,
+                    machine,
+                    event.session,
+                    message.title,
+                    message.body,
+                    event.at,
+                    message.expires_at,
+                    int(message.default_approve),
+                ),
+            )
+        elif isinstance(message, CheckpointDecided):
+            await self.db.execute(
+                "UPDATE checkpoints SET decision = ?, decided_by = ?, reason = ?, decided_at = ? "
+                "WHERE id = ?",
+                (
+                    message.decision,
+                    message.by,
+                    message.reason,
+                    message.decided_at,
+                    message.checkpoint,
+                ),
+            )
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def sessions(self, machine: bytes | None = None) -> list[SessionRow]:
+        where, params = ("WHERE machine = ?", (machine,)) if machine else ("", ())
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {where} ORDER BY created_at", params
+        )
+        return [_session(r) for r in rows]
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        rows = list(
+            await self.db.execute_fetchall(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            )
+        )
+        return _session(rows[0]) if rows else None
+
+    async def session_events(self, session_id: str, *, after: int = 0) -> list[LoggedEvent]:
+        rows = await self.db.execute_fetchall(
+            "SELECT seq, at, session, body FROM events WHERE session = ? AND seq > ? ORDER BY seq",
+            (session_id, after),
+        )
+        return [LoggedEvent(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def checkpoints(self, *, pending_only: bool = True) -> list[CheckpointRow]:
+        where = "WHERE decision IS NULL" if pending_only else ""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints {where} ORDER BY created_at"
+        )
+        return [_checkpoint(r) for r in rows]
+
+    async def checkpoint(self, checkpoint_id: str) -> CheckpointRow | None:
+        rows = list(
+            await self.db.execute_fetchall(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (checkpoint_id,)
+            )
+        )
+        return _checkpoint(rows[0]) if rows else None
+
+    # --- outbox ---------------------------------------------------------------------
+
+    async def enqueue(self, command_id: str, machine: bytes, kind: str, body: bytes) -> None:
+        await self.db.execute(
+            "INSERT INTO outbox (command_id, machine, kind, body, created_at) VALUES (?,?,?,?,?)",
+            (command_id, machine, kind, body, time.time()),
+        )
+
+    async def pending(self, machine: bytes | None = None) -> list[OutboxCommand]:
+        where = "WHERE acked_at IS NULL" + (" AND machine = ?" if machine else "")
+        rows = await self.db.execute_fetchall(
+            "SELECT command_id, machine, kind, body, created_at, acked_at, ok, error, hint, "
+            f"result FROM outbox {where} ORDER BY created_at",
+            (machine,) if machine else (),
+        )
+        return [_outbox(r) for r in rows]
+
+    async def command(self, command_id: str) -> OutboxCommand | None:
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT command_id, machine, kind, body, created_at, acked_at, ok, error, hint, "
+                "result FROM outbox WHERE command_id = ?",
+                (command_id,),
+            )
+        )
+        return _outbox(rows[0]) if rows else None
+
+    async def mark_sent(self, command_id: str) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET sent_at = ? WHERE command_id = ?", (time.time(), command_id)
+        )
+
+    async def record_ack(self, ack: CommandAck) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET acked_at = ?, ok = ?, error = ?, hint = ?, result = ? "
+            "WHERE command_id = ? AND acked_at IS NULL",
+            (time.time(), int(ack.ok), ack.error, ack.hint, ack.result, ack.command_id),
+        )
+
+    async def forget_machine(self, machine: bytes) -> None:
+        for table in ("events", "sessions", "checkpoints", "outbox", "cursors"):
+            await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
+
+
+def _session(r: Any) -> SessionRow:
+    argv = msgpack.unpackb(bytes(r[4]))
+    return SessionRow(
+        r[0], bytes(r[1]), r[2], r[3], list(argv), r[5], r[6], r[7], r[8], r[9], r[10], r[11]
+    )
+
+
+def _checkpoint(r: Any) -> CheckpointRow:
+    return CheckpointRow(
+        r[0],
+        bytes(r[1]),
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        bool(r[7]),
+        r[8],
+        bytes(r[9]) if r[9] is not None else None,
+        r[10],
+    )
+
+
+def _outbox(r: Any) -> OutboxCommand:
+    return OutboxCommand(
+        r[0],
+        bytes(r[1]),
+        r[2],
+        bytes(r[3]),
+        r[4],
+        r[5] is not None,
+        None if r[6] is None else bool(r[6]),
+        r[7],
+        r[8],
+        r[9],
+    )

@@ -1,0 +1,244 @@
+"""The controller's live side: one relay link, a Noise_KK channel per online machine,
+resync after the cursor, then live events; outbox delivery and acks.
+
+:class:`LiveController` is used by every command that needs fresh state (``run``,
+``sessions``, ``watch``, ``approve``...). Per machine a :class:`MachineChannel`:
+
+    handshake (KK) ──▶ syncing (SyncRequest pages until more=False) ──▶ live
+        ▲                                                                 │
+        └──── SESSION_RESET / decrypt failure / relay reconnect ◀─────────┘
+
+Once a machine is live its pending outbox commands are sent (again, if they were
+sent before: the machine answers a repeated command id with the first result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starmux.codec import Message
+from starmux.control import ListMachines, MachineList
+from starmux.e2e import Kind, unwrap
+from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError
+from starmux.identity import IdentityCard, NodeKeys, Role
+from starmux.live_channel import LiveChannel, finish, initiate, reset_body
+from starmux.messages import CommandAck, CommandEnvelope, EventPage, LoggedEvent, SyncRequest
+from starmux.noise import HandshakeState
+
+from .cache import Cache
+from .link import Closed, Data, PresenceChanged, RelayLink, Undeliverable
+from .store import ControllerConfig, ControllerStore
+
+log = logging.getLogger("starmux.controller")
+
+SYNC_PAGE = 1000
+HANDSHAKE_TIMEOUT = 10.0
+
+#: Called for every newly applied event, in order: (machine key, event).
+EventCallback = Callable[[bytes, LoggedEvent], None]
+
+
+@dataclass
+class MachineChannel:
+    key: bytes
+    card: IdentityCard
+    online: bool = False
+    handshake: HandshakeState | None = None
+    channel: LiveChannel | None = None
+    live: asyncio.Event = field(default_factory=asyncio.Event)
+    acks: dict[str, asyncio.Future[CommandAck]] = field(default_factory=dict)
+
+
+class LiveController:
+    def __init__(
+        self,
+        store: ControllerStore,
+        config: ControllerConfig,
+        *,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.cache = Cache(store.db)
+        self.keys: NodeKeys = store.keys()
+        self.card = self.keys.card(Role.CONTROLLER, config.name)
+        self.on_event = on_event
+        self.machines: dict[bytes, MachineChannel] = {}
+        self.link: RelayLink | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+        self.close_reason: Closed | None = None
+
+    async def start(self) -> None:
+        """Connect, learn which machines are online and open channels to them."""
+        self.link = RelayLink(
+            self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
+        )
+        await self.link.connect()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        listing = await self.link.request(ListMachines(0), MachineList)
+        assert isinstance(listing, MachineList)
+        known = {m.key: m for m in await self.store.machines()}
+        for info in listing.machines:
+            card = IdentityCard.decode(info.card)
+            if info.machine_key not in known:
+                await self.store.add_machine(card, paired_at=info.paired_at)
+            machine = self.machines.setdefault(
+                info.machine_key, MachineChannel(info.machine_key, card)
+            )
+            machine.online = info.online
+            if info.online:
+                await self._handshake(machine)
+
+    async def close(self) -> None:
+        if self.link is not None:
+            await self.link.close()
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await self._reader
+
+    async def wait_live(
+        self, keys: list[bytes] | None = None, *, within: float = 15.0
+    ) -> set[bytes]:
+        """Wait until the given (default: all online) machines are synced; returns those
+        that are live. Offline machines are skipped, not waited for."""
+        targets = [m for k, m in self.machines.items() if (keys is None or k in keys) and m.online]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.gather(*(m.live.wait() for m in targets))
+        return {m.key for m in targets if m.live.is_set()}
+
+    def is_online(self, key: bytes) -> bool:
+        machine = self.machines.get(key)
+        return machine is not None and machine.online
+
+    async def command_ack(
+        self, machine_key: bytes, command_id: str, *, within: float = 30.0
+    ) -> CommandAck | None:
+        """Wait for the ack of an outbox command (None if it did not come in time)."""
+        machine = self.machines.get(machine_key)
+        if machine is None:
+            return None
+        stored = await self.cache.command(command_id)
+        if stored is not None and stored.acked:
+            return CommandAck(
+                command_id,
+                bool(stored.ok),
+                stored.error or "",
+                stored.hint or "",
+                stored.result or "",
+            )
+        future = machine.acks.setdefault(command_id, asyncio.get_running_loop().create_future())
+        try:
+            async with asyncio.timeout(within):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            return None
+
+    async def flush_outbox(self, machine: MachineChannel) -> None:
+        for command in await self.cache.pending(machine.key):
+            await self._send(machine, CommandEnvelope(command.command_id, command.body))
+            await self.cache.mark_sent(command.command_id)
+
+    # --- the link -----------------------------------------------------------------
+
+    async def _read(self) -> None:
+        assert self.link is not None
+        async for event in self.link.events():
+            try:
+                await self._on_event(event)
+            except StarmuxError as exc:
+                log.warning("ignoring a bad message: %s", exc)
+        self.close_reason = self.link.closed
+        self.closed.set()
+        for machine in self.machines.values():
+            machine.online = False
+
+    async def _on_event(self, event: object) -> None:
+        if isinstance(event, PresenceChanged):
+            machine = self.machines.get(event.peer)
+            if machine is None:
+                return
+            machine.online = event.online
+            if event.online:
+                await self._handshake(machine)
+            else:
+                machine.channel = None
+                machine.live.clear()
+        elif isinstance(event, Undeliverable):
+            machine = self.machines.get(event.peer)
+            if machine is not None:
+                machine.online = False
+                machine.live.clear()
+        elif isinstance(event, Data):
+            machine = self.machines.get(event.peer)
+            if machine is not None:
+                await self._on_data(machine, event.body)
+
+    async def _handshake(self, machine: MachineChannel) -> None:
+        assert self.link is not None
+        machine.channel = None
+        machine.live.clear()
+        machine.handshake, body = initiate(self.keys, machine.card, relay_key=self.config.relay_key)
+        await self.link.send_data(machine.key, body)
+
+    async def _on_data(self, machine: MachineChannel, body: bytes) -> None:
+        try:
+            kind, payload = unwrap(body)
+        except RemoteProtocolError:
+            return
+        if kind is Kind.SESSION_HANDSHAKE and machine.handshake is not None:
+            try:
+                machine.channel = finish(machine.handshake, payload)
+            except CryptoError:
+                log.warning("handshake with %s failed", machine.card.fingerprint)
+                return
+            finally:
+                machine.handshake = None
+            await self._request_sync(machine)
+        elif kind is Kind.SESSION_RESET:
+            await self._handshake(machine)
+        elif kind is Kind.SESSION_TRANSPORT and machine.channel is not None:
+            try:
+                message = machine.channel.open(payload)
+            except (CryptoError, RemoteProtocolError):
+                log.warning(
+                    "a message from %s failed to decrypt; new handshake", machine.card.fingerprint
+                )
+                assert self.link is not None
+                with contextlib.suppress(StarmuxError):
+                    await self.link.send_data(machine.key, reset_body())
+                await self._handshake(machine)
+                return
+            await self._on_message(machine, message)
+
+    async def _on_message(self, machine: MachineChannel, message: Message) -> None:
+        if isinstance(message, EventPage):
+            applied = await self.cache.apply_page(machine.key, message)
+            if self.on_event is not None:
+                for event in applied.events:
+                    self.on_event(machine.key, event)
+            if applied.gap or message.more:
+                machine.live.clear()
+                await self._request_sync(machine)
+            elif not message.live and not machine.live.is_set():
+                machine.live.set()
+                await self.flush_outbox(machine)
+        elif isinstance(message, CommandAck):
+            await self.cache.record_ack(message)
+            future = machine.acks.pop(message.command_id, None)
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    async def _request_sync(self, machine: MachineChannel) -> None:
+        cursor = await self.cache.cursor(machine.key)
+        await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
+
+    async def _send(self, machine: MachineChannel, message: Message) -> None:
+        if machine.channel is None or self.link is None:
+            return
+        await self.link.send_data(machine.key, machine.channel.seal(message))

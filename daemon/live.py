@@ -1,0 +1,288 @@
+"""The machine's side of live channels: Noise_KK per controller, sync, commands, push.
+
+Per controller: at most one :class:`LiveChannel`; a new handshake replaces it. All
+messages to a controller go through one ordered queue and one sender task, so
+encryption order equals send order (Noise nonces) and sync pages never overtake
+each other or live events.
+
+Resync protocol (the controller drives it): it sends ``SyncRequest(epoch, after_seq)``
+and gets one :class:`EventPage` back; ``more`` says whether to ask again. The
+answer to the last page (``more=False``) also makes the controller *live*: from then
+on every committed event is pushed as it happens. A controller that falls too far
+behind is taken off live and told (an empty page with ``more=True``) to sync again.
+Events carry their ``seq``, so the controller applies each exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from starmux.codec import Message
+from starmux.e2e import Kind, unwrap
+from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError, UsageError
+from starmux.identity import IdentityCard, NodeKeys
+from starmux.live_channel import LiveChannel, reset_body, respond
+from starmux.messages import (
+    APP,
+    CancelSession,
+    CommandAck,
+    CommandEnvelope,
+    DecideCheckpoint,
+    EventPage,
+    LoggedEvent,
+    SendInput,
+    StartSession,
+    SyncRequest,
+)
+
+from .checkpoints import Checkpoints
+from .eventlog import EventLog, StoredEvent
+from .sessions import SessionManager, command_record
+from .store import DaemonStore
+
+log = logging.getLogger("starmux.daemon")
+
+PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
+PAGE_EVENTS = 1000
+MAX_QUEUED = 256  # pages waiting for a controller before it is taken off live
+
+Send = Callable[[bytes, bytes], Awaitable[None]]
+
+
+@dataclass
+class ControllerPeer:
+    key: bytes
+    card: IdentityCard
+    channel: LiveChannel
+    live: bool = False
+    sent_seq: int = 0
+    queue: asyncio.Queue[tuple[LiveChannel, Message]] = field(default_factory=asyncio.Queue)
+    sender: asyncio.Task[None] | None = None
+
+
+def pages(events: list[StoredEvent], epoch: str, *, live: bool) -> list[EventPage]:
+    """Split events into pages that each fit one encrypted message."""
+    result: list[EventPage] = []
+    current: list[LoggedEvent] = []
+    size = 0
+    for event in events:
+        entry = LoggedEvent(event.seq, event.at, event.session, event.body)
+        cost = len(event.body) + len(event.session) + 32
+        if current and (size + cost > PAGE_BYTES or len(current) >= PAGE_EVENTS):
+            result.append(EventPage(epoch, tuple(current), False, live))
+            current, size = [], 0
+        current.append(entry)
+        size += cost
+    if current:
+        result.append(EventPage(epoch, tuple(current), False, live))
+    return result
+
+
+class LiveService:
+    def __init__(
+        self,
+        *,
+        keys: NodeKeys,
+        card: IdentityCard,
+        store: DaemonStore,
+        log: EventLog,
+        sessions: SessionManager,
+        checkpoints: Checkpoints,
+    ) -> None:
+        self.keys = keys
+        self.card = card
+        self.store = store
+        self.log = log
+        self.sessions = sessions
+        self.checkpoints = checkpoints
+        self.peers: dict[bytes, ControllerPeer] = {}
+        self._send: Send | None = None
+        self._relay_key = b""
+        self._commands = asyncio.Lock()
+        self._unsubscribe = log.subscribe(self._on_commit)
+
+    def attach(self, send: Send, relay_key: bytes) -> None:
+        """A relay connection is up; channels are made afresh on it."""
+        self._send = send
+        self._relay_key = relay_key
+
+    def detach(self) -> None:
+        """The relay connection is gone: every channel dies with it (re-handshake)."""
+        self._send = None
+        for peer in self.peers.values():
+            if peer.sender is not None:
+                peer.sender.cancel()
+        self.peers.clear()
+
+    def close(self) -> None:
+        self.detach()
+        self._unsubscribe()
+
+    # --- incoming -------------------------------------------------------------------
+
+    async def on_data(self, sender: bytes, body: bytes) -> None:
+        try:
+            kind, payload = unwrap(body)
+        except RemoteProtocolError:
+            return
+        if kind is Kind.SESSION_HANDSHAKE:
+            await self._handshake(sender, payload)
+        elif kind is Kind.SESSION_RESET:
+            self._drop(sender)
+        elif kind is Kind.SESSION_TRANSPORT:
+            peer = self.peers.get(sender)
+            if peer is None:
+                await self._reset(sender)
+                return
+            try:
+                message = peer.channel.open(payload)
+            except (CryptoError, RemoteProtocolError):
+                log.warning(
+                    "a message from controller %s failed to decrypt; resetting",
+                    peer.card.fingerprint,
+                )
+                self._drop(sender)
+                await self._reset(sender)
+                return
+            await self._dispatch(peer, message)
+
+    async def _handshake(self, sender: bytes, payload: bytes) -> None:
+        controller = next((c for c in await self.store.controllers() if c.key == sender), None)
+        if controller is None:
+            await self.store.audit(
+                "handshake.refused",
+                actor=sender,
+                detail="not a paired controller",
+                now=self.log_clock(),
+            )
+            return
+        try:
+            channel, reply = respond(self.keys, controller.card, payload, relay_key=self._relay_key)
+        except (CryptoError, UsageError):
+            await self._reset(sender)
+            return
+        self._drop(sender)
+        if self._send is None:
+            return
+        await self._send(sender, reply)
+        peer = ControllerPeer(sender, controller.card, channel)
+        peer.sender = asyncio.get_running_loop().create_task(self._sender(peer))
+        self.peers[sender] = peer
+
+    async def _dispatch(self, peer: ControllerPeer, message: Message) -> None:
+        if isinstance(message, SyncRequest):
+            await self._sync(peer, message)
+        elif isinstance(message, CommandEnvelope):
+            ack = await self._command(peer, message)
+            self._enqueue(peer, ack)
+
+    async def _sync(self, peer: ControllerPeer, request: SyncRequest) -> None:
+        after = request.after_seq if request.epoch == self.log.epoch else 0
+        limit = max(1, min(request.limit, PAGE_EVENTS))
+        events = await self.log.read_after(after, limit=limit)
+        batch = pages(events, self.log.epoch, live=False)
+        page = batch[0] if batch else EventPage(self.log.epoch, (), False, False)
+        last = page.events[-1].seq if page.events else after
+        # No await between this check and going live: every later commit is pushed.
+        more = last < self.log.last_seq
+        self._enqueue(peer, EventPage(page.epoch, page.events, more, False))
+        peer.sent_seq = last
+        peer.live = not more
+
+    def _on_commit(self, events: list[StoredEvent]) -> None:
+        for peer in self.peers.values():
+            if not peer.live:
+                continue
+            fresh = [e for e in events if e.seq > peer.sent_seq]
+            if not fresh:
+                continue
+            if peer.queue.qsize() > MAX_QUEUED:
+                peer.live = False  # too far behind: it will page through the log instead
+                self._enqueue(peer, EventPage(self.log.epoch, (), True, True))
+                continue
+            for page in pages(fresh, self.log.epoch, live=True):
+                self._enqueue(peer, page)
+            peer.sent_seq = fresh[-1].seq
+
+    # --- commands -------------------------------------------------------------------
+
+    async def _command(self, peer: ControllerPeer, envelope: CommandEnvelope) -> CommandAck:
+        async with self._commands:  # one at a time: "delivered twice runs once"
+            rows = await self.log.execute_read(
+                "SELECT ok, error, hint, result FROM commands WHERE command_id = ?",
+                (envelope.command_id,),
+            )
+            if rows:
+                ok, error, hint, result = rows[0]
+                return CommandAck(envelope.command_id, bool(ok), error, hint, result)
+            try:
+                result = await self._run(peer, envelope)
+            except StarmuxError as exc:
+                await self.log.execute_write(
+                    [
+                        command_record(
+                            envelope.command_id,
+                            False,
+                            exc.message,
+                            exc.hint or "",
+                            "",
+                            self.log_clock(),
+                        )
+                    ]
+                )
+                return CommandAck(envelope.command_id, False, exc.message, exc.hint or "", "")
+            return CommandAck(envelope.command_id, True, "", "", result)
+
+    async def _run(self, peer: ControllerPeer, envelope: CommandEnvelope) -> str:
+        try:
+            command = APP.decode(envelope.body)
+        except RemoteProtocolError as exc:
+            raise UsageError("the command could not be decoded") from exc
+        if isinstance(command, StartSession):
+            return await self.sessions.start(envelope.command_id, command)
+        if isinstance(command, DecideCheckpoint):
+            return await self.checkpoints.decide(
+                envelope.command_id, command, controller_key=peer.key
+            )
+        if isinstance(command, CancelSession):
+            await self.sessions.cancel(command.session)
+        elif isinstance(command, SendInput):
+            await self.sessions.send_input(command.session, command.data)
+        else:
+            raise UsageError(f"unknown command {command.KIND}")
+        await self.log.execute_write(
+            [command_record(envelope.command_id, True, "", "", command.KIND, self.log_clock())]
+        )
+        return command.KIND
+
+    # --- outgoing -------------------------------------------------------------------
+
+    def _enqueue(self, peer: ControllerPeer, message: Message) -> None:
+        peer.queue.put_nowait((peer.channel, message))
+
+    async def _sender(self, peer: ControllerPeer) -> None:
+        while True:
+            channel, message = await peer.queue.get()
+            if channel is not peer.channel or channel.closed or self._send is None:
+                continue
+            try:
+                await self._send(peer.key, channel.seal(message))
+            except StarmuxError:
+                return
+
+    async def _reset(self, peer: bytes) -> None:
+        if self._send is not None:
+            with contextlib.suppress(StarmuxError):
+                await self._send(peer, reset_body())
+
+    def _drop(self, key: bytes) -> None:
+        peer = self.peers.pop(key, None)
+        if peer is not None and peer.sender is not None:
+            peer.sender.cancel()
+
+    def log_clock(self) -> float:
+        return self.sessions.clock()
