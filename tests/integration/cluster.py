@@ -20,7 +20,8 @@ class Paired:
 
     def cli(self, *args: str, timeout: float = 60.0) -> str:
         result = run_cli(self.controller, *args, timeout=timeout)
-        assert result.returncode == 0, f"starmux {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        command = " ".join(args)
+        assert result.returncode == 0, f"starmux {command}:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
     def json(self, command: str, *args: str) -> object:
@@ -29,8 +30,9 @@ class Paired:
     def run(self, *argv: str, title: str = "") -> str:
         """Start a session; returns its id."""
         extra = ["--title", title] if title else []
-        reply = self.json("run", "--machine", self.daemon.name, "--cwd", str(self.workdir),
-                          *extra, "--", *argv)
+        reply = self.json(
+            "run", "--machine", self.daemon.name, "--cwd", str(self.workdir), *extra, "--", *argv
+        )
         assert isinstance(reply, dict) and reply["ok"] is True, reply
         return str(reply["session"])
 
@@ -44,16 +46,26 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def pair(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess],
-         name: str = "gpu-box") -> Paired:
+def pair(
+    tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess], name: str = "gpu-box"
+) -> Paired:
     controller = tmp_path / "controller"
-    init = run_cli(controller, "init", "--relay", relay.url, "--token",
-                   relay.registration_token or "", "--name", "laptop")
+    init = run_cli(
+        controller,
+        "init",
+        "--relay",
+        relay.url,
+        "--token",
+        relay.registration_token or "",
+        "--name",
+        "laptop",
+    )
     assert init.returncode == 0, init.stderr
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
-    daemon = DaemonProcess(tmp_path / name, relay.url, name=name,
-                           extra_args=["--allow-root", str(tmp_path)]).start()
+    daemon = DaemonProcess(
+        tmp_path / name, relay.url, name=name, extra_args=["--allow-root", str(tmp_path)]
+    ).start()
     daemons.append(daemon)
     paired = run_cli(controller, "pair", daemon.pairing_code(), "--yes")
     assert paired.returncode == 0, paired.stderr

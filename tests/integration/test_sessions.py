@@ -26,8 +26,13 @@ def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) ->
 
 
 def test_run_watch_logs_and_sessions(paired: Paired) -> None:
-    session = paired.run(*python("import sys\nfor i in range(1, 201): print(f'line {i}')\n"
-                                 "print('oops', file=sys.stderr)\nsys.exit(3)"), title="count")
+    session = paired.run(
+        *python(
+            "import sys\nfor i in range(1, 201): print(f'line {i}')\n"
+            "print('oops', file=sys.stderr)\nsys.exit(3)"
+        ),
+        title="count",
+    )
     watched = run_cli(paired.controller, "watch", session)
     expected = "".join(f"line {i}\n" for i in range(1, 201))
     assert watched.stdout == expected
@@ -40,7 +45,6 @@ def test_run_watch_logs_and_sessions(paired: Paired) -> None:
 
 
 def test_cwd_outside_allowed_roots_is_refused(paired: Paired) -> None:
-    result = run_cli(paired.controller, "run", "--machine", "gpu-box", "--cwd", "/", "--",
-                     "true")
+    result = run_cli(paired.controller, "run", "--machine", "gpu-box", "--cwd", "/", "--", "true")
     assert result.returncode == 1
     assert "allow-root" in result.stderr
