@@ -1,0 +1,79 @@
+"""A relay that tampers with or replays a frame: the channel ends, a fresh handshake
+and a resync follow, and nothing is lost or repeated."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .cluster import Paired, python
+from .daemon_process import DaemonProcess, run_cli
+from .relay_process import RelayProcess
+from .tamper_proxy import TamperOnce, TamperProxy
+from .watcher import Watcher
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def proxy_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+
+
+def test_tampered_and_replayed_frames_end_the_channel_and_resync(
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    proxy_loop: asyncio.AbstractEventLoop,
+) -> None:
+    policy = TamperOnce(flip_at=4, replay_at=9)
+    proxy = asyncio.run_coroutine_threadsafe(
+        TamperProxy(relay.url, policy).start(), proxy_loop
+    ).result(timeout=10)
+    # The controller reaches the relay only through the tampering proxy.
+    controller = tmp_path / "controller"
+    init = run_cli(
+        controller,
+        "init",
+        "--relay",
+        proxy.url,
+        "--token",
+        relay.registration_token or "",
+        "--name",
+        "laptop",
+    )
+    assert init.returncode == 0, init.stderr
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    daemon = DaemonProcess(
+        tmp_path / "box", relay.url, name="box", extra_args=["--allow-root", str(tmp_path)]
+    ).start()
+    daemons.append(daemon)
+    assert run_cli(controller, "pair", daemon.pairing_code(), "--yes").returncode == 0
+    paired = Paired(relay, controller, daemon, workdir)
+
+    code = (
+        "import time\nfor i in range(1, 3001):\n    print(i, flush=True)\n"
+        "    if i % 100 == 0:\n        time.sleep(0.02)\n"
+    )
+    session = paired.run(*python(code))
+    watcher = Watcher(controller, session)
+    assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
+    assert policy.flipped and policy.replayed
+    assert watcher.lines == [f"{i}\n".encode() for i in range(1, 3001)]
+    asyncio.run_coroutine_threadsafe(proxy.close(), proxy_loop).result(timeout=10)
