@@ -20,8 +20,8 @@ exit  meaning
 3     the daemon refused the request (e.g. unknown session) or failed; its message
       and hint are printed
 4     the daemon is unreachable: no socket, nobody listening, no answer in time, or
-      the connection dropped before an answer. A raised checkpoint stays pending:
-      run the same command with the same ``--key`` to pick it up again
+      the connection dropped before an answer. A checkpoint raised with ``--key``
+      stays pending: the same command with the same key picks it up again
 5     the daemon's answer broke the protocol
 64    usage: a bad option or argument, or not inside a starmux session (``EX_USAGE``;
       click's usual 2 would read as "expired")
@@ -237,15 +237,15 @@ class LocalApiClient:
     def _lost(self, message: str) -> DaemonUnreachable:
         return DaemonUnreachable(
             message,
-            hint="if the daemon restarted, a checkpoint already raised stays pending: "
-            "run the same command again with the same --key to pick it up",
+            hint="a checkpoint raised with --key stays pending while the daemon runs: "
+            "run the same command with the same --key to pick it up again",
         )
 
 
 def _check_reply(line: bytes) -> dict[str, Any]:
     try:
         reply = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadReply("the daemon's answer is not JSON") from exc
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise BadReply("the daemon's answer is not a protocol object")
@@ -298,12 +298,15 @@ def _decision(reply: dict[str, Any]) -> Decision:
         reply.get("approved"), bool
     ):
         raise BadReply("the daemon's answer to a checkpoint lacks fields")
-    if reply["decision"] not in DECISIONS or reply["default"] not in ("deny", "approve"):
-        raise BadReply(f"the daemon answered an unknown decision {reply['decision']!r}")
+    decision, approved = reply["decision"], reply["approved"]
+    if decision not in DECISIONS or reply["default"] not in ("deny", "approve"):
+        raise BadReply(f"the daemon answered an unknown decision {decision[:40]!r}")
+    if (decision == "approved" and not approved) or (decision == "denied" and approved):
+        raise BadReply(f"the daemon's answer contradicts itself ({decision}, approved={approved})")
     return Decision(
         reply["checkpoint"],
-        reply["decision"],
-        reply["approved"],
+        decision,
+        approved,
         reply["default"] == "approve",
         reply["reason"],
         reply["decided_by"],
@@ -396,6 +399,7 @@ def _read_body(body: str | None) -> str:
 @click.option(
     "--timeout",
     default="10m",
+    metavar="DURATION",
     callback=duration_option,
     show_default=True,
     help="How long to wait for a decision: 90s, 10m, 2h, 1d or seconds.",
@@ -423,7 +427,8 @@ def checkpoint_command(
     """Ask a controller to approve TITLE; block until decided.
 
     Exit status: 0 approved, 1 denied, 2 expired (the default applied; the output
-    says which), 3 refused by the daemon, 4 daemon unreachable, 64 usage error.
+    says which), 3 refused by the daemon, 4 daemon unreachable, 5 bad answer from
+    the daemon, 64 usage error (or not inside a starmux session).
     """
     title = _checked(check_title, title, "TITLE")
     text = _checked(check_body, _read_body(body), "--body")

@@ -21,8 +21,9 @@ Exit 0 with no output is "no opinion": Claude Code's own permission flow decides
 What this hook answers:
 
 - a tool the ``--tools`` regex does not fully match: no opinion;
-- outside a starmux session (no ``STARMUX_SESSION``/``STARMUX_API``): no opinion and
-  a note on stderr, so the same project settings work when a person runs Claude;
+- outside a starmux session (neither ``STARMUX_SESSION`` nor ``STARMUX_API`` set): no
+  opinion and a note on stderr, so the same project settings work when a person runs
+  Claude at a terminal (only one of the two set is a broken session: deny);
 - approved, or expired with ``--default approve``: ``allow``;
 - denied, expired with the default deny, malformed input, or any failure to get a
   decision (daemon unreachable, refused...): ``deny`` with the reason, and a message
@@ -38,6 +39,7 @@ call proceed unreviewed: keep that timeout above ``--timeout``, as below.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ from daemon.local_api import MAX_BODY, MAX_TITLE, check_key
 from starmux.errors import StarmuxError
 
 from .agent_commands import (
+    ENV_API,
+    ENV_SESSION,
     NotInSession,
     agent_session,
     duration_option,
@@ -210,6 +214,7 @@ def hook_group() -> None:
 @click.option(
     "--timeout",
     default="10m",
+    metavar="DURATION",
     callback=duration_option,
     show_default=True,
     help="How long to wait for a decision (keep the hook's timeout in settings.json above it).",
@@ -244,8 +249,11 @@ def claude_pretooluse_command(timeout: float, default: str, tools: re.Pattern[st
         return
     try:
         where = agent_session()
-    except NotInSession:
-        click.echo("starmux: not inside a starmux session; no opinion on this tool call", err=True)
+    except NotInSession as exc:
+        if os.environ.get(ENV_SESSION) or os.environ.get(ENV_API):  # half a session: broken
+            _deny(f"starmux: {exc.message}; denied to be safe")
+        else:
+            click.echo("starmux: not inside a starmux session; no opinion on this call", err=True)
         return
     try:
         decision = request_checkpoint(

@@ -32,6 +32,9 @@ Invariants:
   with the same session and ``key`` joins it instead of raising a second one.
 - A handler's :class:`StarmuxError` becomes a ``refused`` answer with its message and
   hint; anything else is logged and answered ``internal``. The server keeps serving.
+
+A client keeps its side open until the answer: EOF (or more bytes) while a checkpoint
+waits means it left, so it must not half-close after sending.
 """
 
 from __future__ import annotations
@@ -236,25 +239,33 @@ def _note(value: object) -> str:
 
 
 _REQUIRED = object()
+_Fields = dict[str, tuple[Callable[[object], Any], object]]
 
-#: op → field → (check, value when absent); the whole request grammar is this table.
-_OPS: dict[str, dict[str, tuple[Callable[[object], Any], object]]] = {
-    "ping": {},
-    "checkpoint": {
-        "session": (check_session, _REQUIRED),
-        "title": (check_title, _REQUIRED),
-        "body": (check_body, ""),
-        "timeout": (check_timeout, _REQUIRED),
-        "default": (_default, False),
-        "key": (check_key, None),
-    },
-    "cost": {
-        "session": (check_session, _REQUIRED),
-        "input_tokens": (_tokens("input_tokens"), _REQUIRED),
-        "output_tokens": (_tokens("output_tokens"), _REQUIRED),
-        "usd": (_usd, _REQUIRED),
-        "note": (_note, ""),
-    },
+#: op → (request class, field → (check, value when absent)); the whole grammar. Wire
+#: names are the class's field names, except ``default`` → ``default_approve``.
+_OPS: dict[str, tuple[Callable[..., Request], _Fields]] = {
+    "ping": (Ping, {}),
+    "checkpoint": (
+        CheckpointRequest,
+        {
+            "session": (check_session, _REQUIRED),
+            "title": (check_title, _REQUIRED),
+            "body": (check_body, ""),
+            "timeout": (check_timeout, _REQUIRED),
+            "default": (_default, False),
+            "key": (check_key, None),
+        },
+    ),
+    "cost": (
+        CostRequest,
+        {
+            "session": (check_session, _REQUIRED),
+            "input_tokens": (_tokens("input_tokens"), _REQUIRED),
+            "output_tokens": (_tokens("output_tokens"), _REQUIRED),
+            "usd": (_usd, _REQUIRED),
+            "note": (_note, ""),
+        },
+    ),
 }
 
 
@@ -266,14 +277,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _finite(text: str) -> float:
-    value = float(text)
+    value = float(text)  # also NaN, Infinity: parse_constant gets those by name
     if not math.isfinite(value):
-        raise BadRequest("numbers must be finite")
+        raise BadRequest(f"numbers must be finite, not {text[:20]}")
     return value
-
-
-def _not_a_number(text: str) -> float:
-    raise BadRequest(f"{text} is not a number JSON allows")
 
 
 def parse_request(line: bytes) -> Request:
@@ -285,7 +292,7 @@ def parse_request(line: bytes) -> Request:
             line.decode("utf-8"),
             object_pairs_hook=_no_duplicates,
             parse_float=_finite,
-            parse_constant=_not_a_number,
+            parse_constant=_finite,
         )
     except BadRequest:
         raise
@@ -297,38 +304,23 @@ def parse_request(line: bytes) -> Request:
     op = message.pop("op", None)
     if not isinstance(op, str):
         raise BadRequest('request needs an "op" string', hint='try {"op": "ping"}')
-    fields = _OPS.get(op)
-    if fields is None:
+    if op not in _OPS:
         raise UnknownOp(f"unknown op {op[:40]!r}", hint="ops: " + ", ".join(sorted(_OPS)))
+    make, fields = _OPS[op]
     unknown = sorted(set(message) - set(fields))
     if unknown:
         raise BadRequest(f"unknown field {unknown[0][:40]!r} for op {op!r}")
     values: dict[str, Any] = {}
-    for name, (check, default) in fields.items():
+    for name, (check, absent) in fields.items():
         if name in message:
             values[name] = check(message[name])
-        elif default is _REQUIRED:
+        elif absent is _REQUIRED:
             raise BadRequest(f"op {op!r} needs the field {name!r}")
         else:
-            values[name] = default
-    if op == "ping":
-        return Ping()
-    if op == "checkpoint":
-        return CheckpointRequest(
-            values["session"],
-            values["title"],
-            values["body"],
-            values["timeout"],
-            values["default"],
-            values["key"],
-        )
-    return CostRequest(
-        values["session"],
-        values["input_tokens"],
-        values["output_tokens"],
-        values["usd"],
-        values["note"],
-    )
+            values[name] = absent
+    if "default" in values:
+        values["default_approve"] = values.pop("default")
+    return make(**values)
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -37,6 +37,9 @@ LAZY_COMMANDS: dict[str, str] = {
     "approvals": "client.session_commands:approvals_command",
     "approve": "client.session_commands:approve_command",
     "deny": "client.session_commands:deny_command",
+    "checkpoint": "client.agent_commands:checkpoint_command",
+    "cost": "client.agent_commands:cost_command",
+    "hook": "client.claude_hook:hook_group",
 }
 
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("STARMUX_DEBUG")
     )
     try:
-        cli.main(args=argv, prog_name="starmux", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="starmux", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it", err=True)
         return 70
-    return 0
+    # In non-standalone mode click *returns* a ctx.exit(n) code instead of raising.
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

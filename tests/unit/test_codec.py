@@ -171,8 +171,8 @@ def test_an_int_is_accepted_where_a_float_is_declared() -> None:
 
 def test_accepted_bytes_like_inputs() -> None:
     encoded = CODEC.encode(Point(1, "x"))
-    assert CODEC.decode(bytearray(encoded)) == Point(1, "x")  # type: ignore[arg-type]
-    assert CODEC.decode(memoryview(encoded)) == Point(1, "x")  # type: ignore[arg-type]
+    assert CODEC.decode(bytearray(encoded)) == Point(1, "x")
+    assert CODEC.decode(memoryview(encoded)) == Point(1, "x")
 
 
 # --- registration and encoding refusals -----------------------------------------------

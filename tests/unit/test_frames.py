@@ -48,8 +48,8 @@ def test_round_trip(frame_type: FrameType, peer: bytes, body: bytes) -> None:
     assert type(parsed.type) is FrameType
     assert type(parsed.peer) is bytes
     assert type(parsed.body) is bytes
-    assert parse_frame(bytearray(encoded)) == frame  # type: ignore[arg-type]
-    assert parse_frame(memoryview(encoded)) == frame  # type: ignore[arg-type]
+    assert parse_frame(bytearray(encoded)) == frame
+    assert parse_frame(memoryview(encoded)) == frame
 
 
 def test_frame_type_numbers_are_fixed() -> None:
