@@ -188,3 +188,13 @@ def revoke_command(machine: str, yes: bool, home: Path | None, as_json: bool) ->
         click.echo(json.dumps({"revoked": revoked.name, "fingerprint": revoked.fingerprint}))
         return
     click.echo(f"revoked {_printable(revoked.name)} ({revoked.fingerprint})")
+
+
+@click.command("demo")
+@click.option("--yes", "-y", is_flag=True, help="Approve the demo checkpoint automatically.")
+@json_option
+def demo_command(yes: bool, as_json: bool) -> None:
+    """Run a relay, a daemon and a controller here: pair, run, approve, clean up."""
+    from .demo import demo_command_impl
+
+    raise SystemExit(demo_command_impl(yes=yes, as_json=as_json))

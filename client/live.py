@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +27,14 @@ from starmux.e2e import Kind, unwrap
 from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError
 from starmux.identity import IdentityCard, NodeKeys, Role
 from starmux.live_channel import LiveChannel, finish, initiate, reset_body
-from starmux.messages import CommandAck, CommandEnvelope, EventPage, LoggedEvent, SyncRequest
+from starmux.messages import (
+    APP,
+    CommandAck,
+    CommandEnvelope,
+    EventPage,
+    LoggedEvent,
+    SyncRequest,
+)
 from starmux.noise import HandshakeState
 
 from .cache import Cache
@@ -138,6 +146,19 @@ class LiveController:
                 return await asyncio.shield(future)
         except TimeoutError:
             return None
+
+    async def submit(
+        self, machine_key: bytes, command: Message, *, within: float = 30.0
+    ) -> CommandAck | None:
+        """Put ``command`` in the outbox and, if the machine is live, deliver it and
+        wait for its ack (None: still queued)."""
+        command_id = "k-" + secrets.token_hex(8)
+        await self.cache.enqueue(command_id, machine_key, command.KIND, APP.encode(command))
+        machine = self.machines.get(machine_key)
+        if machine is None or not machine.live.is_set():
+            return None
+        await self.flush_outbox(machine)
+        return await self.command_ack(machine_key, command_id, within=within)
 
     async def flush_outbox(self, machine: MachineChannel) -> None:
         for command in await self.cache.pending(machine.key):

@@ -15,6 +15,7 @@ from starmux.backoff import Backoff
 from starmux.codec import Message
 from starmux.decisions import decision_transcript
 from starmux.errors import ConnectionLost, StarmuxError, UsageError
+from starmux.identity import NodeKeys
 from starmux.messages import (
     APP,
     CancelSession,
@@ -216,6 +217,16 @@ async def approvals(home: Path) -> tuple[list[CheckpointRow], bool, dict[bytes, 
         return rows, controller is not None, names
 
 
+def signed_decision(
+    keys: NodeKeys, checkpoint: CheckpointRow, *, approve: bool, reason: str
+) -> DecideCheckpoint:
+    decided_at = time.time()
+    signature = keys.sign(
+        decision_transcript(checkpoint.machine, checkpoint.id, approve, reason, decided_at)
+    )
+    return DecideCheckpoint(checkpoint.id, approve, reason, decided_at, signature)
+
+
 async def decide(home: Path, checkpoint_id: str, *, approve: bool, reason: str) -> CommandOutcome:
     async with live_controller(home, required=False) as (store, controller):
         if controller is not None:
@@ -226,9 +237,5 @@ async def decide(home: Path, checkpoint_id: str, *, approve: bool, reason: str) 
         raise UsageError(
             f"no checkpoint {checkpoint_id!r} known here", hint="see `starmux approvals`"
         )
-    decided_at = time.time()
-    signature = keys.sign(
-        decision_transcript(row.machine, checkpoint_id, approve, reason, decided_at)
-    )
-    decision = DecideCheckpoint(checkpoint_id, approve, reason, decided_at, signature)
+    decision = signed_decision(keys, row, approve=approve, reason=reason)
     return await _issue(home, decision, machine_key=row.machine)

@@ -40,6 +40,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "checkpoint": "client.agent_commands:checkpoint_command",
     "cost": "client.agent_commands:cost_command",
     "hook": "client.claude_hook:hook_group",
+    "demo": "client.commands:demo_command",
 }
 
 

@@ -17,7 +17,7 @@ from starmux.identity import NodeKeys, Role
 from starmux.pairing_code import PairingCode, parse_pairing_code
 from starmux.relay_auth import NodeAuth
 
-from ..qr_terminal import find_qr_block, terminal_qr_to_image
+from client.qr_terminal import find_qr_block, terminal_qr_to_image
 from .conftest import RelayFactory
 from .daemon_process import DaemonProcess, run_cli, run_json
 from .node import RelayNode

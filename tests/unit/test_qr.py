@@ -23,7 +23,7 @@ from starmux.errors import PairingCodeError
 from starmux.fingerprint import format_fingerprint
 from starmux.pairing_code import PairingCode, parse_pairing_code
 
-from ..qr_terminal import find_qr_block, terminal_qr_to_image
+from client.qr_terminal import find_qr_block, terminal_qr_to_image
 
 BLOCK_CHARS = frozenset(" ▀▄█")
 

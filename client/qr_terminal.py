@@ -1,8 +1,8 @@
 """Turn a terminal QR code (the text the daemon printed) back into an image.
 
-Tests use this to decode what the daemon really printed with the same decoder
-the controller uses on photos and screenshots, instead of trusting the matrix
-that produced the text. The convention is :mod:`daemon.qr`'s: with
+``starmux demo`` and the tests use this to decode what the daemon really printed
+with the same decoder the controller uses on photos and screenshots, instead of
+trusting the matrix that produced the text. The convention is :mod:`daemon.qr`'s: with
 ``invert=False`` the block characters are the *light* modules, with
 ``invert=True`` they are the *dark* ones.
 """
