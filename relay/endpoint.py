@@ -165,7 +165,6 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
     metrics = state.metrics
     table = state.table
     max_size = state.config.limits.max_frame_size
-    probe_key = state.probe_keys.sign_public
     clock = time.perf_counter
     receive = websocket.receive
     while not peer.closed:
@@ -194,7 +193,7 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
             return
         if frame.type is FrameType.DATA:
             destination = table.get(frame.peer)
-            if destination is not None and may_route(peer, destination, probe_key=probe_key):
+            if destination is not None and may_route(peer, destination):
                 if destination.deliver(encode_frame(FrameType.DATA, peer.key, frame.body), now):
                     metrics.frames_routed += 1
                     metrics.bytes_routed += size

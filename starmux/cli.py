@@ -41,6 +41,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "cost": "client.agent_commands:cost_command",
     "hook": "client.claude_hook:hook_group",
     "demo": "client.commands:demo_command",
+    "doctor": "client.commands:doctor_command",
 }
 
 
