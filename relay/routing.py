@@ -7,8 +7,8 @@ at other nodes (through Redis) without touching the endpoint. The embedded
 Routing rule (:func:`may_route`): a DATA frame goes from ``a`` to ``b`` only if
 (1) both are authenticated members of the same non-empty account and one is a
 controller and the other a machine, or (2) a pairing ticket links them (each is the
-other's ``ticket_peer``), or (3) a node addresses itself (an echo, which reveals nothing and lets health checks
-prove the routing path end to end).
+other's ``ticket_peer``), or (3) a node addresses itself (an echo, which reveals
+nothing and lets health checks prove the routing path end to end).
 """
 
 from __future__ import annotations

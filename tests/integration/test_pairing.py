@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import websockets
 
+from client.qr_terminal import find_qr_block, terminal_qr_to_image
 from starmux.close_codes import CloseCode
 from starmux.home import load_node_keys
 from starmux.identity import NodeKeys, Role
 from starmux.pairing_code import PairingCode, parse_pairing_code
 from starmux.relay_auth import NodeAuth
 
-from client.qr_terminal import find_qr_block, terminal_qr_to_image
 from .conftest import RelayFactory
 from .daemon_process import DaemonProcess, run_cli, run_json
 from .node import RelayNode
