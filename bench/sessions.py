@@ -27,12 +27,9 @@ from pathlib import Path
 
 sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
 
-from client import actions  # noqa: E402
 from client.cache import Cache  # noqa: E402
-from client.demo import Process  # noqa: E402
+from client.demo import DemoReport, Process, set_up_locally  # noqa: E402
 from client.live import LiveController  # noqa: E402
-from client.qr_image import decode_pairing_code_from_image  # noqa: E402
-from client.qr_terminal import find_qr_block, terminal_qr_to_image  # noqa: E402
 from client.sessions import signed_decision  # noqa: E402
 from client.store import ControllerStore  # noqa: E402
 from starmux.messages import (  # noqa: E402
@@ -43,7 +40,6 @@ from starmux.messages import (  # noqa: E402
     SessionStatusChanged,
     StartSession,
 )
-from starmux.pairing_code import parse_pairing_code  # noqa: E402
 
 CHATTY = """\
 import sys
@@ -60,49 +56,6 @@ for i in range({count}):
                     "--timeout", "5m"], check=True, stdout=subprocess.DEVNULL)
     print(f"continued {{i}} {{time.time():.6f}}", flush=True)
 """
-
-
-async def setup(root: Path) -> tuple[list[Process], Path]:
-    relay = await Process.start(
-        "relay",
-        "relay",
-        "serve",
-        "--port",
-        "0",
-        "--json",
-        "--data-dir",
-        str(root / "relay"),
-        "--log-level",
-        "warning",
-    )
-    await relay.wait_for(lambda text: '"listening"' in text, "listening")
-    import json
-
-    events = [json.loads(line) for line in relay.lines if line.startswith("{")]
-    url = next(e for e in events if e["event"] == "listening")["url"]
-    token = next(e for e in events if e["event"] == "started")["registration_token"]
-    home = root / "controller"
-    await actions.init(home, relay_url=url, token=token, name="bench")
-    (root / "work").mkdir()
-    daemon = await Process.start(
-        "daemon",
-        "daemon",
-        "start",
-        "--relay",
-        url,
-        "--name",
-        "box",
-        "--home",
-        str(root / "machine"),
-        "--allow-root",
-        str(root),
-    )
-    await daemon.wait_for(lambda text: "starmux://pair/v1?" in text and find_qr_block(text), "QR")
-    terminal_qr_to_image(find_qr_block("".join(daemon.lines))).save(root / "qr.png")
-    code = parse_pairing_code(decode_pairing_code_from_image(root / "qr.png"))
-    await actions.pair(home, code, confirm=lambda card, comparison: True)
-    await daemon.wait_for(lambda text: "connected to" in text, "connected")
-    return [daemon, relay], home
 
 
 async def chatty(home: Path, root: Path, lines: int) -> dict[str, float]:
@@ -208,8 +161,9 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="starmux-bench-") as tmp:
         root = Path(tmp)
-        processes, home = await setup(root)
+        processes: list[Process] = []
         try:
+            home = await set_up_locally(root, processes, DemoReport(), say=lambda text: None)
             result = await chatty(home, root, args.lines)
             print(
                 f"chatty session: {result['lines']} lines of 100 bytes in "

@@ -40,10 +40,10 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -61,6 +61,7 @@ from daemon.local_api import (
 )
 from starmux.errors import ConfigError, ConnectionLost, RemoteProtocolError, UsageError
 
+F = TypeVar("F", bound=Callable[..., Any])
 ENV_SESSION = "STARMUX_SESSION"
 ENV_API = "STARMUX_API"
 
@@ -391,26 +392,39 @@ def _read_body(body: str | None) -> str:
         raise click.BadParameter("the body on stdin is not UTF-8", param_hint="--body") from None
 
 
+def wait_options(*, timeout_help: str, default_help: str) -> Callable[[F], F]:
+    """``--timeout DURATION`` and ``--default deny|approve``, shared by every command
+    that raises a checkpoint (``starmux checkpoint``, the agent hooks)."""
+
+    def decorate(command: F) -> F:
+        command = click.option(
+            "--default",
+            "default",
+            type=click.Choice(["deny", "approve"]),
+            default="deny",
+            show_default=True,
+            help=default_help,
+        )(command)
+        return click.option(
+            "--timeout",
+            default="10m",
+            metavar="DURATION",
+            callback=duration_option,
+            show_default=True,
+            help=timeout_help,
+        )(command)
+
+    return decorate
+
+
 @click.command("checkpoint", cls=AgentCommand)
 @click.argument("title")
 @click.option(
     "--body", default=None, metavar="TEXT|-", help="Details for the approver; - reads stdin."
 )
-@click.option(
-    "--timeout",
-    default="10m",
-    metavar="DURATION",
-    callback=duration_option,
-    show_default=True,
-    help="How long to wait for a decision: 90s, 10m, 2h, 1d or seconds.",
-)
-@click.option(
-    "--default",
-    "default",
-    type=click.Choice(["deny", "approve"]),
-    default="deny",
-    show_default=True,
-    help="What applies if nobody decides in time (the exit status is still 2).",
+@wait_options(
+    timeout_help="How long to wait for a decision: 90s, 10m, 2h, 1d or seconds.",
+    default_help="What applies if nobody decides in time (the exit status is still 2).",
 )
 @click.option(
     "--key", default=None, help="Idempotency key: the same key joins the same checkpoint."

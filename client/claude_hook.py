@@ -55,9 +55,9 @@ from .agent_commands import (
     ENV_SESSION,
     NotInSession,
     agent_session,
-    duration_option,
     format_duration,
     request_checkpoint,
+    wait_options,
 )
 
 #: The ``settings.json`` entry that puts this hook in front of Claude Code's tools.
@@ -211,21 +211,10 @@ def hook_group() -> None:
 
 
 @hook_group.command("claude-pretooluse")
-@click.option(
-    "--timeout",
-    default="10m",
-    metavar="DURATION",
-    callback=duration_option,
-    show_default=True,
-    help="How long to wait for a decision (keep the hook's timeout in settings.json above it).",
-)
-@click.option(
-    "--default",
-    "default",
-    type=click.Choice(["deny", "approve"]),
-    default="deny",
-    show_default=True,
-    help="What applies if nobody decides in time.",
+@wait_options(
+    timeout_help="How long to wait for a decision (keep the hook's timeout in settings.json "
+    "above it).",
+    default_help="What applies if nobody decides in time.",
 )
 @click.option(
     "--tools",

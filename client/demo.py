@@ -149,7 +149,6 @@ async def run_demo(*, say: Say, ask: Ask, show_output: Say) -> DemoReport:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="starmux-demo-") as tmp:
         root = Path(tmp)
-        (root / "work").mkdir()
         processes: list[Process] = []
         try:
             await _demo(root, report, processes, say=say, ask=ask, show_output=show_output)
@@ -160,15 +159,12 @@ async def run_demo(*, say: Say, ask: Ask, show_output: Say) -> DemoReport:
     return report
 
 
-async def _demo(
-    root: Path,
-    report: DemoReport,
-    processes: list[Process],
-    *,
-    say: Say,
-    ask: Ask,
-    show_output: Say,
-) -> None:
+async def set_up_locally(
+    root: Path, processes: list[Process], report: DemoReport, *, say: Say
+) -> Path:
+    """A relay and a daemon as processes under ``root``, a controller paired with the
+    daemon through the QR code it printed. Returns the controller's home. Started
+    processes are appended to ``processes`` (the caller stops them)."""
     say("1/5 starting a relay on a free port (embedded SQLite)…")
     relay = await Process.start(
         "relay",
@@ -200,6 +196,7 @@ async def _demo(
     )
 
     say("3/5 starting a machine daemon; it prints a pairing QR code…")
+    (root / "work").mkdir(exist_ok=True)
     daemon = await Process.start(
         "daemon",
         "daemon",
@@ -229,11 +226,24 @@ async def _demo(
     await daemon.wait_for(
         lambda text: f"comparison code {paired.comparison_code}" in text, "confirming the pairing"
     )
+    await daemon.wait_for(lambda text: "connected to" in text, "connecting as a paired machine")
     say(
         f"    paired with {report.machine}; both sides show comparison code "
         f"{report.comparison_code}"
     )
+    return home
 
+
+async def _demo(
+    root: Path,
+    report: DemoReport,
+    processes: list[Process],
+    *,
+    say: Say,
+    ask: Ask,
+    show_output: Say,
+) -> None:
+    home = await set_up_locally(root, processes, report, say=say)
     say("5/5 running a demo agent session on the machine…")
     await _session(home, report, ask=ask, show_output=show_output, say=say)
 

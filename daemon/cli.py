@@ -28,6 +28,29 @@ def _home(home: Path | None) -> Path:
     return home or default_home()
 
 
+def foreground_argv(
+    home: Path, *, relay_url: str | None, name: str | None, allow_roots: tuple[Path, ...]
+) -> list[str]:
+    """The command that runs this daemon in the foreground (for --detach and systemd)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "starmux.cli",
+        "daemon",
+        "start",
+        "--foreground",
+        "--home",
+        str(home),
+    ]
+    if relay_url:
+        argv += ["--relay", relay_url]
+    if name:
+        argv += ["--name", name]
+    for root in allow_roots:
+        argv += ["--allow-root", str(root.expanduser().resolve())]
+    return argv
+
+
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -74,22 +97,7 @@ def start_command(
 
     home = _home(home)
     if detach and not foreground:
-        argv = [
-            sys.executable,
-            "-m",
-            "starmux.cli",
-            "daemon",
-            "start",
-            "--foreground",
-            "--home",
-            str(home),
-        ]
-        if relay_url:
-            argv += ["--relay", relay_url]
-        if name:
-            argv += ["--name", name]
-        for root in allow_roots:
-            argv += ["--allow-root", str(root)]
+        argv = foreground_argv(home, relay_url=relay_url, name=name, allow_roots=allow_roots)
         pid = detach_process(argv, home=home, log_file=home / "daemon.log")
         click.echo(f"daemon started in the background (pid {pid}); log: {home / 'daemon.log'}")
         click.echo("see `starmux daemon status`; the pairing code is in the log")
@@ -161,23 +169,21 @@ def stop_command(home: Path | None) -> None:
 @home_option
 @click.option("--relay", "relay_url", default=None, help="Relay URL to start with.")
 @click.option("--force", is_flag=True, help="Replace a different existing unit.")
-def install_command(home: Path | None, relay_url: str | None, force: bool) -> None:
+@click.option(
+    "--allow-root",
+    "allow_roots",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Sessions may only run under these directories (repeatable) [your home].",
+)
+def install_command(
+    home: Path | None, relay_url: str | None, force: bool, allow_roots: tuple[Path, ...]
+) -> None:
     """Write a systemd user unit that keeps the daemon running, and say how to enable it."""
     from .systemd import enable_instructions, install_user_unit
 
     home = _home(home)
-    exec_start = [
-        sys.executable,
-        "-m",
-        "starmux.cli",
-        "daemon",
-        "start",
-        "--foreground",
-        "--home",
-        str(home),
-    ]
-    if relay_url:
-        exec_start += ["--relay", relay_url]
+    exec_start = foreground_argv(home, relay_url=relay_url, name=None, allow_roots=allow_roots)
     path = install_user_unit(exec_start=exec_start, home=home, force=force)
     click.echo(f"wrote {path}")
     click.echo(enable_instructions(path))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from starmux.errors import UsageError
-from starmux.home import HOME_ENV
+from starmux.home import HOME_ENV, write_file_atomically
 
 UNIT_NAME: Final = "starmux-daemon.service"
 
@@ -174,24 +174,10 @@ def install_user_unit(
             hint="pass --force to replace it (it may hold your own changes)",
         )
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, text.encode("utf-8"))
-    return path
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
     # Not write_private_file: a unit holds no secret, and ~/.config/systemd/user is
     # normally 0755, which that helper (rightly, for a starmux home) refuses.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, text.encode("utf-8"), mode=0o644)
+    return path
 
 
 def enable_instructions(path: Path) -> str:

@@ -45,22 +45,38 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Atomically write ``data`` to ``path`` with mode 0600."""
-    ensure_private_dir(path.parent)
-    # mkstemp creates the file 0600 with a random name, so a temp file left by a
-    # crash (even of a process that had our pid) never blocks the next write.
+def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never half.
+
+    mkstemp creates the temp file 0600 with a random name, so a temp file left by a
+    crash (even of a process that had our pid) never blocks the next write, and the
+    data is never readable by others before ``mode`` is applied. The folder is synced
+    after the rename so the new name survives a power loss too.
+    """
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            if mode != 0o600:
+                os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path`` with mode 0600, in a private folder."""
+    ensure_private_dir(path.parent)
+    write_file_atomically(path, data)
 
 
 def read_private_file(path: Path) -> bytes:

@@ -19,6 +19,7 @@ from starmux.control import (
 from starmux.frames import FrameType
 from starmux.identity import Role
 
+from .daemon_process import DaemonProcess
 from .node import RelayNode, ok
 from .relay_process import RelayProcess
 
@@ -46,6 +47,15 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     yield make
     for relay in started:
         relay.kill()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemon processes a test started; stopped after it."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,6 @@ def agent(title: str, *extra: str) -> list[str]:
         "print('exit', r.returncode, r.stdout.strip(), r.stderr.strip(), flush=True)\n"
         "sys.exit(r.returncode)\n"
     )
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 @pytest.fixture

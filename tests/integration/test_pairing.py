@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import websockets
 
 from client.qr_terminal import find_qr_block, terminal_qr_to_image
@@ -22,14 +20,6 @@ from .conftest import RelayFactory
 from .daemon_process import DaemonProcess, run_cli, run_json
 from .node import RelayNode
 from .relay_process import RelayProcess
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def _controller(tmp_path: Path, relay: RelayProcess, token: str | None = None) -> Path:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from .cluster import pair, python
 from .conftest import RelayFactory
@@ -20,14 +17,6 @@ COUNTER = (
     "    if i % 400 == 0:\n"
     "        time.sleep(0.1)\n"
 )
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def test_ten_thousand_lines_survive_relay_kills_and_a_controller_restart(
