@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,21 @@ home_option = click.option(
     help="Controller home [STARMUX_HOME or the user data dir].",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@contextlib.contextmanager
+def progress(text: str) -> Iterator[None]:
+    """Say what we wait for, on a terminal only (stderr), and clear it afterwards."""
+    shown = sys.stderr.isatty()
+    if shown:
+        sys.stderr.write(f"{text}…")
+        sys.stderr.flush()
+    try:
+        yield
+    finally:
+        if shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
 
 def _home(home: Path | None) -> Path:
@@ -117,7 +134,8 @@ def pair_command(
             return True
         return click.confirm("Do the codes match? Pair this machine", default=False)
 
-    result = asyncio.run(actions.pair(_home(home), parsed, confirm=confirm))
+    with progress("pairing through the relay"):
+        result = asyncio.run(actions.pair(_home(home), parsed, confirm=confirm))
     if as_json:
         click.echo(
             json.dumps(
@@ -144,7 +162,8 @@ def pair_command(
 @json_option
 def machines_command(home: Path | None, as_json: bool) -> None:
     """List paired machines, online or offline, with their fingerprints."""
-    views = asyncio.run(actions.machines(_home(home)))
+    with progress("asking the relay"):
+        views = asyncio.run(actions.machines(_home(home)))
     if as_json:
         rows: list[dict[str, Any]] = [
             {
@@ -183,7 +202,8 @@ def revoke_command(machine: str, yes: bool, home: Path | None, as_json: bool) ->
         f"Revoke {machine!r}? It will need to pair again", default=False
     ):
         raise click.Abort
-    revoked = asyncio.run(actions.revoke(_home(home), machine))
+    with progress("revoking through the relay"):
+        revoked = asyncio.run(actions.revoke(_home(home), machine))
     if as_json:
         click.echo(json.dumps({"revoked": revoked.name, "fingerprint": revoked.fingerprint}))
         return

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import sessions as actions
-from .commands import _home, _printable, home_option, json_option
+from .commands import _home, _printable, home_option, json_option, progress
 
 
 def _outcome_json(outcome: actions.CommandOutcome, **extra: Any) -> str:
@@ -80,11 +80,12 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Start COMMAND on a machine: starmux run --machine M -- COMMAND ARGS..."""
-    session, outcome = asyncio.run(
-        actions.run(
-            _home(home), machine, list(argv), cwd=cwd, title=title, env=_env(env_pairs), pty=pty
+    with progress(f"starting it on {machine}"):
+        session, outcome = asyncio.run(
+            actions.run(
+                _home(home), machine, list(argv), cwd=cwd, title=title, env=_env(env_pairs), pty=pty
+            )
         )
-    )
     _report(
         outcome,
         f"started session {session} on {_printable(outcome.machine.name)}\n"
@@ -100,7 +101,8 @@ def run_command(
 @json_option
 def cancel_command(session: str, home: Path | None, as_json: bool) -> None:
     """Cancel SESSION (SIGTERM, then SIGKILL after a grace period)."""
-    outcome = asyncio.run(actions.cancel(_home(home), session))
+    with progress("cancelling"):
+        outcome = asyncio.run(actions.cancel(_home(home), session))
     _report(outcome, f"cancelled {session}", as_json, session=session)
 
 
@@ -114,7 +116,8 @@ def _age(timestamp: float) -> str:
 @json_option
 def sessions_command(machine: str | None, home: Path | None, as_json: bool) -> None:
     """List sessions on all machines (synced from the online ones)."""
-    rows, fresh, names = asyncio.run(actions.sessions(_home(home), machine))
+    with progress("syncing with online machines"):
+        rows, fresh, names = asyncio.run(actions.sessions(_home(home), machine))
     if as_json:
         click.echo(
             json.dumps(
@@ -164,7 +167,8 @@ def _write_output(stream: str, data: bytes) -> None:
 @home_option
 def logs_command(session: str, home: Path | None) -> None:
     """Print SESSION's output so far (synced from its machine if online)."""
-    row, events = asyncio.run(actions.logs(_home(home), session))
+    with progress("syncing"):
+        row, events = asyncio.run(actions.logs(_home(home), session))
     for event in events:
         chunk = actions.output_of(event)
         if chunk:
@@ -193,7 +197,8 @@ def watch_command(session: str, home: Path | None) -> None:
 @json_option
 def approvals_command(home: Path | None, as_json: bool) -> None:
     """Checkpoints waiting for a decision, on every machine."""
-    rows, fresh, names = asyncio.run(actions.approvals(_home(home)))
+    with progress("syncing with online machines"):
+        rows, fresh, names = asyncio.run(actions.approvals(_home(home)))
     if as_json:
         click.echo(
             json.dumps(
@@ -228,7 +233,10 @@ def approvals_command(home: Path | None, as_json: bool) -> None:
 
 
 def _decide(checkpoint: str, approve: bool, reason: str, home: Path | None, as_json: bool) -> None:
-    outcome = asyncio.run(actions.decide(_home(home), checkpoint, approve=approve, reason=reason))
+    with progress("delivering the signed decision"):
+        outcome = asyncio.run(
+            actions.decide(_home(home), checkpoint, approve=approve, reason=reason)
+        )
     verb = "approved" if approve else "denied"
     _report(outcome, f"{verb} {checkpoint}", as_json, checkpoint=checkpoint)
 

@@ -98,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("STARMUX_DEBUG")
     )
     try:
-        result = cli.main(args=argv, prog_name="starmux", standalone_mode=False)
+        result = cli.main(
+            args=argv,
+            prog_name="starmux",
+            standalone_mode=False,
+            # click already drops colour when output is not a terminal; NO_COLOR
+            # (no-color.org) turns it off on terminals too.
+            color=False if "NO_COLOR" in os.environ else None,
+        )
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

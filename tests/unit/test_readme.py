@@ -106,3 +106,20 @@ def test_every_readme_command_is_exercised_by_a_test() -> None:
         for name in files:
             text = (ROOT / name).read_text()
             assert f'"{last}"' in text or f"'{last}'" in text, f"{name} does not run {command}"
+
+
+def test_shell_completion_is_documented_and_works() -> None:
+    import os
+    import subprocess
+    import sys
+
+    assert "_STARMUX_COMPLETE=bash_source starmux" in README
+    env = {**os.environ, "_STARMUX_COMPLETE": "bash_source"}
+    script = subprocess.run([sys.executable, "-m", "starmux.cli"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "_starmux_completion" in script.stdout
+    env = {**os.environ, "_STARMUX_COMPLETE": "bash_complete", "COMP_WORDS": "starmux dae",
+           "COMP_CWORD": "1"}
+    words = subprocess.run([sys.executable, "-m", "starmux.cli"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert "daemon" in words.stdout
