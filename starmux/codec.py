@@ -49,7 +49,9 @@ def _converter(hint: Any) -> _Check:
     origin = typing.get_origin(hint)
     if hint is type(None):
         return _exact(type(None))
-    if hint in (int, str, bytes, bool):
+    if hint is int:
+        return _int64
+    if hint in (str, bytes, bool):
         return _exact(hint)
     if hint is float:
 
@@ -107,6 +109,14 @@ def _converter(hint: Any) -> _Check:
 
         return to_dict
     raise UsageError(f"unsupported message field type {hint!r}")
+
+
+def _int64(value: Any) -> int:
+    """Integers are signed 64-bit: what SQLite stores; a larger seq or count from a
+    peer would otherwise fail deep inside a query instead of at the boundary."""
+    if type(value) is not int or not -(2**63) <= value < 2**63:
+        raise _Invalid
+    return value
 
 
 def _exact(expected: type) -> _Check:

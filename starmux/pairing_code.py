@@ -29,6 +29,7 @@ PREFIX = "starmux://pair/v1?"
 TICKET_SIZE = 16
 SECRET_SIZE = 32
 MAX_CODE_LENGTH = 1024
+MAX_RELAY_URL = 256
 _PARAMS = ("relay", "rfp", "ticket", "mfp", "secret")
 _B64URL_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
 _HINT = "copy the whole code the daemon printed, starting with starmux://pair/v1?"
@@ -56,6 +57,14 @@ def _unb64(text: str, size: int, what: str) -> bytes:
 
 def check_relay_url(url: str) -> str:
     """Accept only ``ws://host[:port][/path]`` or ``wss://...`` URLs; return it unchanged."""
+    if len(url) > MAX_RELAY_URL or not url.isascii() or not url.isprintable() or " " in url:
+        # Found by fuzzing: a lone surrogate or control characters parsed, then could
+        # not be printed back (or grew past the code's size limit when quoted).
+        raise UsageError(
+            "the relay URL must be printable ASCII without spaces, at most "
+            f"{MAX_RELAY_URL} characters",
+            hint="use ws://HOST:PORT or wss://HOST[:PORT]",
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # raises ValueError for a bad port

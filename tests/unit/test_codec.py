@@ -75,10 +75,10 @@ class Checked(Message):
             raise UsageError("key is 4 bytes")
 
 
-points = st.builds(Point, x=st.integers(-(2**63), 2**64 - 1), label=st.text(max_size=8))
+points = st.builds(Point, x=st.integers(-(2**63), 2**63 - 1), label=st.text(max_size=8))
 everything = st.builds(
     Everything,
-    count=st.integers(-(2**63), 2**64 - 1),
+    count=st.integers(-(2**63), 2**63 - 1),
     ratio=st.floats(allow_nan=False),
     text=st.text(max_size=20),
     blob=st.binary(max_size=20),
@@ -409,3 +409,11 @@ def test_a_message_may_refer_to_a_class_defined_after_it(
         assert module.CODEC.decode(module.CODEC.encode(message)) == message
     finally:
         sys.modules.pop(name, None)
+
+
+def test_integers_beyond_signed_64_bit_are_refused() -> None:
+    import msgpack
+
+    wire = msgpack.packb(["point", 1, {"x": 2**63, "label": ""}])
+    with pytest.raises(MessageError, match="invalid point"):
+        CODEC.decode(wire)

@@ -48,7 +48,7 @@ def strategy_for(hint: Any) -> SearchStrategy[Any]:
     if hint is bool:
         return st.booleans()
     if hint is int:
-        return st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
+        return st.integers(-(2**63), 2**63 - 1)  # the codec takes signed 64-bit
     if hint is float:
         return st.floats(allow_nan=False)  # NaN != NaN would defeat the equality check
     if hint is str:

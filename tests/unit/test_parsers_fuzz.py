@@ -106,7 +106,7 @@ def strategy_for(hint: Any) -> SearchStrategy[Any]:
     if hint in (bool, str, bytes):
         return st.from_type(hint).map(lambda v: v[:40] if isinstance(v, str | bytes) else v)
     if hint is int:
-        return st.integers(-(2**63), 2**64 - 1)
+        return st.integers(-(2**63), 2**63 - 1)
     if hint is float:
         return st.floats()
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):

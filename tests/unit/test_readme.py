@@ -115,11 +115,17 @@ def test_shell_completion_is_documented_and_works() -> None:
 
     assert "_STARMUX_COMPLETE=bash_source starmux" in README
     env = {**os.environ, "_STARMUX_COMPLETE": "bash_source"}
-    script = subprocess.run([sys.executable, "-m", "starmux.cli"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    script = subprocess.run(
+        [sys.executable, "-m", "starmux.cli"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert "_starmux_completion" in script.stdout
-    env = {**os.environ, "_STARMUX_COMPLETE": "bash_complete", "COMP_WORDS": "starmux dae",
-           "COMP_CWORD": "1"}
-    words = subprocess.run([sys.executable, "-m", "starmux.cli"], env=env, capture_output=True,
-                           text=True, timeout=60)
+    env = {
+        **os.environ,
+        "_STARMUX_COMPLETE": "bash_complete",
+        "COMP_WORDS": "starmux dae",
+        "COMP_CWORD": "1",
+    }
+    words = subprocess.run(
+        [sys.executable, "-m", "starmux.cli"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert "daemon" in words.stdout
