@@ -92,4 +92,7 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
         else:
             click.echo(f"listening on {url}  (health: {url.replace('ws', 'http', 1)}/health)")
 
-    asyncio.run(serve(config, on_ready=on_ready, on_listening=on_listening))
+    from .server import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve(config, on_ready=on_ready, on_listening=on_listening))

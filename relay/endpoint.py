@@ -18,10 +18,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from starmux.close_codes import CloseCode
 from starmux.control import CONTROL, Failure, RouteError, SessionStatus
 from starmux.errors import CryptoError, FrameError, RemoteProtocolError
-from starmux.frames import FrameType, encode_frame, parse_frame
+from starmux.frames import FrameType, encode_frame, parse_frame, readdress_data
 from starmux.identity import IdentityCard, Role
 from starmux.relay_auth import RelayAuth
 
+from .metrics import RelayMetrics
 from .peer import Peer, TokenBucket
 from .registry import RegistryError
 from .requests import HANDLERS, announce_presence, greet_controller, send_control
@@ -185,6 +186,10 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
             metrics.drops["flood"] += 1
             peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
             return
+        fast = readdress_data(data, peer.key)
+        if fast is not None:  # the hot path: a well-formed DATA frame, header only
+            _route(peer, table.get(fast[0]), fast[0], fast[1], size, now, metrics)
+            continue
         try:
             frame = parse_frame(data, max_size=max_size)
         except FrameError:
@@ -192,20 +197,33 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
             peer.close(CloseCode.PROTOCOL_ERROR, "malformed frame")
             return
         if frame.type is FrameType.DATA:
-            destination = table.get(frame.peer)
-            if destination is not None and may_route(peer, destination):
-                if destination.deliver(encode_frame(FrameType.DATA, peer.key, frame.body), now):
-                    metrics.frames_routed += 1
-                    metrics.bytes_routed += size
-                continue
-            metrics.drops["unreachable" if destination is None else "forbidden"] += 1
-            peer.deliver(encode_frame(FrameType.ERROR, frame.peer, _UNREACHABLE), now)
+            readdressed = encode_frame(FrameType.DATA, peer.key, frame.body)
+            _route(peer, table.get(frame.peer), frame.peer, readdressed, size, now, metrics)
         elif frame.type is FrameType.REQUEST:
             await _handle_request(state, peer, frame.body)
         else:
             metrics.drops["unexpected-type"] += 1
             peer.close(CloseCode.PROTOCOL_ERROR, "unexpected frame type")
             return
+
+
+def _route(
+    peer: Peer,
+    destination: Peer | None,
+    address: bytes,
+    readdressed: bytes,
+    size: int,
+    now: float,
+    metrics: RelayMetrics,
+) -> None:
+    """Deliver, or tell the sender (never a silent drop) without saying why."""
+    if destination is not None and may_route(peer, destination):
+        if destination.deliver(readdressed, now):
+            metrics.frames_routed += 1
+            metrics.bytes_routed += size
+        return
+    metrics.drops["unreachable" if destination is None else "forbidden"] += 1
+    peer.deliver(encode_frame(FrameType.ERROR, address, _UNREACHABLE), now)
 
 
 async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:

@@ -12,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,15 +55,16 @@ class NodeKeys:
     def generate(cls, rng: Rng = nacl.utils.random) -> NodeKeys:
         return cls(signing_seed=rng(32), dh_private=rng(32))
 
-    @property
+    # Derived once per object: the relay signs on every connection it accepts.
+    @functools.cached_property
     def signing_key(self) -> nacl.signing.SigningKey:
         return nacl.signing.SigningKey(self.signing_seed)
 
-    @property
+    @functools.cached_property
     def sign_public(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
-    @property
+    @functools.cached_property
     def dh_public(self) -> bytes:
         return nacl.bindings.crypto_scalarmult_base(self.dh_private)
 

@@ -168,3 +168,33 @@ def test_parse_refuses_malformed_frames(data: bytes) -> None:
 def test_parse_refuses_non_bytes(value: object) -> None:
     with pytest.raises(FrameError, match="bytes"):
         parse_frame(value)  # type: ignore[arg-type]
+
+
+@given(
+    peer=st.binary(min_size=32, max_size=32),
+    source=st.binary(min_size=32, max_size=32),
+    body=st.binary(max_size=MAX_BODY_SIZE) | st.binary(max_size=300),
+)
+def test_readdress_fast_path_matches_the_full_parser(
+    peer: bytes, source: bytes, body: bytes
+) -> None:
+    from starmux.frames import readdress_data
+
+    wire = encode_frame(FrameType.DATA, peer, body)
+    fast = readdress_data(wire, source)
+    assert fast is not None
+    assert fast == (peer, encode_frame(FrameType.DATA, source, parse_frame(wire).body))
+
+
+@given(data=st.binary(max_size=200))
+def test_readdress_fast_path_declines_anything_else(data: bytes) -> None:
+    from starmux.frames import readdress_data
+
+    fast = readdress_data(data, b"\1" * 32)
+    if fast is not None:  # only canonical DATA frames take the fast path
+        frame = parse_frame(data)
+        assert frame.type is FrameType.DATA and fast[0] == frame.peer
+    for truncated in (data[:-1], data + b"\0"):
+        result = readdress_data(truncated, b"\1" * 32)
+        if result is not None:
+            assert parse_frame(truncated).type is FrameType.DATA
