@@ -6,11 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
-from relay.schema import open_database, read_setting, write_setting
+from relay.schema import HomeDatabase, read_setting, write_setting
 from starmux.errors import UsageError
-from starmux.home import ensure_private_dir, load_node_keys, load_or_create_node_keys
+from starmux.home import load_node_keys, load_or_create_node_keys
 from starmux.identity import IdentityCard, NodeKeys
 
 KEY_FILE = "controller.key"
@@ -44,26 +42,16 @@ class ControllerConfig:
     name: str
 
 
-class ControllerStore:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self._db: aiosqlite.Connection | None = None
+class ControllerStore(HomeDatabase):
+    FILE = DATABASE_FILE
+    PACKAGE = "client"
 
     async def __aenter__(self) -> ControllerStore:
-        ensure_private_dir(self.home)
-        self._db = await open_database(self.home / DATABASE_FILE, "client")
+        await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise UsageError("controller store is not open")
-        return self._db
+        await self.close()
 
     def keys(self, *, create: bool = False) -> NodeKeys:
         path = self.home / KEY_FILE

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
-import aiosqlite
-
-from relay.schema import open_database, read_setting, write_setting
-from starmux.errors import UsageError
-from starmux.home import ensure_private_dir, load_or_create_node_keys
+from relay.schema import HomeDatabase, read_setting, write_setting
+from starmux.home import load_or_create_node_keys
 from starmux.identity import IdentityCard, NodeKeys
 
 KEY_FILE = "machine.key"
@@ -27,25 +23,9 @@ class PairedController:
     paired_at: float
 
 
-class DaemonStore:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self._db: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        ensure_private_dir(self.home)
-        self._db = await open_database(self.home / DATABASE_FILE, "daemon")
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise UsageError("daemon store is not open")
-        return self._db
+class DaemonStore(HomeDatabase):
+    FILE = DATABASE_FILE
+    PACKAGE = "daemon"
 
     def keys(self) -> tuple[NodeKeys, bool]:
         """The machine's keys, created on first use; ``(keys, created)``."""

@@ -37,6 +37,7 @@ from pathlib import Path
 import aiosqlite
 
 from starmux.errors import StarmuxError
+from starmux.home import ensure_private_dir
 
 __all__ = ["Migration", "SchemaError", "load_migrations", "migrate"]
 
@@ -246,3 +247,33 @@ async def write_setting(db: aiosqlite.Connection, name: str, value: bytes) -> No
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         (name, value),
     )
+
+
+class HomeDatabase:
+    """A node's SQLite file in its private home: open (migrated) / close / ``db``.
+
+    The daemon's and the controller's stores build on this, so both open, migrate
+    and guard their connection the same way.
+    """
+
+    FILE: str = ""
+    PACKAGE: str = ""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        ensure_private_dir(self.home)
+        self._db = await open_database(self.home / self.FILE, self.PACKAGE)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StarmuxError(f"{self.FILE} is not open")
+        return self._db
