@@ -47,7 +47,7 @@ from typing import Any
 
 import click
 
-from daemon.local_api import MAX_BODY, MAX_TITLE, check_key
+from daemon.local_api_protocol import MAX_BODY, MAX_TITLE, check_key
 from starmux.errors import StarmuxError
 
 from .agent_commands import (

@@ -33,7 +33,7 @@ from starmux.messages import (
 from starmux.session_state import Status
 
 from .eventlog import EventLog
-from .local_api import CheckpointOutcome
+from .local_api_protocol import CheckpointOutcome
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 

@@ -25,7 +25,7 @@ from client.claude_hook import (
     hook_output,
     parse_payload,
 )
-from daemon.local_api import MAX_BODY, MAX_TITLE, check_body, check_title
+from daemon.local_api_protocol import MAX_BODY, MAX_TITLE, check_body, check_title
 
 from .test_local_api import FINGERPRINT, Api, private_dir, serving, spawn, starmux
 

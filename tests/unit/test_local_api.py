@@ -35,7 +35,8 @@ from client.agent_commands import (
     format_duration,
     parse_duration,
 )
-from daemon.local_api import (
+from daemon.local_api import LocalApiServer
+from daemon.local_api_protocol import (
     MAX_BODY,
     MAX_LINE,
     MAX_TITLE,
@@ -44,7 +45,6 @@ from daemon.local_api import (
     CheckpointRequest,
     CostRequest,
     LocalApiError,
-    LocalApiServer,
     Ping,
     checkpoint_response,
     parse_request,
