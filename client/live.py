@@ -87,7 +87,6 @@ class LiveController:
             self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
         )
         await self.link.connect()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
         listing = await self.link.request(ListMachines(0), MachineList)
         assert isinstance(listing, MachineList)
         known = {m.key: m for m in await self.store.machines()}
@@ -101,6 +100,9 @@ class LiveController:
             machine.online = info.online
             if info.online:
                 await self._handshake(machine)
+        # Only now: presence that arrived meanwhile waited, in order, in the link's
+        # queue; read earlier, it could name a machine not in ``self.machines`` yet.
+        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def close(self) -> None:
         if self.link is not None:
@@ -185,7 +187,10 @@ class LiveController:
             if machine is None:
                 return
             machine.online = event.online
-            if event.online:
+            # A machine we already handshake with (the relay greets a new controller
+            # with presence for machines the listing showed) keeps that handshake:
+            # starting another would orphan the answer to the first.
+            if event.online and machine.handshake is None and machine.channel is None:
                 await self._handshake(machine)
             else:
                 machine.channel = None

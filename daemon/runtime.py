@@ -197,7 +197,20 @@ class Daemon:
                 return
             await self._wait_backoff(f"the relay refused the connection ({exc.code})")
             return
-        except (RelayUnreachable, ConnectionLost, OSError, RemoteProtocolError) as exc:
+        except RelayUnreachable as exc:
+            if isinstance(exc.__cause__, ConnectionRefusedError):
+                delay = self.backoff.after_refusal(time.monotonic())
+                self.terminal.event(
+                    "reconnecting",
+                    f"relay not listening; retrying in {delay:.1f}s",
+                    reason="refused",
+                    delay=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            else:
+                await self._wait_backoff(str(exc))
+            return
+        except (ConnectionLost, OSError, RemoteProtocolError) as exc:
             await self._wait_backoff(str(exc))
             return
         if pinned is None:

@@ -67,12 +67,14 @@ async def _authenticate(
                 record = await state.registry.controller(key)
                 status = SessionStatus.CONTROLLER if record else SessionStatus.UNREGISTERED
                 account = record.account if record else b""
-            elif await state.registry.is_revoked(key):
-                state.metrics.auth_failures["revoked"] += 1
-                await _reject(websocket, state, CloseCode.REVOKED, "this machine was revoked")
-                return None
             else:
+                # One lookup: a revoked machine's record says so (revocations are
+                # permanent and machine records are never deleted).
                 machine = await state.registry.machine(key)
+                if machine is not None and machine.revoked_at is not None:
+                    state.metrics.auth_failures["revoked"] += 1
+                    await _reject(websocket, state, CloseCode.REVOKED, "this machine was revoked")
+                    return None
                 status = SessionStatus.MACHINE if machine else SessionStatus.UNPAIRED
                 account = machine.account if machine else b""
             await websocket.send_bytes(auth.welcome_frame(card, status, account, now=state.clock()))

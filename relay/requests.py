@@ -192,9 +192,8 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
         send_control(machine, FrameType.NOTICE, notice)
         # Close after the notice is flushed; the writer drains the queue first.
         machine.close_after_flush(CloseCode.REVOKED, "revoked")
-    for other in state.table.account_peers(peer.account):
-        if other.status is SessionStatus.CONTROLLER:
-            send_control(other, FrameType.NOTICE, notice)
+    for other in state.table.account_controllers(peer.account):
+        send_control(other, FrameType.NOTICE, notice)
     return MachineRevoked(req.request_id, req.machine_key)
 
 
@@ -222,9 +221,8 @@ def announce_presence(state: RelayState, machine: Peer, *, online: bool) -> None
         return
     body = CONTROL.encode(Presence(online, state.clock()))
     frame = encode_frame(FrameType.PRESENCE, machine.key, body)
-    for other in state.table.account_peers(machine.account):
-        if other.status is SessionStatus.CONTROLLER:
-            other.deliver(frame, time.perf_counter())
+    for other in state.table.account_controllers(machine.account):
+        other.deliver(frame, time.perf_counter())
 
 
 def greet_controller(state: RelayState, controller: Peer) -> None:

@@ -51,6 +51,10 @@ class RoutingTable(Protocol):
 
     def account_peers(self, account: bytes) -> Iterator[Peer]: ...
 
+    def account_controllers(self, account: bytes) -> list[Peer]:
+        """The account's online controllers (presence goes to them on every machine
+        connect: an index, so a crowd of machines does not cost n² scans)."""
+
     def counts_by_status(self) -> dict[str, int]: ...
 
     def peers(self) -> list[Peer]: ...
@@ -62,6 +66,7 @@ class LocalRoutingTable:
     def __init__(self) -> None:
         self._by_key: dict[bytes, Peer] = {}
         self._by_account: dict[bytes, dict[bytes, Peer]] = {}
+        self._controllers: dict[bytes, dict[bytes, Peer]] = {}
 
     def attach(self, peer: Peer) -> Peer | None:
         old = self._by_key.get(peer.key)
@@ -70,17 +75,20 @@ class LocalRoutingTable:
         self._by_key[peer.key] = peer
         if peer.account:
             self._by_account.setdefault(peer.account, {})[peer.key] = peer
+            if peer.status is SessionStatus.CONTROLLER:
+                self._controllers.setdefault(peer.account, {})[peer.key] = peer
         return old
 
     def detach(self, peer: Peer) -> bool:
         if self._by_key.get(peer.key) is not peer:
             return False
         del self._by_key[peer.key]
-        members = self._by_account.get(peer.account)
-        if members is not None:
-            members.pop(peer.key, None)
-            if not members:
-                del self._by_account[peer.account]
+        for index in (self._by_account, self._controllers):
+            members = index.get(peer.account)
+            if members is not None:
+                members.pop(peer.key, None)
+                if not members:
+                    del index[peer.account]
         return True
 
     def move_to_account(self, peer: Peer, account: bytes, status: SessionStatus) -> None:
@@ -95,6 +103,9 @@ class LocalRoutingTable:
 
     def account_peers(self, account: bytes) -> Iterator[Peer]:
         return iter(list(self._by_account.get(account, {}).values()))
+
+    def account_controllers(self, account: bytes) -> list[Peer]:
+        return list(self._controllers.get(account, {}).values())
 
     def counts_by_status(self) -> dict[str, int]:
         counts = {status.value: 0 for status in SessionStatus}
