@@ -1,0 +1,208 @@
+"""A load process of the reconnect storm: many paired machines, each as the daemon connects.
+
+``python -m bench.storm_clients --url URL --relay-key HEX --salt HEX --first I --count N``
+
+Each machine (keys derived from the salt and its index, see :func:`machine_keys`) runs
+the shipped daemon's connection policy (``daemon/runtime.py``: ``_connect_once``,
+``_after_close``, ``_wait_backoff``) through the shipped :class:`client.link.RelayLink`
+(WebSocket + :class:`starmux.relay_auth.NodeAuth` against the pinned relay key):
+
+    connect ──ok──▶ stay connected, remember a RESTARTING notice's retry_after
+       ▲  │ refused: Backoff.after_refusal(); unreachable: next_delay()
+       │  ▼
+    closed ─▶ sleep Backoff.hinted_delay(retry_after) if a notice came, else next_delay()
+
+Only the daemon's own disk I/O (reading its key file and pinned key from SQLite
+before each attempt) is left out: it costs the relay nothing.
+
+Commands (stdin, JSON lines) and events (stdout):
+
+- at start, every machine connects once (at most ``--ramp`` at a time); then
+  ``{"event": "connected"}``.
+- ``{"cmd": "arm", "since": T, "policy": P}``: machines follow policy ``P`` (see
+  :data:`POLICIES`; ``shipped`` unless told); from now on, the first authentication of each
+  machine after monotonic time ``T`` is recorded; when every machine has one:
+  ``{"event": "back", "times": [...], "stats": {...}}``. ``{"cmd": "report"}`` sends
+  the same for the machines back so far (``"pending"``: how many are not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import hashlib
+import random
+import time
+
+import uvloop
+
+from bench.storm_procs import commands, emit
+from client.link import NoticeReceived, RelayClosedConnection, RelayLink, RelayUnreachable
+from starmux.backoff import Backoff
+from starmux.control import NoticeEvent, SessionStatus
+from starmux.errors import ConnectionLost, CryptoError, RemoteProtocolError
+from starmux.identity import IdentityCard, NodeKeys, Role
+
+#: Reconnect policies: ``shipped`` is the daemon's. The others exist to measure a
+#: proposal against it: ``refused-flat`` retries a *refused* TCP connect (nothing
+#: listens: the relay is restarting, not overloaded) within ``REFUSED_CAP`` seconds
+#: without growing the backoff; ``eager`` always retries within ``EAGER`` seconds,
+#: which shows what the relay alone can take.
+POLICIES = ("shipped", "refused-flat", "eager")
+REFUSED_CAP = 1.0
+EAGER = 0.05
+
+
+def machine_keys(salt: bytes, index: int) -> NodeKeys:
+    """The keys of machine ``index`` of a run: derived, so no key file is passed around."""
+
+    def derive(purpose: bytes) -> bytes:
+        data = purpose + index.to_bytes(4, "big")
+        return hashlib.blake2b(data, key=salt, digest_size=32).digest()
+
+    return NodeKeys(derive(b"sign"), derive(b"dh"))
+
+
+def machine_card(keys: NodeKeys, index: int) -> IdentityCard:
+    return keys.card(Role.MACHINE, f"storm-{index:05d}")
+
+
+class Fleet:
+    def __init__(self, url: str, pin: bytes, salt: bytes, first: int, count: int) -> None:
+        self.url = url
+        self.pin = pin
+        self.identities = [
+            (keys, machine_card(keys, i))
+            for i, keys in ((i, machine_keys(salt, i)) for i in range(first, first + count))
+        ]
+        self.connected = 0
+        self.all_connected = asyncio.Event()
+        self.since: float | None = None
+        self.pending: set[int] = set()
+        self.times: list[float] = []
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.policy = "shipped"
+
+    # --- bookkeeping -----------------------------------------------------------------
+
+    def arm(self, since: float) -> None:
+        self.since = since
+        self.pending = set(range(len(self.identities)))
+        self.times = []
+        self.stats = collections.Counter()
+
+    def _authenticated(self, index: int, status: SessionStatus) -> None:
+        now = time.monotonic()
+        if status is not SessionStatus.MACHINE:
+            self.stats[f"status-{status.value}"] += 1
+        if self.since is not None and index in self.pending and now > self.since:
+            self.pending.discard(index)
+            self.times.append(now)
+            if not self.pending:
+                self.report("back")
+
+    async def tell_progress(self) -> None:
+        """While armed, how many machines are back, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.since is not None:
+                emit("progress", back=len(self.times), pending=len(self.pending))
+
+    def report(self, event: str) -> None:
+        emit(event, times=self.times, pending=len(self.pending), stats=dict(self.stats))
+
+    # --- one machine -----------------------------------------------------------------
+
+    async def run_machine(self, index: int, ramp: asyncio.Semaphore) -> None:
+        keys, card = self.identities[index]
+        backoff = Backoff()
+        first = True
+        while True:
+            link = RelayLink(self.url, keys, card, pinned_relay_key=self.pin)
+            self.stats["attempts"] += 1
+            try:
+                if first:
+                    async with ramp:
+                        auth = await link.connect()
+                else:
+                    auth = await link.connect()
+            except CryptoError as exc:  # e.g. the relay's key changed: the daemon stops
+                emit("error", detail=f"machine {index}: {exc}")
+                return
+            except RelayClosedConnection as exc:
+                self.stats[f"refused-{exc.code}"] += 1
+                await asyncio.sleep(self._failure_delay(backoff, exc))
+                continue
+            except (RelayUnreachable, ConnectionLost, OSError, RemoteProtocolError) as exc:
+                self.stats[f"failed-{type(exc.__cause__ or exc).__name__}"] += 1
+                await asyncio.sleep(self._failure_delay(backoff, exc))
+                continue
+            if first:
+                first = False
+                self.connected += 1
+                if self.connected == len(self.identities):
+                    self.all_connected.set()
+            backoff.reset()
+            self._authenticated(index, auth.status)
+            hint: float | None = None
+            async for event in link.events():
+                if (
+                    isinstance(event, NoticeReceived)
+                    and event.notice.event is NoticeEvent.RESTARTING
+                ):
+                    hint = event.notice.retry_after
+            await link.close()
+            self.stats["hinted" if hint is not None else "unhinted-close"] += 1
+            if self.policy == "eager":
+                await asyncio.sleep(random.uniform(0.0, EAGER))
+            elif hint is not None:
+                await asyncio.sleep(backoff.hinted_delay(hint))
+            else:
+                await asyncio.sleep(backoff.next_delay())
+
+    def _failure_delay(self, backoff: Backoff, exc: Exception) -> float:
+        """How long the policy waits after a failed connect (the daemon: next_delay)."""
+        if self.policy == "eager":
+            return random.uniform(0.0, EAGER)
+        refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
+        if self.policy == "shipped" and refused:
+            return backoff.after_refusal(time.monotonic())  # as daemon/runtime.py does
+        if self.policy == "refused-flat" and refused:
+            return random.uniform(0.0, REFUSED_CAP)
+        return backoff.next_delay()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--relay-key", required=True)
+    parser.add_argument("--salt", required=True)
+    parser.add_argument("--first", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--ramp", type=int, default=50, help="initial connects in flight")
+    args = parser.parse_args()
+    fleet = Fleet(
+        args.url, bytes.fromhex(args.relay_key), bytes.fromhex(args.salt), args.first, args.count
+    )
+    ramp = asyncio.Semaphore(args.ramp)
+    tasks = [asyncio.create_task(fleet.run_machine(i, ramp)) for i in range(len(fleet.identities))]
+    await fleet.all_connected.wait()
+    emit("connected", count=fleet.connected, stats=dict(fleet.stats))
+    progress = asyncio.create_task(fleet.tell_progress())
+    async for command in commands():
+        if command["cmd"] == "arm":
+            fleet.arm(float(command["since"]))
+            fleet.policy = str(command.get("policy", "shipped"))
+            emit("armed")
+        elif command["cmd"] == "report":
+            fleet.report("report")
+        elif command["cmd"] == "stop":
+            break
+    for task in [*tasks, progress]:
+        task.cancel()
+    await asyncio.gather(*tasks, progress, return_exceptions=True)
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
