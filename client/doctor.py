@@ -19,7 +19,6 @@ import nacl.utils
 import websockets
 
 from starmux.errors import ConnectionLost, CryptoError, StarmuxError
-from starmux.frames import FrameType, encode_frame
 from starmux.identity import NodeKeys, Role
 from starmux.relay_auth import RelayKeyMismatch
 
@@ -121,8 +120,7 @@ async def _relay_checks(
     try:
         marker = nacl.utils.random(16)
         started = time.perf_counter()
-        assert link._ws is not None
-        await link._ws.send(encode_frame(FrameType.DATA, keys.sign_public, marker))
+        await link.send_data(keys.sign_public, marker)  # an echo through the routing
         async with asyncio.timeout(ROUND_TRIP_TIMEOUT):
             while True:
                 event = await link.next_event()
