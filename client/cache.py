@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,101 +116,42 @@ class Cache:
         return Cursor(rows[0][0], rows[0][1]) if rows else Cursor("", 0)
 
     async def apply_page(self, machine: bytes, page: EventPage) -> Applied:
-        applied: list[LoggedEvent] = []
-        gap = False
-        await self.db.execute("BEGIN IMMEDIATE")
+        # A page is a few calls to the database thread (each aiosqlite call is a
+        # thread round trip, the controller's main cost when output streams), not
+        # two per event: the events go in one executemany, then the projections.
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
         try:
             cursor = await self.cursor(machine)
             if page.epoch != cursor.epoch:
                 if cursor.epoch:
                     await self._forget_machine_data(machine)
                 cursor = Cursor(page.epoch, 0)
-            seq = cursor.seq
-            for event in page.events:
-                if event.seq <= seq:
-                    continue  # already applied: a replay or an overlap of sync and live
-                if event.seq != seq + 1:
-                    gap = True
-                    break
-                await self.db.execute(
+            applied = next_in_order(cursor.seq, page.events)
+            if applied.events:
+                await db.executemany(
                     "INSERT INTO events (machine, seq, session, at, body) VALUES (?,?,?,?,?)",
-                    (machine, event.seq, event.session, event.at, event.body),
+                    [(machine, e.seq, e.session, e.at, e.body) for e in applied.events],
                 )
-                await self._project(machine, event)
-                applied.append(event)
-                seq = event.seq
-            await self.db.execute(
+                for event in applied.events:
+                    statement = projection(machine, event)
+                    if statement is not None:
+                        await db.execute(*statement)
+            seq = applied.events[-1].seq if applied.events else cursor.seq
+            await db.execute(
                 "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
                 (machine, page.epoch, seq),
             )
-            await self.db.execute("COMMIT")
+            await db.execute("COMMIT")
         except BaseException:
-            await self.db.execute("ROLLBACK")
+            await db.execute("ROLLBACK")
             raise
-        return Applied(applied, gap)
+        return applied
 
     async def _forget_machine_data(self, machine: bytes) -> None:
         for table in ("events", "sessions", "checkpoints"):
             await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
-
-    async def _project(self, machine: bytes, event: LoggedEvent) -> None:
-        try:
-            message = APP.decode(event.body)
-        except MessageError:
-            return  # a newer daemon's event kind: kept in the log, not projected
-        if isinstance(message, SessionCreated):
-            await self.db.execute(
-                "INSERT OR IGNORE INTO sessions (id, machine, title, cwd, argv, status, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (
-                    event.session,
-                    machine,
-                    message.title,
-                    message.cwd,
-                    msgpack.packb(list(message.argv)),
-                    event.at,
-                    event.at,
-                ),
-            )
-        elif isinstance(message, SessionStatusChanged):
-            await self.db.execute(
-                "UPDATE sessions SET status = ?, exit_code = ?, updated_at = ? WHERE id = ?",
-                (message.status, message.exit_code, event.at, event.session),
-            )
-        elif isinstance(message, CostReported):
-            await self.db.execute(
-                "UPDATE sessions SET input_tokens = input_tokens + ?, output_tokens = "
-                "output_tokens + ?, usd = usd + ? WHERE id = ?",
-                (message.input_tokens, message.output_tokens, message.usd, event.session),
-            )
-        elif isinstance(message, CheckpointRaised):
-            await self.db.execute(
-                "INSERT OR IGNORE INTO checkpoints (id, machine, session, title, body, "
-                "created_at, expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.checkpoint,
-                    machine,
-                    event.session,
-                    message.title,
-                    message.body,
-                    event.at,
-                    message.expires_at,
-                    int(message.default_approve),
-                ),
-            )
-        elif isinstance(message, CheckpointDecided):
-            await self.db.execute(
-                "UPDATE checkpoints SET decision = ?, decided_by = ?, reason = ?, decided_at = ? "
-                "WHERE id = ?",
-                (
-                    message.decision,
-                    message.by,
-                    message.reason,
-                    message.decided_at,
-                    message.checkpoint,
-                ),
-            )
 
     # --- reads ----------------------------------------------------------------------
 
@@ -292,6 +234,80 @@ class Cache:
     async def forget_machine(self, machine: bytes) -> None:
         for table in ("events", "sessions", "checkpoints", "outbox", "cursors"):
             await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
+
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+def next_in_order(cursor_seq: int, events: Sequence[LoggedEvent]) -> Applied:
+    """The events of a page that follow ``cursor_seq`` without a gap, in order: ones at
+    or below it are a replay or an overlap of sync and live; a missing seq stops."""
+    applied: list[LoggedEvent] = []
+    seq = cursor_seq
+    for event in events:
+        if event.seq <= seq:
+            continue
+        if event.seq != seq + 1:
+            return Applied(applied, gap=True)
+        applied.append(event)
+        seq = event.seq
+    return Applied(applied, gap=False)
+
+
+def projection(machine: bytes, event: LoggedEvent) -> Statement | None:
+    """The write that keeps the sessions and checkpoints tables up to date with
+    ``event``, or None (output, a newer daemon's event kind: kept in the log only)."""
+    try:
+        message = APP.decode(event.body)
+    except MessageError:
+        return None
+    if isinstance(message, SessionCreated):
+        return (
+            "INSERT OR IGNORE INTO sessions (id, machine, title, cwd, argv, status, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+            (
+                event.session,
+                machine,
+                message.title,
+                message.cwd,
+                msgpack.packb(list(message.argv)),
+                event.at,
+                event.at,
+            ),
+        )
+    if isinstance(message, SessionStatusChanged):
+        return (
+            "UPDATE sessions SET status = ?, exit_code = ?, updated_at = ? WHERE id = ?",
+            (message.status, message.exit_code, event.at, event.session),
+        )
+    if isinstance(message, CostReported):
+        return (
+            "UPDATE sessions SET input_tokens = input_tokens + ?, output_tokens = "
+            "output_tokens + ?, usd = usd + ? WHERE id = ?",
+            (message.input_tokens, message.output_tokens, message.usd, event.session),
+        )
+    if isinstance(message, CheckpointRaised):
+        return (
+            "INSERT OR IGNORE INTO checkpoints (id, machine, session, title, body, "
+            "created_at, expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.checkpoint,
+                machine,
+                event.session,
+                message.title,
+                message.body,
+                event.at,
+                message.expires_at,
+                int(message.default_approve),
+            ),
+        )
+    if isinstance(message, CheckpointDecided):
+        return (
+            "UPDATE checkpoints SET decision = ?, decided_by = ?, reason = ?, decided_at = ? "
+            "WHERE id = ?",
+            (message.decision, message.by, message.reason, message.decided_at, message.checkpoint),
+        )
+    return None
 
 
 def _session(r: Any) -> SessionRow:
