@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ from starmux.relay_auth import Authenticated, NodeAuth
 
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 15.0
+#: A connection whose sent data stays unacknowledged this long is dead (TCP_USER_TIMEOUT).
+#: The WebSocket ping cannot tell: websockets' ping() first waits for the send buffer
+#: to drain, which never happens on a connection that died silently (NAT forgot the
+#: flow, the machine roamed) while output streams, so without this bound a busy daemon
+#: would keep a dead connection until TCP gives up, ~15 minutes later.
+UNACKNOWLEDGED_DATA_TIMEOUT = 30.0
 M = TypeVar("M", bound=Message)
 
 
@@ -120,6 +127,7 @@ class RelayLink:
                 ping_interval=20,
                 ping_timeout=20,
             )
+            bound_unacknowledged_data(self._ws, UNACKNOWLEDGED_DATA_TIMEOUT)
         except (OSError, TimeoutError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
             raise RelayUnreachable(
                 f"cannot reach the relay at {self.url}: {exc}",
@@ -232,6 +240,15 @@ class RelayLink:
         if self._reader is not None:
             with contextlib.suppress(BaseException):
                 await self._reader
+
+
+def bound_unacknowledged_data(ws: websockets.ClientConnection, seconds: float) -> None:
+    """Have the kernel fail the connection when sent data stays unacknowledged for
+    ``seconds`` (Linux; elsewhere the WebSocket keepalive alone applies)."""
+    sock = ws.transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
 
 
 class RelayClosedConnection(ConnectionLost):
