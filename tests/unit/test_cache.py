@@ -10,12 +10,12 @@ import pytest
 
 from client.cache import Cache, Cursor
 from client.store import ControllerStore
+from starmux.codec import Message
 from starmux.messages import (
     APP,
     CheckpointRaised,
     EventPage,
     LoggedEvent,
-    Message,
     Output,
     SessionCreated,
     SessionStatusChanged,
