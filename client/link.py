@@ -149,9 +149,7 @@ class RelayLink:
         try:
             data = await self._ws.recv()
         except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
-            reason = exc.rcvd.reason if exc.rcvd else ""
-            raise RelayClosedConnection(code, reason) from exc
+            raise RelayClosedConnection(*close_code_and_reason(exc)) from exc
         except TimeoutError as exc:
             raise RelayUnreachable("the relay did not answer in time") from exc
         if isinstance(data, str):
@@ -240,6 +238,19 @@ class RelayLink:
         if self._reader is not None:
             with contextlib.suppress(BaseException):
                 await self._reader
+
+
+def close_code_and_reason(exc: websockets.ConnectionClosed) -> tuple[int | None, str]:
+    """The relay's close code and reason, or, when no close frame came (the connection
+    died), what the socket or the keepalive reported."""
+    if exc.rcvd is not None:
+        return exc.rcvd.code, exc.rcvd.reason
+    if exc.sent is not None and exc.sent.reason:
+        return None, exc.sent.reason  # e.g. our keepalive ping timed out
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.strerror:
+        return None, cause.strerror.lower()  # e.g. "connection timed out"
+    return None, "connection lost"
 
 
 def bound_unacknowledged_data(ws: websockets.ClientConnection, seconds: float) -> None:
