@@ -116,38 +116,74 @@ class Cache:
         return Cursor(rows[0][0], rows[0][1]) if rows else Cursor("", 0)
 
     async def apply_page(self, machine: bytes, page: EventPage) -> Applied:
-        # A page is a few calls to the database thread (each aiosqlite call is a
-        # thread round trip, the controller's main cost when output streams), not
-        # two per event: the events go in one executemany, then the projections.
+        return (await self.apply_pages([(machine, page)]))[0]
+
+    async def apply_pages(self, pages: Sequence[tuple[bytes, EventPage]]) -> list[Applied]:
+        """Apply pages (of one or several machines, in arrival order) in one
+        transaction; one :class:`Applied` per page.
+
+        Group commit: every aiosqlite call is a round trip to the database thread (the
+        controller's main cost while output streams), so a batch costs a handful of
+        calls whatever its size: the cursors in one read, the events in one
+        executemany, the cursors in another, then the projections (rare: output has
+        none). The write lock is held throughout, so cursors read at the start stay
+        right for the whole batch."""
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
-            cursor = await self.cursor(machine)
-            if page.epoch != cursor.epoch:
-                if cursor.epoch:
-                    await self._forget_machine_data(machine)
-                cursor = Cursor(page.epoch, 0)
-            applied = next_in_order(cursor.seq, page.events)
-            if applied.events:
-                await db.executemany(
-                    "INSERT INTO events (machine, seq, session, at, body) VALUES (?,?,?,?,?)",
-                    [(machine, e.seq, e.session, e.at, e.body) for e in applied.events],
-                )
+            cursors = await self._cursors({machine for machine, _ in pages})
+            rows: list[tuple[bytes, int, str, float, bytes]] = []
+            statements: list[Statement] = []
+            results: list[Applied] = []
+            for machine, page in pages:
+                cursor = cursors.get(machine, Cursor("", 0))
+                if page.epoch != cursor.epoch:
+                    if cursor.epoch:
+                        # The machine's log was wiped: what this batch queued for it
+                        # goes too (written first, so the delete sees it).
+                        await self._write(rows, statements)
+                        rows, statements = [], []
+                        await self._forget_machine_data(machine)
+                    cursor = Cursor(page.epoch, 0)
+                applied = next_in_order(cursor.seq, page.events)
                 for event in applied.events:
+                    rows.append((machine, event.seq, event.session, event.at, event.body))
                     statement = projection(machine, event)
                     if statement is not None:
-                        await db.execute(*statement)
-            seq = applied.events[-1].seq if applied.events else cursor.seq
-            await db.execute(
+                        statements.append(statement)
+                if applied.events:
+                    cursor = Cursor(cursor.epoch, applied.events[-1].seq)
+                cursors[machine] = cursor
+                results.append(applied)
+            await self._write(rows, statements)
+            await db.executemany(
                 "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-                (machine, page.epoch, seq),
+                [(machine, c.epoch, c.seq) for machine, c in cursors.items() if c.epoch],
             )
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
-        return applied
+        return results
+
+    async def _cursors(self, machines: set[bytes]) -> dict[bytes, Cursor]:
+        marks = ",".join("?" * len(machines))
+        rows = await self.db.execute_fetchall(
+            f"SELECT machine, epoch, seq FROM cursors WHERE machine IN ({marks})",
+            tuple(machines),
+        )
+        return {bytes(row[0]): Cursor(row[1], row[2]) for row in rows}
+
+    async def _write(
+        self, rows: list[tuple[bytes, int, str, float, bytes]], statements: list[Statement]
+    ) -> None:
+        if rows:
+            await self.db.executemany(
+                "INSERT INTO events (machine, seq, session, at, body) VALUES (?,?,?,?,?)", rows
+            )
+        for statement in statements:
+            await self.db.execute(*statement)
 
     async def _forget_machine_data(self, machine: bytes) -> None:
         for table in ("events", "sessions", "checkpoints"):

@@ -224,6 +224,17 @@ class RelayLink:
     async def next_event(self) -> LinkEvent:
         return await self._events.get()
 
+    async def next_events(self, limit: int) -> list[LinkEvent]:
+        """The next event (waiting for it) and up to ``limit`` - 1 more that are already
+        queued, so a reader can handle a burst as one batch. Nothing follows Closed."""
+        events = [await self._events.get()]
+        while len(events) < limit and not isinstance(events[-1], Closed):
+            try:
+                events.append(self._events.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return events
+
     async def events(self) -> AsyncIterator[LinkEvent]:
         """Events until (and including) :class:`Closed`."""
         while True:

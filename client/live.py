@@ -44,6 +44,8 @@ from .store import ControllerConfig, ControllerStore
 log = logging.getLogger("starmux.controller")
 
 SYNC_PAGE = 1000
+#: Link events handled as one batch at most (their event pages: one transaction).
+READ_BATCH = 64
 HANDSHAKE_TIMEOUT = 10.0
 
 #: Called for every newly applied event, in order: (machine key, event).
@@ -78,6 +80,8 @@ class LiveController:
         self.machines: dict[bytes, MachineChannel] = {}
         self.link: RelayLink | None = None
         self._reader: asyncio.Task[None] | None = None
+        #: event pages decrypted but not yet applied (see _read)
+        self._pages: list[tuple[MachineChannel, EventPage]] = []
         self.closed = asyncio.Event()
         self.close_reason: Closed | None = None
 
@@ -171,17 +175,32 @@ class LiveController:
 
     async def _read(self) -> None:
         assert self.link is not None
-        async for event in self.link.events():
-            try:
-                await self._on_event(event)
-            except StarmuxError as exc:
-                log.warning("ignoring a bad message: %s", exc)
+        while True:
+            # Everything already queued is one batch, so the event pages in it are
+            # applied in one cache transaction (group commit): with many machines
+            # streaming, per-transaction costs would otherwise dominate.
+            events = await self.link.next_events(READ_BATCH)
+            for event in events:
+                try:
+                    await self._on_event(event)
+                except StarmuxError as exc:
+                    log.warning("ignoring a bad message: %s", exc)
+            await self._apply_pages()
+            if isinstance(events[-1], Closed):
+                break
         self.close_reason = self.link.closed
         self.closed.set()
         for machine in self.machines.values():
             machine.online = False
 
     async def _on_event(self, event: object) -> None:
+        if isinstance(event, Data):
+            machine = self.machines.get(event.peer)
+            if machine is not None:
+                await self._on_data(machine, event.body)
+            return
+        # Anything but a page is handled after the pages that came before it.
+        await self._apply_pages()
         if isinstance(event, PresenceChanged):
             machine = self.machines.get(event.peer)
             if machine is None:
@@ -200,10 +219,6 @@ class LiveController:
             if machine is not None:
                 machine.online = False
                 machine.live.clear()
-        elif isinstance(event, Data):
-            machine = self.machines.get(event.peer)
-            if machine is not None:
-                await self._on_data(machine, event.body)
 
     async def _handshake(self, machine: MachineChannel) -> None:
         assert self.link is not None
@@ -217,6 +232,26 @@ class LiveController:
             kind, payload = unwrap(body)
         except RemoteProtocolError:
             return
+        if kind is Kind.SESSION_TRANSPORT and machine.channel is not None:
+            try:
+                message = machine.channel.open(payload)
+            except (CryptoError, RemoteProtocolError):
+                log.warning(
+                    "a message from %s failed to decrypt; new handshake", machine.card.fingerprint
+                )
+                await self._apply_pages()
+                assert self.link is not None
+                with contextlib.suppress(StarmuxError):
+                    await self.link.send_data(machine.key, reset_body())
+                await self._handshake(machine)
+                return
+            if isinstance(message, EventPage):
+                self._pages.append((machine, message))
+            else:
+                await self._apply_pages()
+                await self._on_message(machine, message)
+            return
+        await self._apply_pages()
         if kind is Kind.SESSION_HANDSHAKE and machine.handshake is not None:
             try:
                 machine.channel = finish(machine.handshake, payload)
@@ -228,33 +263,31 @@ class LiveController:
             await self._request_sync(machine)
         elif kind is Kind.SESSION_RESET:
             await self._handshake(machine)
-        elif kind is Kind.SESSION_TRANSPORT and machine.channel is not None:
-            try:
-                message = machine.channel.open(payload)
-            except (CryptoError, RemoteProtocolError):
-                log.warning(
-                    "a message from %s failed to decrypt; new handshake", machine.card.fingerprint
-                )
-                assert self.link is not None
-                with contextlib.suppress(StarmuxError):
-                    await self.link.send_data(machine.key, reset_body())
-                await self._handshake(machine)
-                return
-            await self._on_message(machine, message)
 
-    async def _on_message(self, machine: MachineChannel, message: Message) -> None:
-        if isinstance(message, EventPage):
-            applied = await self.cache.apply_page(machine.key, message)
+    async def _apply_pages(self) -> None:
+        """Apply the event pages decrypted so far, in one transaction, then act on
+        each as it asks: a gap or more to come → sync from the cursor; the last
+        page of a sync → live (and the outbox goes out)."""
+        if not self._pages:
+            return
+        pages, self._pages = self._pages, []
+        results = await self.cache.apply_pages([(m.key, page) for m, page in pages])
+        synced: set[bytes] = set()
+        for (machine, page), applied in zip(pages, results, strict=True):
             if self.on_event is not None:
                 for event in applied.events:
                     self.on_event(machine.key, event)
-            if applied.gap or message.more:
+            if applied.gap or page.more:
                 machine.live.clear()
-                await self._request_sync(machine)
-            elif not message.live and not machine.live.is_set():
+                if machine.key not in synced:  # one request answers every gap
+                    synced.add(machine.key)
+                    await self._request_sync(machine)
+            elif not page.live and not machine.live.is_set():
                 machine.live.set()
                 await self.flush_outbox(machine)
-        elif isinstance(message, CommandAck):
+
+    async def _on_message(self, machine: MachineChannel, message: Message) -> None:
+        if isinstance(message, CommandAck):
             await self.cache.record_ack(message)
             future = machine.acks.pop(message.command_id, None)
             if future is not None and not future.done():

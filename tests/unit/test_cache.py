@@ -109,3 +109,39 @@ async def test_a_failed_page_leaves_nothing_behind(cache: Cache) -> None:
 
     assert await cache.cursor(MACHINE) == Cursor("e1", 1)
     assert await stored_seqs(cache) == [1, 3]
+
+
+OTHER = b"o" * 32
+
+
+async def test_a_batch_of_pages_from_several_machines_is_one_transaction(cache: Cache) -> None:
+    batch = [
+        (MACHINE, page(output(1), output(2))),
+        (OTHER, page(output(1), epoch="x1")),
+        (MACHINE, page(output(2), output(3))),  # overlaps the first page
+        (OTHER, page(output(3), epoch="x1")),  # a gap: 2 is missing
+        (MACHINE, page(output(4))),
+    ]
+
+    results = await cache.apply_pages(batch)
+
+    assert [[e.seq for e in r.events] for r in results] == [[1, 2], [1], [3], [], [4]]
+    assert [r.gap for r in results] == [False, False, False, True, False]
+    assert await cache.cursor(MACHINE) == Cursor("e1", 4)
+    assert await cache.cursor(OTHER) == Cursor("x1", 1)
+    rows = await cache.db.execute_fetchall("SELECT machine, seq FROM events ORDER BY machine, seq")
+    assert [(bytes(m), s) for m, s in rows] == [
+        (MACHINE, 1), (MACHINE, 2), (MACHINE, 3), (MACHINE, 4), (OTHER, 1),
+    ]  # fmt: skip
+
+
+async def test_a_new_epoch_inside_a_batch_drops_what_the_batch_queued_before(
+    cache: Cache,
+) -> None:
+    results = await cache.apply_pages(
+        [(MACHINE, page(output(1), output(2))), (MACHINE, page(output(1), epoch="e2"))]
+    )
+
+    assert [[e.seq for e in r.events] for r in results] == [[1, 2], [1]]
+    assert await stored_seqs(cache) == [1]
+    assert await cache.cursor(MACHINE) == Cursor("e2", 1)
