@@ -1,0 +1,223 @@
+"""End to end: controller ⇄ relay ⇄ N daemons, side by side with the bare forwarder.
+
+    python bench/e2e.py [--quick] [--machines 1,10,100] [--profile DIR] [--patch NAMES]
+
+The full path: real keys, real pairing, Noise_KK channels, each daemon's durable
+event log and the controller's SQLite cache (``bench/e2e_stacks.py``), measured in
+the same run as the least router on the relay's stack (``bench/bare_forwarder.py``)
+carrying the same 1 KiB from N senders to one receiver. For each N:
+
+1. **events/s delivered** to a watching ``LiveController``: every daemon appends
+   ``Output`` events (1 KiB of data) to its ``EventLog`` as fast as an end-to-end
+   window of unapplied events lets it; counted as the controller applies them. Bare:
+   messages/s the receiver reads while the senders flood.
+2. **latency** from the daemon's append to the controller's apply (bare: send to
+   read), p50/p99 at ``--rate`` events/s in all, spread over the N machines.
+
+Both stacks run at once; each round gives starmux, then bare, the same window.
+Then **approve → blocked process continues** for one machine, by
+``bench/sessions.py``'s method (no bare counterpart).
+
+``--quick``: N = 1 and 10, one short round (under a minute; its figures are a smoke
+test). The full run (N = 1, 10, 100; about 4 minutes) writes the "End-to-end" section
+of ``bench/RESULTS.md``. ``--profile DIR`` samples the controller, the daemons' process
+and the relay with py-spy during the first starmux throughput and latency windows of
+each N (figures then perturbed: RESULTS.md is left alone unless ``--write``). ``--patch
+NAMES`` measures proposed product changes (``bench/e2e_patches.py``), never by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `bench.e2e_*`
+
+from bench.e2e_patches import NAMES as PATCHES  # noqa: E402
+from bench.e2e_patches import apply as apply_patches  # noqa: E402
+from bench.e2e_report import RESULTS, figures, summarize, write_results  # noqa: E402
+from bench.e2e_stacks import BareStack, CpuWindow, StarmuxStack  # noqa: E402
+from bench.sessions import approvals  # noqa: E402
+from bench.storm_procs import ROOT, Profiler  # noqa: E402
+from client.demo import DemoReport, Process, set_up_locally  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Settings:
+    machines: tuple[int, ...] = (1, 10, 100)
+    rounds: int = 3
+    warmup: float = 1.0
+    seconds: float = 3.0  # throughput windows
+    latency_seconds: float = 3.0
+    rate: float = 1000.0  # events/s in all, latency windows
+    approvals: int = 50
+    profile: Path | None = None
+    patches: tuple[str, ...] = ()  # experiments (bench/e2e_patches.py)
+
+
+FULL = Settings()
+QUICK = Settings(machines=(1, 10), rounds=1, warmup=0.5, seconds=1.5, latency_seconds=1.5,
+                 approvals=10)  # fmt: skip
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _profiled(
+    stack: StarmuxStack, window: Callable[[], Awaitable[dict[str, Any]]], path: Path | None
+) -> dict[str, Any]:
+    """One starmux window, with py-spy on its three processes if ``path`` is given
+    (collapsed stacks in ``path``-NAME.txt)."""
+    if path is None:
+        return await window()
+    profilers = {
+        name: await Profiler.start(pid, path.with_name(f"{path.name}-{name}.txt"))
+        for name, pid in stack.pids.items()
+    }
+    await asyncio.sleep(0.5)  # py-spy attaches
+    try:
+        return await window()
+    finally:
+        for name, profiler in profilers.items():
+            top = (await profiler.stop())[:40]
+            say("\n".join([f"profile of the {name} ({path.name}):", *top]))
+
+
+async def measure(tmp: Path, n: int, settings: Settings) -> dict[str, Any]:
+    started = time.monotonic()
+    starmux = bare = None
+    try:
+        starmux = await StarmuxStack.start(tmp / "starmux", n, say, patches=settings.patches)
+        bare = await BareStack.start(tmp / "bare", n)
+        setup_s = time.monotonic() - started
+        say(f"  N = {n}: both stacks up in {setup_s:.1f} s")
+        rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+            "starmux": {"tp": [], "lat": []}, "bare": {"tp": [], "lat": []},
+        }  # fmt: skip
+        profile = settings.profile
+        for number in range(settings.rounds):
+            path = profile / f"n{n}-throughput" if profile and number == 0 else None
+            result = await _profiled(
+                starmux, lambda: starmux.throughput(settings.warmup, settings.seconds), path
+            )
+            rounds["starmux"]["tp"].append(result)
+            rounds["bare"]["tp"].append(await bare.throughput(settings.warmup, settings.seconds))
+            rates = rounds["starmux"]["tp"][-1]["per_s"], rounds["bare"]["tp"][-1]["per_s"]
+            say(f"  N = {n}, round {number + 1}: starmux {rates[0]:,.0f} events/s, "
+                f"bare {rates[1]:,.0f} msg/s")  # fmt: skip
+        shape = (settings.rate, settings.warmup, settings.latency_seconds)
+        for number in range(settings.rounds):
+            path = profile / f"n{n}-latency" if profile and number == 0 else None
+            result = await _profiled(starmux, lambda: starmux.latency(*shape), path)
+            rounds["starmux"]["lat"].append(result)
+            rounds["bare"]["lat"].append(await bare.latency(*shape))
+            say(f"  N = {n}, latency round {number + 1} done")
+    finally:
+        for stack in (starmux, bare):
+            if stack is not None:
+                with contextlib.suppress(Exception):
+                    await stack.close()
+    return {
+        "machines": n,
+        "setup_s": setup_s,
+        **{kind: summarize(n, kind, r["tp"], r["lat"]) for kind, r in rounds.items()},
+    }
+
+
+async def approve(tmp: Path, count: int) -> dict[str, float]:
+    processes: list[Process] = []
+    try:
+        home = await set_up_locally(tmp, processes, DemoReport(), say=lambda text: None)
+        meter = CpuWindow({})
+        result = await approvals(home, tmp, count)
+        cpu = meter.read()
+    finally:
+        for process in processes:
+            await process.stop()
+    return {**result, "busy_cores": cpu["cpu_ours"] + cpu["cpu_others"], **cpu}
+
+
+async def run(settings: Settings, load_before: str) -> dict[str, Any]:
+    per_n = []
+    with tempfile.TemporaryDirectory(prefix="starmux-e2e-") as name:
+        tmp = Path(name)
+        for n in settings.machines:
+            say(f"N = {n}: starting a relay, {n} daemons (paired one by one), a controller, "
+                "the bare forwarder and its senders…")  # fmt: skip
+            (tmp / f"n{n}" / "starmux").mkdir(parents=True)
+            (tmp / f"n{n}" / "bare").mkdir(parents=True)
+            per_n.append(await measure(tmp / f"n{n}", n, settings))
+        say(f"approve round trip: {settings.approvals} checkpoints on one machine…")
+        (tmp / "approve").mkdir()
+        approve_result = await approve(tmp / "approve", settings.approvals)
+    return {
+        "settings": asdict(settings),
+        "load_before": load_before,
+        "per_n": per_n,
+        "approve": approve_result,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 1, 10; one short round")
+    parser.add_argument("--machines", default=None, help="comma-separated N [1,10,100]")
+    parser.add_argument("--rounds", type=int, default=None, help="[3; --quick: 1]")
+    parser.add_argument("--rate", type=float, default=None, help="latency, events/s [1000]")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks go here")
+    parser.add_argument(
+        "--patch",
+        default="",
+        help=f"experiments, comma-separated, of {', '.join(PATCHES)} (bench/e2e_patches.py)",
+    )
+    parser.add_argument(
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write bench/RESULTS.md (default: only the full run, without experiments)",
+    )
+    args = parser.parse_args()
+    base = QUICK if args.quick else FULL
+    settings = Settings(
+        machines=tuple(int(n) for n in args.machines.split(","))
+        if args.machines
+        else base.machines,
+        rounds=args.rounds or base.rounds,
+        warmup=base.warmup,
+        seconds=base.seconds,
+        latency_seconds=base.latency_seconds,
+        rate=args.rate or base.rate,
+        approvals=base.approvals,
+        profile=args.profile,
+        patches=tuple(p for p in args.patch.split(",") if p),
+    )
+    if unknown := set(settings.patches) - set(PATCHES):
+        parser.error(f"unknown patches: {', '.join(sorted(unknown))}")
+    apply_patches(settings.patches)
+    if settings.profile is not None:
+        settings.profile.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open("/proc/loadavg") as loadavg:
+        load_before = " ".join(loadavg.read().split()[:3])
+    results = asyncio.run(run(settings, load_before))
+    lines = figures(results)
+    print("\n".join(lines))
+    say(f"done in {time.monotonic() - started:.0f} s")
+    default_write = settings == FULL  # not --quick, --profile, --patch or other sizes
+    if args.write if args.write is not None else default_write:
+        write_results(lines, "python " + " ".join(["bench/e2e.py", *sys.argv[1:]]))
+        say(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

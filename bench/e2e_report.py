@@ -1,0 +1,175 @@
+"""The end-to-end benchmark's figures: the printed table and its section of ``bench/RESULTS.md``."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from typing import Any
+
+from bench.loadgen import percentile
+from bench.storm_procs import ROOT
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+HEADING = "## End-to-end"
+#: Other processes' CPU (cores) above which a window's figures are marked noisy.
+NOISY = 0.3
+
+METHOD = """\
+How it is measured (`bench/e2e.py`). *starmux*: a relay process (`starmux relay serve`,
+shipped limits except the per-IP ones, since every machine connects from 127.0.0.1); N
+real `daemon.runtime.Daemon`s in one load process on the daemon's own event loop (default
+asyncio; `bench/e2e_daemons.py`, built on `bench/storm_daemons.py`), each with its own
+keys, SQLite event log and relay link, paired for real with a controller
+(`client.actions.pair`, code read from the daemon's terminal); the controller's
+`client.live.LiveController` runs in the parent process (default asyncio, as the CLI) over
+Noise_KK channels and counts the events it has applied to its SQLite cache (`on_event`,
+after the commit). Every event is `Output("stdout", 1 KiB)` (1,056-byte body) appended to
+the daemon's real `EventLog` (group commit); the live service pushes committed events as
+pages. *Throughput*: each daemon appends in bursts (window/4 per call, at most two bursts
+uncommitted) while fewer than its window of events are unapplied by the controller (the
+controller reports its cursors to the load process every 10 ms; the windows add up to
+1,024 events), so the figure is a steady state. Without that window the daemons append
+some 35,000 events/s, the controller falls behind, is taken off live and pages through the
+logs (nothing is lost and no connection is closed: the log is the buffer) while the
+daemons take the CPU it needs. All N daemons share one process, so at N = 100 their
+combined cost sits on one core, which 100 real machines would not. *Latency*: a fixed
+total rate, round-robin over the daemons, each event stamped with `time.monotonic_ns()`
+(CLOCK_MONOTONIC, one clock for every process of the host) when it is appended, read by
+the controller after its cache commit: log commit, live push, Noise, relay and cache apply
+are all inside. *Bare*: the same N senders → 1 receiver through `bench/bare_forwarder.py`
+(the relay's stack, no auth, no crypto, no logs), senders in one load process with
+`bench/wsclient.py` on uvloop (`bench/e2e_bare.py`), flooding as fast as TCP takes (the
+forwarder awaits each forward in the sender's loop, so the receiver pushes back end to
+end), receiver in the parent; messages are the 2-byte address and the same 1 KiB, stamped
+with `time.monotonic_ns()` for latency (the receiver reads `perf_counter_ns`, on Linux the
+same CLOCK_MONOTONIC, checked at start). Both stacks run at once, and each round gives
+starmux then bare the same window; figures are medians over rounds (the latency max pools
+all rounds). CPU is utime+stime from `/proc/PID/stat` over each measured window; "other
+processes" is `/proc/stat` busy time minus this benchmark's whole process tree: at or
+above 0.3 cores a figure is marked noisy. *Approve*: `bench/sessions.py`'s method (a relay
+and a daemon as processes, as `starmux demo`; an agent raises checkpoints with `starmux
+checkpoint` one after another; time from the controller submitting its signed approval to
+the agent process printing that it continued, `time.time()` on both sides), one machine;
+there is no bare counterpart."""
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(float(r[key]) for r in rounds)
+
+
+def summarize(
+    n: int, kind: str, tp: list[dict[str, Any]], lat: list[dict[str, Any]]
+) -> dict[str, Any]:
+    pooled = sorted(d for r in lat for d in r["delays"])
+    cpu_keys = sorted(k for k in tp[0] if k.startswith("cpu_"))
+    return {
+        "machines": n,
+        "kind": kind,
+        "per_s": _median(tp, "per_s"),
+        "per_s_rounds": [round(r["per_s"]) for r in tp],
+        "tp_cpu": {k: _median(tp, k) for k in cpu_keys},
+        "tp_others_max": max(r["cpu_others"] for r in tp),
+        "p50_ms": statistics.median(percentile(r["delays"], 0.50) for r in lat),
+        "p99_ms": statistics.median(percentile(r["delays"], 0.99) for r in lat),
+        "p99_rounds": [round(percentile(r["delays"], 0.99), 2) for r in lat],
+        "max_ms": pooled[-1] / 1e6 if pooled else float("nan"),
+        "received": sum(len(r["delays"]) for r in lat),
+        "lat_cpu": {k: _median(lat, k) for k in cpu_keys},
+        "lat_others_max": max(r["cpu_others"] for r in lat),
+    }
+
+
+def _noisy(others: float) -> str:
+    return f" **(noisy: {others:.2f})**" if others >= NOISY else ""
+
+
+def _cores(cpu: dict[str, float], names: tuple[str, ...]) -> str:
+    return " / ".join(f"{cpu.get('cpu_' + name, float('nan')):.2f}" for name in names)
+
+
+def figures(results: dict[str, Any]) -> list[str]:
+    s = results["settings"]
+    lines = [
+        f"Machines N = {', '.join(str(n) for n in s['machines'])}; {s['rounds']} rounds; "
+        f"throughput windows {s['warmup']:g} s warm-up + {s['seconds']:g} s, latency windows "
+        f"{s['warmup']:g} + {s['latency_seconds']:g} s at {s['rate']:,.0f} events/s in all; "
+        f"1 KiB bodies throughout. Load average before the run: {results['load_before']}.",
+        *(
+            [
+                f"**Experiment, not the shipped code**: {', '.join(s['patches'])} (see "
+                "`bench/e2e_patches.py`)."
+            ]
+            if s["patches"]
+            else []
+        ),
+        "",
+        "| N | figure | bare | starmux | starmux/bare |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    cpu_lines = [
+        "| N | window | starmux: controller / relay / daemons | bare: receiver / forwarder "
+        "/ senders | other processes (max of rounds) |",
+        "|---:|---|---|---|---|",
+    ]
+    for entry in results["per_n"]:
+        n, b, m = entry["machines"], entry["bare"], entry["starmux"]
+        noise_tp = _noisy(max(b["tp_others_max"], m["tp_others_max"]))
+        noise_lat = _noisy(max(b["lat_others_max"], m["lat_others_max"]))
+        lines += [
+            f"| {n} | events/s delivered, 1 KiB (rounds: starmux {m['per_s_rounds']}, bare "
+            f"{b['per_s_rounds']}){noise_tp} | {b['per_s']:,.0f} | **{m['per_s']:,.0f}** "
+            f"| {m['per_s'] / b['per_s']:.2f} |",
+            f"| {n} | latency p50, ms, at {s['rate']:,.0f} events/s{noise_lat} "
+            f"| {b['p50_ms']:.2f} | **{m['p50_ms']:.2f}** | {m['p50_ms'] / b['p50_ms']:.1f} |",
+            f"| {n} | latency p99, ms (rounds: starmux {m['p99_rounds']}, bare "
+            f"{b['p99_rounds']}) | {b['p99_ms']:.2f} | **{m['p99_ms']:.2f}** "
+            f"| {m['p99_ms'] / b['p99_ms']:.1f} |",
+            f"| {n} | latency max, ms (events received: starmux {m['received']:,}, bare "
+            f"{b['received']:,}) | {b['max_ms']:.2f} | {m['max_ms']:.2f} | |",
+        ]
+        for window, key in (("throughput", "tp"), ("latency", "lat")):
+            cpu_lines.append(
+                f"| {n} | {window} | {_cores(m[key + '_cpu'], ('controller', 'relay', 'daemons'))}"
+                f" | {_cores(b[key + '_cpu'], ('receiver', 'forwarder', 'senders'))} "
+                f"| {max(m[key + '_others_max'], b[key + '_others_max']):.2f} |"
+            )
+    approve = results.get("approve")
+    if approve is not None:
+        lines.append(
+            f"| 1 | approve → blocked process continues, median / p90 ms (min "
+            f"{approve['min_ms']:.1f}; {approve['count']:.0f} checkpoints; machine busy "
+            f"{approve['busy_cores']:.2f} cores, others {approve['cpu_others']:.2f})"
+            f"{_noisy(approve['cpu_others'])} | no bare counterpart "
+            f"| **{approve['median_ms']:.1f} / {approve['p90_ms']:.1f}** | |"
+        )
+    return [*lines, "", "CPU during the measured windows, cores (median of rounds):", "",
+            *cpu_lines]  # fmt: skip
+
+
+def write_results(lines: list[str], command: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (or add it), keeping the rest."""
+    section = "\n".join(
+        [
+            HEADING,
+            "",
+            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- machine: `nproc` = {os.cpu_count()}, {platform.machine()}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+            f"- command: `{command}`",
+            "",
+            *lines,
+            "",
+            METHOD,
+            "",
+        ]
+    )
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = text.find(HEADING + "\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    RESULTS.write_text(text)
