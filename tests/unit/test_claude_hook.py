@@ -27,7 +27,7 @@ from client.claude_hook import (
 )
 from daemon.local_api_protocol import MAX_BODY, MAX_TITLE, check_body, check_title
 
-from .test_local_api import FINGERPRINT, Api, private_dir, serving, spawn, starmux
+from .local_api_support import FINGERPRINT, Api, private_dir, serving, spawn, starmux
 
 DATA = Path(__file__).parent.parent / "data" / "claude"
 PAYLOADS = sorted(p.stem for p in DATA.glob("*.json"))
