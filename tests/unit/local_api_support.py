@@ -19,6 +19,7 @@ from daemon.local_api import LocalApiServer
 from daemon.local_api_protocol import (
     MAX_BODY,
     CheckpointOutcome,
+    CheckpointRequest,
 )
 from starmux.errors import UsageError
 
@@ -42,15 +43,11 @@ sys.exit(main())
 # --- the collaborator: a daemon reduced to a decision table --------------------------
 
 
-@dataclass
-class Raised:
+@dataclass(frozen=True)
+class Raised(CheckpointRequest):
+    """A checkpoint request as the handler got it, with its id and pending decision."""
+
     id: str
-    session: str
-    title: str
-    body: str
-    timeout: float
-    default_approve: bool
-    key: str | None
     decision: asyncio.Future[CheckpointOutcome]
 
 
@@ -90,13 +87,13 @@ class TableHandler:
         if checkpoint_id is None:
             checkpoint_id = f"c-{len(self.checkpoints) + 1}"
             raised = Raised(
-                checkpoint_id,
                 session,
                 title,
                 body,
                 timeout,
                 default_approve,
                 key,
+                checkpoint_id,
                 asyncio.get_running_loop().create_future(),
             )
             self.checkpoints[checkpoint_id] = raised

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from client.claude_hook import (
 )
 from daemon.local_api_protocol import MAX_BODY, MAX_TITLE, check_body, check_title
 
-from .local_api_support import FINGERPRINT, Api, private_dir, serving, spawn, starmux
+from .local_api_support import FINGERPRINT, Api, spawn, starmux
 
 DATA = Path(__file__).parent.parent / "data" / "claude"
 PAYLOADS = sorted(p.stem for p in DATA.glob("*.json"))
@@ -54,18 +53,6 @@ def decision(allow: bool, reason: str) -> dict[str, Any]:
             "permissionDecisionReason": reason,
         }
     }
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    with private_dir() as directory:
-        yield directory
-
-
-@pytest.fixture
-async def api(home: Path) -> AsyncIterator[Api]:
-    async with serving(home) as running:
-        yield running
 
 
 def test_the_recorded_payloads_are_there() -> None:
