@@ -1,6 +1,6 @@
 """End to end: controller ⇄ relay ⇄ N daemons, side by side with the bare forwarder.
 
-    python bench/e2e.py [--quick] [--machines 1,10,100] [--profile DIR] [--patch NAMES]
+    python bench/e2e.py [--quick] [--machines 1,10,100] [--profile DIR]
 
 The full path: real keys, real pairing, Noise_KK channels, each daemon's durable
 event log and the controller's SQLite cache (``bench/e2e_stacks.py``), measured in
@@ -22,8 +22,7 @@ Then **approve → blocked process continues** for one machine, by
 test). The full run (N = 1, 10, 100; about 4 minutes) writes the "End-to-end" section
 of ``bench/RESULTS.md``. ``--profile DIR`` samples the controller, the daemons' process
 and the relay with py-spy during the first starmux throughput and latency windows of
-each N (figures then perturbed: RESULTS.md is left alone unless ``--write``). ``--patch
-NAMES`` measures proposed product changes (``bench/e2e_patches.py``), never by default.
+each N (figures then perturbed: RESULTS.md is left alone unless ``--write``).
 """
 
 from __future__ import annotations
@@ -42,10 +41,9 @@ from typing import Any
 sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `bench.e2e_*`
 
-from bench.e2e_patches import NAMES as PATCHES  # noqa: E402
-from bench.e2e_patches import apply as apply_patches  # noqa: E402
-from bench.e2e_report import RESULTS, figures, summarize, write_results  # noqa: E402
+from bench.e2e_report import figures, summarize, write_results  # noqa: E402
 from bench.e2e_stacks import BareStack, CpuWindow, StarmuxStack  # noqa: E402
+from bench.results_file import RESULTS  # noqa: E402
 from bench.sessions import approvals  # noqa: E402
 from bench.storm_procs import ROOT, Profiler  # noqa: E402
 from client.demo import DemoReport, Process, set_up_locally  # noqa: E402
@@ -61,7 +59,6 @@ class Settings:
     rate: float = 1000.0  # events/s in all, latency windows
     approvals: int = 50
     profile: Path | None = None
-    patches: tuple[str, ...] = ()  # experiments (bench/e2e_patches.py)
 
 
 FULL = Settings()
@@ -97,7 +94,7 @@ async def measure(tmp: Path, n: int, settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
     starmux = bare = None
     try:
-        starmux = await StarmuxStack.start(tmp / "starmux", n, say, patches=settings.patches)
+        starmux = await StarmuxStack.start(tmp / "starmux", n, say)
         bare = await BareStack.start(tmp / "bare", n)
         setup_s = time.monotonic() - started
         say(f"  N = {n}: both stacks up in {setup_s:.1f} s")
@@ -176,15 +173,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="latency, events/s [1000]")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks go here")
     parser.add_argument(
-        "--patch",
-        default="",
-        help=f"experiments, comma-separated, of {', '.join(PATCHES)} (bench/e2e_patches.py)",
-    )
-    parser.add_argument(
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write bench/RESULTS.md (default: only the full run, without experiments)",
+        help="write bench/RESULTS.md (default: only the full run)",
     )
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
@@ -199,11 +191,7 @@ def main() -> None:
         rate=args.rate or base.rate,
         approvals=base.approvals,
         profile=args.profile,
-        patches=tuple(p for p in args.patch.split(",") if p),
     )
-    if unknown := set(settings.patches) - set(PATCHES):
-        parser.error(f"unknown patches: {', '.join(sorted(unknown))}")
-    apply_patches(settings.patches)
     if settings.profile is not None:
         settings.profile.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -213,7 +201,7 @@ def main() -> None:
     lines = figures(results)
     print("\n".join(lines))
     say(f"done in {time.monotonic() - started:.0f} s")
-    default_write = settings == FULL  # not --quick, --profile, --patch or other sizes
+    default_write = settings == FULL  # not --quick, --profile or other sizes
     if args.write if args.write is not None else default_write:
         write_results(lines, "python " + " ".join(["bench/e2e.py", *sys.argv[1:]]))
         say(f"wrote {RESULTS.relative_to(ROOT)}")

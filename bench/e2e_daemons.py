@@ -7,7 +7,6 @@ Runs ``N`` real :class:`daemon.runtime.Daemon` objects (through
 relay link) on the event loop ``starmux daemon start`` uses: the default asyncio
 loop. Pairing is storm_daemons' (``code`` events for the parent to pair), then
 ``{"event": "all-paired", "machines": [machine key hex, ...]}`` in daemon order.
-``--patch NAMES`` applies experiments from ``bench/e2e_patches.py`` first.
 
 Every event is an ``Output`` of 1 KiB of data (:data:`bench.targets.BODY`), appended
 to the daemon's real :class:`~daemon.eventlog.EventLog`; the live service pushes it
@@ -37,8 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import e2e_patches as patches
-from bench.storm_daemons import DaemonHost
+from bench.storm_daemons import DaemonHost, stop_all
 from bench.storm_procs import commands, emit
 from bench.targets import BODY, MARKER
 from daemon.runtime import Daemon
@@ -149,18 +147,10 @@ async def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--patch", default="", help="experiments (bench/e2e_patches.py)")
     args = parser.parse_args()
-    patches.apply(tuple(p for p in args.patch.split(",") if p))
     host = DaemonHost(args.url, args.count, args.root)
 
-    def crashed(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            emit("error", detail=f"a daemon stopped: {task.exception()!r}")
-
-    tasks = [asyncio.create_task(d.run()) for d in host.daemons]
-    for task in tasks:
-        task.add_done_callback(crashed)
+    tasks = host.run_all()
     await host.all_paired.wait()
     keys = [d.keys.sign_public.hex() for d in host.daemons if d.keys is not None]
     emit("all-paired", machines=keys)
@@ -184,9 +174,7 @@ async def main() -> None:
             emit("paced", sent=sent, last_seq=traffic.last_seqs())
         elif name == "stop":
             break
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop_all(tasks)
 
 
 if __name__ == "__main__":

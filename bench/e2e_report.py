@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import statistics
 from typing import Any
 
 from bench.loadgen import percentile
-from bench.storm_procs import ROOT
+from bench.results_file import write_section
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## End-to-end"
 #: Other processes' CPU (cores) above which a window's figures are marked noisy.
 NOISY = 0.3
@@ -96,14 +92,6 @@ def figures(results: dict[str, Any]) -> list[str]:
         f"throughput windows {s['warmup']:g} s warm-up + {s['seconds']:g} s, latency windows "
         f"{s['warmup']:g} + {s['latency_seconds']:g} s at {s['rate']:,.0f} events/s in all; "
         f"1 KiB bodies throughout. Load average before the run: {results['load_before']}.",
-        *(
-            [
-                f"**Experiment, not the shipped code**: {', '.join(s['patches'])} (see "
-                "`bench/e2e_patches.py`)."
-            ]
-            if s["patches"]
-            else []
-        ),
         "",
         "| N | figure | bare | starmux | starmux/bare |",
         "|---:|---|---:|---:|---:|",
@@ -149,27 +137,4 @@ def figures(results: dict[str, Any]) -> list[str]:
 
 
 def write_results(lines: list[str], command: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or add it), keeping the rest."""
-    section = "\n".join(
-        [
-            HEADING,
-            "",
-            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-            f"- machine: `nproc` = {os.cpu_count()}, {platform.machine()}, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-            f"- command: `{command}`",
-            "",
-            *lines,
-            "",
-            METHOD,
-            "",
-        ]
-    )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(text)
+    write_section(HEADING, lines, command, METHOD)

@@ -126,9 +126,7 @@ class StarmuxStack:
         self._moved: set[int] = set()
 
     @classmethod
-    async def start(
-        cls, tmp: Path, machines: int, say: Say, *, patches: tuple[str, ...] = ()
-    ) -> StarmuxStack:
+    async def start(cls, tmp: Path, machines: int, say: Say) -> StarmuxStack:
         relay = RelayProcess(tmp / "relay", free_port(), RELAY_ENV, tmp / "relay.log")
         await relay.start()
         home = tmp / "controller"
@@ -137,7 +135,7 @@ class StarmuxStack:
         host = await LoadProcess.start(
             "daemon host", "bench.e2e_daemons",
             "--url", relay.url, "--count", str(machines), "--root", str(tmp / "daemons"),
-            "--patch", ",".join(patches), log_path=tmp / "daemons.log",
+            log_path=tmp / "daemons.log",
         )  # fmt: skip
         for done in range(machines):
             event = await host.expect("code", within=SETUP_TIMEOUT)

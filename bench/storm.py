@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `bench.st
 
 import uvloop  # noqa: E402
 
+from bench.results_file import RESULTS  # noqa: E402
 from bench.storm_clients import POLICIES, machine_card, machine_keys  # noqa: E402
 from bench.storm_patches import NAMES as PATCHES  # noqa: E402
 from bench.storm_procs import (  # noqa: E402
@@ -66,7 +67,6 @@ from bench.storm_procs import (  # noqa: E402
     peak_rss_kib,
 )
 from bench.storm_report import (  # noqa: E402
-    RESULTS,
     figures,
     quantile,
     registry_timing,

@@ -80,6 +80,18 @@ class DaemonHost:
         self.times: list[float] = []
         self.stats: collections.Counter[str] = collections.Counter()
 
+    def run_all(self) -> list[asyncio.Task[None]]:
+        """Run every daemon; one that stops with an error is reported to the parent."""
+
+        def crashed(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                emit("error", detail=f"a daemon stopped: {task.exception()!r}")
+
+        tasks = [asyncio.create_task(d.run()) for d in self.daemons]
+        for task in tasks:
+            task.add_done_callback(crashed)
+        return tasks
+
     def _listener(self, index: int) -> Callable[[dict[str, Any]], None]:
         def on_event(event: dict[str, Any]) -> None:
             self._on_event(index, event)
@@ -128,6 +140,12 @@ class DaemonHost:
         return dict(await asyncio.gather(*(one(i, d) for i, d in enumerate(self.daemons))))
 
 
+async def stop_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -136,13 +154,7 @@ async def main() -> None:
     args = parser.parse_args()
     host = DaemonHost(args.url, args.count, args.root)
 
-    def crashed(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            emit("error", detail=f"a daemon stopped: {task.exception()!r}")
-
-    tasks = [asyncio.create_task(d.run()) for d in host.daemons]
-    for task in tasks:
-        task.add_done_callback(crashed)
+    tasks = host.run_all()
     await host.all_paired.wait()
     emit("all-paired")
     async for command in commands():
@@ -157,9 +169,7 @@ async def main() -> None:
             host.report("report")
         elif command["cmd"] == "stop":
             break
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop_all(tasks)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
-from bench.storm_procs import ROOT
+from bench.results_file import write_section
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Reconnect storm"
 TARGET_SECONDS = 10.0
 
@@ -144,27 +140,4 @@ def figures(
 
 
 def write_results(lines: list[str], command: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or add it), keeping the rest."""
-    section = "\n".join(
-        [
-            HEADING,
-            "",
-            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-            f"- machine: `nproc` = {os.cpu_count()}, {platform.machine()}, "
-            f"Python {platform.python_version()}",
-            f"- command: `{command}`",
-            "",
-            *lines,
-            "",
-            METHOD,
-            "",
-        ]
-    )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(text)
+    write_section(HEADING, lines, command, METHOD)
