@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starmux.codec import Message
 from starmux.control import ListMachines, MachineList
@@ -84,6 +86,8 @@ class LiveController:
         self._pages: list[tuple[MachineChannel, EventPage]] = []
         self.closed = asyncio.Event()
         self.close_reason: Closed | None = None
+        #: what stopped the reader, other than the link closing (see raise_failure)
+        self.failure: Exception | None = None
 
     async def start(self) -> None:
         """Connect, learn which machines are online and open channels to them."""
@@ -121,9 +125,15 @@ class LiveController:
         """Wait until the given (default: all online) machines are synced; returns those
         that are live. Offline machines are skipped, not waited for."""
         targets = [m for k, m in self.machines.items() if (keys is None or k in keys) and m.online]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await asyncio.gather(*(m.live.wait() for m in targets))
+        synced = asyncio.gather(*(m.live.wait() for m in targets))
+        closed = asyncio.ensure_future(self.closed.wait())
+        waits: set[asyncio.Future[Any]] = {synced, closed}
+        try:
+            await asyncio.wait(waits, timeout=within, return_when=FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        self.raise_failure()
         return {m.key for m in targets if m.live.is_set()}
 
     def is_online(self, key: bytes) -> bool:
@@ -175,23 +185,36 @@ class LiveController:
 
     async def _read(self) -> None:
         assert self.link is not None
-        while True:
-            # Everything already queued is one batch, so the event pages in it are
-            # applied in one cache transaction (group commit): with many machines
-            # streaming, per-transaction costs would otherwise dominate.
-            events = await self.link.next_events(READ_BATCH)
-            for event in events:
-                try:
-                    await self._on_event(event)
-                except StarmuxError as exc:
-                    log.warning("ignoring a bad message: %s", exc)
-            await self._apply_pages()
-            if isinstance(events[-1], Closed):
-                break
-        self.close_reason = self.link.closed
-        self.closed.set()
-        for machine in self.machines.values():
-            machine.online = False
+        try:
+            while True:
+                # Everything already queued is one batch, so the event pages in it are
+                # applied in one cache transaction (group commit): with many machines
+                # streaming, per-transaction costs would otherwise dominate.
+                events = await self.link.next_events(READ_BATCH)
+                for event in events:
+                    try:
+                        await self._on_event(event)
+                    except StarmuxError as exc:
+                        log.warning("ignoring a bad message: %s", exc)
+                await self._apply_pages()
+                if isinstance(events[-1], Closed):
+                    break
+        except Exception as exc:
+            # The cache failed, or a caller's on_event did: stop for good and say so,
+            # rather than leave commands waiting on a controller that no longer reads.
+            self.failure = exc
+            log.debug("the controller stopped reading", exc_info=True)
+            await self.link.close()
+        finally:
+            self.close_reason = self.link.closed
+            self.closed.set()
+            for machine in self.machines.values():
+                machine.online = False
+
+    def raise_failure(self) -> None:
+        """Raise what stopped the controller reading, if anything did."""
+        if self.failure is not None:
+            raise self.failure
 
     async def _on_event(self, event: object) -> None:
         if isinstance(event, Data):

@@ -198,6 +198,7 @@ async def watch(
                 await asyncio.wait({done, lost}, return_when=asyncio.FIRST_COMPLETED)
                 done.cancel()
                 lost.cancel()
+                controller.raise_failure()
                 fresh = await Cache(store.db).session(session_id)
                 row = fresh or row
         except ConnectionLost as exc:

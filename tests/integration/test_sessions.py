@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
+
+from client.sessions import watch
 
 from .cluster import Paired, pair, python
 from .daemon_process import DaemonProcess, run_cli
@@ -39,3 +42,32 @@ def test_cwd_outside_allowed_roots_is_refused(paired: Paired) -> None:
     result = run_cli(paired.controller, "run", "--machine", "gpu-box", "--cwd", "/", "--", "true")
     assert result.returncode == 1
     assert "allow-root" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_watch_raises_what_stopped_its_controller_instead_of_hanging(
+    paired: Paired, tmp_path: Path
+) -> None:
+    # The session prints "first", waits for the gate, prints "second". Whatever watch
+    # had cached, "second" can only arrive through the live controller's reader
+    # (the gate opens once "first" was written), where writing it fails.
+    gate = tmp_path / "gate"
+    session = paired.run(
+        *python(
+            "import os, time\nprint('first', flush=True)\n"
+            f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+            "print('second', flush=True)\ntime.sleep(60)"
+        ),
+        title="gated",
+    )
+
+    def write(stream: str, data: bytes) -> None:
+        if b"first" in data:
+            gate.touch()
+        if b"second" in data:
+            raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError, match="stdout closed"):
+        asyncio.run(watch(paired.controller, session, write=write, status=lambda text: None))
+    assert gate.exists()
+    run_cli(paired.controller, "cancel", session)
