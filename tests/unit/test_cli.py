@@ -147,3 +147,25 @@ def test_main_returns_the_exit_code_in_process(
     captured = capsys.readouterr()
     assert captured.err.startswith("error: invalid value 'notaport'")
     assert main(["--version"]) == 0
+
+
+def test_a_reader_that_left_ends_the_command_quietly(env: dict[str, str], tmp_path: Path) -> None:
+    # As `starmux watch ID | head` once head has read enough: the pipe's reader is
+    # gone before the first write, so every write fails with EPIPE. click turns that
+    # into exit status 1 without a word; no "unexpected error" from our main.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [*starmux_command(), "--help"],
+            env=env,
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, "")
