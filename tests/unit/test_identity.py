@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
-
 import msgpack
 import nacl.public
 import nacl.signing
@@ -25,18 +22,7 @@ from starmux.identity import (
 )
 from starmux.transcript import transcript
 
-
-def counter_rng(seed: bytes) -> Callable[[int], bytes]:
-    """Deterministic stand-in for nacl.utils.random."""
-    counter = 0
-
-    def rng(size: int) -> bytes:
-        nonlocal counter
-        counter += 1
-        return hashlib.blake2b(counter.to_bytes(8, "big"), key=seed, digest_size=size).digest()
-
-    return rng
-
+from .deterministic import counter_rng
 
 secrets32 = st.binary(min_size=32, max_size=32)
 node_keys = st.builds(NodeKeys, signing_seed=secrets32, dh_private=secrets32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,16 +29,7 @@ from starmux.relay_auth import (
     welcome_transcript,
 )
 
-
-def counter_rng(seed: bytes) -> Callable[[int], bytes]:
-    counter = 0
-
-    def rng(size: int) -> bytes:
-        nonlocal counter
-        counter += 1
-        return hashlib.blake2b(counter.to_bytes(8, "big"), key=seed, digest_size=size).digest()
-
-    return rng
+from .deterministic import counter_rng
 
 
 def lp(*items: bytes) -> bytes:
