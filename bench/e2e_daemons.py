@@ -28,15 +28,13 @@ to the controller as it would a session's output. Commands (stdin, JSON lines):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.storm_daemons import DaemonHost, stop_all
+from bench.storm_daemons import start_from_argv, stop_all
 from bench.storm_procs import commands, emit
 from bench.targets import BODY, MARKER
 from daemon.runtime import Daemon
@@ -143,15 +141,7 @@ class Traffic:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--root", type=Path, required=True)
-    args = parser.parse_args()
-    host = DaemonHost(args.url, args.count, args.root)
-
-    tasks = host.run_all()
-    await host.all_paired.wait()
+    host, tasks = await start_from_argv()
     keys = [d.keys.sign_public.hex() for d in host.daemons if d.keys is not None]
     emit("all-paired", machines=keys)
     traffic = Traffic(host.daemons)

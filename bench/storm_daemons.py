@@ -140,6 +140,19 @@ class DaemonHost:
         return dict(await asyncio.gather(*(one(i, d) for i, d in enumerate(self.daemons))))
 
 
+async def start_from_argv() -> tuple[DaemonHost, list[asyncio.Task[None]]]:
+    """A load process's daemons from ``--url --count --root``, running and all paired."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--root", type=Path, required=True)
+    args = parser.parse_args()
+    host = DaemonHost(args.url, args.count, args.root)
+    tasks = host.run_all()
+    await host.all_paired.wait()
+    return host, tasks
+
+
 async def stop_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -147,15 +160,7 @@ async def stop_all(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--root", type=Path, required=True)
-    args = parser.parse_args()
-    host = DaemonHost(args.url, args.count, args.root)
-
-    tasks = host.run_all()
-    await host.all_paired.wait()
+    host, tasks = await start_from_argv()
     emit("all-paired")
     async for command in commands():
         if command["cmd"] == "history":
