@@ -108,12 +108,7 @@ class Cache:
         self.db = db
 
     async def cursor(self, machine: bytes) -> Cursor:
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT epoch, seq FROM cursors WHERE machine = ?", (machine,)
-            )
-        )
-        return Cursor(rows[0][0], rows[0][1]) if rows else Cursor("", 0)
+        return (await self._cursors({machine})).get(machine, Cursor("", 0))
 
     async def apply_page(self, machine: bytes, page: EventPage) -> Applied:
         return (await self.apply_pages([(machine, page)]))[0]
@@ -128,6 +123,8 @@ class Cache:
         executemany, the cursors in another, then the projections (rare: output has
         none). The write lock is held throughout, so cursors read at the start stay
         right for the whole batch."""
+        if not pages:
+            return []
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
