@@ -46,7 +46,7 @@ from bench.e2e_stacks import BareStack, CpuWindow, StarmuxStack  # noqa: E402
 from bench.results_file import RESULTS  # noqa: E402
 from bench.sessions import approvals  # noqa: E402
 from bench.storm_procs import ROOT, Profiler  # noqa: E402
-from client.demo import DemoReport, Process, set_up_locally  # noqa: E402
+from starmux.client.demo import DemoReport, Process, set_up_locally  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any
 from bench.storm_daemons import start_from_argv, stop_all
 from bench.storm_procs import commands, emit
 from bench.targets import BODY, MARKER
-from daemon.runtime import Daemon
+from starmux.daemon.runtime import Daemon
 from starmux.messages import APP, Output, SessionCreated
 
 #: The event body: ``Output("stdout", 1 KiB)``; the stamp goes where MARKER is.

@@ -37,9 +37,9 @@ from bench.storm_procs import (
 )
 from bench.targets import BODY, MARKER
 from bench.wsclient import COUNT, DISCARD, STAMP, RawWebSocket, connect
-from client import actions
-from client.live import LiveController
-from client.store import ControllerStore
+from starmux.client import actions
+from starmux.client.live import LiveController
+from starmux.client.store import ControllerStore
 from starmux.messages import LoggedEvent
 from starmux.pairing_code import parse_pairing_code
 

@@ -28,7 +28,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from daemon.eventlog import EventLog  # noqa: E402
+from starmux.daemon.eventlog import EventLog  # noqa: E402
 
 BODY = bytes(100)
 PRODUCERS = (8, 32, 128)

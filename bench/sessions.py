@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
 
-from client.cache import Cache  # noqa: E402
-from client.demo import DemoReport, Process, set_up_locally  # noqa: E402
-from client.live import LiveController  # noqa: E402
-from client.sessions import signed_decision  # noqa: E402
-from client.store import ControllerStore  # noqa: E402
+from starmux.client.cache import Cache  # noqa: E402
+from starmux.client.demo import DemoReport, Process, set_up_locally  # noqa: E402
+from starmux.client.live import LiveController  # noqa: E402
+from starmux.client.sessions import signed_decision  # noqa: E402
+from starmux.client.store import ControllerStore  # noqa: E402
 from starmux.messages import (  # noqa: E402
     APP,
     CheckpointRaised,

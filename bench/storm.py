@@ -73,10 +73,10 @@ from bench.storm_report import (  # noqa: E402
     write_results,
 )
 from bench.storm_resync import run_resync  # noqa: E402
-from relay.sqlite_registry import SqliteRegistry  # noqa: E402
 from starmux.home import ensure_private_dir, load_or_create_node_keys  # noqa: E402
 from starmux.identity import NodeKeys, Role  # noqa: E402
 from starmux.pairing_code import TICKET_SIZE  # noqa: E402
+from starmux.relay.sqlite_registry import SqliteRegistry  # noqa: E402
 from starmux.relay_auth import grant_transcript  # noqa: E402
 
 #: Limits raised so the storm meets the relay's real work, not its per-IP guards

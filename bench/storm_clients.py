@@ -4,7 +4,7 @@
 
 Each machine (keys derived from the salt and its index, see :func:`machine_keys`) runs
 the shipped daemon's connection policy (``daemon/runtime.py``: ``_connect_once``,
-``_after_close``, ``_wait_backoff``) through the shipped :class:`client.link.RelayLink`
+``_after_close``, ``_wait_backoff``) through the shipped :class:`starmux.node.link.RelayLink`
 (WebSocket + :class:`starmux.relay_auth.NodeAuth` against the pinned relay key):
 
     connect ──ok──▶ stay connected, remember a RESTARTING notice's retry_after
@@ -38,11 +38,11 @@ import time
 import uvloop
 
 from bench.storm_procs import commands, emit
-from client.link import NoticeReceived, RelayClosedConnection, RelayLink, RelayUnreachable
 from starmux.backoff import Backoff
 from starmux.control import NoticeEvent, SessionStatus
 from starmux.errors import ConnectionLost, CryptoError, RemoteProtocolError
 from starmux.identity import IdentityCard, NodeKeys, Role
+from starmux.node.link import NoticeReceived, RelayClosedConnection, RelayLink, RelayUnreachable
 
 #: Reconnect policies: ``shipped`` is the daemon's. The others exist to measure a
 #: proposal against it: ``refused-flat`` retries a *refused* TCP connect (nothing

@@ -37,8 +37,8 @@ from typing import Any
 import uvloop
 
 from bench.storm_procs import commands, emit
-from daemon.runtime import Daemon
-from daemon.terminal import Terminal
+from starmux.daemon.runtime import Daemon
+from starmux.daemon.terminal import Terminal
 from starmux.messages import APP, Output, SessionCreated, SessionStatusChanged
 
 LINE = b"x" * 99 + b"\n"

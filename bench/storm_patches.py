@@ -70,7 +70,7 @@ def install() -> None:
 
 
 def _timing(path: Path) -> None:
-    from relay.sqlite_registry import SqliteRegistry
+    from starmux.relay.sqlite_registry import SqliteRegistry
 
     stats: dict[str, list[float]] = {}
     flush: list[asyncio.TimerHandle] = []
@@ -96,9 +96,9 @@ def _timing(path: Path) -> None:
 
 
 def _one_lookup() -> None:
-    from relay import sqlite_registry
-    from relay.registry import MachineRecord
-    from relay.sqlite_registry import _SELECT_MACHINE, SqliteRegistry
+    from starmux.relay import sqlite_registry
+    from starmux.relay.registry import MachineRecord
+    from starmux.relay.sqlite_registry import _SELECT_MACHINE, SqliteRegistry
 
     looked_up: dict[bytes, MachineRecord | None] = {}
     original_machine = SqliteRegistry.machine
@@ -124,8 +124,8 @@ def _one_lookup() -> None:
 
 
 def _preload() -> None:
-    from relay.registry import MachineRecord
-    from relay.sqlite_registry import SqliteRegistry
+    from starmux.relay.registry import MachineRecord
+    from starmux.relay.sqlite_registry import SqliteRegistry
 
     table: dict[bytes, tuple[bytes, bool]] = {}  # key → (account, revoked)
     loaded = asyncio.Event()
@@ -183,12 +183,12 @@ def _preload() -> None:
 
 
 def _presence() -> None:
-    from relay import endpoint, requests
-    from relay.peer import Peer
-    from relay.routing import LocalRoutingTable
-    from relay.state import RelayState
     from starmux.control import CONTROL, Presence, SessionStatus
     from starmux.frames import FrameType, encode_frame
+    from starmux.relay import endpoint, requests
+    from starmux.relay.peer import Peer
+    from starmux.relay.routing import LocalRoutingTable
+    from starmux.relay.state import RelayState
 
     controllers: dict[bytes, dict[bytes, Peer]] = {}  # account → key → controller peer
     attach, detach = LocalRoutingTable.attach, LocalRoutingTable.detach
@@ -227,7 +227,7 @@ def _presence() -> None:
 
 
 def _touch_batch() -> None:
-    from relay.sqlite_registry import SqliteRegistry
+    from starmux.relay.sqlite_registry import SqliteRegistry
 
     seen: dict[bytes, float] = {}
     flusher: list[asyncio.Task[None]] = []

@@ -18,7 +18,7 @@ starts, through the real `SqliteRegistry` API (one account and controller; per m
 create_ticket → open_ticket → grant_machine with a real grant signature): the pairing
 handshake is skipped (the resync part pairs for real), the relay's rows are those pairing
 leaves. The machines' connections run in separate uvloop processes
-(`bench/storm_clients.py`); each one is the shipped `client.link.RelayLink` (WebSocket
+(`bench/storm_clients.py`); each one is the shipped `starmux.node.link.RelayLink` (WebSocket
 upgrade, `NodeAuth` against the pinned relay key) driven by the daemon's policy from
 `daemon/runtime.py` with the shipped `starmux.backoff.Backoff` (restart notice: sleep
 `hinted_delay(retry_after)`; otherwise, and after every failed connect: `next_delay()`).

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.storm_procs import LoadProcess, RelayProcess, Sampler, free_port
-from client import actions
-from client.cache import Cache
-from client.live import LiveController
-from client.store import ControllerStore
+from starmux.client import actions
+from starmux.client.cache import Cache
+from starmux.client.live import LiveController
+from starmux.client.store import ControllerStore
 from starmux.pairing_code import parse_pairing_code
 
 PAIR_TIMEOUT = 60.0

@@ -30,11 +30,11 @@ from starmux.control import (
 from starmux.errors import StarmuxError, UsageError
 from starmux.fingerprint import fingerprint, fingerprints_match
 from starmux.identity import IdentityCard, Role
+from starmux.node.link import Data, RelayLink, RelayRefused
 from starmux.pairing import ControllerPairing, PairingAborted, PairingFailed, abort_body
 from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.relay_auth import revoke_transcript
 
-from .link import Data, RelayLink, RelayRefused
 from .store import ControllerConfig, ControllerStore, KnownMachine
 
 PAIRING_STEP_TIMEOUT = 20.0

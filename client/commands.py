@@ -218,22 +218,3 @@ def demo_command(yes: bool, as_json: bool) -> None:
     from .demo import demo_command_impl
 
     raise SystemExit(demo_command_impl(yes=yes, as_json=as_json))
-
-
-@click.command("doctor")
-@home_option
-@json_option
-def doctor_command(home: Path | None, as_json: bool) -> None:
-    """Check keys, permissions, the relay (real protocol), clock, daemon and outbox."""
-    from .doctor import run_checks
-
-    checks = asyncio.run(run_checks(_home(home)))
-    if as_json:
-        click.echo(json.dumps([c.to_json() for c in checks], indent=2))
-    else:
-        for check in checks:
-            mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
-            click.echo(f"{mark} {check.name}: {check.detail}")
-            if check.hint and not check.ok:
-                click.echo(f"     hint: {check.hint}")
-    raise SystemExit(0 if all(c.ok for c in checks) else 1)

@@ -37,10 +37,10 @@ from starmux.messages import (
     LoggedEvent,
     SyncRequest,
 )
+from starmux.node.link import Closed, Data, PresenceChanged, RelayLink, Undeliverable
 from starmux.noise import HandshakeState
 
 from .cache import Cache
-from .link import Closed, Data, PresenceChanged, RelayLink, Undeliverable
 from .store import ControllerConfig, ControllerStore
 
 log = logging.getLogger("starmux.controller")

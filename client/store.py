@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.schema import HomeDatabase, read_setting, write_setting
 from starmux.errors import UsageError
 from starmux.home import load_node_keys, load_or_create_node_keys
 from starmux.identity import IdentityCard, NodeKeys
+from starmux.node.database import HomeDatabase, read_setting, write_setting
 
 KEY_FILE = "controller.key"
 DATABASE_FILE = "controller.sqlite3"
@@ -44,7 +44,7 @@ class ControllerConfig:
 
 class ControllerStore(HomeDatabase):
     FILE = DATABASE_FILE
-    PACKAGE = "client"
+    PACKAGE = "starmux.client"
 
     async def __aenter__(self) -> ControllerStore:
         await self.open()

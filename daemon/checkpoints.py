@@ -23,6 +23,7 @@ from starmux.decisions import decision_transcript
 from starmux.errors import CryptoError, UsageError
 from starmux.fingerprint import fingerprint
 from starmux.identity import verify_signature
+from starmux.local_api import CheckpointOutcome
 from starmux.messages import (
     APP,
     CheckpointDecided,
@@ -33,7 +34,6 @@ from starmux.messages import (
 from starmux.session_state import Status
 
 from .eventlog import EventLog
-from .local_api_protocol import CheckpointOutcome
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 

@@ -48,8 +48,8 @@ from typing import Any
 
 import aiosqlite
 
-from relay.schema import open_database, read_setting, write_setting
 from starmux.errors import StarmuxError, UsageError
+from starmux.node.database import open_database, read_setting, write_setting
 
 __all__ = ["EventLog", "EventLogError", "Statement", "StatementError", "StoredEvent"]
 
@@ -206,10 +206,10 @@ class EventLog:
         """Open (creating and migrating) the log in the daemon database at ``path``."""
         if max_batch < 1:
             raise UsageError("max_batch must be at least 1")
-        writer = await open_database(path, "daemon")
+        writer = await open_database(path, "starmux.daemon")
         try:
             epoch, last_seq = await _settle_epoch(writer, rng)
-            reader = await open_database(path, "daemon")
+            reader = await open_database(path, "starmux.daemon")
         except BaseException:
             await writer.close()
             raise

@@ -1,6 +1,6 @@
 """The daemon's local API server: a Unix socket in the daemon's home.
 
-The protocol (requests, answers, checks) is in :mod:`daemon.local_api_protocol`.
+The protocol (requests, answers, checks) is in :mod:`starmux.local_api`.
 
 Invariants:
 - The socket is created 0600 (umask around bind, then chmod and a check), only in a
@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from starmux.errors import StarmuxError
-
-from .local_api_protocol import (
+from starmux.local_api import (
     _UNIX_PATH_MAX,
     MAX_LINE,
     PROTOCOL_VERSION,

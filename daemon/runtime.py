@@ -21,16 +21,6 @@ from pathlib import Path
 
 import nacl.utils
 
-from client.link import (
-    Closed,
-    Data,
-    LinkEvent,
-    NoticeReceived,
-    RelayClosedConnection,
-    RelayLink,
-    RelayRefused,
-    RelayUnreachable,
-)
 from starmux.backoff import Backoff
 from starmux.close_codes import CloseCode
 from starmux.control import (
@@ -44,6 +34,16 @@ from starmux.e2e import Kind
 from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError, UsageError
 from starmux.fingerprint import fingerprint
 from starmux.identity import IdentityCard, NodeKeys, Role
+from starmux.node.link import (
+    Closed,
+    Data,
+    LinkEvent,
+    NoticeReceived,
+    RelayClosedConnection,
+    RelayLink,
+    RelayRefused,
+    RelayUnreachable,
+)
 from starmux.pairing import MachinePairing, PairingFailed, abort_body
 from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.relay_auth import RelayKeyMismatch

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from relay.schema import HomeDatabase, read_setting, write_setting
 from starmux.home import load_or_create_node_keys
 from starmux.identity import IdentityCard, NodeKeys
+from starmux.node.database import HomeDatabase, read_setting, write_setting
 
 KEY_FILE = "machine.key"
 DATABASE_FILE = "daemon.sqlite3"
@@ -25,7 +25,7 @@ class PairedController:
 
 class DaemonStore(HomeDatabase):
     FILE = DATABASE_FILE
-    PACKAGE = "daemon"
+    PACKAGE = "starmux.daemon"
 
     def keys(self) -> tuple[NodeKeys, bool]:
         """The machine's keys, created on first use; ``(keys, created)``."""

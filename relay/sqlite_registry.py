@@ -26,15 +26,15 @@ from typing import Any
 
 import aiosqlite
 
-from relay.registry import (
+from starmux.errors import UsageError
+from starmux.node.database import open_database
+from starmux.relay.registry import (
     AuditEntry,
     ControllerRecord,
     MachineRecord,
     RegistryError,
     TicketRecord,
 )
-from relay.schema import open_database
-from starmux.errors import UsageError
 
 __all__ = ["SqliteRegistry"]
 
@@ -112,7 +112,7 @@ class SqliteRegistry:
     async def open(self) -> None:
         if self._db is not None:
             raise UsageError("registry is already open")
-        self._db = await open_database(self._path, "relay")
+        self._db = await open_database(self._path, "starmux.relay")
 
     async def close(self) -> None:
         async with self._lock:  # let an operation in flight finish first

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from client.link import UNACKNOWLEDGED_DATA_TIMEOUT
+from starmux.node.link import UNACKNOWLEDGED_DATA_TIMEOUT
 
 from ..integration.cluster import python
 from ..integration.watcher import Watcher
@@ -174,7 +174,7 @@ def test_a_silently_dead_connection_is_replaced_while_output_streams(
     """The WebSocket keepalive alone cannot notice this: websockets' ``ping()`` first
     waits for the send buffer to drain, which never happens on a dead connection, so
     no ping is sent and nothing times out until TCP gives up (``tcp_retries2``: ~15
-    min). The bound on unacknowledged data (``TCP_USER_TIMEOUT``, client/link.py) is
+    min). The bound on unacknowledged data (``TCP_USER_TIMEOUT``, starmux/node/link.py) is
     what replaces the connection; this test failed before it."""
     net = cluster.net
     session, watcher, stream = start_chatty(cluster, DEAD_LINES, DEAD_PAD)

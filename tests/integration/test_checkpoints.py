@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from client.cache import Cache
-from client.sessions import live_controller
+from starmux.client.cache import Cache
+from starmux.client.sessions import live_controller
 from starmux.identity import NodeKeys
 from starmux.messages import APP, DecideCheckpoint
 

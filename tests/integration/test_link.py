@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from client.link import UNACKNOWLEDGED_DATA_TIMEOUT, RelayLink
 from starmux.identity import NodeKeys, Role
+from starmux.node.link import UNACKNOWLEDGED_DATA_TIMEOUT, RelayLink
 
 from .relay_process import RelayProcess
 

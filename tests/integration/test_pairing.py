@@ -9,7 +9,7 @@ from pathlib import Path
 
 import websockets
 
-from client.qr_terminal import find_qr_block, terminal_qr_to_image
+from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 from starmux.close_codes import CloseCode
 from starmux.home import load_node_keys
 from starmux.identity import NodeKeys, Role

@@ -34,7 +34,10 @@ def _fresh_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "starmux"
     for name in filter(None, files):
         source = ROOT / name
-        if source.is_file():
+        if source.is_symlink():  # starmux/relay -> ../relay etc.: kept as links
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).symlink_to(os.readlink(source))
+        elif source.is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, copy / name)
     return copy

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from client.store import KEY_FILE as CONTROLLER_KEY_FILE
-from daemon.store import KEY_FILE as MACHINE_KEY_FILE
+from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
+from starmux.daemon.store import KEY_FILE as MACHINE_KEY_FILE
 from starmux.errors import FrameError
 from starmux.frames import FrameType, parse_frame
 from starmux.home import load_node_keys

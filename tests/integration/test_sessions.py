@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.sessions import watch
+from starmux.client.sessions import watch
 
 from .cluster import Paired, pair, python
 from .daemon_process import DaemonProcess, run_cli

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.local_api import LocalApiServer
-from daemon.local_api_protocol import (
+from starmux.daemon.local_api import LocalApiServer
+from starmux.errors import UsageError
+from starmux.local_api import (
     MAX_BODY,
     CheckpointOutcome,
     CheckpointRequest,
 )
-from starmux.errors import UsageError
 
 SESSION = "s-test-1"
 FINGERPRINT = "K7Q2-M4XD-TEST"
@@ -32,8 +32,8 @@ TIMEOUT = 30  # seconds for any one subprocess; a hang fails the test instead of
 CLI = """
 import sys
 from starmux.cli import cli, main
-from client.agent_commands import checkpoint_command, cost_command
-from client.claude_hook import hook_group
+from starmux.daemon.agent_commands import checkpoint_command, cost_command
+from starmux.daemon.claude_hook import hook_group
 for command in (checkpoint_command, cost_command, hook_group):
     cli.add_command(command)
 sys.exit(main())

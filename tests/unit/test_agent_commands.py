@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from client.agent_commands import (
+from starmux.daemon.agent_commands import (
     EXIT_BAD_REPLY,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from daemon.local_api_protocol import (
+from starmux.local_api import (
     MAX_BODY,
     MAX_TITLE,
 )

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from daemon.agent_process import (
+from starmux.daemon.agent_process import (
     DEFAULT_WINSIZE,
     AgentProcess,
     SessionInputClosed,

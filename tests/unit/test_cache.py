@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client.cache import Cache, Cursor
-from client.store import ControllerStore
+from starmux.client.cache import Cache, Cursor
+from starmux.client.store import ControllerStore
 from starmux.codec import Message
 from starmux.messages import (
     APP,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from client.agent_commands import DECISION_GRACE
-from client.claude_hook import (
+from starmux.daemon.agent_commands import DECISION_GRACE
+from starmux.daemon.claude_hook import (
     SETTINGS_SNIPPET,
     HookInputError,
     ToolCall,
@@ -24,7 +24,7 @@ from client.claude_hook import (
     hook_output,
     parse_payload,
 )
-from daemon.local_api_protocol import MAX_BODY, MAX_TITLE, check_body, check_title
+from starmux.local_api import MAX_BODY, MAX_TITLE, check_body, check_title
 
 from .local_api_support import FINGERPRINT, Api, spawn, starmux
 

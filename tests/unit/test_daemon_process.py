@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from daemon.process import (
+from starmux.daemon.process import (
     DaemonAlreadyRunning,
     DaemonLock,
     DaemonStartError,
@@ -39,7 +39,7 @@ from starmux.home import write_private_file
 HOLDER = """
 import os, signal, sys
 from pathlib import Path
-from daemon.process import DaemonLock
+from starmux.daemon.process import DaemonLock
 
 if sys.argv[2] == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -59,7 +59,7 @@ with DaemonLock(
 READY_DAEMON = """
 import signal, sys
 from pathlib import Path
-from daemon.process import DaemonLock
+from starmux.daemon.process import DaemonLock
 
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 with DaemonLock(Path(sys.argv[1]), argv=sys.argv) as lock:

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from daemon.eventlog import EventLog, EventLogError, Statement, StatementError, StoredEvent
+from starmux.daemon.eventlog import EventLog, EventLogError, Statement, StatementError, StoredEvent
 from starmux.errors import UsageError
 
 TIMEOUT = 30.0  # generous: only a broken log ever waits this long
@@ -205,7 +205,7 @@ CRASH_CHILD = textwrap.dedent(
     """
     import asyncio, random, sys
     from pathlib import Path
-    from daemon.eventlog import EventLog
+    from starmux.daemon.eventlog import EventLog
 
     UPSERT = {upsert!r}
 

@@ -7,7 +7,7 @@ import errno
 import websockets
 from websockets.frames import Close
 
-from client.link import close_code_and_reason
+from starmux.node.link import close_code_and_reason
 
 
 def closed(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from daemon.local_api_protocol import (
+from starmux.local_api import (
     MAX_LINE,
     LocalApiError,
 )

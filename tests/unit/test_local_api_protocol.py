@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.agent_commands import (
+from starmux.daemon.agent_commands import (
     format_duration,
     parse_duration,
 )
-from daemon.local_api_protocol import (
+from starmux.errors import UsageError
+from starmux.local_api import (
     MAX_BODY,
     MAX_TITLE,
     BadRequest,
@@ -26,7 +27,6 @@ from daemon.local_api_protocol import (
     checkpoint_response,
     parse_request,
 )
-from starmux.errors import UsageError
 
 from .local_api_support import (
     FINGERPRINT,

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter
 
-from client.qr_image import MAX_PIXELS, PREVIEW_CHARS, decode_pairing_code_from_image
-from client.qr_terminal import find_qr_block, terminal_qr_to_image
-from daemon.qr import QUIET_ZONE, qr_module_count, render_terminal_qr
+from starmux.client.qr_image import MAX_PIXELS, PREVIEW_CHARS, decode_pairing_code_from_image
+from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
+from starmux.daemon.qr import QUIET_ZONE, qr_module_count, render_terminal_qr
 from starmux.errors import PairingCodeError
 from starmux.fingerprint import format_fingerprint
 from starmux.pairing_code import PairingCode, parse_pairing_code

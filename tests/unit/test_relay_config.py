@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Limits, RelayConfig, load_config
 from starmux.errors import ConfigError
+from starmux.relay.config import Limits, RelayConfig, load_config
 
 
 def test_defaults_are_safe() -> None:

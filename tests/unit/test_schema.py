@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiosqlite
 import pytest
 
-from relay.schema import SchemaError, load_migrations, migrate, split_statements
+from starmux.node.database import SchemaError, load_migrations, migrate, split_statements
 
 FIRST = "CREATE TABLE t (a INTEGER);"
 SECOND = "ALTER TABLE t ADD COLUMN b TEXT;"  # needs FIRST: order matters
@@ -228,7 +228,7 @@ def test_split_statements_refuses_transaction_control(keyword: str) -> None:
 
 
 def test_relay_ships_its_migrations() -> None:
-    migrations = load_migrations("relay")
+    migrations = load_migrations("starmux.relay")
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     assert migrations[0].name == "001_init.sql"
     assert all(m.statements for m in migrations)

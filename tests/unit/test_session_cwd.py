@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agent_process import resolve_session_cwd
+from starmux.daemon.agent_process import resolve_session_cwd
 from starmux.errors import UsageError
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from relay.registry import Registry, RegistryError
-from relay.schema import SchemaError
-from relay.sqlite_registry import SqliteRegistry
 from starmux.errors import UsageError
+from starmux.node.database import SchemaError
+from starmux.relay.registry import Registry, RegistryError
+from starmux.relay.sqlite_registry import SqliteRegistry
 
 T0 = 1_700_000_000.0
 TTL = 300.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.systemd import (
+from starmux.daemon.systemd import (
     UNIT_NAME,
     UnitExistsError,
     default_unit_dir,

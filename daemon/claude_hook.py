@@ -47,8 +47,8 @@ from typing import Any
 
 import click
 
-from daemon.local_api_protocol import MAX_BODY, MAX_TITLE, check_key
 from starmux.errors import StarmuxError
+from starmux.local_api import MAX_BODY, MAX_TITLE, check_key
 
 from .agent_commands import (
     ENV_API,

@@ -3,7 +3,7 @@
 The daemon starts every session with ``STARMUX_SESSION`` (the session id) and
 ``STARMUX_API`` (the path of its local API socket) in the environment. These
 commands talk to that socket with a small blocking client, one JSON line each way
-(the protocol is in :mod:`daemon.local_api_protocol`).
+(the protocol is in :mod:`starmux.local_api`).
 
 ``starmux checkpoint TITLE`` blocks until a controller decides, and its exit status
 is the answer, so a script can say ``starmux checkpoint "Deploy?" && ./deploy``:
@@ -47,7 +47,8 @@ from typing import Any, TypeVar
 
 import click
 
-from daemon.local_api_protocol import (
+from starmux.errors import ConfigError, ConnectionLost, RemoteProtocolError, UsageError
+from starmux.local_api import (
     DECISIONS,
     MAX_BODY,
     MAX_LINE,
@@ -59,7 +60,6 @@ from daemon.local_api_protocol import (
     check_title,
     encode,
 )
-from starmux.errors import ConfigError, ConnectionLost, RemoteProtocolError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_SESSION = "STARMUX_SESSION"

@@ -1,0 +1,63 @@
+"""The built wheel installs only the ``starmux`` import name (DESIGN.md section 1).
+
+python-daemon installs a top-level ``daemon`` package; PyPI also has distributions
+named ``relay`` and ``client``. Built and installed for real, beside python-daemon,
+in a fresh virtual environment: both import, and neither shadows the other.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_wheel_holds_only_starmux_and_lives_beside_python_daemon(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("starmux-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"starmux"}, tops
+    for role in ("relay", "daemon", "client"):
+        assert f"starmux/{role}/__init__.py" in names  # the role really is inside
+    assert "starmux/relay/migrations/001_init.sql" in names
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    # python-daemon first, then starmux: the order that used to overwrite daemon/__init__.py.
+    for requirement in ("python-daemon", str(wheel)):
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", requirement], check=True, capture_output=True
+        )
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "from daemon import DaemonContext; import starmux.daemon.runtime, "
+            "starmux.relay.app, starmux.client.live; print(DaemonContext.__module__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the source tree: the installed packages alone
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "daemon.daemon"
+    version = subprocess.run(
+        [str(env_dir / "bin" / "starmux"), "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0, version.stderr
