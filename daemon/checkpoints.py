@@ -1,11 +1,17 @@
 """Checkpoints: an agent asks, a controller decides (signed), first answer wins.
 
-Invariants:
+The rules live in :mod:`starmux.checkpoint_state`; this module feeds it the stored
+row and writes what it returns. Invariants:
 - A checkpoint is in the durable log (``CheckpointRaised``) before anyone can see
   it, and its decision (``CheckpointDecided``) is written with the checkpoint row
-  and the command record in one transaction: a decision is applied at most once.
+  and the command record in one transaction, guarded by "the row is still
+  pending" (the guarded update must change exactly one row, else nothing of the
+  write commits): a decision is applied and logged at most once, even when a
+  controller's answer and the expiry timer read the pending row at the same time.
 - The first decision wins; a later one (or one after expiry) is answered "too late"
-  naming what happened first.
+  naming what happened first; the loser of a race learns it by re-reading.
+- A session is ``waiting_approval`` exactly while one of its checkpoints is
+  pending (status changes and the pending check run under one lock).
 - A decision counts only with a valid signature by a paired controller; anything
   else is refused and written to the audit log.
 - On expiry the checkpoint's default applies (deny unless set).
@@ -17,8 +23,10 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
+from starmux import checkpoint_state
+from starmux.checkpoint_state import Answer, Checkpoint, CheckpointState
 from starmux.decisions import decision_transcript
 from starmux.errors import CryptoError, UsageError
 from starmux.fingerprint import fingerprint
@@ -33,13 +41,19 @@ from starmux.messages import (
 )
 from starmux.session_state import Status
 
-from .eventlog import EventLog
+from .eventlog import EventLog, GuardFailed, Statement
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 
 
 class TooLate(UsageError):
-    pass
+    """The checkpoint was decided before this answer (see :mod:`starmux.checkpoint_state`)."""
+
+
+def _too_late_text(checkpoint: Checkpoint) -> str:
+    who = fingerprint(checkpoint.decided_by) if checkpoint.decided_by else "its default on expiry"
+    when = time.strftime("%H:%M:%S", time.localtime(checkpoint.decided_at or 0))
+    return f"too late: checkpoint {checkpoint.id} was already {checkpoint.state} by {who} at {when}"
 
 
 class Checkpoints:
@@ -60,6 +74,8 @@ class Checkpoints:
         self._waiters: dict[str, asyncio.Future[CheckpointOutcome]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._by_key: dict[tuple[str, str], str] = {}
+        #: Held while a session's waiting/running status follows its pending checkpoints.
+        self._status = asyncio.Lock()
 
     # --- the local API side (an agent asks) --------------------------------------------
 
@@ -79,31 +95,20 @@ class Checkpoints:
             checkpoint_id = "c-" + secrets.token_hex(5)
             now = self.clock()
             raised = CheckpointRaised(checkpoint_id, title, body, now + timeout, default_approve)
-            if live.status is Status.RUNNING:
-                await self.sessions.transition(live, Status.WAITING_APPROVAL, None, title)
-            await self.log.append(
-                session,
-                APP.encode(raised),
-                at=now,
-                also=[
-                    (
-                        "INSERT INTO checkpoints (id, session, title, body, created_at, "
-                        "expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            checkpoint_id,
-                            session,
-                            title,
-                            body,
-                            now,
-                            now + timeout,
-                            int(default_approve),
-                        ),
-                    )
-                ],
+            insert: Statement = (
+                "INSERT INTO checkpoints (id, session, title, body, created_at, "
+                "expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (checkpoint_id, session, title, body, now, now + timeout, int(default_approve)),
             )
+            # Under the status lock: a decision of another checkpoint must not read
+            # "nothing pending" between this status change and this row's commit.
+            async with self._status:
+                if live.status is Status.RUNNING:
+                    await self.sessions.transition(live, Status.WAITING_APPROVAL, None, title)
+                await self.log.append(session, APP.encode(raised), at=now, also=[insert])
             self._waiters[checkpoint_id] = asyncio.get_running_loop().create_future()
             self._timers[checkpoint_id] = asyncio.get_running_loop().call_later(
-                timeout, lambda: asyncio.ensure_future(self._expire(checkpoint_id))
+                timeout, lambda: asyncio.ensure_future(self.expire(checkpoint_id))
             )
             if key:
                 self._by_key[(session, key)] = checkpoint_id
@@ -125,6 +130,36 @@ class Checkpoints:
         self, command_id: str, decision: DecideCheckpoint, *, controller_key: bytes
     ) -> str:
         """Apply a decision; returns a short result text. Raises UsageError/TooLate."""
+        await self._verify(decision, controller_key)
+        step = await self._answer(
+            decision.checkpoint,
+            Answer.APPROVE if decision.approve else Answer.DENY,
+            by=controller_key,
+            reason=decision.reason,
+            decided_at=decision.decided_at,
+            signature=decision.signature,
+            command_id=command_id,
+        )
+        if step is None:
+            raise UsageError(f"no checkpoint {decision.checkpoint} on this machine")
+        if isinstance(step, checkpoint_state.TooLate):
+            raise TooLate(_too_late_text(step.checkpoint))
+        verdict = step.verdict.value
+        await self.store.audit(
+            f"checkpoint.{verdict}",
+            actor=controller_key,
+            detail=f"checkpoint {decision.checkpoint} of session {step.checkpoint.session}",
+            now=self.clock(),
+        )
+        self._resolve(
+            decision.checkpoint,
+            CheckpointOutcome(
+                decision.checkpoint, verdict, decision.reason, fingerprint(controller_key)
+            ),
+        )
+        return verdict
+
+    async def _verify(self, decision: DecideCheckpoint, controller_key: bytes) -> None:
         paired = {c.key for c in await self.store.controllers()}
         try:
             if controller_key not in paired:
@@ -150,85 +185,100 @@ class Checkpoints:
             raise UsageError(
                 "the decision's signature does not verify against a paired controller; refused"
             ) from exc
-        rows = await self.log.execute_read(
-            "SELECT session, decision, decided_by, decided_at FROM checkpoints WHERE id = ?",
-            (decision.checkpoint,),
-        )
-        if not rows:
-            raise UsageError(f"no checkpoint {decision.checkpoint} on this machine")
-        session, previous, by, when = rows[0]
-        if previous is not None:
-            who = fingerprint(bytes(by)) if by else "its default on expiry"
-            raise TooLate(
-                f"too late: checkpoint {decision.checkpoint} was already {previous} "
-                f"by {who} at {time.strftime('%H:%M:%S', time.localtime(when))}"
-            )
-        verdict = "approved" if decision.approve else "denied"
-        await self._record(
-            session,
-            decision.checkpoint,
-            verdict,
-            controller_key,
-            decision.reason,
-            decision.decided_at,
-            decision.signature,
-            command=command_record(command_id, True, "", "", verdict, self.clock()),
-        )
-        await self.store.audit(
-            f"checkpoint.{verdict}",
-            actor=controller_key,
-            detail=f"checkpoint {decision.checkpoint} of session {session}",
-            now=self.clock(),
-        )
-        self._resolve(
-            decision.checkpoint,
-            CheckpointOutcome(
-                decision.checkpoint, verdict, decision.reason, fingerprint(controller_key)
-            ),
-        )
-        return verdict
 
-    async def _expire(self, checkpoint_id: str) -> None:
-        rows = await self.log.execute_read(
-            "SELECT session, decision, default_approve FROM checkpoints WHERE id = ?",
-            (checkpoint_id,),
+    async def expire(self, checkpoint_id: str) -> None:
+        """The checkpoint's time is up: its default applies, unless it was decided."""
+        step = await self._answer(
+            checkpoint_id, Answer.EXPIRE, by=b"", reason="", decided_at=self.clock(), signature=b""
         )
-        if not rows or rows[0][1] is not None:
-            return
-        session, _, default_approve = rows[0]
-        reason = f"expired; default applied: {'approve' if default_approve else 'deny'}"
-        await self._record(session, checkpoint_id, "expired", b"", reason, self.clock(), b"")
-        self._resolve(checkpoint_id, CheckpointOutcome(checkpoint_id, "expired", reason, ""))
+        if isinstance(step, checkpoint_state.Decide):
+            reason = step.reason_on_expiry
+            self._resolve(checkpoint_id, CheckpointOutcome(checkpoint_id, "expired", reason, ""))
 
-    async def _record(
+    async def _answer(
         self,
-        session: str,
         checkpoint_id: str,
-        verdict: str,
+        answer: Answer,
+        *,
         by: bytes,
         reason: str,
         decided_at: float,
         signature: bytes,
-        command: tuple[str, Sequence[object]] | None = None,
-    ) -> None:
-        also: list[tuple[str, Sequence[object]]] = [
-            (
-                "UPDATE checkpoints SET decision = ?, decided_by = ?, reason = ?, decided_at = ?, "
-                "signature = ? WHERE id = ? AND decision IS NULL",
-                (verdict, by, reason, decided_at, signature, checkpoint_id),
+        command_id: str | None = None,
+    ) -> checkpoint_state.Decide | checkpoint_state.TooLate | None:
+        """Feed one answer through the core; write it only if it still wins when written.
+
+        The row read here may be stale by the time the write lands (the other side
+        of a decision/expiry race read it too): the write is guarded by "still
+        pending", and a lost guard means re-reading, which shows who won.
+        """
+        while True:
+            checkpoint = await self._load(checkpoint_id)
+            if checkpoint is None:
+                return None
+            step = checkpoint_state.answer(checkpoint, answer)
+            if isinstance(step, checkpoint_state.TooLate):
+                return step
+            if step.verdict is CheckpointState.EXPIRED:
+                reason = step.reason_on_expiry
+            command = (
+                None
+                if command_id is None
+                else command_record(command_id, True, "", "", step.verdict.value, self.clock())
             )
-        ]
-        if command is not None:
-            also.append(command)
-        decided = CheckpointDecided(checkpoint_id, verdict, by, reason, decided_at)
-        await self.log.append(session, APP.encode(decided), at=self.clock(), also=also)
-        live = self.sessions.sessions.get(session)
-        if (
-            live is not None
-            and live.status is Status.WAITING_APPROVAL
-            and not await self._pending(session)
-        ):
-            await self.sessions.transition(live, Status.RUNNING, None, f"{checkpoint_id} {verdict}")
+            try:
+                await self._record(step, by, reason, decided_at, signature, command)
+            except GuardFailed:
+                continue
+            return step
+
+    async def _load(self, checkpoint_id: str) -> Checkpoint | None:
+        rows = await self.log.execute_read(
+            "SELECT session, decision, default_approve, decided_by, decided_at "
+            "FROM checkpoints WHERE id = ?",
+            (checkpoint_id,),
+        )
+        if not rows:
+            return None
+        session, decision, default_approve, by, at = rows[0]
+        return Checkpoint.from_decision(
+            checkpoint_id, session, decision, default_approve, bytes(by) if by else b"", at
+        )
+
+    async def _record(
+        self,
+        step: checkpoint_state.Decide,
+        by: bytes,
+        reason: str,
+        decided_at: float,
+        signature: bytes,
+        command: Statement | None,
+    ) -> None:
+        """Write the decision and its event in one transaction, or raise GuardFailed."""
+        checkpoint, verdict = step.checkpoint, step.verdict.value
+        guard: Statement = (
+            "UPDATE checkpoints SET decision = ?, decided_by = ?, reason = ?, decided_at = ?, "
+            "signature = ? WHERE id = ? AND decision IS NULL",
+            (verdict, by, reason, decided_at, signature, checkpoint.id),
+        )
+        decided = CheckpointDecided(checkpoint.id, verdict, by, reason, decided_at)
+        await self.log.append(
+            checkpoint.session,
+            APP.encode(decided),
+            at=self.clock(),
+            also=[command] if command is not None else [],
+            guard=guard,
+        )
+        async with self._status:
+            live = self.sessions.sessions.get(checkpoint.session)
+            if (
+                live is not None
+                and not await self._pending(checkpoint.session)
+                and live.status is Status.WAITING_APPROVAL
+            ):
+                await self.sessions.transition(
+                    live, Status.RUNNING, None, f"{checkpoint.id} {verdict}"
+                )
 
     async def _pending(self, session: str) -> bool:
         rows = await self.log.execute_read(
@@ -263,4 +313,4 @@ class Checkpoints:
         )
         for (checkpoint_id,) in rows:
             with contextlib.suppress(Exception):
-                await self._expire(checkpoint_id)
+                await self.expire(checkpoint_id)

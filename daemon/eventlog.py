@@ -22,6 +22,11 @@ Invariants:
   :class:`StatementError`; the rest of the batch commits. The statements run before
   the batch's events are inserted, in call order, so they see the events of earlier
   commits, not those of their own batch.
+- A write with a ``guard`` commits only if its guard statement (run first, under
+  the write's savepoint) changed exactly one row; otherwise nothing of the write
+  (guard, ``also``, event) is committed and it fails with :class:`GuardFailed`.
+  This is how "first writer wins" is decided by the database, not by an earlier
+  read that may be stale by the time the write runs.
 - Subscribers are called after each commit, once, with that commit's events in seq
   order. Futures are resolved first (their awaiters resume afterwards).
 - The epoch names one continuous history of seqs. It is created with the log and
@@ -51,7 +56,14 @@ import aiosqlite
 from starmux.errors import StarmuxError, UsageError
 from starmux.node.database import open_database, read_setting, write_setting
 
-__all__ = ["EventLog", "EventLogError", "Statement", "StatementError", "StoredEvent"]
+__all__ = [
+    "EventLog",
+    "EventLogError",
+    "GuardFailed",
+    "Statement",
+    "StatementError",
+    "StoredEvent",
+]
 
 log = logging.getLogger("starmux.daemon")
 
@@ -80,6 +92,11 @@ class StatementError(EventLogError):
         self.statement = statement
 
 
+class GuardFailed(EventLogError):
+    """A write's guard changed no row (or several): the write was dropped, not an error
+    of the log. The caller lost a race and should re-read what won."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     seq: int
@@ -98,6 +115,7 @@ class _Write:
     event: tuple[float, str, bytes] | None
     statements: tuple[Statement, ...]
     future: asyncio.Future[int]
+    guard: Statement | None = None
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -144,23 +162,40 @@ async def _settle_epoch(db: aiosqlite.Connection, rng: Callable[[int], bytes]) -
 
 
 async def _run_statements(
-    db: aiosqlite.Connection, statements: tuple[Statement, ...]
-) -> StatementError | None:
-    """Run one write's statements under a savepoint; on failure undo just them."""
+    db: aiosqlite.Connection, statements: tuple[Statement, ...], guard: Statement | None
+) -> EventLogError | None:
+    """Run one write's guard and statements under a savepoint; on failure (or a guard
+    that did not change exactly one row) undo just them."""
     await db.execute("SAVEPOINT write")
+    if guard is not None:
+        sql, params = guard
+        try:
+            changed = (await db.execute(sql, params)).rowcount
+        except sqlite3.Error as exc:
+            if not db.in_transaction:
+                raise
+            return await _undo_write(db, exc, sql)
+        if changed != 1:
+            await db.execute("ROLLBACK TO write")
+            await db.execute("RELEASE write")
+            return GuardFailed(f"the write's guard changed {changed} rows, not 1")
     for sql, params in statements:
         try:
             await db.execute(sql, params)
         except sqlite3.Error as exc:
             if not db.in_transaction:
                 raise  # SQLite gave up the whole transaction: the batch fails
-            await db.execute("ROLLBACK TO write")
-            await db.execute("RELEASE write")
-            error = StatementError(f"event log statement failed: {exc}", statement=sql)
-            error.__cause__ = exc
-            return error
+            return await _undo_write(db, exc, sql)
     await db.execute("RELEASE write")
     return None
+
+
+async def _undo_write(db: aiosqlite.Connection, exc: sqlite3.Error, sql: str) -> StatementError:
+    await db.execute("ROLLBACK TO write")
+    await db.execute("RELEASE write")
+    error = StatementError(f"event log statement failed: {exc}", statement=sql)
+    error.__cause__ = exc
+    return error
 
 
 def _resolve(future: asyncio.Future[int], seq: int) -> None:
@@ -244,10 +279,20 @@ class EventLog:
         return self._enqueue((at, session, body), tuple(also))
 
     async def append(
-        self, session: str, body: bytes, *, at: float, also: Sequence[Statement] = ()
+        self,
+        session: str,
+        body: bytes,
+        *,
+        at: float,
+        also: Sequence[Statement] = (),
+        guard: Statement | None = None,
     ) -> int:
-        """Append an event (and ``also`` statements, atomically); return its durable seq."""
-        return await self._enqueue((at, session, body), tuple(also))
+        """Append an event (and ``also`` statements, atomically); return its durable seq.
+
+        With ``guard``: only if the guard statement changes exactly one row, else
+        nothing is written and :class:`GuardFailed` is raised.
+        """
+        return await self._enqueue((at, session, body), tuple(also), guard)
 
     async def execute_write(self, statements: Sequence[Statement]) -> None:
         """Run ``statements`` atomically, ordered with the appends, without an event."""
@@ -255,12 +300,15 @@ class EventLog:
             await self._enqueue(None, tuple(statements))
 
     def _enqueue(
-        self, event: tuple[float, str, bytes] | None, statements: tuple[Statement, ...]
+        self,
+        event: tuple[float, str, bytes] | None,
+        statements: tuple[Statement, ...],
+        guard: Statement | None = None,
     ) -> asyncio.Future[int]:
         if self._closing:
             raise UsageError("the event log is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(event, statements, future))
+        self._pending.append(_Write(event, statements, future, guard))
         self._wake.set()
         return future
 
@@ -283,14 +331,14 @@ class EventLog:
 
     async def _commit(self, batch: list[_Write]) -> None:
         db = self._writer
-        dropped: dict[int, StatementError] = {}
+        dropped: dict[int, EventLogError] = {}
         events: list[tuple[float, str, bytes]] = []
         last_seq = self.last_seq
         try:
             await db.execute("BEGIN IMMEDIATE")
             for index, write in enumerate(batch):
-                if write.statements:
-                    error = await _run_statements(db, write.statements)
+                if write.statements or write.guard is not None:
+                    error = await _run_statements(db, write.statements, write.guard)
                     if error is not None:
                         dropped[index] = error
             events = [

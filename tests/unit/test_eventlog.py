@@ -19,7 +19,14 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from starmux.daemon.eventlog import EventLog, EventLogError, Statement, StatementError, StoredEvent
+from starmux.daemon.eventlog import (
+    EventLog,
+    EventLogError,
+    GuardFailed,
+    Statement,
+    StatementError,
+    StoredEvent,
+)
 from starmux.errors import UsageError
 
 TIMEOUT = 30.0  # generous: only a broken log ever waits this long
@@ -344,6 +351,37 @@ async def test_execute_write_is_atomic(log: EventLog) -> None:
     rows = await log.execute_read("SELECT command_id, result FROM commands ORDER BY command_id")
     assert rows == [("c1", "one"), ("c2", "two")]
     await log.execute_write([])  # nothing to do
+
+
+async def test_of_two_writes_guarded_on_the_same_row_only_the_first_commits(
+    log: EventLog,
+) -> None:
+    """Each guards on "still running"; the second finds it changed: nothing of it stays."""
+    await log.append("s1", b"created", at=1.0, also=[snapshot("s1", 1.0)])
+    decide = "UPDATE sessions SET status = ? WHERE id = 's1' AND status = 'running'"
+    record = "INSERT INTO commands (command_id, ok, error, hint, result, at) "
+    record += "VALUES (?,1,'','','',0)"
+    winner = asyncio.ensure_future(
+        log.append("s1", b"win", at=3.0, also=[(record, ("c-win",))], guard=(decide, ("a",)))
+    )
+    loser = asyncio.ensure_future(
+        log.append("s1", b"lose", at=4.0, also=[(record, ("c-lose",))], guard=(decide, ("b",)))
+    )
+    assert await winner == 2
+    with pytest.raises(GuardFailed):
+        await loser
+    assert [e.body for e in await all_events(log)] == [b"created", b"win"]
+    assert await log.execute_read("SELECT status FROM sessions") == [("a",)]
+    assert await log.execute_read("SELECT command_id FROM commands") == [("c-win",)]
+    assert await log.append("s1", b"after", at=5.0) == 3  # the loser took no seq
+
+
+async def test_a_guard_that_matches_several_rows_fails(log: EventLog) -> None:
+    await log.append("s1", b"one", at=1.0, also=[snapshot("s1", 1.0)])
+    await log.append("s2", b"two", at=1.0, also=[snapshot("s2", 1.0)])
+    with pytest.raises(GuardFailed):
+        await log.append("s", b"x", at=2.0, guard=("UPDATE sessions SET status = 'x'", ()))
+    assert await log.execute_read("SELECT DISTINCT status FROM sessions") == [("running",)]
 
 
 async def test_execute_read_refuses_writes(log: EventLog) -> None:
