@@ -21,8 +21,6 @@ from pathlib import Path
 
 import nacl.utils
 
-from starmux.backoff import Backoff
-from starmux.close_codes import CloseCode
 from starmux.control import (
     CreateTicket,
     NoticeEvent,
@@ -42,10 +40,11 @@ from starmux.node.link import (
     RelayClosedConnection,
     RelayLink,
     RelayRefused,
-    RelayUnreachable,
+    connect_failure,
 )
 from starmux.pairing import MachinePairing, PairingFailed, abort_body
 from starmux.pairing_code import PairingCode, check_relay_url
+from starmux.reconnect import Forget, LinkFailure, Reconnect, Stop, close_failure
 from starmux.relay_auth import RelayKeyMismatch
 
 from .checkpoints import Checkpoints
@@ -87,7 +86,7 @@ class Daemon:
         self.terminal = terminal
         self._relay_url_flag = check_relay_url(relay_url) if relay_url else None
         self._name_flag = name
-        self.backoff = Backoff()
+        self.reconnect = Reconnect()
         self._status_hook = status_hook
         self.keys: NodeKeys | None = None
         self.card: IdentityCard | None = None
@@ -186,72 +185,65 @@ class Daemon:
         )
         try:
             auth = await link.connect()
-        except RelayKeyMismatch as exc:
-            self.terminal.event(
-                "relay-key-mismatch", f"REFUSING the relay: {exc.message}", message=exc.message
-            )
-            raise DaemonStopped(exc.message, hint=exc.hint) from exc
-        except RelayClosedConnection as exc:
-            if exc.code == CloseCode.REVOKED:
-                await self._forget_revoked_identity()
-                return
-            await self._wait_backoff(f"the relay refused the connection ({exc.code})")
-            return
-        except RelayUnreachable as exc:
-            if isinstance(exc.__cause__, ConnectionRefusedError):
-                delay = self.backoff.after_refusal(time.monotonic())
-                self.terminal.event(
-                    "reconnecting",
-                    f"relay not listening; retrying in {delay:.1f}s",
-                    reason="refused",
-                    delay=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
-            else:
-                await self._wait_backoff(str(exc))
-            return
-        except (ConnectionLost, OSError, RemoteProtocolError) as exc:
-            await self._wait_backoff(str(exc))
+        except (ConnectionLost, OSError, RemoteProtocolError, RelayKeyMismatch) as exc:
+            await self._follow(connect_failure(exc), exc)
             return
         if pinned is None:
             await self.store.set_setting("relay_key", link.relay_key)
-        self.backoff.reset()
+        self.reconnect.connected()
         try:
             closed = await self._serve(link, auth.status)
         except _Revoked:
             await link.close()
-            await self._forget_revoked_identity()
+            await self._follow(LinkFailure.REVOKED, None)
             return
         finally:
             await link.close()
-        await self._after_close(closed)
-
-    async def _after_close(self, closed: Closed) -> None:
-        if closed.code == CloseCode.REVOKED:
-            await self._forget_revoked_identity()
-        elif closed.code == CloseCode.REPLACED:
-            raise DaemonStopped(
-                "another daemon connected with this machine's key",
-                hint="stop the other daemon (same STARMUX_HOME copied?)",
-            )
-        elif closed.code == CloseCode.AUTH_FAILED:
-            raise DaemonStopped("the relay refused this machine's authentication")
-        elif self._restart_hint is not None:
-            delay = self.backoff.hinted_delay(self._restart_hint)
+        if self._restart_hint is not None:
+            self.reconnect.restart_hint(self._restart_hint)
             self._restart_hint = None
+        await self._follow(close_failure(closed.code, connected=True), closed)
+
+    async def _follow(
+        self, failure: LinkFailure, cause: StarmuxError | OSError | Closed | None
+    ) -> None:
+        """Do what the reconnect policy says after ``failure``: wait, forget, or stop."""
+        step = self.reconnect.failed(failure, now=time.monotonic())
+        if isinstance(step, Stop):
+            raise self._stopped(failure, cause) from (
+                cause if isinstance(cause, BaseException) else None
+            )
+        if isinstance(step, Forget):
+            await self._forget_revoked_identity()
+            return
+        delay = step.delay
+        if step.hinted:
             self.terminal.event(
                 "relay-restarting", f"relay restarting; reconnecting in {delay:.1f}s", delay=delay
             )
-            await asyncio.sleep(delay)
         else:
-            await self._wait_backoff(f"connection to the relay lost ({closed.reason})")
-
-    async def _wait_backoff(self, why: str) -> None:
-        delay = self.backoff.next_delay()
-        self.terminal.event(
-            "reconnecting", f"{why}; retrying in {delay:.1f}s", reason=why, delay=round(delay, 2)
-        )
+            why = "relay not listening" if failure is LinkFailure.REFUSED else _why(cause)
+            self.terminal.event(
+                "reconnecting",
+                f"{why}; retrying in {delay:.1f}s",
+                reason="refused" if failure is LinkFailure.REFUSED else why,
+                delay=round(delay, 2),
+            )
         await asyncio.sleep(delay)
+        self.reconnect.retrying()
+
+    def _stopped(self, failure: LinkFailure, cause: object) -> DaemonStopped:
+        if isinstance(cause, RelayKeyMismatch):
+            self.terminal.event(
+                "relay-key-mismatch", f"REFUSING the relay: {cause.message}", message=cause.message
+            )
+            return DaemonStopped(cause.message, hint=cause.hint)
+        if failure is LinkFailure.REPLACED:
+            return DaemonStopped(
+                "another daemon connected with this machine's key",
+                hint="stop the other daemon (same STARMUX_HOME copied?)",
+            )
+        return DaemonStopped("the relay refused this machine's authentication")
 
     _restart_hint: float | None = None
 
@@ -440,7 +432,14 @@ class Daemon:
             "a new identity is created for pairing again",
             machine_fingerprint=old,
         )
-        self.backoff.reset()
+
+
+def _why(cause: object) -> str:
+    if isinstance(cause, Closed):
+        return f"connection to the relay lost ({cause.reason})"
+    if isinstance(cause, RelayClosedConnection):
+        return f"the relay refused the connection ({cause.code})"
+    return str(cause)
 
 
 def _default_name() -> str:

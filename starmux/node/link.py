@@ -12,7 +12,8 @@ machine daemon, which are both nodes; the relay never imports it.
   final :class:`Closed` event carries the close code.
 
 Reconnecting is the caller's policy (the daemon retries forever; a CLI command
-fails with a hint); :class:`~starmux.backoff.Backoff` supplies the delays.
+fails with a hint): :class:`~starmux.reconnect.Reconnect` decides, fed with
+:func:`connect_failure` for a failed :meth:`RelayLink.connect`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from starmux.control import CONTROL, Failure, Notice, Presence, RouteError
 from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError
 from starmux.frames import Frame, FrameType, encode_frame, parse_frame
 from starmux.identity import IdentityCard, NodeKeys
-from starmux.relay_auth import Authenticated, NodeAuth
+from starmux.reconnect import LinkFailure, close_failure
+from starmux.relay_auth import Authenticated, NodeAuth, RelayKeyMismatch
 
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 15.0
@@ -278,3 +280,14 @@ class RelayClosedConnection(ConnectionLost):
         super().__init__(f"the relay closed the connection ({code}: {reason or 'no reason'})")
         self.code = code
         self.reason = reason
+
+
+def connect_failure(exc: BaseException) -> LinkFailure:
+    """What a failed :meth:`RelayLink.connect` means for reconnecting."""
+    if isinstance(exc, RelayKeyMismatch):
+        return LinkFailure.KEY_MISMATCH
+    if isinstance(exc, RelayClosedConnection):
+        return close_failure(exc.code, connected=False)
+    if isinstance(exc, RelayUnreachable) and isinstance(exc.__cause__, ConnectionRefusedError):
+        return LinkFailure.REFUSED
+    return LinkFailure.UNREACHABLE
