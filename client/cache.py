@@ -34,12 +34,9 @@ from starmux.messages import (
     SessionCreated,
     SessionStatusChanged,
 )
-
-
-@dataclass(frozen=True)
-class Cursor:
-    epoch: str
-    seq: int
+from starmux.resync import Applied as Applied
+from starmux.resync import Cursor as Cursor
+from starmux.resync import cursor_for, next_in_order
 
 
 @dataclass(frozen=True)
@@ -87,12 +84,6 @@ class OutboxCommand:
     result: str | None
 
 
-@dataclass(frozen=True)
-class Applied:
-    events: list[LoggedEvent]  # newly applied, in order
-    gap: bool  # events were skipped for a missing seq: resync from the cursor
-
-
 _SESSION_COLUMNS = (
     "id, machine, title, cwd, argv, status, exit_code, created_at, updated_at, "
     "input_tokens, output_tokens, usd"
@@ -133,15 +124,13 @@ class Cache:
             statements: list[Statement] = []
             results: list[Applied] = []
             for machine, page in pages:
-                cursor = cursors.get(machine, Cursor("", 0))
-                if page.epoch != cursor.epoch:
-                    if cursor.epoch:
-                        # The machine's log was wiped: what this batch queued for it
-                        # goes too (written first, so the delete sees it).
-                        await self._write(rows, statements)
-                        rows, statements = [], []
-                        await self._forget_machine_data(machine)
-                    cursor = Cursor(page.epoch, 0)
+                cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
+                if wiped:
+                    # The machine's log was wiped: what this batch queued for it
+                    # goes too (written first, so the delete sees it).
+                    await self._write(rows, statements)
+                    rows, statements = [], []
+                    await self._forget_machine_data(machine)
                 applied = next_in_order(cursor.seq, page.events)
                 for event in applied.events:
                     rows.append((machine, event.seq, event.session, event.at, event.body))
@@ -270,21 +259,6 @@ class Cache:
 
 
 Statement = tuple[str, tuple[Any, ...]]
-
-
-def next_in_order(cursor_seq: int, events: Sequence[LoggedEvent]) -> Applied:
-    """The events of a page that follow ``cursor_seq`` without a gap, in order: ones at
-    or below it are a replay or an overlap of sync and live; a missing seq stops."""
-    applied: list[LoggedEvent] = []
-    seq = cursor_seq
-    for event in events:
-        if event.seq <= seq:
-            continue
-        if event.seq != seq + 1:
-            return Applied(applied, gap=True)
-        applied.append(event)
-        seq = event.seq
-    return Applied(applied, gap=False)
 
 
 def projection(machine: bytes, event: LoggedEvent) -> Statement | None:

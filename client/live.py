@@ -8,6 +8,9 @@ resync after the cursor, then live events; outbox delivery and acks.
         ▲                                                                 │
         └──── SESSION_RESET / decrypt failure / relay reconnect ◀─────────┘
 
+What each applied page means (sync again, go live, nothing) is decided by the
+machine's :class:`~starmux.resync.Follower`; this module only pumps pages into it.
+
 Once a machine is live its pending outbox commands are sent (again, if they were
 sent before: the machine answers a repeated command id with the first result).
 """
@@ -39,6 +42,7 @@ from starmux.messages import (
 )
 from starmux.node.link import Closed, Data, PresenceChanged, RelayLink, Undeliverable
 from starmux.noise import HandshakeState
+from starmux.resync import Action, Follower
 
 from .cache import Cache
 from .store import ControllerConfig, ControllerStore
@@ -62,7 +66,13 @@ class MachineChannel:
     handshake: HandshakeState | None = None
     channel: LiveChannel | None = None
     live: asyncio.Event = field(default_factory=asyncio.Event)
+    follow: Follower = field(default_factory=Follower)
     acks: dict[str, asyncio.Future[CommandAck]] = field(default_factory=dict)
+
+    def off_live(self) -> None:
+        """The channel is gone or being replaced: not live until synced again."""
+        self.live.clear()
+        self.follow.channel_lost()
 
 
 class LiveController:
@@ -236,17 +246,17 @@ class LiveController:
                 await self._handshake(machine)
             else:
                 machine.channel = None
-                machine.live.clear()
+                machine.off_live()
         elif isinstance(event, Undeliverable):
             machine = self.machines.get(event.peer)
             if machine is not None:
                 machine.online = False
-                machine.live.clear()
+                machine.off_live()
 
     async def _handshake(self, machine: MachineChannel) -> None:
         assert self.link is not None
         machine.channel = None
-        machine.live.clear()
+        machine.off_live()
         machine.handshake, body = initiate(self.keys, machine.card, relay_key=self.config.relay_key)
         await self.link.send_data(machine.key, body)
 
@@ -300,12 +310,13 @@ class LiveController:
             if self.on_event is not None:
                 for event in applied.events:
                     self.on_event(machine.key, event)
-            if applied.gap or page.more:
+            action = machine.follow.page(page, gap=applied.gap)
+            if action is Action.REQUEST_SYNC:
                 machine.live.clear()
                 if machine.key not in synced:  # one request answers every gap
                     synced.add(machine.key)
                     await self._request_sync(machine)
-            elif not page.live and not machine.live.is_set():
+            elif action is Action.GO_LIVE:
                 machine.live.set()
                 await self.flush_outbox(machine)
 
@@ -318,6 +329,7 @@ class LiveController:
 
     async def _request_sync(self, machine: MachineChannel) -> None:
         cursor = await self.cache.cursor(machine.key)
+        machine.follow.requested()
         await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
 
     async def _send(self, machine: MachineChannel, message: Message) -> None:

@@ -5,12 +5,11 @@ messages to a controller go through one ordered queue and one sender task, so
 encryption order equals send order (Noise nonces) and sync pages never overtake
 each other or live events.
 
-Resync protocol (the controller drives it): it sends ``SyncRequest(epoch, after_seq)``
-and gets one :class:`EventPage` back; ``more`` says whether to ask again. The
-answer to the last page (``more=False``) also makes the controller *live*: from then
-on every committed event is pushed as it happens. A controller that falls too far
-behind is taken off live and told (an empty page with ``more=True``) to sync again.
-Events carry their ``seq``, so the controller applies each exactly once, in order.
+Resync (the rules and their invariants: :mod:`starmux.resync`): each controller has
+a :class:`~starmux.resync.Feed`; a ``SyncRequest`` is answered with the page it
+says, and every commit is offered to each feed, which says what to push. The one
+rule this adapter keeps: no await between reading ``last_seq`` for an answer and
+the feed going live, so no commit falls between the last sync page and the pushes.
 """
 
 from __future__ import annotations
@@ -32,12 +31,12 @@ from starmux.messages import (
     CommandAck,
     CommandEnvelope,
     DecideCheckpoint,
-    EventPage,
     LoggedEvent,
     SendInput,
     StartSession,
     SyncRequest,
 )
+from starmux.resync import Feed
 
 from .checkpoints import Checkpoints
 from .eventlog import EventLog, StoredEvent
@@ -45,10 +44,6 @@ from .sessions import SessionManager, command_record
 from .store import DaemonStore
 
 log = logging.getLogger("starmux.daemon")
-
-PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
-PAGE_EVENTS = 1000
-MAX_QUEUED = 256  # pages waiting for a controller before it is taken off live
 
 Send = Callable[[bytes, bytes], Awaitable[None]]
 
@@ -58,28 +53,13 @@ class ControllerPeer:
     key: bytes
     card: IdentityCard
     channel: LiveChannel
-    live: bool = False
-    sent_seq: int = 0
+    feed: Feed = field(default_factory=Feed)
     queue: asyncio.Queue[tuple[LiveChannel, Message]] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
 
 
-def pages(events: list[StoredEvent], epoch: str, *, live: bool) -> list[EventPage]:
-    """Split events into pages that each fit one encrypted message."""
-    result: list[EventPage] = []
-    current: list[LoggedEvent] = []
-    size = 0
-    for event in events:
-        entry = LoggedEvent(event.seq, event.at, event.session, event.body)
-        cost = len(event.body) + len(event.session) + 32
-        if current and (size + cost > PAGE_BYTES or len(current) >= PAGE_EVENTS):
-            result.append(EventPage(epoch, tuple(current), False, live))
-            current, size = [], 0
-        current.append(entry)
-        size += cost
-    if current:
-        result.append(EventPage(epoch, tuple(current), False, live))
-    return result
+def logged(event: StoredEvent) -> LoggedEvent:
+    return LoggedEvent(event.seq, event.at, event.session, event.body)
 
 
 class LiveService:
@@ -181,32 +161,22 @@ class LiveService:
             self._enqueue(peer, ack)
 
     async def _sync(self, peer: ControllerPeer, request: SyncRequest) -> None:
-        after = request.after_seq if request.epoch == self.log.epoch else 0
-        limit = max(1, min(request.limit, PAGE_EVENTS))
-        events = await self.log.read_after(after, limit=limit)
-        batch = pages(events, self.log.epoch, live=False)
-        page = batch[0] if batch else EventPage(self.log.epoch, (), False, False)
-        last = page.events[-1].seq if page.events else after
-        # No await between this check and going live: every later commit is pushed.
-        more = last < self.log.last_seq
-        self._enqueue(peer, EventPage(page.epoch, page.events, more, False))
-        peer.sent_seq = last
-        peer.live = not more
+        read = peer.feed.read_for(request, epoch=self.log.epoch)
+        events = await self.log.read_after(read.after, limit=read.limit)
+        # No await from here to going live: every later commit is pushed.
+        page = peer.feed.answer(
+            read, [logged(e) for e in events], epoch=self.log.epoch, last_seq=self.log.last_seq
+        )
+        self._enqueue(peer, page)
 
     def _on_commit(self, events: list[StoredEvent]) -> None:
+        if not any(peer.feed.live for peer in self.peers.values()):
+            return
+        entries = [logged(e) for e in events]
         for peer in self.peers.values():
-            if not peer.live:
-                continue
-            fresh = [e for e in events if e.seq > peer.sent_seq]
-            if not fresh:
-                continue
-            if peer.queue.qsize() > MAX_QUEUED:
-                peer.live = False  # too far behind: it will page through the log instead
-                self._enqueue(peer, EventPage(self.log.epoch, (), True, True))
-                continue
-            for page in pages(fresh, self.log.epoch, live=True):
+            backlog = peer.queue.qsize()
+            for page in peer.feed.committed(entries, epoch=self.log.epoch, backlog=backlog):
                 self._enqueue(peer, page)
-            peer.sent_seq = fresh[-1].seq
 
     # --- commands -------------------------------------------------------------------
 
