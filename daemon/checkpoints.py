@@ -41,7 +41,7 @@ from starmux.messages import (
 )
 from starmux.session_state import Status
 
-from .eventlog import EventLog, GuardFailed, Statement
+from .eventlog import EventLog, EventLogError, GuardFailed, Statement
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 
@@ -212,7 +212,7 @@ class Checkpoints:
         of a decision/expiry race read it too): the write is guarded by "still
         pending", and a lost guard means re-reading, which shows who won.
         """
-        while True:
+        for _ in range(2):  # a lost guard is answered by the second read
             checkpoint = await self._load(checkpoint_id)
             if checkpoint is None:
                 return None
@@ -231,6 +231,7 @@ class Checkpoints:
             except GuardFailed:
                 continue
             return step
+        raise EventLogError(f"checkpoint {checkpoint_id}: pending, yet its guarded write failed")
 
     async def _load(self, checkpoint_id: str) -> Checkpoint | None:
         rows = await self.log.execute_read(
