@@ -39,7 +39,7 @@ def test_the_first_answer_to_a_pending_checkpoint_decides_it(
     assert step == Decide(pending(), verdict)
 
 
-@pytest.mark.parametrize(("state", "event"), itertools.product(sorted(DECIDED), list(Answer)))
+@pytest.mark.parametrize(("state", "event"), list(itertools.product(sorted(DECIDED), Answer)))
 def test_every_answer_to_a_decided_checkpoint_is_too_late(
     state: CheckpointState, event: Answer
 ) -> None:
