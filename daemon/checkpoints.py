@@ -100,13 +100,18 @@ class Checkpoints:
                 "expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (checkpoint_id, session, title, body, now, now + timeout, int(default_approve)),
             )
-            # Under the status lock: a decision of another checkpoint must not read
-            # "nothing pending" between this status change and this row's commit.
-            async with self._status:
-                if live.status is Status.RUNNING:
-                    await self.sessions.transition(live, Status.WAITING_APPROVAL, None, title)
-                await self.log.append(session, APP.encode(raised), at=now, also=[insert])
+            # The waiter exists before the row is visible, so no answer can miss it.
             self._waiters[checkpoint_id] = asyncio.get_running_loop().create_future()
+            try:
+                # Under the status lock: a decision of another checkpoint must not read
+                # "nothing pending" between this status change and this row's commit.
+                async with self._status:
+                    if live.status is Status.RUNNING:
+                        await self.sessions.transition(live, Status.WAITING_APPROVAL, None, title)
+                    await self.log.append(session, APP.encode(raised), at=now, also=[insert])
+            except BaseException:
+                self._waiters.pop(checkpoint_id, None)
+                raise
             self._timers[checkpoint_id] = asyncio.get_running_loop().call_later(
                 timeout, lambda: asyncio.ensure_future(self.expire(checkpoint_id))
             )
