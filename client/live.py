@@ -8,8 +8,8 @@ resync after the cursor, then live events; outbox delivery and acks.
         ▲                                                                 │
         └──── SESSION_RESET / decrypt failure / relay reconnect ◀─────────┘
 
-What each applied page means (sync again, go live, nothing) is decided by the
-machine's :class:`~starmux.resync.Follower`; this module only pumps pages into it.
+What each applied page means (sync again, go live, nothing) is decided per machine
+by a :class:`~starmux.resync.Follower`; this module only pumps pages into it.
 
 Once a machine is live its pending outbox commands are sent (again, if they were
 sent before: the machine answers a repeated command id with the first result).
