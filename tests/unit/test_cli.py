@@ -134,7 +134,9 @@ def test_relay_help_loads_no_client_or_daemon_code(env: dict[str, str], tmp_path
     assert "serve" in report["help"]
     # The relay group was really loaded, so the check means something.
     assert "starmux.relay.cli" in report["modules"]
-    assert not any(name.startswith(("starmux.client", "starmux.daemon")) for name in report["modules"])
+    assert not any(
+        name.startswith(("starmux.client", "starmux.daemon")) for name in report["modules"]
+    )
     # Nothing is imported under the generic top-level names (python-daemon owns `daemon`).
     assert not {"relay", "client", "daemon"} & {name.split(".")[0] for name in report["modules"]}
 
