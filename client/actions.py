@@ -35,6 +35,7 @@ from starmux.pairing import ControllerPairing, PairingAborted, PairingFailed, ab
 from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.relay_auth import revoke_transcript
 
+from .roster import reconcile
 from .store import ControllerConfig, ControllerStore, KnownMachine
 
 PAIRING_STEP_TIMEOUT = 20.0
@@ -220,37 +221,41 @@ class MachineView:
     name: str
     fingerprint: str
     online: bool
+    listed: bool  # False: the relay did not list it (it stays paired here)
     paired_at: float
     last_seen: float | None
 
 
-async def machines(home: Path) -> list[MachineView]:
+@dataclass(frozen=True)
+class MachinesReport:
+    machines: list[MachineView]
+    warnings: list[str]  # what the relay's list got wrong, already escaped
+
+
+async def machines(home: Path) -> MachinesReport:
+    """The machines this controller paired, with what the relay says of them.
+
+    Never adds nor deletes a machine: the relay's list is only presence (see
+    :mod:`starmux.client.roster`); ``revoke`` is the one way to forget a machine."""
     async with ControllerStore(home) as store:
         config = await store.config()
         async with connected(store, config) as link:
             listing = await link.request(ListMachines(0), MachineList)
         assert isinstance(listing, MachineList)
-        known = {m.key: m for m in await store.machines()}
-        views = []
-        for info in listing.machines:
-            card = IdentityCard.decode(info.card)
-            if info.machine_key not in known:  # paired from another controller device
-                await store.add_machine(card, paired_at=info.paired_at)
-            views.append(
-                MachineView(
-                    info.machine_key,
-                    card.name,
-                    card.fingerprint,
-                    info.online,
-                    info.paired_at,
-                    info.last_seen,
-                )
+        roster = reconcile(await store.machines(), listing)
+        views = [
+            MachineView(
+                entry.machine.key,
+                entry.card.name,
+                entry.card.fingerprint,
+                entry.online,
+                entry.listing is not None,
+                entry.machine.paired_at,
+                entry.listing.last_seen if entry.listing is not None else entry.machine.last_seen,
             )
-        # Machines the relay no longer lists were revoked elsewhere: forget them here.
-        listed = {info.machine_key for info in listing.machines}
-        for key in set(known) - listed:
-            await store.remove_machine(key)
-        return views
+            for entry in roster.entries
+        ]
+        return MachinesReport(views, roster.warnings)
 
 
 async def revoke(home: Path, query: str) -> KnownMachine:

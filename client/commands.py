@@ -163,13 +163,17 @@ def pair_command(
 def machines_command(home: Path | None, as_json: bool) -> None:
     """List paired machines, online or offline, with their fingerprints."""
     with progress("asking the relay"):
-        views = asyncio.run(actions.machines(_home(home)))
+        report = asyncio.run(actions.machines(_home(home)))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    views = report.machines
     if as_json:
         rows: list[dict[str, Any]] = [
             {
                 "name": v.name,
                 "fingerprint": v.fingerprint,
                 "online": v.online,
+                "listed_by_relay": v.listed,
                 "paired_at": v.paired_at,
                 "last_seen": v.last_seen,
                 "key": v.key.hex(),
@@ -186,8 +190,12 @@ def machines_command(home: Path | None, as_json: bool) -> None:
         return
     width = max(len(_printable(v.name)) for v in views)
     for view in views:
-        state = click.style("online ", fg="green") if view.online else "offline"
-        seen = "" if view.online else f"  last seen {_when(view.last_seen)}"
+        if not view.listed:
+            state, seen = "missing", "  not listed by the relay"
+        elif view.online:
+            state, seen = click.style("online ", fg="green"), ""
+        else:
+            state, seen = "offline", f"  last seen {_when(view.last_seen)}"
         click.echo(f"{_printable(view.name):<{width}}  {state}  {view.fingerprint}{seen}")
 
 

@@ -45,6 +45,7 @@ from starmux.noise import HandshakeState
 from starmux.resync import Action, Follower
 
 from .cache import Cache
+from .roster import reconcile
 from .store import ControllerConfig, ControllerStore
 
 log = logging.getLogger("starmux.controller")
@@ -98,25 +99,30 @@ class LiveController:
         self.close_reason: Closed | None = None
         #: what stopped the reader, other than the link closing (see raise_failure)
         self.failure: Exception | None = None
+        #: what the relay's machine list got wrong (see :mod:`starmux.client.roster`)
+        self.warnings: list[str] = []
 
     async def start(self) -> None:
-        """Connect, learn which machines are online and open channels to them."""
+        """Connect, learn which machines are online and open channels to them.
+
+        Only machines this controller paired are considered, each with the card pinned
+        at pairing: the relay's list says who is online, never who a machine is (see
+        :mod:`starmux.client.roster`)."""
         self.link = RelayLink(
             self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
         )
         await self.link.connect()
         listing = await self.link.request(ListMachines(0), MachineList)
         assert isinstance(listing, MachineList)
-        known = {m.key: m for m in await self.store.machines()}
-        for info in listing.machines:
-            card = IdentityCard.decode(info.card)
-            if info.machine_key not in known:
-                await self.store.add_machine(card, paired_at=info.paired_at)
-            machine = self.machines.setdefault(
-                info.machine_key, MachineChannel(info.machine_key, card)
-            )
-            machine.online = info.online
-            if info.online:
+        roster = reconcile(await self.store.machines(), listing)
+        for warning in roster.warnings:
+            log.warning("warning: %s", warning)
+        self.warnings.extend(roster.warnings)
+        for entry in roster.entries:
+            key = entry.machine.key
+            machine = self.machines.setdefault(key, MachineChannel(key, entry.card))
+            machine.online = entry.online
+            if machine.online:
                 await self._handshake(machine)
         # Only now: presence that arrived meanwhile waited, in order, in the link's
         # queue; read earlier, it could name a machine not in ``self.machines`` yet.
