@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from starmux.identity import IdentityCard
 from starmux.pairing_code import parse_pairing_code
 
 from . import actions
+from .timefmt import local_time
 
 home_option = click.option(
     "--home",
@@ -54,9 +54,7 @@ def _printable(text: str) -> str:
 
 
 def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "never"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    return local_time(timestamp)
 
 
 @click.command("init")

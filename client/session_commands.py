@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 
 from . import sessions as actions
 from .commands import _home, _printable, home_option, json_option, progress
+from .timefmt import local_time
 
 
 def _outcome_json(outcome: actions.CommandOutcome, **extra: Any) -> str:
@@ -107,7 +107,7 @@ def cancel_command(session: str, home: Path | None, as_json: bool) -> None:
 
 
 def _age(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    return local_time(timestamp)
 
 
 @click.command("sessions")

@@ -9,18 +9,21 @@ nested messages are encoded as their field maps). Anything else raises the
 codec's error type and nothing else escapes, because these bytes come from peers.
 
 Supported field types: ``int``, ``float``, ``str``, ``bytes``, ``bool``, ``None``,
-``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``enum.StrEnum`` subclasses and
-nested message dataclasses.
+``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``enum.StrEnum`` subclasses,
+nested message dataclasses, and ``Annotated[int | float, Range(lo, hi)]`` (e.g.
+:data:`Timestamp`). A float is never NaN or infinite: a peer's ``inf`` would
+otherwise travel into SQLite (NaN becomes NULL) and into every formatter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
 
@@ -40,6 +43,20 @@ M = TypeVar("M", bound=Message)
 _Check = Callable[[Any], Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """``Annotated`` metadata: the decoded number must lie in ``[low, high]``."""
+
+    low: float
+    high: float
+
+
+#: Seconds since the epoch, from 1970 to the year 3000: any later time from a peer is
+#: a lie, and would overflow ``datetime`` (OverflowError, or ValueError past 9999).
+MAX_TIMESTAMP = 32_503_680_000.0
+Timestamp = Annotated[float, Range(0.0, MAX_TIMESTAMP)]
+
+
 class _Invalid(Exception):
     """Internal: a value does not match its declared type."""
 
@@ -47,6 +64,21 @@ class _Invalid(Exception):
 def _converter(hint: Any) -> _Check:
     """Build a function that validates a decoded value and converts it to ``hint``."""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(hint)
+        convert = _converter(base)
+        bounds = [m for m in metadata if isinstance(m, Range)]
+        if base not in (int, float) or len(bounds) != 1:
+            raise UsageError(f"unsupported annotation {hint!r}: one Range on int or float")
+        low, high = bounds[0].low, bounds[0].high
+
+        def in_range(value: Any) -> Any:
+            number = convert(value)
+            if not low <= number <= high:
+                raise _Invalid
+            return number
+
+        return in_range
     if hint is type(None):
         return _exact(type(None))
     if hint is int:
@@ -58,7 +90,10 @@ def _converter(hint: Any) -> _Check:
         def to_float(value: Any) -> float:
             if type(value) not in (int, float):
                 raise _Invalid
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise _Invalid
+            return number
 
         return to_float
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
@@ -135,7 +170,7 @@ def _fields_converter(cls: type[M]) -> Callable[[Any], M]:
 
     def convert(value: Any) -> M:
         if not converters:  # built lazily so messages may refer to later classes
-            hints = typing.get_type_hints(cls)
+            hints = typing.get_type_hints(cls, include_extras=True)
             converters.update({name: _converter(hints[name]) for name in fields})
         if type(value) is not dict or value.keys() != names:
             raise _Invalid
@@ -214,6 +249,22 @@ class MessageCodec:
             raise self._error(f"invalid {kind} message") from exc
         except RecursionError as exc:
             raise self._error(f"{kind} message nested too deeply") from exc
+
+    def understands(self, data: bytes | bytearray | memoryview) -> bool:
+        """Whether ``data`` claims a kind and version this codec knows, valid or not:
+        what a newer peer sends is not understood; what this code should have been
+        able to decode, and could not, is invalid."""
+        if len(data) > self._max_size:
+            return False
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
+        except Exception:
+            return False
+        if type(value) is not list or len(value) != 3:
+            return False
+        kind, version = value[0], value[1]
+        cls = self._classes.get(kind) if type(kind) is str else None
+        return cls is not None and type(version) is int and version == cls.VERSION
 
     def decode_as(self, data: bytes | bytearray | memoryview, cls: type[M]) -> M:
         """Decode and require a specific message class."""

@@ -9,14 +9,14 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from starmux.codec import Message, MessageCodec
+from starmux.codec import MAX_TIMESTAMP, Message, MessageCodec, Range, Timestamp
 from starmux.errors import MessageError, RemoteProtocolError, UsageError
 
 CODEC = MessageCodec(MessageError, max_size=4096)
@@ -75,16 +75,27 @@ class Checked(Message):
             raise UsageError("key is 4 bytes")
 
 
+@CODEC.register
+@dataclass(frozen=True)
+class Timed(Message):
+    """Bounded numbers: a timestamp, an optional one and a small int."""
+
+    KIND = "timed"
+    at: Timestamp
+    until: Timestamp | None
+    small: Annotated[int, Range(-5, 5)]
+
+
 points = st.builds(Point, x=st.integers(-(2**63), 2**63 - 1), label=st.text(max_size=8))
 everything = st.builds(
     Everything,
     count=st.integers(-(2**63), 2**63 - 1),
-    ratio=st.floats(allow_nan=False),
+    ratio=st.floats(allow_nan=False, allow_infinity=False),
     text=st.text(max_size=20),
     blob=st.binary(max_size=20),
     flag=st.booleans(),
     nothing=st.none(),
-    maybe=st.none() | st.floats(allow_nan=False),
+    maybe=st.none() | st.floats(allow_nan=False, allow_infinity=False),
     colour=st.sampled_from(Colour),
     points=st.lists(points, max_size=3).map(tuple),
     tags=st.dictionaries(st.text(max_size=5), st.integers(-10, 10), max_size=3),
@@ -159,7 +170,7 @@ def test_wire_shape() -> None:
 
 
 def test_kinds() -> None:
-    assert CODEC.kinds == {"point", "everything", "names", "checked"}
+    assert CODEC.kinds == {"point", "everything", "names", "checked", "timed"}
 
 
 def test_an_int_is_accepted_where_a_float_is_declared() -> None:
@@ -167,6 +178,67 @@ def test_an_int_is_accepted_where_a_float_is_declared() -> None:
     assert isinstance(decoded, Everything)
     assert decoded.ratio == 2.0
     assert type(decoded.ratio) is float
+
+
+def timed(at: object, until: object = None, small: object = 0) -> bytes:
+    return msgpack.packb(["timed", 1, {"at": at, "until": until, "small": small}])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(timed(0), id="epoch"),
+        pytest.param(timed(1_700_000_000.5, 1_700_000_060), id="now-and-int"),
+        pytest.param(timed(MAX_TIMESTAMP, MAX_TIMESTAMP, 5), id="year-3000"),
+        pytest.param(timed(1.0, None, -5), id="lowest-small"),
+    ],
+)
+def test_bounded_numbers_in_range_decode(data: bytes) -> None:
+    decoded = CODEC.decode(data)
+    assert isinstance(decoded, Timed)
+    assert CODEC.decode(CODEC.encode(decoded)) == decoded
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(timed(float("inf")), id="inf"),
+        pytest.param(timed(float("nan")), id="nan"),
+        pytest.param(timed(1e300), id="1e300"),
+        pytest.param(timed(MAX_TIMESTAMP + 1), id="after-3000"),
+        pytest.param(timed(-1.0), id="before-1970"),
+        pytest.param(timed(2**63 - 1), id="huge-int"),
+        pytest.param(timed(1.0, float("inf")), id="optional-inf"),
+        pytest.param(timed(1.0, 1e300), id="optional-1e300"),
+        pytest.param(timed(1.0, None, 6), id="int-above"),
+        pytest.param(timed(1.0, None, -6), id="int-below"),
+        pytest.param(timed(1.0, None, 1.0), id="float-for-bounded-int"),
+    ],
+)
+def test_bounded_numbers_out_of_range_are_refused(data: bytes) -> None:
+    with pytest.raises(MessageError, match="invalid timed"):
+        CODEC.decode(data)
+
+
+def test_a_range_annotation_needs_a_number() -> None:
+    codec = MessageCodec(MessageError)
+
+    @codec.register
+    @dataclass(frozen=True)
+    class Odd(Message):
+        KIND = "odd"
+        name: Annotated[str, Range(0, 1)]
+
+    with pytest.raises(UsageError, match="unsupported annotation"):
+        codec.decode(msgpack.packb(["odd", 1, {"name": "x"}]))
+
+
+def test_understands_tells_a_newer_peers_message_from_an_invalid_one() -> None:
+    assert CODEC.understands(timed(1e300))  # known kind and version: invalid
+    assert not CODEC.understands(pack("point", 2, {"x": 1, "label": "a"}))  # newer
+    assert not CODEC.understands(pack("nope", 1, {}))
+    assert not CODEC.understands(b"\xc1")
+    assert not CODEC.understands(b"\x01" * 4097)
 
 
 def test_accepted_bytes_like_inputs() -> None:
@@ -287,6 +359,11 @@ REFUSED = [
     pytest.param(with_field("flag", 1), id="int-for-bool"),
     pytest.param(with_field("ratio", True), id="bool-for-float"),
     pytest.param(with_field("ratio", "0.5"), id="str-for-float"),
+    # a float is finite: inf would reach SQLite and every formatter (NaN becomes NULL)
+    pytest.param(with_field("ratio", float("inf")), id="inf"),
+    pytest.param(with_field("ratio", float("-inf")), id="minus-inf"),
+    pytest.param(with_field("ratio", float("nan")), id="nan"),
+    pytest.param(with_field("maybe", float("inf")), id="optional-inf"),
     pytest.param(with_field("text", b"t"), id="bytes-for-str"),
     pytest.param(with_field("blob", "b"), id="str-for-bytes"),
     pytest.param(with_field("blob", 5), id="int-for-bytes"),
@@ -373,7 +450,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starmux.codec import Message, MessageCodec
+from starmux.codec import MAX_TIMESTAMP, Message, MessageCodec, Range, Timestamp
 from starmux.errors import MessageError
 
 CODEC = MessageCodec(MessageError)

@@ -50,7 +50,7 @@ def strategy_for(hint: Any) -> SearchStrategy[Any]:
     if hint is int:
         return st.integers(-(2**63), 2**63 - 1)  # the codec takes signed 64-bit
     if hint is float:
-        return st.floats(allow_nan=False)  # NaN != NaN would defeat the equality check
+        return st.floats(allow_nan=False, allow_infinity=False)  # the codec takes finite floats
     if hint is str:
         return st.text(max_size=40)
     if hint is bytes:
