@@ -106,10 +106,21 @@ def example(hint: Any) -> Any:
     raise AssertionError(f"no example for {hint!r}")
 
 
+#: Fields whose strings are one of a few values (messages refuse anything else).
+CHOICES = {"status": "running", "stream": "stdout", "decision": "approved"}
+
+
 def example_message(cls: type[Message]) -> Message:
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    return cls(**{field.name: example(hints[field.name]) for field in fields})
+    return cls(
+        **{
+            field.name: CHOICES[field.name]
+            if field.name in CHOICES and hints[field.name] is str
+            else example(hints[field.name])
+            for field in fields
+        }
+    )
 
 
 def message_classes(module: types.ModuleType, codec: MessageCodec) -> list[type[Message]]:

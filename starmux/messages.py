@@ -3,16 +3,42 @@
 Encoded with :data:`APP` (a strict, versioned :class:`~starmux.codec.MessageCodec`);
 decoding errors are :class:`~starmux.errors.MessageError`. The relay never sees
 these: they travel as Noise ciphertext.
+
+Everything a machine says is hostile until checked (a compromised machine must not
+reach beyond itself): ids match :data:`ID_PATTERN`, statuses, decisions and streams
+are one of their enums, times are :data:`~starmux.codec.Timestamp` (finite, 1970 to
+3000). The checks run in ``__post_init__``, so a message that fails them does not
+decode at all (and our own code cannot build one).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .codec import Message, MessageCodec
-from .errors import MessageError
+from .codec import Message, MessageCodec, Timestamp
+from .errors import MessageError, UsageError
+from .session_state import Status
 
 APP = MessageCodec(MessageError, max_size=60 * 1024)
+
+#: Session, checkpoint and command ids and log epochs: short, and nothing a terminal
+#: would interpret (no control characters, escapes or spaces).
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+STATUSES = frozenset(status.value for status in Status)
+DECISIONS = frozenset({"approved", "denied", "expired"})
+STREAMS = frozenset({"stdout", "stderr", "pty"})
+
+
+def check_id(value: str, what: str) -> None:
+    """Raise :class:`UsageError` unless ``value`` is a well-formed id."""
+    if not ID_PATTERN.fullmatch(value):
+        raise UsageError(f"invalid {what} {value[:80]!r}")
+
+
+def _check_choice(value: str, choices: frozenset[str], what: str) -> None:
+    if value not in choices:
+        raise UsageError(f"invalid {what} {value[:80]!r}")
 
 
 # --- pairing (inside Noise_XXpsk3) -------------------------------------------------
@@ -43,7 +69,7 @@ class PairingGranted(Message):
 
     KIND = "pairing-granted"
     account: bytes
-    issued_at: float
+    issued_at: Timestamp
     signature: bytes
 
 
@@ -72,6 +98,10 @@ class SyncRequest(Message):
     after_seq: int
     limit: int
 
+    def __post_init__(self) -> None:
+        if self.epoch:
+            check_id(self.epoch, "epoch")
+
 
 @APP.register
 @dataclass(frozen=True)
@@ -80,9 +110,14 @@ class LoggedEvent(Message):
 
     KIND = "logged-event"
     seq: int
-    at: float
+    at: Timestamp
     session: str
     body: bytes
+
+    def __post_init__(self) -> None:
+        if self.seq < 1:
+            raise UsageError("an event's seq starts at 1")
+        check_id(self.session, "session id")
 
 
 @APP.register
@@ -96,6 +131,9 @@ class EventPage(Message):
     more: bool  # another sync page follows
     live: bool  # pushed as it happened, not in answer to a SyncRequest
 
+    def __post_init__(self) -> None:
+        check_id(self.epoch, "epoch")
+
 
 @APP.register
 @dataclass(frozen=True)
@@ -105,6 +143,9 @@ class CommandEnvelope(Message):
     KIND = "command"
     command_id: str
     body: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.command_id, "command id")
 
 
 @APP.register
@@ -119,6 +160,9 @@ class CommandAck(Message):
     error: str
     hint: str
     result: str
+
+    def __post_init__(self) -> None:
+        check_id(self.command_id, "command id")
 
 
 # --- commands (bodies of CommandEnvelope) ----------------------------------------
@@ -135,12 +179,18 @@ class StartSession(Message):
     env: dict[str, str]
     pty: bool
 
+    def __post_init__(self) -> None:
+        check_id(self.session, "session id")
+
 
 @APP.register
 @dataclass(frozen=True)
 class CancelSession(Message):
     KIND = "cancel-session"
     session: str
+
+    def __post_init__(self) -> None:
+        check_id(self.session, "session id")
 
 
 @APP.register
@@ -149,6 +199,9 @@ class SendInput(Message):
     KIND = "send-input"
     session: str
     data: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.session, "session id")
 
 
 @APP.register
@@ -160,8 +213,11 @@ class DecideCheckpoint(Message):
     checkpoint: str
     approve: bool
     reason: str
-    decided_at: float
+    decided_at: Timestamp
     signature: bytes
+
+    def __post_init__(self) -> None:
+        check_id(self.checkpoint, "checkpoint id")
 
 
 # --- events (bodies of LoggedEvent) ------------------------------------------------
@@ -177,6 +233,9 @@ class SessionCreated(Message):
     pty: bool
     command_id: str
 
+    def __post_init__(self) -> None:
+        check_id(self.command_id, "command id")
+
 
 @APP.register
 @dataclass(frozen=True)
@@ -186,6 +245,9 @@ class SessionStatusChanged(Message):
     exit_code: int | None
     detail: str
 
+    def __post_init__(self) -> None:
+        _check_choice(self.status, STATUSES, "session status")
+
 
 @APP.register
 @dataclass(frozen=True)
@@ -193,6 +255,9 @@ class Output(Message):
     KIND = "output"
     stream: str  # "stdout" | "stderr" | "pty"
     data: bytes
+
+    def __post_init__(self) -> None:
+        _check_choice(self.stream, STREAMS, "output stream")
 
 
 @APP.register
@@ -212,8 +277,11 @@ class CheckpointRaised(Message):
     checkpoint: str
     title: str
     body: str
-    expires_at: float
+    expires_at: Timestamp
     default_approve: bool
+
+    def __post_init__(self) -> None:
+        check_id(self.checkpoint, "checkpoint id")
 
 
 @APP.register
@@ -224,4 +292,10 @@ class CheckpointDecided(Message):
     decision: str  # "approved" | "denied" | "expired"
     by: bytes  # controller key; empty when the default was applied on expiry
     reason: str
-    decided_at: float
+    decided_at: Timestamp
+
+    def __post_init__(self) -> None:
+        check_id(self.checkpoint, "checkpoint id")
+        _check_choice(self.decision, DECISIONS, "decision")
+        if len(self.by) not in (0, 32):
+            raise UsageError("a decision is by a 32-byte controller key, or by nobody")
