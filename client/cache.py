@@ -9,11 +9,20 @@ Invariants:
 - A machine whose log epoch changed (its log was wiped) is forgotten and resynced
   from the start under the new epoch.
 - An outbox command stays until the machine acks it; its id makes delivery
-  idempotent on the machine.
+  idempotent on the machine. Only the machine it was sent to can ack it.
+- Every session and checkpoint row is keyed by (machine, id): ids are chosen by
+  machines (checkpoints) or known to them (sessions), so machine B's events never
+  touch machine A's rows. A lookup by bare id prefers the machine the controller
+  itself started the session on (the outbox says which); an id two machines claim
+  otherwise is refused as ambiguous rather than guessed.
+- An event whose body is a kind and version this code knows but does not validate
+  (a bad id, status or time: a compromised machine) is refused: not stored, not
+  projected, not reported; its seq is consumed so the sync moves on.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +31,8 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from starmux.errors import MessageError
+from starmux.errors import MessageError, UsageError
+from starmux.fingerprint import fingerprint
 from starmux.messages import (
     APP,
     CheckpointDecided,
@@ -33,10 +43,24 @@ from starmux.messages import (
     LoggedEvent,
     SessionCreated,
     SessionStatusChanged,
+    StartSession,
 )
 from starmux.resync import Applied as Applied
 from starmux.resync import Cursor as Cursor
 from starmux.resync import cursor_for, next_in_order
+
+log = logging.getLogger("starmux.controller")
+
+
+class AmbiguousId(UsageError):
+    """Two machines claim the same session or checkpoint id (one of them copied it)."""
+
+
+@dataclass(frozen=True)
+class AppliedPage(Applied):
+    """:class:`~starmux.resync.Applied`, and the events refused (see module docstring)."""
+
+    refused: tuple[int, ...] = ()  # seqs of invalid events: consumed, not applied
 
 
 @dataclass(frozen=True)
@@ -101,10 +125,10 @@ class Cache:
     async def cursor(self, machine: bytes) -> Cursor:
         return (await self._cursors({machine})).get(machine, Cursor("", 0))
 
-    async def apply_page(self, machine: bytes, page: EventPage) -> Applied:
+    async def apply_page(self, machine: bytes, page: EventPage) -> AppliedPage:
         return (await self.apply_pages([(machine, page)]))[0]
 
-    async def apply_pages(self, pages: Sequence[tuple[bytes, EventPage]]) -> list[Applied]:
+    async def apply_pages(self, pages: Sequence[tuple[bytes, EventPage]]) -> list[AppliedPage]:
         """Apply pages (of one or several machines, in arrival order) in one
         transaction; one :class:`Applied` per page.
 
@@ -122,7 +146,7 @@ class Cache:
             cursors = await self._cursors({machine for machine, _ in pages})
             rows: list[tuple[bytes, int, str, float, bytes]] = []
             statements: list[Statement] = []
-            results: list[Applied] = []
+            results: list[AppliedPage] = []
             for machine, page in pages:
                 cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
                 if wiped:
@@ -131,16 +155,29 @@ class Cache:
                     await self._write(rows, statements)
                     rows, statements = [], []
                     await self._forget_machine_data(machine)
-                applied = next_in_order(cursor.seq, page.events)
-                for event in applied.events:
+                in_order = next_in_order(cursor.seq, page.events)
+                kept: list[LoggedEvent] = []
+                refused: list[int] = []
+                for event in in_order.events:
+                    try:
+                        statement = projection(machine, event)
+                    except MessageError as exc:
+                        log.warning(
+                            "warning: refused event %d from machine %s: %s",
+                            event.seq,
+                            fingerprint(machine) if len(machine) == 32 else machine.hex(),
+                            exc.message,
+                        )
+                        refused.append(event.seq)
+                        continue
+                    kept.append(event)
                     rows.append((machine, event.seq, event.session, event.at, event.body))
-                    statement = projection(machine, event)
                     if statement is not None:
                         statements.append(statement)
-                if applied.events:
-                    cursor = Cursor(cursor.epoch, applied.events[-1].seq)
+                if in_order.events:
+                    cursor = Cursor(cursor.epoch, in_order.events[-1].seq)
                 cursors[machine] = cursor
-                results.append(applied)
+                results.append(AppliedPage(kept, in_order.gap, tuple(refused)))
             await self._write(rows, statements)
             await db.executemany(
                 "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
@@ -184,18 +221,60 @@ class Cache:
         )
         return [_session(r) for r in rows]
 
-    async def session(self, session_id: str) -> SessionRow | None:
+    async def session(self, session_id: str, machine: bytes | None = None) -> SessionRow | None:
+        """The session ``session_id`` of ``machine`` (by default: the machine the id
+        resolves to, see :meth:`session_machine`)."""
+        if machine is None:
+            machine = await self.session_machine(session_id)
+            if machine is None:
+                return None
         rows = list(
             await self.db.execute_fetchall(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE machine = ? AND id = ?",
+                (machine, session_id),
             )
         )
         return _session(rows[0]) if rows else None
 
-    async def session_events(self, session_id: str, *, after: int = 0) -> list[LoggedEvent]:
+    async def session_machine(self, session_id: str) -> bytes | None:
+        """Which machine a bare session id means: the one this controller started it
+        on; else the only machine that reported it; None if none did.
+
+        Raises :class:`AmbiguousId` if several machines claim it and none was sent it."""
+        started = await self.db.execute_fetchall(
+            "SELECT machine FROM outbox WHERE session = ? ORDER BY created_at LIMIT 1",
+            (session_id,),
+        )
+        for (machine,) in started:
+            return bytes(machine)
+        for query in (
+            "SELECT DISTINCT machine FROM sessions WHERE id = ?",
+            "SELECT DISTINCT machine FROM events WHERE session = ?",
+        ):
+            machines = [bytes(r[0]) for r in await self.db.execute_fetchall(query, (session_id,))]
+            if len(machines) == 1:
+                return machines[0]
+            if machines:
+                raise AmbiguousId(
+                    f"{len(machines)} machines claim the session id {session_id!r}",
+                    hint="one of them copied the other's id: check `starmux sessions` "
+                    "and revoke the machine that misbehaves",
+                )
+        return None
+
+    async def session_events(
+        self, session_id: str, *, after: int = 0, machine: bytes | None = None
+    ) -> list[LoggedEvent]:
+        """The stored events of one session of one machine (by default: the machine
+        the id resolves to), in order: never another machine's events."""
+        if machine is None:
+            machine = await self.session_machine(session_id)
+            if machine is None:
+                return []
         rows = await self.db.execute_fetchall(
-            "SELECT seq, at, session, body FROM events WHERE session = ? AND seq > ? ORDER BY seq",
-            (session_id, after),
+            "SELECT seq, at, session, body FROM events WHERE session = ? AND machine = ? "
+            "AND seq > ? ORDER BY seq",
+            (session_id, machine, after),
         )
         return [LoggedEvent(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
@@ -206,20 +285,52 @@ class Cache:
         )
         return [_checkpoint(r) for r in rows]
 
-    async def checkpoint(self, checkpoint_id: str) -> CheckpointRow | None:
-        rows = list(
-            await self.db.execute_fetchall(
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (checkpoint_id,)
+    async def checkpoint(
+        self, checkpoint_id: str, machine: bytes | None = None
+    ) -> CheckpointRow | None:
+        """The checkpoint ``checkpoint_id`` of ``machine``, or of whichever machine
+        holds it: if several do, the one raised in a session this controller started
+        on that machine; else :class:`AmbiguousId`."""
+        where: str
+        params: tuple[object, ...]
+        where, params = "WHERE id = ?", (checkpoint_id,)
+        if machine is not None:
+            where, params = "WHERE id = ? AND machine = ?", (checkpoint_id, machine)
+        rows = [
+            _checkpoint(r)
+            for r in await self.db.execute_fetchall(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints {where}", params
             )
+        ]
+        if len(rows) > 1:
+            started = [row for row in rows if await self._started_on(row.session, row.machine)]
+            if len(started) != 1:
+                raise AmbiguousId(
+                    f"{len(rows)} machines claim the checkpoint id {checkpoint_id!r}",
+                    hint="one of them copied the other's id: check `starmux approvals` "
+                    "and revoke the machine that misbehaves",
+                )
+            rows = started
+        return rows[0] if rows else None
+
+    async def _started_on(self, session_id: str, machine: bytes) -> bool:
+        rows = await self.db.execute_fetchall(
+            "SELECT 1 FROM outbox WHERE session = ? AND machine = ? LIMIT 1",
+            (session_id, machine),
         )
-        return _checkpoint(rows[0]) if rows else None
+        return bool(list(rows))
 
     # --- outbox ---------------------------------------------------------------------
 
     async def enqueue(self, command_id: str, machine: bytes, kind: str, body: bytes) -> None:
+        # The session a StartSession creates is recorded with it: it is how a bare
+        # session id is known to mean this machine (see session_machine).
+        command = APP.decode(body)
+        session = command.session if isinstance(command, StartSession) else None
         await self.db.execute(
-            "INSERT INTO outbox (command_id, machine, kind, body, created_at) VALUES (?,?,?,?,?)",
-            (command_id, machine, kind, body, time.time()),
+            "INSERT INTO outbox (command_id, machine, kind, body, created_at, session) "
+            "VALUES (?,?,?,?,?,?)",
+            (command_id, machine, kind, body, time.time(), session),
         )
 
     async def pending(self, machine: bytes | None = None) -> list[OutboxCommand]:
@@ -231,12 +342,17 @@ class Cache:
         )
         return [_outbox(r) for r in rows]
 
-    async def command(self, command_id: str) -> OutboxCommand | None:
+    async def command(self, command_id: str, machine: bytes | None = None) -> OutboxCommand | None:
+        where: str
+        params: tuple[object, ...]
+        where, params = "command_id = ?", (command_id,)
+        if machine is not None:
+            where, params = "command_id = ? AND machine = ?", (command_id, machine)
         rows = list(
             await self.db.execute_fetchall(
                 "SELECT command_id, machine, kind, body, created_at, acked_at, ok, error, hint, "
-                "result FROM outbox WHERE command_id = ?",
-                (command_id,),
+                f"result FROM outbox WHERE {where}",
+                params,
             )
         )
         return _outbox(rows[0]) if rows else None
@@ -246,11 +362,12 @@ class Cache:
             "UPDATE outbox SET sent_at = ? WHERE command_id = ?", (time.time(), command_id)
         )
 
-    async def record_ack(self, ack: CommandAck) -> None:
+    async def record_ack(self, machine: bytes, ack: CommandAck) -> None:
+        """Record ``machine``'s ack: only a command that was sent to it is acked."""
         await self.db.execute(
             "UPDATE outbox SET acked_at = ?, ok = ?, error = ?, hint = ?, result = ? "
-            "WHERE command_id = ? AND acked_at IS NULL",
-            (time.time(), int(ack.ok), ack.error, ack.hint, ack.result, ack.command_id),
+            "WHERE command_id = ? AND machine = ? AND acked_at IS NULL",
+            (time.time(), int(ack.ok), ack.error, ack.hint, ack.result, ack.command_id, machine),
         )
 
     async def forget_machine(self, machine: bytes) -> None:
@@ -263,10 +380,16 @@ Statement = tuple[str, tuple[Any, ...]]
 
 def projection(machine: bytes, event: LoggedEvent) -> Statement | None:
     """The write that keeps the sessions and checkpoints tables up to date with
-    ``event``, or None (output, a newer daemon's event kind: kept in the log only)."""
+    ``event``, or None (output, a newer daemon's event kind: kept in the log only).
+
+    Raises :class:`MessageError` for an event this code should understand and cannot
+    (a known kind and version that does not validate): the caller refuses it. Every
+    write names the machine: an event changes only its own machine's rows."""
     try:
         message = APP.decode(event.body)
     except MessageError:
+        if APP.understands(event.body):
+            raise
         return None
     if isinstance(message, SessionCreated):
         return (
@@ -284,14 +407,15 @@ def projection(machine: bytes, event: LoggedEvent) -> Statement | None:
         )
     if isinstance(message, SessionStatusChanged):
         return (
-            "UPDATE sessions SET status = ?, exit_code = ?, updated_at = ? WHERE id = ?",
-            (message.status, message.exit_code, event.at, event.session),
+            "UPDATE sessions SET status = ?, exit_code = ?, updated_at = ? "
+            "WHERE machine = ? AND id = ?",
+            (message.status, message.exit_code, event.at, machine, event.session),
         )
     if isinstance(message, CostReported):
         return (
             "UPDATE sessions SET input_tokens = input_tokens + ?, output_tokens = "
-            "output_tokens + ?, usd = usd + ? WHERE id = ?",
-            (message.input_tokens, message.output_tokens, message.usd, event.session),
+            "output_tokens + ?, usd = usd + ? WHERE machine = ? AND id = ?",
+            (message.input_tokens, message.output_tokens, message.usd, machine, event.session),
         )
     if isinstance(message, CheckpointRaised):
         return (
@@ -311,8 +435,15 @@ def projection(machine: bytes, event: LoggedEvent) -> Statement | None:
     if isinstance(message, CheckpointDecided):
         return (
             "UPDATE checkpoints SET decision = ?, decided_by = ?, reason = ?, decided_at = ? "
-            "WHERE id = ?",
-            (message.decision, message.by, message.reason, message.decided_at, message.checkpoint),
+            "WHERE machine = ? AND id = ?",
+            (
+                message.decision,
+                message.by,
+                message.reason,
+                message.decided_at,
+                machine,
+                message.checkpoint,
+            ),
         )
     return None
 

@@ -163,7 +163,7 @@ class LiveController:
         machine = self.machines.get(machine_key)
         if machine is None:
             return None
-        stored = await self.cache.command(command_id)
+        stored = await self.cache.command(command_id, machine_key)
         if stored is not None and stored.acked:
             return CommandAck(
                 command_id,
@@ -274,7 +274,20 @@ class LiveController:
         if kind is Kind.SESSION_TRANSPORT and machine.channel is not None:
             try:
                 message = machine.channel.open(payload)
-            except (CryptoError, RemoteProtocolError):
+            except RemoteProtocolError as exc:
+                # It decrypted, so the machine itself sent it (a bug, or a compromised
+                # machine): a new handshake and resync would get the same answer, in a
+                # loop. Its channel stays down until presence or the next command.
+                log.warning(
+                    "warning: machine %s sent an invalid message (%s); not syncing it now",
+                    machine.card.fingerprint,
+                    exc.message,
+                )
+                await self._apply_pages()
+                machine.channel = None
+                machine.live.clear()
+                return
+            except CryptoError:
                 log.warning(
                     "a message from %s failed to decrypt; new handshake", machine.card.fingerprint
                 )
@@ -328,7 +341,7 @@ class LiveController:
 
     async def _on_message(self, machine: MachineChannel, message: Message) -> None:
         if isinstance(message, CommandAck):
-            await self.cache.record_ack(message)
+            await self.cache.record_ack(machine.key, message)
             future = machine.acks.pop(message.command_id, None)
             if future is not None and not future.done():
                 future.set_result(message)

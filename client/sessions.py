@@ -171,7 +171,7 @@ async def watch(
 
     def on_event(machine: bytes, event: LoggedEvent) -> None:
         nonlocal printed
-        if event.session != session_id or event.seq <= printed:
+        if machine != row.machine or event.session != session_id or event.seq <= printed:
             return
         printed = event.seq
         chunk = output_of(event)

@@ -128,8 +128,7 @@ class _Session:
                 forged = self.relay.forge(reply)
                 return encode_frame(FrameType.RESPONSE, b"", CONTROL.encode(forged))
         elif frame.type is FrameType.PRESENCE and frame.peer == self.relay.victim:
-            if self.relay.hide_victim_presence:
-                return None
+            return None if self.relay.hide_victim_presence else data
         return data
 
     async def from_controller(self, data: bytes) -> bool:

@@ -52,9 +52,7 @@ def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) ->
 
 
 @pytest.fixture
-def malicious(
-    paired: Paired, proxy_loop: asyncio.AbstractEventLoop
-) -> Iterator[MaliciousRelay]:
+def malicious(paired: Paired, proxy_loop: asyncio.AbstractEventLoop) -> Iterator[MaliciousRelay]:
     """The controller, paired through the honest relay, now reaches it only through
     the malicious one (same relay key: the operator turned, or its key leaked)."""
     listed = run_json(paired.controller, "machines")
