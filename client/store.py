@@ -83,6 +83,9 @@ class ControllerStore(HomeDatabase):
         await self.db.execute("COMMIT")
 
     async def add_machine(self, card: IdentityCard, *, paired_at: float | None = None) -> None:
+        """Pin ``card``: only for a card this controller verified while pairing. The
+        table is the controller's pins (see :mod:`starmux.client.roster`); nothing the
+        relay says is ever written here."""
         await self.db.execute(
             "INSERT INTO machines (key, name, fingerprint, card, paired_at) VALUES (?,?,?,?,?) "
             "ON CONFLICT (key) DO UPDATE SET name = excluded.name, card = excluded.card",
