@@ -1,0 +1,178 @@
+"""A compromised machine cannot reach another machine's sessions, checkpoints, logs or
+commands through the controller's cache.
+
+Machine A is a real daemon with a session waiting on a checkpoint and a command
+queued for it. Machine B is paired with the same controller and then compromised:
+a node driven by our own core (relay auth, Noise_KK responder) that learned A's
+ids and answers the controller's sync with events and acks that use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from starmux.client.store import ControllerStore
+from starmux.codec import Message
+from starmux.e2e import Kind, unwrap
+from starmux.frames import FrameType
+from starmux.home import load_node_keys
+from starmux.identity import IdentityCard, Role
+from starmux.live_channel import LiveChannel, respond
+from starmux.messages import (
+    APP,
+    CheckpointDecided,
+    CheckpointRaised,
+    CommandAck,
+    CostReported,
+    EventPage,
+    LoggedEvent,
+    Output,
+    SessionStatusChanged,
+    SyncRequest,
+)
+
+from .cluster import Paired, pair, python
+from .conftest import pair_machine
+from .daemon_process import DaemonProcess, run_cli, run_json
+from .node import RelayNode
+from .relay_process import RelayProcess
+
+
+def agent(title: str) -> list[str]:
+    """A session that raises a checkpoint and waits for it."""
+    args = ["checkpoint", title, "--timeout", "300"]
+    return python(
+        "import subprocess, sys\n"
+        f"sys.exit(subprocess.run([sys.executable, '-m', 'starmux.cli', *{args!r}]).returncode)\n"
+    )
+
+
+@pytest.fixture
+def machine_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+
+
+def _pending_checkpoint(paired: Paired, title: str) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for row in run_json(paired.controller, "approvals"):
+            if row["title"] == title:
+                return dict(row)
+    raise AssertionError(f"checkpoint {title!r} never showed up")
+
+
+async def _paired_machine_b(paired: Paired) -> tuple[RelayNode, IdentityCard]:
+    """Machine B, paired with the same controller (relay grant and controller pin);
+    returns it and the controller's card (B needs it to answer Noise_KK)."""
+    keys = load_node_keys(paired.controller / "controller.key")
+    async with ControllerStore(paired.controller) as store:
+        config = await store.config()
+        controller = RelayNode(Role.CONTROLLER, config.name, keys=keys)
+        await controller.connect(paired.relay.url)
+        machine = await pair_machine(paired.relay, controller, config.account, name="evil-box")
+        await controller.close()
+        await store.add_machine(machine.card)
+    return machine, controller.card
+
+
+async def _serve_as_compromised(
+    machine: RelayNode,
+    controller: IdentityCard,
+    events: list[tuple[str, Message]],
+    acks: list[str],
+    served: threading.Event,
+) -> None:
+    """Answer the controller's KK and sync with ``events`` (under A's ids) and
+    ``acks`` (of A's command ids), as a compromised machine would."""
+    assert machine.auth is not None
+    channel: LiveChannel | None = None
+    while True:
+        frame = await machine.recv_type(FrameType.DATA, timeout=120)
+        kind, payload = unwrap(frame.body)
+        if kind is Kind.SESSION_HANDSHAKE:
+            relay_key = machine.auth.relay_card.sign_public
+            channel, reply = respond(machine.keys, controller, payload, relay_key=relay_key)
+            await machine.send(FrameType.DATA, frame.peer, reply)
+        elif kind is Kind.SESSION_TRANSPORT and channel is not None:
+            if not isinstance(channel.open(payload), SyncRequest):
+                continue
+            for command_id in acks:
+                ack = CommandAck(command_id, True, "", "", "cancelled")
+                await machine.send(FrameType.DATA, frame.peer, channel.seal(ack))
+            logged = tuple(
+                LoggedEvent(seq, time.time(), session, APP.encode(event))
+                for seq, (session, event) in enumerate(events, start=1)
+            )
+            page = EventPage("0123456789abcdef", logged, more=False, live=False)
+            await machine.send(FrameType.DATA, frame.peer, channel.seal(page))
+            served.set()
+
+
+def test_a_compromised_machine_changes_nothing_of_another_machines(
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    machine_loop: asyncio.AbstractEventLoop,
+) -> None:
+    paired = pair(tmp_path, relay, daemons)
+    session = paired.run(*agent("Deploy to prod?"))
+    checkpoint = str(_pending_checkpoint(paired, "Deploy to prod?")["id"])
+    # A goes offline with a command queued for it.
+    paired.daemon.stop()
+    queued = run_json(paired.controller, "cancel", session)
+    assert queued["queued"] is True
+    command_id = str(queued["command_id"])
+
+    machine_b, controller_card = asyncio.run_coroutine_threadsafe(
+        _paired_machine_b(paired), machine_loop
+    ).result(timeout=30)
+    hostile: list[tuple[str, Message]] = [
+        (session, SessionStatusChanged("succeeded", 0, "")),
+        (session, CostReported(10**9, 10**9, 1e9, "")),
+        (session, Output("stdout", b"INJECTED by evil-box\n")),
+        (session, CheckpointRaised(checkpoint, "Approve me instead?", "", 4e9, True)),
+        (session, CheckpointDecided(checkpoint, "approved", b"", "", time.time())),
+    ]
+    served = threading.Event()
+    serving = asyncio.run_coroutine_threadsafe(
+        _serve_as_compromised(machine_b, controller_card, hostile, [command_id], served),
+        machine_loop,
+    )
+    try:
+        rows = run_json(paired.controller, "sessions")
+        assert served.wait(10), "the controller never synced machine B"
+    finally:
+        serving.cancel()
+        asyncio.run_coroutine_threadsafe(machine_b.close(), machine_loop).result(timeout=10)
+
+    # A's session: unchanged (status, cost); B holds no session under A's id.
+    mine = [r for r in rows if r["id"] == session]
+    assert [(r["machine"], r["status"], r["cost"]["usd"]) for r in mine] == [
+        ("gpu-box", "waiting_approval", 0.0)
+    ]
+    # A's checkpoint: still pending, on A.
+    pending = run_json(paired.controller, "approvals")
+    assert [(r["id"], r["machine"]) for r in pending if r["id"] == checkpoint] == [
+        (checkpoint, "gpu-box")
+    ]
+    # A's log has none of B's output.
+    logs = run_cli(paired.controller, "logs", session)
+    assert "INJECTED" not in logs.stdout
+    # A's queued command was not acked by B.
+    with sqlite3.connect(paired.controller / "controller.sqlite3") as db:
+        acked = db.execute(
+            "SELECT acked_at FROM outbox WHERE command_id = ?", (command_id,)
+        ).fetchone()
+    assert acked == (None,)
