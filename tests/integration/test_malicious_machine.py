@@ -14,10 +14,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import pytest
 
+from starmux.client.sessions import live_controller
 from starmux.client.store import ControllerStore
 from starmux.codec import Message
 from starmux.e2e import Kind, unwrap
@@ -34,6 +37,7 @@ from starmux.messages import (
     EventPage,
     LoggedEvent,
     Output,
+    SessionCreated,
     SessionStatusChanged,
     SyncRequest,
 )
@@ -87,37 +91,44 @@ async def _paired_machine_b(paired: Paired) -> tuple[RelayNode, IdentityCard]:
     return machine, controller.card
 
 
+@dataclass
+class Compromised:
+    """What machine B answers: ``replies`` after every SyncRequest, in order."""
+
+    replies: list[Message]
+    handshakes: int = 0
+    served: threading.Event = field(default_factory=threading.Event)
+
+
 async def _serve_as_compromised(
-    machine: RelayNode,
-    controller: IdentityCard,
-    events: list[tuple[str, Message]],
-    acks: list[str],
-    served: threading.Event,
+    machine: RelayNode, controller: IdentityCard, plan: Compromised
 ) -> None:
-    """Answer the controller's KK and sync with ``events`` (under A's ids) and
-    ``acks`` (of A's command ids), as a compromised machine would."""
+    """Answer the controller's Noise_KK and syncs as a compromised machine would."""
     assert machine.auth is not None
     channel: LiveChannel | None = None
     while True:
         frame = await machine.recv_type(FrameType.DATA, timeout=120)
         kind, payload = unwrap(frame.body)
         if kind is Kind.SESSION_HANDSHAKE:
+            plan.handshakes += 1
             relay_key = machine.auth.relay_card.sign_public
             channel, reply = respond(machine.keys, controller, payload, relay_key=relay_key)
             await machine.send(FrameType.DATA, frame.peer, reply)
         elif kind is Kind.SESSION_TRANSPORT and channel is not None:
             if not isinstance(channel.open(payload), SyncRequest):
                 continue
-            for command_id in acks:
-                ack = CommandAck(command_id, True, "", "", "cancelled")
-                await machine.send(FrameType.DATA, frame.peer, channel.seal(ack))
-            logged = tuple(
-                LoggedEvent(seq, time.time(), session, APP.encode(event))
-                for seq, (session, event) in enumerate(events, start=1)
-            )
-            page = EventPage("0123456789abcdef", logged, more=False, live=False)
-            await machine.send(FrameType.DATA, frame.peer, channel.seal(page))
-            served.set()
+            for message in plan.replies:
+                await machine.send(FrameType.DATA, frame.peer, channel.seal(message))
+            plan.served.set()
+
+
+def _page(events: list[tuple[str, Message | bytes]], *, first_seq: int = 1) -> EventPage:
+    """A sync page; an event given as bytes is a raw body (no checks of ours ran)."""
+    logged = tuple(
+        LoggedEvent(seq, time.time(), session, e if isinstance(e, bytes) else APP.encode(e))
+        for seq, (session, e) in enumerate(events, start=first_seq)
+    )
+    return EventPage("0123456789abcdef", logged, more=False, live=False)
 
 
 def test_a_compromised_machine_changes_nothing_of_another_machines(
@@ -138,21 +149,22 @@ def test_a_compromised_machine_changes_nothing_of_another_machines(
     machine_b, controller_card = asyncio.run_coroutine_threadsafe(
         _paired_machine_b(paired), machine_loop
     ).result(timeout=30)
-    hostile: list[tuple[str, Message]] = [
-        (session, SessionStatusChanged("succeeded", 0, "")),
-        (session, CostReported(10**9, 10**9, 1e9, "")),
-        (session, Output("stdout", b"INJECTED by evil-box\n")),
-        (session, CheckpointRaised(checkpoint, "Approve me instead?", "", 4e9, True)),
-        (session, CheckpointDecided(checkpoint, "approved", b"", "", time.time())),
-    ]
-    served = threading.Event()
+    hostile = _page(
+        [
+            (session, SessionStatusChanged("succeeded", 0, "")),
+            (session, CostReported(10**9, 10**9, 1e9, "")),
+            (session, Output("stdout", b"INJECTED by evil-box\n")),
+            (session, CheckpointRaised(checkpoint, "Approve me instead?", "", 4e9, True)),
+            (session, CheckpointDecided(checkpoint, "approved", b"", "", time.time())),
+        ]
+    )
+    plan = Compromised([CommandAck(command_id, True, "", "", "cancelled"), hostile])
     serving = asyncio.run_coroutine_threadsafe(
-        _serve_as_compromised(machine_b, controller_card, hostile, [command_id], served),
-        machine_loop,
+        _serve_as_compromised(machine_b, controller_card, plan), machine_loop
     )
     try:
         rows = run_json(paired.controller, "sessions")
-        assert served.wait(10), "the controller never synced machine B"
+        assert plan.served.wait(10), "the controller never synced machine B"
     finally:
         serving.cancel()
         asyncio.run_coroutine_threadsafe(machine_b.close(), machine_loop).result(timeout=10)
@@ -176,3 +188,91 @@ def test_a_compromised_machine_changes_nothing_of_another_machines(
             "SELECT acked_at FROM outbox WHERE command_id = ?", (command_id,)
         ).fetchone()
     assert acked == (None,)
+
+
+def test_a_compromised_machines_hostile_times_and_ids_break_nothing(
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    machine_loop: asyncio.AbstractEventLoop,
+) -> None:
+    paired = pair(tmp_path, relay, daemons)
+    session = paired.run(*agent("Deploy to prod?"))
+    _pending_checkpoint(paired, "Deploy to prod?")
+    machine_b, controller_card = asyncio.run_coroutine_threadsafe(
+        _paired_machine_b(paired), machine_loop
+    ).result(timeout=30)
+    raised = {"title": "x", "body": "", "default_approve": True}
+    # Valid pages whose events are not: refused one by one when applied.
+    hostile = _page(
+        [
+            ("s-evil0001", SessionCreated(("x",), "/", "evil", False, "k-evil")),
+            (
+                "s-evil0001",
+                msgpack.packb(
+                    [
+                        "session-status",
+                        1,
+                        {"status": "running\x1b[2K", "exit_code": None, "detail": ""},
+                    ]
+                ),
+            ),
+            (
+                "s-evil0001",
+                msgpack.packb(
+                    [
+                        "checkpoint-raised",
+                        1,
+                        {**raised, "checkpoint": "c-1e300", "expires_at": 1e300},
+                    ]
+                ),
+            ),
+            (
+                "s-evil0001",
+                msgpack.packb(
+                    [
+                        "checkpoint-raised",
+                        1,
+                        {**raised, "checkpoint": "c-\x1b]52;c;aGk=\x07", "expires_at": 4e9},
+                    ]
+                ),
+            ),
+        ]
+    )
+    plan = Compromised([hostile])
+    serving = asyncio.run_coroutine_threadsafe(
+        _serve_as_compromised(machine_b, controller_card, plan), machine_loop
+    )
+    try:
+        # Every later call still works, for every machine.
+        approvals = run_cli(paired.controller, "approvals")
+        assert approvals.returncode == 0, approvals.stderr
+        assert plan.served.wait(10), "the controller never synced machine B"
+        assert "Deploy to prod?" in approvals.stdout and "\x1b" not in approvals.stdout
+        sessions = run_cli(paired.controller, "sessions")
+        assert sessions.returncode == 0, sessions.stderr
+        assert session in sessions.stdout and "\x1b" not in sessions.stdout
+        rows = run_json(paired.controller, "approvals")
+        assert [r["title"] for r in rows] == ["Deploy to prod?"]
+        evil = [r for r in run_json(paired.controller, "sessions") if r["id"] == "s-evil0001"]
+        assert [r["status"] for r in evil] == ["queued"]  # its hostile status was refused
+
+        # A page that does not decode (an infinite time) ends B's channel for this run,
+        # without a new handshake and resync that would get the same page, in a loop.
+        poisoned = _page([("s-evil0001", Output("stdout", b"x"))], first_seq=5)
+        object.__setattr__(poisoned.events[0], "at", float("inf"))
+        plan.replies = [poisoned]
+        plan.served.clear()
+        before = plan.handshakes
+
+        async def sync_once() -> set[bytes]:
+            async with live_controller(paired.controller) as (_, controller):
+                assert controller is not None
+                await asyncio.to_thread(plan.served.wait, 20.0)
+                return await controller.wait_live([machine_b.key], within=3.0)
+
+        assert asyncio.run(sync_once()) == set()
+        assert plan.handshakes == before + 1
+    finally:
+        serving.cancel()
+        asyncio.run_coroutine_threadsafe(machine_b.close(), machine_loop).result(timeout=10)
