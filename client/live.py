@@ -285,7 +285,7 @@ class LiveController:
                 )
                 await self._apply_pages()
                 machine.channel = None
-                machine.live.clear()
+                machine.off_live()
                 return
             except CryptoError:
                 log.warning(
