@@ -1,13 +1,13 @@
 """A load process of the end-to-end benchmark: N bare senders to one receiver.
 
-``python -m bench.e2e_bare --url URL --count N --to HEX``
+``python -m bench.e2e.bare --url URL --count N --to HEX``
 
-The bare counterpart of ``bench/e2e_daemons.py``: ``N`` connections to the bare
-forwarder (``bench/bare_forwarder.py``), each announcing its 2-byte id (1..N) and
+The bare counterpart of ``bench/e2e/daemons.py``: ``N`` connections to the bare
+forwarder (``bench/common/bare_forwarder.py``), each announcing its 2-byte id (1..N) and
 addressing every message to the receiver ``--to`` (a 2-byte id in hex, the parent's
-connection). A message is the receiver's id and :data:`bench.targets.BODY` (1 KiB),
-sent through the load generator's minimal client (``bench/wsclient.py``) on uvloop,
-as ``bench/loadgen.py`` does. Prints ``{"event": "connected"}``, then commands:
+connection). A message is the receiver's id and :data:`bench.common.targets.BODY` (1 KiB),
+sent through the load generator's minimal client (``bench/common/wsclient.py``) on uvloop,
+as ``bench/relay/loadgen.py`` does. Prints ``{"event": "connected"}``, then commands:
 
 - ``flood``: every sender writes as fast as TCP takes it (it stops while its
   transport is paused, and the forwarder awaits each forward in the sender's own
@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from bench.storm_procs import commands, emit
-from bench.targets import BODY, MARKER
-from bench.wsclient import DISCARD, RawWebSocket, client_frame, connect
+from bench.common.procs import commands, emit
+from bench.common.targets import BODY, MARKER
+from bench.common.wsclient import DISCARD, RawWebSocket, client_frame, connect
 
 TICK = 0.001
 CHUNK = 16  # messages per write while flooding

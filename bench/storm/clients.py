@@ -1,6 +1,6 @@
 """A load process of the reconnect storm: many paired machines, each as the daemon connects.
 
-``python -m bench.storm_clients --url URL --relay-key HEX --salt HEX --first I --count N``
+``python -m bench.storm.clients --url URL --relay-key HEX --salt HEX --first I --count N``
 
 Each machine (keys derived from the salt and its index, see :func:`machine_keys`) runs
 the shipped daemon's connection policy (``daemon/runtime.py``: ``_connect_once``,
@@ -37,7 +37,7 @@ import time
 
 import uvloop
 
-from bench.storm_procs import commands, emit
+from bench.common.procs import commands, emit
 from starmux.backoff import Backoff
 from starmux.control import NoticeEvent, SessionStatus
 from starmux.errors import ConnectionLost, CryptoError, RemoteProtocolError

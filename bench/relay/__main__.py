@@ -1,6 +1,6 @@
-"""Relay against a bare forwarder on the same stack: ``python bench/relay.py [--quick]``.
+"""Relay against a bare forwarder on the same stack: ``python -m bench.relay [--quick]``.
 
-Each server runs in its own process, the load generator (``bench/loadgen.py``) in
+Each server runs in its own process, the load generator (``bench/relay/loadgen.py``) in
 another, on this machine's cores; nothing is pinned. Measured:
 
 1. throughput: routed msg/s, 1 KiB bodies, 100 saturated sender → receiver pairs;
@@ -42,8 +42,8 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from bench.common.results_file import ROOT, add_results_option, shown
+
 START_TIMEOUT = 30.0
 LOADGEN_TIMEOUT = 450.0
 #: The relay's limits are raised so the benchmark measures routing, not the limiter.
@@ -99,18 +99,18 @@ class Settings:
 FULL = Settings()
 QUICK = Settings(
     rounds=1,
-    pairs=20,
-    latency_pairs=25,
+    pairs=10,
+    latency_pairs=10,
     rate=1_000,
     stall_rate=5_000,
     warmup=0.2,
     seconds=0.5,
     stall_seconds=1.0,
-    connections=200,
+    connections=100,
     stack=False,
     quiet_wait=0.0,
     round_quiet_wait=0.0,
-    settle=0.3,
+    settle=0.2,
 )
 
 
@@ -174,7 +174,7 @@ def server(command: list[str], env: dict[str, str] | None = None) -> Iterator[Se
 
 
 def bare(*options: str) -> contextlib.AbstractContextManager[Server]:
-    return server([sys.executable, "-m", "bench.bare_forwarder", "--port", "0", *options])
+    return server([sys.executable, "-m", "bench.common.bare_forwarder", "--port", "0", *options])
 
 
 @contextlib.contextmanager
@@ -190,7 +190,7 @@ def relay() -> Iterator[Server]:
 
 
 def loadgen(*argv: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.loadgen", *argv]
+    command = [sys.executable, "-m", "bench.relay.loadgen", *argv]
     done = subprocess.run(
         command, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=LOADGEN_TIMEOUT
     )
@@ -423,8 +423,8 @@ def machine_facts() -> list[str]:
 
 
 METHOD = """\
-How it is measured. The load generator (`bench/loadgen.py`) runs on uvloop with a
-minimal client protocol (`bench/wsclient.py`: frames masked with the zero key, built
+How it is measured. The load generator (`bench/relay/loadgen.py`) runs on uvloop with a
+minimal client protocol (`bench/common/wsclient.py`: frames masked with the zero key, built
 once, counted in place) so that the client costs as little as possible of the two
 cores it shares with the server. Throughput: each sender keeps a window of messages
 in flight and tops it up as its receiver gets them; the figure is what the receivers
@@ -444,12 +444,12 @@ machine, figures taken while it is high are noise.
 """
 
 
-def write_results(lines: list[str], command: str) -> None:
+def write_results(lines: list[str], command: str, path: Path) -> None:
     text = "\n".join(
         [
             "# Relay benchmark",
             "",
-            "Written by `python bench/relay.py`; rerun it rather than editing the figures.",
+            "Written by `python -m bench.relay`; rerun it rather than editing the figures.",
             "",
             *machine_facts(),
             f"- command: `{command}`",
@@ -461,9 +461,9 @@ def write_results(lines: list[str], command: str) -> None:
     )
     # This benchmark owns the top of the file; other benchmarks' sections ("## ...")
     # follow it and are kept.
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
+    existing = path.read_text() if path.exists() else ""
     others = existing.find("\n## ")
-    RESULTS.write_text(text.rstrip("\n") + "\n" + (existing[others:] if others != -1 else ""))
+    path.write_text(text.rstrip("\n") + "\n" + (existing[others:] if others != -1 else ""))
 
 
 def main() -> None:
@@ -473,8 +473,9 @@ def main() -> None:
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write bench/RESULTS.md (default: on for the full run, off for --quick)",
+        help="write the results file (default: on for the full run, off for --quick)",
     )
+    add_results_option(parser)
     parser.add_argument("--json", action="store_true", help="also print the raw results")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
@@ -486,8 +487,9 @@ def main() -> None:
         print(json.dumps(results, indent=1))
     say(f"done in {time.monotonic() - started:.0f} s")
     if args.write if args.write is not None else not args.quick:
-        write_results(lines, "python bench/relay.py" + (" --quick" if args.quick else ""))
-        say(f"wrote {RESULTS.relative_to(ROOT)}")
+        command = "python -m bench.relay" + (" --quick" if args.quick else "")
+        write_results(lines, command, args.results)
+        say(f"wrote {shown(args.results)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Throughput of the end-to-end channel: ``python bench/channel.py``.
+"""Throughput of the end-to-end channel: ``python -m bench.channel``.
 
 Measures, best of 3 runs of about a second each:
 
@@ -70,13 +70,15 @@ def handshake_rate(seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of each run")
+    parser.add_argument("--seconds", type=float, default=None, help="each run [1; --quick: 0.1]")
+    parser.add_argument("--quick", action="store_true", help="short runs; figures mean little")
     args = parser.parse_args()
+    seconds = args.seconds or (0.1 if args.quick else 1.0)
 
-    messages_per_s = transport_rate(args.seconds)
+    messages_per_s = transport_rate(seconds)
     mib_per_s = messages_per_s * len(MESSAGE) / 2**20
     print(f"transport  1 KiB encrypt+decrypt: {messages_per_s:10,.0f} msg/s {mib_per_s:7.1f} MiB/s")
-    print(f"handshake  {KK}: {handshake_rate(args.seconds):10,.0f} completions/s")
+    print(f"handshake  {KK}: {handshake_rate(seconds):10,.0f} completions/s")
 
 
 if __name__ == "__main__":

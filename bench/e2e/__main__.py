@@ -1,10 +1,10 @@
 """End to end: controller ⇄ relay ⇄ N daemons, side by side with the bare forwarder.
 
-    python bench/e2e.py [--quick] [--machines 1,10,100] [--profile DIR]
+    python -m bench.e2e [--quick] [--machines 1,10,100] [--profile DIR]
 
 The full path: real keys, real pairing, Noise_KK channels, each daemon's durable
-event log and the controller's SQLite cache (``bench/e2e_stacks.py``), measured in
-the same run as the least router on the relay's stack (``bench/bare_forwarder.py``)
+event log and the controller's SQLite cache (``bench/e2e/stacks.py``), measured in
+the same run as the least router on the relay's stack (``bench/common/bare_forwarder.py``)
 carrying the same 1 KiB from N senders to one receiver. For each N:
 
 1. **events/s delivered** to a watching ``LiveController``: every daemon appends
@@ -16,9 +16,9 @@ carrying the same 1 KiB from N senders to one receiver. For each N:
 
 Both stacks run at once; each round gives starmux, then bare, the same window.
 Then **approve → blocked process continues** for one machine, by
-``bench/sessions.py``'s method (no bare counterpart).
+``python -m bench.sessions``'s method (no bare counterpart).
 
-``--quick``: N = 1 and 10, one short round (under a minute; its figures are a smoke
+``--quick``: N = 1 and 4, one short round (about 20 s; its figures are a smoke
 test). The full run (N = 1, 10, 100; about 4 minutes) writes the "End-to-end" section
 of ``bench/RESULTS.md``. ``--profile DIR`` samples the controller, the daemons' process
 and the relay with py-spy during the first starmux throughput and latency windows of
@@ -38,15 +38,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `bench.e2e_*`
-
-from bench.e2e_report import figures, summarize, write_results  # noqa: E402
-from bench.e2e_stacks import BareStack, CpuWindow, StarmuxStack  # noqa: E402
-from bench.results_file import RESULTS  # noqa: E402
-from bench.sessions import approvals  # noqa: E402
-from bench.storm_procs import ROOT, Profiler  # noqa: E402
-from starmux.client.demo import DemoReport, Process, set_up_locally  # noqa: E402
+from bench.common.procs import Profiler
+from bench.common.results_file import add_results_option, shown
+from bench.e2e.report import figures, summarize, write_results
+from bench.e2e.stacks import BareStack, CpuWindow, StarmuxStack
+from bench.sessions.measure import approvals
+from starmux.client.demo import DemoReport, Process, set_up_locally
 
 
 @dataclass(frozen=True)
@@ -62,8 +59,8 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(machines=(1, 10), rounds=1, warmup=0.5, seconds=1.5, latency_seconds=1.5,
-                 approvals=10)  # fmt: skip
+QUICK = Settings(machines=(1, 4), rounds=1, warmup=0.3, seconds=0.7, latency_seconds=0.7,
+                 approvals=3)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -167,7 +164,7 @@ async def run(settings: Settings, load_before: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1, 10; one short round")
+    parser.add_argument("--quick", action="store_true", help="N = 1, 4; one short round")
     parser.add_argument("--machines", default=None, help="comma-separated N [1,10,100]")
     parser.add_argument("--rounds", type=int, default=None, help="[3; --quick: 1]")
     parser.add_argument("--rate", type=float, default=None, help="latency, events/s [1000]")
@@ -176,8 +173,9 @@ def main() -> None:
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write bench/RESULTS.md (default: only the full run)",
+        help="write the results file (default: only the full run)",
     )
+    add_results_option(parser)
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     settings = Settings(
@@ -203,8 +201,8 @@ def main() -> None:
     say(f"done in {time.monotonic() - started:.0f} s")
     default_write = settings == FULL  # not --quick, --profile or other sizes
     if args.write if args.write is not None else default_write:
-        write_results(lines, "python " + " ".join(["bench/e2e.py", *sys.argv[1:]]))
-        say(f"wrote {RESULTS.relative_to(ROOT)}")
+        write_results(lines, " ".join(["python -m bench.e2e", *sys.argv[1:]]), args.results)
+        say(f"wrote {shown(args.results)}")
 
 
 if __name__ == "__main__":

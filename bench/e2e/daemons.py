@@ -1,14 +1,14 @@
 """A load process of the end-to-end benchmark: real daemons writing output to their logs.
 
-``python -m bench.e2e_daemons --url URL --count N --root DIR``
+``python -m bench.e2e.daemons --url URL --count N --root DIR``
 
 Runs ``N`` real :class:`daemon.runtime.Daemon` objects (through
-:class:`bench.storm_daemons.DaemonHost`: each its own home, keys, SQLite event log,
+:class:`bench.common.daemon_host.DaemonHost`: each its own home, keys, SQLite event log,
 relay link) on the event loop ``starmux daemon start`` uses: the default asyncio
 loop. Pairing is storm_daemons' (``code`` events for the parent to pair), then
 ``{"event": "all-paired", "machines": [machine key hex, ...]}`` in daemon order.
 
-Every event is an ``Output`` of 1 KiB of data (:data:`bench.targets.BODY`), appended
+Every event is an ``Output`` of 1 KiB of data (:data:`bench.common.targets.BODY`), appended
 to the daemon's real :class:`~daemon.eventlog.EventLog`; the live service pushes it
 to the controller as it would a session's output. Commands (stdin, JSON lines):
 
@@ -34,9 +34,9 @@ import struct
 import time
 from typing import Any
 
-from bench.storm_daemons import start_from_argv, stop_all
-from bench.storm_procs import commands, emit
-from bench.targets import BODY, MARKER
+from bench.common.daemon_host import start_from_argv, stop_all
+from bench.common.procs import commands, emit
+from bench.common.targets import BODY, MARKER
 from starmux.daemon.runtime import Daemon
 from starmux.messages import APP, Output, SessionCreated
 

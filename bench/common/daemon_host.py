@@ -1,6 +1,6 @@
 """A load process of the controller-resync benchmark: many real machine daemons.
 
-``python -m bench.storm_daemons --url URL --count N --root DIR``
+``python -m bench.common.daemon_host --url URL --count N --root DIR``
 
 Runs ``N`` real :class:`daemon.runtime.Daemon` objects on one event loop (uvloop),
 each with its own home under ``DIR`` (keys, store, SQLite event log, local API
@@ -36,7 +36,7 @@ from typing import Any
 
 import uvloop
 
-from bench.storm_procs import commands, emit
+from bench.common.procs import commands, emit
 from starmux.daemon.runtime import Daemon
 from starmux.daemon.terminal import Terminal
 from starmux.messages import APP, Output, SessionCreated, SessionStatusChanged

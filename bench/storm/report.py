@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from bench.results_file import write_section
+from bench.common.results_file import write_section
 
 HEADING = "## Reconnect storm"
 TARGET_SECONDS = 10.0
 
 METHOD = """\
-How it is measured (`bench/storm.py`). *Storm*: the registry is filled before the relay
+How it is measured (`python -m bench.storm`). *Storm*: the registry is filled before the relay
 starts, through the real `SqliteRegistry` API (one account and controller; per machine
 create_ticket → open_ticket → grant_machine with a real grant signature): the pairing
 handshake is skipped (the resync part pairs for real), the relay's rows are those pairing
 leaves. The machines' connections run in separate uvloop processes
-(`bench/storm_clients.py`); each one is the shipped `starmux.node.link.RelayLink` (WebSocket
+(`bench/storm/clients.py`); each one is the shipped `starmux.node.link.RelayLink` (WebSocket
 upgrade, `NodeAuth` against the pinned relay key) driven by the daemon's policy from
 `daemon/runtime.py` with the shipped `starmux.backoff.Backoff` (restart notice: sleep
 `hinted_delay(retry_after)`; otherwise, and after every failed connect: `next_delay()`).
@@ -32,34 +31,19 @@ over that window (and per re-authentication), RSS peak is `VmHWM` of the new pro
 "other processes" is the CPU the rest of the machine used meanwhile (`/proc/stat` minus
 the relay and the load processes): above ~0.3 cores the figures are slowed by it.
 *Controller resync*: real `daemon.runtime.Daemon`s in one load process
-(`bench/storm_daemons.py`), each paired for real by `client.actions.pair` with the code
+(`bench/common/daemon_host.py`), each paired for real by `client.actions.pair` with the code
 its terminal printed, each given a finished session of output lines in its event log;
 after a SIGTERM restart, a fresh `client.live.LiveController` is started at the new
 relay's "listening", and the clock stops when it has every machine live (Noise_KK re-run,
 log resynced); its cache cursors are then checked against each daemon's last seq.
-`--policies` and `--relay-patch` run experiments (not the shipped code) that measure
-proposed changes; see `bench/storm_clients.py` and `bench/storm_patches.py`."""
+`--policies` runs experiments (reconnect policies other than the shipped daemon's) that
+measure proposed changes; see `bench/storm/clients.py`."""
 
 
 def quantile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
     return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def registry_timing(path: Path) -> list[str]:
-    """The ``timing`` patch's figures: per registry method, calls and latency."""
-    if not path.exists():
-        return []
-    lines = []
-    for name, values in sorted(json.loads(path.read_text()).items()):
-        values.sort()
-        lines.append(
-            f"  {name}: {len(values)} calls, {sum(values):.2f} s in all, "
-            f"p50 {1000 * quantile(values, 0.5):.2f} ms, p90 {1000 * quantile(values, 0.9):.2f}"
-            f" ms, max {1000 * values[-1]:.1f} ms (wall time, the wait for the lock included)"
-        )
-    return lines
 
 
 def _storm_row(r: dict[str, Any], machines: int) -> str:
@@ -81,15 +65,12 @@ def figures(
     resync: dict[str, Any] | None,
     *,
     load_processes: int,
-    relay_patches: tuple[str, ...],
     load_before: str,
 ) -> list[str]:
     n = storm["machines"]
-    patches = ", ".join(relay_patches)
-    relay_kind = f"relay with experiments {patches}" if patches else "the shipped relay"
     lines = [
         f"**Storm**: {n} paired machines, their connections in {load_processes} "
-        f"load processes, each as the shipped daemon reconnects; {relay_kind}; target: all "
+        f"load processes, each as the shipped daemon reconnects; the shipped relay; target: all "
         f'back within {TARGET_SECONDS:.0f} s of the new relay\'s "listening". Load average '
         f"before the run: {load_before}.",
         "",
@@ -139,5 +120,5 @@ def figures(
     return lines
 
 
-def write_results(lines: list[str], command: str) -> None:
-    write_section(HEADING, lines, command, METHOD)
+def write_results(lines: list[str], command: str, path: Path) -> None:
+    write_section(HEADING, lines, command, METHOD, path)

@@ -1,4 +1,4 @@
-"""Event log append throughput: ``python bench/eventlog.py [--seconds S] [--uvloop]``.
+"""Event log append throughput: ``python -m bench.eventlog [--seconds S] [--uvloop] [--quick]``.
 
 Appends 100-byte events to a fresh ``daemon.sqlite3`` in a temporary directory
 (WAL, ``synchronous=NORMAL``: the daemon's settings) and prints durable appends/s,
@@ -16,19 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# ``python bench/eventlog.py`` puts bench/ first on sys.path, where bench/relay.py
-# would shadow the ``relay`` package that daemon.eventlog imports.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from starmux.daemon.eventlog import EventLog  # noqa: E402
+from starmux.daemon.eventlog import EventLog
 
 BODY = bytes(100)
 PRODUCERS = (8, 32, 128)
@@ -108,15 +102,17 @@ async def run(seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of each run")
+    parser.add_argument("--seconds", type=float, default=None, help="each run [1; --quick: 0.1]")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--quick", action="store_true", help="short runs; figures mean little")
     args = parser.parse_args()
+    seconds = args.seconds or (0.1 if args.quick else 1.0)
     if args.uvloop:
         import uvloop
 
-        uvloop.run(run(args.seconds))
+        uvloop.run(run(seconds))
     else:
-        asyncio.run(run(args.seconds))
+        asyncio.run(run(seconds))
 
 
 if __name__ == "__main__":

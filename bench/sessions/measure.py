@@ -1,38 +1,20 @@
-"""Sessions through every real part: chatty-session throughput and approve latency.
-
-    python bench/sessions.py [--lines 200000] [--approvals 50]
-
-Starts a relay and a daemon as processes (like ``starmux demo``), pairs a controller
-(in this process) and measures:
-
-- **chatty**: one session prints ``--lines`` numbered 100-byte lines as fast as it
-  can; every line is durable in the daemon's event log (group commit) and delivered
-  through the relay to this controller, which applies it to its SQLite cache.
-  Reports lines/s and log events/s from the first to the last line applied.
-- **approve**: a session raises ``--approvals`` checkpoints one after another with
-  ``starmux checkpoint``; for each, the time from this controller submitting its
-  signed approval to the agent process running again (the agent prints the time it
-  continued; same machine, same clock). Reports median and p90.
-"""
+"""The two measurements of ``python -m bench.sessions`` (``approvals`` is also part
+of ``python -m bench.e2e``): each drives a paired daemon from a controller in this
+process."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
-
-from starmux.client.cache import Cache  # noqa: E402
-from starmux.client.demo import DemoReport, Process, set_up_locally  # noqa: E402
-from starmux.client.live import LiveController  # noqa: E402
-from starmux.client.sessions import signed_decision  # noqa: E402
-from starmux.client.store import ControllerStore  # noqa: E402
-from starmux.messages import (  # noqa: E402
+from starmux.client.cache import Cache
+from starmux.client.live import LiveController
+from starmux.client.sessions import signed_decision
+from starmux.client.store import ControllerStore
+from starmux.messages import (
     APP,
     CheckpointRaised,
     LoggedEvent,
@@ -152,35 +134,3 @@ async def approvals(home: Path, root: Path, count: int) -> dict[str, float]:
         "p90_ms": latencies[int(len(latencies) * 0.9) - 1] * 1000,
         "min_ms": latencies[0] * 1000,
     }
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--lines", type=int, default=200_000)
-    parser.add_argument("--approvals", type=int, default=50)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="starmux-bench-") as tmp:
-        root = Path(tmp)
-        processes: list[Process] = []
-        try:
-            home = await set_up_locally(root, processes, DemoReport(), say=lambda text: None)
-            result = await chatty(home, root, args.lines)
-            print(
-                f"chatty session: {result['lines']} lines of 100 bytes in "
-                f"{result['seconds']:.2f} s = {result['lines_per_s']:,.0f} lines/s "
-                f"({result['events']:.0f} log events, {result['events_per_s']:,.0f} events/s)"
-                ", durable on the daemon and applied by the controller"
-            )
-            result = await approvals(home, root, args.approvals)
-            print(
-                f"approve → agent continues: median {result['median_ms']:.1f} ms, "
-                f"p90 {result['p90_ms']:.1f} ms, min {result['min_ms']:.1f} ms "
-                f"over {result['count']:.0f} checkpoints"
-            )
-        finally:
-            for process in processes:
-                await process.stop()
-
-
-if __name__ == "__main__":
-    asyncio.run(main())

@@ -1,9 +1,9 @@
 """Reconnect storm: how fast paired machines and a controller come back after a relay restart.
 
-    python bench/storm.py [--machines 5000] [--load-processes 2] [--quick]
+    python -m bench.storm [--machines 5000] [--load-processes 2] [--quick]
 
 1. **Storm**: a real relay process and ``--machines`` paired machine identities whose
-   connections run in ``--load-processes`` processes (``bench/storm_clients.py``), each
+   connections run in ``--load-processes`` processes (``bench/storm/clients.py``), each
    connection following the shipped daemon's policy through the shipped ``RelayLink``
    (WebSocket, ``NodeAuth`` against the pinned relay key, ``starmux.backoff.Backoff``).
    The relay is restarted twice: **graceful** (SIGTERM: every peer gets a RESTARTING
@@ -15,21 +15,20 @@
    The registry is filled before the relay starts, through the real
    ``SqliteRegistry`` API (account, then create_ticket → open_ticket → grant_machine
    with a real grant signature for each machine): this skips the pairing handshake
-   (``bench/storm_resync.py`` pairs for real, and ``tests/integration`` covers it)
+   (``bench/storm/resync.py`` pairs for real, and ``tests/integration`` covers it)
    but leaves the relay exactly the rows pairing would.
 
-2. **Controller resync** (``bench/storm_resync.py``): ``--controller-machines`` real
+2. **Controller resync** (``bench/storm/resync.py``): ``--controller-machines`` real
    daemons, paired for real, each with a session of history; after a SIGTERM restart,
    the time until a fresh ``LiveController`` has every machine live (Noise_KK re-run,
    log resynced).
 
-``--quick`` is a scaled-down smoke run (500 machines, 10 daemons). The full run
+``--quick`` is a scaled-down smoke run (100 machines, 3 daemons). The full run
 writes its figures to ``bench/RESULTS.md`` (its own section, "Reconnect storm").
 
 Experiments, to measure a proposed change before making it (never by default, and
 then RESULTS.md is left alone unless ``--write``): ``--policies`` adds reconnect
-policies other than the daemon's (``bench/storm_clients.py``), ``--relay-patch``
-runs the relay with changes applied in its process (``bench/storm_patches.py``),
+policies other than the daemon's (``bench/storm/clients.py``), and
 ``--profile DIR`` samples the relay with py-spy while it stops and during each storm.
 """
 
@@ -49,16 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path[:] = [p for p in sys.path if not p.endswith("/bench")]  # bench/relay.py shadows relay
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `bench.storm_*`
+import uvloop
 
-import uvloop  # noqa: E402
-
-from bench.results_file import RESULTS  # noqa: E402
-from bench.storm_clients import POLICIES, machine_card, machine_keys  # noqa: E402
-from bench.storm_patches import NAMES as PATCHES  # noqa: E402
-from bench.storm_procs import (  # noqa: E402
-    ROOT,
+from bench.common.procs import (
     LoadProcess,
     Profiler,
     RelayProcess,
@@ -66,18 +58,15 @@ from bench.storm_procs import (  # noqa: E402
     free_port,
     peak_rss_kib,
 )
-from bench.storm_report import (  # noqa: E402
-    figures,
-    quantile,
-    registry_timing,
-    write_results,
-)
-from bench.storm_resync import run_resync  # noqa: E402
-from starmux.home import ensure_private_dir, load_or_create_node_keys  # noqa: E402
-from starmux.identity import NodeKeys, Role  # noqa: E402
-from starmux.pairing_code import TICKET_SIZE  # noqa: E402
-from starmux.relay.sqlite_registry import SqliteRegistry  # noqa: E402
-from starmux.relay_auth import grant_transcript  # noqa: E402
+from bench.common.results_file import add_results_option, shown
+from bench.storm.clients import POLICIES, machine_card, machine_keys
+from bench.storm.report import figures, quantile, write_results
+from bench.storm.resync import run_resync
+from starmux.home import ensure_private_dir, load_or_create_node_keys
+from starmux.identity import NodeKeys, Role
+from starmux.pairing_code import TICKET_SIZE
+from starmux.relay.sqlite_registry import SqliteRegistry
+from starmux.relay_auth import grant_transcript
 
 #: Limits raised so the storm meets the relay's real work, not its per-IP guards
 #: (every machine connects from 127.0.0.1 here).
@@ -96,7 +85,6 @@ class Settings:
     storm_timeout: float
     policies: tuple[str, ...] = ("shipped",)
     profile: Path | None = None  # py-spy the new relay during each storm; stacks here
-    relay_patches: tuple[str, ...] = ()
     keep: bool = False  # keep the temporary folder (logs, registry) for a look afterwards
 
 
@@ -172,7 +160,6 @@ async def storm(
     stop_log = [line for line in relay.new_log_lines() if "ERROR" in line or "Error" in line]
     if stop_profiler is not None:
         say("\n".join(["relay profile while it stops:", *await stop_profiler.stop()]))
-    relay.stats_path.unlink(missing_ok=True)
     await relay.start()
     ready = relay.ready_at
     sampler = Sampler(relay.pid)
@@ -203,12 +190,7 @@ async def storm(
         for name, value in report["stats"].items():
             stats[name] = stats.get(name, 0) + int(value)
     metrics = await relay.metrics()
-    await asyncio.sleep(0.3)  # the timing patch writes 0.2 s after the last call
-    timing = registry_timing(relay.stats_path)
-    if timing:
-        say("registry calls during the storm (timing patch):\n" + "\n".join(timing))
     return {
-        "registry_timing": timing,
         "mode": "graceful (SIGTERM)" if sig == signal.SIGTERM else "crash (SIGKILL)",
         "policy": policy,
         "back": len(times),
@@ -239,9 +221,7 @@ async def run_storm(tmp: Path, settings: Settings) -> dict[str, Any]:
     populate_s = time.monotonic() - started
     say(f"registry: {settings.machines} machines granted in {populate_s:.1f} s")
     relay_keys, _ = load_or_create_node_keys(data_dir / "relay.key")
-    relay = RelayProcess(
-        data_dir, free_port(), RELAY_ENV, tmp / "relay.log", patches=settings.relay_patches
-    )
+    relay = RelayProcess(data_dir, free_port(), RELAY_ENV, tmp / "relay.log")
     await relay.start()
     loads: list[LoadProcess] = []
     try:
@@ -255,7 +235,7 @@ async def run_storm(tmp: Path, settings: Settings) -> dict[str, Any]:
             args += ["--salt", salt.hex(), "--first", str(first), "--count", str(count)]
             loads.append(
                 await LoadProcess.start(
-                    f"load {n}", "bench.storm_clients", *args, log_path=tmp / f"load{n}.log"
+                    f"load {n}", "bench.storm.clients", *args, log_path=tmp / f"load{n}.log"
                 )
             )
         connect_started = time.monotonic()
@@ -311,27 +291,21 @@ async def run(settings: Settings) -> tuple[dict[str, Any], dict[str, Any] | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--machines", type=int, default=None, help="[5000; --quick: 500]")
+    parser.add_argument("--machines", type=int, default=None, help="[5000; --quick: 100]")
     parser.add_argument("--load-processes", type=int, default=2)
-    parser.add_argument("--controller-machines", type=int, default=None, help="[100; 10]")
+    parser.add_argument("--controller-machines", type=int, default=None, help="[100; --quick: 3]")
     parser.add_argument("--lines", type=int, default=100, help="history lines per daemon")
     parser.add_argument(
         "--policies",
         default="shipped",
         help=f"reconnect policies to storm, comma-separated, of {', '.join(POLICIES)} "
-        "(only `shipped` is the daemon's; see bench/storm_clients.py) [shipped]",
+        "(only `shipped` is the daemon's; see bench/storm/clients.py) [shipped]",
     )
     parser.add_argument(
         "--profile",
         type=Path,
         default=None,
         help="py-spy the relay during each storm; collapsed stacks go to this folder",
-    )
-    parser.add_argument(
-        "--relay-patch",
-        default="",
-        help=f"experiments on the relay, comma-separated, of {', '.join(PATCHES)} "
-        "(see bench/storm_patches.py; none by default)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--skip-resync", action="store_true", help="only the storm")
@@ -340,24 +314,22 @@ def main() -> None:
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write bench/RESULTS.md (default: only for a full run without experiments)",
+        help="write the results file (default: only for a full run without experiments)",
     )
+    add_results_option(parser)
     args = parser.parse_args()
     settings = Settings(
-        machines=args.machines or (500 if args.quick else 5000),
+        machines=args.machines or (100 if args.quick else 5000),
         load_processes=args.load_processes,
         controller_machines=0
         if args.skip_resync
-        else args.controller_machines or (10 if args.quick else 100),
+        else args.controller_machines or (3 if args.quick else 100),
         lines=args.lines,
         storm_timeout=60.0 if args.quick else 120.0,
         policies=tuple(p for p in args.policies.split(",") if p),
         profile=args.profile,
-        relay_patches=tuple(p for p in args.relay_patch.split(",") if p),
         keep=args.keep,
     )
-    if unknown := set(settings.relay_patches) - set(PATCHES):
-        parser.error(f"unknown relay patches: {', '.join(sorted(unknown))}")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     if unknown := set(settings.policies) - set(POLICIES):
@@ -370,15 +342,14 @@ def main() -> None:
         storm_results,
         resync,
         load_processes=settings.load_processes,
-        relay_patches=settings.relay_patches,
         load_before=load_before,
     )
     print("\n".join(lines))
     say(f"done in {time.monotonic() - started:.0f} s")
-    experiment = settings.policies != ("shipped",) or settings.relay_patches
+    experiment = settings.policies != ("shipped",)
     if args.write if args.write is not None else not (args.quick or experiment):
-        write_results(lines, "python " + " ".join(["bench/storm.py", *sys.argv[1:]]))
-        say(f"wrote {RESULTS.relative_to(ROOT)}")
+        write_results(lines, " ".join(["python -m bench.storm", *sys.argv[1:]]), args.results)
+        say(f"wrote {shown(args.results)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Controller resync after a relay restart (part 2 of ``bench/storm.py``), parent side.
+"""Controller resync after a relay restart (part 2 of ``python -m bench.storm``), parent side.
 
 1. A fresh relay; a controller (``client.actions.init`` with the relay's one-time
-   token); ``bench.storm_daemons`` runs the machine daemons in one load process.
+   token); ``bench.common.daemon_host`` runs the machine daemons in one load process.
 2. Every daemon is paired for real: its pairing code is read from its terminal
    output and given to ``client.actions.pair`` (XXpsk3 through the relay, grant,
    comparison code confirmed), one after the other, as a person would.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.storm_procs import LoadProcess, RelayProcess, Sampler, free_port
+from bench.common.procs import LoadProcess, RelayProcess, Sampler, free_port
 from starmux.client import actions
 from starmux.client.cache import Cache
 from starmux.client.live import LiveController
@@ -49,7 +49,7 @@ async def run_resync(
             name="storm-controller",
         )
         host = await LoadProcess.start(
-            "daemon host", "bench.storm_daemons",
+            "daemon host", "bench.common.daemon_host",
             "--url", relay.url, "--count", str(machines), "--root", str(tmp / "daemons"),
             log_path=tmp / "daemons.log",
         )  # fmt: skip

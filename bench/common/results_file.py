@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 from pathlib import Path
 
-from bench.storm_procs import ROOT
-
+ROOT = Path(__file__).resolve().parent.parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def add_results_option(parser: argparse.ArgumentParser) -> None:
+    """``--results PATH``: where ``--write`` puts the figures (tests write to a
+    temporary file, never to the committed one)."""
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="the results file [bench/RESULTS.md]"
+    )
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def write_section(

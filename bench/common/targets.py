@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from bench.wsclient import RawWebSocket, client_frame, connect
+from bench.common.wsclient import RawWebSocket, client_frame, connect
 from starmux.codec import Message
 from starmux.control import (
     CONTROL,

@@ -1,12 +1,12 @@
-"""The two stacks of the end-to-end benchmark, seen from its parent (``bench/e2e.py``).
+"""The two stacks of the end-to-end benchmark, seen from its parent (``python -m bench.e2e``).
 
 - :class:`StarmuxStack`: a relay process (``starmux relay serve``), ``N`` real daemons
-  in one load process (``bench/e2e_daemons.py``) paired for real with a controller,
+  in one load process (``bench/e2e/daemons.py``) paired for real with a controller,
   and that controller's :class:`client.live.LiveController` in this process, counting
   the events it applies to its SQLite cache (``on_event`` runs after the commit).
-- :class:`BareStack`: the bare forwarder (``bench/bare_forwarder.py``), ``N`` senders
-  in one load process (``bench/e2e_bare.py``) and one receiver in this process
-  (``bench/wsclient.py``), counting the messages it reads.
+- :class:`BareStack`: the bare forwarder (``bench/common/bare_forwarder.py``), ``N`` senders
+  in one load process (``bench/e2e/bare.py``) and one receiver in this process
+  (``bench/common/wsclient.py``), counting the messages it reads.
 
 Each offers the same two windows: ``throughput`` (the senders as fast as flow control
 lets them; received per second after a warm-up) and ``latency`` (a fixed total rate;
@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.e2e_daemons import read_stamp
-from bench.storm_procs import (
+from bench.common.procs import (
     TICKS,
     LoadProcess,
     RelayProcess,
@@ -35,8 +34,9 @@ from bench.storm_procs import (
     free_port,
     machine_busy_seconds,
 )
-from bench.targets import BODY, MARKER
-from bench.wsclient import COUNT, DISCARD, STAMP, RawWebSocket, connect
+from bench.common.targets import BODY, MARKER
+from bench.common.wsclient import COUNT, DISCARD, STAMP, RawWebSocket, connect
+from bench.e2e.daemons import read_stamp
 from starmux.client import actions
 from starmux.client.live import LiveController
 from starmux.client.store import ControllerStore
@@ -133,7 +133,7 @@ class StarmuxStack:
         token = str(relay.started["registration_token"])
         await actions.init(home, relay_url=relay.url, token=token, name="e2e-controller")
         host = await LoadProcess.start(
-            "daemon host", "bench.e2e_daemons",
+            "daemon host", "bench.e2e.daemons",
             "--url", relay.url, "--count", str(machines), "--root", str(tmp / "daemons"),
             log_path=tmp / "daemons.log",
         )  # fmt: skip
@@ -255,7 +255,11 @@ class BareStack:
         ):  # the receiver reads perf_counter_ns; the senders stamp monotonic_ns
             raise RuntimeError("perf_counter is not CLOCK_MONOTONIC here: latencies would lie")
         forwarder = await LoadProcess.start(
-            "bare forwarder", "bench.bare_forwarder", "--port", "0", log_path=tmp / "bare.log"
+            "bare forwarder",
+            "bench.common.bare_forwarder",
+            "--port",
+            "0",
+            log_path=tmp / "bare.log",
         )
         url = (await forwarder.expect("listening", within=SETUP_TIMEOUT))["url"]
         parts = urlsplit(url)
@@ -264,7 +268,7 @@ class BareStack:
         receiver.mode = DISCARD
         await asyncio.sleep(0.2)  # the forwarder registers the receiver before any sender
         senders = await LoadProcess.start(
-            "bare senders", "bench.e2e_bare",
+            "bare senders", "bench.e2e.bare",
             "--url", url, "--count", str(machines), "--to", RECEIVER_ID.hex(),
             log_path=tmp / "bare-senders.log",
         )  # fmt: skip

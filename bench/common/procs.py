@@ -1,10 +1,11 @@
-"""Processes of the reconnect-storm benchmark, seen from its parent (``bench/storm.py``).
+"""Processes of the reconnect-storm benchmark, seen from its parent (``python -m bench.storm``).
 
 - :class:`RelayProcess`: ``starmux relay serve --json`` on a fixed port and data dir,
   started and stopped (SIGTERM or SIGKILL) as often as needed; ``ready_at`` is the
   ``time.monotonic()`` at which its "listening" line was read.
-- :class:`LoadProcess`: a ``python -m bench.storm_*`` child that takes JSON commands
-  on stdin and answers with JSON lines on stdout.
+- :class:`LoadProcess`: a ``python -m bench.X.Y`` child (``bench.storm.clients``,
+  ``bench.common.daemon_host``, ``bench.e2e.daemons``) that takes JSON commands on
+  stdin and answers with JSON lines on stdout.
 - :class:`Sampler`: RSS and CPU time of a process from ``/proc``, a few times a second.
 - :class:`Profiler`: ``py-spy record`` on the relay, summed up by function.
 - :func:`emit` and :func:`commands`: the children's side of the JSON-lines pipe.
@@ -32,9 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.storm_patches import ENV, LAUNCHER, STATS_ENV
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -148,8 +147,6 @@ class RelayProcess:
     port: int
     env: dict[str, str]
     log_path: Path
-    #: Experiments applied in the relay's process (``bench/storm_patches.py``).
-    patches: tuple[str, ...] = ()
     proc: asyncio.subprocess.Process | None = None
     _log_offset: int = 0
     ready_at: float = 0.0
@@ -162,19 +159,12 @@ class RelayProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    @property
-    def stats_path(self) -> Path:
-        """Where the ``timing`` patch writes its figures."""
-        return self.log_path.with_suffix(".stats.json")
-
     async def start(self) -> RelayProcess:
         """Start and wait for the "listening" line (sets ``ready_at``)."""
-        launch = ["-c", LAUNCHER] if self.patches else ["-m", "starmux.cli"]
-        env = {**os.environ, **self.env, ENV: ",".join(self.patches)}
-        env[STATS_ENV] = str(self.stats_path)
+        env = {**os.environ, **self.env}
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *launch, "relay", "serve", "--json",
+                sys.executable, "-m", "starmux.cli", "relay", "serve", "--json",
                 "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--log-level", "warning",
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

@@ -1,6 +1,6 @@
 """The floor the relay is measured against: the least router that can run on its stack.
 
-``python -m bench.bare_forwarder --port 0`` serves ``/v1/ws`` on the relay's own stack
+``python -m bench.common.bare_forwarder --port 0`` serves ``/v1/ws`` on the relay's own stack
 (Starlette on uvicorn; by default uvloop, websockets-sansio, per-message deflate off,
 the same size cap and keepalive as ``relay/server.py``). No auth, no limits, no
 queues: a client's first binary message is its 2-byte connection id; the first two
@@ -9,7 +9,7 @@ forward is awaited in the sender's own loop, so a stalled receiver pushes back o
 its sender through TCP instead of being buffered or disconnected.
 
 ``--loop``, ``--ws`` and ``--deflate`` switch the stack, for the stack comparison in
-``bench/relay.py``. It prints ``{"event": "listening", "url": ...}`` once bound.
+``python -m bench.relay``. It prints ``{"event": "listening", "url": ...}`` once bound.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The load generator of ``bench/relay.py``; runs in its own process, on uvloop.
+"""The load generator of ``python -m bench.relay``; runs in its own process, on uvloop.
 
-``python -m bench.loadgen traffic --server NAME=KIND,URL,PID ...`` (KIND: ``bare`` or
+``python -m bench.relay.loadgen traffic --server NAME=KIND,URL,PID ...`` (KIND: ``bare`` or
 ``starmux``) opens sender → receiver pairs on every server given, checks that each
 pair routes, then measures in *rounds*: each round gives every server, one after
 the other, the same short window of each scenario. On a shared machine whose speed
@@ -18,7 +18,7 @@ same conditions; the medians over rounds are reported.
   server's RSS is sampled and, for starmux, its 4011 (slow consumer) closes are read
   from ``/metrics``.
 
-``python -m bench.loadgen idle --kind KIND --url URL --server-pid PID --connections N``
+``python -m bench.relay.loadgen idle --kind KIND --url URL --server-pid PID --connections N``
 measures the server's RSS per idle connection: RSS after N connections
 (authenticated, or with their id announced) minus RSS before, over N.
 
@@ -42,8 +42,8 @@ from typing import Any
 
 import uvloop
 
-from bench.targets import Pair, bounded_gather, make_target, open_pairs
-from bench.wsclient import COUNT, DISCARD, STAMP, RawWebSocket
+from bench.common.targets import Pair, bounded_gather, make_target, open_pairs
+from bench.common.wsclient import COUNT, DISCARD, STAMP, RawWebSocket
 from starmux.frames import FrameType
 
 #: Latency runs send what is due every TICK; uvloop rounds timers to whole milliseconds.

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Any
 
-from bench.loadgen import percentile
-from bench.results_file import write_section
+from bench.common.results_file import write_section
+from bench.relay.loadgen import percentile
 
 HEADING = "## End-to-end"
 #: Other processes' CPU (cores) above which a window's figures are marked noisy.
 NOISY = 0.3
 
 METHOD = """\
-How it is measured (`bench/e2e.py`). *starmux*: a relay process (`starmux relay serve`,
+How it is measured (`python -m bench.e2e`). *starmux*: a relay process (`starmux relay serve`,
 shipped limits except the per-IP ones, since every machine connects from 127.0.0.1); N
 real `daemon.runtime.Daemon`s in one load process on the daemon's own event loop (default
-asyncio; `bench/e2e_daemons.py`, built on `bench/storm_daemons.py`), each with its own
+asyncio; `bench/e2e/daemons.py`, built on `bench/common/daemon_host.py`), each with its own
 keys, SQLite event log and relay link, paired for real with a controller
 (`client.actions.pair`, code read from the daemon's terminal); the controller's
 `client.live.LiveController` runs in the parent process (default asyncio, as the CLI) over
@@ -34,9 +35,9 @@ combined cost sits on one core, which 100 real machines would not. *Latency*: a 
 total rate, round-robin over the daemons, each event stamped with `time.monotonic_ns()`
 (CLOCK_MONOTONIC, one clock for every process of the host) when it is appended, read by
 the controller after its cache commit: log commit, live push, Noise, relay and cache apply
-are all inside. *Bare*: the same N senders → 1 receiver through `bench/bare_forwarder.py`
+are all inside. *Bare*: the same N senders → 1 receiver through `bench/common/bare_forwarder.py`
 (the relay's stack, no auth, no crypto, no logs), senders in one load process with
-`bench/wsclient.py` on uvloop (`bench/e2e_bare.py`), flooding as fast as TCP takes (the
+`bench/common/wsclient.py` on uvloop (`bench/e2e/bare.py`), flooding as fast as TCP takes (the
 forwarder awaits each forward in the sender's loop, so the receiver pushes back end to
 end), receiver in the parent; messages are the 2-byte address and the same 1 KiB, stamped
 with `time.monotonic_ns()` for latency (the receiver reads `perf_counter_ns`, on Linux the
@@ -44,7 +45,7 @@ same CLOCK_MONOTONIC, checked at start). Both stacks run at once, and each round
 starmux then bare the same window; figures are medians over rounds (the latency max pools
 all rounds). CPU is utime+stime from `/proc/PID/stat` over each measured window; "other
 processes" is `/proc/stat` busy time minus this benchmark's whole process tree: at or
-above 0.3 cores a figure is marked noisy. *Approve*: `bench/sessions.py`'s method (a relay
+above 0.3 cores a figure is marked noisy. *Approve*: `python -m bench.sessions`'s method (a relay
 and a daemon as processes, as `starmux demo`; an agent raises checkpoints with `starmux
 checkpoint` one after another; time from the controller submitting its signed approval to
 the agent process printing that it continued, `time.time()` on both sides), one machine;
@@ -136,5 +137,5 @@ def figures(results: dict[str, Any]) -> list[str]:
             *cpu_lines]  # fmt: skip
 
 
-def write_results(lines: list[str], command: str) -> None:
-    write_section(HEADING, lines, command, METHOD)
+def write_results(lines: list[str], command: str, path: Path) -> None:
+    write_section(HEADING, lines, command, METHOD, path)

@@ -1,0 +1,1 @@
+"""Noise channel transport and handshake rates: ``python -m bench.channel [--quick]``."""

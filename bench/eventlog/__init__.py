@@ -1,0 +1,1 @@
+"""Event log append rate: ``python -m bench.eventlog [--quick]``."""

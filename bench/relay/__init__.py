@@ -1,0 +1,1 @@
+"""The relay against a bare forwarder: ``python -m bench.relay [--quick]``."""

@@ -1,0 +1,1 @@
+"""Chatty session and approve latency: ``python -m bench.sessions [--quick]``."""

@@ -1,0 +1,1 @@
+"""Reconnect storm and controller resync: ``python -m bench.storm [--quick]``."""
