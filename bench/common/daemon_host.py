@@ -59,14 +59,14 @@ class EventStream(io.StringIO):
 
 
 class DaemonHost:
-    def __init__(self, url: str, count: int, root: Path) -> None:
+    def __init__(self, url: str, count: int, root: Path, first: int = 0) -> None:
         work = root / "work"
         work.mkdir(parents=True, exist_ok=True)
         self.daemons = [
             Daemon(
                 root / f"d{i:03d}",
                 relay_url=url,
-                name=f"storm-d{i:03d}",
+                name=f"storm-d{first + i:03d}",
                 terminal=Terminal(stream=EventStream(self._listener(i)), json_lines=True),
                 allow_roots=[work],
             )
@@ -146,8 +146,9 @@ async def start_from_argv() -> tuple[DaemonHost, list[asyncio.Task[None]]]:
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--first", type=int, default=0, help="the first daemon's number")
     args = parser.parse_args()
-    host = DaemonHost(args.url, args.count, args.root)
+    host = DaemonHost(args.url, args.count, args.root, args.first)
     tasks = host.run_all()
     await host.all_paired.wait()
     return host, tasks

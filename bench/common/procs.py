@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,8 @@ class LoadProcess:
         self.proc = proc
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.progress: dict[str, Any] = {}  # the latest "progress" event
+        #: Events handed to a callback as they arrive instead of queued for ``expect``.
+        self.listeners: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -278,6 +280,8 @@ class LoadProcess:
                 message = json.loads(line)
                 if message["event"] == "progress":
                     self.progress = message
+                elif (listener := self.listeners.get(message["event"])) is not None:
+                    listener(message)
                 else:
                     self.events.put_nowait(message)
         self.events.put_nowait({"event": "exited"})
@@ -286,6 +290,11 @@ class LoadProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"cmd": command, **fields}).encode() + b"\n")
         await self.proc.stdin.drain()
+
+    def send_nowait(self, command: str, **fields: Any) -> None:
+        """``send`` without waiting for the pipe to drain (from a callback)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": command, **fields}).encode() + b"\n")
 
     async def expect(self, event: str, *, within: float) -> dict[str, Any]:
         """The next event named ``event`` (others are dropped); raises if the child exits."""

@@ -1,16 +1,22 @@
 """End to end: controller ⇄ relay ⇄ N daemons, side by side with the bare forwarder.
 
-    python -m bench.e2e [--quick] [--machines 1,10,100] [--profile DIR]
+    python -m bench.e2e [--quick] [--shapes 1x1,10x4,100x4,100x1] [--profile DIR]
 
 The full path: real keys, real pairing, Noise_KK channels, each daemon's durable
 event log and the controller's SQLite cache (``bench/e2e/stacks.py``), measured in
 the same run as the least router on the relay's stack (``bench/common/bare_forwarder.py``)
-carrying the same 1 KiB from N senders to one receiver. For each N:
+carrying the same 1 KiB from N senders to one receiver. The controller runs alone in
+its process (``bench/e2e/controller.py``), as on a laptop; the N daemons are spread
+over K processes (``bench/e2e/daemons.py``), as real machines are; K = 1 (all daemons
+in one process, which then costs them more than N machines would) is kept as a row.
+For each shape N×K:
 
 1. **events/s delivered** to a watching ``LiveController``: every daemon appends
    ``Output`` events (1 KiB of data) to its ``EventLog`` as fast as an end-to-end
    window of unapplied events lets it; counted as the controller applies them. Bare:
-   messages/s the receiver reads while the senders flood.
+   messages/s the receiver reads while the senders flood. With it, **CPU µs per
+   event** of each part (controller, relay, daemons; bare: receiver, forwarder,
+   senders) from ``/proc`` over the window.
 2. **latency** from the daemon's append to the controller's apply (bare: send to
    read), p50/p99 at ``--rate`` events/s in all, spread over the N machines.
 
@@ -18,11 +24,12 @@ Both stacks run at once; each round gives starmux, then bare, the same window.
 Then **approve → blocked process continues** for one machine, by
 ``python -m bench.sessions``'s method (no bare counterpart).
 
-``--quick``: N = 1 and 4, one short round (about 20 s; its figures are a smoke
-test). The full run (N = 1, 10, 100; about 4 minutes) writes the "End-to-end" section
-of ``bench/RESULTS.md``. ``--profile DIR`` samples the controller, the daemons' process
-and the relay with py-spy during the first starmux throughput and latency windows of
-each N (figures then perturbed: RESULTS.md is left alone unless ``--write``).
+``--quick``: 1×1 and 4×2, one short round (about 20 s; its figures are a smoke
+test). The full run (1×1, 10×4, 100×4, 100×1; about 6 minutes) writes the
+"End-to-end" section of ``bench/RESULTS.md``. ``--profile DIR`` samples the
+controller, the first daemon process and the relay with py-spy during the first
+starmux throughput and latency windows of each shape (figures then perturbed:
+RESULTS.md is left alone unless ``--write``).
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ from starmux.client.demo import DemoReport, Process, set_up_locally
 
 @dataclass(frozen=True)
 class Settings:
-    machines: tuple[int, ...] = (1, 10, 100)
+    #: (N machines, K daemon processes): K = 1 is the one-process shape, kept as a row.
+    shapes: tuple[tuple[int, int], ...] = ((1, 1), (10, 4), (100, 4), (100, 1))
     rounds: int = 3
     warmup: float = 1.0
     seconds: float = 3.0  # throughput windows
@@ -59,7 +67,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(machines=(1, 4), rounds=1, warmup=0.3, seconds=0.7, latency_seconds=0.7,
+QUICK = Settings(shapes=((1, 1), (4, 2)), rounds=1, warmup=0.3, seconds=0.7, latency_seconds=0.7,
                  approvals=3)  # fmt: skip
 
 
@@ -76,7 +84,8 @@ async def _profiled(
         return await window()
     profilers = {
         name: await Profiler.start(pid, path.with_name(f"{path.name}-{name}.txt"))
-        for name, pid in stack.pids.items()
+        for name, pids in stack.pids.items()
+        for pid in pids[:1]  # the first daemon host stands for the others
     }
     await asyncio.sleep(0.5)  # py-spy attaches
     try:
@@ -87,20 +96,20 @@ async def _profiled(
             say("\n".join([f"profile of the {name} ({path.name}):", *top]))
 
 
-async def measure(tmp: Path, n: int, settings: Settings) -> dict[str, Any]:
+async def measure(tmp: Path, n: int, processes: int, settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
     starmux = bare = None
     try:
-        starmux = await StarmuxStack.start(tmp / "starmux", n, say)
+        starmux = await StarmuxStack.start(tmp / "starmux", n, processes, say)
         bare = await BareStack.start(tmp / "bare", n)
         setup_s = time.monotonic() - started
-        say(f"  N = {n}: both stacks up in {setup_s:.1f} s")
+        say(f"  N = {n} over {processes}: both stacks up in {setup_s:.1f} s")
         rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
             "starmux": {"tp": [], "lat": []}, "bare": {"tp": [], "lat": []},
         }  # fmt: skip
         profile = settings.profile
         for number in range(settings.rounds):
-            path = profile / f"n{n}-throughput" if profile and number == 0 else None
+            path = profile / f"n{n}x{processes}-throughput" if profile and number == 0 else None
             result = await _profiled(
                 starmux, lambda: starmux.throughput(settings.warmup, settings.seconds), path
             )
@@ -111,7 +120,7 @@ async def measure(tmp: Path, n: int, settings: Settings) -> dict[str, Any]:
                 f"bare {rates[1]:,.0f} msg/s")  # fmt: skip
         shape = (settings.rate, settings.warmup, settings.latency_seconds)
         for number in range(settings.rounds):
-            path = profile / f"n{n}-latency" if profile and number == 0 else None
+            path = profile / f"n{n}x{processes}-latency" if profile and number == 0 else None
             result = await _profiled(starmux, lambda: starmux.latency(*shape), path)
             rounds["starmux"]["lat"].append(result)
             rounds["bare"]["lat"].append(await bare.latency(*shape))
@@ -123,6 +132,7 @@ async def measure(tmp: Path, n: int, settings: Settings) -> dict[str, Any]:
                     await stack.close()
     return {
         "machines": n,
+        "processes": processes,
         "setup_s": setup_s,
         **{kind: summarize(n, kind, r["tp"], r["lat"]) for kind, r in rounds.items()},
     }
@@ -145,12 +155,13 @@ async def run(settings: Settings, load_before: str) -> dict[str, Any]:
     per_n = []
     with tempfile.TemporaryDirectory(prefix="starmux-e2e-") as name:
         tmp = Path(name)
-        for n in settings.machines:
-            say(f"N = {n}: starting a relay, {n} daemons (paired one by one), a controller, "
-                "the bare forwarder and its senders…")  # fmt: skip
-            (tmp / f"n{n}" / "starmux").mkdir(parents=True)
-            (tmp / f"n{n}" / "bare").mkdir(parents=True)
-            per_n.append(await measure(tmp / f"n{n}", n, settings))
+        for n, processes in settings.shapes:
+            say(f"N = {n}: starting a relay, {n} daemons over {processes} processes (paired "
+                "one by one), a controller, the bare forwarder and its senders…")  # fmt: skip
+            where = tmp / f"n{n}x{processes}"
+            (where / "starmux").mkdir(parents=True)
+            (where / "bare").mkdir(parents=True)
+            per_n.append(await measure(where, n, processes, settings))
         say(f"approve round trip: {settings.approvals} checkpoints on one machine…")
         (tmp / "approve").mkdir()
         approve_result = await approve(tmp / "approve", settings.approvals)
@@ -164,8 +175,12 @@ async def run(settings: Settings, load_before: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1, 4; one short round")
-    parser.add_argument("--machines", default=None, help="comma-separated N [1,10,100]")
+    parser.add_argument("--quick", action="store_true", help="1x1 and 4x2; one short round")
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated NxK: N machines over K daemon processes [1x1,10x4,100x4,100x1]",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="[3; --quick: 1]")
     parser.add_argument("--rate", type=float, default=None, help="latency, events/s [1000]")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks go here")
@@ -179,9 +194,11 @@ def main() -> None:
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     settings = Settings(
-        machines=tuple(int(n) for n in args.machines.split(","))
-        if args.machines
-        else base.machines,
+        shapes=tuple(
+            (int(n), int(k)) for n, k in (shape.split("x") for shape in args.shapes.split(","))
+        )
+        if args.shapes
+        else base.shapes,
         rounds=args.rounds or base.rounds,
         warmup=base.warmup,
         seconds=base.seconds,

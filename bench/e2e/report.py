@@ -16,22 +16,23 @@ NOISY = 0.3
 METHOD = """\
 How it is measured (`python -m bench.e2e`). *starmux*: a relay process (`starmux relay serve`,
 shipped limits except the per-IP ones, since every machine connects from 127.0.0.1); N
-real `daemon.runtime.Daemon`s in one load process on the daemon's own event loop (default
-asyncio; `bench/e2e/daemons.py`, built on `bench/common/daemon_host.py`), each with its own
-keys, SQLite event log and relay link, paired for real with a controller
-(`client.actions.pair`, code read from the daemon's terminal); the controller's
-`client.live.LiveController` runs in the parent process (default asyncio, as the CLI) over
+real `daemon.runtime.Daemon`s spread over K load processes (N × K in the tables; K = 1 is
+the old one-process shape) on the daemon's own event loop (default asyncio;
+`bench/e2e/daemons.py`, built on `bench/common/daemon_host.py`), each with its own keys,
+SQLite event log and relay link, paired for real with a controller (`client.actions.pair`,
+code read from the daemon's terminal); the controller's `client.live.LiveController` runs
+alone in its own process (`bench/e2e/controller.py`; default asyncio, as the CLI) over
 Noise_KK channels and counts the events it has applied to its SQLite cache (`on_event`,
 after the commit). Every event is `Output("stdout", 1 KiB)` (1,056-byte body) appended to
 the daemon's real `EventLog` (group commit); the live service pushes committed events as
 pages. *Throughput*: each daemon appends in bursts (window/4 per call, at most two bursts
 uncommitted) while fewer than its window of events are unapplied by the controller (the
-controller reports its cursors to the load process every 10 ms; the windows add up to
-1,024 events), so the figure is a steady state. Without that window the daemons append
-some 35,000 events/s, the controller falls behind, is taken off live and pages through the
-logs (nothing is lost and no connection is closed: the log is the buffer) while the
-daemons take the CPU it needs. All N daemons share one process, so at N = 100 their
-combined cost sits on one core, which 100 real machines would not. *Latency*: a fixed
+controller reports its cursors every 10 ms, relayed by the parent to the load processes;
+the windows add up to 1,024 events), so the figure is a steady state. Without that window
+the daemons append some 35,000 events/s, the controller falls behind, is taken off live
+and pages through the logs (nothing is lost and no connection is closed: the log is the
+buffer) while the daemons take the CPU it needs. With K = 1 all N daemons share one process, so at
+N = 100 their combined cost sits on one core, which 100 real machines would not. *Latency*: a fixed
 total rate, round-robin over the daemons, each event stamped with `time.monotonic_ns()`
 (CLOCK_MONOTONIC, one clock for every process of the host) when it is appended, read by
 the controller after its cache commit: log commit, live push, Noise, relay and cache apply
@@ -43,7 +44,8 @@ end), receiver in the parent; messages are the 2-byte address and the same 1 KiB
 with `time.monotonic_ns()` for latency (the receiver reads `perf_counter_ns`, on Linux the
 same CLOCK_MONOTONIC, checked at start). Both stacks run at once, and each round gives
 starmux then bare the same window; figures are medians over rounds (the latency max pools
-all rounds). CPU is utime+stime from `/proc/PID/stat` over each measured window; "other
+all rounds). CPU is each process's run time from `/proc/PID/task/*/schedstat` (nanoseconds, every
+thread) over each measured window; "other
 processes" is `/proc/stat` busy time minus this benchmark's whole process tree: at or
 above 0.3 cores a figure is marked noisy. *Approve*: `python -m bench.sessions`'s method (a relay
 and a daemon as processes, as `starmux demo`; an agent raises checkpoints with `starmux
@@ -60,7 +62,7 @@ def summarize(
     n: int, kind: str, tp: list[dict[str, Any]], lat: list[dict[str, Any]]
 ) -> dict[str, Any]:
     pooled = sorted(d for r in lat for d in r["delays"])
-    cpu_keys = sorted(k for k in tp[0] if k.startswith("cpu_"))
+    cpu_keys = sorted(k for k in tp[0] if k.startswith(("cpu_", "us_")))
     return {
         "machines": n,
         "kind": kind,
@@ -86,24 +88,65 @@ def _cores(cpu: dict[str, float], names: tuple[str, ...]) -> str:
     return " / ".join(f"{cpu.get('cpu_' + name, float('nan')):.2f}" for name in names)
 
 
+def _us(cpu: dict[str, float], names: tuple[str, ...]) -> str:
+    values = [cpu.get("us_" + name, float("nan")) for name in names]
+    return " / ".join(f"{v:.1f}" for v in values) + f" (sum {sum(values):.1f})"
+
+
+STARMUX_PARTS = ("controller", "relay", "daemons")
+BARE_PARTS = ("receiver", "forwarder", "senders")
+
+
+def targets(per_n: list[dict[str, Any]]) -> list[str]:
+    """Issue 20's ratios, from this run: one machine against the most machines over
+    several processes."""
+    one = next((e for e in per_n if e["machines"] == 1), None)
+    spread = [e for e in per_n if e["machines"] > 1 and e.get("processes", 1) > 1]
+    if one is None or not spread:
+        return []
+    many = max(spread, key=lambda e: e["machines"])
+    label = f"{many['machines']}×{many['processes']}"
+    m1, mn = one["starmux"], many["starmux"]
+    controller = mn["tp_cpu"]["us_controller"] / m1["tp_cpu"]["us_controller"]
+    rate = mn["per_s"] / m1["per_s"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    return [
+        f"- controller CPU per event, {label} / 1×1: {controller:.2f} "
+        f"(target ≤ 1.3: {verdict(controller <= 1.3)})",
+        f"- events/s delivered, {label} / 1×1: {rate:.2f} (target ≥ 0.6: {verdict(rate >= 0.6)})",
+        f"- latency p99 at 1×1: {m1['p99_ms']:.2f} ms (target ≤ 3: {verdict(m1['p99_ms'] <= 3)});"
+        f" at {label}: {mn['p99_ms']:.2f} ms (target ≤ 10: {verdict(mn['p99_ms'] <= 10)})",
+    ]
+
+
 def figures(results: dict[str, Any]) -> list[str]:
     s = results["settings"]
     lines = [
-        f"Machines N = {', '.join(str(n) for n in s['machines'])}; {s['rounds']} rounds; "
+        f"Shapes N machines × K daemon processes = "
+        f"{', '.join(f'{n} × {k}' for n, k in s['shapes'])}; {s['rounds']} rounds; "
         f"throughput windows {s['warmup']:g} s warm-up + {s['seconds']:g} s, latency windows "
         f"{s['warmup']:g} + {s['latency_seconds']:g} s at {s['rate']:,.0f} events/s in all; "
         f"1 KiB bodies throughout. Load average before the run: {results['load_before']}.",
         "",
-        "| N | figure | bare | starmux | starmux/bare |",
+        "| N × K | figure | bare | starmux | starmux/bare |",
         "|---:|---|---:|---:|---:|",
     ]
     cpu_lines = [
-        "| N | window | starmux: controller / relay / daemons | bare: receiver / forwarder "
+        "| N × K | window | starmux: controller / relay / daemons | bare: receiver / forwarder "
         "/ senders | other processes (max of rounds) |",
         "|---:|---|---|---|---|",
     ]
+    us_lines = [
+        "| N × K | window | starmux: controller / relay / daemons | bare: receiver / forwarder "
+        "/ senders |",
+        "|---:|---|---|---|",
+    ]
     for entry in results["per_n"]:
-        n, b, m = entry["machines"], entry["bare"], entry["starmux"]
+        b, m = entry["bare"], entry["starmux"]
+        n = f"{entry['machines']} × {entry.get('processes', 1)}"
         noise_tp = _noisy(max(b["tp_others_max"], m["tp_others_max"]))
         noise_lat = _noisy(max(b["lat_others_max"], m["lat_others_max"]))
         lines += [
@@ -120,21 +163,28 @@ def figures(results: dict[str, Any]) -> list[str]:
         ]
         for window, key in (("throughput", "tp"), ("latency", "lat")):
             cpu_lines.append(
-                f"| {n} | {window} | {_cores(m[key + '_cpu'], ('controller', 'relay', 'daemons'))}"
-                f" | {_cores(b[key + '_cpu'], ('receiver', 'forwarder', 'senders'))} "
+                f"| {n} | {window} | {_cores(m[key + '_cpu'], STARMUX_PARTS)}"
+                f" | {_cores(b[key + '_cpu'], BARE_PARTS)} "
                 f"| {max(m[key + '_others_max'], b[key + '_others_max']):.2f} |"
+            )
+            us_lines.append(
+                f"| {n} | {window} | {_us(m[key + '_cpu'], STARMUX_PARTS)}"
+                f" | {_us(b[key + '_cpu'], BARE_PARTS)} |"
             )
     approve = results.get("approve")
     if approve is not None:
         lines.append(
-            f"| 1 | approve → blocked process continues, median / p90 ms (min "
+            f"| 1 × 1 | approve → blocked process continues, median / p90 ms (min "
             f"{approve['min_ms']:.1f}; {approve['count']:.0f} checkpoints; machine busy "
             f"{approve['busy_cores']:.2f} cores, others {approve['cpu_others']:.2f})"
             f"{_noisy(approve['cpu_others'])} | no bare counterpart "
             f"| **{approve['median_ms']:.1f} / {approve['p90_ms']:.1f}** | |"
         )
-    return [*lines, "", "CPU during the measured windows, cores (median of rounds):", "",
-            *cpu_lines]  # fmt: skip
+    goals = targets(results["per_n"])
+    return [*lines, "", "CPU per event delivered, µs (median of rounds; latency windows: per "
+            "event offered):", "", *us_lines, "",
+            "CPU during the measured windows, cores (median of rounds):", "", *cpu_lines,
+            *(["", "Issue 20's targets, this run:", "", *goals] if goals else [])]  # fmt: skip
 
 
 def write_results(lines: list[str], command: str, path: Path) -> None:

@@ -1,9 +1,11 @@
 """The two stacks of the end-to-end benchmark, seen from its parent (``python -m bench.e2e``).
 
 - :class:`StarmuxStack`: a relay process (``starmux relay serve``), ``N`` real daemons
-  in one load process (``bench/e2e/daemons.py``) paired for real with a controller,
-  and that controller's :class:`client.live.LiveController` in this process, counting
-  the events it applies to its SQLite cache (``on_event`` runs after the commit).
+  spread over ``K`` load processes (``bench/e2e/daemons.py``; real machines are
+  separate processes, and ``K`` = 1 is the old, harsher shape) paired for real with a
+  controller, and that controller alone in its own process (``bench/e2e/controller.py``),
+  counting the events it applies to its SQLite cache (``on_event`` runs after the
+  commit).
 - :class:`BareStack`: the bare forwarder (``bench/common/bare_forwarder.py``), ``N`` senders
   in one load process (``bench/e2e/bare.py``) and one receiver in this process
   (``bench/common/wsclient.py``), counting the messages it reads.
@@ -36,11 +38,7 @@ from bench.common.procs import (
 )
 from bench.common.targets import BODY, MARKER
 from bench.common.wsclient import COUNT, DISCARD, STAMP, RawWebSocket, connect
-from bench.e2e.daemons import read_stamp
 from starmux.client import actions
-from starmux.client.live import LiveController
-from starmux.client.store import ControllerStore
-from starmux.messages import LoggedEvent
 from starmux.pairing_code import parse_pairing_code
 
 #: Every daemon connects from 127.0.0.1 and pairs within seconds: only the per-IP
@@ -51,7 +49,6 @@ RELAY_ENV = {
 }
 #: Events in flight (appended, not yet applied by the controller), over all machines.
 FLOW_BUDGET = 1024
-FEEDBACK = 0.01  # seconds between cursor reports to the daemons while they flood
 RECEIVER_ID = b"\xff\xff"
 SETUP_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 120.0
@@ -87,24 +84,47 @@ def _tree_cpu(root: int) -> float:
     return total
 
 
-class CpuWindow:
-    """Cores used over a window by named processes, by this benchmark's whole process
-    tree ("ours") and by everything else on the machine ("others")."""
+def run_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` in nanoseconds from ``schedstat``: windows of a
+    second need better than ``/proc/PID/stat``'s 10 ms ticks."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return cpu_seconds(pid)
+    for task in tasks:
+        with (
+            contextlib.suppress(FileNotFoundError, ProcessLookupError),
+            open(f"/proc/{pid}/task/{task}/schedstat") as schedstat,
+        ):
+            total += int(schedstat.read().split()[0])
+    return total / 1e9
 
-    def __init__(self, named: dict[str, int]) -> None:
+
+class CpuWindow:
+    """Cores used over a window by named groups of processes, by this benchmark's whole
+    process tree ("ours") and by everything else on the machine ("others")."""
+
+    def __init__(self, named: dict[str, list[int]]) -> None:
         self.named = named
         self.start = time.monotonic()
-        self.cpu = {name: cpu_seconds(pid) for name, pid in named.items()}
+        self.cpu = {name: self._cpu(pids) for name, pids in named.items()}
         self.ours = _tree_cpu(os.getpid())
         self.busy = machine_busy_seconds()
 
-    def read(self) -> dict[str, float]:
+    @staticmethod
+    def _cpu(pids: list[int]) -> float:
+        return sum(run_seconds(pid) for pid in pids)
+
+    def read(self, events: float | None = None) -> dict[str, float]:
+        """Cores per group over the window; with ``events``, also CPU µs per event
+        (``us_NAME``) for each group."""
         wall = time.monotonic() - self.start
         ours = _tree_cpu(os.getpid()) - self.ours
-        result = {
-            f"cpu_{name}": (cpu_seconds(pid) - self.cpu[name]) / wall
-            for name, pid in self.named.items()
-        }
+        spent = {name: self._cpu(pids) - self.cpu[name] for name, pids in self.named.items()}
+        result = {f"cpu_{name}": seconds / wall for name, seconds in spent.items()}
+        if events:
+            result.update({f"us_{name}": 1e6 * s / events for name, s in spent.items()})
         result["cpu_ours"] = ours / wall
         result["cpu_others"] = max(0.0, machine_busy_seconds() - self.busy - ours) / wall
         return result
@@ -113,129 +133,151 @@ class CpuWindow:
 # --- starmux ---------------------------------------------------------------------------------
 
 
+def shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal counts (the first ones one larger)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 class StarmuxStack:
-    def __init__(self, relay: RelayProcess, host: LoadProcess, store: ControllerStore) -> None:
+    """A relay, ``N`` daemons over ``K`` host processes, a controller in its own."""
+
+    def __init__(
+        self, relay: RelayProcess, hosts: list[LoadProcess], controller: LoadProcess
+    ) -> None:
         self.relay = relay
-        self.host = host
-        self.store = store
-        self.controller: LiveController | None = None
-        self.index: dict[bytes, int] = {}  # machine key → daemon index
-        self.applied: list[int] = []  # the controller's cursor per daemon
-        self.count = 0  # events applied so far
-        self.delays: list[int] | None = None  # ns, while a latency window runs
-        self._moved: set[int] = set()
+        self.hosts = hosts
+        self.controller = controller
+        self.where: dict[str, tuple[int, int]] = {}  # machine hex → (host, index in it)
+        self.sizes: list[int] = []
 
     @classmethod
-    async def start(cls, tmp: Path, machines: int, say: Say) -> StarmuxStack:
+    async def start(cls, tmp: Path, machines: int, processes: int, say: Say) -> StarmuxStack:
         relay = RelayProcess(tmp / "relay", free_port(), RELAY_ENV, tmp / "relay.log")
         await relay.start()
         home = tmp / "controller"
         token = str(relay.started["registration_token"])
         await actions.init(home, relay_url=relay.url, token=token, name="e2e-controller")
-        host = await LoadProcess.start(
-            "daemon host", "bench.e2e.daemons",
-            "--url", relay.url, "--count", str(machines), "--root", str(tmp / "daemons"),
-            log_path=tmp / "daemons.log",
+        hosts: list[LoadProcess] = []
+        first, sizes = 0, shares(machines, processes)
+        for h, count in enumerate(sizes):
+            hosts.append(
+                await LoadProcess.start(
+                    f"daemon host {h}",
+                    "bench.e2e.daemons",
+                    "--url",
+                    relay.url,
+                    "--count",
+                    str(count),
+                    "--first",
+                    str(first),
+                    "--root",
+                    str(tmp / f"daemons{h}"),
+                    log_path=tmp / f"daemons{h}.log",
+                )
+            )
+            first += count
+        done = 0
+        where: dict[str, tuple[int, int]] = {}
+        for h, host in enumerate(hosts):
+            for _ in range(sizes[h]):
+                event = await host.expect("code", within=SETUP_TIMEOUT)
+                code = parse_pairing_code(event["code"])
+                await actions.pair(home, code, confirm=lambda card, comparison: True)
+                done += 1
+                if done % 25 == 0:
+                    say(f"    paired {done}/{machines}")
+            paired = await host.expect("all-paired", within=SETUP_TIMEOUT)
+            where.update({key: (h, i) for i, key in enumerate(paired["machines"])})
+        controller = await LoadProcess.start(
+            "controller", "bench.e2e.controller", "--home", str(home),
+            log_path=tmp / "controller.log",
         )  # fmt: skip
-        for done in range(machines):
-            event = await host.expect("code", within=SETUP_TIMEOUT)
-            code = parse_pairing_code(event["code"])
-            await actions.pair(home, code, confirm=lambda card, comparison: True)
-            if (done + 1) % 25 == 0:
-                say(f"    paired {done + 1}/{machines}")
-        paired = await host.expect("all-paired", within=SETUP_TIMEOUT)
-        store = ControllerStore(home)
-        await store.open()
-        stack = cls(relay, host, store)
-        stack.index = {bytes.fromhex(key): i for i, key in enumerate(paired["machines"])}
-        stack.applied = [0] * machines
-        stack.controller = LiveController(store, await store.config(), on_event=stack.on_event)
-        await stack.controller.start()
-        live = await stack.controller.wait_live(within=SETUP_TIMEOUT)
-        if len(live) < machines:
-            raise RuntimeError(f"only {len(live)}/{machines} machines went live")
-        await host.send("prepare")
-        prepared = await host.expect("prepared", within=SETUP_TIMEOUT)
-        await stack.wait_applied(prepared["last_seq"], within=SETUP_TIMEOUT)
+        stack = cls(relay, hosts, controller)
+        stack.where, stack.sizes = where, sizes
+        controller.listeners["applied"] = stack._relay_cursors
+        live = await controller.expect("live", within=SETUP_TIMEOUT)
+        if len(live["machines"]) < machines:
+            raise RuntimeError(f"only {len(live['machines'])}/{machines} machines went live")
+        for host in hosts:
+            await host.send("prepare")
+        await stack.wait_applied(await stack._last_seqs("prepared"), within=SETUP_TIMEOUT)
         return stack
 
     @property
-    def pids(self) -> dict[str, int]:
-        return {"controller": os.getpid(), "relay": self.relay.pid, "daemons": self.host.pid}
+    def pids(self) -> dict[str, list[int]]:
+        return {
+            "controller": [self.controller.pid],
+            "relay": [self.relay.pid],
+            "daemons": [host.pid for host in self.hosts],
+        }
 
-    def on_event(self, machine: bytes, event: LoggedEvent) -> None:
-        index = self.index.get(machine)
-        if index is None:
-            return
-        self.applied[index] = event.seq
-        self._moved.add(index)
-        self.count += 1
-        if self.delays is not None and (stamp := read_stamp(event.body)) is not None:
-            self.delays.append(time.monotonic_ns() - stamp)
+    def _relay_cursors(self, message: dict[str, Any]) -> None:
+        """The controller's cursors to the daemons' hosts (their flow control)."""
+        per_host: dict[int, dict[str, int]] = {}
+        for key, seq in message["seqs"].items():
+            h, index = self.where[key]
+            per_host.setdefault(h, {})[str(index)] = seq
+        for h, seqs in per_host.items():
+            self.hosts[h].send_nowait("applied", seqs=seqs)
 
-    def _check_open(self) -> None:
-        assert self.controller is not None
-        if self.controller.closed.is_set():
-            reason = self.controller.close_reason
-            raise RuntimeError(f"the controller's relay connection closed: {reason}")
+    async def _last_seqs(self, event: str, within: float = SETUP_TIMEOUT) -> dict[str, int]:
+        """Every host's answer ``event`` (in host order), as machine hex → last seq."""
+        by_host = [(await host.expect(event, within=within))["last_seq"] for host in self.hosts]
+        return {key: by_host[h][i] for key, (h, i) in self.where.items()}
 
-    async def wait_applied(self, last_seq: list[int], *, within: float) -> None:
+    async def wait_applied(self, last_seq: dict[str, int], *, within: float) -> None:
         """Until the controller applied every daemon's log up to ``last_seq``."""
-        deadline = time.monotonic() + within
-        while any(a < s for a, s in zip(self.applied, last_seq, strict=True)):
-            self._check_open()
-            if time.monotonic() > deadline:
-                behind = sum(max(0, s - a) for a, s in zip(self.applied, last_seq, strict=True))
-                raise RuntimeError(f"the controller is still {behind} events behind")
-            await asyncio.sleep(0.01)
+        await self.controller.send("wait", last_seq=last_seq)
+        await self.controller.expect("caught-up", within=within)
 
-    async def _feedback(self) -> None:
-        while True:
-            await asyncio.sleep(FEEDBACK)
-            if self._moved:
-                seqs = {str(i): self.applied[i] for i in self._moved}
-                self._moved.clear()
-                await self.host.send("applied", seqs=seqs)
+    async def _count(self) -> tuple[int, float]:
+        await self.controller.send("count")
+        return int((await self.controller.expect("count", within=10))["count"]), time.monotonic()
 
     async def throughput(self, warmup: float, seconds: float) -> dict[str, Any]:
-        window = max(8, FLOW_BUDGET // len(self.applied))
-        self._moved = set(range(len(self.applied)))
-        feedback = asyncio.get_running_loop().create_task(self._feedback())
+        window = max(8, FLOW_BUDGET // len(self.where))
+        await self.controller.send("feedback", on=True)
         try:
-            await self.host.send("flood", window=window, burst=max(1, window // 4))
-            await self.host.expect("flooding", within=10)
+            for host in self.hosts:
+                await host.send("flood", window=window, burst=max(1, window // 4))
+            for host in self.hosts:
+                await host.expect("flooding", within=10)
             await asyncio.sleep(warmup)
-            before, meter = self.count, CpuWindow(self.pids)
+            (before, started), meter = await self._count(), CpuWindow(self.pids)
             await asyncio.sleep(seconds)
-            events, cpu = self.count - before, meter.read()
-            elapsed = time.monotonic() - meter.start
-            await self.host.send("stop-flood")
-            stopped = await self.host.expect("flood-stopped", within=DRAIN_TIMEOUT)
-            await self.wait_applied(stopped["last_seq"], within=DRAIN_TIMEOUT)
+            after, ended = await self._count()
+            events = after - before
+            cpu = meter.read(events)
+            for host in self.hosts:
+                await host.send("stop-flood")
+            last = await self._last_seqs("flood-stopped", DRAIN_TIMEOUT)
+            await self.wait_applied(last, within=DRAIN_TIMEOUT)
         finally:
-            feedback.cancel()
-        self._check_open()
-        return {"per_s": events / elapsed, "events": events, "window": window, **cpu}
+            await self.controller.send("feedback", on=False)
+        return {"per_s": events / (ended - started), "events": events, "window": window, **cpu}
 
     async def latency(self, rate: float, warmup: float, seconds: float) -> dict[str, Any]:
-        self.delays = []
-        await self.host.send("pace", rate=rate, seconds=warmup + seconds)
+        total = len(self.where)
+        for host, size in zip(self.hosts, self.sizes, strict=True):
+            await host.send("pace", rate=rate * size / total, seconds=warmup + seconds)
         await asyncio.sleep(warmup)
-        self.delays.clear()
+        await self.controller.send("delays", on=True)
         meter = CpuWindow(self.pids)
         await asyncio.sleep(seconds)
-        cpu = meter.read()
-        paced = await self.host.expect("paced", within=DRAIN_TIMEOUT)
-        await self.wait_applied(paced["last_seq"], within=DRAIN_TIMEOUT)
-        delays, self.delays = sorted(self.delays), None
-        self._check_open()
-        return {"delays": delays, "sent": int(paced["sent"]), **cpu}
+        cpu = meter.read(rate * seconds)
+        paced = [await host.expect("paced", within=DRAIN_TIMEOUT) for host in self.hosts]
+        last = {key: paced[h]["last_seq"][i] for key, (h, i) in self.where.items()}
+        await self.wait_applied(last, within=DRAIN_TIMEOUT)
+        sent = sum(int(answer["sent"]) for answer in paced)
+        await self.controller.send("delays", on=False)
+        delays = (await self.controller.expect("delays", within=DRAIN_TIMEOUT))["delays"]
+        return {"delays": delays, "sent": sent, **cpu}
 
     async def close(self) -> None:
-        if self.controller is not None:
-            await self.controller.close()
-        await self.store.close()
-        await self.host.stop()
+        await self.controller.stop()
+        for host in self.hosts:
+            await host.stop()
         await self.relay.stop(signal.SIGKILL)
 
 
@@ -276,11 +318,11 @@ class BareStack:
         return cls(forwarder, senders, receiver)
 
     @property
-    def pids(self) -> dict[str, int]:
+    def pids(self) -> dict[str, list[int]]:
         return {
-            "receiver": os.getpid(),
-            "forwarder": self.forwarder.pid,
-            "senders": self.senders.pid,
+            "receiver": [os.getpid()],
+            "forwarder": [self.forwarder.pid],
+            "senders": [self.senders.pid],
         }
 
     async def throughput(self, warmup: float, seconds: float) -> dict[str, Any]:
@@ -291,7 +333,8 @@ class BareStack:
         await asyncio.sleep(warmup)
         before, meter = receiver.count, CpuWindow(self.pids)
         await asyncio.sleep(seconds)
-        messages, cpu = receiver.count - before, meter.read()
+        messages = receiver.count - before
+        cpu = meter.read(messages)
         elapsed = time.monotonic() - meter.start
         await self.senders.send("stop-flood")
         sent = int((await self.senders.expect("flood-stopped", within=10))["sent"])
@@ -313,7 +356,7 @@ class BareStack:
         delays.clear()
         meter = CpuWindow(self.pids)
         await asyncio.sleep(seconds)
-        cpu = meter.read()
+        cpu = meter.read(rate * seconds)
         paced = await self.senders.expect("paced", within=DRAIN_TIMEOUT)
         await asyncio.sleep(0.3)  # the last ones arrive
         receiver.mode = DISCARD

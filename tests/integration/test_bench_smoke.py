@@ -61,9 +61,9 @@ SUITES: dict[str, tuple[bool, list[str]]] = {
     "e2e": (
         True,
         [
-            rf"\| 1 \| events/s delivered, 1 KiB [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
-            rf"\| 1 \| latency p99, ms [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
-            rf"\| 1 \| approve → blocked process continues[^|]*\|[^|]*"
+            rf"\| 1 × 1 \| events/s delivered, 1 KiB [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
+            rf"\| 1 × 1 \| latency p99, ms [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
+            rf"\| 1 × 1 \| approve → blocked process continues[^|]*\|[^|]*"
             rf"\| \*\*{NUMBER} / {NUMBER}\*\*",
         ],
     ),
