@@ -62,6 +62,30 @@ def logged(event: StoredEvent) -> LoggedEvent:
     return LoggedEvent(event.seq, event.at, event.session, event.body)
 
 
+def _page_cost(page: EventPage) -> int:
+    return sum(len(e.body) + len(e.session) + 32 for e in page.events)
+
+
+def merge_live_pages(first: EventPage, second: EventPage) -> EventPage | None:
+    """``first`` and ``second`` as one live page, or None if they may not be joined:
+    both must be pushed live events (not a sync answer, not the "sync again" page) of
+    one epoch, and the result must still fit one encrypted message."""
+    joinable = (
+        first.live
+        and second.live
+        and not first.more
+        and not second.more
+        and bool(first.events)
+        and bool(second.events)
+        and first.epoch == second.epoch
+        and len(first.events) + len(second.events) <= PAGE_EVENTS
+        and _page_cost(first) + _page_cost(second) <= PAGE_BYTES
+    )
+    if not joinable:
+        return None
+    return EventPage(first.epoch, first.events + second.events, False, True)
+
+
 class LiveService:
     def __init__(
         self,
@@ -235,10 +259,27 @@ class LiveService:
         peer.queue.put_nowait((peer.channel, message))
 
     async def _sender(self, peer: ControllerPeer) -> None:
+        queue = peer.queue
+        held: tuple[LiveChannel, Message] | None = None
         while True:
-            channel, message = await peer.queue.get()
+            channel, message = held or await queue.get()
+            held = None
             if channel is not peer.channel or channel.closed or self._send is None:
                 continue
+            # Under load, commits queue up small live pages while the last one is being
+            # sent: join those already waiting into one message (fewer seals, frames and
+            # controller wake-ups). Only what is already queued is joined, so an idle
+            # machine's event goes out at once, alone.
+            while isinstance(message, EventPage) and not queue.empty():
+                held = queue.get_nowait()
+                merged = (
+                    merge_live_pages(message, held[1])
+                    if held[0] is channel and isinstance(held[1], EventPage)
+                    else None
+                )
+                if merged is None:
+                    break
+                message, held = merged, None
             try:
                 await self._send(peer.key, channel.seal(message))
             except StarmuxError:
