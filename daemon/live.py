@@ -31,12 +31,13 @@ from starmux.messages import (
     CommandAck,
     CommandEnvelope,
     DecideCheckpoint,
+    EventPage,
     LoggedEvent,
     SendInput,
     StartSession,
     SyncRequest,
 )
-from starmux.resync import Feed
+from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
 
 from .checkpoints import Checkpoints
 from .eventlog import EventLog, StoredEvent

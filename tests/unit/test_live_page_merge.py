@@ -4,8 +4,9 @@ sync answer or the "sync again" page, and never past one encrypted message."""
 
 from __future__ import annotations
 
-from starmux.daemon.live import PAGE_BYTES, PAGE_EVENTS, merge_live_pages
+from starmux.daemon.live import merge_live_pages
 from starmux.messages import EventPage, LoggedEvent
+from starmux.resync import PAGE_BYTES, PAGE_EVENTS
 
 
 def _page(
