@@ -24,7 +24,7 @@ Both stacks run at once; each round gives starmux, then bare, the same window.
 Then **approve → blocked process continues** for one machine, by
 ``python -m bench.sessions``'s method (no bare counterpart).
 
-``--quick``: 1×1 and 4×2, one short round (about 20 s; its figures are a smoke
+``--quick``: 2×2 only, one short round (about 20 s; its figures are a smoke
 test). The full run (1×1, 10×4, 100×4, 100×1; about 6 minutes) writes the
 "End-to-end" section of ``bench/RESULTS.md``. ``--profile DIR`` samples the
 controller, the first daemon process and the relay with py-spy during the first
@@ -67,8 +67,8 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(shapes=((1, 1), (4, 2)), rounds=1, warmup=0.3, seconds=0.7, latency_seconds=0.7,
-                 approvals=3)  # fmt: skip
+QUICK = Settings(shapes=((2, 2),), rounds=1, warmup=0.2, seconds=0.5, latency_seconds=0.5,
+                 approvals=2)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -175,7 +175,7 @@ async def run(settings: Settings, load_before: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1x1 and 4x2; one short round")
+    parser.add_argument("--quick", action="store_true", help="2x2 only; one short round")
     parser.add_argument(
         "--shapes",
         default=None,

@@ -23,7 +23,7 @@
    the time until a fresh ``LiveController`` has every machine live (Noise_KK re-run,
    log resynced).
 
-``--quick`` is a scaled-down smoke run (100 machines, 3 daemons). The full run
+``--quick`` is a scaled-down smoke run (50 machines, 3 daemons). The full run
 writes its figures to ``bench/RESULTS.md`` (its own section, "Reconnect storm").
 
 Experiments, to measure a proposed change before making it (never by default, and
@@ -291,7 +291,7 @@ async def run(settings: Settings) -> tuple[dict[str, Any], dict[str, Any] | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--machines", type=int, default=None, help="[5000; --quick: 100]")
+    parser.add_argument("--machines", type=int, default=None, help="[5000; --quick: 50]")
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--controller-machines", type=int, default=None, help="[100; --quick: 3]")
     parser.add_argument("--lines", type=int, default=100, help="history lines per daemon")
@@ -319,7 +319,7 @@ def main() -> None:
     add_results_option(parser)
     args = parser.parse_args()
     settings = Settings(
-        machines=args.machines or (100 if args.quick else 5000),
+        machines=args.machines or (50 if args.quick else 5000),
         load_processes=args.load_processes,
         controller_machines=0
         if args.skip_resync

@@ -61,8 +61,9 @@ SUITES: dict[str, tuple[bool, list[str]]] = {
     "e2e": (
         True,
         [
-            rf"\| 1 × 1 \| events/s delivered, 1 KiB [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
-            rf"\| 1 × 1 \| latency p99, ms [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
+            rf"\| 2 × 2 \| events/s delivered, 1 KiB [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
+            rf"\| 2 × 2 \| latency p99, ms [^|]*\| {NUMBER} \| \*\*{NUMBER}\*\* \|",
+            rf"\| 2 × 2 \| throughput \| {NUMBER} / {NUMBER} / {NUMBER} \(sum {NUMBER}\)",
             rf"\| 1 × 1 \| approve → blocked process continues[^|]*\|[^|]*"
             rf"\| \*\*{NUMBER} / {NUMBER}\*\*",
         ],
