@@ -214,7 +214,8 @@ async def latency_window(
     meter: CpuMeter | None = None
     next_sample = 0.0
     start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < warmup + seconds:
+    # Until the window has run: a loaded machine can stall one pass past its end.
+    while (elapsed := time.perf_counter() - start) < warmup + seconds or meter is None:
         if meter is None and elapsed >= warmup:
             delays.clear()
             window_sent = sent
