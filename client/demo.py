@@ -191,7 +191,8 @@ async def set_up_locally(
     await actions.init(
         home,
         relay_url=report.relay_url,
-        token=started["registration_token"],
+        # The relay writes its one-time token to a 0600 file, never to stdout.
+        token=Path(started["registration_token_file"]).read_text().strip(),
         name="demo-controller",
     )
 

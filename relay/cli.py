@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import click
@@ -47,6 +48,20 @@ def relay_group() -> None:
 )
 @click.option("--public-url", default=None, help="URL clients use, e.g. behind a proxy.")
 @click.option(
+    "--trusted-proxies",
+    default=None,
+    help="Comma-separated proxy addresses/networks whose X-Forwarded-For is believed [none].",
+)
+@click.option(
+    "--metrics-host", default=None, help="Bind address of the /metrics listener [127.0.0.1]."
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics on its own listener at this port (and not on the main one).",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
@@ -65,13 +80,16 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
         from .app import StartupInfo
 
         assert isinstance(info, StartupInfo)
+        token_file = info.registration_token_file
         if as_json:
             click.echo(
                 json.dumps(
                     {
                         "event": "started",
                         "fingerprint": info.fingerprint,
-                        "registration_token": info.registration_token,
+                        "registration_token_file": str(token_file.resolve())
+                        if token_file
+                        else None,
                         "data_dir": str(config.data_dir),
                     }
                 ),
@@ -80,11 +98,14 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
             return
         click.echo(f"starmux relay fingerprint: {info.fingerprint}")
         click.echo(f"data directory: {config.data_dir.resolve()}")
-        if info.registration_token:
+        if token_file:
+            # The token itself never goes to stdout (journals and container logs keep it).
             click.echo(
-                "registration is closed; the first controller registers with this one-time token:"
+                "registration is closed; the first controller registers with the one-time "
+                f"token in {token_file.resolve()} (readable only by this user):"
             )
-            click.echo(f"  starmux init --relay URL --token {info.registration_token}")
+            quoted = shlex.quote(str(token_file.resolve()))
+            click.echo(f'  STARMUX_TOKEN="$(cat {quoted})" starmux init --relay URL')
 
     def on_listening(url: str) -> None:
         if as_json:
@@ -92,7 +113,20 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
         else:
             click.echo(f"listening on {url}  (health: {url.replace('ws', 'http', 1)}/health)")
 
+    def on_metrics_listening(url: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": "metrics-listening", "url": url}))
+        else:
+            click.echo(f"metrics on {url}")
+
     from .server import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(config, on_ready=on_ready, on_listening=on_listening))
+        runner.run(
+            serve(
+                config,
+                on_ready=on_ready,
+                on_listening=on_listening,
+                on_metrics_listening=on_metrics_listening,
+            )
+        )

@@ -7,6 +7,7 @@ environment or a config file; everything else takes a :class:`RelayConfig`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -28,11 +29,29 @@ class Limits:
     bytes_per_second: float = 64 * 1024 * 1024
     byte_burst: int = 128 * 1024 * 1024
     send_queue_frames: int = 1024  # per connection; full → disconnect (4011)
+    #: per connection, queued frames plus the socket's write buffer; over → 4011
+    send_queue_bytes: int = 4 * 1024 * 1024
+    #: all connections together; over → the biggest queues are shed (4011) first
+    send_buffer_budget: int = 512 * 1024 * 1024
+    upgrade_timeout: float = 10.0  # TCP accept → WebSocket handshake done; else dropped
     handshake_timeout: float = 10.0  # accept → authenticated
     ping_interval: float = 20.0  # WebSocket ping; no pong within ping_timeout → closed
     ping_timeout: float = 20.0
-    connections_per_ip: int = 256
-    pairing_requests_per_minute: int = 20  # tickets created/opened, per connection and per IP
+    connections_per_ip: int = 256  # open sockets per IP (IPv6: per /64), counted at accept
+    #: new connections per IP (token bucket); over → the socket is dropped at accept
+    connection_rate_per_ip: float = 50.0
+    connection_burst_per_ip: int = 500
+    #: authentications per key (token bucket); over → close 4009 before any registry read
+    auth_rate_per_key: float = 1.0
+    auth_burst_per_key: int = 30
+    #: control requests (register, tickets, grants, lists...) per connection and per IP
+    requests_per_second: float = 10.0
+    request_burst: int = 50
+    requests_per_second_per_ip: float = 100.0
+    request_burst_per_ip: int = 500
+    pairing_requests_per_minute: int = 20  # tickets created/opened, per key
+    pairing_requests_per_minute_per_ip: int = 120  # the same, per IP (a NAT hides many)
+    registrations_per_minute_per_ip: int = 10  # account registrations attempted
     ticket_ttl: float = 600.0
     ticket_max_failures: int = 3
 
@@ -47,6 +66,16 @@ class RelayConfig:
     open_registration: bool = False
     public_url: str | None = None  # the URL clients use, if not ws(s)://host:port
     log_level: str = "info"
+    #: proxies whose X-Forwarded-For is believed (IPs or CIDRs); none by default, so a
+    #: client cannot pick the address the per-IP limits count
+    trusted_proxies: tuple[str, ...] = ()
+    #: serve /metrics on its own listener (then not on the main one)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    #: a bearer token /metrics requires; from STARMUX_RELAY_METRICS_TOKEN or a file,
+    #: never a flag (argv is visible to every local user)
+    metrics_token: str = field(default="", repr=False)
+    metrics_token_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -77,9 +106,14 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if "None" in kind_text and raw in ("", None):
+            return None
         if "Path" in kind_text:
             return Path(str(raw)).expanduser()
-        if kind_text == "int":
+        if "tuple" in kind_text:
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind_text.startswith("int"):
             if isinstance(raw, bool):
                 raise ValueError(raw)
             return int(raw)
@@ -142,7 +176,17 @@ def load_config(
     t, lim = _collect({k: v for k, v in flags.items() if v is not None}, "the command line")
     top.update(t)
     limits.update(lim)
+    if "metrics_token" in flags and flags["metrics_token"] is not None:
+        raise ConfigError("the metrics token is a secret: give it in a file or the environment")
     config = RelayConfig(**top, limits=Limits(**limits))
+    if config.metrics_token_file is not None and not config.metrics_token:
+        try:
+            token = config.metrics_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read metrics token file {config.metrics_token_file}: {exc.strerror}"
+            ) from exc
+        config = dataclasses.replace(config, metrics_token=token)
     _validate(config)
     return config
 
@@ -152,10 +196,31 @@ def _validate(config: RelayConfig) -> None:
         raise ConfigError(f"port {config.port} is out of range")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if config.metrics_port is not None and not 0 <= config.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port {config.metrics_port} is out of range")
+    if config.metrics_token_file is not None and not config.metrics_token:
+        raise ConfigError(f"the metrics token file {config.metrics_token_file} is empty")
+    for proxy in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"trusted_proxies: {proxy!r} is not an IP address or network"
+            ) from exc
     lim = config.limits
     if not 1024 <= lim.max_frame_size <= MAX_FRAME_SIZE:
         raise ConfigError(f"max_frame_size must be between 1024 and {MAX_FRAME_SIZE}")
-    for name in ("frames_per_second", "bytes_per_second", "handshake_timeout", "ticket_ttl"):
+    for name in (
+        "frames_per_second",
+        "bytes_per_second",
+        "handshake_timeout",
+        "upgrade_timeout",
+        "ticket_ttl",
+        "connection_rate_per_ip",
+        "auth_rate_per_key",
+        "requests_per_second",
+        "requests_per_second_per_ip",
+    ):
         if getattr(lim, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     for name in (
@@ -165,6 +230,18 @@ def _validate(config: RelayConfig) -> None:
         "pairing_requests_per_minute",
         "frame_burst",
         "byte_burst",
+        "send_queue_bytes",
+        "send_buffer_budget",
+        "connection_burst_per_ip",
+        "auth_burst_per_key",
+        "request_burst",
+        "request_burst_per_ip",
+        "pairing_requests_per_minute_per_ip",
+        "registrations_per_minute_per_ip",
     ):
         if getattr(lim, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if lim.send_queue_bytes < 2 * lim.max_frame_size:
+        raise ConfigError("send_queue_bytes must hold at least two frames of max_frame_size")
+    if lim.send_buffer_budget < lim.send_queue_bytes:
+        raise ConfigError("send_buffer_budget must be at least send_queue_bytes")

@@ -16,14 +16,18 @@ import time
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from starmux.close_codes import CloseCode
+from starmux.codec import Message
 from starmux.control import CONTROL, Failure, RouteError, SessionStatus
 from starmux.errors import CryptoError, FrameError, RemoteProtocolError
 from starmux.frames import FrameType, encode_frame, parse_frame, readdress_data
 from starmux.identity import IdentityCard, Role
 from starmux.relay_auth import RelayAuth
 
+from .addresses import ip_bucket
+from .admission import TRANSPORT_EXTENSION
 from .metrics import RelayMetrics
-from .peer import Peer, TokenBucket
+from .peer import Peer
+from .ratelimit import TokenBucket
 from .registry import RegistryError
 from .requests import HANDLERS, announce_presence, greet_controller, send_control
 from .routing import may_route
@@ -61,6 +65,12 @@ async def _authenticate(
             data = await _receive_bytes(websocket)
             card = auth.verify_response(parse_frame(data, max_size=4096))
             key = card.sign_public
+            # Before any registry read: a key reconnecting in a loop must not make
+            # every other authentication wait on the registry.
+            if not state.auths_by_key.take(key.hex(), time.monotonic()):
+                state.metrics.refused["auth-rate"] += 1
+                await _reject(websocket, state, CloseCode.RATE_LIMITED, "authenticating too often")
+                return None
             if key == state.probe_keys.sign_public:
                 status, account = SessionStatus.CONTROLLER, b""
             elif card.role is Role.CONTROLLER:
@@ -92,7 +102,9 @@ async def _authenticate(
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     state: RelayState = websocket.app.state.relay
-    ip = websocket.client.host if websocket.client else "?"
+    # The client's address (a trusted proxy's X-Forwarded-For already applied by
+    # uvicorn), as the bucket per-IP limits count: IPv6 per /64.
+    ip = ip_bucket(websocket.client.host) if websocket.client else "?"
     await websocket.accept()
     state.metrics.connections_total += 1
     if state.shutting_down:
@@ -139,6 +151,9 @@ async def _serve(
         account=account,
         ip=ip,
         max_queue=limits.send_queue_frames,
+        max_queue_bytes=limits.send_queue_bytes,
+        budget=state.send_budget,
+        transport=websocket.scope.get("extensions", {}).get(TRANSPORT_EXTENSION),
         frames=TokenBucket(limits.frames_per_second, limits.frame_burst),
         bytes_=TokenBucket(limits.bytes_per_second, limits.byte_burst),
         metrics=state.metrics,
@@ -239,6 +254,16 @@ async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:
     request_id: int = getattr(request, "request_id", 0)
     if handler is None:
         peer.close(CloseCode.PROTOCOL_ERROR, "not a request")
+        return
+    now = time.monotonic()
+    if not state.requests_by_key.take(peer.key.hex(), now) or not state.requests_by_ip.take(
+        peer.ip, now
+    ):
+        state.metrics.refused["request-rate"] += 1
+        reply: Message = Failure(
+            request_id, "rate-limited", "too many requests to the relay", "wait a second"
+        )
+        send_control(peer, FrameType.RESPONSE, reply)
         return
     try:
         reply = await handler(state, peer, request)

@@ -49,11 +49,17 @@ class RelayMetrics:
         self.bytes_routed = 0
         self.drops: Counter[str] = Counter()  # by reason
         self.auth_failures: Counter[str] = Counter()
+        #: connections and requests refused by a limit before any work, by limit
+        self.refused: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()  # by close code
         self.connections_total = 0
         self.latency = LatencyHistogram()
         #: filled in by the app: role → live connection count
         self.live_connections: Callable[[], dict[str, int]] = dict
+        #: filled in by the app: bytes queued for sending, all peers together
+        self.send_buffer_bytes: Callable[[], int] = int
+        #: filled in by the server: raw sockets open (before and after the upgrade)
+        self.open_sockets: Callable[[], int] = int
 
     def collect(self) -> Iterator[Metric]:
         live = GaugeMetricFamily(
@@ -66,6 +72,16 @@ class RelayMetrics:
             "starmux_relay_connections_accepted",
             "WebSocket connections accepted",
             value=self.connections_total,
+        )
+        yield GaugeMetricFamily(
+            "starmux_relay_send_buffer_bytes",
+            "Bytes queued for sending to peers, all peers together",
+            value=self.send_buffer_bytes(),
+        )
+        yield GaugeMetricFamily(
+            "starmux_relay_open_sockets",
+            "TCP connections open, from accept to close (HTTP, upgrading, WebSocket)",
+            value=self.open_sockets(),
         )
         yield CounterMetricFamily(
             "starmux_relay_frames_routed",
@@ -80,6 +96,12 @@ class RelayMetrics:
         for name, doc, label, counter in (
             ("starmux_relay_drops", "Frames not delivered, by reason", "reason", self.drops),
             ("starmux_relay_auth_failures", "Failed authentications", "reason", self.auth_failures),
+            (
+                "starmux_relay_refused",
+                "Connections and requests refused by a rate or count limit, by limit",
+                "limit",
+                self.refused,
+            ),
             (
                 "starmux_relay_closes",
                 "Connections closed by the relay, by code",

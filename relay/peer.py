@@ -2,10 +2,14 @@
 
 Invariants:
 - :meth:`Peer.deliver` never blocks and never buffers without bound: past
-  ``send_queue_frames`` queued frames the peer is closed as a slow consumer.
+  ``send_queue_frames`` queued frames, or ``send_queue_bytes`` queued bytes plus
+  the socket's write buffer, the peer is closed as a slow consumer; every queued
+  byte is also counted in the relay-wide :class:`~relay.send_budget.SendBudget`.
 - The writer task exists only once something was delivered (idle connections,
   the vast majority, cost no task).
 - After :meth:`Peer.close` nothing more is queued or sent except the close.
+- After :meth:`Peer.cut_off` the peer is unreachable at once (out of the routing
+  table, no account): nothing queued before is sent, only the final notice.
 """
 
 from __future__ import annotations
@@ -22,39 +26,21 @@ from starmux.close_codes import CloseCode
 from starmux.control import SessionStatus
 
 from .metrics import RelayMetrics
+from .ratelimit import TokenBucket
+from .send_budget import SendBudget
 
 CLOSE_TIMEOUT = 1.0
-
-
-class TokenBucket:
-    """Classic token bucket; ``take`` is O(1) and reads a monotonic clock."""
-
-    __slots__ = ("capacity", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, capacity: float) -> None:
-        self.rate = rate
-        self.capacity = capacity
-        self.tokens = capacity
-        self.last = time.monotonic()
-
-    def take(self, amount: float, now: float) -> bool:
-        elapsed = now - self.last
-        if elapsed > 0:
-            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-            self.last = now
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
 
 
 class Peer:
     __slots__ = (
         "_close_after",
         "_close_task",
+        "_transport",
         "_wake",
         "_writer",
         "account",
+        "budget",
         "bytes_",
         "card",
         "closed",
@@ -62,9 +48,12 @@ class Peer:
         "ip",
         "key",
         "max_queue",
+        "max_queue_bytes",
         "metrics",
         "on_close",
+        "opened_ticket",
         "queue",
+        "queued_bytes",
         "status",
         "ticket_peer",
         "websocket",
@@ -80,6 +69,9 @@ class Peer:
         account: bytes,
         ip: str,
         max_queue: int,
+        max_queue_bytes: int,
+        budget: SendBudget,
+        transport: asyncio.WriteTransport | None,
         frames: TokenBucket,
         bytes_: TokenBucket,
         metrics: RelayMetrics,
@@ -92,13 +84,19 @@ class Peer:
         self.account = account
         self.ip = ip
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.budget = budget
+        self._transport = transport
         self.frames = frames
         self.bytes_ = bytes_
         self.metrics = metrics
         self.on_close = on_close
         #: the peer key this connection may reach through an open pairing ticket
         self.ticket_peer: bytes | None = None
+        #: the ticket this connection opened: only it may report failures on it
+        self.opened_ticket: bytes | None = None
         self.queue: deque[tuple[bytes, float]] = deque()
+        self.queued_bytes = 0
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self.closed = False
@@ -113,25 +111,54 @@ class Peer:
         """Queue ``data`` for sending; False (and the peer closed) if it cannot keep up."""
         if self.closed:
             return False
-        if len(self.queue) >= self.max_queue:
+        size = len(data)
+        if (
+            len(self.queue) >= self.max_queue
+            or self.queued_bytes + size + self._write_buffer() > self.max_queue_bytes
+        ):
             self.metrics.drops["slow-consumer"] += 1
             self.close(CloseCode.SLOW_CONSUMER, "send queue full")
             return False
         self.queue.append((data, received_at))
+        self.queued_bytes += size
+        self.budget.added(self, size)  # may shed this very peer
+        if self.closed:
+            return False
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         else:
             self._wake.set()
         return True
 
+    def _write_buffer(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def buffered_bytes(self) -> int:
+        return self.queued_bytes + self._write_buffer()
+
+    def shed(self) -> None:
+        """The relay is over its send budget and this queue is among the biggest."""
+        self.metrics.drops["memory-budget"] += 1
+        self.close(CloseCode.SLOW_CONSUMER, "relay send budget exceeded")
+
+    def _clear_queue(self) -> None:
+        self.queue.clear()
+        size, self.queued_bytes = self.queued_bytes, 0
+        if size:
+            self.budget.removed(self, size)
+
     async def _write_loop(self) -> None:
         queue = self.queue
         send = self.websocket.send_bytes
         latency = self.metrics.latency
+        budget = self.budget
         clock = time.perf_counter
         while not self.closed:
             while queue:
                 data, received_at = queue.popleft()
+                self.queued_bytes -= len(data)
+                budget.removed(self, len(data))
                 if not data:
                     code, reason = self._close_after or (CloseCode.PROTOCOL_ERROR, "")
                     self._writer = None  # close() must not cancel the task running it
@@ -147,12 +174,30 @@ class Peer:
         self.deliver(b"", time.perf_counter())  # b"" is the in-band close marker
         self._close_after = (code, reason)
 
+    def cut_off(self, final: bytes, code: CloseCode, reason: str) -> None:
+        """Unroutable now (revoked): drop what is queued, send ``final``, then close.
+
+        Leaves the routing table and its account before anything else, so no frame
+        routed from here on can reach it; a peer that does not read is closed after
+        ``CLOSE_TIMEOUT`` without its final frame."""
+        if self.closed:
+            return
+        self.on_close(self)
+        self.on_close = _detached
+        self.account = b""
+        self.status = SessionStatus.UNPAIRED
+        self.ticket_peer = None
+        self._clear_queue()
+        self.deliver(final, time.perf_counter())
+        self.close_after_flush(code, reason)
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.close, code, reason)
+
     def close(self, code: CloseCode, reason: str) -> None:
         """Stop routing to this peer now and close its socket in the background."""
         if self.closed:
             return
         self.closed = True
-        self.queue.clear()
+        self._clear_queue()
         self.metrics.closes[int(code)] += 1
         if self._writer is not None:
             self._writer.cancel()
@@ -160,17 +205,21 @@ class Peer:
         self._close_task = asyncio.get_running_loop().create_task(self._send_close(code, reason))
 
     async def _send_close(self, code: CloseCode, reason: str) -> None:
-        # A stalled reader keeps the socket unwritable; then the close cannot be sent
-        # and the WebSocket keepalive (ping timeout) tears the transport down.
-        with contextlib.suppress(Exception):
+        # A stalled reader keeps the socket unwritable; then the close cannot be sent,
+        # and waiting for the keepalive would hold its write buffer and its file
+        # descriptor for another ping_interval + ping_timeout: drop it now.
+        try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.websocket.close(int(code), reason)
+        except Exception:
+            if self._transport is not None:
+                self._transport.abort()
 
     def close_silently(self) -> None:
         """The socket is already gone: stop routing to it without sending a close."""
         if not self.closed:
             self.closed = True
-            self.queue.clear()
+            self._clear_queue()
             self.on_close(self)
 
     async def finish(self) -> None:
@@ -183,3 +232,7 @@ class Peer:
         if self._close_task is not None:
             with contextlib.suppress(BaseException):
                 await self._close_task
+
+
+def _detached(peer: Peer) -> None:
+    """The on_close of a peer already out of the routing table."""

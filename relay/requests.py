@@ -8,7 +8,10 @@ controllers are verified here, against the key the connection authenticated with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +52,13 @@ from .registry import RegistryError
 from .state import RelayState
 
 ACCOUNT_ID_SIZE = 16
+REGISTRATION_TOKEN_BYTES = 18
+#: what :func:`new_registration_token` makes; anything else is refused unread
+REGISTRATION_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{24}")
+
+
+def new_registration_token() -> str:
+    return secrets.token_urlsafe(REGISTRATION_TOKEN_BYTES)
 
 
 def token_hash(token: str) -> bytes:
@@ -65,20 +75,35 @@ def _require(peer: Peer, *statuses: SessionStatus) -> None:
 
 
 def _pairing_rate(state: RelayState, peer: Peer) -> None:
-    if not state.pairing_by_ip.allow(peer.ip, state.clock()) or not state.pairing_by_ip.allow(
-        "key:" + peer.key.hex(), state.clock()
-    ):
+    """A budget per key and a larger one per address: one key (a throwaway one, too)
+    cannot spend what the other daemons behind the same address need."""
+    now = state.clock()
+    if not state.pairing_by_key.allow(peer.key.hex(), now):
+        state.metrics.refused["pairing-rate-key"] += 1
         raise RegistryError("rate-limited", "too many pairing requests; wait a minute")
+    if not state.pairing_by_ip.allow(peer.ip, now):
+        state.metrics.refused["pairing-rate-ip"] += 1
+        raise RegistryError(
+            "rate-limited", "too many pairing requests from this address; wait a minute"
+        )
 
 
 async def register_account(state: RelayState, peer: Peer, req: RegisterAccount) -> Message:
     _require(peer, SessionStatus.UNREGISTERED)
+    # Everything that can be refused without the registry is refused first: each
+    # registry write holds the lock every authentication waits on.
+    if not state.registrations_by_ip.allow(peer.ip, state.clock()):
+        state.metrics.refused["registration-rate"] += 1
+        raise RegistryError("rate-limited", "too many registrations from this address")
     if state.config.open_registration:
         digest = None
-    elif req.token:
-        digest = token_hash(req.token)
-    else:
+    elif not req.token:
         raise RegistryError("bad-token", "this relay needs a registration token")
+    elif not REGISTRATION_TOKEN_PATTERN.fullmatch(req.token):
+        state.metrics.refused["malformed-token"] += 1
+        raise RegistryError("bad-token", "unknown or already used registration token")
+    else:
+        digest = token_hash(req.token)
     account = nacl.utils.random(ACCOUNT_ID_SIZE)
     await state.registry.create_account(
         controller_key=peer.key,
@@ -88,7 +113,19 @@ async def register_account(state: RelayState, peer: Peer, req: RegisterAccount) 
         now=state.clock(),
     )
     state.table.move_to_account(peer, account, SessionStatus.CONTROLLER)
+    if digest is not None:
+        _forget_token_file(state, digest)
     return AccountRegistered(req.request_id, account)
+
+
+def _forget_token_file(state: RelayState, digest: bytes) -> None:
+    """The token in the data directory's file is spent: remove the file."""
+    path = state.registration_token_file
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        if token_hash(path.read_text().strip()) == digest:
+            path.unlink()
 
 
 async def create_ticket(state: RelayState, peer: Peer, req: CreateTicket) -> Message:
@@ -119,23 +156,52 @@ async def open_ticket(state: RelayState, peer: Peer, req: OpenTicket) -> Message
             hint="keep `starmux daemon start` running on the machine",
         )
     peer.ticket_peer = machine.key
+    peer.opened_ticket = req.ticket
     machine.ticket_peer = peer.key
     return TicketOpened(req.request_id, machine.key)
+
+
+def _pairing_attempt(state: RelayState, peer: Peer, ticket: bytes) -> tuple[Peer, Peer | None]:
+    """The (controller, machine) of the attempt on ``ticket`` that ``peer`` is part of.
+
+    An attempt is one opening of the ticket by a controller, linked to the machine
+    that holds the ticket. Only its two ends may report its failure: a third
+    connection that learnt the ticket id cannot burn it. Both ends may, because an
+    impostor running the controller side would never report its own wrong guesses."""
+    if peer.is_controller:
+        if peer.opened_ticket != ticket:
+            raise RegistryError("forbidden", "this connection has no attempt on that ticket")
+        machine = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
+        return peer, machine
+    controller = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
+    if (
+        peer.status is not SessionStatus.UNPAIRED
+        or controller is None
+        or controller.opened_ticket != ticket
+        or controller.ticket_peer != peer.key
+    ):
+        raise RegistryError("forbidden", "this connection has no attempt on that ticket")
+    return controller, peer
 
 
 async def report_pairing_failure(
     state: RelayState, peer: Peer, req: ReportPairingFailure
 ) -> Message:
-    if peer.ticket_peer is None and peer.status is not SessionStatus.UNPAIRED:
-        raise RegistryError("forbidden", "no pairing in progress on this connection")
+    controller, machine = _pairing_attempt(state, peer, req.ticket)
+    # One failure per attempt, whichever end reports it first (both usually do): the
+    # attempt ends here, and another try needs a fresh OpenTicket.
+    controller.opened_ticket = None
+    controller.ticket_peer = None
+    if machine is not None:
+        machine.ticket_peer = None
     failures = await state.registry.record_ticket_failure(
         req.ticket, max_failures=state.config.limits.ticket_max_failures
     )
-    if failures >= state.config.limits.ticket_max_failures:
-        other = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
-        peer.ticket_peer = None
-        if other is not None:
-            other.ticket_peer = None
+    if failures >= state.config.limits.ticket_max_failures and machine is not None:
+        # Its code is dead: let the daemon show a fresh one now, not at expiry.
+        send_control(
+            machine, FrameType.NOTICE, Notice(NoticeEvent.TICKET_BURNT, req.ticket, b"", 0.0)
+        )
     return TicketOpened(req.request_id, b"")
 
 
@@ -162,6 +228,7 @@ async def grant_machine(state: RelayState, peer: Peer, req: GrantMachine) -> Mes
         now=now,
     )
     peer.ticket_peer = None
+    peer.opened_ticket = None
     machine = state.table.get(card.sign_public)
     if machine is not None:
         machine.ticket_peer = None
@@ -181,17 +248,25 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
         )
     except CryptoError as exc:
         raise RegistryError("bad-revocation", "the revocation does not verify") from exc
+    notice = Notice(NoticeEvent.REVOKED, req.machine_key, peer.account, 0.0)
+    machine = state.table.get(req.machine_key)
+    if (
+        machine is not None
+        and machine.account == peer.account
+        and machine.status is SessionStatus.MACHINE
+    ):
+        # Unroutable before the registry write is awaited: from this line on no frame
+        # reaches it, and what was queued for it is dropped; it gets the notice alone.
+        machine.cut_off(
+            encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice)),
+            CloseCode.REVOKED,
+            "revoked",
+        )
     revoked = await state.registry.revoke_machine(
         req.machine_key, account=peer.account, by=peer.key, now=state.clock()
     )
     if not revoked:
         raise RegistryError("unknown-machine", "no such machine in this account")
-    notice = Notice(NoticeEvent.REVOKED, req.machine_key, peer.account, 0.0)
-    machine = state.table.get(req.machine_key)
-    if machine is not None:
-        send_control(machine, FrameType.NOTICE, notice)
-        # Close after the notice is flushed; the writer drains the queue first.
-        machine.close_after_flush(CloseCode.REVOKED, "revoked")
     for other in state.table.account_controllers(peer.account):
         send_control(other, FrameType.NOTICE, notice)
     return MachineRevoked(req.request_id, req.machine_key)

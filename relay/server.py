@@ -5,6 +5,13 @@ Stack: uvloop, the websockets-sansio protocol, per-message deflate **off**
 connection). On SIGTERM/SIGINT every peer first gets a RESTARTING notice with a
 jittered ``retry_after`` (so thousands of daemons do not reconnect in the same
 millisecond), then uvicorn closes each socket with 1012.
+
+Every accepted socket passes :class:`relay.admission.Admission` before any HTTP is
+parsed (per-address cap and rate, a deadline until the WebSocket handshake). At
+start the soft file-descriptor limit is raised to the hard one: each connection is
+a descriptor, and the common soft default (1,024) would let a few hundred sockets
+lock everyone out; under systemd raise the hard limit with ``LimitNOFILE=``.
+An optional second listener serves ``/metrics`` alone (``metrics_port``).
 """
 
 from __future__ import annotations
@@ -14,16 +21,19 @@ import dataclasses
 import gc
 import logging
 import random
+import resource
 import socket
 import time
 from collections.abc import Callable
 
 import uvicorn
+from starlette.applications import Starlette
 
 from starmux.control import Notice, NoticeEvent
 from starmux.frames import FrameType
 
-from .app import StartupInfo, create_app, open_relay_state
+from .admission import Admission, guarded_protocols
+from .app import StartupInfo, create_app, create_metrics_app, open_relay_state
 from .config import RelayConfig
 from .requests import send_control
 from .state import RelayState
@@ -55,26 +65,72 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def raise_file_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns (soft, hard) afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY:
+        # Linux refuses an infinite soft limit for descriptors; fs.nr_open is the cap.
+        target = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the file descriptor limit from %d: %s", soft, exc)
+        return soft, hard
+    return target, hard
+
+
 class RelayServer(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, state: RelayState, on_listening: Callable[[str], None]
+        self,
+        config: uvicorn.Config,
+        state: RelayState,
+        on_listening: Callable[[str], None],
+        metrics_config: uvicorn.Config | None = None,
+        on_metrics_listening: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(config)
         self.relay_state = state
         self._on_listening = on_listening
+        self._metrics_config = metrics_config
+        self._on_metrics_listening = on_metrics_listening
+        self._metrics_server: asyncio.Server | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.should_exit or not self.servers:
             return
+        if self._metrics_config is not None:
+            await self._start_metrics_listener(self._metrics_config)
         # With --port 0 the OS picks the port; clients (and /health) need the real one.
         port = self.servers[0].sockets[0].getsockname()[1]
         relay_config = self.relay_state.config
         self.relay_state.url = bound_url(relay_config, port)
         self._on_listening(self.relay_state.url)
 
+    async def _start_metrics_listener(self, config: uvicorn.Config) -> None:
+        if not config.loaded:
+            config.load()
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state={}
+            )
+
+        self._metrics_server = await asyncio.get_running_loop().create_server(
+            protocol, host=config.host, port=config.port, backlog=64
+        )
+        port = self._metrics_server.sockets[0].getsockname()[1]
+        host = config.host if ":" not in config.host else f"[{config.host}]"
+        if self._on_metrics_listening is not None:
+            self._on_metrics_listening(f"http://{host}:{port}/metrics")
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await announce_restart(self.relay_state)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         await super().shutdown(sockets)
 
 
@@ -95,15 +151,24 @@ async def announce_restart(state: RelayState) -> None:
         await asyncio.sleep(0.02)
 
 
-def uvicorn_config(config: RelayConfig, app: object, *, fd: int | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    config: RelayConfig, app: object, admission: Admission, *, fd: int | None = None
+) -> uvicorn.Config:
     lim = config.limits
+    http_protocol, ws_protocol = guarded_protocols(admission)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=config.host,
         port=config.port,
         fd=fd,
         loop=_loop_name(),
-        ws="websockets-sansio",
+        http=http_protocol,
+        ws=ws_protocol,
+        # X-Forwarded-For only from proxies named in trusted_proxies: uvicorn's own
+        # default believes loopback, which would let anything on the host (or a
+        # proxy that does not set the header) pick the address per-IP limits count.
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies) or None,
         ws_per_message_deflate=False,
         # Our own check answers oversize frames with 1009 and counts them; this cap is
         # the protocol layer's backstop so it never buffers a huge message first.
@@ -126,12 +191,33 @@ def bound_url(config: RelayConfig, port: int) -> str:
     return dataclasses.replace(config, port=port).url
 
 
+def metrics_uvicorn_config(
+    config: RelayConfig, app: Starlette, admission: Admission
+) -> uvicorn.Config:
+    http_protocol, _ = guarded_protocols(admission)
+    assert config.metrics_port is not None
+    return uvicorn.Config(
+        app,
+        host=config.metrics_host,
+        port=config.metrics_port,
+        http=http_protocol,
+        ws="none",
+        proxy_headers=False,
+        log_level=config.log_level,
+        access_log=False,
+        lifespan="off",
+    )
+
+
 async def serve(
     config: RelayConfig,
     *,
     on_ready: Callable[[StartupInfo], None],
     on_listening: Callable[[str], None],
+    on_metrics_listening: Callable[[str], None] | None = None,
 ) -> None:
+    soft, _ = raise_file_limit()
+    log.info("file descriptor limit: %d", soft)
     state, info = await open_relay_state(config)
     # Start-up objects (modules, the app) live for ever: keep the cycle collector off
     # them, and run it less often (what the hot path allocates is freed by refcount).
@@ -139,6 +225,16 @@ async def serve(
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     on_ready(info)
+    admission = Admission(config.limits, state.proxy_trust, state.metrics)
     app = create_app(state)
-    server = RelayServer(uvicorn_config(config, app), state, on_listening)
+    metrics_config = None
+    if config.metrics_port is not None:
+        metrics_config = metrics_uvicorn_config(config, create_metrics_app(state), admission)
+    server = RelayServer(
+        uvicorn_config(config, app, admission),
+        state,
+        on_listening,
+        metrics_config=metrics_config,
+        on_metrics_listening=on_metrics_listening,
+    )
     await server.serve()

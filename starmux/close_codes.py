@@ -11,8 +11,12 @@ code   name                  what the client should do
 4002   AUTH_TIMEOUT          did not authenticate within ``handshake_timeout``: retry
 4003   REVOKED               this machine key was revoked: stop, go back to unpaired
 4008   TOO_MANY_CONNECTIONS  over ``connections_per_ip``: back off and retry
+4009   RATE_LIMITED          this key authenticated too often (``auth_rate_per_key``):
+                             back off and retry
 4010   FLOOD                 over frames/s or bytes/s: back off and retry
-4011   SLOW_CONSUMER         the send queue filled up because we did not read: retry
+4011   SLOW_CONSUMER         the send queue (``send_queue_frames``/``_bytes``) filled up
+                             because we did not read, or the relay shed the biggest
+                             queues to stay within ``send_buffer_budget``: retry
 4013   REPLACED              the same key connected again elsewhere: do not fight it
 4014   PROTOCOL_ERROR        a frame that does not parse or is not allowed now
 =====  ====================  =========================================================
@@ -30,6 +34,7 @@ class CloseCode(enum.IntEnum):
     AUTH_TIMEOUT = 4002
     REVOKED = 4003
     TOO_MANY_CONNECTIONS = 4008
+    RATE_LIMITED = 4009
     FLOOD = 4010
     SLOW_CONSUMER = 4011
     REPLACED = 4013

@@ -220,6 +220,9 @@ class NoticeEvent(enum.StrEnum):
     PAIRED = "paired"  # to a machine: a controller granted you
     REVOKED = "revoked"  # to a machine (before close) and to every controller of the account
     RESTARTING = "restarting"  # the relay is shutting down; reconnect after ``retry_after``
+    #: to a machine: its pairing ticket burnt (too many failed attempts); ``subject`` is
+    #: the ticket. Its code is dead: get a new ticket and show a fresh code now.
+    TICKET_BURNT = "ticket-burnt"
 
 
 @CONTROL.register

@@ -47,6 +47,12 @@ from starmux.pairing_code import parse_pairing_code
 RELAY_ENV = {
     "STARMUX_RELAY_CONNECTIONS_PER_IP": "2000",
     "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE": "100000",
+    # per-IP guards against connection churn and request floods (one IP here)
+    "STARMUX_RELAY_CONNECTION_RATE_PER_IP": "100000",
+    "STARMUX_RELAY_CONNECTION_BURST_PER_IP": "100000",
+    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "1000000",
+    "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "1000000",
+    "STARMUX_RELAY_REQUEST_BURST_PER_IP": "1000000",
 }
 #: Events in flight (appended, not yet applied by the controller), over all machines.
 FLOW_BUDGET = 1024
@@ -158,7 +164,7 @@ class StarmuxStack:
         relay = RelayProcess(tmp / "relay", free_port(), RELAY_ENV, tmp / "relay.log")
         await relay.start()
         home = tmp / "controller"
-        token = str(relay.started["registration_token"])
+        token = Path(str(relay.started["registration_token_file"])).read_text().strip()
         await actions.init(home, relay_url=relay.url, token=token, name="e2e-controller")
         hosts: list[LoadProcess] = []
         first, sizes = 0, shares(machines, processes)

@@ -45,7 +45,7 @@ async def run_resync(
         await actions.init(
             home,
             relay_url=relay.url,
-            token=str(relay.started["registration_token"]),
+            token=Path(str(relay.started["registration_token_file"])).read_text().strip(),
             name="storm-controller",
         )
         host = await LoadProcess.start(

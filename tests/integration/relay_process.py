@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -32,6 +33,11 @@ class RelayProcess:
     url: str = ""
     fingerprint: str = ""
     registration_token: str | None = None
+    registration_token_file: Path | None = None
+    #: the separate /metrics listener's URL, when metrics_port is set
+    metrics_url: str = ""
+    #: runs in the child before exec (e.g. to lower a resource limit)
+    preexec: Callable[[], None] | None = None
     output: list[str] = field(default_factory=list)
     _lines: Queue[str] = field(default_factory=Queue)
 
@@ -53,7 +59,12 @@ class RelayProcess:
         ]
         env = {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=self.preexec,
         )
         threading.Thread(target=self._read, daemon=True).start()
         while True:
@@ -69,7 +80,12 @@ class RelayProcess:
             event = json.loads(line)
             if event["event"] == "started":
                 self.fingerprint = event["fingerprint"]
-                self.registration_token = event["registration_token"]
+                # The token is never on stdout: the relay writes it to a 0600 file.
+                if event["registration_token_file"]:
+                    self.registration_token_file = Path(event["registration_token_file"])
+                    self.registration_token = self.registration_token_file.read_text().strip()
+            elif event["event"] == "metrics-listening":
+                self.metrics_url = event["url"]
             elif event["event"] == "listening":
                 self.url = event["url"]
                 return self

@@ -155,11 +155,13 @@ async def test_revoked_machine_is_disconnected_and_refused(relay: RelayProcess) 
 
 async def test_connections_per_ip_limit(relay_factory: object) -> None:
     relay = relay_factory(env={"STARMUX_RELAY_CONNECTIONS_PER_IP": "2"})  # type: ignore[operator]
-    first, second, third = (RelayNode(Role.MACHINE) for _ in range(3))
+    first, second = RelayNode(Role.MACHINE), RelayNode(Role.MACHINE)
     await first.connect(relay.url)
     await second.connect(relay.url)
-    third.ws = await websockets.connect(relay.url + "/v1/ws", compression=None)
-    assert await third.expect_close() == CloseCode.TOO_MANY_CONNECTIONS
+    # Counted at accept, before any HTTP is parsed: the third socket is refused there.
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(relay.url + "/v1/ws", compression=None)
+    assert refused.value.response.status_code == 429
     await first.close()
     await asyncio.sleep(0)  # nothing to await on the relay side; the retry below polls
     for _ in range(50):
@@ -167,7 +169,7 @@ async def test_connections_per_ip_limit(relay_factory: object) -> None:
         try:
             await fourth.connect(relay.url)
             break
-        except (websockets.ConnectionClosed, AssertionError):
+        except (websockets.ConnectionClosed, websockets.InvalidStatus, AssertionError):
             await asyncio.sleep(0.05)
     else:
         pytest.fail("a slot never freed up after a connection closed")

@@ -33,11 +33,13 @@ def test_health_fails_when_routing_is_broken(relay_factory: RelayFactory) -> Non
 
     assert callable(relay_factory)
     factory: RelayFactory = relay_factory
+    # Two sockets per IP, counted at accept: the hog's and the /health request's; the
+    # probe's own WebSocket is the third and is refused.
     broken = factory(
-        env={"STARMUX_RELAY_CONNECTIONS_PER_IP": "1", "STARMUX_RELAY_HANDSHAKE_TIMEOUT": "1"}
+        env={"STARMUX_RELAY_CONNECTIONS_PER_IP": "2", "STARMUX_RELAY_HANDSHAKE_TIMEOUT": "1"}
     )
 
-    # Hold the single allowed connection slot with a socket that never authenticates.
+    # Hold the spare connection slot with a socket that never authenticates.
     with socket.create_connection(("127.0.0.1", broken.port)) as hog:
         hog.sendall(
             b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

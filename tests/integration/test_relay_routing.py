@@ -150,6 +150,11 @@ async def test_stalled_reader_is_disconnected_and_others_flow(relay_factory: Rel
             error_seen = frame.peer == controller.key
             break
     assert error_seen, "the relay kept buffering for a reader that does not read"
+    # The relay handles a connection's frames in order: once the producer's echo comes
+    # back, none of its flood is still on the way to a controller with that key.
+    await stalled_machine.send(FrameType.DATA, stalled_machine.key, b"echo")
+    while (await stalled_machine.recv_type(FrameType.DATA)).body != b"echo":
+        pass
     # Everyone else keeps flowing: the producer and the healthy machine can still be
     # reached by a fresh controller of the account.
     fresh = RelayNode(Role.CONTROLLER, keys=controller.keys)
