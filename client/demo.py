@@ -192,7 +192,7 @@ async def set_up_locally(
         home,
         relay_url=report.relay_url,
         # The relay writes its one-time token to a 0600 file, never to stdout.
-        token=Path(started["registration_token_file"]).read_text().strip(),
+        token=(await asyncio.to_thread(Path(started["registration_token_file"]).read_text)).strip(),
         name="demo-controller",
     )
 

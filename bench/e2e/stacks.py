@@ -164,7 +164,8 @@ class StarmuxStack:
         relay = RelayProcess(tmp / "relay", free_port(), RELAY_ENV, tmp / "relay.log")
         await relay.start()
         home = tmp / "controller"
-        token = Path(str(relay.started["registration_token_file"])).read_text().strip()
+        token_file = Path(str(relay.started["registration_token_file"]))
+        token = (await asyncio.to_thread(token_file.read_text)).strip()
         await actions.init(home, relay_url=relay.url, token=token, name="e2e-controller")
         hosts: list[LoadProcess] = []
         first, sizes = 0, shares(machines, processes)

@@ -42,10 +42,11 @@ async def run_resync(
     try:
         setup_started = time.monotonic()
         home = tmp / "controller"
+        token_file = Path(str(relay.started["registration_token_file"]))
         await actions.init(
             home,
             relay_url=relay.url,
-            token=Path(str(relay.started["registration_token_file"])).read_text().strip(),
+            token=(await asyncio.to_thread(token_file.read_text)).strip(),
             name="storm-controller",
         )
         host = await LoadProcess.start(
