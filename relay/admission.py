@@ -6,8 +6,9 @@ WebSocket upgrade never see those sockets. So every accepted TCP connection goes
 through :class:`Admission` first:
 
 - **cap**: at most ``connections_per_ip`` open sockets per address bucket (IPv6:
-  per /64), HTTP and WebSocket alike; one over gets a fixed ``429`` and is closed at
-  once, unparsed (clients see a refused upgrade and back off).
+  per /64), HTTP and WebSocket alike; one over gets a fixed ``429`` and is dropped
+  within ``REFUSAL_LINGER``, its input never parsed (clients see a refused upgrade
+  and back off).
 - **rate**: at most ``connection_rate_per_ip`` new sockets per second per bucket
   (burst ``connection_burst_per_ip``); over it, the same.
 - **deadline**: a socket that has not completed its WebSocket handshake
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -40,12 +41,34 @@ from .ratelimit import KeyedBuckets
 
 #: the ASGI scope extension carrying the connection's transport (for write buffers)
 TRANSPORT_EXTENSION = "starmux.transport"
-#: the whole answer to a socket over a limit: it fits any socket buffer, so closing
-#: right after it never waits for the client to read
+#: the whole answer to a socket over a limit: it fits any socket buffer
 REFUSAL = (
     b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n"
     b"Retry-After: 1\r\n\r\n"
 )
+#: how long a refused socket may linger after its 429 (so the answer is read, not
+#: lost to the reset a close with unread input causes); bounded by the rate limit
+REFUSAL_LINGER = 0.5
+
+
+class _Refused(asyncio.Protocol):
+    """A socket over a limit: answer 429, half-close, discard input, drop soon."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        transport.write(REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # never parsed
+
+    def eof_received(self) -> bool:
+        return False  # the client read the answer and closed: close too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
 
 
 class Admission:
@@ -97,8 +120,9 @@ class Admission:
 
     def _refuse(self, transport: asyncio.BaseTransport, limit: str) -> bool:
         self.metrics.refused[limit] += 1
-        transport.write(REFUSAL)  # type: ignore[attr-defined]
-        transport.close()
+        refused = _Refused()
+        transport.set_protocol(refused)
+        refused.connection_made(transport)
         return False
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:
@@ -114,8 +138,9 @@ def guarded_protocols(
 
     class GuardedHTTP(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            admission.admit(transport)
+            # Decided before uvicorn sees the socket: a refused one never reaches h11.
+            if admission.admit(transport):
+                super().connection_made(transport)
 
         def connection_lost(self, exc: Exception | None) -> None:
             admission.released(self.transport)

@@ -35,9 +35,13 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         args: list[str] | None = None,
         data_dir: Path | None = None,
         port: int | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> RelayProcess:
         relay = RelayProcess(
-            data_dir or tmp_path / f"relay{len(started)}", env=env or {}, extra_args=args or []
+            data_dir or tmp_path / f"relay{len(started)}",
+            env=env or {},
+            extra_args=args or [],
+            preexec=preexec,
         )
         if port is not None:
             relay.port = port

@@ -37,8 +37,23 @@ class RelayNode:
     def card(self) -> IdentityCard:
         return self.keys.card(self.role, self.name)
 
-    async def connect(self, url: str, *, pin: bytes | None = None) -> Authenticated:
-        self.ws = await websockets.connect(url + "/v1/ws", compression=None, max_size=2**20)
+    async def connect(
+        self,
+        url: str,
+        *,
+        pin: bytes | None = None,
+        local_host: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Authenticated:
+        """``local_host`` binds the client end (e.g. ``127.0.0.2``: another address on
+        loopback, for per-IP limits); ``headers`` go with the upgrade request."""
+        self.ws = await websockets.connect(
+            url + "/v1/ws",
+            compression=None,
+            max_size=2**20,
+            local_addr=(local_host, 0) if local_host else None,
+            additional_headers=headers,
+        )
         auth = NodeAuth(self.keys, self.card, pinned_relay_key=pin)
         await self.ws.send(auth.receive_challenge(await self.recv()))
         self.auth = auth.receive_welcome(await self.recv())

@@ -81,7 +81,7 @@ class RelayProcess:
             if event["event"] == "started":
                 self.fingerprint = event["fingerprint"]
                 # The token is never on stdout: the relay writes it to a 0600 file.
-                if event["registration_token_file"]:
+                if event.get("registration_token_file"):
                     self.registration_token_file = Path(event["registration_token_file"])
                     self.registration_token = self.registration_token_file.read_text().strip()
             elif event["event"] == "metrics-listening":
