@@ -54,6 +54,11 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({"STARMUX_RELAY_MAX_FRAME_SIZE": "10"}, "max_frame_size"),
         ({"STARMUX_RELAY_SEND_QUEUE_FRAMES": "0"}, "at least 1"),
         ({"STARMUX_RELAY_TLS_CERT": "/x.pem"}, "go together"),
+        ({"STARMUX_RELAY_TRUSTED_PROXIES": "10.0.0.0/8,proxy.example"}, "trusted_proxies"),
+        ({"STARMUX_RELAY_SEND_QUEUE_BYTES": "70000"}, "two frames"),
+        ({"STARMUX_RELAY_SEND_BUFFER_BUDGET": "1000000"}, "send_buffer_budget"),
+        ({"STARMUX_RELAY_UPGRADE_TIMEOUT": "0"}, "positive"),
+        ({"STARMUX_RELAY_METRICS_PORT": "70000"}, "out of range"),
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str], message: str) -> None:
@@ -73,3 +78,36 @@ def test_bad_toml_is_refused(tmp_path: Path) -> None:
 def test_ipv6_and_public_url() -> None:
     assert RelayConfig(host="::1", port=1).url == "ws://[::1]:1"
     assert RelayConfig(public_url="wss://relay.example").url == "wss://relay.example"
+
+
+def test_new_limits_have_safe_defaults() -> None:
+    config = load_config({}, env={})
+    assert config.trusted_proxies == ()  # no X-Forwarded-For is believed
+    assert config.metrics_port is None and config.metrics_token == ""
+    lim = config.limits
+    assert lim.send_queue_bytes == 4 * 1024 * 1024
+    assert lim.send_buffer_budget == 512 * 1024 * 1024
+    assert lim.upgrade_timeout == 10.0
+
+
+def test_trusted_proxies_from_the_environment_and_toml(tmp_path: Path) -> None:
+    env = {"STARMUX_RELAY_TRUSTED_PROXIES": "10.0.0.1, 2001:db8::/64"}
+    assert load_config({}, env=env).trusted_proxies == ("10.0.0.1", "2001:db8::/64")
+    toml = tmp_path / "relay.toml"
+    toml.write_text('[relay]\ntrusted_proxies = ["192.0.2.1"]\n')
+    assert load_config({}, env={}, config_file=toml).trusted_proxies == ("192.0.2.1",)
+
+
+def test_the_metrics_token_comes_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    assert load_config({}, env={"STARMUX_RELAY_METRICS_TOKEN": "t0k"}).metrics_token == "t0k"
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    env = {"STARMUX_RELAY_METRICS_TOKEN_FILE": str(path)}
+    config = load_config({}, env=env)
+    assert config.metrics_token == "from-file"
+    assert "from-file" not in repr(config)  # never in a log line that prints the config
+    with pytest.raises(ConfigError, match="secret"):
+        load_config({"metrics_token": "on-the-command-line"}, env={})
+    path.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config({}, env=env)
