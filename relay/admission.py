@@ -21,7 +21,8 @@ the deadline.
 
 The hooks are two subclasses of uvicorn's protocols (:func:`guarded_protocols`):
 the HTTP one sees accept, and the WebSocket one, which takes the same transport
-over at the upgrade, sees the handshake complete and the final close.
+over at the upgrade, sees the final close. The endpoint reports the handshake
+complete (a callable in the ASGI scope, called right after ``accept``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from .ratelimit import KeyedBuckets
 
 #: the ASGI scope extension carrying the connection's transport (for write buffers)
 TRANSPORT_EXTENSION = "starmux.transport"
+#: the ASGI scope extension the endpoint calls once the WebSocket is accepted
+UPGRADED_EXTENSION = "starmux.upgraded"
 #: the whole answer to a socket over a limit: it fits any socket buffer
 REFUSAL = (
     b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n"
@@ -152,11 +155,8 @@ def guarded_protocols(
             if hasattr(self, "scope"):
                 extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
                 extensions[TRANSPORT_EXTENSION] = self.transport
-
-        async def send(self, message: Any) -> None:
-            await super().send(message)
-            if self.handshake_complete:
-                admission.upgraded(self.transport)
+                transport = self.transport
+                extensions[UPGRADED_EXTENSION] = lambda: admission.upgraded(transport)
 
         def connection_lost(self, exc: Exception | None) -> None:
             admission.released(self.transport)

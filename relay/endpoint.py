@@ -24,7 +24,7 @@ from starmux.identity import IdentityCard, Role
 from starmux.relay_auth import RelayAuth
 
 from .addresses import ip_bucket
-from .admission import TRANSPORT_EXTENSION
+from .admission import TRANSPORT_EXTENSION, UPGRADED_EXTENSION
 from .metrics import RelayMetrics
 from .peer import Peer
 from .ratelimit import TokenBucket
@@ -106,6 +106,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     # uvicorn), as the bucket per-IP limits count: IPv6 per /64.
     ip = ip_bucket(websocket.client.host) if websocket.client else "?"
     await websocket.accept()
+    extensions = websocket.scope.get("extensions") or {}
+    upgraded = extensions.get(UPGRADED_EXTENSION)
+    if upgraded is not None:
+        upgraded()  # the upgrade deadline ends; handshake_timeout takes over
     state.metrics.connections_total += 1
     if state.shutting_down:
         await _reject(websocket, state, CloseCode.RESTARTING, "relay is restarting")
@@ -153,7 +157,7 @@ async def _serve(
         max_queue=limits.send_queue_frames,
         max_queue_bytes=limits.send_queue_bytes,
         budget=state.send_budget,
-        transport=websocket.scope.get("extensions", {}).get(TRANSPORT_EXTENSION),
+        transport=(websocket.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION),
         frames=TokenBucket(limits.frames_per_second, limits.frame_burst),
         bytes_=TokenBucket(limits.bytes_per_second, limits.byte_burst),
         metrics=state.metrics,

@@ -145,8 +145,7 @@ class Peer:
     def _clear_queue(self) -> None:
         self.queue.clear()
         size, self.queued_bytes = self.queued_bytes, 0
-        if size:
-            self.budget.removed(self, size)
+        self.budget.removed(self, size)  # also when 0: the budget must forget this peer
 
     async def _write_loop(self) -> None:
         queue = self.queue

@@ -38,6 +38,8 @@ class SendBudget:
         self._holders: set[Queued] = set()
 
     def added(self, peer: Queued, size: int) -> None:
+        if not size:
+            return
         self.total += size
         self._holders.add(peer)
         if self.total > self.limit:
