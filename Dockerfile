@@ -1,6 +1,8 @@
 # The starmux relay. Build: docker build -t starmux-relay .
 # Run:   docker run -p 8765:8765 -v starmux-relay:/data starmux-relay
-# The first start prints the relay fingerprint and a one-time registration token.
+# The first start prints the relay fingerprint and writes a one-time registration
+# token to /data/registration-token (0600; never to the log). Read it with:
+#   docker exec CONTAINER cat /data/registration-token
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
