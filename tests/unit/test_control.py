@@ -109,7 +109,7 @@ def test_kinds_are_fixed() -> None:
 
 def test_enum_values_are_fixed() -> None:
     assert [s.value for s in SessionStatus] == ["controller", "machine", "unpaired", "unregistered"]
-    assert [e.value for e in NoticeEvent] == ["paired", "revoked", "restarting"]
+    assert [e.value for e in NoticeEvent] == ["paired", "revoked", "restarting", "ticket-burnt"]
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.KIND)
