@@ -260,12 +260,16 @@ async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:
         peer.close(CloseCode.PROTOCOL_ERROR, "not a request")
         return
     now = time.monotonic()
-    if not state.requests_by_key.take(peer.key.hex(), now) or not state.requests_by_ip.take(
-        peer.ip, now
-    ):
+    if not state.requests_by_key.take(peer.key.hex(), now):
+        # No client of ours sends requests this fast: answering each one would cost
+        # more than the flood itself, so the connection goes, like a frame flood.
         state.metrics.refused["request-rate"] += 1
+        peer.close(CloseCode.FLOOD, "too many requests per second")
+        return
+    if not state.requests_by_ip.take(peer.ip, now):
+        state.metrics.refused["request-rate-ip"] += 1
         reply: Message = Failure(
-            request_id, "rate-limited", "too many requests to the relay", "wait a second"
+            request_id, "rate-limited", "too many requests from this address", "wait a second"
         )
         send_control(peer, FrameType.RESPONSE, reply)
         return

@@ -13,7 +13,7 @@ code   name                  what the client should do
 4008   TOO_MANY_CONNECTIONS  over ``connections_per_ip``: back off and retry
 4009   RATE_LIMITED          this key authenticated too often (``auth_rate_per_key``):
                              back off and retry
-4010   FLOOD                 over frames/s or bytes/s: back off and retry
+4010   FLOOD                 over frames/s, bytes/s or requests/s: back off and retry
 4011   SLOW_CONSUMER         the send queue (``send_queue_frames``/``_bytes``) filled up
                              because we did not read, or the relay shed the biggest
                              queues to stay within ``send_buffer_budget``: retry
