@@ -8,8 +8,8 @@ Invariants:
 - The writer task exists only once something was delivered (idle connections,
   the vast majority, cost no task).
 - After :meth:`Peer.close` nothing more is queued or sent except the close.
-- After :meth:`Peer.cut_off` the peer is unreachable at once (out of the routing
-  table, no account): nothing queued before is sent, only the final notice.
+- After :meth:`Peer.cut_off` the peer is unreachable at once (no account, no
+  ticket link): nothing queued before is sent, only the final notice.
 """
 
 from __future__ import annotations
@@ -176,12 +176,12 @@ class Peer:
     def cut_off(self, final: bytes, code: CloseCode, reason: str) -> None:
         """Unroutable now (revoked): drop what is queued, send ``final``, then close.
 
-        Leaves the routing table and its account before anything else, so no frame
-        routed from here on can reach it; a peer that does not read is closed after
-        ``CLOSE_TIMEOUT`` without its final frame."""
+        The caller has taken it out of the routing table; here it leaves its account
+        (so :func:`relay.routing.may_route` refuses it either way), its queue is
+        dropped, and a peer that does not read is closed after ``CLOSE_TIMEOUT``
+        without its final frame."""
         if self.closed:
             return
-        self.on_close(self)
         self.on_close = _detached
         self.account = b""
         self.status = SessionStatus.UNPAIRED

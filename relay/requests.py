@@ -257,6 +257,8 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
     ):
         # Unroutable before the registry write is awaited: from this line on no frame
         # reaches it, and what was queued for it is dropped; it gets the notice alone.
+        if state.table.detach(machine):
+            announce_presence(state, machine, online=False)
         machine.cut_off(
             encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice)),
             CloseCode.REVOKED,

@@ -38,7 +38,8 @@ from starmux.frames import Frame, FrameType, parse_frame
 from starmux.identity import NodeKeys, Role
 from starmux.relay.config import Limits, RelayConfig
 from starmux.relay.metrics import RelayMetrics
-from starmux.relay.peer import Peer, TokenBucket
+from starmux.relay.peer import Peer
+from starmux.relay.ratelimit import TokenBucket
 from starmux.relay.registry import RegistryError
 from starmux.relay.requests import HANDLERS, token_hash
 from starmux.relay.routing import LocalRoutingTable, may_route
@@ -104,6 +105,9 @@ class Relay:
             account=account,
             ip="192.0.2.1",
             max_queue=64,
+            max_queue_bytes=1 << 30,
+            budget=self.state.send_budget,
+            transport=None,
             frames=TokenBucket(1e9, 1e9),
             bytes_=TokenBucket(1e9, 1e9),
             metrics=self.state.metrics,
@@ -190,13 +194,17 @@ async def test_open_registration_makes_an_account_of_one_controller(relay: Relay
 
 async def test_a_closed_relay_needs_a_valid_unused_token(relay: Relay) -> None:
     relay.state.config = dataclasses.replace(relay.state.config, open_registration=False)
-    await relay.state.registry.add_registration_token(token_hash("good"), now=T0)
+    good, wrong = "g" * 24, "w" * 24  # the shape new_registration_token makes
+    await relay.state.registry.add_registration_token(token_hash(good), now=T0)
     first = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
     assert await refused(relay, first, RegisterAccount(1, "")) == "bad-token"
-    assert await refused(relay, first, RegisterAccount(2, "wrong")) == "bad-token"
-    assert isinstance(await relay.ask(first, RegisterAccount(3, "good")), AccountRegistered)
+    assert await refused(relay, first, RegisterAccount(2, wrong)) == "bad-token"
+    # Not even the shape of a token: refused before the registry is asked.
+    assert await refused(relay, first, RegisterAccount(2, "good")) == "bad-token"
+    assert relay.state.metrics.refused["malformed-token"] == 1
+    assert isinstance(await relay.ask(first, RegisterAccount(3, good)), AccountRegistered)
     second = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
-    assert await refused(relay, second, RegisterAccount(4, "good")) == "bad-token"
+    assert await refused(relay, second, RegisterAccount(4, good)) == "bad-token"
     assert second.peer.status is SessionStatus.UNREGISTERED
 
 
@@ -249,12 +257,22 @@ async def test_enough_failures_burn_the_ticket_and_cut_the_link(relay: Relay) ->
     assert isinstance(ticket, TicketCreated)
     await relay.ask(controller, OpenTicket(2, ticket.ticket))
     for request_id in range(relay.state.config.limits.ticket_max_failures - 1):
-        await relay.ask(controller, ReportPairingFailure(request_id, ticket.ticket))
         assert may_route(controller.peer, machine.peer)
+        await relay.ask(controller, ReportPairingFailure(request_id, ticket.ticket))
+        # A failure ends its attempt: the link is cut, and the other end's report of
+        # the same failure is refused (each failure counts once).
+        assert not may_route(controller.peer, machine.peer)
+        report = ReportPairingFailure(request_id, ticket.ticket)
+        assert await refused(relay, machine, report) == "forbidden"
+        await relay.ask(controller, OpenTicket(20 + request_id, ticket.ticket))
     await relay.ask(machine, ReportPairingFailure(9, ticket.ticket))
     assert controller.peer.ticket_peer is None and machine.peer.ticket_peer is None
     assert not may_route(controller.peer, machine.peer)
     assert await refused(relay, controller, OpenTicket(10, ticket.ticket)) == "burnt"
+    # The machine is told its code is dead, so it can show a fresh one at once.
+    [(kind, _, notice)] = await machine.messages(1)
+    assert kind is FrameType.NOTICE
+    assert notice == Notice(NoticeEvent.TICKET_BURNT, ticket.ticket, b"", 0.0)
 
 
 # --- grants and revocation --------------------------------------------------------------
@@ -308,11 +326,17 @@ async def test_revocation_tells_the_machine_and_every_controller_then_closes_it(
     assert await refused(relay, controller, revoke(controller, b"x" * 32)) == "unknown-machine"
     reply = await relay.ask(controller, revoke(controller, machine.peer.key))
     assert reply == MachineRevoked(4, machine.peer.key)
-    for node in (machine, controller, other):
-        messages = await node.messages(2 if node is not other else 1)
+    # Unroutable at once, before its notice is even written.
+    assert relay.state.table.get(machine.peer.key) is None
+    assert not may_route(controller.peer, machine.peer)
+    # Controllers see it go offline (it left the table first), then why.
+    for node, count in ((machine, 2), (controller, 3), (other, 2)):
+        messages = await node.messages(count)
         notice = messages[-1][2]
         assert isinstance(notice, Notice) and notice.event is NoticeEvent.REVOKED
         assert notice.subject == machine.peer.key
+        if node is not machine:
+            assert messages[-2][2] == Presence(False, T0)
     await machine.socket.until(lambda: machine.socket.closed is not None)
     assert machine.socket.closed == (CloseCode.REVOKED, "revoked")
     assert await relay.state.registry.is_revoked(machine.peer.key)
