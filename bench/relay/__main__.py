@@ -58,6 +58,9 @@ RELAY_ENV = {
     "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "1000000",
     "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "1000000",
     "STARMUX_RELAY_REQUEST_BURST_PER_IP": "1000000",
+    "STARMUX_RELAY_REQUESTS_PER_SECOND": "1000000",
+    "STARMUX_RELAY_REQUEST_BURST": "1000000",
+    "STARMUX_RELAY_REGISTRATIONS_PER_MINUTE_PER_IP": "1000000",
 }
 TARGETS = {"throughput_ratio": 0.8, "p99_ms": 3.0, "kib_per_connection": 32.0, "stall": 0.10}
 #: The machine counts as quiet below this many busy cores; other processes' CPU above
