@@ -10,9 +10,21 @@ has one place that turns errors into a clear line, a hint and an exit code::
     │   └── PairingCodeError          a pairing code (text or QR) is malformed
     ├── RemoteProtocolError           *the peer* misbehaved (relay, daemon, controller)
     │   ├── FrameError                bytes that are not a valid relay frame
-    │   └── MessageError              bytes that are not a valid application message
+    │   ├── MessageError              bytes that are not a valid application message
+    │   └── DeviceLogError            an account's device log was refused (device_log.py)
+    │       ├── DeviceLogFormatError      bytes that are not valid log entries
+    │       ├── DeviceLogSignatureError   an entry's signature does not verify
+    │       ├── DeviceLogAuthorityError   signed by a device that was not an owner then
+    │       ├── DeviceLogForkError        two different entries claim the same place
+    │       ├── DeviceLogGapError         an entry is missing (seq or prev hash skips)
+    │       ├── DeviceLogStaleError       an older head than one already verified
+    │       ├── DeviceLogLastOwnerError   an entry would leave the account without owner
+    │       └── DeviceLogRuleError        any other illegal entry (unknown device, ...)
     ├── CryptoError                   any crypto failure; opaque on purpose (see below)
     └── ConnectionLost                the link went away; callers reconnect
+
+`DeviceLogSignatureError` is not a `CryptoError`: a device log is public signed
+data, so naming which entry failed tells an attacker nothing.
 
 `CryptoError` never says *why* (bad tag, replay, wrong key, truncation): telling a
 peer which check failed is an oracle. The object that raised it is closed for good.
@@ -75,3 +87,40 @@ class CryptoError(StarmuxError):
 
 class ConnectionLost(StarmuxError):
     """The transport went away; the caller decides whether to reconnect."""
+
+
+class DeviceLogError(RemoteProtocolError):
+    """A device log (or an entry offered to extend one) was refused."""
+
+
+class DeviceLogFormatError(DeviceLogError):
+    """Bytes that do not parse as device log entries."""
+
+
+class DeviceLogSignatureError(DeviceLogError):
+    """An entry's signature does not verify under its author's key."""
+
+
+class DeviceLogAuthorityError(DeviceLogError):
+    """An entry signed by a device that was not an owner of the account at that point."""
+
+
+class DeviceLogForkError(DeviceLogError):
+    """Two different entries claim the same place in the log (or another genesis)."""
+
+
+class DeviceLogGapError(DeviceLogError):
+    """An entry does not follow the one before it: a seq or previous hash skips."""
+
+
+class DeviceLogStaleError(DeviceLogError):
+    """An older head than one already verified: a replay, e.g. by a malicious relay."""
+
+
+class DeviceLogLastOwnerError(DeviceLogError):
+    """An entry would remove or demote the account's last owner."""
+
+
+class DeviceLogRuleError(DeviceLogError):
+    """Any other illegal entry: adding a current or removed device, removing an
+    unknown one, a wrong account id, a malformed genesis."""
