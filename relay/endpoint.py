@@ -25,6 +25,7 @@ from starmux.relay_auth import RelayAuth
 
 from .addresses import ip_bucket
 from .admission import TRANSPORT_EXTENSION, UPGRADED_EXTENSION
+from .device_requests import install as install_device_requests
 from .metrics import RelayMetrics
 from .peer import Peer
 from .ratelimit import TokenBucket
@@ -35,6 +36,7 @@ from .state import RelayState
 
 log = logging.getLogger("starmux.relay")
 
+install_device_requests(HANDLERS)
 _UNREACHABLE = CONTROL.encode(RouteError("unreachable", "no such peer online for you"))
 
 
@@ -75,6 +77,11 @@ async def _authenticate(
                 status, account = SessionStatus.CONTROLLER, b""
             elif card.role is Role.CONTROLLER:
                 record = await state.registry.controller(key)
+                if record is None and await state.registry.is_removed_device(key):
+                    state.metrics.auth_failures["device-removed"] += 1
+                    reason = "this device was removed from its account"
+                    await _reject(websocket, state, CloseCode.DEVICE_REMOVED, reason)
+                    return None
                 status = SessionStatus.CONTROLLER if record else SessionStatus.UNREGISTERED
                 account = record.account if record else b""
             else:

@@ -65,6 +65,26 @@ class TicketRecord:
 
 
 @dataclass(frozen=True)
+class DeviceLogRow:
+    """One stored device log entry (see starmux.device_log): the relay verified it
+    before storing and re-verifies the whole log whenever it loads it."""
+
+    seq: int
+    hash: bytes
+    entry: bytes  # the entry encoded alone, as starmux.device_log.encode_entries((e,))
+    author: bytes
+    at: float
+
+
+@dataclass(frozen=True)
+class DeviceChange:
+    """What appending some entries does to the ``controllers`` lookup."""
+
+    added: tuple[ControllerRecord, ...]
+    removed: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     at: float
     event: str  # e.g. "account.created", "machine.granted", "machine.revoked"
@@ -152,6 +172,30 @@ class Registry(Protocol):
 
     async def touch_machine(self, key: bytes, *, now: float) -> None:
         """Record ``last_seen``."""
+
+    # --- device logs ---------------------------------------------------------------
+    async def device_log(self, account: bytes) -> list[DeviceLogRow]:
+        """The account's device log entries, in order (empty: a legacy account)."""
+
+    async def append_device_log(
+        self,
+        account: bytes,
+        *,
+        after_seq: int,
+        rows: list[DeviceLogRow],
+        change: DeviceChange,
+        by: bytes,
+        now: float,
+    ) -> None:
+        """Append ``rows`` (already verified by the caller) in one transaction with
+        ``change`` to the controllers (added rows inserted; removed keys kept
+        forever in the removed set, and no longer returned by :meth:`controller`
+        or :meth:`controllers_of`), only if the log still ends at
+        ``after_seq`` (-1: no log yet). Raises ``RegistryError("log-moved")`` if
+        another append landed first: the caller reloads and retries or refuses."""
+
+    async def is_removed_device(self, key: bytes) -> bool:
+        """True if this controller key was removed from its account (for good)."""
 
     # --- audit -------------------------------------------------------------------
     async def audit(

@@ -31,6 +31,8 @@ from starmux.node.database import open_database
 from starmux.relay.registry import (
     AuditEntry,
     ControllerRecord,
+    DeviceChange,
+    DeviceLogRow,
     MachineRecord,
     RegistryError,
     TicketRecord,
@@ -48,7 +50,12 @@ _SELECT_TICKET = (
     "SELECT ticket, machine_key, machine_card, created_at, expires_at, failures,"
     " opened_by, consumed_at, burnt FROM tickets WHERE ticket = ?"
 )
-_SELECT_CONTROLLER = "SELECT key, account, card, created_at FROM controllers"
+# A removed device keeps its row (machines name it as their granter) but is no
+# longer a controller: every lookup leaves removed keys out.
+_SELECT_CONTROLLER = (
+    "SELECT key, account, card, created_at FROM controllers"
+    " WHERE key NOT IN (SELECT key FROM removed_devices)"
+)
 
 
 def _opt_float(value: Any) -> float | None:
@@ -217,11 +224,11 @@ class SqliteRegistry:
 
     async def controller(self, key: bytes) -> ControllerRecord | None:
         async with self._reading() as db:
-            row = await self._one(db, _SELECT_CONTROLLER + " WHERE key = ?", (key,))
+            row = await self._one(db, _SELECT_CONTROLLER + " AND key = ?", (key,))
         return None if row is None else _controller(row)
 
     async def controllers_of(self, account: bytes) -> list[ControllerRecord]:
-        sql = _SELECT_CONTROLLER + " WHERE account = ? ORDER BY created_at, rowid"
+        sql = _SELECT_CONTROLLER + " AND account = ? ORDER BY created_at, rowid"
         async with self._reading() as db:
             rows = await db.execute_fetchall(sql, (account,))
         return [_controller(row) for row in rows]
@@ -362,6 +369,60 @@ class SqliteRegistry:
                 "UPDATE machines SET last_seen = max(coalesce(last_seen, ?), ?) WHERE key = ?",
                 (now, now, key),
             )
+
+    # --- device logs ---------------------------------------------------------------
+    async def device_log(self, account: bytes) -> list[DeviceLogRow]:
+        sql = "SELECT seq, hash, entry, author, at FROM device_log WHERE account = ? ORDER BY seq"
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(sql, (account,))
+        return [
+            DeviceLogRow(int(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), float(r[4]))
+            for r in rows
+        ]
+
+    async def append_device_log(
+        self,
+        account: bytes,
+        *,
+        after_seq: int,
+        rows: list[DeviceLogRow],
+        change: DeviceChange,
+        by: bytes,
+        now: float,
+    ) -> None:
+        async with self._transaction() as db:
+            sql = "SELECT coalesce(max(seq), -1) FROM device_log WHERE account = ?"
+            (head,) = await self._one(db, sql, (account,))
+            if head != after_seq:
+                raise RegistryError(
+                    "log-moved", "the device log changed meanwhile", hint="run the command again"
+                )
+            await db.executemany(
+                "INSERT INTO device_log (account, seq, hash, entry, author, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(account, r.seq, r.hash, r.entry, r.author, r.at) for r in rows],
+            )
+            for record in change.added:
+                await db.execute(
+                    "INSERT OR IGNORE INTO controllers (key, account, card, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (record.key, account, record.card, record.created_at),
+                )
+                await self._audit(db, "device.added", by, record.key, "", now)
+            for key in change.removed:
+                await db.execute(
+                    "INSERT OR IGNORE INTO removed_devices (key, account, removed_at, removed_by)"
+                    " VALUES (?, ?, ?, ?)",
+                    (key, account, now, by),
+                )
+                await self._audit(db, "device.removed", by, key, "", now)
+            detail = f"entries {rows[0].seq}..{rows[-1].seq}" if rows else "no entries"
+            await self._audit(db, "device-log.appended", by, account, detail, now)
+
+    async def is_removed_device(self, key: bytes) -> bool:
+        async with self._reading() as db:
+            row = await self._one(db, "SELECT 1 FROM removed_devices WHERE key = ?", (key,))
+        return row is not None
 
     # --- audit -------------------------------------------------------------------
     async def audit(

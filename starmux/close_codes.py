@@ -10,6 +10,7 @@ code   name                  what the client should do
                              blindly (a relay with the wrong key is refused locally)
 4002   AUTH_TIMEOUT          did not authenticate within ``handshake_timeout``: retry
 4003   REVOKED               this machine key was revoked: stop, go back to unpaired
+4004   DEVICE_REMOVED        this controller device was removed from its account: stop
 4008   TOO_MANY_CONNECTIONS  over ``connections_per_ip``: back off and retry
 4009   RATE_LIMITED          this key authenticated too often (``auth_rate_per_key``):
                              back off and retry
@@ -33,6 +34,7 @@ class CloseCode(enum.IntEnum):
     AUTH_FAILED = 4001
     AUTH_TIMEOUT = 4002
     REVOKED = 4003
+    DEVICE_REMOVED = 4004
     TOO_MANY_CONNECTIONS = 4008
     RATE_LIMITED = 4009
     FLOOD = 4010
@@ -42,4 +44,9 @@ class CloseCode(enum.IntEnum):
 
     @property
     def retryable(self) -> bool:
-        return self not in (CloseCode.AUTH_FAILED, CloseCode.REVOKED, CloseCode.REPLACED)
+        return self not in (
+            CloseCode.AUTH_FAILED,
+            CloseCode.REVOKED,
+            CloseCode.DEVICE_REMOVED,
+            CloseCode.REPLACED,
+        )

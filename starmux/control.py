@@ -223,6 +223,8 @@ class NoticeEvent(enum.StrEnum):
     #: to a machine: its pairing ticket burnt (too many failed attempts); ``subject`` is
     #: the ticket. Its code is dead: get a new ticket and show a fresh code now.
     TICKET_BURNT = "ticket-burnt"
+    DEVICES_CHANGED = "devices-changed"  # to every device: the account's device log grew
+    DEVICE_REMOVED = "device-removed"  # to the removed device (before close) and every other
 
 
 @CONTROL.register

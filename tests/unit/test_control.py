@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from starmux import control
+from starmux import control, device_control
 from starmux.codec import Message
 from starmux.control import (
     CONTROL,
@@ -34,7 +34,8 @@ from starmux.errors import RemoteProtocolError
 CLASSES: list[type[Message]] = sorted(
     (
         obj
-        for obj in vars(control).values()
+        for module in (control, device_control)  # device_control registers on CONTROL too
+        for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     ),
     key=lambda cls: cls.KIND,
@@ -104,12 +105,24 @@ def test_kinds_are_fixed() -> None:
         "route-error",
         "presence",
         "notice",
+        # starmux.device_control
+        "append-device-log",
+        "device-log-appended",
+        "get-device-log",
+        "device-log-state",
     }
 
 
 def test_enum_values_are_fixed() -> None:
     assert [s.value for s in SessionStatus] == ["controller", "machine", "unpaired", "unregistered"]
-    assert [e.value for e in NoticeEvent] == ["paired", "revoked", "restarting", "ticket-burnt"]
+    assert [e.value for e in NoticeEvent] == [
+        "paired",
+        "revoked",
+        "restarting",
+        "ticket-burnt",
+        "devices-changed",
+        "device-removed",
+    ]
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.KIND)

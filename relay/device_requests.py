@@ -1,0 +1,174 @@
+"""The relay's half of accounts with many devices: store and enforce the device log.
+
+What the relay enforces (the daemon enforces the same log again, independently):
+
+- It stores an account's log only after verifying it with :mod:`starmux.device_log`
+  (every entry signed by an owner at that point, no fork, no gap), and appends only
+  with a compare-and-set on the head, so two owners racing cannot fork it here.
+- Any current device of the account authenticates as a controller (an ``add``
+  entry inserts its registry row in the same transaction).
+- A removed device is refused at authentication (close code ``DEVICE_REMOVED``,
+  counted in /metrics), and its live connection is told and closed right after
+  the append lands.
+- Requests the relay itself carries out need the role's permission: granting and
+  revoking machines are owner-only once the account has a log.
+- Every online device of the account hears ``devices-changed``; the removed one
+  hears ``device-removed`` before its connection closes.
+
+Legacy accounts (registered before device logs) have no log: the relay cannot
+sign one for them. Their single controller uploads its own self-signed first
+entry (:class:`AppendDeviceLog` on an empty log is accepted only from the
+account's only controller, naming itself); until then it acts as the owner.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starmux.close_codes import CloseCode
+from starmux.codec import Message
+from starmux.control import GrantMachine, Notice, NoticeEvent, RevokeMachine, SessionStatus
+from starmux.device_control import (
+    AppendDeviceLog,
+    DeviceLogAppended,
+    DeviceLogState,
+    GetDeviceLog,
+)
+from starmux.device_log import DeviceLog, decode_entries, encode_entries
+from starmux.device_roles import Action, allowed
+from starmux.errors import DeviceLogError
+from starmux.frames import FrameType
+
+from .peer import Peer
+from .registry import ControllerRecord, DeviceChange, DeviceLogRow, RegistryError
+from .requests import send_control
+from .state import RelayState
+
+Handler = Callable[[RelayState, Peer, Any], Awaitable[Message]]
+
+
+def _require_controller(peer: Peer) -> None:
+    if peer.status is not SessionStatus.CONTROLLER or not peer.account:
+        raise RegistryError("forbidden", "only a device of an account may do that")
+
+
+async def load_log(state: RelayState, account: bytes) -> DeviceLog | None:
+    """The account's verified log; None for a legacy account without one. A stored
+    log that no longer verifies is a broken registry, never silently accepted."""
+    rows = await state.registry.device_log(account)
+    if not rows:
+        return None
+    entries = [entry for row in rows for entry in decode_entries(row.entry)]
+    return DeviceLog.verify(entries, account=account)
+
+
+async def append_device_log(state: RelayState, peer: Peer, req: AppendDeviceLog) -> Message:
+    _require_controller(peer)
+    current = await load_log(state, peer.account)
+    try:
+        offered = decode_entries(req.entries)
+        if current is None:
+            controllers = await state.registry.controllers_of(peer.account)
+            if [c.key for c in controllers] != [peer.key] or not offered:
+                raise RegistryError(
+                    "forbidden", "only the account's first device writes its first entry"
+                )
+            if not hmac.compare_digest(offered[0].author, peer.key):
+                raise RegistryError("forbidden", "the first entry must be this device's own")
+            new = DeviceLog.verify(offered, account=peer.account)
+        else:
+            new = current.update(offered)
+    except DeviceLogError as exc:
+        state.metrics.drops["bad-device-log"] += 1
+        raise RegistryError("bad-log", f"device log refused: {exc}") from exc
+    before = current.entries if current is not None else ()
+    fresh = new.entries[len(before) :]
+    if fresh:
+        await _store(state, peer, current, new, fresh)
+    return DeviceLogAppended(req.request_id, new.head.seq, new.head.hash)
+
+
+async def _store(
+    state: RelayState, peer: Peer, current: DeviceLog | None, new: DeviceLog, fresh: Any
+) -> None:
+    now = state.clock()
+    old_keys = {d.key for d in current.devices} if current is not None else set()
+    added = tuple(
+        ControllerRecord(d.key, new.account, d.card.encode(), now)
+        for d in new.devices
+        if d.key not in old_keys
+    )
+    removed = tuple(k for k in old_keys if new.device(k) is None)
+    rows = [DeviceLogRow(e.seq, e.hash, encode_entries((e,)), e.author, e.at) for e in fresh]
+    await state.registry.append_device_log(
+        new.account,
+        after_seq=current.head.seq if current is not None else -1,
+        rows=rows,
+        change=DeviceChange(added, removed),
+        by=peer.key,
+        now=now,
+    )
+    for key in removed:
+        cut_off(state, key, new.account)
+    changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", new.account, 0.0)
+    for other in state.table.account_controllers(new.account):
+        send_control(other, FrameType.NOTICE, changed)
+
+
+def cut_off(state: RelayState, key: bytes, account: bytes) -> None:
+    """Tell a removed device's live connection and close it; the writer flushes the
+    notice first (no wait on the network here: the close is queued at once)."""
+    live = state.table.get(key)
+    if live is None or live.account != account:
+        return
+    notice = Notice(NoticeEvent.DEVICE_REMOVED, key, account, 0.0)
+    send_control(live, FrameType.NOTICE, notice)
+    live.close_after_flush(CloseCode.DEVICE_REMOVED, "this device was removed from its account")
+    # Out of the account now, so nothing more routes to it while the close flushes.
+    state.table.detach(live)
+    live.status = SessionStatus.UNREGISTERED
+    live.account = b""
+
+
+async def get_device_log(state: RelayState, peer: Peer, req: GetDeviceLog) -> Message:
+    _require_controller(peer)
+    log = await load_log(state, peer.account)
+    entries = log.entries[max(req.after_seq + 1, 0) :] if log is not None else ()
+    online = tuple(
+        other.key
+        for other in state.table.account_controllers(peer.account)
+        if log is None or log.device(other.key) is not None
+    )
+    return DeviceLogState(req.request_id, encode_entries(entries), online)
+
+
+async def may(state: RelayState, peer: Peer, action: Action) -> bool:
+    """Whether the relay lets ``peer`` do ``action`` itself (legacy: it is the owner)."""
+    log = await load_log(state, peer.account)
+    return log is None or allowed(log.role_of(peer.key), action)
+
+
+def _needs(action: Action, handler: Handler) -> Handler:
+    async def guarded(state: RelayState, peer: Peer, req: Any) -> Message:
+        if peer.account and not await may(state, peer, action):
+            raise RegistryError(
+                "forbidden-role",
+                f"your device's role does not allow {action.value}",
+                hint="ask an owner of the account (starmux devices role NAME owner)",
+            )
+        return await handler(state, peer, req)
+
+    return guarded
+
+
+def install(handlers: dict[type[Message], Handler]) -> None:
+    """Add the device log requests and the role checks to the relay's handlers
+    (once: a second call changes nothing)."""
+    if AppendDeviceLog in handlers:
+        return
+    handlers[AppendDeviceLog] = append_device_log
+    handlers[GetDeviceLog] = get_device_log
+    handlers[GrantMachine] = _needs(Action.PAIR_MACHINE, handlers[GrantMachine])
+    handlers[RevokeMachine] = _needs(Action.REVOKE_MACHINE, handlers[RevokeMachine])

@@ -1,0 +1,159 @@
+"""The relay's device log requests, without a socket: real handlers, the real SQLite
+registry and routing table (harness shared with test_relay_requests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from starmux.close_codes import CloseCode
+from starmux.control import ListMachines, MachineList, Notice, NoticeEvent, SessionStatus
+from starmux.device_control import AppendDeviceLog, DeviceLogAppended, DeviceLogState, GetDeviceLog
+from starmux.device_log import DeviceLog, Op, decode_entries, encode_entries, sign_entry
+from starmux.device_roles import DeviceRole
+from starmux.frames import FrameType
+from starmux.identity import IdentityCard, Role
+from starmux.relay.device_requests import install
+from starmux.relay.registry import DeviceChange, RegistryError
+from starmux.relay.requests import HANDLERS
+
+from .test_relay_requests import T0, Node, Relay, refused, revoke
+from .test_relay_requests import relay as relay  # the fixture
+
+install(HANDLERS)
+
+
+def card_of(node: Node) -> IdentityCard:
+    return IdentityCard.decode(node.peer.card)
+
+
+async def with_log(relay: Relay) -> tuple[Node, DeviceLog]:
+    owner = await relay.controller()
+    log = DeviceLog.genesis(owner.keys, card_of(owner), owner.peer.account, at=T0)
+    reply = await relay.ask(owner, AppendDeviceLog(1, log.encode()))
+    assert reply == DeviceLogAppended(1, 0, log.head.hash)
+    return owner, log
+
+
+async def linked(
+    relay: Relay, owner: Node, log: DeviceLog, role: DeviceRole
+) -> tuple[Node, DeviceLog]:
+    """A new device added by ``owner`` and connected (it authenticates as a controller)."""
+    device = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    log, entry = log.append(
+        owner.keys, Op.ADD, device.keys.sign_public, card=card_of(device), role=role, at=T0
+    )
+    assert isinstance(
+        await relay.ask(owner, AppendDeviceLog(2, encode_entries([entry]))), DeviceLogAppended
+    )
+    record = await relay.state.registry.controller(device.keys.sign_public)
+    assert record is not None and record.account == owner.peer.account
+    relay.state.table.move_to_account(device.peer, record.account, SessionStatus.CONTROLLER)
+    return device, log
+
+
+async def test_a_legacy_account_has_no_log_until_its_device_uploads_the_first_entry(
+    relay: Relay,
+) -> None:
+    owner = await relay.controller()
+    state = await relay.ask(owner, GetDeviceLog(1, -1))
+    assert isinstance(state, DeviceLogState) and decode_entries(state.entries) == ()
+    assert state.online == (owner.peer.key,)
+    # Nobody else may write an account's first entry, even a valid self-signed one.
+    other = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    foreign = DeviceLog.genesis(other.keys, card_of(other), owner.peer.account, at=T0)
+    assert await refused(relay, owner, AppendDeviceLog(2, foreign.encode())) == "forbidden"
+    assert await refused(relay, other, AppendDeviceLog(2, foreign.encode())) == "forbidden"
+    mine = DeviceLog.genesis(owner.keys, card_of(owner), owner.peer.account, at=T0)
+    assert isinstance(await relay.ask(owner, AppendDeviceLog(3, mine.encode())), DeviceLogAppended)
+    state = await relay.ask(owner, GetDeviceLog(4, -1))
+    assert isinstance(state, DeviceLogState)
+    assert DeviceLog.verify(decode_entries(state.entries)).head == mine.head
+
+
+async def test_an_added_device_is_a_controller_and_every_device_hears_of_it(relay: Relay) -> None:
+    owner, log = await with_log(relay)
+    viewer, log = await linked(relay, owner, log, DeviceRole.VIEWER)
+    notices = [m for t, _, m in await owner.messages(2) if t is FrameType.NOTICE]
+    changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", owner.peer.account, 0.0)
+    assert notices == [changed, changed]  # its first entry, then the add
+    assert isinstance(await relay.ask(viewer, ListMachines(5)), MachineList)
+    state = await relay.ask(viewer, GetDeviceLog(6, 0))  # only what comes after entry 0
+    assert isinstance(state, DeviceLogState)
+    assert [e.seq for e in decode_entries(state.entries)] == [1]
+    assert set(state.online) == {owner.peer.key, viewer.peer.key}
+
+
+async def test_a_removed_device_is_told_closed_and_no_longer_a_controller(relay: Relay) -> None:
+    owner, log = await with_log(relay)
+    operator, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
+    log, entry = log.append(owner.keys, Op.REMOVE, operator.keys.sign_public, at=T0 + 1)
+    await relay.ask(owner, AppendDeviceLog(3, encode_entries([entry])))
+    await operator.socket.until(lambda: operator.socket.closed is not None)
+    assert operator.socket.closed is not None
+    assert operator.socket.closed[0] == CloseCode.DEVICE_REMOVED
+    assert [m for _, _, m in await operator.messages(1)][-1] == Notice(
+        NoticeEvent.DEVICE_REMOVED, operator.keys.sign_public, owner.peer.account, 0.0
+    )
+    assert relay.state.metrics.closes[int(CloseCode.DEVICE_REMOVED)] == 1
+    assert relay.state.table.get(operator.keys.sign_public) is None
+    registry = relay.state.registry
+    assert await registry.controller(operator.keys.sign_public) is None
+    assert await registry.is_removed_device(operator.keys.sign_public)
+    assert [c.key for c in await registry.controllers_of(owner.peer.account)] == [owner.peer.key]
+
+
+async def test_tampered_forked_and_stale_logs_are_refused(relay: Relay) -> None:
+    owner, log = await with_log(relay)
+    viewer, log = await linked(relay, owner, log, DeviceRole.VIEWER)
+    # Signed by a viewer: not an owner.
+    forged = sign_entry(
+        viewer.keys,
+        log.account,
+        2,
+        log.head.hash,
+        Op.SET_ROLE,
+        viewer.keys.sign_public,
+        b"",
+        "owner",
+        T0,
+    )
+    assert await refused(relay, viewer, AppendDeviceLog(3, encode_entries([forged]))) == "bad-log"
+    # Another entry 1 on the same genesis: a fork.
+    stranger = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    fork = DeviceLog.verify(log.entries[:1]).append(
+        owner.keys,
+        Op.ADD,
+        stranger.keys.sign_public,
+        card=card_of(stranger),
+        role=DeviceRole.OWNER,
+        at=T0,
+    )[1]
+    assert await refused(relay, owner, AppendDeviceLog(4, encode_entries([fork]))) == "bad-log"
+    # The first entry alone again: an older head than the relay holds.
+    assert (
+        await refused(relay, owner, AppendDeviceLog(5, encode_entries(log.entries[:1])))
+        == "bad-log"
+    )
+    assert await relay.state.registry.controller(stranger.keys.sign_public) is None
+    assert relay.state.metrics.drops["bad-device-log"] == 3
+
+
+async def test_the_relay_enforces_roles_for_what_it_does_itself(relay: Relay) -> None:
+    owner, machine = await relay.paired()
+    log = DeviceLog.genesis(owner.keys, card_of(owner), owner.peer.account, at=T0)
+    await relay.ask(owner, AppendDeviceLog(1, log.encode()))
+    operator, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
+    assert (
+        await refused(relay, operator, revoke(owner, machine.peer.key, by=operator))
+        == "forbidden-role"
+    )
+    assert machine.socket.closed is None
+
+
+async def test_appends_are_compare_and_set_on_the_head(relay: Relay) -> None:
+    owner, _ = await with_log(relay)
+    with pytest.raises(RegistryError) as caught:
+        await relay.state.registry.append_device_log(
+            owner.peer.account, after_seq=-1, rows=[], change=DeviceChange((), ()), by=b"", now=T0
+        )
+    assert caught.value.code == "log-moved"
