@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from typing import Any
 
 from starmux.codec import Message
 from starmux.control import ListMachines, MachineList
-from starmux.e2e import Kind, unwrap
+from starmux.device_log import DeviceLog
+from starmux.device_messages import DeviceLogSync
+from starmux.e2e import Kind, unwrap, wrap
 from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError
 from starmux.identity import IdentityCard, NodeKeys, Role
 from starmux.live_channel import LiveChannel, finish, initiate, reset_body
@@ -44,6 +47,7 @@ from starmux.node.link import Closed, Data, PresenceChanged, RelayLink, Undelive
 from starmux.noise import HandshakeState
 from starmux.resync import Action, Follower
 
+from . import device_copy
 from .cache import Cache
 from .roster import reconcile
 from .store import ControllerConfig, ControllerStore
@@ -101,6 +105,8 @@ class LiveController:
         self.failure: Exception | None = None
         #: what the relay's machine list got wrong (see :mod:`starmux.client.roster`)
         self.warnings: list[str] = []
+        #: this device's verified copy of the account's device log (client/device_copy.py)
+        self.devices: DeviceLog | None = None
 
     async def start(self) -> None:
         """Connect, learn which machines are online and open channels to them.
@@ -112,6 +118,16 @@ class LiveController:
             self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
         )
         await self.link.connect()
+        self.devices = await device_copy.load_copy(self.store.db)
+        self.devices = await device_copy.refresh(
+            self.store.db,
+            self.link,
+            self.devices,
+            keys=self.keys,
+            card=self.card,
+            account=self.config.account,
+            now=time.time(),
+        )
         listing = await self.link.request(ListMachines(0), MachineList)
         assert isinstance(listing, MachineList)
         roster = reconcile(await self.store.machines(), listing)
@@ -263,6 +279,9 @@ class LiveController:
         assert self.link is not None
         machine.channel = None
         machine.off_live()
+        if self.devices is not None:
+            # In clear first: a machine that missed our `add` could not finish KK.
+            await self.link.send_data(machine.key, wrap(Kind.DEVICE_LOG, self.devices.encode()))
         machine.handshake, body = initiate(self.keys, machine.card, relay_key=self.config.relay_key)
         await self.link.send_data(machine.key, body)
 
@@ -312,6 +331,8 @@ class LiveController:
                 return
             finally:
                 machine.handshake = None
+            if self.devices is not None:  # the head we hold: the machine catches up
+                await self._send(machine, DeviceLogSync(self.devices.encode()))
             await self._request_sync(machine)
         elif kind is Kind.SESSION_RESET:
             await self._handshake(machine)
@@ -340,7 +361,11 @@ class LiveController:
                 await self.flush_outbox(machine)
 
     async def _on_message(self, machine: MachineChannel, message: Message) -> None:
-        if isinstance(message, CommandAck):
+        if isinstance(message, DeviceLogSync):  # we were behind the machine
+            self.devices = await device_copy.take(
+                self.store.db, self.devices, message.entries, account=self.config.account
+            )
+        elif isinstance(message, CommandAck):
             await self.cache.record_ack(machine.key, message)
             future = machine.acks.pop(message.command_id, None)
             if future is not None and not future.done():

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starmux.codec import Message
+from starmux.device_messages import DeviceLogSync
+from starmux.device_roles import COMMAND_ACTIONS, Action, action_for_decision
 from starmux.e2e import Kind, unwrap
 from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError, UsageError
 from starmux.identity import IdentityCard, NodeKeys
@@ -40,6 +42,7 @@ from starmux.messages import (
 from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
 
 from .checkpoints import Checkpoints
+from .devices import DeviceGate, Offer, RoleRefused
 from .eventlog import EventLog, StoredEvent
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
@@ -108,6 +111,7 @@ class LiveService:
         self._send: Send | None = None
         self._relay_key = b""
         self._commands = asyncio.Lock()
+        self.devices = DeviceGate(store)
         self._unsubscribe = log.subscribe(self._on_commit)
 
     def attach(self, send: Send, relay_key: bytes) -> None:
@@ -138,6 +142,11 @@ class LiveService:
             await self._handshake(sender, payload)
         elif kind is Kind.SESSION_RESET:
             self._drop(sender)
+        elif kind is Kind.DEVICE_LOG:
+            offer = await self.devices.offer(
+                sender, payload, authenticated=False, now=self.log_clock()
+            )
+            self._cut_off(offer)
         elif kind is Kind.SESSION_TRANSPORT:
             peer = self.peers.get(sender)
             if peer is None:
@@ -156,17 +165,17 @@ class LiveService:
             await self._dispatch(peer, message)
 
     async def _handshake(self, sender: bytes, payload: bytes) -> None:
-        controller = next((c for c in await self.store.controllers() if c.key == sender), None)
-        if controller is None:
+        card = await self.devices.card_for(sender)
+        if card is None:
             await self.store.audit(
                 "handshake.refused",
                 actor=sender,
-                detail="not a paired controller",
+                detail="not a current device of the account",
                 now=self.log_clock(),
             )
             return
         try:
-            channel, reply = respond(self.keys, controller.card, payload, relay_key=self._relay_key)
+            channel, reply = respond(self.keys, card, payload, relay_key=self._relay_key)
         except (CryptoError, UsageError):
             await self._reset(sender)
             return
@@ -174,12 +183,23 @@ class LiveService:
         if self._send is None:
             return
         await self._send(sender, reply)
-        peer = ControllerPeer(sender, controller.card, channel)
+        peer = ControllerPeer(sender, card, channel)
         peer.sender = asyncio.get_running_loop().create_task(self._sender(peer))
         self.peers[sender] = peer
 
     async def _dispatch(self, peer: ControllerPeer, message: Message) -> None:
-        if isinstance(message, SyncRequest):
+        if isinstance(message, DeviceLogSync):
+            offer = await self.devices.offer(
+                peer.key, message.entries, authenticated=True, now=self.log_clock()
+            )
+            if offer.behind:
+                self._enqueue(peer, DeviceLogSync(self.devices.entries()))
+            self._cut_off(offer)
+        elif isinstance(message, SyncRequest):
+            try:
+                await self.devices.check(peer.key, Action.WATCH, now=self.log_clock())
+            except RoleRefused:
+                return
             await self._sync(peer, message)
         elif isinstance(message, CommandEnvelope):
             ack = await self._command(peer, message)
@@ -215,6 +235,7 @@ class LiveService:
                 ok, error, hint, result = rows[0]
                 return CommandAck(envelope.command_id, bool(ok), error, hint, result)
             try:
+                await self.devices.check(peer.key, _action(envelope.body), now=self.log_clock())
                 result = await self._run(peer, envelope)
             except StarmuxError as exc:
                 await self.log.execute_write(
@@ -253,6 +274,11 @@ class LiveService:
             [command_record(envelope.command_id, True, "", "", command.KIND, self.log_clock())]
         )
         return command.KIND
+
+    def _cut_off(self, offer: Offer) -> None:
+        """Devices the log just removed lose their channel now, not at reconnect."""
+        for key in offer.removed:
+            self._drop(key)
 
     # --- outgoing -------------------------------------------------------------------
 
@@ -298,3 +324,15 @@ class LiveService:
 
     def log_clock(self) -> float:
         return self.sessions.clock()
+
+
+def _action(body: bytes) -> Action:
+    """What a command needs; an undecodable or unknown one needs owner rights (and
+    then fails to decode in _run with its own message)."""
+    try:
+        command = APP.decode(body)
+    except RemoteProtocolError:
+        return Action.MANAGE_DEVICES
+    if isinstance(command, DecideCheckpoint):
+        return action_for_decision(command.approve)
+    return COMMAND_ACTIONS.get(command.KIND, Action.MANAGE_DEVICES)

@@ -4,7 +4,9 @@ The relay routes DATA bodies without reading them; the two ends use this one byt
 to tell apart the stages of their conversation. Everything after it is either a
 Noise handshake message, Noise ciphertext, or (for the two *abort/reset* kinds)
 nothing at all: those carry no content and can only make the receiver start over,
-which an attacker on the relay can cause anyway by dropping frames.
+which an attacker on the relay can cause anyway by dropping frames. ``DEVICE_LOG``
+carries signed, public entries a machine verifies against its own copy: what a
+forger could send is refused there, and the relay holds the same log anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Kind(enum.IntEnum):
     SESSION_HANDSHAKE = 0x10  # Noise_KK handshake messages (every reconnect)
     SESSION_TRANSPORT = 0x11  # encrypted application messages
     SESSION_RESET = 0x12  # "my channel failed; handshake again"; no content
+    DEVICE_LOG = 0x13  # the account's signed device log, in clear (see device_messages)
 
 
 _KINDS = frozenset(int(kind) for kind in Kind)
