@@ -78,7 +78,7 @@ async def refresh(
         assert isinstance(state, DeviceLogState)
         if copy is None and not decode_entries(state.entries):
             first = DeviceLog.genesis(keys, card, account, at=now)
-            await link.request(AppendDeviceLog(0, first.encode()), DeviceLogAppended)
+            await link.request(AppendDeviceLog(0, first.encode(), b""), DeviceLogAppended)
             await save_copy(db, first)
             return first
     except RelayRefused as exc:

@@ -27,22 +27,36 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nacl.utils
+
 from starmux.close_codes import CloseCode
 from starmux.codec import Message
-from starmux.control import GrantMachine, Notice, NoticeEvent, RevokeMachine, SessionStatus
+from starmux.control import (
+    GrantMachine,
+    Notice,
+    NoticeEvent,
+    RevokeMachine,
+    SessionStatus,
+    TicketCreated,
+    TicketOpened,
+)
 from starmux.device_control import (
     AppendDeviceLog,
+    CreateLinkTicket,
     DeviceLogAppended,
     DeviceLogState,
     GetDeviceLog,
+    OpenLinkTicket,
 )
 from starmux.device_log import DeviceLog, decode_entries, encode_entries
 from starmux.device_roles import Action, allowed
 from starmux.errors import DeviceLogError
 from starmux.frames import FrameType
+from starmux.pairing_code import TICKET_SIZE
 
 from .peer import Peer
 from .registry import ControllerRecord, DeviceChange, DeviceLogRow, RegistryError
+from .requests import _pairing_rate as pairing_rate_limit  # one limit for both
 from .requests import send_control
 from .state import RelayState
 
@@ -85,13 +99,20 @@ async def append_device_log(state: RelayState, peer: Peer, req: AppendDeviceLog)
         raise RegistryError("bad-log", f"device log refused: {exc}") from exc
     before = current.entries if current is not None else ()
     fresh = new.entries[len(before) :]
+    if req.ticket and not fresh:
+        raise RegistryError("mismatch", "a link completes with the entry that adds the device")
     if fresh:
-        await _store(state, peer, current, new, fresh)
+        await _store(state, peer, current, new, fresh, req.ticket or None)
     return DeviceLogAppended(req.request_id, new.head.seq, new.head.hash)
 
 
 async def _store(
-    state: RelayState, peer: Peer, current: DeviceLog | None, new: DeviceLog, fresh: Any
+    state: RelayState,
+    peer: Peer,
+    current: DeviceLog | None,
+    new: DeviceLog,
+    fresh: Any,
+    link_ticket: bytes | None,
 ) -> None:
     now = state.clock()
     old_keys = {d.key for d in current.devices} if current is not None else set()
@@ -109,7 +130,15 @@ async def _store(
         change=DeviceChange(added, removed),
         by=peer.key,
         now=now,
+        link_ticket=link_ticket,
     )
+    if link_ticket is not None:
+        peer.ticket_peer = None
+    for record in added:  # a linking device is online: it joins the account in place
+        live = state.table.get(record.key)
+        if live is not None and live.status is SessionStatus.UNREGISTERED:
+            live.ticket_peer = None
+            state.table.move_to_account(live, new.account, SessionStatus.CONTROLLER)
     for key in removed:
         cut_off(state, key, new.account)
     changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", new.account, 0.0)
@@ -144,6 +173,40 @@ async def get_device_log(state: RelayState, peer: Peer, req: GetDeviceLog) -> Me
     return DeviceLogState(req.request_id, encode_entries(entries), online)
 
 
+async def create_link_ticket(state: RelayState, peer: Peer, req: CreateLinkTicket) -> Message:
+    _require_controller(peer)
+    pairing_rate_limit(state, peer)
+    # The tickets table serves both: the inviter stands where a machine would.
+    record = await state.registry.create_ticket(
+        ticket=nacl.utils.random(TICKET_SIZE),
+        machine_key=peer.key,
+        machine_card=peer.card,
+        now=state.clock(),
+        ttl=state.config.limits.ticket_ttl,
+    )
+    peer.ticket_peer = None
+    return TicketCreated(req.request_id, record.ticket, record.expires_at)
+
+
+async def open_link_ticket(state: RelayState, peer: Peer, req: OpenLinkTicket) -> Message:
+    if peer.status is not SessionStatus.UNREGISTERED:
+        raise RegistryError("forbidden", "only a device in no account yet can be linked")
+    pairing_rate_limit(state, peer)
+    record = await state.registry.open_ticket(
+        req.ticket, controller_key=peer.key, now=state.clock()
+    )
+    inviter = state.table.get(record.machine_key)
+    if inviter is None or inviter.status is not SessionStatus.CONTROLLER:
+        raise RegistryError(
+            "offline",
+            "the device that showed this link code is not connected",
+            hint="keep `starmux devices link` running on it",
+        )
+    peer.ticket_peer = inviter.key
+    inviter.ticket_peer = peer.key
+    return TicketOpened(req.request_id, inviter.key)
+
+
 async def may(state: RelayState, peer: Peer, action: Action) -> bool:
     """Whether the relay lets ``peer`` do ``action`` itself (legacy: it is the owner)."""
     log = await load_log(state, peer.account)
@@ -169,6 +232,8 @@ def install(handlers: dict[type[Message], Handler]) -> None:
     if AppendDeviceLog in handlers:
         return
     handlers[AppendDeviceLog] = append_device_log
+    handlers[CreateLinkTicket] = _needs(Action.MANAGE_DEVICES, create_link_ticket)
+    handlers[OpenLinkTicket] = open_link_ticket
     handlers[GetDeviceLog] = get_device_log
     handlers[GrantMachine] = _needs(Action.PAIR_MACHINE, handlers[GrantMachine])
     handlers[RevokeMachine] = _needs(Action.REVOKE_MACHINE, handlers[RevokeMachine])

@@ -186,13 +186,19 @@ class Registry(Protocol):
         change: DeviceChange,
         by: bytes,
         now: float,
+        link_ticket: bytes | None = None,
     ) -> None:
         """Append ``rows`` (already verified by the caller) in one transaction with
         ``change`` to the controllers (added rows inserted; removed keys kept
         forever in the removed set, and no longer returned by :meth:`controller`
         or :meth:`controllers_of`), only if the log still ends at
         ``after_seq`` (-1: no log yet). Raises ``RegistryError("log-moved")`` if
-        another append landed first: the caller reloads and retries or refuses."""
+        another append landed first: the caller reloads and retries or refuses.
+
+        With ``link_ticket`` (a device link completing), the ticket is consumed in
+        the same transaction: it must have been created by ``by``, opened by the
+        one device ``change`` adds, and be usable (same codes as
+        :meth:`open_ticket`, plus ``mismatch``)."""
 
     async def is_removed_device(self, key: bytes) -> bool:
         """True if this controller key was removed from its account (for good)."""

@@ -389,6 +389,7 @@ class SqliteRegistry:
         change: DeviceChange,
         by: bytes,
         now: float,
+        link_ticket: bytes | None = None,
     ) -> None:
         async with self._transaction() as db:
             sql = "SELECT coalesce(max(seq), -1) FROM device_log WHERE account = ?"
@@ -396,6 +397,16 @@ class SqliteRegistry:
             if head != after_seq:
                 raise RegistryError(
                     "log-moved", "the device log changed meanwhile", hint="run the command again"
+                )
+            if link_ticket is not None:
+                row = await self._one(db, _SELECT_TICKET, (link_ticket,))
+                _check_usable(row, now)
+                added = [record.key for record in change.added]
+                opened_by = None if row[6] is None else bytes(row[6])
+                if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:
+                    raise RegistryError("mismatch", "this link ticket is not for that device")
+                await db.execute(
+                    "UPDATE tickets SET consumed_at = ? WHERE ticket = ?", (now, link_ticket)
                 )
             await db.executemany(
                 "INSERT INTO device_log (account, seq, hash, entry, author, at)"

@@ -26,6 +26,7 @@ class AppendDeviceLog(Message):
     KIND = "append-device-log"
     request_id: int
     entries: bytes
+    ticket: bytes  # a link ticket this append completes (its one ``add``), or empty
 
 
 @CONTROL.register
@@ -56,3 +57,24 @@ class DeviceLogState(Message):
     request_id: int
     entries: bytes  # encode_entries(...); no entries at all for a legacy account
     online: tuple[bytes, ...]
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class CreateLinkTicket(Message):
+    """Owner device → relay: a one-time ticket for linking a new device (answered
+    with ``TicketCreated``; it expires and burns like a pairing ticket)."""
+
+    KIND = "create-link-ticket"
+    request_id: int
+
+
+@CONTROL.register
+@dataclass(frozen=True)
+class OpenLinkTicket(Message):
+    """New device (not yet in any account) → relay: connect me to the inviter
+    (answered with ``TicketOpened`` naming the inviter's key)."""
+
+    KIND = "open-link-ticket"
+    request_id: int
+    ticket: bytes

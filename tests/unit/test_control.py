@@ -110,6 +110,8 @@ def test_kinds_are_fixed() -> None:
         "device-log-appended",
         "get-device-log",
         "device-log-state",
+        "create-link-ticket",
+        "open-link-ticket",
     }
 
 

@@ -29,7 +29,7 @@ def card_of(node: Node) -> IdentityCard:
 async def with_log(relay: Relay) -> tuple[Node, DeviceLog]:
     owner = await relay.controller()
     log = DeviceLog.genesis(owner.keys, card_of(owner), owner.peer.account, at=T0)
-    reply = await relay.ask(owner, AppendDeviceLog(1, log.encode()))
+    reply = await relay.ask(owner, AppendDeviceLog(1, log.encode(), b""))
     assert reply == DeviceLogAppended(1, 0, log.head.hash)
     return owner, log
 
@@ -43,7 +43,7 @@ async def linked(
         owner.keys, Op.ADD, device.keys.sign_public, card=card_of(device), role=role, at=T0
     )
     assert isinstance(
-        await relay.ask(owner, AppendDeviceLog(2, encode_entries([entry]))), DeviceLogAppended
+        await relay.ask(owner, AppendDeviceLog(2, encode_entries([entry]), b"")), DeviceLogAppended
     )
     record = await relay.state.registry.controller(device.keys.sign_public)
     assert record is not None and record.account == owner.peer.account
@@ -61,10 +61,12 @@ async def test_a_legacy_account_has_no_log_until_its_device_uploads_the_first_en
     # Nobody else may write an account's first entry, even a valid self-signed one.
     other = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
     foreign = DeviceLog.genesis(other.keys, card_of(other), owner.peer.account, at=T0)
-    assert await refused(relay, owner, AppendDeviceLog(2, foreign.encode())) == "forbidden"
-    assert await refused(relay, other, AppendDeviceLog(2, foreign.encode())) == "forbidden"
+    assert await refused(relay, owner, AppendDeviceLog(2, foreign.encode(), b"")) == "forbidden"
+    assert await refused(relay, other, AppendDeviceLog(2, foreign.encode(), b"")) == "forbidden"
     mine = DeviceLog.genesis(owner.keys, card_of(owner), owner.peer.account, at=T0)
-    assert isinstance(await relay.ask(owner, AppendDeviceLog(3, mine.encode())), DeviceLogAppended)
+    assert isinstance(
+        await relay.ask(owner, AppendDeviceLog(3, mine.encode(), b"")), DeviceLogAppended
+    )
     state = await relay.ask(owner, GetDeviceLog(4, -1))
     assert isinstance(state, DeviceLogState)
     assert DeviceLog.verify(decode_entries(state.entries)).head == mine.head
@@ -87,7 +89,7 @@ async def test_a_removed_device_is_told_closed_and_no_longer_a_controller(relay:
     owner, log = await with_log(relay)
     operator, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
     log, entry = log.append(owner.keys, Op.REMOVE, operator.keys.sign_public, at=T0 + 1)
-    await relay.ask(owner, AppendDeviceLog(3, encode_entries([entry])))
+    await relay.ask(owner, AppendDeviceLog(3, encode_entries([entry]), b""))
     await operator.socket.until(lambda: operator.socket.closed is not None)
     assert operator.socket.closed is not None
     assert operator.socket.closed[0] == CloseCode.DEVICE_REMOVED
@@ -117,7 +119,9 @@ async def test_tampered_forked_and_stale_logs_are_refused(relay: Relay) -> None:
         "owner",
         T0,
     )
-    assert await refused(relay, viewer, AppendDeviceLog(3, encode_entries([forged]))) == "bad-log"
+    assert (
+        await refused(relay, viewer, AppendDeviceLog(3, encode_entries([forged]), b"")) == "bad-log"
+    )
     # Another entry 1 on the same genesis: a fork.
     stranger = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
     fork = DeviceLog.verify(log.entries[:1]).append(
@@ -128,10 +132,10 @@ async def test_tampered_forked_and_stale_logs_are_refused(relay: Relay) -> None:
         role=DeviceRole.OWNER,
         at=T0,
     )[1]
-    assert await refused(relay, owner, AppendDeviceLog(4, encode_entries([fork]))) == "bad-log"
+    assert await refused(relay, owner, AppendDeviceLog(4, encode_entries([fork]), b"")) == "bad-log"
     # The first entry alone again: an older head than the relay holds.
     assert (
-        await refused(relay, owner, AppendDeviceLog(5, encode_entries(log.entries[:1])))
+        await refused(relay, owner, AppendDeviceLog(5, encode_entries(log.entries[:1]), b""))
         == "bad-log"
     )
     assert await relay.state.registry.controller(stranger.keys.sign_public) is None
@@ -141,7 +145,7 @@ async def test_tampered_forked_and_stale_logs_are_refused(relay: Relay) -> None:
 async def test_the_relay_enforces_roles_for_what_it_does_itself(relay: Relay) -> None:
     owner, machine = await relay.paired()
     log = DeviceLog.genesis(owner.keys, card_of(owner), owner.peer.account, at=T0)
-    await relay.ask(owner, AppendDeviceLog(1, log.encode()))
+    await relay.ask(owner, AppendDeviceLog(1, log.encode(), b""))
     operator, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
     assert (
         await refused(relay, operator, revoke(owner, machine.peer.key, by=operator))
