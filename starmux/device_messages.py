@@ -30,3 +30,16 @@ class DeviceLogSync(Message):
 
     KIND = "device-log-sync"
     entries: bytes
+
+
+@APP.register
+@dataclass(frozen=True)
+class LinkWelcome(Message):
+    """Inviter → new device, inside the link's XXpsk3 channel (see device_link):
+    the account, its device log (already naming the new device) and the cards of
+    the account's machines."""
+
+    KIND = "link-welcome"
+    account: bytes
+    log: bytes
+    machines: tuple[bytes, ...]
