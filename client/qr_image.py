@@ -140,7 +140,7 @@ def _qr_texts(image: Image.Image) -> set[str]:
     return texts
 
 
-def decode_pairing_code_from_image(path: Path) -> str:
+def decode_pairing_code_from_image(path: Path, *, prefix: str = _PAIRING_PREFIX) -> str:
     """The raw text of the one starmux pairing code QR in the image at ``path``.
 
     Raises :class:`PairingCodeError` when the file is missing, unreadable, not a
@@ -152,7 +152,7 @@ def decode_pairing_code_from_image(path: Path) -> str:
     foreign: set[str] = set()
     for candidate in _attempts(gray):
         texts = _qr_texts(candidate)
-        codes = {text for text in texts if text.startswith(_PAIRING_PREFIX)}
+        codes = {text for text in texts if text.startswith(prefix)}
         foreign |= texts - codes
         if len(codes) > 1:
             raise PairingCodeError(

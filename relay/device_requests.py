@@ -132,12 +132,11 @@ async def _store(
         now=now,
         link_ticket=link_ticket,
     )
-    if link_ticket is not None:
-        peer.ticket_peer = None
     for record in added:  # a linking device is online: it joins the account in place
         live = state.table.get(record.key)
         if live is not None and live.status is SessionStatus.UNREGISTERED:
-            live.ticket_peer = None
+            # ticket_peer stays: the inviter's welcome still has to reach it (two
+            # controllers route to each other only through a ticket).
             state.table.move_to_account(live, new.account, SessionStatus.CONTROLLER)
     for key in removed:
         cut_off(state, key, new.account)

@@ -41,6 +41,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "cost": "starmux.daemon.agent_commands:cost_command",
     "hook": "starmux.daemon.claude_hook:hook_group",
     "demo": "starmux.client.commands:demo_command",
+    "devices": "starmux.client.device_commands:devices_group",
+    "link": "starmux.client.device_commands:link_command",
     "doctor": "starmux.node.doctor:doctor_command",
 }
 

@@ -6,8 +6,23 @@ from __future__ import annotations
 import pytest
 
 from starmux.close_codes import CloseCode
-from starmux.control import ListMachines, MachineList, Notice, NoticeEvent, SessionStatus
-from starmux.device_control import AppendDeviceLog, DeviceLogAppended, DeviceLogState, GetDeviceLog
+from starmux.control import (
+    ListMachines,
+    MachineList,
+    Notice,
+    NoticeEvent,
+    SessionStatus,
+    TicketCreated,
+    TicketOpened,
+)
+from starmux.device_control import (
+    AppendDeviceLog,
+    CreateLinkTicket,
+    DeviceLogAppended,
+    DeviceLogState,
+    GetDeviceLog,
+    OpenLinkTicket,
+)
 from starmux.device_log import DeviceLog, Op, decode_entries, encode_entries, sign_entry
 from starmux.device_roles import DeviceRole
 from starmux.frames import FrameType
@@ -15,6 +30,7 @@ from starmux.identity import IdentityCard, Role
 from starmux.relay.device_requests import install
 from starmux.relay.registry import DeviceChange, RegistryError
 from starmux.relay.requests import HANDLERS
+from starmux.relay.routing import may_route
 
 from .test_relay_requests import T0, Node, Relay, refused, revoke
 from .test_relay_requests import relay as relay  # the fixture
@@ -161,3 +177,30 @@ async def test_appends_are_compare_and_set_on_the_head(relay: Relay) -> None:
             owner.peer.account, after_seq=-1, rows=[], change=DeviceChange((), ()), by=b"", now=T0
         )
     assert caught.value.code == "log-moved"
+
+
+async def test_a_link_ticket_is_consumed_by_the_append_that_adds_its_device(relay: Relay) -> None:
+    owner, log = await with_log(relay)
+    created = await relay.ask(owner, CreateLinkTicket(1))
+    assert isinstance(created, TicketCreated)
+    newcomer = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    opened = await relay.ask(newcomer, OpenLinkTicket(2, created.ticket))
+    assert opened == TicketOpened(2, owner.peer.key)
+    assert may_route(newcomer.peer, owner.peer) and may_route(owner.peer, newcomer.peer)
+    log, entry = log.append(
+        owner.keys,
+        Op.ADD,
+        newcomer.keys.sign_public,
+        card=card_of(newcomer),
+        role=DeviceRole.VIEWER,
+        at=T0,
+    )
+    reply = await relay.ask(owner, AppendDeviceLog(3, encode_entries([entry]), created.ticket))
+    assert isinstance(reply, DeviceLogAppended)
+    assert newcomer.peer.status is SessionStatus.CONTROLLER
+    assert newcomer.peer.account == owner.peer.account
+    # Single use: the code cannot link anyone else.
+    late = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    assert await refused(relay, late, OpenLinkTicket(4, created.ticket)) == "consumed"
+    # The inviter's welcome still reaches the new device over the ticket.
+    assert may_route(owner.peer, newcomer.peer)

@@ -1,0 +1,184 @@
+"""Device commands: ``starmux devices [link|remove|role]`` and ``starmux link``."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+import qrcode
+
+from starmux.device_link import LinkCode, parse_link_code
+from starmux.device_roles import DeviceRole, parse_role
+from starmux.identity import IdentityCard
+
+from . import device_actions
+from .commands import _home, _printable, _when, home_option, json_option, progress
+
+ROLE_CHOICE = click.Choice([r.value for r in DeviceRole])
+
+
+def _terminal_qr(text: str) -> str:
+    """The code as a terminal QR (light modules inked, for dark terminals)."""
+    code = qrcode.QRCode(border=2)
+    code.add_data(text)
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue().replace("\xa0", " ")  # qrcode pads with no-break spaces
+
+
+def _confirm(yes: bool, what: str) -> object:
+    def confirm(other: IdentityCard, comparison: str) -> bool:
+        click.echo(f"{what}: {_printable(other.name)}  ({other.fingerprint})", err=True)
+        click.echo(f"comparison code: {comparison}  (the other device shows the same)", err=True)
+        return yes or click.confirm("Do the codes match?", default=False, err=True)
+
+    return confirm
+
+
+@click.group("devices", invoke_without_command=True)
+@home_option
+@json_option
+@click.pass_context
+def devices_group(ctx: click.Context, home: Path | None, as_json: bool) -> None:
+    """This account's controller devices: list, link, remove, change roles."""
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = asyncio.run(device_actions.devices(_home(home)))
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "role": r.role,
+                        "fingerprint": r.fingerprint,
+                        "added_by": r.added_by,
+                        "added_at": r.added_at,
+                        "online": r.online,
+                        "this_device": r.this_device,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return
+    for r in rows:
+        mark = "*" if r.this_device else " "
+        click.echo(
+            f"{mark} {_printable(r.name):<20} {r.role:<9} {r.fingerprint}  "
+            f"{'online ' if r.online else 'offline'}  added by {_printable(r.added_by)} "
+            f"at {_when(r.added_at)}"
+        )
+
+
+@devices_group.command("link")
+@click.option("--role", type=ROLE_CHOICE, default="viewer", help="The new device's role.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask to confirm the comparison code.")
+@home_option
+def link_device_command(role: str, yes: bool, home: Path | None) -> None:
+    """Show a link code (QR and text) for a new device and add it to this account."""
+
+    def show(code: LinkCode, expires_at: float) -> None:
+        text = code.to_text()
+        click.echo(_terminal_qr(text))
+        click.echo(text)
+        click.echo(f"on the new device: starmux link CODE (expires {_when(expires_at)})", err=True)
+        sys.stdout.flush()
+
+    with progress("waiting for the new device"):
+        device = asyncio.run(
+            device_actions.invite(
+                _home(home),
+                parse_role(role),
+                show=show,
+                confirm=_confirm(yes, "new device"),  # type: ignore[arg-type]
+            )
+        )
+    click.echo(f"linked {_printable(device.name)} ({device.fingerprint}) as {role}")
+
+
+@devices_group.command("remove")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@home_option
+def remove_device_command(name: str, yes: bool, home: Path | None) -> None:
+    """Remove a device from this account at once (the relay cuts it off)."""
+    if not yes:
+        click.confirm(f"Remove the device {_printable(name)} for good?", abort=True, err=True)
+    device = asyncio.run(device_actions.remove(_home(home), name))
+    click.echo(f"removed {_printable(device.name)} ({device.fingerprint})")
+
+
+@devices_group.command("role")
+@click.argument("name")
+@click.argument("role", type=ROLE_CHOICE)
+@home_option
+def role_device_command(name: str, role: str, home: Path | None) -> None:
+    """Change a device's role (owner, operator, viewer)."""
+    device = asyncio.run(device_actions.set_role(_home(home), name, parse_role(role)))
+    click.echo(f"{_printable(device.name)} is now {role}")
+
+
+@click.command("link")
+@click.argument("code", required=False)
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A photo or screenshot of the link QR code.",
+)
+@click.option("--name", default=None, help="This device's name [the hostname].")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask to confirm the comparison code.")
+@home_option
+@json_option
+def link_command(
+    code: str | None,
+    image: Path | None,
+    name: str | None,
+    yes: bool,
+    home: Path | None,
+    as_json: bool,
+) -> None:
+    """Join an account from the link CODE an owner device shows (or --image of its QR)."""
+    import socket
+
+    if (code is None) == (image is None):
+        raise click.UsageError("give the link CODE or --image FILE (one of them)")
+    if image is not None:
+        from .qr_image import decode_pairing_code_from_image
+
+        code = decode_pairing_code_from_image(image, prefix="starmux://link/")
+    assert code is not None
+    if code == "-":
+        code = sys.stdin.read()
+    parsed = parse_link_code(code)
+    with progress("linking through the relay"):
+        inviter, log, machines = asyncio.run(
+            device_actions.join(
+                _home(home),
+                parsed,
+                name=name or socket.gethostname()[:64] or "device",
+                confirm=_confirm(yes, "inviting device"),  # type: ignore[arg-type]
+            )
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "inviter": inviter.name,
+                    "role": parsed.role.value,
+                    "devices": len(log.devices),
+                    "machines": machines,
+                }
+            )
+        )
+        return
+    click.echo(
+        f"linked to the account of {_printable(inviter.name)} as {parsed.role.value}; "
+        f"{machines} machine(s)"
+    )

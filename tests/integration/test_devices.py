@@ -1,0 +1,135 @@
+"""Accounts with many devices through real processes: link, roles, removal."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
+
+from .cluster import Paired
+from .daemon_process import run_cli, starmux_command
+from .relay_process import RelayProcess
+from .test_checkpoints import _pending, agent, paired  # noqa: F401 (the fixture)
+from .watcher import Watcher
+
+LINK_CODE = re.compile(r"starmux://link/v1\?\S+")
+
+
+class Inviter:
+    """`starmux devices link` running on an owner until the new device joined."""
+
+    def __init__(self, home: Path, role: str) -> None:
+        env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
+        self.process = subprocess.Popen(
+            starmux_command("devices", "link", "--role", role, "--yes"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.out: list[str] = []
+        self.printed = threading.Event()
+        self.code = ""
+        self.printed_at = 0.0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.out.append(line)
+            match = LINK_CODE.search(line)
+            if match and not self.code:
+                self.code = match.group(0)
+                self.printed_at = time.monotonic()
+                self.printed.set()
+
+    def wait_code(self) -> str:
+        if not self.printed.wait(30):
+            assert self.process.stderr is not None
+            raise AssertionError("no link code printed: " + "".join(self.out))
+        return self.code
+
+    def finish(self) -> str:
+        assert self.process.wait(timeout=60) == 0, "".join(self.out) + (
+            self.process.stderr.read() if self.process.stderr else ""
+        )
+        return "".join(self.out)
+
+
+def link(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> float:
+    """Link a new device; returns seconds from the code printed to its machine list."""
+    inviter = Inviter(owner.controller, role)
+    code = inviter.wait_code()
+    if by_image:
+        image = home.parent / f"{name}-qr.png"
+        terminal_qr_to_image(find_qr_block("".join(inviter.out)), invert=False).save(image)
+        joined = run_cli(home, "link", "--image", str(image), "--name", name, "--yes")
+    else:
+        joined = run_cli(home, "link", code, "--name", name, "--yes")
+    assert joined.returncode == 0, joined.stderr
+    inviter.finish()
+    machines = run_cli(home, "machines", "--json")
+    assert machines.returncode == 0 and owner.daemon.name in machines.stdout, machines.stderr
+    return time.monotonic() - inviter.printed_at
+
+
+def device(owner: Paired, home: Path) -> Paired:
+    return Paired(owner.relay, home, owner.daemon, owner.workdir)
+
+
+def _audit(home: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(home / "daemon.sqlite3") as db:
+        return [(str(e), str(d)) for e, d in db.execute("SELECT event, detail FROM audit")]
+
+
+def test_link_roles_and_removal(paired: Paired, tmp_path: Path, relay: RelayProcess) -> None:
+    b_home, c_home = tmp_path / "phone", tmp_path / "tablet"
+    link_seconds = link(paired, b_home, "phone", "viewer", by_image=True)
+    link(paired, c_home, "tablet", "operator", by_image=False)
+    b, c = device(paired, b_home), device(paired, c_home)
+    listed = paired.json("devices")
+    assert isinstance(listed, list)
+    assert {(d["name"], d["role"]) for d in listed} == {
+        ("laptop", "owner"),
+        ("phone", "viewer"),
+        ("tablet", "operator"),
+    }
+
+    # B (viewer) sees the checkpoint, but the daemon refuses its approval.
+    session = paired.run(*agent("Ship it?", "--timeout", "120"))
+    checkpoint = str(_pending(b, title="Ship it?")["id"])
+    refused = run_cli(b_home, "approve", checkpoint)
+    assert refused.returncode != 0
+    assert "does not allow approve" in refused.stderr, refused.stderr
+    assert b.session(session)["status"] == "waiting_approval"
+    assert any(event == "command.refused" for event, _ in _audit(paired.daemon.home))
+
+    # C (operator) approves; the agent goes on.
+    assert run_cli(c_home, "approve", checkpoint).returncode == 0
+    assert Watcher(paired.controller, session).finish() == 0
+
+    # A removes C while C watches live: C is cut off within a second.
+    second = paired.run(*agent("Again?", "--timeout", "120"))
+    watcher = Watcher(c_home, second)
+    watcher.wait_lines(1)
+    started = time.monotonic()
+    paired.cli("devices", "remove", "tablet", "--yes")
+    watcher.finish(timeout=10)
+    cut_off = time.monotonic() - started
+    after = run_cli(c_home, "sessions")
+    assert after.returncode != 0 and "removed" in after.stderr, after.stderr
+    assert len(b.json("sessions")) >= 2  # type: ignore[arg-type]  # B keeps working
+
+    # A makes B operator: B can now deny.
+    paired.cli("devices", "role", "phone", "operator")
+    pending = str(_pending(b, title="Again?")["id"])
+    assert run_cli(b_home, "deny", pending).returncode == 0, "B could not deny"
+    print(f"\nlink (QR printed → machines listed): {link_seconds:.2f} s")
+    print(f"remove → watch on the removed device ended: {cut_off:.2f} s")
+    assert cut_off < 1.0 + 0.5  # the remove command's own start-up is inside this figure
