@@ -14,14 +14,30 @@ import logging
 
 import aiosqlite
 
+from starmux.close_codes import CloseCode
 from starmux.device_control import AppendDeviceLog, DeviceLogAppended, DeviceLogState, GetDeviceLog
 from starmux.device_log import DeviceLog, decode_entries
-from starmux.errors import DeviceLogError
+from starmux.errors import DeviceLogError, UsageError
 from starmux.identity import IdentityCard, NodeKeys
 from starmux.node.database import read_setting, write_setting
 from starmux.node.link import RelayLink, RelayRefused
 
 log = logging.getLogger("starmux.client")
+
+
+class DeviceRemoved(UsageError):
+    """This device was removed from its account: no command will work again."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this device was removed from its account; the relay refuses it",
+            hint="ask an owner to link it again (`starmux devices link`) from a fresh STARMUX_HOME",
+        )
+
+
+def removed(code: int | None) -> bool:
+    return code == CloseCode.DEVICE_REMOVED
+
 
 SETTING = "device_log"
 

@@ -43,7 +43,14 @@ from starmux.messages import (
     LoggedEvent,
     SyncRequest,
 )
-from starmux.node.link import Closed, Data, PresenceChanged, RelayLink, Undeliverable
+from starmux.node.link import (
+    Closed,
+    Data,
+    PresenceChanged,
+    RelayClosedConnection,
+    RelayLink,
+    Undeliverable,
+)
 from starmux.noise import HandshakeState
 from starmux.resync import Action, Follower
 
@@ -117,7 +124,12 @@ class LiveController:
         self.link = RelayLink(
             self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
         )
-        await self.link.connect()
+        try:
+            await self.link.connect()
+        except RelayClosedConnection as exc:
+            if device_copy.removed(exc.code):
+                raise device_copy.DeviceRemoved() from exc
+            raise
         self.devices = await device_copy.load_copy(self.store.db)
         self.devices = await device_copy.refresh(
             self.store.db,
@@ -239,6 +251,8 @@ class LiveController:
             await self.link.close()
         finally:
             self.close_reason = self.link.closed
+            if self.close_reason is not None and device_copy.removed(self.close_reason.code):
+                self.failure = device_copy.DeviceRemoved()  # for good: not a reconnect
             self.closed.set()
             for machine in self.machines.values():
                 machine.online = False

@@ -12,7 +12,7 @@ row and writes what it returns. Invariants:
   naming what happened first; the loser of a race learns it by re-reading.
 - A session is ``waiting_approval`` exactly while one of its checkpoints is
   pending (status changes and the pending check run under one lock).
-- A decision counts only with a valid signature by a paired controller; anything
+- A decision counts only with a valid signature by a current device; anything
   else is refused and written to the audit log.
 - On expiry the checkpoint's default applies (deny unless set).
 """
@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starmux import checkpoint_state
 from starmux.checkpoint_state import Answer, Checkpoint, CheckpointState
@@ -76,6 +76,9 @@ class Checkpoints:
         self._by_key: dict[tuple[str, str], str] = {}
         #: Held while a session's waiting/running status follows its pending checkpoints.
         self._status = asyncio.Lock()
+        #: Who may sign decisions: the account's current devices (daemon/devices.py);
+        #: until that is wired in, the controllers that paired this machine.
+        self.is_device: Callable[[bytes], Awaitable[bool]] | None = None
 
     # --- the local API side (an agent asks) --------------------------------------------
 
@@ -165,9 +168,12 @@ class Checkpoints:
         return verdict
 
     async def _verify(self, decision: DecideCheckpoint, controller_key: bytes) -> None:
-        paired = {c.key for c in await self.store.controllers()}
+        if self.is_device is not None:
+            known = await self.is_device(controller_key)
+        else:
+            known = controller_key in {c.key for c in await self.store.controllers()}
         try:
-            if controller_key not in paired:
+            if not known:
                 raise CryptoError()
             verify_signature(
                 controller_key,

@@ -69,6 +69,9 @@ class DeviceGate:
         paired = next((c for c in await self.store.controllers() if c.key == key), None)
         return paired.card if paired is not None else None
 
+    async def is_current(self, key: bytes) -> bool:
+        return await self.role_of(key) is not None
+
     async def role_of(self, key: bytes) -> DeviceRole | None:
         copy = await self.load()
         if copy is not None:

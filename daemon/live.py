@@ -112,6 +112,7 @@ class LiveService:
         self._relay_key = b""
         self._commands = asyncio.Lock()
         self.devices = DeviceGate(store)
+        checkpoints.is_device = self.devices.is_current
         self._unsubscribe = log.subscribe(self._on_commit)
 
     def attach(self, send: Send, relay_key: bytes) -> None:
