@@ -5,9 +5,11 @@ What the daemon enforces, whatever the relay says:
 - KK only with a device current in its copy (before any copy exists — a machine
   paired before device logs, or not yet told — only with the controllers that
   paired it, each as an owner).
-- Its first copy comes only over KK from a device it already trusts, and must
-  name that device as current; after that, any offer (over KK or in clear) is
-  verified as a continuation of the copy: a fork, a gap, a forged or unauthorised
+- Its first copy comes over KK from a controller that paired it (and must name
+  that device as current), or in clear if its first entry was written by such a
+  controller (the chain of owner signatures then starts at a key it trusts).
+  After that, any offer (over KK or in clear) is verified as a continuation of
+  the copy: a fork, a gap, a forged or unauthorised
   entry, or an older head (a replay) is refused and audited, and the copy stays.
 - Every command is checked against the sender's role in the copy
   (:mod:`starmux.device_roles`); a refusal is answered and audited.
@@ -101,12 +103,16 @@ class DeviceGate:
         try:
             offered = decode_entries(entries)
             if copy is None:
-                if not authenticated or not offered:
+                if not offered:
                     return Offer(False)
-                account = await self._account()
-                new = DeviceLog.verify(offered, account=account)
-                if new.device(sender) is None:
+                paired = {c.key for c in await self.store.controllers()}
+                new = DeviceLog.verify(offered, account=await self._account())
+                # The anchor: a controller that paired this machine vouches for the
+                # log, by sending it over KK or by having written its first entry.
+                if authenticated and new.device(sender) is None:
                     raise DeviceLogError("the device that sent the log is not in it")
+                if not authenticated and offered[0].author not in paired:
+                    return Offer(False)
             else:
                 held = copy.entries
                 is_prefix = all(e.seq < len(held) and e.hash == held[e.seq].hash for e in offered)

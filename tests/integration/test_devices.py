@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
@@ -12,10 +13,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from starmux.client.actions import connected
 from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
+from starmux.client.store import ControllerStore
+from starmux.device_log import DeviceLog, decode_entries, encode_entries
+from starmux.e2e import Kind, wrap
 
 from .cluster import Paired
-from .daemon_process import run_cli, starmux_command
+from .daemon_process import DaemonProcess, run_cli, starmux_command
 from .relay_process import RelayProcess
 from .test_checkpoints import _pending, agent
 from .test_checkpoints import paired as paired  # the fixture
@@ -165,3 +170,56 @@ def test_link_roles_and_removal(paired: Paired, tmp_path: Path, relay: RelayProc
     print(f"`devices remove` started → accepted: {accepted - started:.2f} s")
     print(f"remove accepted → the removed device's live watch ended: {cut_off:.2f} s")
     assert cut_off < 1.0
+
+
+def _daemon_log(home: Path) -> DeviceLog:
+    with sqlite3.connect(home / "daemon.sqlite3") as db:
+        (data,) = db.execute("SELECT value FROM settings WHERE name = 'device_log'").fetchone()
+    return DeviceLog.verify(decode_entries(bytes(data)))
+
+
+async def _replay(home: Path, machine: str, entries: bytes) -> None:
+    """What a malicious relay can do: hand the machine an older log, as if from B."""
+    async with ControllerStore(home) as store:
+        config = await store.config()
+        target = await store.find_machine(machine)
+        async with connected(store, config) as relay_link:
+            await relay_link.send_data(target.key, wrap(Kind.DEVICE_LOG, entries))
+            # The machine answers nothing in clear; a later round trip (B's own
+            # sessions) shows the replay was handled before it.
+
+
+def test_an_offline_daemon_learns_a_removal_and_refuses_a_stale_log(
+    paired: Paired, tmp_path: Path, relay: RelayProcess
+) -> None:
+    b_home, c_home = tmp_path / "phone", tmp_path / "tablet"
+    link(paired, b_home, "phone", "operator", by_image=False)
+    link(paired, c_home, "tablet", "operator", by_image=False)
+    b = device(paired, b_home)
+    b.json("sessions")  # B's handshake hands the daemon the log naming B and C
+    before = _daemon_log(paired.daemon.home)
+    tablet = next(d for d in before.devices if d.name == "tablet")
+
+    paired.daemon.stop()
+    paired.cli("devices", "remove", "tablet", "--yes")
+    restarted = DaemonProcess(
+        paired.daemon.home, relay.url, name=paired.daemon.name, extra_args=paired.daemon.extra_args
+    ).start()
+    try:
+        restarted.wait_for("connected to")
+        # The next device to connect (B, not the owner) brings the removal.
+        b.json("sessions")
+        after = _daemon_log(paired.daemon.home)
+        assert after.head.seq == before.head.seq + 1
+        assert after.device(tablet.key) is None and after.is_removed(tablet.key)
+        refused = run_cli(c_home, "sessions")
+        assert refused.returncode != 0 and "removed" in refused.stderr
+
+        # A stale log handed to the daemon (a replay) is refused and audited.
+        asyncio.run(_replay(b_home, paired.daemon.name, encode_entries(before.entries)))
+        b.json("sessions")
+        assert _daemon_log(paired.daemon.home).head == after.head
+        refusals = [d for e, d in _audit(paired.daemon.home) if e == "device-log.refused"]
+        assert any(d.startswith("DeviceLogStaleError") for d in refusals), refusals
+    finally:
+        restarted.stop()

@@ -58,9 +58,10 @@ async def test_before_any_log_only_the_pairing_controllers_count_as_owners(
     gate, log = await gate_for(machine)
     assert await gate.role_of(machine.controller.sign_public) is DeviceRole.OWNER
     assert await gate.card_for(PHONE[0].sign_public) is None
-    # In clear, with no copy yet: ignored (the first copy comes only over KK).
+    # In clear, with no copy yet: only a log whose first entry a pairing controller wrote.
+    alien = DeviceLog.genesis(PHONE[0], PHONE[1], ACCOUNT, at=NOW)
     assert not (
-        await gate.offer(PHONE[0].sign_public, log.encode(), authenticated=False, now=NOW)
+        await gate.offer(PHONE[0].sign_public, alien.encode(), authenticated=False, now=NOW)
     ).changed
     # Over KK from a device not in the offered log: refused.
     stranger = NodeKeys.generate(counter_rng(b"stranger")).sign_public
