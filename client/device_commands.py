@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -30,7 +31,7 @@ def _terminal_qr(text: str) -> str:
     return out.getvalue().replace("\xa0", " ")  # qrcode pads with no-break spaces
 
 
-def _confirm(yes: bool, what: str) -> object:
+def _confirm(yes: bool, what: str) -> Callable[[IdentityCard, str], bool]:
     def confirm(other: IdentityCard, comparison: str) -> bool:
         click.echo(f"{what}: {_printable(other.name)}  ({other.fingerprint})", err=True)
         click.echo(f"comparison code: {comparison}  (the other device shows the same)", err=True)
@@ -97,7 +98,7 @@ def link_device_command(role: str, yes: bool, home: Path | None) -> None:
                 _home(home),
                 parse_role(role),
                 show=show,
-                confirm=_confirm(yes, "new device"),  # type: ignore[arg-type]
+                confirm=_confirm(yes, "new device"),
             )
         )
     click.echo(f"linked {_printable(device.name)} ({device.fingerprint}) as {role}")
@@ -163,7 +164,7 @@ def link_command(
                 _home(home),
                 parsed,
                 name=name or socket.gethostname()[:64] or "device",
-                confirm=_confirm(yes, "inviting device"),  # type: ignore[arg-type]
+                confirm=_confirm(yes, "inviting device"),
             )
         )
     if as_json:

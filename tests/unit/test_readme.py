@@ -39,6 +39,11 @@ EXERCISED_BY: dict[str, list[str]] = {
     "hook claude-pretooluse": ["tests/integration/test_checkpoints.py"],
     "revoke": ["tests/integration/test_pairing.py"],
     "doctor": ["tests/integration/test_doctor.py"],
+    "devices": ["tests/integration/test_devices.py"],
+    "devices link": ["tests/integration/test_devices.py"],
+    "devices role": ["tests/integration/test_devices.py"],
+    "devices remove": ["tests/integration/test_devices.py"],
+    "link": ["tests/integration/test_devices.py"],
 }
 
 
