@@ -17,8 +17,6 @@ from pathlib import Path
 import nacl.utils
 
 from starmux.control import (
-    ListMachines,
-    MachineList,
     ReportPairingFailure,
     SessionStatus,
     TicketCreated,
@@ -241,9 +239,9 @@ async def invite(
                         await link.send_data(device_key, abort_body())
                         await link.request(ReportPairingFailure(0, ticket.ticket))
                 raise UsageError(exc.message, hint="run `starmux devices link` again") from exc
-            listing = await link.request(ListMachines(0), MachineList)
-            assert isinstance(listing, MachineList)
-            machines = tuple(m.card for m in listing.machines)
+            # The cards this device pinned at pairing, never the relay's list (a
+            # malicious relay could slip in a machine of its own).
+            machines = tuple(m.card for m in await store.machines())
             await link.send_data(device_key, inviter.welcome(log, machines))
             with contextlib.suppress(TimeoutError, PairingFailed):
                 inviter.receive((await _next_data(link, device_key, patience=10.0)).body)
