@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
+import secrets
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -15,15 +18,18 @@ from pathlib import Path
 
 from starmux.client.actions import connected
 from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
+from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
 from starmux.client.store import ControllerStore
 from starmux.device_log import DeviceLog, decode_entries, encode_entries
 from starmux.e2e import Kind, wrap
+from starmux.home import load_node_keys
 
 from .cluster import Paired
 from .daemon_process import DaemonProcess, run_cli, starmux_command
 from .relay_process import RelayProcess
 from .test_checkpoints import _pending, agent
 from .test_checkpoints import paired as paired  # the fixture
+from .test_relay_sees_no_plaintext import RecordingProxy, find_leaks, parse_websocket
 from .watcher import Watcher
 
 LINK_CODE = re.compile(r"starmux://link/v1\?\S+")
@@ -223,3 +229,70 @@ def test_an_offline_daemon_learns_a_removal_and_refuses_a_stale_log(
         assert any(d.startswith("DeviceLogStaleError") for d in refusals), refusals
     finally:
         restarted.stop()
+
+
+def test_relay_sees_nothing_linked_devices_watch_or_decide(
+    tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]
+) -> None:
+    """The no-plaintext proof, through linked devices: B watches, C approves."""
+    proxy = RecordingProxy(relay.port).start()
+    try:
+        markers = {
+            kind: f"{kind}{secrets.token_hex(10)}" for kind in ("title", "output", "cp", "why")
+        }
+        shown = Paired(
+            dataclasses.replace(relay, url=proxy.url),
+            tmp_path / "controller",
+            DaemonProcess(tmp_path / "machine", proxy.url),
+            tmp_path,
+        )
+        init = run_cli(
+            shown.controller, "init", "--relay", proxy.url,
+            "--token", relay.registration_token or "", "--name", "laptop",
+        )  # fmt: skip
+        assert init.returncode == 0, init.stderr
+        shown.daemon.extra_args = ["--allow-root", str(tmp_path)]
+        daemons.append(shown.daemon.start())
+        shown.cli("pair", shown.daemon.pairing_code(), "--yes")
+        shown.daemon.wait_for("connected to")
+        b_home, c_home = tmp_path / "phone", tmp_path / "tablet"
+        link(shown, b_home, "phone", "viewer", by_image=False)
+        inviter = Inviter(shown.controller, "operator")
+        code = inviter.wait_code()
+        joined = run_cli(c_home, "link", code, "--name", "tablet", "--yes")
+        assert joined.returncode == 0, joined.stderr
+        inviter.finish()
+        markers["link-secret"] = code.split("secret=")[1].split("&")[0]
+
+        agent_code = (
+            "import subprocess, sys\n"
+            f"print({markers['output'][::-1]!r}[::-1], flush=True)\n"
+            "r = subprocess.run([sys.executable, '-m', 'starmux.cli', 'checkpoint',"
+            f" {markers['cp']!r}, '--timeout', '60'])\n"
+            "sys.exit(r.returncode)\n"
+        )
+        session = shown.run(sys.executable, "-c", agent_code, title=markers["title"])
+        checkpoint = str(_pending(device(shown, c_home), title=markers["cp"])["id"])
+        decided = run_cli(c_home, "approve", checkpoint, "--reason", markers["why"])
+        assert decided.returncode == 0, decided.stderr
+        device(shown, b_home).json("sessions")  # B syncs (watch reads what is known)
+        watched = run_cli(b_home, "watch", session, timeout=30)
+        assert watched.returncode == 0 and markers["output"] in watched.stdout, watched.stderr
+
+        recording = proxy.recording()
+        streams = [
+            (parse_websocket(up, from_client=True), parse_websocket(down, from_client=False))
+            for up, down in recording
+            if up
+        ]
+        payloads = b"\n".join(m for up, down in streams for m in (*up.messages, *down.messages))
+        for home in (b_home, c_home):  # control: the linked devices did use this relay
+            assert load_node_keys(home / CONTROLLER_KEY_FILE).sign_public in payloads
+        haystacks = {
+            "raw bytes": b"\n".join(part for pair in recording for part in pair),
+            "unmasked payloads": payloads,
+        }
+        leaks = find_leaks(markers, haystacks)
+        assert not leaks, leaks
+    finally:
+        proxy.close()
