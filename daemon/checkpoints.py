@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from starmux import checkpoint_state
 from starmux.checkpoint_state import Answer, Checkpoint, CheckpointState
-from starmux.decisions import decision_transcript
+from starmux.decisions import Verdict, decision_transcript
 from starmux.errors import CryptoError, UsageError
 from starmux.fingerprint import fingerprint
 from starmux.identity import verify_signature
@@ -273,7 +273,7 @@ class Checkpoints:
             "signature = ? WHERE id = ? AND decision IS NULL",
             (verdict, by, reason, decided_at, signature, checkpoint.id),
         )
-        decided = CheckpointDecided(checkpoint.id, verdict, by, reason, decided_at)
+        decided = CheckpointDecided(checkpoint.id, Verdict(verdict), by, reason, decided_at)
         await self.log.append(
             checkpoint.session,
             APP.encode(decided),

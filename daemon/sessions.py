@@ -32,6 +32,7 @@ from starmux.messages import (
     APP,
     CostReported,
     Output,
+    OutputStream,
     SessionCreated,
     SessionStatusChanged,
     StartSession,
@@ -156,7 +157,7 @@ class SessionManager:
 
         async def on_output(stream: str, data: bytes) -> None:
             await self.log.append(
-                request.session, APP.encode(Output(stream, data)), at=self.clock()
+                request.session, APP.encode(Output(OutputStream(stream), data)), at=self.clock()
             )
 
         try:
@@ -208,7 +209,7 @@ class SessionManager:
         now = self.clock()
         await self.log.append(
             session_id,
-            APP.encode(SessionStatusChanged(new.value, exit_code, detail)),
+            APP.encode(SessionStatusChanged(new, exit_code, detail)),
             at=now,
             also=[
                 (

@@ -32,6 +32,7 @@ import nacl.utils
 from starmux.close_codes import CloseCode
 from starmux.codec import Message
 from starmux.control import (
+    FailureCode,
     GrantMachine,
     Notice,
     NoticeEvent,
@@ -65,7 +66,7 @@ Handler = Callable[[RelayState, Peer, Any], Awaitable[Message]]
 
 def _require_controller(peer: Peer) -> None:
     if peer.status is not SessionStatus.CONTROLLER or not peer.account:
-        raise RegistryError("forbidden", "only a device of an account may do that")
+        raise RegistryError(FailureCode.FORBIDDEN, "only a device of an account may do that")
 
 
 async def load_log(state: RelayState, account: bytes) -> DeviceLog | None:
@@ -87,20 +88,24 @@ async def append_device_log(state: RelayState, peer: Peer, req: AppendDeviceLog)
             controllers = await state.registry.controllers_of(peer.account)
             if [c.key for c in controllers] != [peer.key] or not offered:
                 raise RegistryError(
-                    "forbidden", "only the account's first device writes its first entry"
+                    FailureCode.FORBIDDEN, "only the account's first device writes its first entry"
                 )
             if not hmac.compare_digest(offered[0].author, peer.key):
-                raise RegistryError("forbidden", "the first entry must be this device's own")
+                raise RegistryError(
+                    FailureCode.FORBIDDEN, "the first entry must be this device's own"
+                )
             new = DeviceLog.verify(offered, account=peer.account)
         else:
             new = current.update(offered)
     except DeviceLogError as exc:
         state.metrics.drops["bad-device-log"] += 1
-        raise RegistryError("bad-log", f"device log refused: {exc}") from exc
+        raise RegistryError(FailureCode.BAD_LOG, f"device log refused: {exc}") from exc
     before = current.entries if current is not None else ()
     fresh = new.entries[len(before) :]
     if req.ticket and not fresh:
-        raise RegistryError("mismatch", "a link completes with the entry that adds the device")
+        raise RegistryError(
+            FailureCode.MISMATCH, "a link completes with the entry that adds the device"
+        )
     if fresh:
         await _store(state, peer, current, new, fresh, req.ticket or None)
     return DeviceLogAppended(req.request_id, new.head.seq, new.head.hash)
@@ -189,7 +194,7 @@ async def create_link_ticket(state: RelayState, peer: Peer, req: CreateLinkTicke
 
 async def open_link_ticket(state: RelayState, peer: Peer, req: OpenLinkTicket) -> Message:
     if peer.status is not SessionStatus.UNREGISTERED:
-        raise RegistryError("forbidden", "only a device in no account yet can be linked")
+        raise RegistryError(FailureCode.FORBIDDEN, "only a device in no account yet can be linked")
     pairing_rate_limit(state, peer)
     record = await state.registry.open_ticket(
         req.ticket, controller_key=peer.key, now=state.clock()
@@ -197,7 +202,7 @@ async def open_link_ticket(state: RelayState, peer: Peer, req: OpenLinkTicket) -
     inviter = state.table.get(record.machine_key)
     if inviter is None or inviter.status is not SessionStatus.CONTROLLER:
         raise RegistryError(
-            "offline",
+            FailureCode.OFFLINE,
             "the device that showed this link code is not connected",
             hint="keep `starmux devices link` running on it",
         )
@@ -216,7 +221,7 @@ def _needs(action: Action, handler: Handler) -> Handler:
     async def guarded(state: RelayState, peer: Peer, req: Any) -> Message:
         if peer.account and not await may(state, peer, action):
             raise RegistryError(
-                "forbidden-role",
+                FailureCode.FORBIDDEN_ROLE,
                 f"your device's role does not allow {action.value}",
                 hint="ask an owner of the account (starmux devices role NAME owner)",
             )

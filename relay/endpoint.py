@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from starmux.close_codes import CloseCode
 from starmux.codec import Message
-from starmux.control import CONTROL, Failure, RouteError, SessionStatus
+from starmux.control import CONTROL, Failure, FailureCode, RouteError, SessionStatus
 from starmux.errors import CryptoError, FrameError, RemoteProtocolError
 from starmux.frames import FrameType, encode_frame, parse_frame, readdress_data
 from starmux.identity import IdentityCard, Role
@@ -37,7 +37,7 @@ from .state import RelayState
 log = logging.getLogger("starmux.relay")
 
 install_device_requests(HANDLERS)
-_UNREACHABLE = CONTROL.encode(RouteError("unreachable", "no such peer online for you"))
+_UNREACHABLE = CONTROL.encode(RouteError(FailureCode.UNREACHABLE, "no such peer online for you"))
 
 
 async def _reject(websocket: WebSocket, state: RelayState, code: CloseCode, reason: str) -> None:
@@ -276,7 +276,10 @@ async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:
     if not state.requests_by_ip.take(peer.ip, now):
         state.metrics.refused["request-rate-ip"] += 1
         reply: Message = Failure(
-            request_id, "rate-limited", "too many requests from this address", "wait a second"
+            request_id,
+            FailureCode.RATE_LIMITED,
+            "too many requests from this address",
+            "wait a second",
         )
         send_control(peer, FrameType.RESPONSE, reply)
         return

@@ -20,13 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from starmux.control import FailureCode
 from starmux.errors import StarmuxError
 
 
 class RegistryError(StarmuxError):
     """A registry operation was refused; ``code`` is stable and sent to clients."""
 
-    def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, code: FailureCode, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.code = code
 
@@ -116,8 +117,8 @@ class Registry(Protocol):
     ) -> ControllerRecord:
         """Create ``account`` with its first controller device, atomically consuming
         the registration token whose hash is ``token_hash`` (``None``: open
-        registration). Raises ``RegistryError("bad-token")`` for an unknown or used
-        token and ``RegistryError("exists")`` if the controller key is registered."""
+        registration). Raises ``RegistryError(FailureCode.BAD_TOKEN)`` for an unknown or used
+        token and ``RegistryError(FailureCode.EXISTS)`` if the controller key is registered."""
 
     async def controller(self, key: bytes) -> ControllerRecord | None: ...
 
@@ -128,8 +129,8 @@ class Registry(Protocol):
         self, *, ticket: bytes, machine_key: bytes, machine_card: bytes, now: float, ttl: float
     ) -> TicketRecord:
         """A new ticket; any older unconsumed tickets of the same machine are dropped.
-        Raises ``RegistryError("revoked")`` if ``machine_key`` was revoked and
-        ``RegistryError("paired")`` if it is already a paired machine."""
+        Raises ``RegistryError(FailureCode.REVOKED)`` if ``machine_key`` was revoked and
+        ``RegistryError(FailureCode.PAIRED)`` if it is already a paired machine."""
 
     async def open_ticket(
         self, ticket: bytes, *, controller_key: bytes, now: float
@@ -192,7 +193,7 @@ class Registry(Protocol):
         ``change`` to the controllers (added rows inserted; removed keys kept
         forever in the removed set, and no longer returned by :meth:`controller`
         or :meth:`controllers_of`), only if the log still ends at
-        ``after_seq`` (-1: no log yet). Raises ``RegistryError("log-moved")`` if
+        ``after_seq`` (-1: no log yet). Raises ``RegistryError(FailureCode.LOG_MOVED)`` if
         another append landed first: the caller reloads and retries or refuses.
 
         With ``link_ticket`` (a device link completing), the ticket is consumed in

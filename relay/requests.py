@@ -24,6 +24,7 @@ from starmux.control import (
     CONTROL,
     AccountRegistered,
     CreateTicket,
+    FailureCode,
     GrantMachine,
     ListMachines,
     MachineGranted,
@@ -71,7 +72,7 @@ def send_control(peer: Peer, frame_type: FrameType, message: Message, sender: by
 
 def _require(peer: Peer, *statuses: SessionStatus) -> None:
     if peer.status not in statuses:
-        raise RegistryError("forbidden", "this connection may not make that request")
+        raise RegistryError(FailureCode.FORBIDDEN, "this connection may not make that request")
 
 
 def _pairing_rate(state: RelayState, peer: Peer) -> None:
@@ -80,11 +81,11 @@ def _pairing_rate(state: RelayState, peer: Peer) -> None:
     now = state.clock()
     if not state.pairing_by_key.allow(peer.key.hex(), now):
         state.metrics.refused["pairing-rate-key"] += 1
-        raise RegistryError("rate-limited", "too many pairing requests; wait a minute")
+        raise RegistryError(FailureCode.RATE_LIMITED, "too many pairing requests; wait a minute")
     if not state.pairing_by_ip.allow(peer.ip, now):
         state.metrics.refused["pairing-rate-ip"] += 1
         raise RegistryError(
-            "rate-limited", "too many pairing requests from this address; wait a minute"
+            FailureCode.RATE_LIMITED, "too many pairing requests from this address; wait a minute"
         )
 
 
@@ -94,14 +95,14 @@ async def register_account(state: RelayState, peer: Peer, req: RegisterAccount) 
     # registry write holds the lock every authentication waits on.
     if not state.registrations_by_ip.allow(peer.ip, state.clock()):
         state.metrics.refused["registration-rate"] += 1
-        raise RegistryError("rate-limited", "too many registrations from this address")
+        raise RegistryError(FailureCode.RATE_LIMITED, "too many registrations from this address")
     if state.config.open_registration:
         digest = None
     elif not req.token:
-        raise RegistryError("bad-token", "this relay needs a registration token")
+        raise RegistryError(FailureCode.BAD_TOKEN, "this relay needs a registration token")
     elif not REGISTRATION_TOKEN_PATTERN.fullmatch(req.token):
         state.metrics.refused["malformed-token"] += 1
-        raise RegistryError("bad-token", "unknown or already used registration token")
+        raise RegistryError(FailureCode.BAD_TOKEN, "unknown or already used registration token")
     else:
         digest = token_hash(req.token)
     account = nacl.utils.random(ACCOUNT_ID_SIZE)
@@ -151,7 +152,7 @@ async def open_ticket(state: RelayState, peer: Peer, req: OpenTicket) -> Message
     machine = state.table.get(record.machine_key)
     if machine is None or machine.status is not SessionStatus.UNPAIRED:
         raise RegistryError(
-            "offline",
+            FailureCode.OFFLINE,
             "the machine holding this ticket is not connected",
             hint="keep `starmux daemon start` running on the machine",
         )
@@ -170,7 +171,9 @@ def _pairing_attempt(state: RelayState, peer: Peer, ticket: bytes) -> tuple[Peer
     impostor running the controller side would never report its own wrong guesses."""
     if peer.is_controller:
         if peer.opened_ticket != ticket:
-            raise RegistryError("forbidden", "this connection has no attempt on that ticket")
+            raise RegistryError(
+                FailureCode.FORBIDDEN, "this connection has no attempt on that ticket"
+            )
         machine = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
         return peer, machine
     controller = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
@@ -180,7 +183,7 @@ def _pairing_attempt(state: RelayState, peer: Peer, ticket: bytes) -> tuple[Peer
         or controller.opened_ticket != ticket
         or controller.ticket_peer != peer.key
     ):
-        raise RegistryError("forbidden", "this connection has no attempt on that ticket")
+        raise RegistryError(FailureCode.FORBIDDEN, "this connection has no attempt on that ticket")
     return controller, peer
 
 
@@ -215,7 +218,7 @@ async def grant_machine(state: RelayState, peer: Peer, req: GrantMachine) -> Mes
             peer.key, grant_transcript(peer.account, req.machine_card, req.issued_at), req.signature
         )
     except (CryptoError, RemoteProtocolError) as exc:
-        raise RegistryError("bad-grant", "the machine grant does not verify") from exc
+        raise RegistryError(FailureCode.BAD_GRANT, "the machine grant does not verify") from exc
     now = state.clock()
     await state.registry.grant_machine(
         ticket=req.ticket,
@@ -247,7 +250,7 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
             peer.key, revoke_transcript(peer.account, req.machine_key, req.issued_at), req.signature
         )
     except CryptoError as exc:
-        raise RegistryError("bad-revocation", "the revocation does not verify") from exc
+        raise RegistryError(FailureCode.BAD_REVOCATION, "the revocation does not verify") from exc
     notice = Notice(NoticeEvent.REVOKED, req.machine_key, peer.account, 0.0)
     machine = state.table.get(req.machine_key)
     if (
@@ -268,7 +271,7 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
         req.machine_key, account=peer.account, by=peer.key, now=state.clock()
     )
     if not revoked:
-        raise RegistryError("unknown-machine", "no such machine in this account")
+        raise RegistryError(FailureCode.UNKNOWN_MACHINE, "no such machine in this account")
     for other in state.table.account_controllers(peer.account):
         send_control(other, FrameType.NOTICE, notice)
     return MachineRevoked(req.request_id, req.machine_key)

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiosqlite
 
+from starmux.control import FailureCode
 from starmux.errors import UsageError
 from starmux.node.database import open_database
 from starmux.relay.registry import (
@@ -90,15 +91,19 @@ def _check_usable(row: Any, now: float) -> None:
     Order: a finished ticket (consumed) says so before how it could not be used.
     """
     if row is None:
-        raise RegistryError("unknown-ticket", "no such pairing ticket")
+        raise RegistryError(FailureCode.UNKNOWN_TICKET, "no such pairing ticket")
     if row[7] is not None:
-        raise RegistryError("consumed", "this pairing ticket was already used")
+        raise RegistryError(FailureCode.CONSUMED, "this pairing ticket was already used")
     if row[8]:
         raise RegistryError(
-            "burnt", "too many failed attempts on this pairing ticket", hint="restart pairing"
+            FailureCode.BURNT,
+            "too many failed attempts on this pairing ticket",
+            hint="restart pairing",
         )
     if now >= float(row[4]):
-        raise RegistryError("expired", "this pairing ticket has expired", hint="restart pairing")
+        raise RegistryError(
+            FailureCode.EXPIRED, "this pairing ticket has expired", hint="restart pairing"
+        )
 
 
 class SqliteRegistry:
@@ -159,9 +164,9 @@ class SqliteRegistry:
     @classmethod
     async def _refuse_known(cls, db: aiosqlite.Connection, machine_key: bytes) -> None:
         if await cls._one(db, "SELECT 1 FROM revocations WHERE key = ?", (machine_key,)):
-            raise RegistryError("revoked", "this machine was revoked")
+            raise RegistryError(FailureCode.REVOKED, "this machine was revoked")
         if await cls._one(db, "SELECT 1 FROM machines WHERE key = ?", (machine_key,)):
-            raise RegistryError("paired", "this machine is already paired")
+            raise RegistryError(FailureCode.PAIRED, "this machine is already paired")
 
     @staticmethod
     async def _audit(
@@ -182,7 +187,7 @@ class SqliteRegistry:
         async with self._transaction() as db:
             sql = "SELECT 1 FROM registration_tokens WHERE token_hash = ?"
             if await self._one(db, sql, (token_hash,)) is not None:
-                raise RegistryError("exists", "this registration token is already stored")
+                raise RegistryError(FailureCode.EXISTS, "this registration token is already stored")
             await db.execute(
                 "INSERT INTO registration_tokens (token_hash, created_at) VALUES (?, ?)",
                 (token_hash, now),
@@ -203,11 +208,13 @@ class SqliteRegistry:
                 sql = "SELECT used_at FROM registration_tokens WHERE token_hash = ?"
                 row = await self._one(db, sql, (token_hash,))
                 if row is None or row[0] is not None:
-                    raise RegistryError("bad-token", "unknown or already used registration token")
+                    raise RegistryError(
+                        FailureCode.BAD_TOKEN, "unknown or already used registration token"
+                    )
             if await self._one(db, "SELECT 1 FROM controllers WHERE key = ?", (controller_key,)):
-                raise RegistryError("exists", "this controller key is already registered")
+                raise RegistryError(FailureCode.EXISTS, "this controller key is already registered")
             if await self._one(db, "SELECT 1 FROM accounts WHERE id = ?", (account,)):
-                raise RegistryError("exists", "this account id is already taken")
+                raise RegistryError(FailureCode.EXISTS, "this account id is already taken")
             await db.execute("INSERT INTO accounts (id, created_at) VALUES (?, ?)", (account, now))
             await db.execute(
                 "INSERT INTO controllers (key, account, card, created_at) VALUES (?, ?, ?, ?)",
@@ -248,7 +255,7 @@ class SqliteRegistry:
                 (machine_key, now - self._ticket_retention),
             )
             if await self._one(db, "SELECT 1 FROM tickets WHERE ticket = ?", (ticket,)):
-                raise RegistryError("exists", "this ticket id is already in use")
+                raise RegistryError(FailureCode.EXISTS, "this ticket id is already in use")
             await db.execute(
                 "INSERT INTO tickets (ticket, machine_key, machine_card, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -264,7 +271,9 @@ class SqliteRegistry:
             row = await self._one(db, _SELECT_TICKET, (ticket,))
             _check_usable(row, now)
             if row[6] is not None and bytes(row[6]) != controller_key:
-                raise RegistryError("taken", "another controller is pairing with this ticket")
+                raise RegistryError(
+                    FailureCode.TAKEN, "another controller is pairing with this ticket"
+                )
             if row[6] is None:
                 await db.execute(
                     "UPDATE tickets SET opened_by = ? WHERE ticket = ?", (controller_key, ticket)
@@ -304,13 +313,17 @@ class SqliteRegistry:
             # Before comparing contents, so a controller that did not open the
             # ticket learns nothing about the machine behind it.
             if row[6] is None or bytes(row[6]) != granted_by:
-                raise RegistryError("taken", "this ticket is not open by this controller")
+                raise RegistryError(FailureCode.TAKEN, "this ticket is not open by this controller")
             if bytes(row[1]) != machine_key or bytes(row[2]) != machine_card:
-                raise RegistryError("mismatch", "the grant is not for this ticket's machine")
+                raise RegistryError(
+                    FailureCode.MISMATCH, "the grant is not for this ticket's machine"
+                )
             sql = "SELECT account FROM controllers WHERE key = ?"
             grantor = await self._one(db, sql, (granted_by,))
             if grantor is None or bytes(grantor[0]) != account:
-                raise RegistryError("mismatch", "the granting controller is not in this account")
+                raise RegistryError(
+                    FailureCode.MISMATCH, "the granting controller is not in this account"
+                )
             # Unreachable through create_ticket, which refuses both; guards the
             # invariants against rows written some other way.
             await self._refuse_known(db, machine_key)
@@ -396,7 +409,9 @@ class SqliteRegistry:
             (head,) = await self._one(db, sql, (account,))
             if head != after_seq:
                 raise RegistryError(
-                    "log-moved", "the device log changed meanwhile", hint="run the command again"
+                    FailureCode.LOG_MOVED,
+                    "the device log changed meanwhile",
+                    hint="run the command again",
                 )
             if link_ticket is not None:
                 row = await self._one(db, _SELECT_TICKET, (link_ticket,))
@@ -404,7 +419,9 @@ class SqliteRegistry:
                 added = [record.key for record in change.added]
                 opened_by = None if row[6] is None else bytes(row[6])
                 if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:
-                    raise RegistryError("mismatch", "this link ticket is not for that device")
+                    raise RegistryError(
+                        FailureCode.MISMATCH, "this link ticket is not for that device"
+                    )
                 await db.execute(
                     "UPDATE tickets SET consumed_at = ? WHERE ticket = ?", (now, link_ticket)
                 )

@@ -60,12 +60,47 @@ class Welcome(Message):
 # --- requests and replies ----------------------------------------------------------
 
 
+class FailureCode(enum.StrEnum):
+    """Why the relay refused a request (:class:`Failure`) or a DATA frame (:class:`RouteError`).
+
+    Stable on the wire: clients branch on these, people read ``message`` and ``hint``.
+    Decoding is strict, so a new code is a protocol change (see PROTOCOL.md).
+    """
+
+    # any request
+    FORBIDDEN = "forbidden"  # this connection's status may not make that request
+    RATE_LIMITED = "rate-limited"  # too many pairing requests from this key or IP
+    # register-account
+    BAD_TOKEN = "bad-token"  # no, an unknown or an already used registration token
+    EXISTS = "exists"  # the key, account id, token or ticket id is already stored
+    # open-ticket, report-pairing-failure, grant-machine
+    UNKNOWN_TICKET = "unknown-ticket"
+    CONSUMED = "consumed"  # the ticket was already used by a grant
+    BURNT = "burnt"  # too many failed pairing attempts on this ticket
+    EXPIRED = "expired"  # the ticket's lifetime ran out
+    OFFLINE = "offline"  # the machine holding the ticket is not connected
+    TAKEN = "taken"  # another controller holds this ticket open
+    MISMATCH = "mismatch"  # the grant names another machine or another account
+    BAD_GRANT = "bad-grant"  # the grant's signature does not verify
+    REVOKED = "revoked"  # the machine key was revoked (for good)
+    PAIRED = "paired"  # the machine is already paired
+    # revoke-machine
+    BAD_REVOCATION = "bad-revocation"  # the revocation's signature does not verify
+    UNKNOWN_MACHINE = "unknown-machine"  # no such machine in this account
+    # device log and linking
+    FORBIDDEN_ROLE = "forbidden-role"  # the device's role in the account does not allow it
+    BAD_LOG = "bad-log"  # the device log entry does not verify as a continuation
+    LOG_MOVED = "log-moved"  # the log's head changed since the entry was made: retry
+    # route-error (ERROR frames)
+    UNREACHABLE = "unreachable"  # no peer with that key online that you may reach
+
+
 @CONTROL.register
 @dataclass(frozen=True)
 class Failure(Message):
     KIND = "failure"
     request_id: int
-    code: str
+    code: FailureCode
     message: str
     hint: str
 
@@ -202,7 +237,7 @@ class RouteError(Message):
     """Body of an ERROR frame: a DATA frame to ``frame.peer`` was not delivered."""
 
     KIND = "route-error"
-    code: str
+    code: FailureCode
     message: str
 
 

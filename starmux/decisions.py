@@ -6,9 +6,19 @@ and keeps it in its audit log, so "who approved what, when" is provable later.
 
 from __future__ import annotations
 
+import enum
+
 from .transcript import signed_time, transcript
 
 DECISION_DOMAIN = b"starmux/checkpoint-decision/v1"
+
+
+class Verdict(enum.StrEnum):
+    """How a checkpoint ended: what ``CheckpointDecided`` carries and the audit log keeps."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"  # nobody answered in time: the checkpoint's default applied
 
 
 def decision_transcript(

@@ -13,10 +13,12 @@ decode at all (and our own code cannot build one).
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
 from .codec import Message, MessageCodec, Timestamp
+from .decisions import Verdict
 from .errors import MessageError, UsageError
 from .session_state import Status
 
@@ -25,9 +27,19 @@ APP = MessageCodec(MessageError, max_size=60 * 1024)
 #: Session, checkpoint and command ids and log epochs: short, and nothing a terminal
 #: would interpret (no control characters, escapes or spaces).
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class OutputStream(enum.StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    PTY = "pty"  # a session run with a pseudo-terminal has one stream
+
+
+# The fields are typed with these enums, so the codec refuses other values when
+# decoding; the checks in __post_init__ also hold for messages our code builds.
 STATUSES = frozenset(status.value for status in Status)
-DECISIONS = frozenset({"approved", "denied", "expired"})
-STREAMS = frozenset({"stdout", "stderr", "pty"})
+DECISIONS = frozenset(verdict.value for verdict in Verdict)
+STREAMS = frozenset(stream.value for stream in OutputStream)
 
 
 def check_id(value: str, what: str) -> None:
@@ -241,7 +253,7 @@ class SessionCreated(Message):
 @dataclass(frozen=True)
 class SessionStatusChanged(Message):
     KIND = "session-status"
-    status: str  # a starmux.session_state.Status value
+    status: Status
     exit_code: int | None
     detail: str
 
@@ -253,7 +265,7 @@ class SessionStatusChanged(Message):
 @dataclass(frozen=True)
 class Output(Message):
     KIND = "output"
-    stream: str  # "stdout" | "stderr" | "pty"
+    stream: OutputStream
     data: bytes
 
     def __post_init__(self) -> None:
@@ -289,7 +301,7 @@ class CheckpointRaised(Message):
 class CheckpointDecided(Message):
     KIND = "checkpoint-decided"
     checkpoint: str
-    decision: str  # "approved" | "denied" | "expired"
+    decision: Verdict
     by: bytes  # controller key; empty when the default was applied on expiry
     reason: str
     decided_at: Timestamp

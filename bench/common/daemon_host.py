@@ -39,7 +39,8 @@ import uvloop
 from bench.common.procs import commands, emit
 from starmux.daemon.runtime import Daemon
 from starmux.daemon.terminal import Terminal
-from starmux.messages import APP, Output, SessionCreated, SessionStatusChanged
+from starmux.messages import APP, Output, OutputStream, SessionCreated, SessionStatusChanged
+from starmux.session_state import Status
 
 LINE = b"x" * 99 + b"\n"
 
@@ -130,9 +131,9 @@ class DaemonHost:
             session, log, now = f"s-storm{index:03d}", daemon.log, time.time()
             created = SessionCreated(("storm",), str(self.work), "storm history", False, "k-0")
             await log.append(session, APP.encode(created), at=now)
-            body = APP.encode(Output("stdout", LINE))
+            body = APP.encode(Output(OutputStream.STDOUT, LINE))
             await asyncio.gather(*(log.append(session, body, at=now) for _ in range(lines)))
-            done = SessionStatusChanged("succeeded", 0, "exited 0")
+            done = SessionStatusChanged(Status.SUCCEEDED, 0, "exited 0")
             seq = await log.append(session, APP.encode(done), at=now)
             assert daemon.keys is not None
             return daemon.keys.sign_public.hex(), seq

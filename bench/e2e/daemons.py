@@ -38,10 +38,10 @@ from bench.common.daemon_host import start_from_argv, stop_all
 from bench.common.procs import commands, emit
 from bench.common.targets import BODY, MARKER
 from starmux.daemon.runtime import Daemon
-from starmux.messages import APP, Output, SessionCreated
+from starmux.messages import APP, Output, OutputStream, SessionCreated
 
-#: The event body: ``Output("stdout", 1 KiB)``; the stamp goes where MARKER is.
-TEMPLATE = APP.encode(Output("stdout", BODY))
+#: The event body: ``Output(OutputStream.STDOUT, 1 KiB)``; the stamp goes where MARKER is.
+TEMPLATE = APP.encode(Output(OutputStream.STDOUT, BODY))
 STAMP_AT = TEMPLATE.find(MARKER)
 _STAMP = struct.Struct("<q")
 TICK = 0.001  # the paced sender's period

@@ -23,6 +23,7 @@ import pytest
 from starmux.client.sessions import live_controller
 from starmux.client.store import ControllerStore
 from starmux.codec import Message
+from starmux.decisions import Verdict
 from starmux.e2e import Kind, unwrap
 from starmux.frames import FrameType
 from starmux.home import load_node_keys
@@ -37,10 +38,12 @@ from starmux.messages import (
     EventPage,
     LoggedEvent,
     Output,
+    OutputStream,
     SessionCreated,
     SessionStatusChanged,
     SyncRequest,
 )
+from starmux.session_state import Status
 
 from .cluster import Paired, pair, python
 from .conftest import pair_machine
@@ -151,11 +154,11 @@ def test_a_compromised_machine_changes_nothing_of_another_machines(
     ).result(timeout=30)
     hostile = _page(
         [
-            (session, SessionStatusChanged("succeeded", 0, "")),
+            (session, SessionStatusChanged(Status.SUCCEEDED, 0, "")),
             (session, CostReported(10**9, 10**9, 1e9, "")),
-            (session, Output("stdout", b"INJECTED by evil-box\n")),
+            (session, Output(OutputStream.STDOUT, b"INJECTED by evil-box\n")),
             (session, CheckpointRaised(checkpoint, "Approve me instead?", "", 4e9, True)),
-            (session, CheckpointDecided(checkpoint, "approved", b"", "", time.time())),
+            (session, CheckpointDecided(checkpoint, Verdict.APPROVED, b"", "", time.time())),
         ]
     )
     plan = Compromised([CommandAck(command_id, True, "", "", "cancelled"), hostile])
@@ -259,7 +262,7 @@ def test_a_compromised_machines_hostile_times_and_ids_break_nothing(
 
         # A page that does not decode (an infinite time) ends B's channel for this run,
         # without a new handshake and resync that would get the same page, in a loop.
-        poisoned = _page([("s-evil0001", Output("stdout", b"x"))], first_seq=5)
+        poisoned = _page([("s-evil0001", Output(OutputStream.STDOUT, b"x"))], first_seq=5)
         object.__setattr__(poisoned.events[0], "at", float("inf"))
         plan.replies = [poisoned]
         plan.served.clear()

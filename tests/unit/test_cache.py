@@ -12,6 +12,7 @@ import pytest
 from starmux.client.cache import AmbiguousId, Cache, Cursor
 from starmux.client.store import ControllerStore
 from starmux.codec import Message
+from starmux.decisions import Verdict
 from starmux.messages import (
     APP,
     CancelSession,
@@ -22,10 +23,12 @@ from starmux.messages import (
     EventPage,
     LoggedEvent,
     Output,
+    OutputStream,
     SessionCreated,
     SessionStatusChanged,
     StartSession,
 )
+from starmux.session_state import Status
 
 MACHINE = b"m" * 32
 SESSION = "s-1"
@@ -36,7 +39,7 @@ def logged(seq: int, message: Message) -> LoggedEvent:
 
 
 def output(seq: int) -> LoggedEvent:
-    return logged(seq, Output("stdout", f"line {seq}\n".encode()))
+    return logged(seq, Output(OutputStream.STDOUT, f"line {seq}\n".encode()))
 
 
 def page(*events: LoggedEvent, epoch: str = "e1") -> EventPage:
@@ -55,7 +58,7 @@ async def stored_seqs(cache: Cache) -> list[int]:
 
 async def test_a_page_is_applied_with_its_projections_and_the_cursor(cache: Cache) -> None:
     created = logged(1, SessionCreated(("make", "test"), "/src", "tests", False, "c-1"))
-    running = logged(3, SessionStatusChanged("running", None, ""))
+    running = logged(3, SessionStatusChanged(Status.RUNNING, None, ""))
     checkpoint = logged(4, CheckpointRaised("k-1", "deploy?", "body", 2000.0, False))
 
     applied = await cache.apply_page(MACHINE, page(created, output(2), running, checkpoint))
@@ -168,10 +171,10 @@ async def test_a_machine_cannot_change_another_machines_session_or_checkpoint(
     await cache.apply_page(
         B,
         page(
-            logged(1, SessionStatusChanged("failed", 1, "")),
+            logged(1, SessionStatusChanged(Status.FAILED, 1, "")),
             logged(2, CostReported(10**9, 10**9, 1e6, "")),
-            logged(3, CheckpointDecided("c-a", "approved", b"", "", 4000.0)),
-            logged(4, Output("stdout", b"rm -rf / done\n")),
+            logged(3, CheckpointDecided("c-a", Verdict.APPROVED, b"", "", 4000.0)),
+            logged(4, Output(OutputStream.STDOUT, b"rm -rf / done\n")),
             epoch="eb",
         ),
     )
@@ -320,7 +323,7 @@ async def test_a_hostile_event_is_refused_and_the_log_moves_on(
     cache: Cache, hostile: LoggedEvent
 ) -> None:
     created = logged(1, SessionCreated(("x",), "/", "t", False, "k"))
-    done = logged(3, SessionStatusChanged("succeeded", 0, ""))
+    done = logged(3, SessionStatusChanged(Status.SUCCEEDED, 0, ""))
 
     applied = await cache.apply_page(MACHINE, page(created, hostile, done))
 

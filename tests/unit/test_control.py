@@ -22,6 +22,7 @@ from starmux.control import (
     AuthChallenge,
     CreateTicket,
     Failure,
+    FailureCode,
     MachineInfo,
     MachineList,
     Notice,
@@ -164,7 +165,7 @@ def _without(message: Message, name: str) -> bytes:
     return _pack(message.KIND, message.VERSION, fields)
 
 
-FAILURE = Failure(1, "code", "message", "hint")
+FAILURE = Failure(1, FailureCode.BURNT, "message", "hint")
 WELCOME = Welcome(SessionStatus.MACHINE, b"\x01" * 32, b"\x02" * 64, 1.5)
 CHALLENGE = AuthChallenge(b"card", b"\x03" * 32, 2.5)
 INFO = MachineInfo(b"\x04" * 32, b"card", True, 1.0, None)
@@ -186,7 +187,8 @@ NOTICE = Notice(NoticeEvent.REVOKED, b"\x05" * 32, b"", 0.0)
         pytest.param(_changed(WELCOME, admin=True), id="extra-field-welcome"),
         pytest.param(_changed(FAILURE, request_id=True), id="bool-for-int"),
         pytest.param(_changed(FAILURE, request_id=1.0), id="float-for-int"),
-        pytest.param(_changed(FAILURE, code=b"code"), id="bytes-for-str"),
+        pytest.param(_changed(FAILURE, code=b"burnt"), id="bytes-for-str"),
+        pytest.param(_changed(FAILURE, code="no-such-code"), id="unknown-failure-code"),
         pytest.param(_changed(AccountRegistered(1, b"a"), account=5), id="int-for-bytes"),
         pytest.param(_changed(AccountRegistered(1, b"a"), account="a"), id="str-for-bytes"),
         pytest.param(_changed(WELCOME, status="admin"), id="status-not-a-member"),

@@ -10,6 +10,7 @@ import pytest
 
 from starmux.client.timefmt import local_time
 from starmux.codec import MAX_TIMESTAMP
+from starmux.decisions import Verdict
 from starmux.errors import MessageError, UsageError
 from starmux.messages import (
     APP,
@@ -23,6 +24,7 @@ from starmux.messages import (
     SessionStatusChanged,
     StartSession,
 )
+from starmux.session_state import Status
 
 EVENT = {"seq": 1, "at": 1_700_000_000.0, "session": "s-0123456789", "body": b""}
 
@@ -157,21 +159,21 @@ def test_hostile_ids_statuses_and_times_do_not_decode(data: bytes) -> None:
 
 def test_our_own_code_cannot_build_them_either() -> None:
     with pytest.raises(UsageError, match="session status"):
-        SessionStatusChanged("done", 0, "")
+        SessionStatusChanged("done", 0, "")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="checkpoint id"):
         CheckpointRaised("", "t", "", 1.0, False)
     with pytest.raises(UsageError, match="decision"):
-        CheckpointDecided("c-1", "maybe", b"", "", 1.0)
+        CheckpointDecided("c-1", "maybe", b"", "", 1.0)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="output stream"):
-        Output("stdin", b"")
+        Output("stdin", b"")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="command id"):
         CommandAck("k 1", True, "", "", "")
     with pytest.raises(UsageError, match="session id"):
         StartSession("s\n", ("x",), "/", "", {}, False)
     # Valid ones round-trip.
     for message in (
-        SessionStatusChanged("waiting_approval", None, ""),
-        CheckpointDecided("c-1", "expired", b"", "", 0.0),
+        SessionStatusChanged(Status.WAITING_APPROVAL, None, ""),
+        CheckpointDecided("c-1", Verdict.EXPIRED, b"", "", 0.0),
         DecideCheckpoint("c-1", True, "", MAX_TIMESTAMP, b""),
     ):
         assert APP.decode(APP.encode(message)) == message
