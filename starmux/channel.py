@@ -21,6 +21,9 @@ Invariants:
   the nonce keeps counting across a rekey.
 - Sizes: a plaintext is at most 65535 - 16 bytes (one Noise message); larger is
   a :class:`UsageError` and changes nothing.
+- With ``pad=True`` every plaintext is padded to a size bucket before encryption
+  (:mod:`starmux.padding`; 2 bytes less fit) and the padding is checked after
+  decryption: bad padding fails the channel exactly like a failed decryption.
 - One-way patterns (N, K, X): only the initiator sends (spec 7.4).
 - No key-less cipher is ever used here: Noise's pass-through would mean plaintext.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import enum
 
+from starmux import padding
 from starmux.errors import CryptoError, UsageError
 from starmux.noise import MAX_MESSAGE_LEN, TAGLEN, CipherState, HandshakeState
 
@@ -58,6 +62,7 @@ class SecureChannel:
         handshake_hash: bytes,
         remote_static: bytes | None,
         rekey_every: int = 2**16,
+        pad: bool = False,
     ) -> None:
         """Prefer :meth:`from_handshake`; ``None`` disables a direction (one-way patterns)."""
         if isinstance(rekey_every, bool) or not isinstance(rekey_every, int) or rekey_every < 1:
@@ -68,6 +73,8 @@ class SecureChannel:
         self._send = send
         self._receive = receive
         self._rekey_every = rekey_every
+        self._pad = pad
+        self._max_plaintext = padding.MAX_UNPADDED if pad else MAX_PLAINTEXT_LEN
         self._sent = 0
         self._received = 0
         self._state = _State.OPEN
@@ -75,7 +82,9 @@ class SecureChannel:
         self._remote_static = remote_static
 
     @classmethod
-    def from_handshake(cls, hs: HandshakeState, *, rekey_every: int = 2**16) -> SecureChannel:
+    def from_handshake(
+        cls, hs: HandshakeState, *, rekey_every: int = 2**16, pad: bool = False
+    ) -> SecureChannel:
         """The channel for a completed handshake; calls ``hs.split()`` (once only)."""
         if not hs.is_complete:
             raise UsageError("the handshake is not complete")
@@ -96,6 +105,7 @@ class SecureChannel:
             handshake_hash=handshake_hash,
             remote_static=remote_static,
             rekey_every=rekey_every,
+            pad=pad,
         )
 
     def __repr__(self) -> str:
@@ -128,12 +138,14 @@ class SecureChannel:
         if not isinstance(plaintext, bytes):
             raise UsageError("plaintext must be bytes")
         self._require_open()
-        if len(plaintext) > MAX_PLAINTEXT_LEN:
+        if len(plaintext) > self._max_plaintext:
             raise UsageError(
-                f"plaintext is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT_LEN}"
+                f"plaintext is {len(plaintext)} bytes; the limit is {self._max_plaintext}"
             )
         if self._send is None:
             raise UsageError("this side of a one-way pattern cannot send")
+        if self._pad:
+            plaintext = padding.pad(plaintext)
         try:
             ciphertext = self._send.encrypt_with_ad(_NO_AD, plaintext)
             self._sent += 1
@@ -157,6 +169,8 @@ class SecureChannel:
             self._received += 1
             if self._received % self._rekey_every == 0:
                 self._receive.rekey()
+            if self._pad:
+                plaintext = padding.unpad(plaintext)
         except CryptoError:
             self._fail()
             raise

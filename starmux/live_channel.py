@@ -8,7 +8,8 @@ ephemeral keys each time: forward secrecy, no replay across connections.
 
     controller  -> e, es, ss     (empty payload: the relay could replay message 1)
     machine     <- e, ee, se     (empty payload)
-    then SESSION_TRANSPORT messages, each an APP message encrypted in order
+    then SESSION_TRANSPORT messages, each an APP message padded to a size bucket
+    (starmux.padding) and encrypted in order
 
 The prologue binds the protocol version, the relay's key and both fingerprints.
 Any decryption failure closes the :class:`LiveChannel` for good (``CryptoError``);
@@ -90,7 +91,7 @@ def finish(hs: HandshakeState, payload: bytes) -> LiveChannel:
     """Controller: read the machine's answer (a SESSION_HANDSHAKE payload)."""
     if hs.read_message(payload):
         raise CryptoError()
-    return LiveChannel(SecureChannel.from_handshake(hs, rekey_every=REKEY_EVERY))
+    return LiveChannel(SecureChannel.from_handshake(hs, rekey_every=REKEY_EVERY, pad=True))
 
 
 def respond(
@@ -113,7 +114,7 @@ def respond(
     if hs.read_message(payload):
         raise CryptoError()  # application data in message 1 is refused
     reply = wrap(Kind.SESSION_HANDSHAKE, hs.write_message(b""))
-    return LiveChannel(SecureChannel.from_handshake(hs, rekey_every=REKEY_EVERY)), reply
+    return LiveChannel(SecureChannel.from_handshake(hs, rekey_every=REKEY_EVERY, pad=True)), reply
 
 
 def reset_body() -> bytes:
