@@ -18,6 +18,8 @@ import nacl.bindings
 from .errors import UsageError
 
 FINGERPRINT_BYTES = 20
+FINGERPRINT_DOMAIN = b"starmux/fingerprint/v1"
+COMPARISON_DOMAIN = b"starmux/comparison-code/v1"
 _GROUP = 4
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
@@ -32,7 +34,7 @@ def _hash(domain: bytes, data: bytes, size: int) -> bytes:
 def fingerprint_bytes(sign_public_key: bytes) -> bytes:
     if len(sign_public_key) != 32:
         raise UsageError("a signing public key is 32 bytes")
-    return _hash(b"starmux/fingerprint/v1", sign_public_key, FINGERPRINT_BYTES)
+    return _hash(FINGERPRINT_DOMAIN, sign_public_key, FINGERPRINT_BYTES)
 
 
 def format_fingerprint(raw: bytes) -> str:
@@ -72,7 +74,7 @@ def fingerprints_match(a: str, b: str) -> bool:
 
 def comparison_code(handshake_hash: bytes) -> str:
     """Six digits both sides of a pairing display, e.g. ``'042-917'``."""
-    digest = _hash(b"starmux/comparison-code/v1", handshake_hash, 8)
+    digest = _hash(COMPARISON_DOMAIN, handshake_hash, 8)
     number = int.from_bytes(digest, "big") % 1_000_000
     text = f"{number:06d}"
     return f"{text[:3]}-{text[3:]}"
