@@ -215,10 +215,14 @@ async def serve(
     on_ready: Callable[[StartupInfo], None],
     on_listening: Callable[[str], None],
     on_metrics_listening: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> None:
+    """Serve until stopped. ``clock`` (wall-clock seconds) times tickets, rate-limit
+    windows and presence; tests pass one they move (tests/integration/relay_clock_host.py)."""
     soft, _ = raise_file_limit()
     log.info("file descriptor limit: %d", soft)
     state, info = await open_relay_state(config)
+    state.clock = clock
     # Start-up objects (modules, the app) live for ever: keep the cycle collector off
     # them, and run it less often (what the hot path allocates is freed by refcount).
     gc.collect()

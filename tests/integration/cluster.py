@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..timeouts import poll
 from .daemon_process import DaemonProcess, run_cli
 from .relay_process import RelayProcess
 
@@ -40,6 +42,19 @@ class Paired:
         rows = self.json("sessions")
         assert isinstance(rows, list)
         return next(r for r in rows if r["id"] == session_id)
+
+
+def pending_checkpoint(
+    cli: Callable[..., str], title: str, *, within: float = 20.0
+) -> dict[str, object]:
+    """Poll ``starmux approvals --json`` (each call syncs afresh) until the checkpoint
+    titled ``title`` shows; ``cli`` runs a controller command and returns stdout."""
+
+    def find() -> dict[str, object] | None:
+        rows = json.loads(cli("approvals", "--json"))
+        return next((dict(row) for row in rows if row["title"] == title), None)
+
+    return poll(find, within=within, what=f"checkpoint {title!r} in `starmux approvals`")
 
 
 def python(code: str) -> list[str]:

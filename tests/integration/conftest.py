@@ -36,12 +36,16 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         data_dir: Path | None = None,
         port: int | None = None,
         preexec: Callable[[], None] | None = None,
+        fake_clock: bool = False,
     ) -> RelayProcess:
+        """``fake_clock``: the relay's clock moves only by ``relay.advance_clock``
+        (plus real time), so a test never sleeps for a lifetime to run out."""
         relay = RelayProcess(
             data_dir or tmp_path / f"relay{len(started)}",
             env=env or {},
             extra_args=args or [],
             preexec=preexec,
+            clock_file=tmp_path / f"relay{len(started)}.clock" if fake_clock else None,
         )
         if port is not None:
             relay.port = port

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..timeouts import scaled
+
 CODE_PATTERN = re.compile(r"starmux://pair/v1\?\S+")
 
 
@@ -24,13 +26,14 @@ def starmux_command(*args: str) -> list[str]:
 def run_cli(
     home: Path, *args: str, timeout: float = 60.0, input_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run ``starmux ARGS`` with ``home``; ``timeout`` in unscaled seconds."""
     env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
     return subprocess.run(
         starmux_command(*args),
         capture_output=True,
         text=True,
         env=env,
-        timeout=timeout,
+        timeout=scaled(timeout),
         input=input_text,
     )
 
@@ -88,9 +91,10 @@ class DaemonProcess:
     def wait_for(
         self, pattern: str | re.Pattern[str], *, timeout: float = 20.0, after: int = 0
     ) -> re.Match[str]:
-        """Block until ``pattern`` appears in stdout past character ``after``."""
+        """Block until ``pattern`` appears in stdout past character ``after``
+        (``timeout`` in unscaled seconds)."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         with self._changed:
             while True:
                 match = regex.search("".join(self.stdout), after)
@@ -118,7 +122,7 @@ class DaemonProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

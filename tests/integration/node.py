@@ -15,6 +15,9 @@ from starmux.frames import Frame, FrameType, encode_frame, parse_frame
 from starmux.identity import IdentityCard, NodeKeys, Role
 from starmux.relay_auth import Authenticated, NodeAuth, grant_transcript, revoke_transcript
 
+from ..timeouts import scaled
+
+#: Waits take unscaled seconds and scale them (tests/timeouts.py).
 TIMEOUT = 10.0
 _request_ids = itertools.count(1)
 
@@ -60,8 +63,11 @@ class RelayNode:
         return self.auth
 
     async def recv(self, timeout: float = TIMEOUT) -> Frame:
+        return await self._recv_within(scaled(timeout))
+
+    async def _recv_within(self, seconds: float) -> Frame:
         assert self.ws is not None
-        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        data = await asyncio.wait_for(self.ws.recv(), seconds)
         assert isinstance(data, bytes)
         return parse_frame(data)
 
@@ -70,9 +76,9 @@ class RelayNode:
         for index, frame in enumerate(self.pending):
             if frame.type is frame_type:
                 return self.pending.pop(index)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while True:
-            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            frame = await self._recv_within(max(0.01, deadline - time.monotonic()))
             if frame.type is frame_type:
                 return frame
             self.pending.append(frame)
@@ -90,7 +96,7 @@ class RelayNode:
         """Read until the relay closes; return the close code."""
         assert self.ws is not None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(scaled(timeout)):
                 while True:
                     await self.ws.recv()
         except websockets.ConnectionClosed as closed:

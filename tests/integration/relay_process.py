@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
 
-START_TIMEOUT = 20.0
+from ..timeouts import START, scaled
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -29,6 +31,8 @@ class RelayProcess:
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    #: set: the relay's clock is moved by :meth:`advance_clock` (relay_clock_host.py)
+    clock_file: Path | None = None
     process: subprocess.Popen[str] | None = None
     url: str = ""
     fingerprint: str = ""
@@ -42,22 +46,15 @@ class RelayProcess:
     _lines: Queue[str] = field(default_factory=Queue)
 
     def start(self) -> RelayProcess:
-        command = [
-            sys.executable,
-            "-m",
-            "starmux.cli",
-            "relay",
-            "serve",
-            "--json",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--log-level",
-            "warning",
-            *self.extra_args,
-        ]
         env = {**os.environ, **self.env}
+        if self.clock_file is None:
+            command = [sys.executable, "-m", "starmux.cli", "relay", "serve", "--json"]
+            command += ["--log-level", "warning"]
+        else:
+            command = [sys.executable, "-m", "tests.integration.relay_clock_host"]
+            command.append(str(self.clock_file))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        command += ["--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -69,7 +66,7 @@ class RelayProcess:
         threading.Thread(target=self._read, daemon=True).start()
         while True:
             try:
-                line = self._lines.get(timeout=START_TIMEOUT)
+                line = self._lines.get(timeout=START)
             except Empty:
                 self.stop()
                 raise RuntimeError("relay did not start:\n" + "".join(self.output)) from None
@@ -97,6 +94,13 @@ class RelayProcess:
             self._lines.put(line)
         self._lines.put("")
 
+    def advance_clock(self, seconds: float) -> None:
+        """Move the relay's wall clock forward (a relay started with ``clock_file``)."""
+        from .relay_clock_host import set_offset
+
+        assert self.clock_file is not None, "this relay runs on the real clock"
+        set_offset(self.clock_file, float(self.clock_file.read_text()) + seconds)
+
     @property
     def http_url(self) -> str:
         return self.url.replace("ws://", "http://", 1)
@@ -106,7 +110,7 @@ class RelayProcess:
             return 0
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        code = self.process.wait(timeout=15)
+        code = self.process.wait(timeout=scaled(15))
         self.process = None
         return code
 

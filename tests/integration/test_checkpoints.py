@@ -15,7 +15,8 @@ from starmux.client.sessions import live_controller
 from starmux.identity import NodeKeys
 from starmux.messages import APP, DecideCheckpoint
 
-from .cluster import Paired, pair, python
+from ..timeouts import poll
+from .cluster import Paired, pair, pending_checkpoint, python
 from .daemon_process import DaemonProcess, run_cli
 from .relay_process import RelayProcess
 from .watcher import Watcher
@@ -40,16 +41,8 @@ def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) ->
     return pair(tmp_path, relay, daemons)
 
 
-def _pending(paired: Paired, *, title: str, within: float = 20.0) -> dict[str, object]:
-    """Poll `starmux approvals` until the checkpoint shows (each call is a fresh sync)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        rows = paired.json("approvals")
-        assert isinstance(rows, list)
-        for row in rows:
-            if row["title"] == title:
-                return dict(row)
-    raise AssertionError(f"checkpoint {title!r} never showed up")
+def _pending(paired: Paired, *, title: str) -> dict[str, object]:
+    return pending_checkpoint(paired.cli, title)
 
 
 def test_checkpoint_raised_offline_then_approved(paired: Paired) -> None:
@@ -130,11 +123,8 @@ def test_claude_pretooluse_hook_round_trip(paired: Paired) -> None:
         "sys.exit(r.returncode)\n"
     )
     session = paired.run(*hook, payload)
-    rows = paired.json("approvals")
-    deadline = time.monotonic() + 20
-    while not rows and time.monotonic() < deadline:
-        rows = paired.json("approvals")
-    assert isinstance(rows, list) and rows, "the hook raised no checkpoint"
+    rows = poll(lambda: paired.json("approvals") or None, within=20, what="the hook's checkpoint")
+    assert isinstance(rows, list)
     assert str(rows[0]["title"]).startswith("Claude wants to run Bash")
     assert run_cli(paired.controller, "approve", str(rows[0]["id"])).returncode == 0
     watcher = Watcher(paired.controller, session)

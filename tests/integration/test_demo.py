@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from ..timeouts import poll, scaled
 from .daemon_process import starmux_command
 
 
@@ -37,7 +38,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=scaled(120),
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -62,7 +63,7 @@ def test_demo_json_summary(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=scaled(120),
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
@@ -74,7 +75,6 @@ def test_demo_json_summary(tmp_path: Path) -> None:
 
 def test_ctrl_c_at_the_prompt_cleans_up(tmp_path: Path) -> None:
     import signal
-    import time
 
     env = {**os.environ, "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
     demo = subprocess.Popen(
@@ -92,10 +92,12 @@ def test_ctrl_c_at_the_prompt_cleans_up(tmp_path: Path) -> None:
         seen += chunk
     assert _processes_mentioning(str(tmp_path))  # relay and daemon are running now
     demo.send_signal(signal.SIGINT)
-    code = demo.wait(timeout=30)
+    code = demo.wait(timeout=scaled(30))
     assert code != 0
-    deadline = time.monotonic() + 10
-    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the children exit after their SIGTERM; poll their absence
-    assert _processes_mentioning(str(tmp_path)) == []
+    # The children exit after their SIGTERM; poll their absence.
+    poll(
+        lambda: not _processes_mentioning(str(tmp_path)) or None,
+        within=10,
+        what="the demo's relay and daemon to exit after SIGINT",
+    )
     assert list(tmp_path.iterdir()) == []

@@ -133,12 +133,12 @@ def test_wrong_secret_is_refused(
 def test_expired_ticket_is_refused(
     tmp_path: Path, relay_factory: RelayFactory, daemons: list[DaemonProcess]
 ) -> None:
-    relay = relay_factory(env={"STARMUX_RELAY_TICKET_TTL": "1.5"})
+    relay = relay_factory(fake_clock=True)
     controller = _controller(tmp_path, relay)
     daemon = _daemon(tmp_path, relay, daemons)
     code = daemon.pairing_code()
     daemon.stop()  # so it does not replace the ticket with a fresh one
-    time.sleep(1.6)  # the ticket's lifetime is wall-clock time; nothing to await
+    relay.advance_clock(600.0)  # the default ticket lifetime: expired now, not yet before
     result = run_cli(controller, "pair", code, "--yes")
     assert result.returncode == 2
     assert "expired" in result.stderr

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ..timeouts import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,7 +69,7 @@ def test_demo_command_verbatim(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=_env(scratch),
-        timeout=900,
+        timeout=scaled(900),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "starmux demo: everything worked" in result.stdout
@@ -86,7 +88,7 @@ def test_test_command_install_half_verbatim(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=_env(tmp_path),
-        timeout=900,
+        timeout=scaled(900),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for tool in ("python -m pytest", "ruff", "mypy"):
@@ -95,7 +97,7 @@ def test_test_command_install_half_verbatim(tmp_path: Path) -> None:
             cwd=copy,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=scaled(120),
         )
         assert check.returncode == 0, (tool, check.stderr)
     collected = subprocess.run(
@@ -103,7 +105,7 @@ def test_test_command_install_half_verbatim(tmp_path: Path) -> None:
         cwd=copy,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled(300),
     )
     assert collected.returncode == 0, collected.stdout[-2000:]
     assert " tests collected" in collected.stdout or "tests collected" in collected.stdout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import websockets
 
@@ -13,6 +11,7 @@ from starmux.frames import FrameType, encode_frame
 from starmux.identity import NodeKeys, Role
 from starmux.relay_auth import NodeAuth, RelayKeyMismatch
 
+from ..timeouts import poll_async
 from .conftest import pair_machine, register_controller
 from .node import RelayNode, ok
 from .relay_process import RelayProcess
@@ -163,13 +162,14 @@ async def test_connections_per_ip_limit(relay_factory: object) -> None:
         await websockets.connect(relay.url + "/v1/ws", compression=None)
     assert refused.value.response.status_code == 429
     await first.close()
-    await asyncio.sleep(0)  # nothing to await on the relay side; the retry below polls
-    for _ in range(50):
-        fourth = RelayNode(Role.MACHINE)
+
+    async def connect_fourth() -> RelayNode | None:
+        # Nothing on the relay side to await: it frees the slot when it sees the close.
+        node = RelayNode(Role.MACHINE)
         try:
-            await fourth.connect(relay.url)
-            break
+            await node.connect(relay.url)
         except (websockets.ConnectionClosed, websockets.InvalidStatus, AssertionError):
-            await asyncio.sleep(0.05)
-    else:
-        pytest.fail("a slot never freed up after a connection closed")
+            return None
+        return node
+
+    await poll_async(connect_fourth, within=10, what="a slot freed up after a connection closed")

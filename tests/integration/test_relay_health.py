@@ -6,13 +6,14 @@ import json
 import socket
 import urllib.request
 
+from ..timeouts import scaled
 from .conftest import RelayFactory
 from .relay_process import RelayProcess
 
 
 def _get(url: str) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=scaled(10)) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()

@@ -9,6 +9,7 @@ from starmux.control import CONTROL, ListMachines, MachineList, Notice, NoticeEv
 from starmux.frames import FrameType
 from starmux.identity import Role
 
+from ..timeouts import scaled
 from .conftest import RelayFactory, pair_machine, register_controller
 from .node import RelayNode, ok
 
@@ -25,7 +26,7 @@ async def test_restart_keeps_registry_and_clients_reconnect(relay_factory: Relay
     assert notice.event is NoticeEvent.RESTARTING
     assert 0 <= notice.retry_after <= 1.0
     assert await machine.expect_close() == 1012
-    stopper.join(timeout=15)
+    stopper.join(timeout=scaled(15))
     assert relay.process is None
 
     restarted = relay_factory(data_dir=relay.data_dir)

@@ -17,8 +17,7 @@ import json
 import secrets
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from starmux.errors import FrameError
 from starmux.frames import FrameType, parse_frame
 from starmux.home import load_node_keys
 
+from ..timeouts import scaled
+from .cluster import pending_checkpoint
 from .daemon_process import DaemonProcess, run_cli
 from .relay_process import RelayProcess
 
@@ -64,7 +65,7 @@ class RecordingProxy:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop
-        ).result(timeout=10)
+        ).result(timeout=scaled(10))
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}"
         return self
@@ -99,7 +100,7 @@ class RecordingProxy:
         async def copy() -> list[tuple[bytes, bytes]]:
             return [(bytes(c.to_relay), bytes(c.from_relay)) for c in self.connections]
 
-        return asyncio.run_coroutine_threadsafe(copy(), self._loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(copy(), self._loop).result(timeout=scaled(10))
 
     def close(self) -> None:
         async def shutdown() -> None:
@@ -109,9 +110,9 @@ class RecordingProxy:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=scaled(10))
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=scaled(10))
         self._loop.close()
 
 
@@ -267,7 +268,7 @@ def test_relay_sees_no_plaintext(
     )  # fmt: skip
     session = str(started["session"])
 
-    checkpoint = _pending_checkpoint(cli, markers["cptitle"])
+    checkpoint = pending_checkpoint(cli, markers["cptitle"])
     assert checkpoint["body"] == markers["cpbody"]
     cli("approve", str(checkpoint["id"]), "--reason", markers["reason"])
     watched = run_cli(controller, "watch", session, timeout=30)
@@ -329,19 +330,6 @@ def find_leaks(markers: dict[str, str], haystacks: dict[str, bytes]) -> list[str
         for where, haystack in haystacks.items()
         if needle in haystack
     ]
-
-
-def _pending_checkpoint(
-    cli: Callable[..., str], title: str, within: float = 20.0
-) -> dict[str, object]:
-    """Poll `starmux approvals` until the checkpoint shows (each call syncs afresh)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        for row in json.loads(cli("approvals", "--json")):
-            if row["title"] == title:
-                return dict(row)
-        time.sleep(0.2)
-    raise AssertionError(f"checkpoint {title!r} never showed up")
 
 
 def test_parse_websocket_unmasks_and_joins_fragments() -> None:

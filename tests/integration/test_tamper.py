@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ..timeouts import scaled
 from .cluster import Paired, python
 from .daemon_process import DaemonProcess, run_cli
 from .relay_process import RelayProcess
@@ -24,7 +25,7 @@ def proxy_loop() -> Iterator[asyncio.AbstractEventLoop]:
     thread.start()
     yield loop
     loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
+    thread.join(timeout=scaled(5))
 
 
 def test_tampered_and_replayed_frames_end_the_channel_and_resync(
@@ -36,7 +37,7 @@ def test_tampered_and_replayed_frames_end_the_channel_and_resync(
     policy = TamperOnce(flip_at=4, replay_at=9)
     proxy = asyncio.run_coroutine_threadsafe(
         TamperProxy(relay.url, policy).start(), proxy_loop
-    ).result(timeout=10)
+    ).result(timeout=scaled(10))
     # The controller reaches the relay only through the tampering proxy.
     controller = tmp_path / "controller"
     init = run_cli(
@@ -68,4 +69,4 @@ def test_tampered_and_replayed_frames_end_the_channel_and_resync(
     assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
     assert policy.flipped and policy.replayed
     assert watcher.lines == [f"{i}\n".encode() for i in range(1, 3001)]
-    asyncio.run_coroutine_threadsafe(proxy.close(), proxy_loop).result(timeout=10)
+    asyncio.run_coroutine_threadsafe(proxy.close(), proxy_loop).result(timeout=scaled(10))

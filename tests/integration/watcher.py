@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..timeouts import scaled
 from .daemon_process import starmux_command
 
 
@@ -36,8 +37,9 @@ class Watcher:
             self._changed.notify_all()
 
     def wait_lines(self, count: int, *, timeout: float = 30.0) -> None:
-        """Block until at least ``count`` output lines arrived (or the process ended)."""
-        deadline = time.monotonic() + timeout
+        """Block until at least ``count`` output lines arrived (or the process ended);
+        ``timeout`` in unscaled seconds."""
+        deadline = time.monotonic() + scaled(timeout)
         with self._changed:
             while len(self.lines) < count:
                 remaining = deadline - time.monotonic()
@@ -53,7 +55,7 @@ class Watcher:
         self.process.wait()
 
     def finish(self, timeout: float = 90.0) -> int:
-        code = self.process.wait(timeout=timeout)
+        code = self.process.wait(timeout=scaled(timeout))
         with self._changed:  # let the pump threads drain
             self._changed.wait_for(lambda: True, timeout=0.1)
         return code

@@ -26,7 +26,9 @@ from starmux.daemon.agent_process import (
 )
 from starmux.errors import UsageError
 
-TIMEOUT = 10.0  # bounds every wait for something that must happen
+from ..timeouts import EVENT
+
+TIMEOUT = EVENT  # bounds every wait for something that must happen
 NEGATIVE_CHECK = 0.3  # how long a check that something does *not* happen watches
 
 PY = sys.executable

@@ -14,8 +14,10 @@ import pytest
 
 from starmux.cli import main
 
+from ..timeouts import COMMAND
+
 SCRIPT = Path(sys.executable).with_name("starmux")
-TIMEOUT = 60  # seconds; a hang (say, a server that started after all) fails the test
+TIMEOUT = COMMAND  # a hang (say, a server that started after all) fails the test
 
 
 def starmux_command() -> list[str]:

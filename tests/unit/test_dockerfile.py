@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..timeouts import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -101,13 +103,13 @@ def test_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
     env.pop("VIRTUAL_ENV", None)
     for step in pip_steps:
-        subprocess.run(step, shell=True, cwd=context, env=env, check=True, timeout=600)
+        subprocess.run(step, shell=True, cwd=context, env=env, check=True, timeout=scaled(600))
     result = subprocess.run(
         [str(venv / "bin" / "starmux"), "relay", "serve", "--help"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert result.returncode == 0, result.stderr
     assert "--host" in result.stdout

@@ -29,7 +29,9 @@ from starmux.daemon.eventlog import (
 )
 from starmux.errors import UsageError
 
-TIMEOUT = 30.0  # generous: only a broken log ever waits this long
+from ..timeouts import scaled
+
+TIMEOUT = scaled(30.0)  # generous: only a broken log ever waits this long
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOT_UPSERT = (
     "INSERT INTO sessions (id, status, argv, cwd, title, created_at, updated_at)"

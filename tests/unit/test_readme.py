@@ -12,6 +12,8 @@ import pytest
 
 from starmux.cli import cli
 
+from ..timeouts import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
@@ -121,7 +123,11 @@ def test_shell_completion_is_documented_and_works() -> None:
     assert "_STARMUX_COMPLETE=bash_source starmux" in README
     env = {**os.environ, "_STARMUX_COMPLETE": "bash_source"}
     script = subprocess.run(
-        [sys.executable, "-m", "starmux.cli"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "starmux.cli"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
     )
     assert "_starmux_completion" in script.stdout
     env = {
@@ -131,6 +137,10 @@ def test_shell_completion_is_documented_and_works() -> None:
         "COMP_CWORD": "1",
     }
     words = subprocess.run(
-        [sys.executable, "-m", "starmux.cli"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "starmux.cli"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
     )
     assert "daemon" in words.stdout
