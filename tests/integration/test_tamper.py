@@ -60,12 +60,20 @@ def test_tampered_and_replayed_frames_end_the_channel_and_resync(
     assert run_cli(controller, "pair", daemon.pairing_code(), "--yes").returncode == 0
     paired = Paired(relay, controller, daemon, workdir)
 
+    # The rest of the output waits until the watcher shows the first line, so it
+    # flows live (many frames to tamper with), however slowly this machine starts
+    # the watcher: otherwise a late watcher gets it all in a few sync pages.
+    gate = workdir / "gate"
     code = (
-        "import time\nfor i in range(1, 3001):\n    print(i, flush=True)\n"
+        "import os, sys, time\nprint(1, flush=True)\n"
+        "while not os.path.exists(sys.argv[1]):\n    time.sleep(0.01)\n"
+        "for i in range(2, 3001):\n    print(i, flush=True)\n"
         "    if i % 100 == 0:\n        time.sleep(0.02)\n"
     )
-    session = paired.run(*python(code))
+    session = paired.run(*python(code), str(gate))
     watcher = Watcher(controller, session)
+    watcher.wait_lines(1)
+    gate.touch()
     assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
     assert policy.flipped and policy.replayed
     assert watcher.lines == [f"{i}\n".encode() for i in range(1, 3001)]
