@@ -152,7 +152,7 @@ def test_a_message_that_decrypts_but_does_not_decode_closes_the_channel() -> Non
     responder.read_message(payload(first, Kind.SESSION_HANDSHAKE))
     reply = responder.write_message(b"")
     controller = finish(hs, reply)
-    raw = SecureChannel.from_handshake(responder, rekey_every=10_000)
+    raw = SecureChannel.from_handshake(responder, rekey_every=10_000, pad=True)
     with pytest.raises(RemoteProtocolError):
         controller.open(raw.encrypt(b"\xc1 not msgpack"))
     assert controller.closed
