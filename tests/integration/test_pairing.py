@@ -16,6 +16,7 @@ from starmux.identity import NodeKeys, Role
 from starmux.pairing_code import PairingCode, parse_pairing_code
 from starmux.relay_auth import NodeAuth
 
+from ..timeouts import scaled
 from .conftest import RelayFactory
 from .daemon_process import DaemonProcess, run_cli, run_json
 from .node import RelayNode
@@ -64,7 +65,8 @@ def test_pair_by_scanning_the_printed_qr(
     assert paired["fingerprint"] == machines[0]["fingerprint"]
     assert paired["confirmed_by_machine"] is True
     print(f"\npairing, from the QR printed to the machine online: {elapsed:.2f} s")
-    assert elapsed < 5.0, f"pairing took {elapsed:.2f}s"
+    # A budget: on this machine's scale (STARMUX_TEST_TIMEOUT_FACTOR), like every wait.
+    assert elapsed < scaled(5.0), f"pairing took {elapsed:.2f}s"
     # Both sides showed the same comparison code.
     daemon.wait_for(rf"paired by controller laptop .*comparison code {paired['comparison_code']}")
     assert parse_pairing_code(code_text).machine_fingerprint == paired["fingerprint"]
@@ -197,7 +199,7 @@ def test_revoked_daemon_is_cut_off_and_returns_to_unpaired(
     revoked_at = time.monotonic()
     assert result.returncode == 0, result.stderr
     daemon.wait_for("REVOKED", after=mark, timeout=5)
-    assert time.monotonic() - revoked_at < 1.0
+    assert time.monotonic() - revoked_at < scaled(1.0)
     # It goes back to unpaired with a new identity and a new QR code.
     new_code = parse_pairing_code(daemon.pairing_code(after=mark))
     old_keys = load_node_keys(old_key)
