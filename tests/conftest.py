@@ -8,7 +8,7 @@ import os
 import pytest
 from hypothesis import settings
 
-from .timeouts import scaled
+from .timeouts import FACTOR, scaled
 
 # "ci": enough examples to find something, still randomised (no derandomize: each run
 # explores new inputs, and a failure prints the seed to reproduce it). No deadline:
@@ -26,3 +26,14 @@ def pytest_configure(config: pytest.Config) -> None:
         ini = config.getini("timeout")
         if ini:
             config.option.timeout = scaled(float(ini))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's own ``@pytest.mark.timeout(N)`` follows the factor too."""
+    if FACTOR == 1:
+        return
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and marker.args:
+            limit = scaled(float(marker.args[0]))
+            item.add_marker(pytest.mark.timeout(limit, *marker.args[1:], **marker.kwargs), False)

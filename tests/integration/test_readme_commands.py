@@ -56,6 +56,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the subprocesses below have their own bounds
 def test_demo_command_verbatim(tmp_path: Path) -> None:
     command = _readme_command("demo")
     assert command.endswith("starmux demo")
@@ -77,6 +78,7 @@ def test_demo_command_verbatim(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the subprocesses below have their own bounds
 def test_test_command_install_half_verbatim(tmp_path: Path) -> None:
     command = _readme_command("test")
     install, _, run = command.partition(" && .venv/bin/python -m pytest")

@@ -81,6 +81,7 @@ def test_copied_sources_exist_and_cover_every_package() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # pip below has its own bound
 def test_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
     """Replay the Dockerfile's COPY and pip steps into a fresh venv, then run the entrypoint."""
     context = tmp_path / "app"

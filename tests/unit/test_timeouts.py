@@ -54,3 +54,9 @@ async def test_poll_async() -> None:
 
 async def _nothing() -> None:
     return None
+
+
+@pytest.mark.timeout(7)
+def test_a_tests_own_limit_follows_the_factor(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("timeout")
+    assert marker is not None and marker.args[0] == timeouts.scaled(7)
