@@ -8,7 +8,8 @@
 - ``bench.storm``: a reconnect storm through a relay restart, and controller resync;
 - ``bench.sessions``: a chatty session and approve latency through every real part;
 - ``bench.eventlog``: the daemon's event log append rate;
-- ``bench.channel``: the Noise channel's transport and handshake rates.
+- ``bench.channel``: the Noise channel's transport and handshake rates;
+- ``bench.padding``: what padding live-channel messages into size buckets costs.
 
 ``bench.common`` holds what several suites share (processes, the minimal WebSocket
 client, the results file). Benchmarks drive the shipped code only: nothing here

@@ -58,6 +58,13 @@ SUITES: dict[str, tuple[bool, list[str]]] = {
             rf"\| 3\. RSS per idle connection, KiB [^|]*\| {NUMBER} \| {NUMBER} \|",
         ],
     ),
+    "padding": (
+        False,
+        [
+            rf"output chunk 16 KiB\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+            r"distinct sizes the relay can see: Padmé \d+, powers of two \d+",
+        ],
+    ),
     "e2e": (
         True,
         [

@@ -51,7 +51,7 @@ SAMPLES: dict[str, bytes] = {
     "output 1 KiB": APP.encode(EventPage("e" * 32, (_event(bytes(1024)),), False, True)),
     "output chunk 16 KiB": APP.encode(EventPage("e" * 32, (_event(bytes(16384)),), False, True)),
     "sync page ~60 KiB": APP.encode(
-        EventPage("e" * 32, tuple(_event(bytes(1024), n) for n in range(52)), True, False)
+        EventPage("e" * 32, tuple(_event(bytes(1024), n) for n in range(1, 53)), True, False)
     ),
 }
 

@@ -1,0 +1,1 @@
+"""What padding live-channel messages costs: ``python -m bench.padding [--quick]``."""
