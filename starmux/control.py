@@ -69,7 +69,7 @@ class FailureCode(enum.StrEnum):
 
     # any request
     FORBIDDEN = "forbidden"  # this connection's status may not make that request
-    RATE_LIMITED = "rate-limited"  # too many pairing requests from this key or IP
+    RATE_LIMITED = "rate-limited"  # over a request, pairing or registration budget
     # register-account
     BAD_TOKEN = "bad-token"  # no, an unknown or an already used registration token
     EXISTS = "exists"  # the key, account id, token or ticket id is already stored
