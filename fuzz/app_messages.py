@@ -25,7 +25,10 @@ if not __package__:  # run as a script: make the ``fuzz`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fuzz.harness import Target, fuzz_main
-from starmux import control, messages
+
+# The device modules register their messages on the same codecs: imported here, so
+# the codecs hold every kind whatever else was imported first.
+from starmux import control, device_control, device_messages, messages
 from starmux.codec import Message, MessageCodec
 from starmux.control import CONTROL
 from starmux.errors import MessageError, RemoteProtocolError, UsageError
@@ -123,9 +126,12 @@ def example_message(cls: type[Message]) -> Message:
     )
 
 
-def message_classes(module: types.ModuleType, codec: MessageCodec) -> list[type[Message]]:
+def message_classes(
+    modules: tuple[types.ModuleType, ...], codec: MessageCodec
+) -> list[type[Message]]:
     classes = [
         obj
+        for module in modules
         for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     ]
@@ -136,8 +142,11 @@ def message_classes(module: types.ModuleType, codec: MessageCodec) -> list[type[
 
 def seeds() -> dict[str, bytes]:
     found = {}
-    for prefix, module, codec in (("app", messages, APP), ("control", control, CONTROL)):
-        for cls in message_classes(module, codec):
+    for prefix, modules, codec in (
+        ("app", (messages, device_messages), APP),
+        ("control", (control, device_control), CONTROL),
+    ):
+        for cls in message_classes(modules, codec):
             found[f"{prefix}-{cls.KIND}"] = codec.encode(example_message(cls))
     return found
 
