@@ -29,7 +29,13 @@ def _home(home: Path | None) -> Path:
 
 
 def foreground_argv(
-    home: Path, *, relay_url: str | None, name: str | None, allow_roots: tuple[Path, ...]
+    home: Path,
+    *,
+    relay_url: str | None,
+    name: str | None,
+    allow_roots: tuple[Path, ...],
+    tags: tuple[str, ...] = (),
+    capacity: int | None = None,
 ) -> list[str]:
     """The command that runs this daemon in the foreground (for --detach and systemd)."""
     argv = [
@@ -48,6 +54,10 @@ def foreground_argv(
         argv += ["--name", name]
     for root in allow_roots:
         argv += ["--allow-root", str(root.expanduser().resolve())]
+    for tag in tags:
+        argv += ["--tag", tag]
+    if capacity is not None:
+        argv += ["--capacity", str(capacity)]
     return argv
 
 
@@ -80,6 +90,13 @@ def daemon_group() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Sessions may only run under these directories (repeatable) [your home].",
 )
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="A tag tasks can target, e.g. gpu or os=linux (repeatable; replaces the stored ones).",
+)
+@click.option("--capacity", type=int, default=None, help="Tasks run at once; remembered [1].")
 def start_command(
     relay_url: str | None,
     name: str | None,
@@ -88,16 +105,27 @@ def start_command(
     detach: bool,
     foreground: bool,
     allow_roots: tuple[Path, ...],
+    tags: tuple[str, ...],
+    capacity: int | None,
 ) -> None:
     """Start the daemon (pairs on first run: shows a QR code)."""
+    from .fleet_settings import check_flags
     from .process import DaemonLock
     from .process import detach as detach_process
     from .runtime import Daemon
     from .terminal import Terminal
 
     home = _home(home)
+    check_flags(tags, capacity)
     if detach and not foreground:
-        argv = foreground_argv(home, relay_url=relay_url, name=name, allow_roots=allow_roots)
+        argv = foreground_argv(
+            home,
+            relay_url=relay_url,
+            name=name,
+            allow_roots=allow_roots,
+            tags=tags,
+            capacity=capacity,
+        )
         pid = detach_process(argv, home=home, log_file=home / "daemon.log")
         click.echo(f"daemon started in the background (pid {pid}); log: {home / 'daemon.log'}")
         click.echo("see `starmux daemon status`; the pairing code is in the log")
@@ -119,6 +147,8 @@ def start_command(
             terminal=Terminal(json_lines=as_json),
             status_hook=status_hook,
             allow_roots=allow_roots,
+            tags=tags,
+            capacity=capacity,
         )
         asyncio.run(_run_until_signal(daemon.run()))
 

@@ -47,6 +47,7 @@ from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.reconnect import Forget, LinkFailure, Reconnect, Stop, close_failure
 from starmux.relay_auth import RelayKeyMismatch
 
+from . import fleet_settings
 from .checkpoints import Checkpoints
 from .eventlog import EventLog
 from .live import LiveService
@@ -78,8 +79,11 @@ class Daemon:
         terminal: Terminal,
         status_hook: object = None,
         allow_roots: Sequence[Path] = (),
+        tags: Sequence[str] = (),
+        capacity: int | None = None,
     ) -> None:
         self.home = home
+        self._fleet_flags = (tuple(tags), capacity)
         self.allow_roots = list(allow_roots) or [Path.home()]
         self.live: LiveService | None = None
         self.store = DaemonStore(home)
@@ -162,6 +166,8 @@ class Daemon:
         await self.store.set_setting("relay_url", url)
         if self._name_flag:
             await self.store.set_setting("name", self._name_flag)
+        tags, capacity = self._fleet_flags
+        self.fleet = await fleet_settings.settle(self.store, tags=tags, capacity=capacity)
         self.relay_url = url
 
     async def _identity(self) -> tuple[NodeKeys, IdentityCard]:
