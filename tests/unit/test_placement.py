@@ -142,3 +142,12 @@ def test_hostile_machine_reports_are_refused(fields: dict[str, object]) -> None:
 def test_count_out_of_range_is_refused(count: int) -> None:
     with pytest.raises(UsageError, match="--count"):
         place(fleet(), GPU, count=count)
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_an_avoided_machine_is_used_only_when_it_is_the_only_one(strategy: Strategy) -> None:
+    machines = [Machine("a", GPU), Machine("b", GPU, running=1)]
+    avoid = frozenset({"a"})
+    for pool, expected in ((machines, "b"), (machines[:1], "a")):
+        result = place(pool, GPU, strategy=strategy, last_for_cwd="a", cursor="b", avoid=avoid)
+        assert result.machines == (expected,)
