@@ -42,16 +42,17 @@ from .task_state import (
 
 __all__ = ["MACHINE_REPORTS", "Assignment", "Spec", "TaskBook"]
 
-#: What a machine may report about a task assigned to it.
-MACHINE_REPORTS = frozenset(
-    {
-        Trigger.ACCEPT,
-        Trigger.START,
-        Trigger.AWAIT_APPROVAL,
-        Trigger.RESUME,
-        Trigger.SUCCEED,
-        Trigger.FAIL,
-    }
+#: What a machine may report about a task assigned to it (in the order
+#: :func:`starmux.task_messages.trigger_for` tries them). Timeouts and ``lose`` are
+#: the controller's to decide; a machine may cancel its own task (a user there did).
+MACHINE_REPORTS = (
+    Trigger.ACCEPT,
+    Trigger.START,
+    Trigger.AWAIT_APPROVAL,
+    Trigger.RESUME,
+    Trigger.SUCCEED,
+    Trigger.FAIL,
+    Trigger.CANCEL,
 )
 
 
