@@ -261,6 +261,36 @@ class TaskQueue:
         assert updated is not None
         return updated
 
+    async def recover(self, *, now: float) -> list[QueuedTask]:
+        """After a daemon restart: the tasks that were live are ``lost``, returned.
+
+        The daemon stops its sessions when it exits and finds them gone after a
+        crash (see ``SessionManager.recover``), so a task that was running then
+        cannot still be running now. Accepted tasks keep their place in the queue.
+        """
+        async with self._lock:
+            await self._transaction()
+            try:
+                rows = list(
+                    await self._db.execute_fetchall(
+                        f"{_COLUMNS} WHERE state IN (?, ?) ORDER BY arrival", _LIVE
+                    )
+                )
+                lost = []
+                for row in rows:
+                    task = _row(row)
+                    new = transition(task.state, Trigger.LOSE)
+                    await self._db.execute(
+                        "UPDATE tasks SET state = ?, finished_at = ? WHERE id = ?",
+                        (new.value, now, task.id),
+                    )
+                    lost.append(dataclasses.replace(task, state=new, finished_at=now))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+        return lost
+
     async def load(self) -> Load:
         async with self._lock:
             running = await self._count("state IN (?, ?)", _LIVE)

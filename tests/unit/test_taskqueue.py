@@ -191,3 +191,25 @@ async def test_hostile_deliveries_are_refused(
 async def test_capacity_below_one_is_a_bug(queue: TaskQueue) -> None:
     with pytest.raises(UsageError):
         await queue.start_up_to(0, now=1.0)
+
+
+async def test_after_a_restart_live_tasks_are_lost_and_waiting_ones_keep_their_turn(
+    path: Path,
+) -> None:
+    queue = await TaskQueue.open(path)
+    for task_id in ("run", "wait-approval", "queued-1", "queued-2"):
+        await deliver(queue, task_id)
+    await queue.start_up_to(2, now=1.0)
+    await queue.advance("wait-approval", T.AWAIT_APPROVAL, now=2.0)
+    await queue.close()
+    queue = await TaskQueue.open(path)  # the daemon's next start
+    try:
+        lost = await queue.recover(now=10.0)
+        assert [(t.id, t.state, t.finished_at) for t in lost] == [
+            ("run", S.LOST, 10.0),
+            ("wait-approval", S.LOST, 10.0),
+        ]
+        assert await queue.recover(now=11.0) == []  # once
+        assert [t.id for t in await queue.start_up_to(2, now=12.0)] == ["queued-1", "queued-2"]
+    finally:
+        await queue.close()
