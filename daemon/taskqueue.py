@@ -21,6 +21,8 @@ Invariants:
 - Every state change follows :mod:`starmux.task_state`'s table (an illegal one
   raises :class:`~starmux.errors.UsageError` and writes nothing) and is guarded
   by the state it was decided on, so a change that lost a race is refused too.
+- A task's environment (it may hold secrets) is handed over by
+  :meth:`start_up_to` and emptied from its row in the same transaction.
 - Fields of a delivery come from a controller: they are size-checked here and a
   bad one raises :class:`~starmux.errors.MessageError` before anything is stored.
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +51,13 @@ __all__ = ["Delivery", "Load", "QueuedTask", "TaskQueue"]
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ARGV_BYTES = 64 * 1024
 MAX_CWD = 4096
+MAX_TITLE = 200
+_NO_ENV = msgpack.packb({})
 PRIORITY_RANGE = range(-1000, 1001)
 _LIVE = (TaskState.RUNNING.value, TaskState.AWAITING_APPROVAL.value)
 _COLUMNS = (
     "SELECT id, attempt, priority, argv, cwd, state, received_at,"
-    " started_at, finished_at, exit_code, session, arrival FROM tasks"
+    " started_at, finished_at, exit_code, session, arrival, title, env, pty FROM tasks"
 )
 
 
@@ -71,6 +75,9 @@ class QueuedTask:
     exit_code: int | None
     session: str | None
     arrival: int
+    title: str = ""
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    pty: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +112,22 @@ def _row(row: Any) -> QueuedTask:
         exit_code=row[9],
         session=row[10],
         arrival=int(row[11]),
+        title=str(row[12]),
+        env={str(k): str(v) for k, v in msgpack.unpackb(bytes(row[13])).items()},
+        pty=bool(row[14]),
     )
 
 
-def _checked(task_id: str, attempt: int, priority: int, argv: Sequence[str], cwd: str) -> bytes:
-    """The delivery's fields checked; its argv packed."""
+def _checked(
+    task_id: str,
+    attempt: int,
+    priority: int,
+    argv: Sequence[str],
+    cwd: str,
+    title: str,
+    env: Mapping[str, str],
+) -> tuple[bytes, bytes]:
+    """The delivery's fields checked; its argv and env packed."""
     if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
         raise MessageError("a task id is 1-64 letters, digits, '-' or '_'")
     if not isinstance(attempt, int) or not 1 <= attempt <= 1_000_000:
@@ -120,10 +138,15 @@ def _checked(task_id: str, attempt: int, priority: int, argv: Sequence[str], cwd
         raise MessageError("a task's command must be a non-empty list of strings without NUL")
     if not isinstance(cwd, str) or not cwd or len(cwd) > MAX_CWD or "\0" in cwd:
         raise MessageError("a task's cwd is empty, too long or contains NUL")
+    if not isinstance(title, str) or len(title) > MAX_TITLE:
+        raise MessageError(f"a task's title is longer than {MAX_TITLE} characters")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise MessageError("a task's environment maps strings to strings")
     packed = msgpack.packb(list(argv))
-    if len(packed) > MAX_ARGV_BYTES:
-        raise MessageError(f"a task's command is larger than {MAX_ARGV_BYTES} bytes")
-    return bytes(packed)
+    packed_env = msgpack.packb(dict(env))
+    if len(packed) + len(packed_env) > MAX_ARGV_BYTES:
+        raise MessageError(f"a task's command and environment exceed {MAX_ARGV_BYTES} bytes")
+    return bytes(packed), bytes(packed_env)
 
 
 class TaskQueue:
@@ -165,9 +188,12 @@ class TaskQueue:
         argv: Sequence[str],
         cwd: str,
         now: float,
+        title: str = "",
+        env: Mapping[str, str] | None = None,
+        pty: bool = False,
     ) -> Delivery:
         """Store a task delivered by a controller, once; see the module docstring."""
-        packed = _checked(task_id, attempt, priority, argv, cwd)
+        packed, packed_env = _checked(task_id, attempt, priority, argv, cwd, title, env or {})
         async with self._lock:
             await self._transaction()
             try:
@@ -180,9 +206,20 @@ class TaskQueue:
                 if existing is not None:
                     await self._db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 await self._db.execute(
-                    "INSERT INTO tasks (id, attempt, priority, argv, cwd, state, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (task_id, attempt, priority, packed, cwd, TaskState.ACCEPTED.value, now),
+                    "INSERT INTO tasks (id, attempt, priority, argv, cwd, title, env, pty,"
+                    " state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        task_id,
+                        attempt,
+                        priority,
+                        packed,
+                        cwd,
+                        title,
+                        packed_env,
+                        int(pty),
+                        TaskState.ACCEPTED.value,
+                        now,
+                    ),
                 )
                 stored = await self._one(task_id)
                 await self._db.execute("COMMIT")
@@ -211,9 +248,10 @@ class TaskQueue:
                 for row in rows:
                     task = _row(row)
                     new = transition(task.state, Trigger.START)
+                    # The environment is handed to the session now and not kept.
                     await self._db.execute(
-                        "UPDATE tasks SET state = ?, started_at = ? WHERE id = ?",
-                        (new.value, now, task.id),
+                        "UPDATE tasks SET state = ?, started_at = ?, env = ? WHERE id = ?",
+                        (new.value, now, _NO_ENV, task.id),
                     )
                     started.append(task)
                 await self._db.execute("COMMIT")
@@ -290,6 +328,15 @@ class TaskQueue:
                 await self._rollback()
                 raise
         return lost
+
+    async def attach_session(self, task_id: str, session: str) -> QueuedTask:
+        """Record the session a started task runs as."""
+        async with self._lock:
+            await self._db.execute("UPDATE tasks SET session = ? WHERE id = ?", (session, task_id))
+            task = await self._one(task_id)
+        if task is None:
+            raise UsageError(f"no task {task_id} on this machine")
+        return task
 
     async def load(self) -> Load:
         async with self._lock:

@@ -1,5 +1,6 @@
 -- The machine's durable task queue (issue 18, daemon/taskqueue.py): the tasks
--- controllers delivered here and the state each is in on this machine.
+-- controllers delivered here and the state each is in on this machine. argv and env
+-- are msgpack; env may hold secrets, so the row keeps it only until the task starts.
 
 -- One row per task id, so a task delivered twice is stored, and run, once. A new
 -- attempt of a task that was lost here replaces its row and gets a new arrival.
@@ -11,6 +12,9 @@ CREATE TABLE tasks (
     priority INTEGER NOT NULL,
     argv BLOB NOT NULL,
     cwd TEXT NOT NULL,
+    title TEXT NOT NULL,
+    env BLOB NOT NULL,
+    pty INTEGER NOT NULL,
     state TEXT NOT NULL,
     received_at REAL NOT NULL,
     started_at REAL NULL,

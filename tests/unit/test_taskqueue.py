@@ -39,6 +39,11 @@ async def deliver(
     return delivery.stored
 
 
+def rows_env(path: Path) -> list[bytes]:
+    with sqlite3.connect(path) as db:
+        return [bytes(env) for (env,) in db.execute("SELECT env FROM tasks")]
+
+
 def rows(path: Path) -> list[tuple[str, int, str]]:
     with sqlite3.connect(path) as db:
         return list(db.execute("SELECT id, attempt, state FROM tasks ORDER BY arrival"))
@@ -169,6 +174,9 @@ async def test_illegal_changes_raise_and_write_nothing(queue: TaskQueue, path: P
         {"argv": [b"bytes"]},
         {"cwd": ""},
         {"cwd": "/" * 5000},
+        {"title": "t" * 300},
+        {"env": {"A": 1}},
+        {"env": {"A": "x" * 70_000}},
     ],
 )
 async def test_hostile_deliveries_are_refused(
@@ -213,3 +221,20 @@ async def test_after_a_restart_live_tasks_are_lost_and_waiting_ones_keep_their_t
         assert [t.id for t in await queue.start_up_to(2, now=12.0)] == ["queued-1", "queued-2"]
     finally:
         await queue.close()
+
+
+async def test_the_environment_is_handed_over_at_start_and_not_kept(
+    queue: TaskQueue, path: Path
+) -> None:
+    secret = {"API_TOKEN": "s3cret"}
+    await queue.deliver(
+        "t1", attempt=1, priority=0, argv=["true"], cwd="/w", now=1.0, title="t", env=secret
+    )
+    assert (await queue.waiting())[0].env == secret
+    (started,) = await queue.start_up_to(1, now=2.0)
+    assert started.env == secret and started.title == "t"
+    # The row no longer holds it (old page bytes may linger in the 0600 file until
+    # SQLite reuses them; the row is what any reader of the queue sees).
+    assert rows_env(path) == [b"\x80"]
+    stored = await queue.get("t1")
+    assert stored is not None and stored.env == {}
