@@ -1,0 +1,174 @@
+"""Runs the machine's task queue as ordinary sessions (issue 18), up to its capacity.
+
+The adapter between :class:`~starmux.daemon.taskqueue.TaskQueue` (what to run, in
+which order, how many at once) and :class:`~starmux.daemon.sessions.SessionManager`
+(running a command as a session). A task's session is an ordinary session, so
+``watch``, ``logs`` and checkpoints work on it.
+
+Invariants:
+
+- :meth:`TaskRunner.assign` stores the task before it answers: the ack the
+  controller receives means the task is in the durable queue.
+- Each state the task reaches here is logged as a ``task-progress`` event on the
+  task's session (``accepted`` on the task's own stream, since no session exists
+  yet), so controllers learn it by the ordinary event feed and resync.
+- Sessions are started only by :meth:`pump`, one pump at a time, through
+  :meth:`TaskQueue.start_up_to`: the capacity is never exceeded. A session's end
+  (seen as its logged status change) advances its task and pumps again.
+- The session id of a task attempt is derived from (task id, attempt): the same
+  attempt can never start a second session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from starmux.errors import MessageError, RemoteProtocolError, StarmuxError
+from starmux.messages import APP, SessionStatusChanged, StartSession
+from starmux.session_state import Status
+from starmux.task_messages import AssignTask, TaskProgress
+from starmux.task_state import FINAL, TaskState, Trigger
+
+from .eventlog import EventLog, StoredEvent
+from .sessions import SessionManager
+from .taskqueue import QueuedTask, TaskQueue
+
+__all__ = ["TASK_STREAM", "TaskRunner", "session_for"]
+
+log = logging.getLogger("starmux.daemon")
+
+#: The log stream of task events that happen before a task has a session.
+TASK_STREAM = "tasks"
+
+_TRIGGER_OF_STATUS = {
+    Status.WAITING_APPROVAL: Trigger.AWAIT_APPROVAL,
+    Status.SUCCEEDED: Trigger.SUCCEED,
+    Status.FAILED: Trigger.FAIL,
+    Status.CANCELLED: Trigger.CANCEL,
+    Status.LOST: Trigger.LOSE,
+}
+
+
+def session_for(task_id: str, attempt: int) -> str:
+    """The session id of one attempt of a task (fits the session id pattern)."""
+    digest = hashlib.blake2b(f"{task_id}/{attempt}".encode(), digest_size=12).hexdigest()
+    return f"task-{digest}"
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        sessions: SessionManager,
+        event_log: EventLog,
+        *,
+        capacity: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.sessions = sessions
+        self.log = event_log
+        self.capacity = capacity
+        self.clock = clock
+        self._pumping = asyncio.Lock()
+        self._tasks_of_sessions: dict[str, tuple[str, int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._unsubscribe = event_log.subscribe(self._on_commit)
+
+    async def _progress(self, task: QueuedTask, stream: str) -> None:
+        body = TaskProgress(task.id, task.attempt, task.state, task.session, task.exit_code)
+        await self.log.append(stream, APP.encode(body), at=self.clock())
+
+    async def assign(self, command: AssignTask) -> str:
+        """Store an assigned task (once) and start what fits; the ack's result."""
+        try:
+            delivery = await self.queue.deliver(
+                command.task,
+                attempt=command.attempt,
+                priority=command.priority,
+                argv=command.argv,
+                cwd=command.cwd,
+                title=command.title,
+                env=command.env,
+                pty=command.pty,
+                now=self.clock(),
+            )
+        except MessageError as exc:
+            raise StarmuxError(f"task refused: {exc.message}") from exc
+        if not delivery.stored:
+            return delivery.task.state.value
+        await self._progress(delivery.task, TASK_STREAM)
+        await self.pump()
+        now = await self.queue.get(command.task)
+        return (now or delivery.task).state.value
+
+    async def pump(self) -> None:
+        """Start queued tasks as sessions while the capacity allows."""
+        async with self._pumping:
+            for task in await self.queue.start_up_to(self.capacity, now=self.clock()):
+                session = session_for(task.id, task.attempt)
+                self._tasks_of_sessions[session] = (task.id, task.attempt)
+                request = StartSession(session, task.argv, task.cwd, task.title, task.env, task.pty)
+                try:
+                    await self.sessions.start(session, request)
+                except StarmuxError as exc:
+                    # e.g. a cwd outside the allowed roots: the task failed to start.
+                    log.warning("task %s could not start: %s", task.id, exc)
+                    failed = await self.queue.advance(task.id, Trigger.FAIL, now=self.clock())
+                    await self._progress(failed, TASK_STREAM)
+                    continue
+                await self._progress(await self.queue.attach_session(task.id, session), session)
+
+    def _on_commit(self, events: list[StoredEvent]) -> None:
+        for event in events:
+            owner = self._tasks_of_sessions.get(event.session)
+            if owner is None:
+                continue
+            try:
+                body = APP.decode(event.body)
+            except RemoteProtocolError:
+                continue
+            if isinstance(body, SessionStatusChanged):
+                job = asyncio.get_running_loop().create_task(
+                    self._session_changed(event.session, owner, Status(body.status), body)
+                )
+                self._background.add(job)
+                job.add_done_callback(self._background.discard)
+
+    async def _session_changed(
+        self, session: str, owner: tuple[str, int], status: Status, body: SessionStatusChanged
+    ) -> None:
+        task_id, attempt = owner
+        # Under the pump's lock: a session that ends at once is recorded after the
+        # pump has logged that it started, never before.
+        async with self._pumping:
+            current = await self.queue.get(task_id)
+            if current is None or current.attempt != attempt:
+                return
+            if status is Status.RUNNING and current.state is TaskState.AWAITING_APPROVAL:
+                trigger: Trigger | None = Trigger.RESUME
+            else:
+                trigger = _TRIGGER_OF_STATUS.get(status)
+            if trigger is None:
+                return
+            try:
+                after = await self.queue.advance(
+                    task_id, trigger, now=self.clock(), exit_code=body.exit_code
+                )
+            except StarmuxError:
+                log.exception("task %s: session %s went %s", task_id, session, status.value)
+                return
+            await self._progress(after, session)
+            if after.state not in FINAL:
+                return
+            self._tasks_of_sessions.pop(session, None)
+        await self.pump()
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        for job in list(self._background):
+            await job

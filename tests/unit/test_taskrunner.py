@@ -1,0 +1,141 @@
+"""The task runner with a real event log, real sessions (real processes) and the real
+queue: tasks start up to the capacity, by priority, as ordinary sessions, and each
+state they reach is a logged ``task-progress`` event."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from starmux.daemon.eventlog import EventLog, StoredEvent
+from starmux.daemon.sessions import SessionManager
+from starmux.daemon.taskqueue import TaskQueue
+from starmux.daemon.taskrunner import TASK_STREAM, TaskRunner, session_for
+from starmux.messages import APP
+from starmux.task_messages import AssignTask, TaskProgress
+from starmux.task_state import FINAL, TaskState
+
+S = TaskState
+TIMEOUT = 30.0  # generous: only a broken runner waits this long
+# The task's process waits for the test to create its file (the process polls; the
+# test never sleeps: it awaits the logged progress).
+WAIT_FOR = "import pathlib, time\nwhile not pathlib.Path({name!r}).exists(): time.sleep(0.02)"
+
+
+@dataclass
+class Machine:
+    runner: TaskRunner
+    work: Path
+    progress: list[tuple[str, TaskProgress]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, events: list[StoredEvent]) -> None:
+        for event in events:
+            body = APP.decode(event.body)
+            if isinstance(body, TaskProgress):
+                self.progress.append((event.session, body))
+                self.changed.set()
+
+    def states(self, task: str) -> list[TaskState]:
+        return [p.state for _, p in self.progress if p.task == task]
+
+    async def until(self, done: int) -> None:
+        """Wait until ``done`` tasks reached a final state."""
+        async with asyncio.timeout(TIMEOUT):
+            while sum(p.state in FINAL for _, p in self.progress) < done:
+                self.changed.clear()
+                await self.changed.wait()
+
+    def assign(self, task: str, *, priority: int = 0, code: str = "") -> AssignTask:
+        script = code or WAIT_FOR.format(name=f"go-{task}")
+        argv = (sys.executable, "-c", script)
+        return AssignTask(task, 1, priority, argv, str(self.work), task, {"X": "1"}, False, None)
+
+
+@pytest.fixture
+async def machine(tmp_path: Path) -> AsyncIterator[Machine]:
+    log = await EventLog.open(tmp_path / "daemon.sqlite3")
+    queue = await TaskQueue.open(tmp_path / "daemon.sqlite3")
+    sessions = SessionManager(log, allowed_roots=[tmp_path], api_socket=tmp_path / "api.sock")
+    runner = TaskRunner(queue, sessions, log, capacity=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    running = Machine(runner, work)
+    log.subscribe(running.record)
+    try:
+        yield running
+    finally:
+        for task in ("a", "b", "c", "d"):
+            (work / f"go-{task}").touch()
+        await sessions.close()
+        await runner.close()
+        await queue.close()
+        await log.close()
+
+
+async def test_capacity_then_priority_then_age(machine: Machine) -> None:
+    assert await machine.runner.assign(machine.assign("a")) == "running"
+    assert await machine.runner.assign(machine.assign("b")) == "accepted"
+    assert await machine.runner.assign(machine.assign("c", priority=5)) == "accepted"
+    assert machine.states("b") == [S.ACCEPTED]  # capacity 1: waiting
+    for task in ("a", "c", "b"):
+        (machine.work / f"go-{task}").touch()
+    await machine.until(3)
+    finished = [p.task for _, p in machine.progress if p.state is S.SUCCEEDED]
+    assert finished == ["a", "c", "b"]  # the later, higher-priority c overtook b
+    assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]
+    # Never two at once: each start comes after the previous task's end.
+    order = [(p.task, p.state) for _, p in machine.progress if p.state in (S.RUNNING, S.SUCCEEDED)]
+    assert order == [
+        ("a", S.RUNNING), ("a", S.SUCCEEDED),
+        ("c", S.RUNNING), ("c", S.SUCCEEDED),
+        ("b", S.RUNNING), ("b", S.SUCCEEDED),
+    ]  # fmt: skip
+
+
+async def test_a_task_is_an_ordinary_session_on_its_own_stream(machine: Machine) -> None:
+    await machine.runner.assign(machine.assign("a", code="import sys; sys.exit(3)"))
+    await machine.until(1)
+    session = session_for("a", 1)
+    assert [(s, p.state) for s, p in machine.progress] == [
+        (TASK_STREAM, S.ACCEPTED),
+        (session, S.RUNNING),
+        (session, S.FAILED),
+    ]
+    assert machine.progress[-1][1].exit_code == 3
+    assert machine.progress[-1][1].session == session
+    created = await machine.runner.log.execute_read(
+        "SELECT argv, cwd, title FROM sessions WHERE id = ?", (session,)
+    )
+    assert created and created[0][2] == "a"
+
+
+async def test_the_same_task_assigned_twice_runs_once(machine: Machine) -> None:
+    first = machine.assign("a", code="pass")
+    assert await machine.runner.assign(first) == "running"
+    await machine.until(1)
+    assert await machine.runner.assign(first) == "succeeded"  # the ack names where it is
+    starts = await machine.runner.log.execute_read(
+        "SELECT count(*) FROM sessions WHERE title = 'a'", ()
+    )
+    assert starts[0][0] == 1
+    assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]
+
+
+async def test_a_task_that_cannot_start_fails_and_frees_its_slot(machine: Machine) -> None:
+    outside = AssignTask("a", 1, 0, ("true",), "/", "a", {}, False, None)
+    await machine.runner.assign(outside)
+    await machine.runner.assign(machine.assign("b", code="pass"))
+    await machine.until(2)
+    assert machine.states("a") == [S.ACCEPTED, S.FAILED]
+    assert machine.states("b") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]
+
+
+def test_session_ids_of_attempts_differ_and_fit() -> None:
+    ids = {session_for("t" * 64, n) for n in range(1, 100)}
+    assert len(ids) == 99 and all(4 <= len(i) <= 40 for i in ids)
