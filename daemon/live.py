@@ -40,12 +40,14 @@ from starmux.messages import (
     SyncRequest,
 )
 from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
+from starmux.task_messages import AssignTask, CancelTask
 
 from .checkpoints import Checkpoints
 from .devices import DeviceGate, Offer, RoleRefused
 from .eventlog import EventLog, StoredEvent
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
+from .taskrunner import TaskRunner
 
 log = logging.getLogger("starmux.daemon")
 
@@ -100,8 +102,10 @@ class LiveService:
         log: EventLog,
         sessions: SessionManager,
         checkpoints: Checkpoints,
+        tasks: TaskRunner | None = None,
     ) -> None:
         self.keys = keys
+        self.tasks = tasks
         self.card = card
         self.store = store
         self.log = log
@@ -261,6 +265,17 @@ class LiveService:
             raise UsageError("the command could not be decoded") from exc
         if isinstance(command, StartSession):
             return await self.sessions.start(envelope.command_id, command)
+        if isinstance(command, AssignTask | CancelTask) and self.tasks is not None:
+            # Idempotent by task id as well: a replay after a crash before the
+            # record below re-acks where the task is, and runs nothing twice.
+            if isinstance(command, AssignTask):
+                result = await self.tasks.assign(command)
+            else:
+                result = await self.tasks.cancel(command)
+            await self.log.execute_write(
+                [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
+            )
+            return result
         if isinstance(command, DecideCheckpoint):
             return await self.checkpoints.decide(
                 envelope.command_id, command, controller_key=peer.key

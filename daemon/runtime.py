@@ -54,6 +54,8 @@ from .live import LiveService
 from .local_api import LocalApiServer
 from .sessions import SessionManager
 from .store import DATABASE_FILE, DaemonStore, PairedController
+from .taskqueue import TaskQueue
+from .taskrunner import TaskRunner
 from .terminal import Terminal
 
 API_SOCKET = "api.sock"
@@ -106,24 +108,35 @@ class Daemon:
         self.sessions = SessionManager(
             self.log, allowed_roots=self.allow_roots, api_socket=self.home / API_SOCKET
         )
+        self.task_queue = await TaskQueue.open(self.home / DATABASE_FILE)
         try:
             await self._configure()
+            self.tasks = TaskRunner(
+                self.task_queue, self.sessions, self.log, capacity=self.fleet.capacity
+            )
+            for task in await self.task_queue.recover(now=time.time()):
+                self.terminal.event("task-lost", f"task {task.id} was lost", task=task.id)
             for session in await self.sessions.recover():
                 self.terminal.event(
                     "session-lost",
                     f"session {session} was lost: its process ended with the previous daemon",
                     session=session,
                 )
+            await self.tasks.pump()  # what was waiting before the restart
             while True:
                 await self._connect_once()
         finally:
             if self.api is not None:
                 await self.api.close()
             await self.sessions.close()
+            if self.tasks is not None:
+                await self.tasks.close()
+            await self.task_queue.close()
             await self.log.close()
             await self.store.close()
 
     api: LocalApiServer | None = None
+    tasks: TaskRunner | None = None
 
     async def _services(self, keys: NodeKeys, card: IdentityCard) -> LiveService:
         """Checkpoints, the local API and the live service for this identity."""
@@ -144,6 +157,7 @@ class Daemon:
             log=self.log,
             sessions=self.sessions,
             checkpoints=checkpoints,
+            tasks=self.tasks,
         )
         return self.live
 

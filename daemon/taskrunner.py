@@ -27,10 +27,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from starmux.errors import MessageError, RemoteProtocolError, StarmuxError
+from starmux.errors import MessageError, RemoteProtocolError, StarmuxError, UsageError
 from starmux.messages import APP, SessionStatusChanged, StartSession
 from starmux.session_state import Status
-from starmux.task_messages import AssignTask, TaskProgress
+from starmux.task_messages import AssignTask, CancelTask, TaskProgress
 from starmux.task_state import FINAL, TaskState, Trigger
 
 from .eventlog import EventLog, StoredEvent
@@ -122,6 +122,22 @@ class TaskRunner:
                     await self._progress(failed, TASK_STREAM)
                     continue
                 await self._progress(await self.queue.attach_session(task.id, session), session)
+
+    async def cancel(self, command: CancelTask) -> str:
+        """Withdraw a waiting task, or cancel its session as sessions are cancelled
+        (its end then finishes the task); the ack's result."""
+        async with self._pumping:
+            task = await self.queue.get(command.task)
+            if task is None or task.attempt != command.attempt:
+                raise UsageError(f"task {command.task} (attempt {command.attempt}) is not here")
+            if task.state is TaskState.ACCEPTED:
+                withdrawn = await self.queue.advance(task.id, Trigger.CANCEL, now=self.clock())
+                await self._progress(withdrawn, TASK_STREAM)
+                return withdrawn.state.value
+            if task.state in FINAL or task.session is None:
+                return task.state.value
+            await self.sessions.cancel(task.session)
+            return "cancelling"
 
     def _on_commit(self, events: list[StoredEvent]) -> None:
         for event in events:

@@ -16,8 +16,9 @@ from starmux.daemon.eventlog import EventLog, StoredEvent
 from starmux.daemon.sessions import SessionManager
 from starmux.daemon.taskqueue import TaskQueue
 from starmux.daemon.taskrunner import TASK_STREAM, TaskRunner, session_for
+from starmux.errors import UsageError
 from starmux.messages import APP
-from starmux.task_messages import AssignTask, TaskProgress
+from starmux.task_messages import AssignTask, CancelTask, TaskProgress
 from starmux.task_state import FINAL, TaskState
 
 S = TaskState
@@ -139,3 +140,16 @@ async def test_a_task_that_cannot_start_fails_and_frees_its_slot(machine: Machin
 def test_session_ids_of_attempts_differ_and_fit() -> None:
     ids = {session_for("t" * 64, n) for n in range(1, 100)}
     assert len(ids) == 99 and all(4 <= len(i) <= 40 for i in ids)
+
+
+async def test_cancel_withdraws_a_waiting_task_and_stops_a_running_one(machine: Machine) -> None:
+    await machine.runner.assign(machine.assign("a"))
+    await machine.runner.assign(machine.assign("b"))
+    assert await machine.runner.cancel(CancelTask("b", 1)) == "cancelled"  # never started
+    with pytest.raises(UsageError):
+        await machine.runner.cancel(CancelTask("a", 2))  # not this attempt
+    assert await machine.runner.cancel(CancelTask("a", 1)) == "cancelling"
+    await machine.until(2)
+    assert machine.states("b") == [S.ACCEPTED, S.CANCELLED]
+    assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.CANCELLED]
+    assert await machine.runner.cancel(CancelTask("a", 1)) == "cancelled"  # repeat: no-op
