@@ -55,6 +55,9 @@ COMMAND_ACTIONS: dict[str, Action] = {
     "start-session": Action.RUN,
     "send-input": Action.INPUT,
     "cancel-session": Action.CANCEL,
+    # Tasks (starmux.task_messages): dispatching is running, as issue 18 says.
+    "assign-task": Action.RUN,
+    "cancel-task": Action.CANCEL,
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from starmux.device_roles import COMMAND_ACTIONS, Action, DeviceRole, allowed
 from starmux.errors import MessageError
 from starmux.messages import APP
 from starmux.placement import Machine
@@ -123,3 +124,10 @@ def test_trigger_for_a_reported_state(
 def test_a_load_report_is_what_placement_reads() -> None:
     load = MachineLoad(("gpu",), 4, 1, 2)
     assert load.machine("m1", online=True) == Machine("m1", frozenset({"gpu"}), 4, 1, 2, True)
+
+
+def test_operators_and_owners_dispatch_viewers_do_not() -> None:
+    for kind, action in (("assign-task", Action.RUN), ("cancel-task", Action.CANCEL)):
+        assert COMMAND_ACTIONS[kind] is action
+        assert allowed(DeviceRole.OPERATOR, action) and allowed(DeviceRole.OWNER, action)
+        assert not allowed(DeviceRole.VIEWER, action)
