@@ -112,7 +112,11 @@ class Daemon:
         try:
             await self._configure()
             self.tasks = TaskRunner(
-                self.task_queue, self.sessions, self.log, capacity=self.fleet.capacity
+                self.task_queue,
+                self.sessions,
+                self.log,
+                capacity=self.fleet.capacity,
+                tags=self.fleet.tags,
             )
             for task in await self.task_queue.recover(now=time.time()):
                 self.terminal.event("task-lost", f"task {task.id} was lost", task=task.id)
@@ -122,6 +126,7 @@ class Daemon:
                     f"session {session} was lost: its process ended with the previous daemon",
                     session=session,
                 )
+            await self.tasks.report_load()  # tags or capacity may have changed
             await self.tasks.pump()  # what was waiting before the restart
             while True:
                 await self._connect_once()

@@ -11,7 +11,8 @@ Invariants:
   controller receives means the task is in the durable queue.
 - Each state the task reaches here is logged as a ``task-progress`` event on the
   task's session (``accepted`` on the task's own stream, since no session exists
-  yet), so controllers learn it by the ordinary event feed and resync.
+  yet), so controllers learn it by the ordinary event feed and resync; a
+  ``machine-load`` event follows on the task stream (also logged at start).
 - Sessions are started only by :meth:`pump`, one pump at a time, through
   :meth:`TaskQueue.start_up_to`: the capacity is never exceeded. A session's end
   (seen as its logged status change) advances its task and pumps again.
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from starmux.errors import MessageError, RemoteProtocolError, StarmuxError, UsageError
 from starmux.messages import APP, SessionStatusChanged, StartSession
 from starmux.session_state import Status
-from starmux.task_messages import AssignTask, CancelTask, TaskProgress
+from starmux.task_messages import AssignTask, CancelTask, MachineLoad, TaskProgress
 from starmux.task_state import FINAL, TaskState, Trigger
 
 from .eventlog import EventLog, StoredEvent
@@ -67,9 +68,11 @@ class TaskRunner:
         event_log: EventLog,
         *,
         capacity: int,
+        tags: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
+        self.tags = tags
         self.sessions = sessions
         self.log = event_log
         self.capacity = capacity
@@ -82,6 +85,14 @@ class TaskRunner:
     async def _progress(self, task: QueuedTask, stream: str) -> None:
         body = TaskProgress(task.id, task.attempt, task.state, task.session, task.exit_code)
         await self.log.append(stream, APP.encode(body), at=self.clock())
+        await self.report_load()
+
+    async def report_load(self) -> None:
+        """Log the machine's tags, capacity and load (what placement reads); after
+        every task change, so the newest ``machine-load`` event is always current."""
+        load = await self.queue.load()
+        body = MachineLoad(tuple(sorted(self.tags)), self.capacity, load.running, load.queued)
+        await self.log.append(TASK_STREAM, APP.encode(body), at=self.clock())
 
     async def assign(self, command: AssignTask) -> str:
         """Store an assigned task (once) and start what fits; the ack's result."""

@@ -18,7 +18,7 @@ from starmux.daemon.taskqueue import TaskQueue
 from starmux.daemon.taskrunner import TASK_STREAM, TaskRunner, session_for
 from starmux.errors import UsageError
 from starmux.messages import APP
-from starmux.task_messages import AssignTask, CancelTask, TaskProgress
+from starmux.task_messages import AssignTask, CancelTask, MachineLoad, TaskProgress
 from starmux.task_state import FINAL, TaskState
 
 S = TaskState
@@ -33,6 +33,7 @@ class Machine:
     runner: TaskRunner
     work: Path
     progress: list[tuple[str, TaskProgress]] = field(default_factory=list)
+    loads: list[MachineLoad] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, events: list[StoredEvent]) -> None:
@@ -41,14 +42,18 @@ class Machine:
             if isinstance(body, TaskProgress):
                 self.progress.append((event.session, body))
                 self.changed.set()
+            elif isinstance(body, MachineLoad):
+                assert event.session == TASK_STREAM
+                self.loads.append(body)
+                self.changed.set()
 
     def states(self, task: str) -> list[TaskState]:
         return [p.state for _, p in self.progress if p.task == task]
 
-    async def until(self, done: int) -> None:
-        """Wait until ``done`` tasks reached a final state."""
+    async def until(self, done: int, *, loads: int = 0) -> None:
+        """Wait until ``done`` tasks reached a final state (and ``loads`` were logged)."""
         async with asyncio.timeout(TIMEOUT):
-            while sum(p.state in FINAL for _, p in self.progress) < done:
+            while sum(p.state in FINAL for _, p in self.progress) < done or len(self.loads) < loads:
                 self.changed.clear()
                 await self.changed.wait()
 
@@ -63,7 +68,7 @@ async def machine(tmp_path: Path) -> AsyncIterator[Machine]:
     log = await EventLog.open(tmp_path / "daemon.sqlite3")
     queue = await TaskQueue.open(tmp_path / "daemon.sqlite3")
     sessions = SessionManager(log, allowed_roots=[tmp_path], api_socket=tmp_path / "api.sock")
-    runner = TaskRunner(queue, sessions, log, capacity=1)
+    runner = TaskRunner(queue, sessions, log, capacity=1, tags=frozenset({"os=linux", "gpu"}))
     work = tmp_path / "work"
     work.mkdir()
     running = Machine(runner, work)
@@ -153,3 +158,17 @@ async def test_cancel_withdraws_a_waiting_task_and_stops_a_running_one(machine: 
     assert machine.states("b") == [S.ACCEPTED, S.CANCELLED]
     assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.CANCELLED]
     assert await machine.runner.cancel(CancelTask("a", 1)) == "cancelled"  # repeat: no-op
+
+
+async def test_each_change_is_followed_by_the_machine_load(machine: Machine) -> None:
+    await machine.runner.assign(machine.assign("a"))
+    await machine.runner.assign(machine.assign("b"))
+    (machine.work / "go-a").touch()
+    (machine.work / "go-b").touch()
+    await machine.until(2, loads=6)
+    assert len(machine.loads) == len(machine.progress) == 6
+    assert {(m.tags, m.capacity) for m in machine.loads} == {(("gpu", "os=linux"), 1)}
+    # a accepted, a running, b accepted, a done, b running, b done:
+    assert [(m.running, m.queued) for m in machine.loads] == [
+        (0, 1), (1, 0), (1, 1), (0, 1), (1, 0), (0, 0),
+    ]  # fmt: skip
