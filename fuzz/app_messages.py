@@ -26,13 +26,14 @@ if not __package__:  # run as a script: make the ``fuzz`` package importable
 
 from fuzz.harness import Target, fuzz_main
 
-# The device modules register their messages on the same codecs: imported here, so
-# the codecs hold every kind whatever else was imported first.
-from starmux import control, device_control, device_messages, messages
+# The device and task modules register their messages on the same codecs: imported
+# here, so the codecs hold every kind whatever else was imported first.
+from starmux import control, device_control, device_messages, messages, task_messages
 from starmux.codec import Message, MessageCodec
 from starmux.control import CONTROL
 from starmux.errors import MessageError, RemoteProtocolError, UsageError
 from starmux.messages import APP
+from starmux.task_state import TaskState
 
 CODECS: tuple[tuple[str, MessageCodec, type[RemoteProtocolError]], ...] = (
     ("app", APP, MessageError),
@@ -96,7 +97,7 @@ def example(hint: Any) -> Any:
     if hint in simple:
         return simple[hint]
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
-        return next(iter(hint))
+        return ENUM_CHOICES.get(hint, next(iter(hint)))
     if isinstance(hint, type) and issubclass(hint, Message):
         return example_message(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -111,6 +112,8 @@ def example(hint: Any) -> Any:
 
 #: Fields whose strings are one of a few values (messages refuse anything else).
 CHOICES = {"status": "running", "stream": "stdout", "decision": "approved"}
+#: Enum fields whose first value a message refuses (a machine never reports "queued").
+ENUM_CHOICES: dict[type[enum.StrEnum], enum.StrEnum] = {TaskState: TaskState.RUNNING}
 
 
 def example_message(cls: type[Message]) -> Message:
@@ -143,7 +146,7 @@ def message_classes(
 def seeds() -> dict[str, bytes]:
     found = {}
     for prefix, modules, codec in (
-        ("app", (messages, device_messages), APP),
+        ("app", (messages, device_messages, task_messages), APP),
         ("control", (control, device_control), CONTROL),
     ):
         for cls in message_classes(modules, codec):
