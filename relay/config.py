@@ -76,6 +76,11 @@ class RelayConfig:
     #: never a flag (argv is visible to every local user)
     metrics_token: str = field(default="", repr=False)
     metrics_token_file: Path | None = None
+    # The cluster (DESIGN.md section 12): both set, or neither (the embedded relay).
+    registry: str | None = None  # postgresql://... — the shared registry
+    bus: str | None = None  # redis://... — frames, presence, revocations between nodes
+    registry_pool_size: int = 10  # PostgreSQL connections per node
+    key_file: Path | None = None  # the relay identity; default <data_dir>/relay.key
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -207,6 +212,7 @@ def _validate(config: RelayConfig) -> None:
             raise ConfigError(
                 f"trusted_proxies: {proxy!r} is not an IP address or network"
             ) from exc
+    _validate_cluster(config)
     lim = config.limits
     if not 1024 <= lim.max_frame_size <= MAX_FRAME_SIZE:
         raise ConfigError(f"max_frame_size must be between 1024 and {MAX_FRAME_SIZE}")
@@ -245,3 +251,20 @@ def _validate(config: RelayConfig) -> None:
         raise ConfigError("send_queue_bytes must hold at least two frames of max_frame_size")
     if lim.send_buffer_budget < lim.send_queue_bytes:
         raise ConfigError("send_buffer_budget must be at least send_queue_bytes")
+
+
+def _validate_cluster(config: RelayConfig) -> None:
+    if (config.registry is None) != (config.bus is None):
+        raise ConfigError(
+            "--registry and --bus go together",
+            hint="a cluster needs both PostgreSQL (registry) and Redis (bus); give neither"
+            " for the embedded relay",
+        )
+    if config.registry is not None and not config.registry.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ConfigError("--registry must be a postgresql:// URL")
+    if config.bus is not None and not config.bus.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("--bus must be a redis://, rediss:// or unix:// URL")
+    if not 1 <= config.registry_pool_size <= 1000:
+        raise ConfigError("registry_pool_size must be between 1 and 1000")

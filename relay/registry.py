@@ -1,8 +1,8 @@
 """The relay's registry: accounts, controller devices, machines, tickets, revocations.
 
 One small async interface (:class:`Registry`) that the endpoint uses; the embedded
-default is :class:`relay.sqlite_registry.SqliteRegistry`, and a clustered relay
-can supply a PostgreSQL one without touching the endpoint.
+default is :class:`relay.sqlite_registry.SqliteRegistry`; a clustered relay uses
+:class:`relay.pg_registry.PostgresRegistry` without touching the endpoint.
 
 Invariants every implementation keeps:
 - A machine record exists only after a valid grant: :meth:`Registry.grant_machine`
@@ -105,6 +105,11 @@ class Registry(Protocol):
 
     async def add_registration_token(self, token_hash: bytes, *, now: float) -> None:
         """Store the hash of a new one-time registration token."""
+
+    async def add_first_registration_token(self, token_hash: bytes, *, now: float) -> bool:
+        """Store the token only if the registry has no account and no unused token,
+        in one transaction; False (nothing stored) otherwise. Of several relay nodes
+        starting on one empty registry, exactly one gets True and shows its token."""
 
     async def create_account(
         self,

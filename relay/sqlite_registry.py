@@ -39,7 +39,7 @@ from starmux.relay.registry import (
     TicketRecord,
 )
 
-__all__ = ["SqliteRegistry"]
+__all__ = ["SqliteRegistry", "check_usable_ticket"]
 
 
 _SELECT_MACHINE = (
@@ -85,10 +85,12 @@ def _ticket(row: Any) -> TicketRecord:
     )  # fmt: skip
 
 
-def _check_usable(row: Any, now: float) -> None:
+def check_usable_ticket(row: Any, now: float) -> None:
     """Refuse a ticket that cannot be opened or granted any more.
 
     Order: a finished ticket (consumed) says so before how it could not be used.
+    ``row`` is a ticket row in ``_SELECT_TICKET`` order (shared with the PostgreSQL
+    registry, so both refuse in the same order with the same codes).
     """
     if row is None:
         raise RegistryError(FailureCode.UNKNOWN_TICKET, "no such pairing ticket")
@@ -193,6 +195,20 @@ class SqliteRegistry:
                 (token_hash, now),
             )
 
+    async def add_first_registration_token(self, token_hash: bytes, *, now: float) -> bool:
+        async with self._transaction() as db:
+            sql = (
+                "SELECT EXISTS (SELECT 1 FROM accounts)"
+                " OR EXISTS (SELECT 1 FROM registration_tokens WHERE used_at IS NULL)"
+            )
+            if (await self._one(db, sql, ()))[0]:
+                return False
+            await db.execute(
+                "INSERT INTO registration_tokens (token_hash, created_at) VALUES (?, ?)",
+                (token_hash, now),
+            )
+        return True
+
     async def create_account(
         self,
         *,
@@ -269,7 +285,7 @@ class SqliteRegistry:
         """First controller wins; the same controller may open again (a retry)."""
         async with self._transaction() as db:
             row = await self._one(db, _SELECT_TICKET, (ticket,))
-            _check_usable(row, now)
+            check_usable_ticket(row, now)
             if row[6] is not None and bytes(row[6]) != controller_key:
                 raise RegistryError(
                     FailureCode.TAKEN, "another controller is pairing with this ticket"
@@ -309,7 +325,7 @@ class SqliteRegistry:
     ) -> MachineRecord:
         async with self._transaction() as db:
             row = await self._one(db, _SELECT_TICKET, (ticket,))
-            _check_usable(row, now)
+            check_usable_ticket(row, now)
             # Before comparing contents, so a controller that did not open the
             # ticket learns nothing about the machine behind it.
             if row[6] is None or bytes(row[6]) != granted_by:

@@ -1,5 +1,9 @@
-"""SqliteRegistry against real SQLite files: every method, every refusal code,
-and that refusals and failures write nothing."""
+"""The relay registry against real SQLite files and a real PostgreSQL server: every
+method, every refusal code, and that refusals and failures write nothing.
+
+Every test that takes ``backend`` runs once per implementation (the same suite
+proves the same semantics); the file-level tests at the top are SQLite's own.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import asyncio
 import dataclasses
 import os
 import pathlib
-import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,8 +20,11 @@ import pytest
 
 from starmux.errors import UsageError
 from starmux.node.database import SchemaError
+from starmux.relay.pg_registry import PostgresRegistry
 from starmux.relay.registry import Registry, RegistryError
 from starmux.relay.sqlite_registry import SqliteRegistry
+
+from .registry_backends import Backend, PostgresBackend, SqliteBackend, fresh_schema
 
 T0 = 1_700_000_000.0
 TTL = 300.0
@@ -32,12 +38,8 @@ MACHINE_CARD = b"machine-card"
 TICKET = b"T" * 16
 SIG = b"S" * 64
 TOKEN = b"H" * 32
-TABLES = [
-    "schema_version", "accounts", "controllers", "machines", "revocations", "tickets",
-    "registration_tokens", "audit_log",
-]  # fmt: skip
 
-Snapshot = dict[str, list[tuple[Any, ...]]]
+AnyRegistry = SqliteRegistry | PostgresRegistry
 
 
 @pytest.fixture
@@ -45,8 +47,25 @@ def path(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "relay.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest, path: pathlib.Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield SqliteBackend(path)
+        return
+    async for schema in fresh_schema():
+        yield PostgresBackend(schema)
+
+
 @pytest.fixture
-async def reg(path: pathlib.Path) -> AsyncIterator[SqliteRegistry]:
+async def reg(backend: Backend) -> AsyncIterator[AnyRegistry]:
+    registry = backend.make()
+    await registry.open()
+    yield registry
+    await registry.close()
+
+
+@pytest.fixture
+async def sqlite_reg(path: pathlib.Path) -> AsyncIterator[SqliteRegistry]:
     registry = SqliteRegistry(path)
     await registry.open()
     yield registry
@@ -57,23 +76,7 @@ def mode_of(path: pathlib.Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-async def snapshot(path: pathlib.Path) -> Snapshot:
-    """Every row of every table, through a connection of its own."""
-    async with aiosqlite.connect(path) as db:
-        return {
-            t: [tuple(r) for r in await db.execute_fetchall(f"SELECT * FROM {t} ORDER BY rowid")]
-            for t in TABLES
-        }
-
-
-async def raw(path: pathlib.Path, sql: str, params: tuple[Any, ...] = ()) -> None:
-    """Write behind the registry's back, to set up states the API cannot reach."""
-    async with aiosqlite.connect(path) as db:
-        await db.execute(sql, params)
-        await db.commit()
-
-
-async def with_accounts(reg: SqliteRegistry) -> None:
+async def with_accounts(reg: AnyRegistry) -> None:
     await reg.create_account(
         controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=None, now=T0
     )
@@ -83,7 +86,7 @@ async def with_accounts(reg: SqliteRegistry) -> None:
     )  # fmt: skip
 
 
-async def with_open_ticket(reg: SqliteRegistry) -> None:
+async def with_open_ticket(reg: AnyRegistry) -> None:
     await with_accounts(reg)
     await reg.create_ticket(
         ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
@@ -91,7 +94,7 @@ async def with_open_ticket(reg: SqliteRegistry) -> None:
     await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 1)
 
 
-async def grant(reg: SqliteRegistry, **changes: Any) -> Any:
+async def grant(reg: AnyRegistry, **changes: Any) -> Any:
     args: dict[str, Any] = {
         "ticket": TICKET, "account": ACCOUNT, "granted_by": CTRL, "machine_card": MACHINE_CARD,
         "machine_key": MACHINE, "grant_signature": SIG, "grant_issued_at": T0 + 2, "now": T0 + 3,
@@ -100,25 +103,25 @@ async def grant(reg: SqliteRegistry, **changes: Any) -> Any:
     return await reg.grant_machine(**args)
 
 
-async def refused(path: pathlib.Path, code: str, action: Any) -> None:
+async def refused(backend: Backend, code: str, action: Any) -> None:
     """``action`` raises RegistryError(code) and leaves every table as it was."""
-    before = await snapshot(path)
+    before = await backend.snapshot()
     with pytest.raises(RegistryError) as e:
         await action
     assert e.value.code == code
-    assert await snapshot(path) == before
+    assert await backend.snapshot() == before
 
 
 # --- file, connection, schema ---------------------------------------------------------
 def test_satisfies_the_protocol(path: pathlib.Path) -> None:
-    registry: Registry = SqliteRegistry(path)  # checked by mypy
-    assert registry is not None
+    registries: list[Registry] = [SqliteRegistry(path), PostgresRegistry("postgresql://x/y")]
+    assert registries  # checked by mypy
 
 
-async def test_file_and_wal_are_private(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_file_and_wal_are_private(sqlite_reg: SqliteRegistry, path: pathlib.Path) -> None:
     old_umask = os.umask(0o022)  # a typical, permissive umask must not matter
     try:
-        await with_open_ticket(reg)
+        await with_open_ticket(sqlite_reg)
     finally:
         os.umask(old_umask)
     for name in (path, pathlib.Path(f"{path}-wal"), pathlib.Path(f"{path}-shm")):
@@ -137,16 +140,16 @@ async def test_open_tightens_an_existing_file(path: pathlib.Path) -> None:
     assert mode_of(path) == 0o600
 
 
-async def test_keys_are_stored_as_blobs(reg: SqliteRegistry, path: pathlib.Path) -> None:
-    await with_open_ticket(reg)
-    await grant(reg)
+async def test_keys_are_stored_as_blobs(sqlite_reg: SqliteRegistry, path: pathlib.Path) -> None:
+    await with_open_ticket(sqlite_reg)
+    await grant(sqlite_reg)
     async with aiosqlite.connect(path) as db:
         rows = list(await db.execute_fetchall("SELECT typeof(key), typeof(account) FROM machines"))
     assert [tuple(r) for r in rows] == [("blob", "blob")]
 
 
-async def test_open_close_misuse(path: pathlib.Path) -> None:
-    registry = SqliteRegistry(path)
+async def test_open_close_misuse(backend: Backend) -> None:
+    registry = backend.make()
     with pytest.raises(UsageError, match="not open"):
         await registry.has_accounts()
     await registry.open()
@@ -158,21 +161,21 @@ async def test_open_close_misuse(path: pathlib.Path) -> None:
         await registry.machine(MACHINE)
 
 
-async def test_reopen_finds_everything(path: pathlib.Path) -> None:
-    first = SqliteRegistry(path)
+async def test_reopen_finds_everything(backend: Backend) -> None:
+    first = backend.make()
     await first.open()
     await first.add_registration_token(TOKEN, now=T0)
     await with_open_ticket(first)
     machine = await grant(first)
     await first.touch_machine(MACHINE, now=T0 + 10)
     await first.audit("relay.started", actor=b"", subject=b"", detail="x", now=T0 + 11)
-    before = await snapshot(path)
+    before = await backend.snapshot()
     await first.close()
 
-    second = SqliteRegistry(path)
+    second = backend.make()
     await second.open()
     try:
-        assert await snapshot(path) == before
+        assert await backend.snapshot() == before
         assert await second.has_accounts()
         assert await second.machine(MACHINE) == dataclasses.replace(machine, last_seen=T0 + 10)
         assert [c.key for c in await second.controllers_of(ACCOUNT)] == [CTRL]
@@ -181,19 +184,58 @@ async def test_reopen_finds_everything(path: pathlib.Path) -> None:
         await second.close()
 
 
-async def test_refuses_a_newer_schema(path: pathlib.Path) -> None:
-    registry = SqliteRegistry(path)
+async def test_refuses_a_newer_schema(backend: Backend) -> None:
+    registry = backend.make()
     await registry.open()
     await registry.close()
-    await raw(path, "UPDATE schema_version SET version = 999")
+    await backend.raw("UPDATE schema_version SET version = 999")
     with pytest.raises(SchemaError, match="999 is newer"):
         await registry.open()
     with pytest.raises(UsageError, match="not open"):
         await registry.has_accounts()
 
 
+async def test_nodes_starting_at_once_migrate_once(backend: Backend) -> None:
+    """Several processes (cluster nodes) open one empty registry at the same moment:
+    the schema is created once, and every one of them can use it."""
+    registries = [backend.make() for _ in range(4)]
+    await asyncio.gather(*(r.open() for r in registries))
+    try:
+        assert (await backend.snapshot())["schema_version"][0][-1] == 1
+        await with_accounts(registries[0])
+        assert [await r.has_accounts() for r in registries] == [True] * 4
+    finally:
+        for registry in registries:
+            await registry.close()
+
+
+async def test_only_one_first_registration_token(backend: Backend) -> None:
+    registries = [backend.make() for _ in range(3)]
+    for registry in registries:
+        await registry.open()
+    try:
+        firsts = await asyncio.gather(
+            *(r.add_first_registration_token(bytes([n]) * 32, now=T0) for n, r in
+              enumerate(registries))
+        )  # fmt: skip
+        assert sorted(firsts) == [False, False, True]
+        # Still unused: a node started later shows none either.
+        assert not await registries[0].add_first_registration_token(TOKEN, now=T0 + 1)
+        winner = bytes([firsts.index(True)]) * 32
+        await registries[1].create_account(
+            controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=winner,
+            now=T0 + 2,
+        )  # fmt: skip
+        # Once an account exists, never again.
+        assert not await registries[2].add_first_registration_token(TOKEN, now=T0 + 3)
+        assert len((await backend.snapshot())["registration_tokens"]) == 1
+    finally:
+        for registry in registries:
+            await registry.close()
+
+
 # --- registration ---------------------------------------------------------------------
-async def test_open_registration(reg: SqliteRegistry) -> None:
+async def test_open_registration(reg: AnyRegistry) -> None:
     assert not await reg.has_accounts()
     record = await reg.create_account(
         controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=None, now=T0
@@ -209,17 +251,17 @@ async def test_open_registration(reg: SqliteRegistry) -> None:
     )  # fmt: skip
 
 
-async def test_registration_token_is_consumed_once(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_registration_token_is_consumed_once(reg: AnyRegistry, backend: Backend) -> None:
     await reg.add_registration_token(TOKEN, now=T0)
-    await refused(path, "exists", reg.add_registration_token(TOKEN, now=T0 + 1))
+    await refused(backend, "exists", reg.add_registration_token(TOKEN, now=T0 + 1))
     await reg.create_account(
         controller_key=CTRL, controller_card=CTRL_CARD, account=ACCOUNT, token_hash=TOKEN,
         now=T0 + 2,
     )  # fmt: skip
-    rows = (await snapshot(path))["registration_tokens"]
+    rows = (await backend.snapshot())["registration_tokens"]
     assert rows == [(TOKEN, T0, T0 + 2, CTRL)]
     await refused(
-        path, "bad-token",
+        backend, "bad-token",
         reg.create_account(
             controller_key=OTHER_CTRL, controller_card=b"d", account=OTHER_ACCOUNT,
             token_hash=TOKEN, now=T0 + 3,
@@ -227,7 +269,7 @@ async def test_registration_token_is_consumed_once(reg: SqliteRegistry, path: pa
     )  # fmt: skip
 
 
-async def test_create_account_refusals(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_create_account_refusals(reg: AnyRegistry, backend: Backend) -> None:
     await with_accounts(reg)
     await reg.add_registration_token(TOKEN, now=T0)
 
@@ -236,16 +278,16 @@ async def test_create_account_refusals(reg: SqliteRegistry, path: pathlib.Path) 
             controller_key=key, controller_card=b"x", account=account, token_hash=token, now=T0
         )
 
-    await refused(path, "bad-token", create(b"N" * 32, b"n" * 16, b"unknown"))
+    await refused(backend, "bad-token", create(b"N" * 32, b"n" * 16, b"unknown"))
     # The token is checked first: without one, nobody learns which keys exist.
-    await refused(path, "bad-token", create(CTRL, b"n" * 16, b"unknown"))
+    await refused(backend, "bad-token", create(CTRL, b"n" * 16, b"unknown"))
     # A valid token is not spent on a refused registration.
-    await refused(path, "exists", create(CTRL, b"n" * 16, TOKEN))
-    await refused(path, "exists", create(b"N" * 32, ACCOUNT, TOKEN))
-    await refused(path, "exists", create(CTRL, b"n" * 16, None))
+    await refused(backend, "exists", create(CTRL, b"n" * 16, TOKEN))
+    await refused(backend, "exists", create(b"N" * 32, ACCOUNT, TOKEN))
+    await refused(backend, "exists", create(CTRL, b"n" * 16, None))
 
 
-async def test_controllers(reg: SqliteRegistry) -> None:
+async def test_controllers(reg: AnyRegistry) -> None:
     assert await reg.controller(CTRL) is None
     assert await reg.controllers_of(ACCOUNT) == []
     await with_accounts(reg)
@@ -257,7 +299,7 @@ async def test_controllers(reg: SqliteRegistry) -> None:
 
 
 # --- tickets --------------------------------------------------------------------------
-async def test_create_ticket(reg: SqliteRegistry) -> None:
+async def test_create_ticket(reg: AnyRegistry) -> None:
     record = await reg.create_ticket(
         ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
     )
@@ -269,7 +311,7 @@ async def test_create_ticket(reg: SqliteRegistry) -> None:
         )
 
 
-async def test_new_ticket_replaces_the_machines_old_one(reg: SqliteRegistry) -> None:
+async def test_new_ticket_replaces_the_machines_old_one(reg: AnyRegistry) -> None:
     await with_open_ticket(reg)
     await reg.create_ticket(
         ticket=b"U" * 16, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0 + 5, ttl=TTL
@@ -279,8 +321,8 @@ async def test_new_ticket_replaces_the_machines_old_one(reg: SqliteRegistry) -> 
     assert e.value.code == "unknown-ticket"
 
 
-async def test_stale_tickets_are_dropped_after_retention(path: pathlib.Path) -> None:
-    registry = SqliteRegistry(path, ticket_retention=100.0)
+async def test_stale_tickets_are_dropped_after_retention(backend: Backend) -> None:
+    registry = backend.make(ticket_retention=100.0)
     await registry.open()
     try:
         for n, machine in enumerate((b"1", b"2")):
@@ -291,11 +333,11 @@ async def test_stale_tickets_are_dropped_after_retention(path: pathlib.Path) -> 
         await registry.create_ticket(
             ticket=b"3" * 16, machine_key=b"3", machine_card=b"c", now=T0 + TTL + 50, ttl=TTL
         )
-        assert len((await snapshot(path))["tickets"]) == 3
+        assert len((await backend.snapshot())["tickets"]) == 3
         await registry.create_ticket(
             ticket=b"4" * 16, machine_key=b"4", machine_card=b"c", now=T0 + TTL + 100.5, ttl=TTL
         )
-        assert [r[0] for r in (await snapshot(path))["tickets"]] == [
+        assert [r[0] for r in (await backend.snapshot())["tickets"]] == [
             b"2" * 16,
             b"3" * 16,
             b"4" * 16,
@@ -304,10 +346,10 @@ async def test_stale_tickets_are_dropped_after_retention(path: pathlib.Path) -> 
         await registry.close()
 
 
-async def test_create_ticket_refusals(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_create_ticket_refusals(reg: AnyRegistry, backend: Backend) -> None:
     await with_open_ticket(reg)
     await refused(
-        path, "exists",
+        backend, "exists",
         reg.create_ticket(ticket=TICKET, machine_key=b"new", machine_card=b"c", now=T0, ttl=TTL),
     )  # fmt: skip
     await grant(reg)
@@ -317,12 +359,12 @@ async def test_create_ticket_refusals(reg: SqliteRegistry, path: pathlib.Path) -
             ticket=b"V" * 16, machine_key=MACHINE, machine_card=MACHINE_CARD, now=now, ttl=TTL
         )
 
-    await refused(path, "paired", again(T0 + 10))
+    await refused(backend, "paired", again(T0 + 10))
     assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 20)
-    await refused(path, "revoked", again(T0 + 30))
+    await refused(backend, "revoked", again(T0 + 30))
 
 
-async def test_open_ticket(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_open_ticket(reg: AnyRegistry, backend: Backend) -> None:
     await with_accounts(reg)
     await reg.create_ticket(
         ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
@@ -330,18 +372,20 @@ async def test_open_ticket(reg: SqliteRegistry, path: pathlib.Path) -> None:
     record = await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 1)
     assert record.opened_by == CTRL
     assert (await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2)).opened_by == CTRL
-    await refused(path, "taken", reg.open_ticket(TICKET, controller_key=OTHER_CTRL, now=T0 + 3))
-    await refused(path, "unknown-ticket", reg.open_ticket(b"?" * 16, controller_key=CTRL, now=T0))
+    await refused(backend, "taken", reg.open_ticket(TICKET, controller_key=OTHER_CTRL, now=T0 + 3))
+    await refused(
+        backend, "unknown-ticket", reg.open_ticket(b"?" * 16, controller_key=CTRL, now=T0)
+    )
     # Expiry is exact: at expires_at the ticket is already gone.
-    await refused(path, "expired", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + TTL))
+    await refused(backend, "expired", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + TTL))
     assert (await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + TTL - 0.001)).opened_by
 
 
 @pytest.mark.parametrize("same_instance", [True, False])
-async def test_first_controller_to_open_wins(path: pathlib.Path, same_instance: bool) -> None:
-    one = SqliteRegistry(path)
+async def test_first_controller_to_open_wins(backend: Backend, same_instance: bool) -> None:
+    one = backend.make()
     await one.open()
-    two = one if same_instance else SqliteRegistry(path)
+    two = one if same_instance else backend.make()
     if not same_instance:
         await two.open()
     try:
@@ -367,24 +411,24 @@ async def test_first_controller_to_open_wins(path: pathlib.Path, same_instance: 
         await two.close()
 
 
-async def test_ticket_burns_at_max_failures(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_ticket_burns_at_max_failures(reg: AnyRegistry, backend: Backend) -> None:
     await with_open_ticket(reg)
     assert await reg.record_ticket_failure(b"?" * 16, max_failures=3) == 0
     assert await reg.record_ticket_failure(TICKET, max_failures=3) == 1
     assert await reg.record_ticket_failure(TICKET, max_failures=3) == 2
     assert (await reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2)).failures == 2
     assert await reg.record_ticket_failure(TICKET, max_failures=3) == 3
-    await refused(path, "burnt", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2))
-    await refused(path, "burnt", grant(reg))
+    await refused(backend, "burnt", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2))
+    await refused(backend, "burnt", grant(reg))
     # Stays burnt even if the limit is raised later (e.g. a config change).
     assert await reg.record_ticket_failure(TICKET, max_failures=10) == 4
-    await refused(path, "burnt", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2))
+    await refused(backend, "burnt", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 2))
     with pytest.raises(UsageError):
         await reg.record_ticket_failure(TICKET, max_failures=0)
 
 
 # --- grants ---------------------------------------------------------------------------
-async def test_grant_machine(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_grant_machine(reg: AnyRegistry, backend: Backend) -> None:
     await with_open_ticket(reg)
     record = await grant(reg)
     assert (record.key, record.account, record.card, record.granted_by) == (
@@ -398,9 +442,9 @@ async def test_grant_machine(reg: SqliteRegistry, path: pathlib.Path) -> None:
     assert await reg.machines_of(ACCOUNT) == [record]
     entry = (await reg.audit_log())[0]
     assert (entry.event, entry.actor, entry.subject) == ("machine.granted", CTRL, MACHINE)
-    assert (await snapshot(path))["tickets"][0][8] == T0 + 3  # consumed_at
-    await refused(path, "consumed", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 4))
-    await refused(path, "consumed", grant(reg, now=T0 + 4))
+    assert (await backend.snapshot())["tickets"][0][8] == T0 + 3  # consumed_at
+    await refused(backend, "consumed", reg.open_ticket(TICKET, controller_key=CTRL, now=T0 + 4))
+    await refused(backend, "consumed", grant(reg, now=T0 + 4))
 
 
 @pytest.mark.parametrize(
@@ -415,84 +459,77 @@ async def test_grant_machine(reg: SqliteRegistry, path: pathlib.Path) -> None:
     ],
 )
 async def test_grant_refusals_write_nothing(
-    reg: SqliteRegistry, path: pathlib.Path, code: str, changes: dict[str, Any]
+    reg: AnyRegistry, backend: Backend, code: str, changes: dict[str, Any]
 ) -> None:
     await with_open_ticket(reg)
-    await refused(path, code, grant(reg, **changes))
+    await refused(backend, code, grant(reg, **changes))
     await grant(reg)  # the ticket is still good for the right grant
 
 
-async def test_grant_needs_the_ticket_opened(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_grant_needs_the_ticket_opened(reg: AnyRegistry, backend: Backend) -> None:
     await with_accounts(reg)
     await reg.create_ticket(
         ticket=TICKET, machine_key=MACHINE, machine_card=MACHINE_CARD, now=T0, ttl=TTL
     )
-    await refused(path, "taken", grant(reg))
+    await refused(backend, "taken", grant(reg))
 
 
-async def test_grant_guards_revoked_and_paired_keys(
-    reg: SqliteRegistry, path: pathlib.Path
-) -> None:
+async def test_grant_guards_revoked_and_paired_keys(reg: AnyRegistry, backend: Backend) -> None:
     await with_open_ticket(reg)
     # Neither state is reachable through the API (create_ticket refuses both);
     # written behind its back to prove grant_machine still keeps the invariants.
-    await raw(path, "INSERT INTO revocations VALUES (?, ?, ?, ?)", (MACHINE, T0, ACCOUNT, CTRL))
-    await refused(path, "revoked", grant(reg))
-    await raw(path, "DELETE FROM revocations")
+    await backend.raw("INSERT INTO revocations VALUES (?, ?, ?, ?)", (MACHINE, T0, ACCOUNT, CTRL))
+    await refused(backend, "revoked", grant(reg))
+    await backend.raw("DELETE FROM revocations")
     await grant(reg)
-    await raw(
-        path,
+    await backend.raw(
         "INSERT INTO tickets (ticket, machine_key, machine_card, created_at, expires_at,"
         " opened_by) VALUES (?, ?, ?, ?, ?, ?)",
         (b"W" * 16, MACHINE, MACHINE_CARD, T0, T0 + TTL, CTRL),
     )
-    await refused(path, "paired", grant(reg, ticket=b"W" * 16))
+    await refused(backend, "paired", grant(reg, ticket=b"W" * 16))
 
 
-ABORT_AUDIT = (
-    "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk'); END"
-)
-
-
-async def test_failure_partway_rolls_back_everything(
-    reg: SqliteRegistry, path: pathlib.Path
-) -> None:
+async def test_failure_partway_rolls_back_everything(reg: AnyRegistry, backend: Backend) -> None:
     """The audit row is each operation's last write; make it fail and check that
     the writes before it (ticket consumed, machine row, token, revocation) are gone."""
     await reg.add_registration_token(TOKEN, now=T0)
     await with_open_ticket(reg)
-    await raw(path, ABORT_AUDIT)
-    before = await snapshot(path)
-    with pytest.raises(sqlite3.IntegrityError, match="disk"):
+    for sql in backend.abort_audit_sql:
+        await backend.raw(sql)
+    before = await backend.snapshot()
+    with pytest.raises(backend.abort_error, match="disk"):
         await grant(reg)
-    with pytest.raises(sqlite3.IntegrityError, match="disk"):
+    with pytest.raises(backend.abort_error, match="disk"):
         await reg.create_account(
             controller_key=b"N" * 32, controller_card=b"n", account=b"n" * 16, token_hash=TOKEN,
             now=T0,
         )  # fmt: skip
-    assert await snapshot(path) == before
+    assert await backend.snapshot() == before
     assert await reg.machine(MACHINE) is None
 
-    await raw(path, "DROP TRIGGER fail_audit")
+    for sql in backend.drop_abort_sql:
+        await backend.raw(sql)
     await grant(reg)  # the ticket was left unconsumed, so this still works
-    await raw(path, ABORT_AUDIT)
-    before = await snapshot(path)
-    with pytest.raises(sqlite3.IntegrityError, match="disk"):
+    for sql in backend.abort_audit_sql:
+        await backend.raw(sql)
+    before = await backend.snapshot()
+    with pytest.raises(backend.abort_error, match="disk"):
         await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 9)
-    assert await snapshot(path) == before
+    assert await backend.snapshot() == before
     assert not await reg.is_revoked(MACHINE)
 
 
 # --- machines -------------------------------------------------------------------------
-async def test_revocation(reg: SqliteRegistry, path: pathlib.Path) -> None:
+async def test_revocation(reg: AnyRegistry, backend: Backend) -> None:
     assert await reg.machine(MACHINE) is None
     assert not await reg.is_revoked(MACHINE)
     await with_open_ticket(reg)
     await grant(reg)
-    before = await snapshot(path)
+    before = await backend.snapshot()
     assert not await reg.revoke_machine(MACHINE, account=OTHER_ACCOUNT, by=OTHER_CTRL, now=T0)
     assert not await reg.revoke_machine(b"?" * 32, account=ACCOUNT, by=CTRL, now=T0)
-    assert await snapshot(path) == before
+    assert await backend.snapshot() == before
 
     assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 10)
     assert await reg.is_revoked(MACHINE)
@@ -504,16 +541,16 @@ async def test_revocation(reg: SqliteRegistry, path: pathlib.Path) -> None:
     assert (entry.event, entry.actor, entry.subject) == ("machine.revoked", CTRL, MACHINE)
 
     # Again: still True, first time kept, nothing new written.
-    before = await snapshot(path)
+    before = await backend.snapshot()
     assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 20)
-    assert await snapshot(path) == before
+    assert await backend.snapshot() == before
 
     # Permanent even if the machine row goes away.
-    await raw(path, "DELETE FROM machines")
+    await backend.raw("DELETE FROM machines")
     assert await reg.is_revoked(MACHINE)
 
 
-async def test_machines_of_lists_live_machines_oldest_first(reg: SqliteRegistry) -> None:
+async def test_machines_of_lists_live_machines_oldest_first(reg: AnyRegistry) -> None:
     await with_accounts(reg)
     for n, key in enumerate((b"3", b"1", b"2")):
         ticket = key * 16
@@ -526,7 +563,7 @@ async def test_machines_of_lists_live_machines_oldest_first(reg: SqliteRegistry)
     assert [m.key for m in await reg.machines_of(ACCOUNT)] == [b"3", b"2"]
 
 
-async def test_touch_machine(reg: SqliteRegistry) -> None:
+async def test_touch_machine(reg: AnyRegistry) -> None:
     await reg.touch_machine(MACHINE, now=T0)  # unknown: nothing happens
     await with_open_ticket(reg)
     await grant(reg)
@@ -538,7 +575,7 @@ async def test_touch_machine(reg: SqliteRegistry) -> None:
 
 
 # --- audit ----------------------------------------------------------------------------
-async def test_audit_log_newest_first(reg: SqliteRegistry) -> None:
+async def test_audit_log_newest_first(reg: AnyRegistry) -> None:
     assert await reg.audit_log() == []
     for n in range(5):
         await reg.audit(f"e{n}", actor=b"a", subject=b"s", detail=str(n), now=T0 - n)

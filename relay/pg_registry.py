@@ -1,0 +1,452 @@
+"""The clustered relay registry: :class:`relay.registry.Registry` on PostgreSQL (asyncpg).
+
+Same semantics and invariants as :class:`relay.sqlite_registry.SqliteRegistry`
+(the same test suite runs against both). How they are kept here:
+
+- Every operation that reads before it writes (create an account, open or grant a
+  ticket, revoke) is one transaction that first takes a transaction-scoped
+  advisory lock (:data:`WRITE_LOCK`). That serialises those operations across all
+  nodes exactly as ``BEGIN IMMEDIATE`` serialises them on one SQLite file, so
+  "is the ticket still free?" and the write that depends on it cannot interleave
+  with another node's. They are rare (pairing, registration, revocation); the
+  frequent single-statement writes (``touch_machine``, ticket failures, audit
+  lines) are atomic on their own and do not take the lock.
+- Refusals are decided by reads before the first write, and any exception rolls
+  the whole transaction back, so a refused or failed operation changes nothing.
+- A lost or unreachable server surfaces as ``RegistryError("unavailable")`` (the
+  endpoint answers it like any refusal) instead of a driver exception.
+
+``schema`` (optional) puts the tables in their own PostgreSQL schema via
+``search_path``: several relays (or test runs) can share one database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from starmux.errors import UsageError
+from starmux.relay.pg_schema import Connection, migrate, redact_url
+from starmux.relay.registry import (
+    AuditEntry,
+    ControllerRecord,
+    MachineRecord,
+    RegistryError,
+    TicketRecord,
+)
+from starmux.relay.sqlite_registry import check_usable_ticket
+
+__all__ = ["WRITE_LOCK", "PostgresRegistry", "Revocation"]
+
+#: Advisory lock id that serialises multi-step writes (b"stmxregw", signed 64-bit).
+WRITE_LOCK = int.from_bytes(b"stmxregw", "big", signed=True)
+
+_SELECT_MACHINE = (
+    "SELECT m.key, m.account, m.card, m.granted_by, m.grant_signature, m.grant_issued_at,"
+    " m.paired_at, m.last_seen, r.revoked_at"
+    " FROM machines AS m LEFT JOIN revocations AS r ON r.key = m.key"
+)
+_SELECT_TICKET = (
+    "SELECT ticket, machine_key, machine_card, created_at, expires_at, failures,"
+    " opened_by, consumed_at, burnt FROM tickets WHERE ticket = $1"
+)
+_SELECT_CONTROLLER = "SELECT key, account, card, created_at FROM controllers"
+_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_UNREACHABLE_OPERATOR = (
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    seq: int  # increasing in commit order of the insert; a reader's resume point
+    key: bytes
+    account: bytes
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _controller(row: Any) -> ControllerRecord:
+    return ControllerRecord(bytes(row[0]), bytes(row[1]), bytes(row[2]), float(row[3]))
+
+
+def _machine(row: Any) -> MachineRecord:
+    key, account, card, granted_by, signature, issued_at, paired_at, seen, revoked = row
+    return MachineRecord(
+        bytes(key), bytes(account), bytes(card), bytes(granted_by), bytes(signature),
+        float(issued_at), float(paired_at), _opt_float(seen), _opt_float(revoked),
+    )  # fmt: skip
+
+
+def _ticket(row: Any) -> TicketRecord:
+    ticket, key, card, created_at, expires_at, failures, opened_by, consumed_at, _ = row
+    return TicketRecord(
+        bytes(ticket), bytes(key), bytes(card), float(created_at), float(expires_at),
+        int(failures), None if opened_by is None else bytes(opened_by), _opt_float(consumed_at),
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _translated(url: str) -> Iterator[None]:
+    try:
+        yield
+    except (*_UNREACHABLE, *_UNREACHABLE_OPERATOR) as exc:
+        raise RegistryError(
+            "unavailable",
+            f"the relay registry (PostgreSQL at {redact_url(url)}) is unreachable:"
+            f" {type(exc).__name__}: {exc}"[:300],
+            hint="try again; the relay operator should check PostgreSQL",
+        ) from exc
+
+
+class PostgresRegistry:
+    """See the module docstring and :class:`relay.registry.Registry`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        schema: str | None = None,
+        ticket_retention: float = 24 * 3600.0,
+    ) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._schema = schema
+        self._ticket_retention = ticket_retention
+        self._pool: asyncpg.Pool | None = None
+
+    # --- connection --------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise UsageError("registry is already open")
+        settings = {"search_path": self._schema} if self._schema else {}
+        with _translated(self._url):
+            pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                server_settings=settings,
+                # The pool re-connects by itself; a stuck server must not stall a
+                # request for ever.
+                timeout=10.0,
+                command_timeout=30.0,
+            )
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _open_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise UsageError("registry is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[Connection]:
+        pool = self._open_pool()
+        with _translated(self._url):
+            async with pool.acquire() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        pool = self._open_pool()
+        with _translated(self._url):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                yield conn
+
+    async def ping(self) -> None:
+        """One round trip to the server; raises ``RegistryError("unavailable")``."""
+        async with self._reading() as conn:
+            await conn.fetchval("SELECT 1")
+
+    @staticmethod
+    async def _refuse_known(conn: Connection, machine_key: bytes) -> None:
+        if await conn.fetchval("SELECT 1 FROM revocations WHERE key = $1", machine_key):
+            raise RegistryError("revoked", "this machine was revoked")
+        if await conn.fetchval("SELECT 1 FROM machines WHERE key = $1", machine_key):
+            raise RegistryError("paired", "this machine is already paired")
+
+    @staticmethod
+    async def _audit(
+        conn: Connection,
+        event: str,
+        actor: bytes,
+        subject: bytes,
+        detail: str,
+        now: float,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO audit_log (at, event, actor, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+            now, event, actor, subject, detail,
+        )  # fmt: skip
+
+    # --- registration ------------------------------------------------------------
+    async def has_accounts(self) -> bool:
+        async with self._reading() as conn:
+            return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM accounts)"))
+
+    async def add_registration_token(self, token_hash: bytes, *, now: float) -> None:
+        async with self._transaction() as conn:
+            sql = "SELECT 1 FROM registration_tokens WHERE token_hash = $1"
+            if await conn.fetchval(sql, token_hash) is not None:
+                raise RegistryError("exists", "this registration token is already stored")
+            await conn.execute(
+                "INSERT INTO registration_tokens (token_hash, created_at) VALUES ($1, $2)",
+                token_hash, now,
+            )  # fmt: skip
+
+    async def add_first_registration_token(self, token_hash: bytes, *, now: float) -> bool:
+        """Store the token only if there is no account and no unused token yet: of
+        several nodes starting on an empty registry, exactly one gets True."""
+        async with self._transaction() as conn:
+            if await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM accounts)"
+                " OR EXISTS (SELECT 1 FROM registration_tokens WHERE used_at IS NULL)"
+            ):
+                return False
+            await conn.execute(
+                "INSERT INTO registration_tokens (token_hash, created_at) VALUES ($1, $2)",
+                token_hash, now,
+            )  # fmt: skip
+        return True
+
+    async def create_account(
+        self,
+        *,
+        controller_key: bytes,
+        controller_card: bytes,
+        account: bytes,
+        token_hash: bytes | None,
+        now: float,
+    ) -> ControllerRecord:
+        async with self._transaction() as conn:
+            # The token first: without a valid one, learn nothing about which keys exist.
+            if token_hash is not None:
+                sql = "SELECT used_at FROM registration_tokens WHERE token_hash = $1"
+                row = await conn.fetchrow(sql, token_hash)
+                if row is None or row[0] is not None:
+                    raise RegistryError("bad-token", "unknown or already used registration token")
+            if await conn.fetchval("SELECT 1 FROM controllers WHERE key = $1", controller_key):
+                raise RegistryError("exists", "this controller key is already registered")
+            if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account):
+                raise RegistryError("exists", "this account id is already taken")
+            await conn.execute(
+                "INSERT INTO accounts (id, created_at) VALUES ($1, $2)", account, now
+            )
+            await conn.execute(
+                "INSERT INTO controllers (key, account, card, created_at) VALUES ($1, $2, $3, $4)",
+                controller_key, account, controller_card, now,
+            )  # fmt: skip
+            if token_hash is not None:
+                await conn.execute(
+                    "UPDATE registration_tokens SET used_at = $1, used_by = $2"
+                    " WHERE token_hash = $3",
+                    now, controller_key, token_hash,
+                )  # fmt: skip
+            how = "open registration" if token_hash is None else "registration token"
+            await self._audit(conn, "account.created", controller_key, account, how, now)
+        return ControllerRecord(controller_key, account, controller_card, now)
+
+    async def controller(self, key: bytes) -> ControllerRecord | None:
+        async with self._reading() as conn:
+            row = await conn.fetchrow(_SELECT_CONTROLLER + " WHERE key = $1", key)
+        return None if row is None else _controller(row)
+
+    async def controllers_of(self, account: bytes) -> list[ControllerRecord]:
+        sql = _SELECT_CONTROLLER + " WHERE account = $1 ORDER BY created_at, seq"
+        async with self._reading() as conn:
+            rows = await conn.fetch(sql, account)
+        return [_controller(row) for row in rows]
+
+    # --- tickets -----------------------------------------------------------------
+    async def create_ticket(
+        self, *, ticket: bytes, machine_key: bytes, machine_card: bytes, now: float, ttl: float
+    ) -> TicketRecord:
+        if ttl <= 0:
+            raise UsageError(f"ticket ttl must be positive, not {ttl}")
+        async with self._transaction() as conn:
+            await self._refuse_known(conn, machine_key)
+            # One live ticket per machine, and stale ones of any machine go too.
+            await conn.execute(
+                "DELETE FROM tickets WHERE consumed_at IS NULL"
+                " AND (machine_key = $1 OR expires_at <= $2)",
+                machine_key, now - self._ticket_retention,
+            )  # fmt: skip
+            if await conn.fetchval("SELECT 1 FROM tickets WHERE ticket = $1", ticket):
+                raise RegistryError("exists", "this ticket id is already in use")
+            await conn.execute(
+                "INSERT INTO tickets (ticket, machine_key, machine_card, created_at, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                ticket, machine_key, machine_card, now, now + ttl,
+            )  # fmt: skip
+        return TicketRecord(ticket, machine_key, machine_card, now, now + ttl, 0, None, None)
+
+    async def open_ticket(
+        self, ticket: bytes, *, controller_key: bytes, now: float
+    ) -> TicketRecord:
+        """First controller wins; the same controller may open again (a retry)."""
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_SELECT_TICKET, ticket)
+            check_usable_ticket(row, now)
+            assert row is not None
+            if row[6] is not None and bytes(row[6]) != controller_key:
+                raise RegistryError("taken", "another controller is pairing with this ticket")
+            if row[6] is None:
+                await conn.execute(
+                    "UPDATE tickets SET opened_by = $1 WHERE ticket = $2", controller_key, ticket
+                )
+        return dataclasses.replace(_ticket(row), opened_by=controller_key)
+
+    async def record_ticket_failure(self, ticket: bytes, *, max_failures: int) -> int:
+        if max_failures < 1:
+            raise UsageError(f"max_failures must be at least 1, not {max_failures}")
+        async with self._reading() as conn:
+            # One statement: atomic without the write lock. In SET, `failures` is
+            # the old value on both sides.
+            failures = await conn.fetchval(
+                "UPDATE tickets SET failures = failures + 1,"
+                " burnt = (burnt OR failures + 1 >= $1) WHERE ticket = $2 RETURNING failures",
+                max_failures, ticket,
+            )  # fmt: skip
+        return 0 if failures is None else int(failures)
+
+    async def grant_machine(
+        self,
+        *,
+        ticket: bytes,
+        account: bytes,
+        granted_by: bytes,
+        machine_card: bytes,
+        machine_key: bytes,
+        grant_signature: bytes,
+        grant_issued_at: float,
+        now: float,
+    ) -> MachineRecord:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_SELECT_TICKET, ticket)
+            check_usable_ticket(row, now)
+            assert row is not None
+            # Before comparing contents, so a controller that did not open the
+            # ticket learns nothing about the machine behind it.
+            if row[6] is None or bytes(row[6]) != granted_by:
+                raise RegistryError("taken", "this ticket is not open by this controller")
+            if bytes(row[1]) != machine_key or bytes(row[2]) != machine_card:
+                raise RegistryError("mismatch", "the grant is not for this ticket's machine")
+            grantor = await conn.fetchval(
+                "SELECT account FROM controllers WHERE key = $1", granted_by
+            )
+            if grantor is None or bytes(grantor) != account:
+                raise RegistryError("mismatch", "the granting controller is not in this account")
+            await self._refuse_known(conn, machine_key)
+            await conn.execute("UPDATE tickets SET consumed_at = $1 WHERE ticket = $2", now, ticket)
+            await conn.execute(
+                "INSERT INTO machines (key, account, card, granted_by, grant_signature,"
+                " grant_issued_at, paired_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                machine_key, account, machine_card, granted_by, grant_signature,
+                grant_issued_at, now,
+            )  # fmt: skip
+            await self._audit(
+                conn, "machine.granted", granted_by, machine_key, f"account {account.hex()}", now
+            )
+            record = await conn.fetchrow(_SELECT_MACHINE + " WHERE m.key = $1", machine_key)
+        return _machine(record)
+
+    # --- machines ----------------------------------------------------------------
+    async def machine(self, key: bytes) -> MachineRecord | None:
+        async with self._reading() as conn:
+            row = await conn.fetchrow(_SELECT_MACHINE + " WHERE m.key = $1", key)
+        return None if row is None else _machine(row)
+
+    async def machines_of(self, account: bytes) -> list[MachineRecord]:
+        sql = (
+            _SELECT_MACHINE + " WHERE m.account = $1 AND r.key IS NULL ORDER BY m.paired_at, m.seq"
+        )
+        async with self._reading() as conn:
+            rows = await conn.fetch(sql, account)
+        return [_machine(row) for row in rows]
+
+    async def is_revoked(self, key: bytes) -> bool:
+        async with self._reading() as conn:
+            return await conn.fetchval("SELECT 1 FROM revocations WHERE key = $1", key) is not None
+
+    async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
+        """Idempotent: revoking again returns True and keeps the first time and author."""
+        async with self._transaction() as conn:
+            sql = "SELECT 1 FROM machines WHERE key = $1 AND account = $2"
+            if await conn.fetchval(sql, key, account) is None:
+                return False
+            if await conn.fetchval("SELECT 1 FROM revocations WHERE key = $1", key):
+                return True
+            await conn.execute(
+                "INSERT INTO revocations (key, revoked_at, account, revoked_by)"
+                " VALUES ($1, $2, $3, $4)",
+                key, now, account, by,
+            )  # fmt: skip
+            await self._audit(conn, "machine.revoked", by, key, f"account {account.hex()}", now)
+        return True
+
+    async def revocations_after(self, seq: int, *, limit: int = 1000) -> list[Revocation]:
+        """Revocations written after ``seq`` (0: all), oldest first. What a node reads
+        from the truth when the bus may have lost stream entries."""
+        async with self._reading() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, key, account FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2",
+                seq, limit,
+            )  # fmt: skip
+        return [Revocation(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+    async def revoked_among(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of ``keys`` are revoked (one query for every peer a node holds)."""
+        if not keys:
+            return set()
+        async with self._reading() as conn:
+            rows = await conn.fetch(
+                "SELECT key FROM revocations WHERE key = ANY($1::bytea[])", list(keys)
+            )
+        return {bytes(r[0]) for r in rows}
+
+    async def touch_machine(self, key: bytes, *, now: float) -> None:
+        """Never moves ``last_seen`` backwards (touches may arrive out of order)."""
+        async with self._reading() as conn:
+            await conn.execute(
+                "UPDATE machines SET last_seen = GREATEST(coalesce(last_seen, $1), $1)"
+                " WHERE key = $2",
+                now, key,
+            )  # fmt: skip
+
+    # --- audit -------------------------------------------------------------------
+    async def audit(
+        self, event: str, *, actor: bytes, subject: bytes, detail: str, now: float
+    ) -> None:
+        async with self._reading() as conn:
+            await self._audit(conn, event, actor, subject, detail, now)
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditEntry]:
+        """Newest first, by order of writing (``at`` comes from callers' clocks)."""
+        if limit < 0:
+            raise UsageError(f"limit must not be negative, not {limit}")
+        sql = "SELECT at, event, actor, subject, detail FROM audit_log ORDER BY id DESC LIMIT $1"
+        async with self._reading() as conn:
+            rows = await conn.fetch(sql, limit)
+        return [
+            AuditEntry(float(r[0]), str(r[1]), bytes(r[2]), bytes(r[3]), str(r[4])) for r in rows
+        ]
