@@ -62,6 +62,32 @@ def relay_group() -> None:
     help="Serve /metrics on its own listener at this port (and not on the main one).",
 )
 @click.option(
+    "--registry",
+    default=None,
+    metavar="postgresql://...",
+    help="Run as a cluster node: the shared registry in PostgreSQL (with --bus). Keep a"
+    " password out of the command line: STARMUX_RELAY_REGISTRY, the TOML file or PGPASSFILE.",
+)
+@click.option(
+    "--bus",
+    default=None,
+    metavar="redis://...",
+    help="Run as a cluster node: frames, presence and revocations between nodes (with --registry).",
+)
+@click.option(
+    "--registry-pool-size",
+    type=int,
+    default=None,
+    help="PostgreSQL connections per node [10].",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The relay identity key (created 0600 if missing) [DATA_DIR/relay.key]. Give every"
+    " node of a cluster the same file, so clients see one relay.",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
@@ -91,6 +117,7 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
                         if token_file
                         else None,
                         "data_dir": str(config.data_dir),
+                        "cluster_node": info.cluster_node,
                     }
                 ),
                 nl=True,
@@ -98,6 +125,8 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
             return
         click.echo(f"starmux relay fingerprint: {info.fingerprint}")
         click.echo(f"data directory: {config.data_dir.resolve()}")
+        if info.cluster_node:
+            click.echo(f"cluster node {info.cluster_node}: {info.cluster_detail}")
         if token_file:
             # The token itself never goes to stdout (journals and container logs keep it).
             click.echo(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -123,6 +123,9 @@ class PostgresRegistry:
         self._schema = schema
         self._ticket_retention = ticket_retention
         self._pool: asyncpg.Pool | None = None
+        #: Called with (key, account) after a new revocation is committed: the
+        #: cluster appends it to the bus's stream (PostgreSQL first, then the bus).
+        self.on_revoked: Callable[[bytes, bytes], Awaitable[None]] | None = None
 
     # --- connection --------------------------------------------------------------
     async def open(self) -> None:
@@ -402,6 +405,8 @@ class PostgresRegistry:
                 key, now, account, by,
             )  # fmt: skip
             await self._audit(conn, "machine.revoked", by, key, f"account {account.hex()}", now)
+        if self.on_revoked is not None:
+            await self.on_revoked(key, account)
         return True
 
     async def revocations_after(self, seq: int, *, limit: int = 1000) -> list[Revocation]:

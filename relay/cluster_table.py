@@ -1,0 +1,386 @@
+"""The clustered routing table: local connections plus the peers other nodes hold.
+
+This is the injection point for the cluster: :class:`ClusterRoutingTable`
+implements :class:`relay.routing.RoutingTable`, so the endpoint and the request
+handlers route, pair, revoke and announce presence exactly as on one node. A peer
+held elsewhere is a :class:`RemotePeer`: the same attributes the routing rules
+read (key, account, status, pairing link), and ``deliver``/``close`` that go over
+the bus to its node. So :func:`relay.routing.may_route`, the limits, ERROR frames
+and close codes are the same code for local and remote peers:
+
+- the sender's node checks ``may_route`` against its view of the remote peer and
+  answers ERROR at once if refused; a frame that reached nobody (the peer left, its
+  node died) comes back as :meth:`on_undelivered` and becomes the same ERROR;
+- the holder's node checks ``may_route`` again against its own, authoritative
+  view of the destination (a pairing link may have just changed) before queueing;
+- flood and size limits are applied where the frame enters (the sender's
+  connection), send-queue limits where it leaves (the receiver's), as on one node.
+
+Presence: the holder announces its machines to every controller of the account
+(local ones directly, remote ones through their proxies); when a node's heartbeat
+expires, every other node tells *its own* controllers that the dead node's
+machines are offline.
+
+Revocation: the registry (PostgreSQL) is written first, then the key is appended
+to the bus's revocation stream; a node reading it closes the machine if it holds
+it. After the bus or the registry comes back, a node asks the registry which of
+its machines are revoked, so an entry lost with a Redis restart changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+from starmux.close_codes import CloseCode
+from starmux.control import CONTROL, Notice, NoticeEvent, Presence, RouteError, SessionStatus
+from starmux.errors import RemoteProtocolError
+from starmux.frames import PEER_KEY_SIZE, FrameType, encode_frame
+
+from .bus import (
+    CLOSE,
+    FRAME,
+    TICKET,
+    ClusterBus,
+    PeerEntry,
+    close_command,
+    decode_command,
+    frame_message,
+    move_command,
+    ticket_command,
+)
+from .metrics import RelayMetrics
+from .peer import Peer
+from .pg_registry import PostgresRegistry
+from .registry import RegistryError
+from .requests import send_control
+from .routing import LocalRoutingTable, may_route
+from .state import RelayState
+
+log = logging.getLogger("starmux.relay.cluster")
+
+REGISTRY_CHECK_INTERVAL = 1.0
+_DATA_HEAD = encode_frame(FrameType.DATA, b"\0" * PEER_KEY_SIZE, b"")[:4]
+_SOURCE = slice(len(_DATA_HEAD), len(_DATA_HEAD) + PEER_KEY_SIZE)
+_UNREACHABLE = CONTROL.encode(RouteError("unreachable", "no such peer online for you"))
+
+
+def _nothing(_peer: Peer) -> None:
+    return None
+
+
+class RemotePeer(Peer):
+    """A peer another node holds. Not a connection: no socket, queue or limits here
+    (its node has them); only what routing reads, and ways to reach its node."""
+
+    __slots__ = ("_bus", "_partner", "node")
+
+    def __init__(self, bus: ClusterBus, entry: PeerEntry, metrics: RelayMetrics) -> None:
+        # Deliberately not Peer.__init__: there is no WebSocket on this node.
+        self.key = entry.key
+        self.account = entry.account
+        self.status = entry.status
+        self.node = entry.node
+        self.card = b""
+        self.ip = ""
+        self.closed = False
+        self.queue = deque()
+        self.metrics = metrics
+        self.on_close = _nothing
+        self._bus = bus
+        self._partner: bytes | None = None
+
+    @property
+    def ticket_peer(self) -> bytes | None:
+        return self._partner
+
+    @ticket_peer.setter
+    def ticket_peer(self, partner: bytes | None) -> None:
+        """Pairing links are set on both ends at once (requests.open_ticket): the
+        holder sets its side and this node's view of the partner."""
+        self._partner = partner
+        self._bus.send(self.key, ticket_command(partner))
+
+    def deliver(self, data: bytes, received_at: float) -> bool:
+        if self._bus.send(self.key, frame_message(data)):
+            return True
+        self.metrics.drops["bus-down"] += 1
+        return False
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        # REPLACED: the key connected again here; the old holder goes without an
+        # offline announcement, as a replaced local connection does.
+        quietly = code is CloseCode.REPLACED
+        self._bus.send(
+            self.key, close_command(self.node, code, reason, after_flush=False, quietly=quietly)
+        )
+        self.on_close(self)
+
+    def close_after_flush(self, code: CloseCode, reason: str) -> None:
+        self._bus.send(
+            self.key, close_command(self.node, code, reason, after_flush=True, quietly=False)
+        )
+
+    def close_silently(self) -> None:
+        return None
+
+    async def finish(self) -> None:
+        return None
+
+
+class ClusterRoutingTable:
+    """:class:`relay.routing.RoutingTable` across nodes; also the bus's listener."""
+
+    def __init__(self, bus: ClusterBus, registry: PostgresRegistry) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.registry_up = True
+        self.registry_detail = "ok"
+        self._local = LocalRoutingTable()
+        self._remote: dict[bytes, RemotePeer] = {}
+        self._remote_by_account: dict[bytes, dict[bytes, RemotePeer]] = {}
+        self._state: RelayState | None = None
+        self._private: set[bytes] = set()  # keys never announced (the health probe)
+        self._watch: asyncio.Task[None] | None = None
+        self.revocations_applied = 0
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def start(self, state: RelayState) -> None:
+        self._state = state
+        self._private = {state.probe_keys.sign_public}
+        self.registry.on_revoked = self.bus.append_revocation
+        await self.bus.start(self)
+        self._watch = asyncio.get_running_loop().create_task(self._watch_registry())
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch
+        await self.bus.close()
+
+    @property
+    def state(self) -> RelayState:
+        assert self._state is not None, "ClusterRoutingTable.start() was not called"
+        return self._state
+
+    def health(self) -> tuple[bool, str, str]:
+        """(healthy, what /health may say publicly, the full reason for the log)."""
+        if not self.bus.connected:
+            return False, "this node cannot reach the cluster bus", self.bus.detail
+        if not self.registry_up:
+            return False, "this node cannot reach the registry", self.registry_detail
+        return True, "ok", "ok"
+
+    # --- RoutingTable ------------------------------------------------------------
+    def attach(self, peer: Peer) -> Peer | None:
+        replaced = self._local.attach(peer)
+        elsewhere = self._forget(peer.key)
+        self._announce(peer)
+        return replaced or elsewhere
+
+    def detach(self, peer: Peer) -> bool:
+        if not self._local.detach(peer):
+            return False
+        if peer.key not in self._private:
+            self.bus.release(peer.key)
+        return True
+
+    def move_to_account(self, peer: Peer, account: bytes, status: SessionStatus) -> None:
+        if isinstance(peer, RemotePeer):
+            self._forget(peer.key)
+            peer.account, peer.status = account, status
+            self._remember(peer)
+            self.bus.send(peer.key, move_command(account, status))
+            return
+        self._local.move_to_account(peer, account, status)
+        self._announce(peer)
+
+    def get(self, key: bytes) -> Peer | None:
+        return self._local.get(key) or self._remote.get(key)
+
+    def account_peers(self, account: bytes) -> Iterator[Peer]:
+        remote = list(self._remote_by_account.get(account, {}).values())
+        return iter([*self._local.account_peers(account), *remote])
+
+    def account_controllers(self, account: bytes) -> list[Peer]:
+        remote = [
+            p
+            for p in self._remote_by_account.get(account, {}).values()
+            if p.status is SessionStatus.CONTROLLER
+        ]
+        return [*self._local.account_controllers(account), *remote]
+
+    def counts_by_status(self) -> dict[str, int]:
+        return self._local.counts_by_status()
+
+    def peers(self) -> list[Peer]:
+        return self._local.peers()
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    @property
+    def remote_count(self) -> int:
+        return len(self._remote)
+
+    # --- directory of remote peers -----------------------------------------------
+    def _announce(self, peer: Peer) -> None:
+        if peer.key not in self._private:
+            self.bus.hold(PeerEntry(peer.key, self.bus.node_id, peer.account, peer.status))
+
+    def _remember(self, proxy: RemotePeer) -> None:
+        self._remote[proxy.key] = proxy
+        if proxy.account:
+            self._remote_by_account.setdefault(proxy.account, {})[proxy.key] = proxy
+
+    def _forget(self, key: bytes) -> RemotePeer | None:
+        proxy = self._remote.pop(key, None)
+        if proxy is not None and proxy.account:
+            members = self._remote_by_account.get(proxy.account)
+            if members is not None:
+                members.pop(key, None)
+                if not members:
+                    del self._remote_by_account[proxy.account]
+        return proxy
+
+    def _tell_local_controllers(self, machine: Peer, *, online: bool) -> None:
+        body = CONTROL.encode(Presence(online, self.state.clock()))
+        frame = encode_frame(FrameType.PRESENCE, machine.key, body)
+        for controller in self._local.account_controllers(machine.account):
+            controller.deliver(frame, time.perf_counter())
+
+    # --- BusListener -------------------------------------------------------------
+    def on_peer_message(self, key: bytes, message: bytes) -> None:
+        peer = self._local.get(key)
+        if message[:1] == FRAME:
+            self._deliver_here(key, peer, message[1:])
+            return
+        try:
+            command = decode_command(message)
+        except RemoteProtocolError:
+            self.state.metrics.drops["bus-malformed"] += 1
+            return
+        if peer is None:
+            return  # it left this node; its presence is already withdrawn
+        if command[0] == CLOSE:
+            _, node, code, reason, after_flush, quietly = command
+            if node != self.bus.node_id:
+                return  # meant for an older connection of this key, on another node
+            if quietly:
+                peer.on_close = self._detach_quietly
+            if after_flush:
+                peer.close_after_flush(CloseCode(int(code)), str(reason))
+            else:
+                peer.close(CloseCode(int(code)), str(reason))
+        elif command[0] == TICKET:
+            partner = bytes(command[1]) or None
+            for linked in (peer.ticket_peer, partner):
+                proxy = self._remote.get(linked) if linked else None
+                if proxy is not None:
+                    proxy._partner = key if linked == partner else None
+            peer.ticket_peer = partner
+        else:
+            account, status = bytes(command[1]), SessionStatus(command[2])
+            self._local.move_to_account(peer, account, status)
+            self._announce(peer)
+
+    def _deliver_here(self, key: bytes, peer: Peer | None, frame: bytes) -> None:
+        if frame.startswith(_DATA_HEAD):
+            source = self.get(frame[_SOURCE])
+            if peer is None or (source is not None and not may_route(source, peer)):
+                self.state.metrics.drops["unreachable" if peer is None else "forbidden"] += 1
+                self._bounce(frame[_SOURCE], key)
+                return
+        if peer is not None:
+            peer.deliver(frame, time.perf_counter())
+
+    def _bounce(self, source: bytes, destination: bytes) -> None:
+        """The sender hears ERROR, as for a local peer, without saying why."""
+        error = encode_frame(FrameType.ERROR, destination, _UNREACHABLE)
+        local = self._local.get(source)
+        if local is not None:
+            local.deliver(error, time.perf_counter())
+        else:
+            self.bus.send(source, frame_message(error))
+
+    def _detach_quietly(self, peer: Peer) -> None:
+        self.detach(peer)
+
+    def on_undelivered(self, key: bytes, message: bytes) -> None:
+        frame = message[1:]
+        if message[:1] == FRAME and frame.startswith(_DATA_HEAD):
+            self.state.metrics.drops["unreachable"] += 1
+            source = self._local.get(frame[_SOURCE])
+            if source is not None:
+                error = encode_frame(FrameType.ERROR, key, _UNREACHABLE)
+                source.deliver(error, time.perf_counter())
+
+    def on_presence(self, entry: PeerEntry, online: bool) -> None:
+        if not online:
+            proxy = self._remote.get(entry.key)
+            if proxy is not None and proxy.node == entry.node:
+                self._forget(entry.key)
+            return
+        if self._local.get(entry.key) is not None:
+            return  # we hold it now; the other node is being told to let go
+        old = self._forget(entry.key)
+        proxy = RemotePeer(self.bus, entry, self.state.metrics)
+        if old is not None and old.node == entry.node:
+            proxy._partner = old._partner
+        self._remember(proxy)
+
+    def on_snapshot(self, entries: Sequence[PeerEntry]) -> None:
+        partners = {key: proxy._partner for key, proxy in self._remote.items()}
+        self._remote.clear()
+        self._remote_by_account.clear()
+        for entry in entries:
+            if self._local.get(entry.key) is None:
+                proxy = RemotePeer(self.bus, entry, self.state.metrics)
+                proxy._partner = partners.get(entry.key)
+                self._remember(proxy)
+
+    def on_node_gone(self, node: str) -> None:
+        gone = [p for p in self._remote.values() if p.node == node]
+        for proxy in gone:
+            self._forget(proxy.key)
+            if proxy.status is SessionStatus.MACHINE:
+                self._tell_local_controllers(proxy, online=False)
+
+    def on_revocation(self, key: bytes, account: bytes) -> None:
+        peer = self._local.get(key)
+        if peer is None or peer.closed:
+            return
+        self.revocations_applied += 1
+        send_control(peer, FrameType.NOTICE, Notice(NoticeEvent.REVOKED, key, account, 0.0))
+        peer.close_after_flush(CloseCode.REVOKED, "revoked")
+
+    async def on_reconnected(self) -> None:
+        await self._recheck_revocations()
+
+    async def _recheck_revocations(self) -> None:
+        machines = {p.key: p for p in self._local.peers() if p.status is SessionStatus.MACHINE}
+        try:
+            revoked = await self.registry.revoked_among(list(machines))
+        except RegistryError as exc:
+            log.warning("cannot re-read revocations: %s", exc)
+            return  # the registry watch retries when the registry is back
+        for key in revoked:
+            self.on_revocation(key, machines[key].account)
+
+    async def _watch_registry(self) -> None:
+        """Ping the registry every second; after an outage, re-read revocations."""
+        while True:
+            try:
+                await self.registry.ping()
+            except RegistryError as exc:
+                self.registry_up, self.registry_detail = False, exc.message
+            else:
+                if not self.registry_up:
+                    self.registry_up, self.registry_detail = True, "ok"
+                    await self._recheck_revocations()
+            await asyncio.sleep(REGISTRY_CHECK_INTERVAL)
