@@ -180,6 +180,12 @@ class ClusterRoutingTable:
     def attach(self, peer: Peer) -> Peer | None:
         replaced = self._local.attach(peer)
         elsewhere = self._forget(peer.key)
+        if elsewhere is not None and elsewhere.status is SessionStatus.MACHINE:
+            # Its old connection went with another node (often a dead one not yet
+            # detected). Controllers hear "offline" before the endpoint announces the
+            # new connection: a controller keeps its channel across an "online" for a
+            # machine it believes online, and the machine's end of it is gone.
+            self._tell_controllers(elsewhere, online=False, local_only=False)
         self._announce(peer)
         return replaced or elsewhere
 
@@ -248,10 +254,11 @@ class ClusterRoutingTable:
                     del self._remote_by_account[proxy.account]
         return proxy
 
-    def _tell_local_controllers(self, machine: Peer, *, online: bool) -> None:
+    def _tell_controllers(self, machine: Peer, *, online: bool, local_only: bool) -> None:
         body = CONTROL.encode(Presence(online, self.state.clock()))
         frame = encode_frame(FrameType.PRESENCE, machine.key, body)
-        for controller in self._local.account_controllers(machine.account):
+        table = self._local if local_only else self
+        for controller in table.account_controllers(machine.account):
             controller.deliver(frame, time.perf_counter())
 
     # --- BusListener -------------------------------------------------------------
@@ -349,7 +356,8 @@ class ClusterRoutingTable:
         for proxy in gone:
             self._forget(proxy.key)
             if proxy.status is SessionStatus.MACHINE:
-                self._tell_local_controllers(proxy, online=False)
+                # Every node tells its own controllers: each hears it once.
+                self._tell_controllers(proxy, online=False, local_only=True)
 
     def on_revocation(self, key: bytes, account: bytes) -> None:
         peer = self._local.get(key)

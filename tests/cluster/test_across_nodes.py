@@ -87,3 +87,24 @@ def test_pair_watch_and_approve_across_nodes(
     assert report.startswith("exit 0 ")
     assert json.loads(report.split(" ", 2)[2].split("\n")[0])["decision"] == "approved"
     assert cluster.holder_of_machines() == [0]  # the daemon never moved
+
+
+def test_sigkill_of_the_daemons_node_loses_no_line(
+    tmp_path: Path, cluster: RelayCluster, daemons: list[DaemonProcess]
+) -> None:
+    assert cluster.proxy is not None
+    paired = pair_across(tmp_path, cluster, daemons)
+    session = paired.run(*python(COUNTER.replace("0.05", "0.2")), title="chatty")
+    steer(cluster.proxy, 1)
+    watcher = Watcher(paired.controller, session)
+    watcher.wait_lines(500)
+
+    mark = len(paired.daemon.output)
+    cluster.nodes[0].kill()  # the node holding the daemon, mid-session
+    paired.daemon.wait_for("connected to", after=mark, timeout=30)  # back through HAProxy
+    watcher.wait_lines(len(watcher.lines) + 500)
+    assert cluster.holder_of_machines() == [1]
+
+    assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
+    assert watcher.lines == [f"{i}\n".encode() for i in range(1, 10001)]
+    assert paired.session(session)["status"] == "succeeded"
