@@ -3,6 +3,8 @@
 # The first start prints the relay fingerprint and writes a one-time registration
 # token to /data/registration-token (0600; never to the log). Read it with:
 #   docker exec CONTAINER cat /data/registration-token
+# The same image runs a cluster node (deploy/compose.yml): the `cluster` extra
+# (asyncpg, redis) is installed, and /keys holds a key file shared by the nodes.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     STARMUX_RELAY_DATA_DIR=/data
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin starmux \
-    && mkdir -p /data && chown starmux:starmux /data && chmod 0700 /data
+    && mkdir -p /data /keys && chown starmux:starmux /data /keys && chmod 0700 /data /keys
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -19,7 +21,7 @@ COPY starmux ./starmux
 COPY relay ./relay
 COPY daemon ./daemon
 COPY client ./client
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[cluster]'
 
 USER starmux
 VOLUME ["/data"]
