@@ -94,16 +94,30 @@ def test_sigkill_of_the_daemons_node_loses_no_line(
 ) -> None:
     assert cluster.proxy is not None
     paired = pair_across(tmp_path, cluster, daemons)
-    session = paired.run(*python(COUNTER.replace("0.05", "0.2")), title="chatty")
+    go = tmp_path / "go"
+    # Half the output, then (once the node is dead and the daemon back) the rest:
+    # the kill lands mid-session, and output flows on both sides of it.
+    chatty = (
+        "import os, time\n"
+        "for i in range(1, 5001):\n"
+        "    print(i, flush=True)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "for i in range(5001, 10001):\n"
+        "    print(i, flush=True)\n"
+        "    if i % 500 == 0:\n"
+        "        time.sleep(0.05)\n"
+    )
+    session = paired.run(*python(chatty), title="chatty")
     steer(cluster.proxy, 1)
     watcher = Watcher(paired.controller, session)
-    watcher.wait_lines(500)
+    watcher.wait_lines(5000)
 
     mark = len(paired.daemon.output)
     cluster.nodes[0].kill()  # the node holding the daemon, mid-session
     paired.daemon.wait_for("connected to", after=mark, timeout=30)  # back through HAProxy
-    watcher.wait_lines(len(watcher.lines) + 500)
     assert cluster.holder_of_machines() == [1]
+    go.touch()
 
     assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
     assert watcher.lines == [f"{i}\n".encode() for i in range(1, 10001)]
