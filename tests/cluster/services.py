@@ -208,9 +208,15 @@ class HaProxy:
 
     def wait_up(self, nodes: range | list[int], *, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        while not all(self.servers().get(f"n{i}", ("", 0))[0] == "UP" for i in nodes):
+        while True:
+            try:  # the stats socket appears a moment after the frontend listens
+                servers = self.servers()
+            except (FileNotFoundError, ConnectionRefusedError):
+                servers = {}
+            if all(servers.get(f"n{i}", ("", 0))[0] == "UP" for i in nodes):
+                return
             if time.monotonic() > deadline:
-                raise AssertionError(f"HAProxy does not see the nodes up: {self.servers()}")
+                raise AssertionError(f"HAProxy does not see the nodes up: {servers}")
             time.sleep(0.05)  # HAProxy's check state has no event to wait on
 
     def stop(self) -> None:
