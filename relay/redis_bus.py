@@ -26,7 +26,7 @@ import contextlib
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -47,6 +47,16 @@ MAX_QUEUE = 100_000  # outbound messages; past it frames are dropped (at most on
 BATCH = 512
 SUBSCRIBE_TIMEOUT = 5.0
 _LOST = (RedisError, OSError, TimeoutError, RemoteProtocolError)
+
+
+async def _bounded(what: str, step: Awaitable[object], seconds: float = 2.0) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.warning("cluster bus: %s took over %s s; going on", what, seconds)
+    except Exception:  # noqa: S110 - tearing down: whatever failed is being dropped
+        pass
 
 
 class RedisBus:
@@ -128,25 +138,26 @@ class RedisBus:
         self._detail = "closed"
 
     async def _teardown(self) -> None:
+        """Stop every task and drop both connections. Bounded: a connection to a Redis
+        that vanished must not hold up a shutdown or a reconnection."""
         self._connected = False
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            if stuck:
+                log.warning("cluster bus: %d tasks did not stop within 2 s", len(stuck))
         self._tasks.clear()
         for future in self._subscribed.values():
             future.cancel()
         self._subscribed.clear()
         self._queue.clear()
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
+            pubsub, self._pubsub = self._pubsub, None
+            await _bounded("closing the subscription", pubsub.aclose())  # type: ignore[no-untyped-call]
         if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
-            self._client = None
+            client, self._client = self._client, None
+            await _bounded("closing the connection pool", client.aclose())
 
     async def _connect(self, *, first: bool) -> None:
         self._client = redis.Redis.from_url(

@@ -44,7 +44,11 @@ class RelayCluster:
         node = RelayProcess(
             self.workdir / f"node{index}",
             # The registry through the environment, the bus as a flag: both paths.
-            env={"STARMUX_RELAY_REGISTRY": self.registry},
+            env={
+                "STARMUX_RELAY_REGISTRY": self.registry,
+                # Behind HAProxy every client comes from 127.0.0.1 (see README).
+                "STARMUX_RELAY_CONNECTIONS_PER_IP": "5000",
+            },
             extra_args=["--bus", self.redis.url, "--key-file", str(self.key_file)],
         )
         if port is not None:

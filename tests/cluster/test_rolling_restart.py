@@ -1,0 +1,132 @@
+"""A rolling restart of every node (one at a time, graceful) while many idle machines
+and chatty sessions are connected through HAProxy: nothing lost, every machine back.
+
+The idle machines are relay-level clients (real keys, real relay auth, unpaired) in
+one background event loop, reconnecting through the balancer after a close the way
+a daemon does (after a jittered pause). ``STARMUX_CLUSTER_IDLE`` sets how many
+(default 1,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import websockets
+
+from starmux.frames import parse_frame
+from starmux.identity import NodeKeys, Role
+from starmux.relay_auth import NodeAuth
+from tests.integration.cluster import python
+from tests.integration.daemon_process import DaemonProcess, run_cli
+from tests.integration.watcher import Watcher
+
+from .conftest import RelayCluster
+from .test_across_nodes import COUNTER, pair_across
+
+IDLE = int(os.environ.get("STARMUX_CLUSTER_IDLE", "1000"))
+
+
+class IdleFleet:
+    """``count`` idle machines that stay connected through ``url`` whatever happens."""
+
+    def __init__(self, url: str, count: int) -> None:
+        self.url = url + "/v1/ws"
+        self.keys = [NodeKeys.generate() for _ in range(count)]
+        self.connected = 0
+        self.connections = 0  # successful authentications, reconnections included
+        self._stop = asyncio.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),))
+
+    def start(self) -> IdleFleet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def wait_connected(self, *, at_least_connections: int = 0, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.connected < len(self.keys) or self.connections < at_least_connections:
+            assert time.monotonic() < deadline, (
+                f"{self.connected} of {len(self.keys)} idle machines connected"
+                f" ({self.connections} connections so far)"
+            )
+            time.sleep(0.1)  # the fleet runs in another thread; a poll of two counters
+
+    async def _run(self) -> None:
+        gate = asyncio.Semaphore(64)  # connect in waves, as a real fleet's jitter does
+        tasks = [asyncio.create_task(self._machine(keys, gate)) for keys in self.keys]
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.2)  # let the aborted connections' own tasks finish
+
+    async def _machine(self, keys: NodeKeys, gate: asyncio.Semaphore) -> None:
+        card = keys.card(Role.MACHINE, "idle")
+        while True:
+            try:
+                async with gate:
+                    ws = await websockets.connect(self.url, compression=None, open_timeout=10)
+                    auth = NodeAuth(keys, card, pinned_relay_key=None)
+                    await ws.send(auth.receive_challenge(parse_frame(await ws.recv())))
+                    auth.receive_welcome(parse_frame(await ws.recv()))
+                self.connected += 1
+                self.connections += 1
+                try:
+                    async for _ in ws:
+                        pass  # notices; the relay closes after a RESTARTING one
+                finally:
+                    self.connected -= 1
+                    ws.transport.abort()  # at once, also when the fleet stops
+            except (OSError, TimeoutError, websockets.WebSocketException):
+                pass
+            await asyncio.sleep(random.uniform(0.05, 1.0))
+
+
+def test_rolling_restart_loses_nothing(
+    tmp_path: Path, cluster: RelayCluster, daemons: list[DaemonProcess]
+) -> None:
+    assert cluster.proxy is not None
+    paired = pair_across(tmp_path, cluster, daemons)
+    started = time.perf_counter()
+    fleet = IdleFleet(cluster.url, IDLE).start()
+    try:
+        fleet.wait_connected()
+        print(f"\n{IDLE} idle machines connected in {time.perf_counter() - started:.1f} s")
+        slow = COUNTER.replace("0.05", "0.4")  # about 8 s of output per session
+        sessions = [paired.run(*python(slow), title=f"chatty-{n}") for n in range(3)]
+        # One live watch (one controller identity holds one connection at a time);
+        # every session's full log is checked after.
+        watcher = Watcher(paired.controller, sessions[0])
+        watcher.wait_lines(1)
+
+        for index in range(len(cluster.nodes)):
+            port = cluster.nodes[index].port
+            cluster.nodes[index].stop(signal.SIGTERM)  # graceful: RESTARTING notices first
+            cluster.start_node(index, port=port)
+            cluster.proxy.wait_up([index])
+        restarted = time.perf_counter()
+        fleet.wait_connected(at_least_connections=2 * IDLE)
+        print(f"every idle machine back {time.perf_counter() - restarted:.1f} s after the"
+              f" last node restarted ({fleet.connections} connections in all)")  # fmt: skip
+
+        assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
+        assert watcher.lines == [f"{i}\n".encode() for i in range(1, 10001)]
+        for session in sessions:
+            logs = run_cli(paired.controller, "logs", session)
+            assert logs.stdout.splitlines() == [str(i) for i in range(1, 10001)], session
+        unpaired = sum(
+            cluster.metric(i, 'starmux_relay_connections{role="unpaired"}') for i in range(2)
+        )
+        assert unpaired == IDLE
+    finally:
+        fleet.stop()
