@@ -77,8 +77,8 @@ class IdleFleet:
                 async with gate:
                     ws = await websockets.connect(self.url, compression=None, open_timeout=10)
                     auth = NodeAuth(keys, card, pinned_relay_key=None)
-                    await ws.send(auth.receive_challenge(parse_frame(await ws.recv())))
-                    auth.receive_welcome(parse_frame(await ws.recv()))
+                    await ws.send(auth.receive_challenge(parse_frame(await ws.recv(decode=False))))
+                    auth.receive_welcome(parse_frame(await ws.recv(decode=False)))
                 self.connected += 1
                 self.connections += 1
                 try:
