@@ -283,10 +283,14 @@ class LiveController:
             else:
                 machine.channel = None
                 machine.off_live()
+                if not event.online:
+                    # Its answer will never come: the next "online" starts afresh.
+                    machine.handshake = None
         elif isinstance(event, Undeliverable):
             machine = self.machines.get(event.peer)
             if machine is not None:
                 machine.online = False
+                machine.handshake = None  # (same) the handshake went nowhere
                 machine.off_live()
 
     async def _handshake(self, machine: MachineChannel) -> None:

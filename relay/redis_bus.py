@@ -125,13 +125,18 @@ class RedisBus:
             with contextlib.suppress(BaseException):
                 await self._supervisor
         if self._connected and self._client is not None:
-            # Withdraw at once rather than let other nodes wait for the heartbeat TTL.
+            # Withdraw at once rather than let other nodes wait for the heartbeat TTL:
+            # everything this node ever announced, as its snapshot says (peers that
+            # left during the shutdown may still wait in the outbound queue).
             with contextlib.suppress(*_LOST):
                 async with asyncio.timeout(2.0):
+                    snapshot: dict[Any, Any] = await self._client.hgetall(
+                        self._peers_key(self.node_id)
+                    )
                     pipe = self._client.pipeline(transaction=False)
                     pipe.delete(self._peers_key(self.node_id), self._alive_key(self.node_id))
-                    for entry in self._held.values():
-                        pipe.publish(self._presence, b"D" + entry.encode())
+                    for raw in snapshot.values():
+                        pipe.publish(self._presence, b"D" + raw)
                     await pipe.execute()
         self._held.clear()
         await self._teardown()

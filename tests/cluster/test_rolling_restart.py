@@ -3,8 +3,9 @@ and chatty sessions are connected through HAProxy: nothing lost, every machine b
 
 The idle machines are relay-level clients (real keys, real relay auth, unpaired) in
 one background event loop, reconnecting through the balancer after a close the way
-a daemon does (after a jittered pause). ``STARMUX_CLUSTER_IDLE`` sets how many
-(default 1,000).
+a daemon does (after a jittered pause). ``STARMUX_CLUSTER_IDLE`` sets how many:
+300 by default, to keep the suite within the CI budget on a 2-core machine; the
+issue's 1,000 passes too (``STARMUX_CLUSTER_IDLE=1000``, about twice as long).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.integration.watcher import Watcher
 from .conftest import RelayCluster
 from .test_across_nodes import COUNTER, pair_across
 
-IDLE = int(os.environ.get("STARMUX_CLUSTER_IDLE", "1000"))
+IDLE = int(os.environ.get("STARMUX_CLUSTER_IDLE", "300"))
 
 
 class IdleFleet:
