@@ -5,7 +5,7 @@ The idle machines are relay-level clients (real keys, real relay auth, unpaired)
 one background event loop, reconnecting through the balancer after a close the way
 a daemon does (after a jittered pause). ``STARMUX_CLUSTER_IDLE`` sets how many:
 300 by default, to keep the suite within the CI budget on a 2-core machine; the
-issue's 1,000 passes too (``STARMUX_CLUSTER_IDLE=1000``, about twice as long).
+issue's 1,000 passes too (``STARMUX_CLUSTER_IDLE=1000``: about 60 s here).
 """
 
 from __future__ import annotations
