@@ -2,7 +2,7 @@
 
 ``python bench/cluster.py [--quick]`` starts two relay nodes on a fresh PostgreSQL
 database and a private ``redis-server`` (as ``tests/cluster`` does), then drives them
-with the load generator of ``bench/relay.py`` (``bench/loadgen.py``: the same pairs,
+with the load generator of ``bench/relay`` (``bench/relay/loadgen.py``: the same pairs,
 1 KiB bodies, throughput and latency windows, medians over rounds) in three layouts:
 
 - *one node*: every pair's machine and controller on node A (the cluster's own
@@ -42,16 +42,16 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 import uvloop  # noqa: E402
 
-from bench.loadgen import (  # noqa: E402
-    cpu_seconds,
+from bench.common.procs import cpu_seconds  # noqa: E402
+from bench.common.targets import Pair, StarmuxTarget, open_pairs  # noqa: E402
+from bench.common.wsclient import DISCARD, RawWebSocket  # noqa: E402
+from bench.relay.__main__ import RELAY_ENV, Server, server  # noqa: E402
+from bench.relay.loadgen import (  # noqa: E402
     latency_window,
     summarize_latency,
     summarize_throughput,
     throughput_window,
 )
-from bench.relay import RELAY_ENV, Server, server  # noqa: E402
-from bench.targets import Pair, StarmuxTarget, open_pairs  # noqa: E402
-from bench.wsclient import DISCARD, RawWebSocket  # noqa: E402
 from starmux.identity import NodeKeys, Role  # noqa: E402
 
 POSTGRES = os.environ.get("STARMUX_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -46,8 +46,13 @@ class RelayCluster:
             # The registry through the environment, the bus as a flag: both paths.
             env={
                 "STARMUX_RELAY_REGISTRY": self.registry,
-                # Behind HAProxy every client comes from 127.0.0.1 (see README).
+                # Every test client comes from 127.0.0.1 (a fleet of hundreds
+                # reconnecting at once): the per-IP guards would count them as one.
                 "STARMUX_RELAY_CONNECTIONS_PER_IP": "5000",
+                "STARMUX_RELAY_CONNECTION_RATE_PER_IP": "100000",
+                "STARMUX_RELAY_CONNECTION_BURST_PER_IP": "100000",
+                "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "100000",
+                "STARMUX_RELAY_REQUEST_BURST_PER_IP": "100000",
             },
             extra_args=["--bus", self.redis.url, "--key-file", str(self.key_file)],
         )

@@ -52,6 +52,7 @@ def test_node_settings_load_as_a_cluster_config() -> None:
         assert config.bus is not None and config.bus.startswith("redis://redis:")
         assert "@postgres:5432/" in config.registry, name
         assert config.key_file == Path("/keys/relay.key")
+        assert config.trusted_proxies  # HAProxy's X-Forwarded-For counts real clients
 
 
 def test_every_node_shares_one_key_file_and_keeps_its_own_data() -> None:
@@ -74,6 +75,7 @@ def test_haproxy_round_robin_over_the_nodes_without_stickiness() -> None:
     assert all("check" in s for s in servers)
     assert "option httpchk GET /health" in lines
     assert "timeout tunnel 1h" in lines  # WebSockets outlive the HTTP timeouts
+    assert "option forwardfor" in lines
     haproxy = compose()["services"]["haproxy"]
     assert "./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
     assert "bind :8765" in lines and haproxy["ports"] == ["8765:8765"]
