@@ -45,6 +45,7 @@ COMMAND = b"C"
 CLOSE = "close"  # [CLOSE, node, code, reason, after_flush, quietly]
 TICKET = "ticket"  # [TICKET, partner or b""]: the pairing link of the held key
 MOVE = "move"  # [MOVE, account, status]: the held key joined an account
+CUT = "cut"  # [CUT, final frame, code, reason]: unroutable now (revoked), then closed
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,19 @@ def move_command(account: bytes, status: SessionStatus) -> bytes:
     return COMMAND + msgpack.packb([MOVE, account, status.value])
 
 
+def cut_command(final: bytes, code: int, reason: str) -> bytes:
+    """Whichever node holds the key takes it out of routing at once, sends ``final``
+    and closes (a revocation: not addressed to one node, unlike :func:`close_command`)."""
+    return COMMAND + msgpack.packb([CUT, final, code, reason])
+
+
 def decode_command(message: bytes) -> list[Any]:
     """The command in a peer message that starts with :data:`COMMAND`."""
     try:
         command = msgpack.unpackb(message[1:])
     except (ValueError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError("malformed command on the cluster bus") from exc
-    if not isinstance(command, list) or not command or command[0] not in (CLOSE, TICKET, MOVE):
+    if not isinstance(command, list) or not command or command[0] not in (CLOSE, TICKET, MOVE, CUT):
         raise RemoteProtocolError("unknown command on the cluster bus")
     return command
 

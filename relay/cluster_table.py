@@ -43,11 +43,13 @@ from starmux.frames import PEER_KEY_SIZE, FrameType, encode_frame
 
 from .bus import (
     CLOSE,
+    CUT,
     FRAME,
     TICKET,
     ClusterBus,
     PeerEntry,
     close_command,
+    cut_command,
     decode_command,
     frame_message,
     move_command,
@@ -57,7 +59,7 @@ from .metrics import RelayMetrics
 from .peer import Peer
 from .pg_registry import PostgresRegistry
 from .registry import RegistryError
-from .requests import send_control
+from .requests import announce_presence
 from .routing import LocalRoutingTable, may_route
 from .state import RelayState
 
@@ -89,6 +91,8 @@ class RemotePeer(Peer):
         self.ip = ""
         self.closed = False
         self.queue = deque()
+        self.queued_bytes = 0
+        self.opened_ticket = None
         self.metrics = metrics
         self.on_close = _nothing
         self._bus = bus
@@ -124,6 +128,13 @@ class RemotePeer(Peer):
         self._bus.send(
             self.key, close_command(self.node, code, reason, after_flush=True, quietly=False)
         )
+
+    def cut_off(self, final: bytes, code: CloseCode, reason: str) -> None:
+        """Unroutable from this node at once; its holder does the same and closes."""
+        self.account = b""
+        self.status = SessionStatus.UNPAIRED
+        self._partner = None
+        self._bus.send(self.key, cut_command(final, code, reason))
 
     def close_silently(self) -> None:
         return None
@@ -284,6 +295,9 @@ class ClusterRoutingTable:
                 peer.close_after_flush(CloseCode(int(code)), str(reason))
             else:
                 peer.close(CloseCode(int(code)), str(reason))
+        elif command[0] == CUT:
+            _, final, code, reason = command
+            self._cut_off(peer, bytes(final), CloseCode(int(code)), str(reason))
         elif command[0] == TICKET:
             partner = bytes(command[1]) or None
             for linked in (peer.ticket_peer, partner):
@@ -361,11 +375,18 @@ class ClusterRoutingTable:
 
     def on_revocation(self, key: bytes, account: bytes) -> None:
         peer = self._local.get(key)
-        if peer is None or peer.closed:
+        if peer is None or peer.closed or peer.status is not SessionStatus.MACHINE:
             return
         self.revocations_applied += 1
-        send_control(peer, FrameType.NOTICE, Notice(NoticeEvent.REVOKED, key, account, 0.0))
-        peer.close_after_flush(CloseCode.REVOKED, "revoked")
+        notice = Notice(NoticeEvent.REVOKED, key, account, 0.0)
+        final = encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice))
+        self._cut_off(peer, final, CloseCode.REVOKED, "revoked")
+
+    def _cut_off(self, peer: Peer, final: bytes, code: CloseCode, reason: str) -> None:
+        """As the revoke handler does for a local machine (relay/requests.py)."""
+        if self.detach(peer):
+            announce_presence(self.state, peer, online=False)
+        peer.cut_off(final, code, reason)
 
     async def on_reconnected(self) -> None:
         await self._recheck_revocations()
