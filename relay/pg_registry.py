@@ -34,6 +34,8 @@ from starmux.relay.pg_schema import Connection, migrate, redact_url
 from starmux.relay.registry import (
     AuditEntry,
     ControllerRecord,
+    DeviceChange,
+    DeviceLogRow,
     MachineRecord,
     RegistryError,
     TicketRecord,
@@ -54,7 +56,10 @@ _SELECT_TICKET = (
     "SELECT ticket, machine_key, machine_card, created_at, expires_at, failures,"
     " opened_by, consumed_at, burnt FROM tickets WHERE ticket = $1"
 )
-_SELECT_CONTROLLER = "SELECT key, account, card, created_at FROM controllers"
+_SELECT_CONTROLLER = (
+    "SELECT key, account, card, created_at FROM controllers"
+    " WHERE key NOT IN (SELECT key FROM removed_devices)"
+)
 _UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 _UNREACHABLE_OPERATOR = (
     asyncpg.exceptions.CannotConnectNowError,
@@ -271,11 +276,11 @@ class PostgresRegistry:
 
     async def controller(self, key: bytes) -> ControllerRecord | None:
         async with self._reading() as conn:
-            row = await conn.fetchrow(_SELECT_CONTROLLER + " WHERE key = $1", key)
+            row = await conn.fetchrow(_SELECT_CONTROLLER + " AND key = $1", key)
         return None if row is None else _controller(row)
 
     async def controllers_of(self, account: bytes) -> list[ControllerRecord]:
-        sql = _SELECT_CONTROLLER + " WHERE account = $1 ORDER BY created_at, seq"
+        sql = _SELECT_CONTROLLER + " AND account = $1 ORDER BY created_at, seq"
         async with self._reading() as conn:
             rows = await conn.fetch(sql, account)
         return [_controller(row) for row in rows]
@@ -437,6 +442,71 @@ class PostgresRegistry:
                 " WHERE key = $2",
                 now, key,
             )  # fmt: skip
+
+    # --- device logs -------------------------------------------------------------
+    async def device_log(self, account: bytes) -> list[DeviceLogRow]:
+        sql = "SELECT seq, hash, entry, author, at FROM device_log WHERE account = $1 ORDER BY seq"
+        async with self._reading() as conn:
+            rows = await conn.fetch(sql, account)
+        return [
+            DeviceLogRow(int(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), float(r[4]))
+            for r in rows
+        ]
+
+    async def append_device_log(
+        self,
+        account: bytes,
+        *,
+        after_seq: int,
+        rows: list[DeviceLogRow],
+        change: DeviceChange,
+        by: bytes,
+        now: float,
+        link_ticket: bytes | None = None,
+    ) -> None:
+        async with self._transaction() as conn:
+            sql = "SELECT coalesce(max(seq), -1) FROM device_log WHERE account = $1"
+            if int(await conn.fetchval(sql, account)) != after_seq:
+                raise RegistryError(
+                    "log-moved", "the device log changed meanwhile", hint="run the command again"
+                )
+            if link_ticket is not None:
+                row = await conn.fetchrow(_SELECT_TICKET, link_ticket)
+                check_usable_ticket(row, now)
+                assert row is not None
+                added = [record.key for record in change.added]
+                opened_by = None if row[6] is None else bytes(row[6])
+                if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:
+                    raise RegistryError("mismatch", "this link ticket is not for that device")
+                await conn.execute(
+                    "UPDATE tickets SET consumed_at = $1 WHERE ticket = $2", now, link_ticket
+                )
+            await conn.executemany(
+                "INSERT INTO device_log (account, seq, hash, entry, author, at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                [(account, r.seq, r.hash, r.entry, r.author, r.at) for r in rows],
+            )
+            for record in change.added:
+                await conn.execute(
+                    "INSERT INTO controllers (key, account, card, created_at)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    record.key, account, record.card, record.created_at,
+                )  # fmt: skip
+                await self._audit(conn, "device.added", by, record.key, "", now)
+            for key in change.removed:
+                await conn.execute(
+                    "INSERT INTO removed_devices (key, account, removed_at, removed_by)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    key, account, now, by,
+                )  # fmt: skip
+                await self._audit(conn, "device.removed", by, key, "", now)
+            detail = f"entries {rows[0].seq}..{rows[-1].seq}" if rows else "no entries"
+            await self._audit(conn, "device-log.appended", by, account, detail, now)
+
+    async def is_removed_device(self, key: bytes) -> bool:
+        async with self._reading() as conn:
+            sql = "SELECT 1 FROM removed_devices WHERE key = $1"
+            return await conn.fetchval(sql, key) is not None
 
     # --- audit -------------------------------------------------------------------
     async def audit(

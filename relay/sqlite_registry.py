@@ -431,7 +431,7 @@ class SqliteRegistry:
                 )
             if link_ticket is not None:
                 row = await self._one(db, _SELECT_TICKET, (link_ticket,))
-                _check_usable(row, now)
+                check_usable_ticket(row, now)
                 added = [record.key for record in change.added]
                 opened_by = None if row[6] is None else bytes(row[6])
                 if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:

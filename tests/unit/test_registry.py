@@ -19,9 +19,15 @@ import aiosqlite
 import pytest
 
 from starmux.errors import UsageError
-from starmux.node.database import SchemaError
+from starmux.node.database import SchemaError, load_migrations
 from starmux.relay.pg_registry import PostgresRegistry
-from starmux.relay.registry import Registry, RegistryError
+from starmux.relay.registry import (
+    ControllerRecord,
+    DeviceChange,
+    DeviceLogRow,
+    Registry,
+    RegistryError,
+)
 from starmux.relay.sqlite_registry import SqliteRegistry
 
 from .registry_backends import Backend, PostgresBackend, SqliteBackend, fresh_schema
@@ -201,7 +207,9 @@ async def test_nodes_starting_at_once_migrate_once(backend: Backend) -> None:
     registries = [backend.make() for _ in range(4)]
     await asyncio.gather(*(r.open() for r in registries))
     try:
-        assert (await backend.snapshot())["schema_version"][0][-1] == 1
+        folder = "pg_migrations" if backend.name == "postgresql" else "migrations"
+        newest = load_migrations("starmux.relay", folder)[-1].version
+        assert (await backend.snapshot())["schema_version"][0][-1] == newest
         await with_accounts(registries[0])
         assert [await r.has_accounts() for r in registries] == [True] * 4
     finally:
@@ -588,3 +596,32 @@ async def test_audit_log_newest_first(reg: AnyRegistry) -> None:
     assert await reg.audit_log(limit=0) == []
     with pytest.raises(UsageError):
         await reg.audit_log(limit=-1)
+
+
+# --- device logs ----------------------------------------------------------------------
+async def test_device_log_append_remove_and_moved(reg: AnyRegistry, backend: Backend) -> None:
+    await with_accounts(reg)
+    new_device = ControllerRecord(b"N" * 32, ACCOUNT, b"new-card", T0 + 1)
+    first = [DeviceLogRow(0, b"h0", b"e0", CTRL, T0), DeviceLogRow(1, b"h1", b"e1", CTRL, T0)]
+    await reg.append_device_log(
+        ACCOUNT, after_seq=-1, rows=first, change=DeviceChange((new_device,), ()), by=CTRL,
+        now=T0 + 1,
+    )  # fmt: skip
+    assert await reg.device_log(ACCOUNT) == first
+    assert [c.key for c in await reg.controllers_of(ACCOUNT)] == [CTRL, new_device.key]
+    # Another append that still thinks the log ends at 0 is refused, changing nothing.
+    stale = reg.append_device_log(
+        ACCOUNT, after_seq=0, rows=[DeviceLogRow(1, b"x", b"x", CTRL, T0)],
+        change=DeviceChange((), ()), by=CTRL, now=T0 + 2,
+    )  # fmt: skip
+    await refused(backend, "log-moved", stale)
+    removal = [DeviceLogRow(2, b"h2", b"e2", CTRL, T0 + 3)]
+    await reg.append_device_log(
+        ACCOUNT, after_seq=1, rows=removal, change=DeviceChange((), (new_device.key,)), by=CTRL,
+        now=T0 + 3,
+    )  # fmt: skip
+    assert await reg.is_removed_device(new_device.key)
+    assert not await reg.is_removed_device(CTRL)
+    assert await reg.controller(new_device.key) is None
+    assert [c.key for c in await reg.controllers_of(ACCOUNT)] == [CTRL]
+    assert (await reg.audit_log(limit=1))[0].event == "device-log.appended"
