@@ -37,7 +37,15 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 
 from starmux.close_codes import CloseCode
-from starmux.control import CONTROL, Notice, NoticeEvent, Presence, RouteError, SessionStatus
+from starmux.control import (
+    CONTROL,
+    FailureCode,
+    Notice,
+    NoticeEvent,
+    Presence,
+    RouteError,
+    SessionStatus,
+)
 from starmux.errors import RemoteProtocolError
 from starmux.frames import PEER_KEY_SIZE, FrameType, encode_frame
 
@@ -68,7 +76,7 @@ log = logging.getLogger("starmux.relay.cluster")
 REGISTRY_CHECK_INTERVAL = 1.0
 _DATA_HEAD = encode_frame(FrameType.DATA, b"\0" * PEER_KEY_SIZE, b"")[:4]
 _SOURCE = slice(len(_DATA_HEAD), len(_DATA_HEAD) + PEER_KEY_SIZE)
-_UNREACHABLE = CONTROL.encode(RouteError("unreachable", "no such peer online for you"))
+_UNREACHABLE = CONTROL.encode(RouteError(FailureCode.UNREACHABLE, "no such peer online for you"))
 
 
 def _nothing(_peer: Peer) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from starmux.control import FailureCode
 from starmux.errors import UsageError
 from starmux.relay.pg_schema import Connection, migrate, redact_url
 from starmux.relay.registry import (
@@ -105,7 +106,7 @@ def _translated(url: str) -> Iterator[None]:
         yield
     except (*_UNREACHABLE, *_UNREACHABLE_OPERATOR) as exc:
         raise RegistryError(
-            "unavailable",
+            FailureCode.UNAVAILABLE,
             f"the relay registry (PostgreSQL at {redact_url(url)}) is unreachable:"
             f" {type(exc).__name__}: {exc}"[:300],
             hint="try again; the relay operator should check PostgreSQL",
@@ -189,9 +190,9 @@ class PostgresRegistry:
     @staticmethod
     async def _refuse_known(conn: Connection, machine_key: bytes) -> None:
         if await conn.fetchval("SELECT 1 FROM revocations WHERE key = $1", machine_key):
-            raise RegistryError("revoked", "this machine was revoked")
+            raise RegistryError(FailureCode.REVOKED, "this machine was revoked")
         if await conn.fetchval("SELECT 1 FROM machines WHERE key = $1", machine_key):
-            raise RegistryError("paired", "this machine is already paired")
+            raise RegistryError(FailureCode.PAIRED, "this machine is already paired")
 
     @staticmethod
     async def _audit(
@@ -216,7 +217,7 @@ class PostgresRegistry:
         async with self._transaction() as conn:
             sql = "SELECT 1 FROM registration_tokens WHERE token_hash = $1"
             if await conn.fetchval(sql, token_hash) is not None:
-                raise RegistryError("exists", "this registration token is already stored")
+                raise RegistryError(FailureCode.EXISTS, "this registration token is already stored")
             await conn.execute(
                 "INSERT INTO registration_tokens (token_hash, created_at) VALUES ($1, $2)",
                 token_hash, now,
@@ -252,11 +253,13 @@ class PostgresRegistry:
                 sql = "SELECT used_at FROM registration_tokens WHERE token_hash = $1"
                 row = await conn.fetchrow(sql, token_hash)
                 if row is None or row[0] is not None:
-                    raise RegistryError("bad-token", "unknown or already used registration token")
+                    raise RegistryError(
+                        FailureCode.BAD_TOKEN, "unknown or already used registration token"
+                    )
             if await conn.fetchval("SELECT 1 FROM controllers WHERE key = $1", controller_key):
-                raise RegistryError("exists", "this controller key is already registered")
+                raise RegistryError(FailureCode.EXISTS, "this controller key is already registered")
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account):
-                raise RegistryError("exists", "this account id is already taken")
+                raise RegistryError(FailureCode.EXISTS, "this account id is already taken")
             await conn.execute(
                 "INSERT INTO accounts (id, created_at) VALUES ($1, $2)", account, now
             )
@@ -300,7 +303,7 @@ class PostgresRegistry:
                 machine_key, now - self._ticket_retention,
             )  # fmt: skip
             if await conn.fetchval("SELECT 1 FROM tickets WHERE ticket = $1", ticket):
-                raise RegistryError("exists", "this ticket id is already in use")
+                raise RegistryError(FailureCode.EXISTS, "this ticket id is already in use")
             await conn.execute(
                 "INSERT INTO tickets (ticket, machine_key, machine_card, created_at, expires_at)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -317,7 +320,9 @@ class PostgresRegistry:
             check_usable_ticket(row, now)
             assert row is not None
             if row[6] is not None and bytes(row[6]) != controller_key:
-                raise RegistryError("taken", "another controller is pairing with this ticket")
+                raise RegistryError(
+                    FailureCode.TAKEN, "another controller is pairing with this ticket"
+                )
             if row[6] is None:
                 await conn.execute(
                     "UPDATE tickets SET opened_by = $1 WHERE ticket = $2", controller_key, ticket
@@ -356,14 +361,18 @@ class PostgresRegistry:
             # Before comparing contents, so a controller that did not open the
             # ticket learns nothing about the machine behind it.
             if row[6] is None or bytes(row[6]) != granted_by:
-                raise RegistryError("taken", "this ticket is not open by this controller")
+                raise RegistryError(FailureCode.TAKEN, "this ticket is not open by this controller")
             if bytes(row[1]) != machine_key or bytes(row[2]) != machine_card:
-                raise RegistryError("mismatch", "the grant is not for this ticket's machine")
+                raise RegistryError(
+                    FailureCode.MISMATCH, "the grant is not for this ticket's machine"
+                )
             grantor = await conn.fetchval(
                 "SELECT account FROM controllers WHERE key = $1", granted_by
             )
             if grantor is None or bytes(grantor) != account:
-                raise RegistryError("mismatch", "the granting controller is not in this account")
+                raise RegistryError(
+                    FailureCode.MISMATCH, "the granting controller is not in this account"
+                )
             await self._refuse_known(conn, machine_key)
             await conn.execute("UPDATE tickets SET consumed_at = $1 WHERE ticket = $2", now, ticket)
             await conn.execute(
@@ -468,7 +477,9 @@ class PostgresRegistry:
             sql = "SELECT coalesce(max(seq), -1) FROM device_log WHERE account = $1"
             if int(await conn.fetchval(sql, account)) != after_seq:
                 raise RegistryError(
-                    "log-moved", "the device log changed meanwhile", hint="run the command again"
+                    FailureCode.LOG_MOVED,
+                    "the device log changed meanwhile",
+                    hint="run the command again",
                 )
             if link_ticket is not None:
                 row = await conn.fetchrow(_SELECT_TICKET, link_ticket)
@@ -477,7 +488,9 @@ class PostgresRegistry:
                 added = [record.key for record in change.added]
                 opened_by = None if row[6] is None else bytes(row[6])
                 if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:
-                    raise RegistryError("mismatch", "this link ticket is not for that device")
+                    raise RegistryError(
+                        FailureCode.MISMATCH, "this link ticket is not for that device"
+                    )
                 await conn.execute(
                     "UPDATE tickets SET consumed_at = $1 WHERE ticket = $2", now, link_ticket
                 )

@@ -91,6 +91,8 @@ class FailureCode(enum.StrEnum):
     FORBIDDEN_ROLE = "forbidden-role"  # the device's role in the account does not allow it
     BAD_LOG = "bad-log"  # the device log entry does not verify as a continuation
     LOG_MOVED = "log-moved"  # the log's head changed since the entry was made: retry
+    # any request, on a relay cluster node
+    UNAVAILABLE = "unavailable"  # the node cannot reach the shared registry now: retry
     # route-error (ERROR frames)
     UNREACHABLE = "unreachable"  # no peer with that key online that you may reach
 

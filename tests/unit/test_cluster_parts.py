@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
 import pytest
 
-from starmux.control import SessionStatus
+from starmux.control import CONTROL, Failure, FailureCode, SessionStatus
 from starmux.errors import ConfigError, RemoteProtocolError
 from starmux.home import load_node_keys, save_node_keys
 from starmux.identity import NodeKeys
@@ -24,7 +25,9 @@ from starmux.relay.bus import (
     ticket_command,
 )
 from starmux.relay.config import load_config
+from starmux.relay.pg_registry import PostgresRegistry
 from starmux.relay.pg_schema import redact_url
+from starmux.relay.registry import RegistryError
 
 PG = "postgresql://starmux:secret@db:5432/starmux"
 
@@ -107,3 +110,15 @@ def test_nodes_racing_on_a_missing_key_file_end_with_one_key(
     keys, created = app.load_or_create_shared_key(path)
     assert not created
     assert keys.sign_public == other.sign_public == load_node_keys(path).sign_public
+
+
+async def test_an_unreachable_registry_is_a_clear_refusal() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    registry = PostgresRegistry(f"postgresql://starmux:secret@127.0.0.1:{port}/starmux")
+    with pytest.raises(RegistryError) as refused:
+        await registry.open()
+    assert refused.value.code is FailureCode.UNAVAILABLE
+    assert "secret" not in refused.value.message and "***" in refused.value.message
+    assert CONTROL.decode(CONTROL.encode(Failure(1, refused.value.code, "x", ""))) is not None
