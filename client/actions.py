@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,13 @@ from starmux.errors import StarmuxError, UsageError
 from starmux.fingerprint import fingerprint, fingerprints_match
 from starmux.identity import IdentityCard, Role
 from starmux.node.link import Data, RelayLink, RelayRefused
-from starmux.pairing import ControllerPairing, PairingAborted, PairingFailed, abort_body
+from starmux.pairing import (
+    ControllerPairing,
+    PairingAborted,
+    PairingFailed,
+    abort_body,
+    cancel_body,
+)
 from starmux.pairing_code import PairingCode, check_relay_url
 from starmux.relay_auth import revoke_transcript
 
@@ -39,6 +46,7 @@ from .roster import reconcile
 from .store import ControllerConfig, ControllerStore, KnownMachine
 
 PAIRING_STEP_TIMEOUT = 20.0
+MACHINE_CONFIRM_PATIENCE = 300.0
 
 _TICKET_REFUSALS = {
     "expired": (
@@ -59,7 +67,8 @@ _TICKET_REFUSALS = {
     ),
     "unknown-ticket": (
         "the relay does not know this pairing code",
-        "check that the code is for this relay and was copied whole",
+        "use the newest code the daemon shows (it replaces a code that burnt or "
+        "expired), and check that it was copied whole",
     ),
 }
 
@@ -90,7 +99,11 @@ class InitResult:
     already: bool
 
 
-async def init(home: Path, *, relay_url: str, token: str, name: str) -> InitResult:
+async def init(
+    home: Path, *, relay_url: str, token: str, name: str, relay_fingerprint: str | None = None
+) -> InitResult:
+    """Register (or reconnect) this controller. With ``relay_fingerprint`` the relay's
+    key is checked against it before anything is sent, instead of trusted on first use."""
     check_relay_url(relay_url)
     async with ControllerStore(home) as store:
         keys = store.keys(create=True)
@@ -110,6 +123,16 @@ async def init(home: Path, *, relay_url: str, token: str, name: str) -> InitResu
             pinned_relay_key=existing.relay_key if existing else None,
         )
         auth = await link.connect()
+        if relay_fingerprint is not None and not fingerprints_match(
+            fingerprint(link.relay_key), relay_fingerprint
+        ):
+            await link.close()
+            raise UsageError(
+                f"the relay at {relay_url} has fingerprint {fingerprint(link.relay_key)}, "
+                f"not {relay_fingerprint}; nothing was sent to it",
+                hint="check the fingerprint with the relay's operator (the relay prints it "
+                "at start); someone may impersonate the relay",
+            )
         try:
             if auth.status is SessionStatus.UNREGISTERED:
                 reply = await link.request(RegisterAccount(0, token), AccountRegistered)
@@ -138,10 +161,15 @@ class PairResult:
     machine: IdentityCard
     comparison_code: str
     stored_by_machine: bool
+    name: str = ""  # the machine's real name (its card's, unless it keeps it private)
 
 
 async def pair(
-    home: Path, code: PairingCode, *, confirm: Callable[[IdentityCard, str], bool]
+    home: Path,
+    code: PairingCode,
+    *,
+    confirm: Callable[[IdentityCard, str], bool | Awaitable[bool]],
+    on_comparison_code: Callable[[str], None] | None = None,
 ) -> PairResult:
     async with ControllerStore(home) as store:
         config = await store.config()
@@ -156,7 +184,14 @@ async def pair(
             try:
                 opened = await link.request(OpenTicket(0, code.ticket), TicketOpened)
             except RelayRefused as exc:
-                message, hint = _TICKET_REFUSALS.get(exc.code, (exc.message, exc.hint or ""))
+                refusal = exc.code
+                if (
+                    refusal == "unknown-ticket"
+                    and code.expires_at
+                    and time.time() >= code.expires_at
+                ):
+                    refusal = "expired"  # the relay drops a machine's old tickets
+                message, hint = _TICKET_REFUSALS.get(refusal, (exc.message, exc.hint or ""))
                 raise UsageError(message, hint=hint) from exc
             assert isinstance(opened, TicketOpened)
             machine_key = opened.machine_key
@@ -170,11 +205,17 @@ async def pair(
             try:
                 await link.send_data(machine_key, handshake.start(machine_key))
                 while handshake.phase.value != "confirmed":
-                    reply = handshake.receive(await _from(link, machine_key))
+                    # A machine started with --confirm waits for its person first.
+                    accepting = handshake.phase.value == "await-accepted"
+                    patience = MACHINE_CONFIRM_PATIENCE if accepting else PAIRING_STEP_TIMEOUT
+                    reply = handshake.receive(await _from(link, machine_key, patience=patience))
                     if reply is not None:
                         await link.send_data(machine_key, reply)
+                        if on_comparison_code is not None:
+                            on_comparison_code(handshake.comparison_code)
                 assert handshake.machine_card is not None
-                if not confirm(handshake.machine_card, handshake.comparison_code):
+                answer = confirm(handshake.machine_card, handshake.comparison_code)
+                if not (await answer if inspect.isawaitable(answer) else answer):
                     raise PairingFailed(
                         "pairing cancelled: the comparison codes were not confirmed"
                     )
@@ -186,6 +227,13 @@ async def pair(
                     ),
                     MachineGranted,
                 )
+            except asyncio.CancelledError:
+                # Ctrl-C (at the prompt or while waiting): not a failed attempt. Tell
+                # the machine, so it starts over and the code stays usable.
+                with contextlib.suppress(StarmuxError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await link.send_data(machine_key, cancel_body())
+                raise
             except PairingFailed as exc:
                 if not isinstance(exc, PairingAborted):  # else the machine counted it
                     with contextlib.suppress(StarmuxError):
@@ -194,13 +242,17 @@ async def pair(
                 raise UsageError(
                     exc.message, hint="nothing was registered; try the daemon's current code again"
                 ) from exc
-            await store.add_machine(handshake.machine_card, paired_at=issued_at)
+            await store.add_machine(
+                handshake.machine_card, paired_at=issued_at, name=handshake.machine_name
+            )
             await link.send_data(machine_key, grant_body)
             stored = False
             with contextlib.suppress(TimeoutError, PairingFailed):
                 handshake.receive(await _from(link, machine_key, patience=10.0))
                 stored = True
-            return PairResult(handshake.machine_card, handshake.comparison_code, stored)
+            return PairResult(
+                handshake.machine_card, handshake.comparison_code, stored, handshake.machine_name
+            )
 
 
 async def _from(link: RelayLink, peer: bytes, *, patience: float = PAIRING_STEP_TIMEOUT) -> bytes:
@@ -246,7 +298,7 @@ async def machines(home: Path) -> MachinesReport:
         views = [
             MachineView(
                 entry.machine.key,
-                entry.card.name,
+                entry.machine.name,  # a private machine's card says only "machine"
                 entry.card.fingerprint,
                 entry.online,
                 entry.listing is not None,

@@ -210,6 +210,7 @@ async def set_up_locally(
         str(root / "machine"),
         "--allow-root",
         str(root / "work"),
+        "--print-code",  # the demo reads the QR from the daemon's piped output
     )
     processes.append(daemon)
     await daemon.wait_for(

@@ -82,16 +82,19 @@ class ControllerStore(HomeDatabase):
         await write_setting(self.db, "name", config.name.encode())
         await self.db.execute("COMMIT")
 
-    async def add_machine(self, card: IdentityCard, *, paired_at: float | None = None) -> None:
+    async def add_machine(
+        self, card: IdentityCard, *, paired_at: float | None = None, name: str | None = None
+    ) -> None:
         """Pin ``card``: only for a card this controller verified while pairing. The
         table is the controller's pins (see :mod:`starmux.client.roster`); nothing the
-        relay says is ever written here."""
+        relay says is ever written here. ``name``: the real name the machine sent inside
+        the pairing, when its card (which the relay sees) carries a generic one."""
         await self.db.execute(
             "INSERT INTO machines (key, name, fingerprint, card, paired_at) VALUES (?,?,?,?,?) "
             "ON CONFLICT (key) DO UPDATE SET name = excluded.name, card = excluded.card",
             (
                 card.sign_public,
-                card.name,
+                name or card.name,
                 card.fingerprint,
                 card.encode(),
                 paired_at if paired_at is not None else time.time(),

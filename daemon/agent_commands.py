@@ -1,7 +1,8 @@
 """Commands an agent runs inside its starmux session: ``checkpoint`` and ``cost``.
 
-The daemon starts every session with ``STARMUX_SESSION`` (the session id) and
-``STARMUX_API`` (the path of its local API socket) in the environment. These
+The daemon starts every session with ``STARMUX_SESSION`` (the session id),
+``STARMUX_API`` (the path of its local API socket) and ``STARMUX_SESSION_TOKEN``
+(the session's own secret, which the API requires) in the environment. These
 commands talk to that socket with a small blocking client, one JSON line each way
 (the protocol is in :mod:`starmux.local_api`).
 
@@ -41,7 +42,7 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +65,7 @@ from starmux.local_api import (
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_SESSION = "STARMUX_SESSION"
 ENV_API = "STARMUX_API"
+ENV_TOKEN = "STARMUX_SESSION_TOKEN"  # the session's own secret for the local API
 
 EXIT_APPROVED = 0
 EXIT_DENIED = 1
@@ -155,6 +157,7 @@ def duration_option(ctx: click.Context, param: click.Parameter, value: str) -> f
 class AgentSession:
     session: str
     api: Path
+    token: str = field(repr=False, default="")
 
 
 def agent_session(environ: Mapping[str, str] = os.environ) -> AgentSession:
@@ -167,7 +170,7 @@ def agent_session(environ: Mapping[str, str] = os.environ) -> AgentSession:
             hint="run this from a command started by `starmux run`; the daemon sets "
             f"{ENV_SESSION} and {ENV_API} for it",
         )
-    return AgentSession(session, Path(api))
+    return AgentSession(session, Path(api), environ.get(ENV_TOKEN, ""))
 
 
 class LocalApiClient:
@@ -327,6 +330,7 @@ def request_checkpoint(
     request: dict[str, Any] = {
         "op": "checkpoint",
         "session": where.session,
+        "token": where.token,
         "title": title,
         "body": body,
         "timeout": timeout,
@@ -483,6 +487,7 @@ def cost_command(input_tokens: int, output_tokens: int, usd: float, note: str) -
         {
             "op": "cost",
             "session": where.session,
+            "token": where.token,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "usd": usd,

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from starmux.errors import UsageError
 from starmux.home import default_home
 
 home_option = click.option(
@@ -36,6 +37,8 @@ def foreground_argv(
     allow_roots: tuple[Path, ...],
     tags: tuple[str, ...] = (),
     capacity: int | None = None,
+    allow_env: tuple[str, ...] = (),
+    private_name: bool = False,
 ) -> list[str]:
     """The command that runs this daemon in the foreground (for --detach and systemd)."""
     argv = [
@@ -58,7 +61,24 @@ def foreground_argv(
         argv += ["--tag", tag]
     if capacity is not None:
         argv += ["--capacity", str(capacity)]
+    for env_name in allow_env:
+        argv += ["--allow-env", env_name]
+    if private_name:
+        argv.append("--private-name")
     return argv
+
+
+def _env_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    import re
+
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+            raise click.BadParameter(f"{name!r} is not an environment variable name")
+    return names
+
+
+#: where the pairing code goes when the daemon's output is not a terminal
+CODE_FILE = "pairing-code"
 
 
 def _str(value: object) -> str | None:
@@ -97,6 +117,31 @@ def daemon_group() -> None:
     help="A tag tasks can target, e.g. gpu or os=linux (repeatable; replaces the stored ones).",
 )
 @click.option("--capacity", type=int, default=None, help="Tasks run at once; remembered [1].")
+@click.option(
+    "--confirm",
+    is_flag=True,
+    help="Ask here too: accept a pairing only after you confirm the comparison code.",
+)
+@click.option(
+    "--allow-env",
+    "allow_env",
+    multiple=True,
+    callback=lambda ctx, param, value: _env_names(value),
+    help="Only these environment variables (repeatable) may a controller set for a "
+    "session; others are refused. Remembered across restarts [any].",
+)
+@click.option(
+    "--private-name",
+    is_flag=True,
+    help="Keep the name (hostname) from the relay: its card says 'machine'; "
+    "controllers learn the real name over the encrypted pairing. Remembered.",
+)
+@click.option(
+    "--print-code",
+    is_flag=True,
+    help="Print the pairing code even when the output is not a terminal "
+    "[by default it then goes to the 0600 file HOME/pairing-code].",
+)
 def start_command(
     relay_url: str | None,
     name: str | None,
@@ -107,6 +152,10 @@ def start_command(
     allow_roots: tuple[Path, ...],
     tags: tuple[str, ...],
     capacity: int | None,
+    confirm: bool,
+    print_code: bool,
+    allow_env: tuple[str, ...],
+    private_name: bool,
 ) -> None:
     """Start the daemon (pairs on first run: shows a QR code)."""
     from .fleet_settings import check_flags
@@ -117,6 +166,10 @@ def start_command(
 
     home = _home(home)
     check_flags(tags, capacity)
+    if detach and not foreground and confirm:
+        raise UsageError(
+            "--confirm needs this terminal to ask you", hint="start without --detach to pair"
+        )
     if detach and not foreground:
         argv = foreground_argv(
             home,
@@ -125,10 +178,15 @@ def start_command(
             allow_roots=allow_roots,
             tags=tags,
             capacity=capacity,
+            allow_env=allow_env,
+            private_name=private_name,
         )
         pid = detach_process(argv, home=home, log_file=home / "daemon.log")
         click.echo(f"daemon started in the background (pid {pid}); log: {home / 'daemon.log'}")
-        click.echo("see `starmux daemon status`; the pairing code is in the log")
+        click.echo(
+            f"see `starmux daemon status`; until it is paired, its pairing code is in "
+            f"{home / CODE_FILE} (0600), not in the log"
+        )
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with DaemonLock(home, argv=sys.argv, relay_url=relay_url) as lock:
@@ -144,11 +202,18 @@ def start_command(
             home,
             relay_url=relay_url,
             name=name,
-            terminal=Terminal(json_lines=as_json),
+            terminal=Terminal(
+                json_lines=as_json,
+                # Not a terminal (systemd's journal, a log file): keep the secret out.
+                code_file=None if print_code or sys.stdout.isatty() else home / CODE_FILE,
+            ),
             status_hook=status_hook,
             allow_roots=allow_roots,
             tags=tags,
             capacity=capacity,
+            confirm=confirm,
+            allow_env=allow_env or None,
+            private_name=private_name,
         )
         asyncio.run(_run_until_signal(daemon.run()))
 

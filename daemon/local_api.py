@@ -12,6 +12,11 @@ Invariants:
 - A client that goes away while waiting cancels only its *wait*: the checkpoint stays
   pending on the daemon until decided or expired (the handler's contract), and a call
   with the same session and ``key`` joins it instead of raising a second one.
+- Only the session itself acts in a session: a checkpoint or cost request whose
+  ``token`` is not that session's secret (``authorize``) is refused before the
+  handler sees it.
+- At most ``waits_per_session`` checkpoint waits per session at once: one session
+  (or a process holding its token) cannot take the slots of every other session.
 - A handler's :class:`StarmuxError` becomes a ``refused`` answer with its message and
   hint; anything else is logged and answered ``internal``. The server keeps serving.
 
@@ -22,11 +27,13 @@ waits means it left, so it must not half-close after sending.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -151,9 +158,14 @@ class LocalApiServer:
         handler: LocalApiHandler,
         *,
         max_line: int = MAX_LINE,
-        max_connections: int = 64,
+        authorize: Callable[[str, str], bool],
+        max_connections: int = 256,
+        waits_per_session: int = 16,
         read_timeout: float = 10.0,
     ) -> None:
+        self._authorize = authorize
+        self._waits_per_session = waits_per_session
+        self._waits: collections.Counter[str] = collections.Counter()
         if not 0 < max_line <= MAX_LINE:
             raise ValueError(f"max_line must be 1..{MAX_LINE}")
         self.path = path
@@ -256,6 +268,13 @@ class LocalApiServer:
         try:
             if isinstance(request, Ping):
                 return {"ok": True, "version": self._version, "protocol": PROTOCOL_VERSION}
+            if not self._authorize(request.session, request.token):
+                return error_response(
+                    "refused",
+                    f"not the token of session {request.session}",
+                    "only the session itself may use it: run this inside the session "
+                    "(STARMUX_SESSION_TOKEN comes from its environment)",
+                )
             if isinstance(request, CostRequest):
                 await self._handler.cost(
                     session=request.session,
@@ -265,7 +284,19 @@ class LocalApiServer:
                     note=request.note,
                 )
                 return {"ok": True}
-            outcome = await self._wait_for_decision(request, reader)
+            if self._waits[request.session] >= self._waits_per_session:
+                return error_response(
+                    "busy",
+                    f"{self._waits_per_session} checkpoints already wait in this session",
+                    "answer or let some expire first",
+                )
+            self._waits[request.session] += 1
+            try:
+                outcome = await self._wait_for_decision(request, reader)
+            finally:
+                self._waits[request.session] -= 1
+                if not self._waits[request.session]:
+                    del self._waits[request.session]
             return checkpoint_response(request, outcome)
         except StarmuxError as exc:
             return error_response("refused", exc.message, exc.hint)

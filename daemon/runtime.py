@@ -1,28 +1,35 @@
 """The machine daemon's main loop: stay connected, pair when unpaired, obey revocation.
 
-States (one at a time)::
+States (one at a time, :class:`DaemonState`)::
 
     connecting ──auth ok, unpaired──▶ unpaired (ticket + QR, renewed on expiry)
         ▲                                  │ paired by a controller
         │ backoff+jitter / restart hint    ▼
         └──────── connection lost ◀──── paired (issue: sessions run here)
-    revoked (notice or close 4003) ─▶ keys and pairing forgotten ─▶ connecting (new identity)
-    relay key differs from the pinned one ─▶ stop with an error (never talk to it)
+    revoked (a controller-signed revoke, verified) ─▶ keys and pairing forgotten
+        ─▶ connecting (new identity)
+
+What the relay alone can NOT do (it is not trusted with the machine's identity):
+a REVOKED notice, close code 4003 or a WELCOME saying "unpaired" never delete keys
+or controllers (:mod:`starmux.revocation`); a relay whose key differs from the pinned
+one is refused loudly and retried with backoff while the sessions keep running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import nacl.utils
+from typing import Any
 
 from starmux.control import (
     CreateTicket,
+    MachineRevocation,
     NoticeEvent,
     ReportPairingFailure,
     SessionStatus,
@@ -30,8 +37,8 @@ from starmux.control import (
 )
 from starmux.e2e import Kind
 from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError, UsageError
-from starmux.fingerprint import fingerprint
 from starmux.identity import IdentityCard, NodeKeys, Role
+from starmux.node.answers import read_answer
 from starmux.node.link import (
     Closed,
     Data,
@@ -40,18 +47,31 @@ from starmux.node.link import (
     RelayClosedConnection,
     RelayLink,
     RelayRefused,
+    RevocationReceived,
     connect_failure,
 )
-from starmux.pairing import MachinePairing, PairingFailed, abort_body
-from starmux.pairing_code import PairingCode, check_relay_url
+from starmux.pairing_code import check_relay_url
+from starmux.pairing_offer import (
+    AskConfirmation,
+    Effect,
+    Paired,
+    PairingOffer,
+    ReportFailure,
+    RequestTicket,
+    Say,
+    SendData,
+    ShowCode,
+)
 from starmux.reconnect import Forget, LinkFailure, Reconnect, Stop, close_failure
 from starmux.relay_auth import RelayKeyMismatch
+from starmux.revocation import revoking_controller
 
 from . import fleet_settings
 from .checkpoints import Checkpoints
 from .eventlog import EventLog
 from .live import LiveService
 from .local_api import LocalApiServer
+from .process import DaemonState
 from .sessions import SessionManager
 from .store import DATABASE_FILE, DaemonStore, PairedController
 from .taskqueue import TaskQueue
@@ -59,6 +79,8 @@ from .taskrunner import TaskRunner
 from .terminal import Terminal
 
 API_SOCKET = "api.sock"
+#: the card name the relay sees with ``daemon start --private-name``
+GENERIC_NAME = "machine"
 
 log = logging.getLogger("starmux.daemon")
 
@@ -68,7 +90,11 @@ class DaemonStopped(StarmuxError):
 
 
 class _Revoked(Exception):
-    """Internal: the relay revoked this machine."""
+    """Internal: a controller's signed revocation of this machine verified."""
+
+    def __init__(self, by: bytes) -> None:
+        super().__init__("revoked")
+        self.by = by
 
 
 class Daemon:
@@ -83,7 +109,14 @@ class Daemon:
         allow_roots: Sequence[Path] = (),
         tags: Sequence[str] = (),
         capacity: int | None = None,
+        confirm: bool = False,
+        allow_env: Sequence[str] | None = None,
+        private_name: bool = False,
     ) -> None:
+        self._private_name_flag = private_name
+        self.real_name = ""
+        self.confirm = confirm
+        self._allow_env_flag = allow_env
         self.home = home
         self._fleet_flags = (tuple(tags), capacity)
         self.allow_roots = list(allow_roots) or [Path.home()]
@@ -97,7 +130,7 @@ class Daemon:
         self.keys: NodeKeys | None = None
         self.card: IdentityCard | None = None
 
-    def _set_status(self, state: str, **fields: object) -> None:
+    def _set_status(self, state: DaemonState, **fields: object) -> None:
         hook = self._status_hook
         if callable(hook):
             hook(state=state, **fields)
@@ -106,7 +139,10 @@ class Daemon:
         await self.store.open()
         self.log = await EventLog.open(self.home / DATABASE_FILE)
         self.sessions = SessionManager(
-            self.log, allowed_roots=self.allow_roots, api_socket=self.home / API_SOCKET
+            self.log,
+            allowed_roots=self.allow_roots,
+            api_socket=self.home / API_SOCKET,
+            allowed_env=await self._allowed_env(),
         )
         self.task_queue = await TaskQueue.open(self.home / DATABASE_FILE)
         try:
@@ -143,6 +179,15 @@ class Daemon:
     api: LocalApiServer | None = None
     tasks: TaskRunner | None = None
 
+    async def _allowed_env(self) -> frozenset[str] | None:
+        """``--allow-env`` names, remembered: a restart must not silently widen them."""
+        if self._allow_env_flag:
+            names = sorted(set(self._allow_env_flag))
+            await self.store.set_setting("allow_env", json.dumps(names))
+            return frozenset(names)
+        stored = await self.store.setting("allow_env")
+        return frozenset(json.loads(stored)) if stored is not None else None
+
     async def _services(self, keys: NodeKeys, card: IdentityCard) -> LiveService:
         """Checkpoints, the local API and the live service for this identity."""
         if self.live is not None and self.live.keys == keys:
@@ -153,7 +198,9 @@ class Daemon:
         await checkpoints.expire_stale()
         if self.api is not None:
             await self.api.close()
-        self.api = LocalApiServer(self.home / API_SOCKET, checkpoints)
+        self.api = LocalApiServer(
+            self.home / API_SOCKET, checkpoints, authorize=self.sessions.token_matches
+        )
         await self.api.start()
         self.live = LiveService(
             keys=keys,
@@ -191,7 +238,13 @@ class Daemon:
 
     async def _identity(self) -> tuple[NodeKeys, IdentityCard]:
         keys, created = self.store.keys()
-        name = await self.store.setting("name") or _default_name()
+        name = self.real_name = await self.store.setting("name") or _default_name()
+        if self._private_name_flag:
+            await self.store.set_setting("private_name", "1")
+        if await self.store.setting("private_name"):
+            # The relay sees the card: it gets a generic name; controllers learn the
+            # real one inside the encrypted pairing (PairingAccepted).
+            name = GENERIC_NAME
         if created:
             self.terminal.event(
                 "identity-created",
@@ -206,7 +259,7 @@ class Daemon:
         pinned = await self.store.relay_key()
         link = RelayLink(self.relay_url, keys, card, pinned_relay_key=pinned)
         self._set_status(
-            "connecting", machine_fingerprint=keys.fingerprint, relay_url=self.relay_url
+            DaemonState.CONNECTING, machine_fingerprint=keys.fingerprint, relay_url=self.relay_url
         )
         try:
             auth = await link.connect()
@@ -218,9 +271,15 @@ class Daemon:
         self.reconnect.connected()
         try:
             closed = await self._serve(link, auth.status)
-        except _Revoked:
+        except _Revoked as revoked:
             await link.close()
+            self._revoked_by = revoked.by
             await self._follow(LinkFailure.REVOKED, None)
+            return
+        except RelayRefused as exc:
+            # E.g. ticket creation rate-limited (any key on this IP spends that budget).
+            await link.close()
+            await self._follow(LinkFailure.LOST, exc)
             return
         finally:
             await link.close()
@@ -239,7 +298,7 @@ class Daemon:
                 cause if isinstance(cause, BaseException) else None
             )
         if isinstance(step, Forget):
-            await self._forget_revoked_identity()
+            await self._forget_revoked_identity(self._revoked_by)
             return
         delay = step.delay
         if step.hinted:
@@ -247,9 +306,9 @@ class Daemon:
                 "relay-restarting", f"relay restarting; reconnecting in {delay:.1f}s", delay=delay
             )
         else:
-            why = "relay not listening" if failure is LinkFailure.REFUSED else _why(cause)
+            why = _why(failure, cause)
             self.terminal.event(
-                "reconnecting",
+                _EVENT_OF.get(failure, "reconnecting"),
                 f"{why}; retrying in {delay:.1f}s",
                 reason="refused" if failure is LinkFailure.REFUSED else why,
                 delay=round(delay, 2),
@@ -258,11 +317,6 @@ class Daemon:
         self.reconnect.retrying()
 
     def _stopped(self, failure: LinkFailure, cause: object) -> DaemonStopped:
-        if isinstance(cause, RelayKeyMismatch):
-            self.terminal.event(
-                "relay-key-mismatch", f"REFUSING the relay: {cause.message}", message=cause.message
-            )
-            return DaemonStopped(cause.message, hint=cause.hint)
         if failure is LinkFailure.REPLACED:
             return DaemonStopped(
                 "another daemon connected with this machine's key",
@@ -270,136 +324,148 @@ class Daemon:
             )
         return DaemonStopped("the relay refused this machine's authentication")
 
+    _revoked_by: bytes = b""
     _restart_hint: float | None = None
 
     async def _serve(self, link: RelayLink, status: SessionStatus) -> Closed:
         if status is SessionStatus.UNPAIRED:
             if await self.store.controllers():
-                # The relay forgot us (registry reset?) but we still hold a grant.
+                # The relay forgot us (registry reset?) or lies: keep the controllers
+                # until a new pairing succeeds, so a relay alone cannot unpair us.
                 self.terminal.event(
-                    "pairing-lost", "the relay no longer knows this machine; pairing again"
+                    "pairing-lost",
+                    "the relay no longer knows this machine; offering pairing again "
+                    "(its controllers stay until a new pairing succeeds)",
                 )
-                await self.store.forget_pairing()
             closed = await self._unpaired(link)
             if closed is not None:
                 return closed
         return await self._paired(link)
 
-    # --- unpaired: tickets, QR, the pairing handshake -------------------------------
+    # --- unpaired: the pairing offer (starmux.pairing_offer) pumped here ------------
 
     async def _unpaired(self, link: RelayLink) -> Closed | None:
         """Offer pairing until paired (returns None) or the connection closes."""
         assert self.keys is not None and self.card is not None
+        offer = PairingOffer(
+            self.keys,
+            self.card,
+            relay_url=self.relay_url,
+            relay_key=link.relay_key,
+            confirm=self.confirm,
+            private_name=self.real_name if self.card.name == GENERIC_NAME else "",
+        )
+        self._set_status(DaemonState.UNPAIRED, machine_fingerprint=self.keys.fingerprint)
+        effects = collections.deque(offer.start())
+        answer: asyncio.Future[str] | None = None
         while True:
-            ticket = await link.request(CreateTicket(0), TicketCreated)
-            assert isinstance(ticket, TicketCreated)
-            secret = nacl.utils.random(32)
-            code = PairingCode(
-                self.relay_url,
-                fingerprint(link.relay_key),
-                ticket.ticket,
-                self.keys.fingerprint,
-                secret,
-            )
-            self._set_status("unpaired", machine_fingerprint=self.keys.fingerprint)
-            self.terminal.pairing(
-                code=code.to_text(),
-                machine_fingerprint=self.keys.fingerprint,
-                machine_name=self.card.name,
-                expires_in=ticket.expires_at - time.time(),
-            )
-            outcome = await self._offer(link, ticket, secret)
-            if outcome == "expired":
-                continue
-            if isinstance(outcome, Closed):
-                return outcome
-            return None
-
-    async def _offer(
-        self, link: RelayLink, ticket: TicketCreated, secret: bytes
-    ) -> str | Closed | PairedController:
-        assert self.keys is not None and self.card is not None
-        responder = self._responder(link, ticket.ticket, secret)
-        partner: bytes | None = None
-        while True:
-            remaining = ticket.expires_at - time.time()
-            if remaining <= 0:
-                self.terminal.event("ticket-expired", "the pairing code expired; here is a new one")
-                return "expired"
+            while effects:
+                effect = effects.popleft()
+                if isinstance(effect, AskConfirmation) and answer is None:
+                    answer = self._ask(effect)
+                if await self._carry_out(link, offer, effect, effects):
+                    return None
+            remaining = offer.expires_at - time.time()
             self.terminal.countdown(remaining)
-            try:
-                async with asyncio.timeout(min(1.0, remaining)):
-                    event = await link.next_event()
-            except TimeoutError:
+            event_task = asyncio.ensure_future(link.next_event())
+            waiting: set[asyncio.Future[Any]] = {event_task}
+            if answer is not None:
+                waiting.add(answer)
+            done, _ = await asyncio.wait(
+                waiting, timeout=max(0.0, min(1.0, remaining)), return_when=asyncio.FIRST_COMPLETED
+            )
+            if answer is not None and answer in done:
+                effects.extend(offer.answered(answer.result().strip().lower() in ("y", "yes")))
+                answer = None
+            if event_task not in done:
+                event_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await event_task
+                effects.extend(offer.tick(time.time()))
                 continue
+            event = event_task.result()
             if isinstance(event, Closed):
                 return event
             if isinstance(event, NoticeReceived) and event.notice.event is NoticeEvent.RESTARTING:
                 self._restart_hint = event.notice.retry_after
-                continue
-            if not isinstance(event, Data):
-                continue
-            if partner is not None and event.peer != partner:
-                continue  # one controller at a time: the relay links only the opener
-            if event.body[:1] == bytes((Kind.PAIR_ABORT,)):
-                # The controller gave up and counted it; start over quietly.
-                responder = self._responder(link, ticket.ticket, secret)
-                partner = None
-                continue
-            partner = event.peer
-            try:
-                reply = responder.receive(event.body)
-            except PairingFailed as exc:
-                self.terminal.event(
-                    "pairing-failed", f"pairing attempt failed: {exc}", reason=str(exc)
-                )
-                with contextlib.suppress(StarmuxError):
-                    await link.send_data(event.peer, abort_body())
-                    await link.request(ReportPairingFailure(0, ticket.ticket))
-                responder = self._responder(link, ticket.ticket, secret)
-                partner = None
-                continue
-            if reply is not None:
-                await link.send_data(event.peer, reply)
-            if responder.phase.value == "await-grant" and responder.controller_card:
-                self.terminal.event(
-                    "pairing-handshake",
-                    f"controller {responder.controller_card.fingerprint} is pairing; "
-                    f"comparison code: {responder.comparison_code}",
-                    controller_fingerprint=responder.controller_card.fingerprint,
-                    comparison_code=responder.comparison_code,
-                )
-            if responder.grant is not None and responder.controller_card is not None:
-                controller = PairedController(
-                    responder.controller_card.sign_public,
-                    responder.controller_card,
-                    responder.account,
-                    responder.grant.signature,
-                    responder.grant.issued_at,
-                    time.time(),
-                )
-                await self.store.add_controller(controller)
-                await self.store.audit(
-                    "paired",
-                    actor=controller.key,
-                    detail=f"account {controller.account.hex()}",
-                    now=time.time(),
-                )
-                self.terminal.event(
-                    "paired",
-                    f"paired by controller {controller.card.name} "
-                    f"({controller.card.fingerprint}); comparison code "
-                    f"{responder.comparison_code}",
-                    controller_fingerprint=controller.card.fingerprint,
-                    controller_name=controller.card.name,
-                    comparison_code=responder.comparison_code,
-                )
-                return controller
+            elif (
+                isinstance(event, NoticeReceived) and event.notice.event is NoticeEvent.TICKET_BURNT
+            ):
+                effects.extend(offer.ticket_burnt(event.notice.subject))
+            elif isinstance(event, Data):
+                effects.extend(offer.data(event.peer, event.body))
 
-    def _responder(self, link: RelayLink, ticket: bytes, secret: bytes) -> MachinePairing:
+    def _ask(self, question: AskConfirmation) -> asyncio.Future[str]:
+        """Ask the person at the machine (stdin) without stopping the offer's pump."""
+        self.terminal.event(
+            "confirm-comparison-code",
+            f"Does controller {question.controller.fingerprint} show the comparison code "
+            f"{question.comparison_code}? Type y and Enter to accept the pairing, n to refuse:",
+            controller_fingerprint=question.controller.fingerprint,
+            comparison_code=question.comparison_code,
+        )
+        return asyncio.ensure_future(read_answer())
+
+    async def _carry_out(
+        self,
+        link: RelayLink,
+        offer: PairingOffer,
+        effect: Effect,
+        effects: collections.deque[Effect],
+    ) -> bool:
+        """Do one effect of the offer; True once paired."""
         assert self.keys is not None and self.card is not None
-        return MachinePairing(
-            self.keys, self.card, relay_key=link.relay_key, ticket=ticket, secret=secret
+        if isinstance(effect, RequestTicket):
+            ticket = await link.request(CreateTicket(0), TicketCreated)
+            assert isinstance(ticket, TicketCreated)
+            effects.extend(offer.ticket_created(ticket.ticket, ticket.expires_at))
+        elif isinstance(effect, ShowCode):
+            self.terminal.pairing(
+                code=effect.code.to_text(),
+                machine_fingerprint=self.keys.fingerprint,
+                machine_name=self.card.name,
+                expires_in=effect.expires_at - time.time(),
+            )
+        elif isinstance(effect, SendData):
+            with contextlib.suppress(ConnectionLost):  # the Closed event follows
+                await link.send_data(effect.peer, effect.body)
+        elif isinstance(effect, ReportFailure):
+            with contextlib.suppress(StarmuxError):
+                await link.request(ReportPairingFailure(0, effect.ticket))
+        elif isinstance(effect, Say):
+            self.terminal.event(effect.event, effect.text)
+        elif isinstance(effect, Paired):
+            await self._store_pairing(effect)
+            return True
+        return False
+
+    async def _store_pairing(self, paired: Paired) -> None:
+        controller = PairedController(
+            paired.controller.sign_public,
+            paired.controller,
+            paired.account,
+            paired.grant.signature,
+            paired.grant.issued_at,
+            time.time(),
+        )
+        # A new pairing replaces the old controllers (the relay no longer knew them,
+        # or this is the first pairing).
+        await self.store.forget_pairing()
+        await self.store.add_controller(controller)
+        self.terminal.forget_code()
+        await self.store.audit(
+            "paired",
+            actor=controller.key,
+            detail=f"account {controller.account.hex()}",
+            now=time.time(),
+        )
+        self.terminal.event(
+            "paired",
+            f"paired by controller {controller.card.name} "
+            f"({controller.card.fingerprint}); comparison code {paired.comparison_code}",
+            controller_fingerprint=controller.card.fingerprint,
+            controller_name=controller.card.name,
+            comparison_code=paired.comparison_code,
         )
 
     # --- paired ------------------------------------------------------------------------
@@ -417,7 +483,9 @@ class Daemon:
         assert self.keys is not None
         controllers = await self.store.controllers()
         self._set_status(
-            "paired", machine_fingerprint=self.keys.fingerprint, controllers=len(controllers)
+            DaemonState.PAIRED,
+            machine_fingerprint=self.keys.fingerprint,
+            controllers=len(controllers),
         )
         self.terminal.event(
             "connected",
@@ -433,22 +501,35 @@ class Daemon:
         return Closed(None, "link ended")
 
     async def _paired_event(self, live: LiveService, event: LinkEvent) -> None:
-        if isinstance(event, NoticeReceived):
+        if isinstance(event, RevocationReceived):
+            await self._check_revocation(event.revocation)
+        elif isinstance(event, NoticeReceived):
             notice = event.notice
-            if (
-                notice.event is NoticeEvent.REVOKED
-                and self.keys is not None
-                and (notice.subject == self.keys.sign_public)
-            ):
-                raise _Revoked
+            # A bare REVOKED notice is the relay's word only: the signed revocation
+            # follows it when a controller really revoked us (see _check_revocation).
             if notice.event is NoticeEvent.RESTARTING:
                 self._restart_hint = notice.retry_after
         elif isinstance(event, Data):
             await live.on_data(event.peer, event.body)
 
-    async def _forget_revoked_identity(self) -> None:
+    async def _check_revocation(self, revocation: MachineRevocation) -> None:
+        assert self.keys is not None
+        controllers = [(c.key, c.account) for c in await self.store.controllers()]
+        by = revoking_controller(
+            revocation, machine_key=self.keys.sign_public, controllers=controllers
+        )
+        if by is None:
+            self.terminal.event(
+                "revocation-refused",
+                "the relay sent a revocation that no controller of this machine signed: "
+                "ignoring it",
+            )
+            return
+        raise _Revoked(by)
+
+    async def _forget_revoked_identity(self, by: bytes) -> None:
         old = self.keys.fingerprint if self.keys else "?"
-        await self.store.audit("revoked", actor=b"", detail=f"machine {old}", now=time.time())
+        await self.store.audit("revoked", actor=by, detail=f"machine {old}", now=time.time())
         await self.store.forget_pairing()
         self.store.forget_keys()
         self.terminal.event(
@@ -459,7 +540,26 @@ class Daemon:
         )
 
 
-def _why(cause: object) -> str:
+#: the terminal event for a failure that needs explaining
+_EVENT_OF = {
+    LinkFailure.KEY_MISMATCH: "relay-key-mismatch",
+    LinkFailure.REFUSED_AS_REVOKED: "relay-refuses-revoked",
+}
+
+
+def _why(failure: LinkFailure, cause: object) -> str:
+    if failure is LinkFailure.REFUSED:
+        return "relay not listening"
+    if isinstance(cause, RelayKeyMismatch):
+        return f"REFUSING the relay: {cause.message} ({cause.hint})"
+    if failure is LinkFailure.REFUSED_AS_REVOKED:
+        return (
+            "the relay refuses this machine as revoked, but no revocation signed by one of "
+            "its controllers reached it: keeping its keys and pairing (if you revoked it, "
+            "stop the daemon and delete its home to start afresh)"
+        )
+    if isinstance(cause, RelayRefused):
+        return f"the relay refused a request: {cause.message}"
     if isinstance(cause, Closed):
         return f"connection to the relay lost ({cause.reason})"
     if isinstance(cause, RelayClosedConnection):

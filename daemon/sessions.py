@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -75,13 +77,19 @@ class SessionManager:
         *,
         allowed_roots: Sequence[Path],
         api_socket: Path,
+        allowed_env: frozenset[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.log = log
+        #: env names a controller may set (``daemon start --allow-env``); None: any
+        self.allowed_env = allowed_env
         self.allowed_roots = list(allowed_roots)
         self.api_socket = api_socket
         self.clock = clock
         self.sessions: dict[str, LiveSession] = {}
+        #: each session's secret for the local API (it lives as long as the daemon:
+        #: a session never outlives the daemon that started it)
+        self._tokens: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def recover(self) -> list[str]:
@@ -121,6 +129,16 @@ class SessionManager:
         if await self.status_of(request.session) is not None:
             raise UsageError(f"session {request.session} already exists")
         cwd = resolve_session_cwd(request.cwd, self.allowed_roots)
+        if self.allowed_env is not None:
+            refused = sorted(set(request.env) - self.allowed_env)
+            if refused:
+                # Refused, not dropped: the controller must not believe they were set.
+                raise UsageError(
+                    f"this machine does not accept the environment variable(s) "
+                    f"{', '.join(refused)[:200]} from a controller",
+                    hint="it was started with --allow-env; allowed: "
+                    + (", ".join(sorted(self.allowed_env)) or "none"),
+                )
         now = self.clock()
         created = SessionCreated(request.argv, str(cwd), request.title, request.pty, command_id)
         await self.log.append(
@@ -151,6 +169,9 @@ class SessionManager:
             **request.env,
             "STARMUX_SESSION": request.session,
             "STARMUX_API": str(self.api_socket),
+            "STARMUX_SESSION_TOKEN": self._tokens.setdefault(
+                request.session, secrets.token_urlsafe(32)
+            ),
         }
         if request.pty:
             env.setdefault("TERM", "xterm-256color")
@@ -218,6 +239,11 @@ class SessionManager:
                 )
             ],
         )
+
+    def token_matches(self, session_id: str, token: str) -> bool:
+        """Is ``token`` this session's local API secret? (constant time)"""
+        expected = self._tokens.get(session_id, "")
+        return bool(expected) and hmac.compare_digest(expected.encode(), token.encode())
 
     def live(self, session_id: str) -> LiveSession:
         live = self.sessions.get(session_id)

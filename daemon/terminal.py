@@ -3,7 +3,9 @@
 Human output goes to stdout; with ``json_lines`` every event is one JSON object
 per line instead (for scripts and supervisors). Diagnostics go through ``logging``
 (stderr) and never contain secrets. The pairing code *does* contain the pairing
-secret: showing it to the person at this terminal is its purpose.
+secret: showing it to the person at this terminal is its purpose. When the output
+is not a terminal (systemd's journal, a log file), the daemon passes ``code_file``:
+the code goes to that 0600 file instead and only its path is printed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
+
+from starmux.home import write_private_file
 
 from .qr import render_terminal_qr
 
@@ -23,8 +28,15 @@ def _clock(seconds: float) -> str:
 
 
 class Terminal:
-    def __init__(self, stream: TextIO | None = None, *, json_lines: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        json_lines: bool = False,
+        code_file: Path | None = None,
+    ) -> None:
         self.stream = stream or sys.stdout
+        self.code_file = code_file
         self.json_lines = json_lines
         self.tty = self.stream.isatty() and not json_lines
         self.colour = self.tty and "NO_COLOR" not in os.environ
@@ -49,6 +61,21 @@ class Terminal:
     def pairing(
         self, *, code: str, machine_fingerprint: str, machine_name: str, expires_in: float
     ) -> None:
+        if self.code_file is not None:
+            write_private_file(self.code_file, (code + "\n").encode())
+            self.event(
+                "pairing-code-file",
+                f"This machine ({machine_name}, {machine_fingerprint}) is not paired yet. "
+                "Its pairing code is a secret and this output is not a terminal, so it "
+                f"is in {self.code_file} (0600): read it there and paste it into "
+                f"`starmux pair` on your controller. It expires in {_clock(expires_in)}; "
+                "each new code replaces the file.",
+                code_file=str(self.code_file),
+                machine_fingerprint=machine_fingerprint,
+                machine_name=machine_name,
+                expires_in=round(expires_in),
+            )
+            return
         if self.json_lines:
             self.event(
                 "pairing-code",
@@ -74,6 +101,11 @@ class Terminal:
             "",
         ]
         self._write("\n".join(lines))
+
+    def forget_code(self) -> None:
+        """Paired: the code is useless now, and its file goes."""
+        if self.code_file is not None:
+            self.code_file.unlink(missing_ok=True)
 
     def countdown(self, remaining: float) -> None:
         """Live countdown on a terminal; silent otherwise (the expiry was printed)."""

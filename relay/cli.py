@@ -10,12 +10,17 @@ from pathlib import Path
 
 import click
 
+from starmux.node.repin import repin_command
+
 from .config import load_config
 
 
 @click.group("relay")
 def relay_group() -> None:
     """Run the relay that routes encrypted frames between machines and controllers."""
+
+
+relay_group.add_command(repin_command)
 
 
 @relay_group.command("serve")
@@ -29,7 +34,7 @@ def relay_group() -> None:
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Relay key and registry [./starmux-relay-data].",
+    help="Relay key and registry [the user data dir's starmux/relay].",
 )
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None)

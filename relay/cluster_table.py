@@ -137,12 +137,14 @@ class RemotePeer(Peer):
             self.key, close_command(self.node, code, reason, after_flush=True, quietly=False)
         )
 
-    def cut_off(self, final: bytes, code: CloseCode, reason: str) -> None:
-        """Unroutable from this node at once; its holder does the same and closes."""
+    def cut_off(self, final: bytes, code: CloseCode, reason: str, *, then: bytes = b"") -> None:
+        """Unroutable from this node at once; its holder does the same and closes.
+        The bus's cut carries one frame: with ``then`` (the signed revocation) that
+        one goes, since it alone is what the machine acts on."""
         self.account = b""
         self.status = SessionStatus.UNPAIRED
         self._partner = None
-        self._bus.send(self.key, cut_command(final, code, reason))
+        self._bus.send(self.key, cut_command(then or final, code, reason))
 
     def close_silently(self) -> None:
         return None

@@ -21,6 +21,13 @@ from starmux.frames import MAX_FRAME_SIZE
 ENV_PREFIX = "STARMUX_RELAY_"
 
 
+def default_relay_data_dir() -> Path:
+    """The platform's user data dir, ``starmux/relay`` (e.g. ~/.local/share/starmux/relay)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("starmux", appauthor=False)) / "relay"
+
+
 @dataclass(frozen=True)
 class Limits:
     max_frame_size: int = MAX_FRAME_SIZE
@@ -60,7 +67,9 @@ class Limits:
 class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 8765
-    data_dir: Path = field(default_factory=lambda: Path("starmux-relay-data"))
+    # Not relative to the current directory: a relay started once from elsewhere
+    # made a new key, and every pinned node refused it.
+    data_dir: Path = field(default_factory=default_relay_data_dir)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     open_registration: bool = False

@@ -173,7 +173,7 @@ class Peer:
         self.deliver(b"", time.perf_counter())  # b"" is the in-band close marker
         self._close_after = (code, reason)
 
-    def cut_off(self, final: bytes, code: CloseCode, reason: str) -> None:
+    def cut_off(self, final: bytes, code: CloseCode, reason: str, *, then: bytes = b"") -> None:
         """Unroutable now (revoked): drop what is queued, send ``final``, then close.
 
         The caller has taken it out of the routing table; here it leaves its account
@@ -188,6 +188,8 @@ class Peer:
         self.ticket_peer = None
         self._clear_queue()
         self.deliver(final, time.perf_counter())
+        if then:  # e.g. the signed revocation after the notice
+            self.deliver(then, time.perf_counter())
         self.close_after_flush(code, reason)
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.close, code, reason)
 

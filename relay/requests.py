@@ -30,6 +30,7 @@ from starmux.control import (
     MachineGranted,
     MachineInfo,
     MachineList,
+    MachineRevocation,
     MachineRevoked,
     Notice,
     NoticeEvent,
@@ -262,10 +263,16 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
         # reaches it, and what was queued for it is dropped; it gets the notice alone.
         if state.table.detach(machine):
             announce_presence(state, machine, online=False)
+        # After the notice, the controller's signed statement itself: the machine
+        # deletes its keys only on that (the relay's word alone is not proof).
+        proof = MachineRevocation(
+            req.machine_key, peer.account, peer.key, req.issued_at, req.signature
+        )
         machine.cut_off(
             encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice)),
             CloseCode.REVOKED,
             "revoked",
+            then=encode_frame(FrameType.NOTICE, b"", CONTROL.encode(proof)),
         )
     revoked = await state.registry.revoke_machine(
         req.machine_key, account=peer.account, by=peer.key, now=state.clock()

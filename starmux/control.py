@@ -253,6 +253,22 @@ class Presence(Message):
     at: float
 
 
+@CONTROL.register
+@dataclass(frozen=True)
+class MachineRevocation(Message):
+    """Relay → the revoked machine, in a NOTICE frame: the controller's signed revoke,
+    forwarded as is. The machine deletes its keys only if this verifies against a
+    controller it paired with (see :mod:`starmux.revocation`): a relay alone cannot
+    make a machine forget its identity."""
+
+    KIND = "machine-revocation"
+    machine_key: bytes
+    account: bytes
+    revoked_by: bytes  # the signing controller's key
+    issued_at: float
+    signature: bytes  # see relay_auth.revoke_transcript
+
+
 class NoticeEvent(enum.StrEnum):
     PAIRED = "paired"  # to a machine: a controller granted you
     REVOKED = "revoked"  # to a machine (before close) and to every controller of the account

@@ -13,10 +13,16 @@ number), sizes, ranges, no unknown or duplicate fields, no NaN, no lone surrogat
 Requests::
 
     {"op": "ping"}
-    {"op": "checkpoint", "session": S, "title": T, "body": B, "timeout": SECONDS,
-     "default": "deny" | "approve", "key": K}              body, default, key optional
-    {"op": "cost", "session": S, "input_tokens": N, "output_tokens": N, "usd": X,
-     "note": T}                                             note optional
+    {"op": "checkpoint", "session": S, "token": K, "title": T, "body": B,
+     "timeout": SECONDS, "default": "deny" | "approve", "key": K}
+                                                            body, default, key optional
+    {"op": "cost", "session": S, "token": K, "input_tokens": N, "output_tokens": N,
+     "usd": X, "note": T}                                   note optional
+
+``token`` is the session's own secret (``STARMUX_SESSION_TOKEN``, given only to that
+session's process): any process of the daemon's user can reach the socket, but only
+the session itself can raise a checkpoint or report a cost in it. The server checks
+it in constant time before the handler sees the request.
 
 Responses: ``{"ok": true, ...}`` or ``{"ok": false, "code": C, "error": E, "hint": H}``
 with ``code`` one of ``bad-request``, ``too-large``, ``unknown-op``, ``refused`` (the
@@ -50,6 +56,7 @@ MAX_USD = 1e9
 DECISIONS = frozenset({"approved", "denied", "expired"})
 
 _SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _KEY = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 
@@ -117,6 +124,7 @@ class Ping:
 @dataclass(frozen=True)
 class CheckpointRequest:
     session: str
+    token: str
     title: str
     body: str
     timeout: float
@@ -127,6 +135,7 @@ class CheckpointRequest:
 @dataclass(frozen=True)
 class CostRequest:
     session: str
+    token: str
     input_tokens: int
     output_tokens: int
     usd: float
@@ -151,6 +160,12 @@ def _text(name: str, value: object) -> str:
 def check_session(value: object) -> str:
     if not isinstance(value, str) or not _SESSION.fullmatch(value):
         raise BadRequest("session must be 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+def check_token(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise BadRequest("token must be the session's STARMUX_SESSION_TOKEN")
     return value
 
 
@@ -233,6 +248,7 @@ _OPS: dict[str, tuple[Callable[..., Request], _Fields]] = {
             "timeout": (check_timeout, _REQUIRED),
             "default": (_default, False),
             "key": (check_key, None),
+            "token": (check_token, _REQUIRED),
         },
     ),
     "cost": (
@@ -243,6 +259,7 @@ _OPS: dict[str, tuple[Callable[..., Request], _Fields]] = {
             "output_tokens": (_tokens("output_tokens"), _REQUIRED),
             "usd": (_usd, _REQUIRED),
             "note": (_note, ""),
+            "token": (check_token, _REQUIRED),
         },
     ),
 }

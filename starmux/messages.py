@@ -69,9 +69,13 @@ class PairingIdentity(Message):
 @APP.register
 @dataclass(frozen=True)
 class PairingAccepted(Message):
-    """Machine → controller: your card checks out and you knew the secret."""
+    """Machine → controller: your card checks out and you knew the secret.
+
+    ``name``: the machine's real name when its card (which the relay sees) carries a
+    generic one (``daemon start --private-name``); empty otherwise."""
 
     KIND = "pairing-accepted"
+    name: str
 
 
 @APP.register

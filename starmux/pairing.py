@@ -43,7 +43,7 @@ from .fingerprint import (
     fingerprint_from_text,
     fingerprints_match,
 )
-from .identity import IdentityCard, NodeKeys, Role, verify_signature
+from .identity import MAX_NAME_LENGTH, IdentityCard, NodeKeys, Role, verify_signature
 from .messages import APP, PairingAccepted, PairingGranted, PairingIdentity, PairingStored
 from .noise import HandshakeState, KeyPair
 from .pairing_code import PairingCode
@@ -131,9 +131,12 @@ class _Side:
         except RemoteProtocolError as exc:
             raise self._fail("unexpected message during pairing", exc) from exc
         if kind is Kind.PAIR_ABORT:
+            # The machine reported this failure itself: counting it here too burnt
+            # codes after two wrong tries instead of three.
             raise self._fail(
                 "the machine refused the pairing: the code is wrong or stale "
-                "(its secret did not match)"
+                "(its secret did not match)",
+                aborted=True,
             )
         if kind is not Kind.PAIR_TRANSPORT or self._channel is None:
             raise self._fail("unexpected message during pairing")
@@ -172,6 +175,8 @@ class ControllerPairing(_Side):
         self._account = account
         self._machine_key = b""
         self.machine_card: IdentityCard | None = None
+        #: the name to show: the card's, or the real one the machine sent encrypted
+        self.machine_name = ""
         self._hs = HandshakeState(
             PAIR_PROTOCOL,
             initiator=True,
@@ -218,6 +223,7 @@ class ControllerPairing(_Side):
                     "the machine's identity does not match the fingerprint in the code; refusing"
                 )
             self.machine_card = card
+            self.machine_name = card.name
             final = self._hs.write_message(
                 APP.encode(PairingIdentity(self._card.encode(), self._account))
             )
@@ -226,7 +232,9 @@ class ControllerPairing(_Side):
             self.phase = _Phase.AWAIT_ACCEPTED
             return wrap(Kind.PAIR_HANDSHAKE, final)
         if self.phase is _Phase.AWAIT_ACCEPTED:
-            self._receive_message(body, PairingAccepted)
+            accepted = self._receive_message(body, PairingAccepted)
+            if accepted.name:
+                self.machine_name = _valid_name(accepted.name)
             self.phase = _Phase.CONFIRMED
             return None
         if self.phase is _Phase.AWAIT_STORED:
@@ -257,11 +265,13 @@ class MachinePairing(_Side):
         relay_key: bytes,
         ticket: bytes,
         secret: bytes,
+        private_name: str = "",
         rng: Rng = nacl.utils.random,
     ) -> None:
         super().__init__()
         self._keys = keys
         self._card = card
+        self._private_name = private_name
         self.phase = _Phase.AWAIT_FIRST
         self.controller_card: IdentityCard | None = None
         self.account = b""
@@ -320,8 +330,21 @@ class MachinePairing(_Side):
         self.handshake_hash = self._hs.handshake_hash
         self._channel = SecureChannel.from_handshake(self._hs)
         self.phase = _Phase.AWAIT_GRANT
-        return self._encrypt(PairingAccepted())
+        return self._encrypt(PairingAccepted(self._private_name))
+
+
+def _valid_name(name: str) -> str:
+    # The same rule as a card's name: it is shown in terminals and lists.
+    if not 1 <= len(name) <= MAX_NAME_LENGTH or not name.isprintable():
+        raise PairingFailed("the machine sent an invalid name")
+    return name
 
 
 def abort_body() -> bytes:
+    """A failed attempt, already reported to the relay by the sender."""
     return wrap(Kind.PAIR_ABORT)
+
+
+def cancel_body() -> bytes:
+    """The person cancelled (e.g. Ctrl-C at the prompt): no failed attempt, code stays."""
+    return wrap(Kind.PAIR_CANCEL)

@@ -31,6 +31,9 @@ SECRET_SIZE = 32
 MAX_CODE_LENGTH = 1024
 MAX_RELAY_URL = 256
 _PARAMS = ("relay", "rfp", "ticket", "mfp", "secret")
+#: optional: when the ticket expires (relay time, whole seconds), so a controller can
+#: tell an expired code from one the relay never knew (the relay drops old tickets)
+_OPTIONAL = ("exp",)
 _B64URL_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
 _HINT = "copy the whole code the daemon printed, starting with starmux://pair/v1?"
 
@@ -90,6 +93,7 @@ class PairingCode:
     ticket: bytes
     machine_fingerprint: str
     secret: bytes = field(repr=False)
+    expires_at: float | None = None
 
     def __post_init__(self) -> None:
         check_relay_url(self.relay_url)
@@ -99,16 +103,16 @@ class PairingCode:
         normalize_fingerprint(self.machine_fingerprint)
 
     def to_text(self) -> str:
-        query = urllib.parse.urlencode(
-            {
-                "relay": self.relay_url,
-                "rfp": normalize_fingerprint(self.relay_fingerprint).replace("-", ""),
-                "ticket": _b64(self.ticket),
-                "mfp": normalize_fingerprint(self.machine_fingerprint).replace("-", ""),
-                "secret": _b64(self.secret),
-            },
-            safe=":/",
-        )
+        params = {
+            "relay": self.relay_url,
+            "rfp": normalize_fingerprint(self.relay_fingerprint).replace("-", ""),
+            "ticket": _b64(self.ticket),
+            "mfp": normalize_fingerprint(self.machine_fingerprint).replace("-", ""),
+            "secret": _b64(self.secret),
+        }
+        if self.expires_at is not None:
+            params["exp"] = str(int(self.expires_at))
+        query = urllib.parse.urlencode(params, safe=":/")
         return PREFIX + query
 
 
@@ -129,13 +133,16 @@ def parse_pairing_code(text: str) -> PairingCode:
     query = text[len(PREFIX) :]
     try:
         pairs = urllib.parse.parse_qsl(
-            query, keep_blank_values=True, strict_parsing=True, max_num_fields=2 * len(_PARAMS)
+            query,
+            keep_blank_values=True,
+            strict_parsing=True,
+            max_num_fields=2 * len(_PARAMS + _OPTIONAL),
         )
     except ValueError as exc:
         raise PairingCodeError("the pairing code's parameters are garbled", hint=_HINT) from exc
     params: dict[str, str] = {}
     for key, value in pairs:
-        if key not in _PARAMS:
+        if key not in _PARAMS and key not in _OPTIONAL:
             raise PairingCodeError(f"the pairing code has an unknown part {key[:20]!r}", hint=_HINT)
         if key in params:
             raise PairingCodeError(f"the pairing code repeats {key!r}", hint=_HINT)
@@ -159,7 +166,13 @@ def parse_pairing_code(text: str) -> PairingCode:
             raise PairingCodeError(
                 f"the {what} in the pairing code is malformed", hint=_HINT
             ) from exc
+    expires_at: float | None = None
+    if "exp" in params:
+        if not params["exp"].isdigit() or len(params["exp"]) > 12:
+            raise PairingCodeError("the pairing code's expiry is malformed", hint=_HINT)
+        expires_at = float(params["exp"])
     return PairingCode(
+        expires_at=expires_at,
         relay_url=relay_url,
         relay_fingerprint=fingerprints["rfp"],
         ticket=_unb64(params["ticket"], TICKET_SIZE, "ticket"),

@@ -5,8 +5,14 @@
     connecting ──connected──▶ connected
         │ ▲                        │ lost (no code, a retryable code, refused...)
         │ └──────retry────── waiting ◀─┘
-        ├──revoked (4003 / notice)──▶ connecting    (as a new identity, at once)
-        └──replaced / auth failed / relay key mismatch──▶ stopped (never retried)
+        ├──revoked (a controller-signed revoke, verified)──▶ connecting (new identity)
+        └──replaced / auth failed──▶ stopped (never retried)
+
+The relay's word alone is retried, never obeyed for good (issue 11.8, 13.2): close
+4003 without a verified, controller-signed revocation (``refused-as-revoked``) and a
+relay answering with another key than the pinned one (``key-mismatch``: refused,
+never talked to) both wait with backoff, so the sessions keep running until the
+pinned relay answers again or a person acts (``starmux relay repin``).
 
 The adapter tells the policy what happened (:meth:`Reconnect.connected`,
 :meth:`Reconnect.failed`, :meth:`Reconnect.retrying`, :meth:`Reconnect.restart_hint`)
@@ -50,7 +56,8 @@ class LinkFailure(enum.StrEnum):
     REFUSED = "refused"  # the TCP connect was refused: nothing listens (a restart)
     UNREACHABLE = "unreachable"  # any other connect failure (DNS, timeout, TLS...)
     LOST = "lost"  # the connection ended, or the relay closed it with a retryable code
-    REVOKED = "revoked"  # this machine's key was revoked
+    REVOKED = "revoked"  # a controller's signed revocation of this machine verified
+    REFUSED_AS_REVOKED = "refused-as-revoked"  # the relay says revoked (4003), unproven
     REPLACED = "replaced"  # another node connected with this key
     AUTH_FAILED = "auth-failed"  # the relay refused our authentication
     KEY_MISMATCH = "key-mismatch"  # the relay is not the one we pinned
@@ -70,9 +77,10 @@ EVENT_OF: dict[LinkFailure, Event] = {
     LinkFailure.UNREACHABLE: Event.LOST,
     LinkFailure.LOST: Event.LOST,
     LinkFailure.REVOKED: Event.REVOKED,
+    LinkFailure.REFUSED_AS_REVOKED: Event.LOST,
     LinkFailure.REPLACED: Event.REFUSED_FOR_GOOD,
     LinkFailure.AUTH_FAILED: Event.REFUSED_FOR_GOOD,
-    LinkFailure.KEY_MISMATCH: Event.REFUSED_FOR_GOOD,
+    LinkFailure.KEY_MISMATCH: Event.LOST,
 }
 
 TRANSITIONS: dict[tuple[LinkState, Event], LinkState] = {
@@ -95,10 +103,10 @@ def transition(current: LinkState, event: Event) -> LinkState:
 
 
 def close_failure(code: int | None, *, connected: bool) -> LinkFailure:
-    """What a close code from the relay means. While still connecting, only a
-    revocation is final: anything else (a busy relay, a timeout) is retried."""
+    """What a close code from the relay means. Nothing here is final while still
+    connecting (a busy relay, a timeout); 4003 is only the relay's word."""
     if code == CloseCode.REVOKED:
-        return LinkFailure.REVOKED
+        return LinkFailure.REFUSED_AS_REVOKED
     if connected and code == CloseCode.REPLACED:
         return LinkFailure.REPLACED
     if connected and code == CloseCode.AUTH_FAILED:

@@ -123,8 +123,9 @@ class NodeAuth:
                 raise RelayKeyMismatch(
                     f"the relay's key changed: expected {fingerprint(self._pin)}, "
                     f"got {relay_card.fingerprint}",
-                    hint="if the relay was reinstalled on purpose, re-pin it; otherwise "
-                    "someone may be impersonating it",
+                    hint="if the relay was reinstalled on purpose, re-pin it with "
+                    "`starmux relay repin NEW-FINGERPRINT` in every controller and machine "
+                    "home; otherwise someone may be impersonating it",
                 )
         except Exception:
             self._state = _NodeState.FAILED

@@ -31,7 +31,7 @@ from typing import TypeVar
 import websockets
 
 from starmux.codec import Message
-from starmux.control import CONTROL, Failure, Notice, Presence, RouteError
+from starmux.control import CONTROL, Failure, MachineRevocation, Notice, Presence, RouteError
 from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError
 from starmux.frames import Frame, FrameType, encode_frame, parse_frame
 from starmux.identity import IdentityCard, NodeKeys
@@ -79,6 +79,13 @@ class NoticeReceived:
 
 
 @dataclass(frozen=True)
+class RevocationReceived:
+    """The relay forwarded a controller's signed revoke of this machine (unverified)."""
+
+    revocation: MachineRevocation
+
+
+@dataclass(frozen=True)
 class Undeliverable:
     peer: bytes
     code: str
@@ -90,7 +97,7 @@ class Closed:
     reason: str
 
 
-LinkEvent = Data | PresenceChanged | NoticeReceived | Undeliverable | Closed
+LinkEvent = Data | PresenceChanged | NoticeReceived | RevocationReceived | Undeliverable | Closed
 
 
 class RelayLink:
@@ -190,6 +197,8 @@ class RelayLink:
             self._events.put_nowait(PresenceChanged(frame.peer, message.online))
         elif isinstance(message, Notice):
             self._events.put_nowait(NoticeReceived(message))
+        elif isinstance(message, MachineRevocation):
+            self._events.put_nowait(RevocationReceived(message))
         elif isinstance(message, RouteError):
             self._events.put_nowait(Undeliverable(frame.peer, message.code))
 

@@ -50,6 +50,10 @@ class DaemonProcess:
     relay_url: str | None
     name: str = "gpu-box"
     extra_args: list[str] = field(default_factory=list)
+    #: print the code although stdout is a pipe (else it goes to HOME/pairing-code)
+    print_code: bool = True
+    #: give the daemon a stdin pipe (to answer its questions); else it inherits none
+    with_stdin: bool = False
     process: subprocess.Popen[str] | None = None
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
@@ -60,9 +64,12 @@ class DaemonProcess:
         if self.relay_url:
             args += ["--relay", self.relay_url]
         args += self.extra_args
+        if self.print_code:
+            args.append("--print-code")
         env = {**os.environ, "STARMUX_HOME": str(self.home), "NO_COLOR": "1"}
         self.process = subprocess.Popen(
             starmux_command(*args),
+            stdin=subprocess.PIPE if self.with_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -109,6 +116,11 @@ class DaemonProcess:
                         f"stderr:\n{''.join(self.stderr)}"
                     )
                 self._changed.wait(remaining)
+
+    def answer(self, line: str) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
     def pairing_code(self, *, after: int = 0) -> str:
         return self.wait_for(CODE_PATTERN, after=after).group(0)

@@ -24,6 +24,7 @@ from starmux.local_api import (
 )
 
 SESSION = "s-test-1"
+TOKEN = "t0ken-of-the-test-session-0123456789abcdef"
 FINGERPRINT = "K7Q2-M4XD-TEST"
 TIMEOUT = 30  # seconds for any one subprocess; a hang fails the test instead of the run
 
@@ -88,6 +89,7 @@ class TableHandler:
             checkpoint_id = f"c-{len(self.checkpoints) + 1}"
             raised = Raised(
                 session,
+                TOKEN,
                 title,
                 body,
                 timeout,
@@ -130,7 +132,12 @@ class TableHandler:
 def agent_env(api_path: Path, **overrides: str) -> dict[str, str]:
     """What the daemon gives a session's processes (plus NO_COLOR for exact stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STARMUX_")}
-    env.update(STARMUX_SESSION=SESSION, STARMUX_API=str(api_path), NO_COLOR="1")
+    env.update(
+        STARMUX_SESSION=SESSION,
+        STARMUX_API=str(api_path),
+        STARMUX_SESSION_TOKEN=TOKEN,
+        NO_COLOR="1",
+    )
     env.update(overrides)
     return env
 
@@ -158,6 +165,7 @@ def private_dir() -> Iterator[Path]:
 @contextlib.asynccontextmanager
 async def serving(directory: Path, **options: Any) -> AsyncIterator[Api]:
     handler = TableHandler()
+    options.setdefault("authorize", lambda session, token: token == TOKEN)
     server = LocalApiServer(directory / "api.sock", handler, **options)
     await server.start()
     try:
@@ -230,7 +238,13 @@ async def ask(path: Path, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint(**fields: Any) -> dict[str, Any]:
-    return {"op": "checkpoint", "session": SESSION, "title": "Deploy?", "timeout": 60} | fields
+    return {
+        "op": "checkpoint",
+        "session": SESSION,
+        "token": TOKEN,
+        "title": "Deploy?",
+        "timeout": 60,
+    } | fields
 
 
 #: Lines the server must refuse: (line, error code, words of the message).

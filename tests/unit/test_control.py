@@ -100,6 +100,7 @@ def test_kinds_are_fixed() -> None:
         "machine-granted",
         "revoke-machine",
         "machine-revoked",
+        "machine-revocation",
         "list-machines",
         "machine-info",
         "machine-list",

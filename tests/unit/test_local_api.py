@@ -29,6 +29,7 @@ from .local_api_support import (
     INVALID,
     SESSION,
     TIMEOUT,
+    TOKEN,
     Api,
     ask,
     checkpoint,
@@ -231,6 +232,7 @@ async def test_cost_over_the_wire(api: Api) -> None:
     request = {
         "op": "cost",
         "session": SESSION,
+        "token": TOKEN,
         "input_tokens": 1200,
         "output_tokens": 300,
         "usd": 0.042,

@@ -21,6 +21,7 @@ README = (ROOT / "README.md").read_text()
 EXERCISED_BY: dict[str, list[str]] = {
     "demo": ["tests/integration/test_demo.py", "tests/integration/test_readme_commands.py"],
     "relay serve": ["tests/integration/relay_process.py"],
+    "relay repin": ["tests/integration/test_rogue_relay.py"],
     "init": ["tests/integration/test_pairing.py"],
     "daemon start": ["tests/integration/daemon_process.py", "tests/integration/test_daemon_cli.py"],
     "daemon status": ["tests/integration/test_daemon_cli.py"],

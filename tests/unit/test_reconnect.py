@@ -110,9 +110,18 @@ def test_revocation_forgets_the_identity_and_connects_again_at_once(while_connec
     assert policy.failed(LinkFailure.LOST, now=0.0) == Retry(0.5, LinkFailure.LOST)
 
 
-@pytest.mark.parametrize(
-    "failure", [LinkFailure.REPLACED, LinkFailure.AUTH_FAILED, LinkFailure.KEY_MISMATCH]
-)
+@pytest.mark.parametrize("failure", [LinkFailure.KEY_MISMATCH, LinkFailure.REFUSED_AS_REVOKED])
+def test_the_relays_word_alone_is_retried_with_backoff(failure: LinkFailure) -> None:
+    # A relay with another key, or one that says "revoked" without a controller's
+    # signature: refused and retried, never the end of the daemon or its identity.
+    policy = connected()
+    assert policy.failed(failure, now=0.0) == Retry(0.5, failure)
+    policy.retrying()
+    assert policy.failed(failure, now=0.0) == Retry(1.0, failure)
+    assert policy.state is LinkState.WAITING
+
+
+@pytest.mark.parametrize("failure", [LinkFailure.REPLACED, LinkFailure.AUTH_FAILED])
 def test_refused_for_good_stops_and_stays_stopped(failure: LinkFailure) -> None:
     policy = connected()
     assert policy.failed(failure, now=0.0) == Stop(failure)
@@ -143,8 +152,8 @@ def test_the_table_rejects_everything_it_does_not_list() -> None:
 @pytest.mark.parametrize(
     ("code", "connected", "failure"),
     [
-        (CloseCode.REVOKED, False, LinkFailure.REVOKED),
-        (CloseCode.REVOKED, True, LinkFailure.REVOKED),
+        (CloseCode.REVOKED, False, LinkFailure.REFUSED_AS_REVOKED),
+        (CloseCode.REVOKED, True, LinkFailure.REFUSED_AS_REVOKED),
         (CloseCode.REPLACED, True, LinkFailure.REPLACED),
         (CloseCode.AUTH_FAILED, True, LinkFailure.AUTH_FAILED),
         # While connecting, only a revocation is final: the rest is retried.
@@ -171,7 +180,7 @@ def _unreachable(cause: BaseException) -> RelayUnreachable:
     ("exc", "failure"),
     [
         (RelayKeyMismatch("the relay's key changed"), LinkFailure.KEY_MISMATCH),
-        (RelayClosedConnection(CloseCode.REVOKED, "revoked"), LinkFailure.REVOKED),
+        (RelayClosedConnection(CloseCode.REVOKED, "revoked"), LinkFailure.REFUSED_AS_REVOKED),
         (RelayClosedConnection(CloseCode.FLOOD, "slow down"), LinkFailure.LOST),
         (_unreachable(ConnectionRefusedError()), LinkFailure.REFUSED),
         (_unreachable(TimeoutError()), LinkFailure.UNREACHABLE),
