@@ -22,6 +22,7 @@ from starmux.control import (
     ListMachines,
     MachineGranted,
     MachineList,
+    MachineRevocation,
     MachineRevoked,
     Notice,
     NoticeEvent,
@@ -330,8 +331,16 @@ async def test_revocation_tells_the_machine_and_every_controller_then_closes_it(
     assert relay.state.table.get(machine.peer.key) is None
     assert not may_route(controller.peer, machine.peer)
     # Controllers see it go offline (it left the table first), then why.
-    for node, count in ((machine, 2), (controller, 3), (other, 2)):
+    for node, count in ((machine, 3), (controller, 3), (other, 2)):
         messages = await node.messages(count)
+        if node is machine:
+            # After the notice, the controller's signed revoke, forwarded as is (11.8).
+            proof = messages.pop()[2]
+            assert isinstance(proof, MachineRevocation)
+            assert (proof.machine_key, proof.revoked_by) == (
+                machine.peer.key,
+                controller.peer.key,
+            )
         notice = messages[-1][2]
         assert isinstance(notice, Notice) and notice.event is NoticeEvent.REVOKED
         assert notice.subject == machine.peer.key
