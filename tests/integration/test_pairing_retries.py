@@ -20,7 +20,7 @@ from .relay_process import RelayProcess
 
 
 async def _spend_ticket_budget(relay: RelayProcess) -> None:
-    """Any throwaway key on the daemon's IP can spend the per-IP pairing budget."""
+    """Another key on the daemon's address spends the per-address pairing budget."""
     spender = RelayNode(Role.MACHINE)
     await spender.connect(relay.url)
     for request_id in range(1, 100):
@@ -32,8 +32,10 @@ async def _spend_ticket_budget(relay: RelayProcess) -> None:
 
 
 def test_rate_limited_ticket_request_is_retried_not_fatal(
-    tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]
+    tmp_path: Path, relay_factory: RelayFactory, daemons: list[DaemonProcess]
 ) -> None:
+    # A small per-address budget, spent by another key on the same address.
+    relay = relay_factory(env={"STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "3"})
     asyncio.run(_spend_ticket_budget(relay))
     daemon = DaemonProcess(tmp_path / "box", relay.url).start()
     daemons.append(daemon)
