@@ -35,6 +35,7 @@ from starmux.control import (
     SessionStatus,
     TicketCreated,
 )
+from starmux.device_roles import Action, allowed
 from starmux.e2e import Kind
 from starmux.errors import ConnectionLost, RemoteProtocolError, StarmuxError, UsageError
 from starmux.identity import IdentityCard, NodeKeys, Role
@@ -68,6 +69,7 @@ from starmux.revocation import revoking_controller
 
 from . import fleet_settings
 from .checkpoints import Checkpoints
+from .devices import DeviceGate
 from .eventlog import EventLog
 from .live import LiveService
 from .local_api import LocalApiServer
@@ -502,7 +504,7 @@ class Daemon:
 
     async def _paired_event(self, live: LiveService, event: LinkEvent) -> None:
         if isinstance(event, RevocationReceived):
-            await self._check_revocation(event.revocation)
+            await self._check_revocation(event.revocation, live.devices)
         elif isinstance(event, NoticeReceived):
             notice = event.notice
             # A bare REVOKED notice is the relay's word only: the signed revocation
@@ -512,9 +514,16 @@ class Daemon:
         elif isinstance(event, Data):
             await live.on_data(event.peer, event.body)
 
-    async def _check_revocation(self, revocation: MachineRevocation) -> None:
+    async def _check_revocation(self, revocation: MachineRevocation, devices: DeviceGate) -> None:
         assert self.keys is not None
-        controllers = [(c.key, c.account) for c in await self.store.controllers()]
+        paired = await self.store.controllers()
+        controllers = [(c.key, c.account) for c in paired]
+        accounts = {c.account for c in paired}
+        # Another device of the account may revoke too, if this machine's verified
+        # device log says it is current with a role that allows it.
+        role = await devices.role_of(revocation.revoked_by)
+        if len(accounts) == 1 and allowed(role, Action.REVOKE_MACHINE):
+            controllers.append((revocation.revoked_by, accounts.pop()))
         by = revoking_controller(
             revocation, machine_key=self.keys.sign_public, controllers=controllers
         )
