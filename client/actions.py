@@ -16,6 +16,7 @@ from pathlib import Path
 
 from starmux.control import (
     AccountRegistered,
+    FailureCode,
     GrantMachine,
     ListMachines,
     MachineGranted,
@@ -185,12 +186,9 @@ async def pair(
                 opened = await link.request(OpenTicket(0, code.ticket), TicketOpened)
             except RelayRefused as exc:
                 refusal = exc.code
-                if (
-                    refusal == "unknown-ticket"
-                    and code.expires_at
-                    and time.time() >= code.expires_at
-                ):
-                    refusal = "expired"  # the relay drops a machine's old tickets
+                expired = code.expires_at is not None and time.time() >= code.expires_at
+                if refusal == FailureCode.UNKNOWN_TICKET and expired:
+                    refusal = FailureCode.EXPIRED  # the relay drops a machine's old tickets
                 message, hint = _TICKET_REFUSALS.get(refusal, (exc.message, exc.hint or ""))
                 raise UsageError(message, hint=hint) from exc
             assert isinstance(opened, TicketOpened)
