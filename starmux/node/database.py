@@ -44,6 +44,7 @@ __all__ = ["Migration", "SchemaError", "load_migrations", "migrate"]
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Leading whitespace and comments, stripped to find a statement's first keyword.
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
+_WAL_ATTEMPTS = 50  # about 12 s in all, well past any other opener's migration
 _TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 
 
@@ -206,6 +207,26 @@ def _make_private(path: Path) -> None:
             os.chmod(f"{path}{suffix}", 0o600)
 
 
+async def _enable_wal(db: aiosqlite.Connection) -> bool:
+    """Switch to WAL; True if the file is in WAL mode afterwards.
+
+    Switching needs the file to itself for a moment, and SQLite answers "database is
+    locked" at once (without its busy handler) while another process opens the same
+    new file — cluster nodes or a daemon and a CLI command starting together — so the
+    switch is retried briefly rather than failing the start-up.
+    """
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            rows = list(await db.execute_fetchall("PRAGMA journal_mode=WAL"))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))
+        else:
+            return str(rows[0][0]).lower() == "wal"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def open_database(
     path: Path, package: str, folder: str = "migrations"
 ) -> aiosqlite.Connection:
@@ -217,8 +238,7 @@ async def open_database(
     await asyncio.to_thread(_make_private, path)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
-        rows = list(await db.execute_fetchall("PRAGMA journal_mode=WAL"))
-        wal = str(rows[0][0]).lower() == "wal"
+        wal = await _enable_wal(db)
         # WAL + NORMAL: a committed transaction survives a crash of the process;
         # only an OS crash or power loss can lose the last commits, never corrupt
         # the file. Without WAL (a filesystem that cannot do it) NORMAL is not safe
