@@ -2,15 +2,13 @@
 
 ``python -m bench.storm.clients --url URL --relay-key HEX --salt HEX --first I --count N``
 
-Each machine (keys derived from the salt and its index, see :func:`machine_keys`) runs
-the shipped daemon's connection policy (``daemon/runtime.py``: ``_connect_once``,
-``_after_close``, ``_wait_backoff``) through the shipped :class:`starmux.node.link.RelayLink`
-(WebSocket + :class:`starmux.relay_auth.NodeAuth` against the pinned relay key):
-
-    connect ──ok──▶ stay connected, remember a RESTARTING notice's retry_after
-       ▲  │ refused: Backoff.after_refusal(); unreachable: next_delay()
-       │  ▼
-    closed ─▶ sleep Backoff.hinted_delay(retry_after) if a notice came, else next_delay()
+Each machine (keys derived from the salt and its index, see :func:`machine_keys`) pumps
+the daemon's own reconnect policy, the core state machine :class:`starmux.reconnect.Reconnect`
+(as ``daemon/runtime.py`` does: ``connect_failure``/``close_failure`` classify, the policy
+answers Retry/Stop), through the shipped :class:`starmux.node.link.RelayLink` (WebSocket +
+:class:`starmux.relay_auth.NodeAuth` against the pinned relay key). Nothing of the
+policy is written here again; the ``refused-flat`` and ``eager`` policies only replace
+the delay, to measure a proposal against it.
 
 Only the daemon's own disk I/O (reading its key file and pinned key from SQLite
 before each attempt) is left out: it costs the relay nothing.
@@ -38,11 +36,18 @@ import time
 import uvloop
 
 from bench.common.procs import commands, emit
-from starmux.backoff import Backoff
 from starmux.control import NoticeEvent, SessionStatus
 from starmux.errors import ConnectionLost, CryptoError, RemoteProtocolError
 from starmux.identity import IdentityCard, NodeKeys, Role
-from starmux.node.link import NoticeReceived, RelayClosedConnection, RelayLink, RelayUnreachable
+from starmux.node.link import (
+    Closed,
+    NoticeReceived,
+    RelayClosedConnection,
+    RelayLink,
+    RelayUnreachable,
+    connect_failure,
+)
+from starmux.reconnect import LinkFailure, Reconnect, Retry, close_failure
 
 #: Reconnect policies: ``shipped`` is the daemon's. The others exist to measure a
 #: proposal against it: ``refused-flat`` retries a *refused* TCP connect (nothing
@@ -116,7 +121,7 @@ class Fleet:
 
     async def run_machine(self, index: int, ramp: asyncio.Semaphore) -> None:
         keys, card = self.identities[index]
-        backoff = Backoff()
+        policy = Reconnect()
         first = True
         while True:
             link = RelayLink(self.url, keys, card, pinned_relay_key=self.pin)
@@ -127,50 +132,58 @@ class Fleet:
                         auth = await link.connect()
                 else:
                     auth = await link.connect()
-            except CryptoError as exc:  # e.g. the relay's key changed: the daemon stops
-                emit("error", detail=f"machine {index}: {exc}")
-                return
-            except RelayClosedConnection as exc:
-                self.stats[f"refused-{exc.code}"] += 1
-                await asyncio.sleep(self._failure_delay(backoff, exc))
-                continue
-            except (RelayUnreachable, ConnectionLost, OSError, RemoteProtocolError) as exc:
-                self.stats[f"failed-{type(exc.__cause__ or exc).__name__}"] += 1
-                await asyncio.sleep(self._failure_delay(backoff, exc))
+            except (
+                CryptoError,
+                RelayClosedConnection,
+                RelayUnreachable,
+                ConnectionLost,
+                OSError,
+                RemoteProtocolError,
+            ) as exc:
+                if isinstance(exc, RelayClosedConnection):
+                    self.stats[f"refused-{exc.code}"] += 1
+                else:
+                    self.stats[f"failed-{type(exc.__cause__ or exc).__name__}"] += 1
+                if not await self._wait_after(policy, connect_failure(exc), index):
+                    return
                 continue
             if first:
                 first = False
                 self.connected += 1
                 if self.connected == len(self.identities):
                     self.all_connected.set()
-            backoff.reset()
+            policy.connected()
             self._authenticated(index, auth.status)
-            hint: float | None = None
+            hinted = False
+            code: int | None = None
             async for event in link.events():
                 if (
                     isinstance(event, NoticeReceived)
                     and event.notice.event is NoticeEvent.RESTARTING
                 ):
-                    hint = event.notice.retry_after
+                    hinted = True
+                    policy.restart_hint(event.notice.retry_after)
+                elif isinstance(event, Closed):
+                    code = event.code
             await link.close()
-            self.stats["hinted" if hint is not None else "unhinted-close"] += 1
-            if self.policy == "eager":
-                await asyncio.sleep(random.uniform(0.0, EAGER))
-            elif hint is not None:
-                await asyncio.sleep(backoff.hinted_delay(hint))
-            else:
-                await asyncio.sleep(backoff.next_delay())
+            self.stats["hinted" if hinted else "unhinted-close"] += 1
+            if not await self._wait_after(policy, close_failure(code, connected=True), index):
+                return
 
-    def _failure_delay(self, backoff: Backoff, exc: Exception) -> float:
-        """How long the policy waits after a failed connect (the daemon: next_delay)."""
+    async def _wait_after(self, policy: Reconnect, failure: LinkFailure, index: int) -> bool:
+        """Wait as the policy says (or as the measured alternative does); False: stop."""
+        step = policy.failed(failure, now=time.monotonic())
+        if not isinstance(step, Retry):  # the daemon stops (or forgets a revoked key)
+            emit("error", detail=f"machine {index}: {failure.value}")
+            return False
+        delay = step.delay
         if self.policy == "eager":
-            return random.uniform(0.0, EAGER)
-        refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
-        if self.policy == "shipped" and refused:
-            return backoff.after_refusal(time.monotonic())  # as daemon/runtime.py does
-        if self.policy == "refused-flat" and refused:
-            return random.uniform(0.0, REFUSED_CAP)
-        return backoff.next_delay()
+            delay = random.uniform(0.0, EAGER)
+        elif self.policy == "refused-flat" and failure is LinkFailure.REFUSED:
+            delay = random.uniform(0.0, REFUSED_CAP)
+        await asyncio.sleep(delay)
+        policy.retrying()
+        return True
 
 
 async def main() -> None:
