@@ -35,6 +35,7 @@ Description=starmux machine daemon
 Type=simple
 ExecStart="/opt/star tools/py%%3/bin/python" -m starmux.cli daemon start --foreground
 Environment="STARMUX_HOME=/home/ann/star mux"
+Environment="PATH=/opt/star tools/py%%3/bin:/usr/local/bin:/usr/bin:/bin"
 Environment=PYTHONUNBUFFERED=1
 Restart=on-failure
 RestartSec=5
@@ -51,6 +52,13 @@ WantedBy=default.target
 
 def test_unit_text_golden() -> None:
     assert unit_text(exec_start=ARGV, home=HOME) == GOLDEN
+
+
+def test_unit_puts_the_directory_of_starmux_first_on_path() -> None:
+    # Sessions and the Claude Code hook call `starmux`; a venv or pipx install has it
+    # next to the Python that runs the service, not on the user manager's PATH.
+    service = unit_text(exec_start=["/home/ann/.venv/bin/python", "-m", "x"], home=HOME)
+    assert "Environment=PATH=/home/ann/.venv/bin:/usr/local/bin:/usr/bin:/bin\n" in service
 
 
 def test_unit_parses_back_into_its_sections() -> None:
