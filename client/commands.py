@@ -8,7 +8,6 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -224,7 +223,11 @@ def pair_command(
                 err=True,
             )
 
-    with progress("pairing through the relay"):
+    from .agent_client import relay_link_released
+
+    # Pairing runs its own relay connection with this device's key: the controller
+    # agent's would close it (and it the agent's), so the agent stays off meanwhile.
+    with relay_link_released(_home(home)), progress("pairing through the relay"):
         result = asyncio.run(
             actions.pair(_home(home), parsed, confirm=confirm, on_comparison_code=comparison_known)
         )
@@ -250,67 +253,6 @@ def pair_command(
             "showing a QR code, pair it again",
             err=True,
         )
-
-
-@click.command("machines")
-@home_option
-@json_option
-def machines_command(home: Path | None, as_json: bool) -> None:
-    """List paired machines, online or offline, with their fingerprints."""
-    with progress("asking the relay"):
-        report = asyncio.run(actions.machines(_home(home)))
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    views = report.machines
-    if as_json:
-        rows: list[dict[str, Any]] = [
-            {
-                "name": v.name,
-                "fingerprint": v.fingerprint,
-                "online": v.online,
-                "listed_by_relay": v.listed,
-                "paired_at": v.paired_at,
-                "last_seen": v.last_seen,
-                "key": v.key.hex(),
-            }
-            for v in views
-        ]
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not views:
-        click.echo(
-            "no paired machines yet: run `starmux daemon start` on a machine and "
-            "`starmux pair CODE` here"
-        )
-        return
-    width = max(len(_printable(v.name)) for v in views)
-    for view in views:
-        if not view.listed:
-            state, seen = "missing", "  not listed by the relay"
-        elif view.online:
-            state, seen = click.style("online ", fg="green"), ""
-        else:
-            state, seen = "offline", f"  last seen {_when(view.last_seen)}"
-        click.echo(f"{_printable(view.name):<{width}}  {state}  {view.fingerprint}{seen}")
-
-
-@click.command("revoke")
-@click.argument("machine")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@home_option
-@json_option
-def revoke_command(machine: str, yes: bool, home: Path | None, as_json: bool) -> None:
-    """Revoke MACHINE (name or fingerprint): the relay cuts it off for good."""
-    if not yes and not click.confirm(
-        f"Revoke {machine!r}? It will need to pair again", default=False
-    ):
-        raise click.Abort
-    with progress("revoking through the relay"):
-        revoked = asyncio.run(actions.revoke(_home(home), machine))
-    if as_json:
-        click.echo(json.dumps({"revoked": revoked.name, "fingerprint": revoked.fingerprint}))
-        return
-    click.echo(f"revoked {_printable(revoked.name)} ({revoked.fingerprint})")
 
 
 @click.command("demo")

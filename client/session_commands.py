@@ -1,52 +1,104 @@
-"""Controller commands for sessions and approvals."""
+"""Controller commands for sessions and approvals: thin clients of the controller agent
+(:mod:`starmux.client.agent_client`), which holds the relay connection and the cache.
+
+Every field that came from a machine (ids, statuses, titles, bodies, errors, hints,
+names) goes through :func:`printable` before it reaches the terminal: a compromised
+machine must not be able to write escape sequences (OSC 52 to the clipboard, CSI to
+rewrite other lines) into the controller's terminal.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import datetime
 import json
+import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import sessions as actions
-from .commands import _home, _printable, home_option, json_option, progress
-from .timefmt import local_time
+from . import agent_client
+from .commands import _home, home_option, json_option, progress
 
 
-def _outcome_json(outcome: actions.CommandOutcome, **extra: Any) -> str:
-    ack = outcome.ack
-    return json.dumps(
-        {
-            "command_id": outcome.command_id,
-            "machine": outcome.machine.name,
-            "queued": outcome.queued,
-            "ok": ack.ok if ack else None,
-            "error": ack.error if ack else None,
-            "result": ack.result if ack else None,
-            **extra,
-        }
-    )
+def printable(value: object) -> str:
+    """Text from a machine, safe for a terminal: every character that is not
+    printable (controls, ESC, bidi and other format characters, line separators) is
+    shown as its escape (``\\x1b``, ``\\u202e``), so it cannot act on the terminal."""
+    text = value if isinstance(value, str) else str(value)
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
-def _report(outcome: actions.CommandOutcome, done: str, as_json: bool, **extra: Any) -> None:
-    if as_json:
-        click.echo(_outcome_json(outcome, **extra))
-    elif outcome.queued:
+def when(timestamp: object) -> str:
+    """A machine-supplied time, total: anything that is not a sane epoch says so."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        return "?"
+    if not math.isfinite(timestamp) or not 0 <= timestamp < 1e11:
+        return "?"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def say_refused(reply: dict[str, Any]) -> None:
+    """Queued commands a machine refused since the last command said so (once each)."""
+    refused = reply.get("refused")
+    if not isinstance(refused, list):
+        return
+    for entry in refused:
+        if not isinstance(entry, dict):
+            continue
         click.echo(
-            f"queued: {_printable(outcome.machine.name)} is offline or did not answer; "
-            "the command waits in this controller's outbox and is delivered the next "
-            "time a starmux command (e.g. `starmux sessions` or `watch`) runs while "
-            "the machine is online"
+            f"note: a queued {printable(entry.get('kind', '?'))} for "
+            f"{printable(entry.get('machine', '?'))} was refused: "
+            f"{printable(entry.get('error', ''))} (see `starmux outbox`)",
+            err=True,
         )
-    elif outcome.ack is not None and outcome.ack.ok:
+
+
+def say_freshness(reply: dict[str, Any]) -> None:
+    """For every machine whose part of the answer is not live: how old it is."""
+    relay = reply.get("relay") or {}
+    if not relay.get("connected"):
+        click.echo(
+            f"warning: relay unreachable ({printable(relay.get('error', ''))}); "
+            "showing cached data",
+            err=True,
+        )
+    for machine in reply.get("machines") or []:
+        if not isinstance(machine, dict) or machine.get("live"):
+            continue
+        name = printable(machine.get("name", "?"))
+        as_of = machine.get("last_live") or machine.get("last_seen")
+        state = "syncing" if machine.get("online") else "offline"
+        click.echo(
+            f"note: {name} is {state}; its part is as of {when(as_of) if as_of else 'its last sync'}",
+            err=True,
+        )
+
+
+def _outcome_json(reply: dict[str, Any], **extra: Any) -> str:
+    keys = ("command_id", "machine", "queued", "error", "result")
+    return json.dumps({**{k: reply.get(k) for k in keys}, "ok": reply.get("accepted"), **extra})
+
+
+def _report(reply: dict[str, Any], done: str, as_json: bool, **extra: Any) -> None:
+    say_refused(reply)
+    if as_json:
+        click.echo(_outcome_json(reply, **extra))
+    elif reply.get("queued"):
+        click.echo(
+            f"queued: {printable(reply.get('machine', '?'))} is offline or did not answer "
+            "in time; the controller agent delivers the command when it is back "
+            "(see `starmux outbox`)"
+        )
+    elif reply.get("accepted"):
         click.echo(done)
-    if outcome.ack is not None and not outcome.ack.ok:
+    if reply.get("accepted") is False:
         if not as_json:
-            click.echo(f"error: {outcome.ack.error}", err=True)
-            if outcome.ack.hint:
-                click.echo(f"hint: {outcome.ack.hint}", err=True)
+            click.echo(f"error: {printable(reply.get('error') or '')}", err=True)
+            if reply.get("hint"):
+                click.echo(f"hint: {printable(reply['hint'])}", err=True)
         raise SystemExit(1)
 
 
@@ -81,17 +133,23 @@ def run_command(
 ) -> None:
     """Start COMMAND on a machine: starmux run --machine M -- COMMAND ARGS..."""
     with progress(f"starting it on {machine}"):
-        session, outcome = asyncio.run(
-            actions.run(
-                _home(home), machine, list(argv), cwd=cwd, title=title, env=_env(env_pairs), pty=pty
-            )
+        reply = agent_client.call(
+            _home(home),
+            "run",
+            machine=machine,
+            argv=list(argv),
+            cwd=cwd,
+            title=title,
+            env=_env(env_pairs),
+            pty=pty,
         )
+    session = printable(reply.get("session", "?"))
     _report(
-        outcome,
-        f"started session {session} on {_printable(outcome.machine.name)}\n"
+        reply,
+        f"started session {session} on {printable(reply.get('machine', '?'))}\n"
         f"follow it: starmux watch {session}",
         as_json,
-        session=session,
+        session=reply.get("session"),
     )
 
 
@@ -102,12 +160,17 @@ def run_command(
 def cancel_command(session: str, home: Path | None, as_json: bool) -> None:
     """Cancel SESSION (SIGTERM, then SIGKILL after a grace period)."""
     with progress("cancelling"):
-        outcome = asyncio.run(actions.cancel(_home(home), session))
-    _report(outcome, f"cancelled {session}", as_json, session=session)
+        reply = agent_client.call(_home(home), "cancel", session=session)
+    _report(reply, f"cancelled {printable(session)}", as_json, session=session)
 
 
-def _age(timestamp: float) -> str:
-    return local_time(timestamp)
+def _session_line(r: dict[str, Any]) -> str:
+    code = f" ({r.get('exit_code')})" if r.get("exit_code") is not None else ""
+    status = printable(str(r.get("status", "?")) + code)
+    return (
+        f"{printable(r.get('id', '?'))}  {printable(r.get('machine', '?')):<12} "
+        f"{status:<18} {when(r.get('created_at'))}  {printable(r.get('title', ''))}"
+    )
 
 
 @click.command("sessions")
@@ -115,45 +178,18 @@ def _age(timestamp: float) -> str:
 @home_option
 @json_option
 def sessions_command(machine: str | None, home: Path | None, as_json: bool) -> None:
-    """List sessions on all machines (synced from the online ones)."""
-    with progress("syncing with online machines"):
-        rows, fresh, names = asyncio.run(actions.sessions(_home(home), machine))
+    """List sessions on all machines (from the controller agent's cache)."""
+    reply = agent_client.call(_home(home), "sessions", machine=machine)
+    say_refused(reply)
+    rows = [r for r in reply.get("sessions") or [] if isinstance(r, dict)]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "machine": names.get(r.machine, r.machine.hex()),
-                        "title": r.title,
-                        "cwd": r.cwd,
-                        "argv": r.argv,
-                        "status": r.status,
-                        "exit_code": r.exit_code,
-                        "created_at": r.created_at,
-                        "updated_at": r.updated_at,
-                        "cost": {
-                            "input_tokens": r.input_tokens,
-                            "output_tokens": r.output_tokens,
-                            "usd": r.usd,
-                        },
-                    }
-                    for r in rows
-                ],
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(rows, indent=2))
         return
-    if not fresh:
-        click.echo("warning: relay unreachable; showing cached data", err=True)
+    say_freshness(reply)
     if not rows:
         click.echo("no sessions yet: starmux run --machine M -- COMMAND")
     for r in rows:
-        name = _printable(names.get(r.machine, "?"))
-        code = f" ({r.exit_code})" if r.exit_code is not None else ""
-        click.echo(
-            f"{r.id}  {name:<12} {r.status + code:<18} {_age(r.created_at)}  {_printable(r.title)}"
-        )
+        click.echo(_session_line(r))
 
 
 def _write_output(stream: str, data: bytes) -> None:
@@ -162,34 +198,90 @@ def _write_output(stream: str, data: bytes) -> None:
     target.flush()
 
 
+def _exit_code(reply: dict[str, Any]) -> int:
+    """A watched session's own exit code where it has one (1 if it failed without)."""
+    if reply.get("status") == "succeeded":
+        return 0
+    code = reply.get("exit_code")
+    if type(code) is int and 0 < code < 256:
+        return code
+    return 1
+
+
+def _ending(session: str, reply: dict[str, Any]) -> str:
+    status = str(reply.get("status", "?"))
+    code = reply.get("exit_code")
+    text = status + (f" ({code})" if code is not None else "")
+    if status == "revoked":
+        text += ": its machine was revoked, so it reports nothing more"
+    return f"[{printable(session)}: {printable(text)}]"
+
+
+def _json_lines(home: Path, session: str, *, follow: bool) -> int:
+    def write(stream: str, data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace")
+        click.echo(json.dumps({"type": "output", "stream": stream, "data": text}))
+
+    def status(text: str) -> None:
+        click.echo(json.dumps({"type": "status", "status": text}))
+
+    reply = agent_client.watch(home, session, write=write, status=status, follow=follow)
+    click.echo(
+        json.dumps(
+            {
+                "type": "end",
+                "session": session,
+                "status": reply.get("status"),
+                "exit_code": reply.get("exit_code"),
+            }
+        )
+    )
+    return _exit_code(reply)
+
+
 @click.command("logs")
 @click.argument("session")
 @home_option
-def logs_command(session: str, home: Path | None) -> None:
-    """Print SESSION's output so far (synced from its machine if online)."""
-    with progress("syncing"):
-        row, events = asyncio.run(actions.logs(_home(home), session))
-    for event in events:
-        chunk = actions.output_of(event)
-        if chunk:
-            _write_output(*chunk)
-    click.echo(f"[{session}: {row.status}]", err=True)
+@json_option
+def logs_command(session: str, home: Path | None, as_json: bool) -> None:
+    """Print SESSION's output so far (from the controller agent's cache)."""
+    if as_json:
+        _json_lines(_home(home), session, follow=False)
+        return
+    reply = agent_client.watch(
+        _home(home), session, write=_write_output, status=lambda text: None, follow=False
+    )
+    say_refused(reply)
+    click.echo(_ending(session, reply), err=True)
 
 
 @click.command("watch")
 @click.argument("session")
 @home_option
-def watch_command(session: str, home: Path | None) -> None:
-    """Print SESSION's output so far, then follow it live until it ends."""
-    row = asyncio.run(
-        actions.watch(
-            _home(home),
-            session,
-            write=_write_output,
-            status=lambda text: click.echo(f"[{session}: {text}]", err=True),
-        )
+@json_option
+def watch_command(session: str, home: Path | None, as_json: bool) -> None:
+    """Print SESSION's output so far, then follow it live until it ends; exits with
+    the session's exit code."""
+    if as_json:
+        raise SystemExit(_json_lines(_home(home), session, follow=True))
+    reply = agent_client.watch(
+        _home(home),
+        session,
+        write=_write_output,
+        status=lambda text: click.echo(f"[{printable(session)}: {printable(text)}]", err=True),
     )
-    raise SystemExit(0 if row.status == "succeeded" else 1)
+    say_refused(reply)
+    if reply.get("status") == "revoked":
+        click.echo(_ending(session, reply), err=True)
+    raise SystemExit(_exit_code(reply))
+
+
+def _body_lines(body: str) -> Iterable[str]:
+    lines = body.splitlines()
+    for line in lines[:12]:
+        yield "    " + printable(line[:200])
+    if len(lines) > 12:
+        yield f"    … ({len(lines) - 12} more lines: starmux approvals --json)"
 
 
 @click.command("approvals")
@@ -197,48 +289,34 @@ def watch_command(session: str, home: Path | None) -> None:
 @json_option
 def approvals_command(home: Path | None, as_json: bool) -> None:
     """Checkpoints waiting for a decision, on every machine."""
-    with progress("syncing with online machines"):
-        rows, fresh, names = asyncio.run(actions.approvals(_home(home)))
+    reply = agent_client.call(_home(home), "approvals")
+    say_refused(reply)
+    rows = [c for c in reply.get("approvals") or [] if isinstance(c, dict)]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "id": c.id,
-                        "machine": names.get(c.machine, c.machine.hex()),
-                        "session": c.session,
-                        "title": c.title,
-                        "body": c.body,
-                        "expires_at": c.expires_at,
-                        "default": "approve" if c.default_approve else "deny",
-                    }
-                    for c in rows
-                ],
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(rows, indent=2))
         return
-    if not fresh:
-        click.echo("warning: relay unreachable; showing cached data", err=True)
+    say_freshness(reply)
     if not rows:
         click.echo("nothing waits for approval")
     for c in rows:
         click.echo(
-            f"{c.id}  {_printable(names.get(c.machine, '?'))}  {c.session}  "
-            f"{_printable(c.title)}  (expires {_age(c.expires_at)}, default "
-            f"{'approve' if c.default_approve else 'deny'})"
+            f"{printable(c.get('id', '?'))}  {printable(c.get('machine', '?'))}  "
+            f"{printable(c.get('session', '?'))}  {printable(c.get('title', ''))}  "
+            f"(expires {when(c.get('expires_at'))}, default {printable(c.get('default', '?'))})"
         )
-        if c.body:
-            click.echo("    " + _printable(c.body[:200]))
+        body = c.get("body")
+        if isinstance(body, str) and body:
+            for line in _body_lines(body):
+                click.echo(line)
 
 
 def _decide(checkpoint: str, approve: bool, reason: str, home: Path | None, as_json: bool) -> None:
     with progress("delivering the signed decision"):
-        outcome = asyncio.run(
-            actions.decide(_home(home), checkpoint, approve=approve, reason=reason)
+        reply = agent_client.call(
+            _home(home), "decide", checkpoint=checkpoint, approve=approve, reason=reason
         )
     verb = "approved" if approve else "denied"
-    _report(outcome, f"{verb} {checkpoint}", as_json, checkpoint=checkpoint)
+    _report(reply, f"{verb} {printable(checkpoint)}", as_json, checkpoint=checkpoint)
 
 
 @click.command("approve")

@@ -1,5 +1,22 @@
-"""What the controller's session commands do: run, sessions, watch, logs, cancel,
-approvals, approve, deny. Async functions over :class:`LiveController`."""
+"""What the controller's commands do, inside the controller agent: the device's state
+(store, cache, the current :class:`LiveController`) and one method per operation.
+
+The agent (:mod:`starmux.client.agent`) owns the one relay connection and replaces
+the :class:`LiveController` after every reconnect; the methods here read the cache
+at once and reach machines through whichever controller is current.
+
+Invariants:
+- Read-only operations (sessions, approvals, machines, logs) never wait on a machine:
+  they answer from the cache, with how fresh each machine's part is.
+- ``watch`` is exact: it streams the session's events from the cache in ``seq``
+  order after the last one it sent, and wakes when the controller applied more
+  (events are applied exactly once, so nothing is skipped or repeated, across
+  reconnects too).
+- A command waits for its ack on whichever controller is current: an ack recorded
+  while the link was being replaced is found in the cache.
+- A revoked machine's unfinished sessions end as ``revoked`` here (the machine can
+  no longer report their end), and its pending checkpoints leave ``approvals``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +24,15 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from starmux.backoff import Backoff
 from starmux.codec import Message
+from starmux.control import ListMachines, MachineList, RevokeMachine
 from starmux.decisions import decision_transcript
-from starmux.errors import ConnectionLost, StarmuxError, UsageError
+from starmux.errors import ConnectionLost, StarmuxError
 from starmux.identity import NodeKeys
 from starmux.messages import (
     APP,
@@ -26,27 +44,36 @@ from starmux.messages import (
     SessionStatusChanged,
     StartSession,
 )
+from starmux.node.database import read_setting, write_setting
+from starmux.relay_auth import revoke_transcript
 from starmux.session_state import TERMINAL
 
 from .cache import Cache, CheckpointRow, SessionRow
 from .live import EventCallback, LiveController
-from .store import ControllerStore, KnownMachine
+from .store import ControllerConfig, ControllerStore, KnownMachine
+
+#: Status the controller gives the unfinished sessions of a machine it revoked.
+REVOKED = "revoked"
+ENDED = frozenset({*TERMINAL, REVOKED})
+#: How long a command waits for a live machine's ack before saying "queued".
+ACK_WITHIN = 10.0
+_REPORTED_SETTING = "outbox_failures_reported_until"
 
 
-@dataclass(frozen=True)
-class CommandOutcome:
-    command_id: str
-    machine: KnownMachine
-    queued: bool  # the machine was offline: the command waits in the outbox
-    ack: CommandAck | None
+class OperationFailed(StarmuxError):
+    """An operation the agent refuses; ``code`` goes on the wire (see agent_protocol)."""
+
+    def __init__(self, code: str, message: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint or None)
+        self.code = code
 
 
 @contextlib.asynccontextmanager
 async def live_controller(
     home: Path, *, on_event: EventCallback | None = None, required: bool = True
 ) -> AsyncIterator[tuple[ControllerStore, LiveController | None]]:
-    """Open the store and (if possible) a live controller; with ``required=False`` a
-    relay that cannot be reached yields ``None`` so commands can show cached data."""
+    """A store and (if the relay answers) a live controller of its own, outside the
+    agent: for tests and tools that drive the protocol directly."""
     async with ControllerStore(home) as store:
         config = await store.config()
         controller = LiveController(store, config, on_event=on_event)
@@ -63,74 +90,6 @@ async def live_controller(
             await controller.close()
 
 
-async def _issue(
-    home: Path,
-    command: Message,
-    *,
-    machine_query: str | None = None,
-    machine_key: bytes | None = None,
-    within: float = 30.0,
-) -> CommandOutcome:
-    """Put a command in the outbox, deliver it if the machine is online, await its ack."""
-    async with ControllerStore(home) as store:
-        if machine_query is not None:
-            machine = await store.find_machine(machine_query)
-        else:
-            machine = next(m for m in await store.machines() if m.key == machine_key)
-        command_id = "k-" + secrets.token_hex(8)
-        await Cache(store.db).enqueue(command_id, machine.key, command.KIND, APP.encode(command))
-    async with live_controller(home, required=False) as (_, controller):
-        if controller is None or not controller.is_online(machine.key):
-            return CommandOutcome(command_id, machine, True, None)
-        await controller.wait_live([machine.key], within=within)
-        ack = await controller.command_ack(machine.key, command_id, within=within)
-        return CommandOutcome(command_id, machine, ack is None, ack)
-
-
-async def run(
-    home: Path,
-    machine: str,
-    argv: list[str],
-    *,
-    cwd: str,
-    title: str,
-    env: dict[str, str],
-    pty: bool,
-) -> tuple[str, CommandOutcome]:
-    session = "s-" + secrets.token_hex(5)
-    request = StartSession(session, tuple(argv), cwd, title or " ".join(argv)[:80], env, pty)
-    return session, await _issue(home, request, machine_query=machine)
-
-
-async def _session_machine(home: Path, session_id: str) -> SessionRow:
-    async with ControllerStore(home) as store:
-        row = await Cache(store.db).session(session_id)
-    if row is None:
-        raise UsageError(
-            f"no session {session_id!r} known here",
-            hint="see `starmux sessions` (it syncs from online machines)",
-        )
-    return row
-
-
-async def cancel(home: Path, session_id: str) -> CommandOutcome:
-    row = await _session_machine(home, session_id)
-    return await _issue(home, CancelSession(session_id), machine_key=row.machine)
-
-
-async def sessions(
-    home: Path, machine: str | None
-) -> tuple[list[SessionRow], bool, dict[bytes, str]]:
-    """All cached sessions after syncing online machines; (rows, fresh, machine names)."""
-    async with live_controller(home, required=False) as (store, controller):
-        if controller is not None:
-            await controller.wait_live()
-        key = (await store.find_machine(machine)).key if machine else None
-        rows = await Cache(store.db).sessions(key)
-        names = {m.key: m.name for m in await store.machines()}
-        return rows, controller is not None, names
-
-
 def output_of(event: LoggedEvent) -> tuple[str, bytes] | None:
     try:
         message = APP.decode(event.body)
@@ -141,81 +100,12 @@ def output_of(event: LoggedEvent) -> tuple[str, bytes] | None:
     return None
 
 
-async def logs(home: Path, session_id: str) -> tuple[SessionRow, list[LoggedEvent]]:
-    row = await _session_machine(home, session_id)
-    async with live_controller(home, required=False) as (store, controller):
-        if controller is not None:
-            await controller.wait_live([row.machine])
-        cache = Cache(store.db)
-        fresh = await cache.session(session_id)
-        return fresh or row, await cache.session_events(session_id)
-
-
-async def watch(
-    home: Path,
-    session_id: str,
-    *,
-    write: Callable[[str, bytes], None],
-    status: Callable[[str], None],
-) -> SessionRow:
-    """Print past output, then follow live across reconnects until the session ends."""
-    row = await _session_machine(home, session_id)
-    async with ControllerStore(home) as store:
-        printed = 0
-        for event in await Cache(store.db).session_events(session_id):
-            chunk = output_of(event)
-            if chunk:
-                write(*chunk)
-            printed = event.seq
-    finished = asyncio.Event()
-
-    def on_event(machine: bytes, event: LoggedEvent) -> None:
-        nonlocal printed
-        if machine != row.machine or event.session != session_id or event.seq <= printed:
-            return
-        printed = event.seq
-        chunk = output_of(event)
-        if chunk:
-            write(*chunk)
-            return
-        with contextlib.suppress(StarmuxError):
-            message = APP.decode(event.body)
-            if isinstance(message, SessionStatusChanged):
-                status(message.status)
-                if message.status in TERMINAL:
-                    finished.set()
-
-    backoff = Backoff(cap=10.0)
-    while row.status not in TERMINAL:
-        try:
-            async with live_controller(home, on_event=on_event) as (store, controller):
-                assert controller is not None
-                backoff.reset()
-                if not controller.is_online(row.machine):
-                    status("machine offline; waiting for it to come back")
-                done = asyncio.ensure_future(finished.wait())
-                lost = asyncio.ensure_future(controller.closed.wait())
-                await asyncio.wait({done, lost}, return_when=asyncio.FIRST_COMPLETED)
-                done.cancel()
-                lost.cancel()
-                controller.raise_failure()
-                fresh = await Cache(store.db).session(session_id)
-                row = fresh or row
-        except ConnectionLost as exc:
-            delay = backoff.next_delay()
-            status(f"relay unreachable ({exc.message}); retrying in {delay:.1f}s")
-            await asyncio.sleep(delay)
-    return row
-
-
-async def approvals(home: Path) -> tuple[list[CheckpointRow], bool, dict[bytes, str]]:
-    async with live_controller(home, required=False) as (store, controller):
-        if controller is not None:
-            await controller.wait_live()
-        now = time.time()
-        rows = [c for c in await Cache(store.db).checkpoints() if c.expires_at > now]
-        names = {m.key: m.name for m in await store.machines()}
-        return rows, controller is not None, names
+def status_of(event: LoggedEvent) -> SessionStatusChanged | None:
+    try:
+        message = APP.decode(event.body)
+    except StarmuxError:
+        return None
+    return message if isinstance(message, SessionStatusChanged) else None
 
 
 def signed_decision(
@@ -228,15 +118,407 @@ def signed_decision(
     return DecideCheckpoint(checkpoint.id, approve, reason, decided_at, signature)
 
 
-async def decide(home: Path, checkpoint_id: str, *, approve: bool, reason: str) -> CommandOutcome:
-    async with live_controller(home, required=False) as (store, controller):
-        if controller is not None:
-            await controller.wait_live()
-        row = await Cache(store.db).checkpoint(checkpoint_id)
-        keys = store.keys()
-    if row is None:
-        raise UsageError(
-            f"no checkpoint {checkpoint_id!r} known here", hint="see `starmux approvals`"
+def session_json(row: SessionRow, names: dict[bytes, str]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "machine": names.get(row.machine, row.machine.hex()),
+        "title": row.title,
+        "cwd": row.cwd,
+        "argv": row.argv,
+        "status": row.status,
+        "exit_code": row.exit_code,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "cost": {
+            "input_tokens": row.input_tokens,
+            "output_tokens": row.output_tokens,
+            "usd": row.usd,
+        },
+    }
+
+
+def checkpoint_json(row: CheckpointRow, names: dict[bytes, str]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "machine": names.get(row.machine, row.machine.hex()),
+        "session": row.session,
+        "title": row.title,
+        "body": row.body,
+        "expires_at": row.expires_at,
+        "default": "approve" if row.default_approve else "deny",
+    }
+
+
+@dataclass
+class ControllerState:
+    """The device as the agent holds it; ``controller`` is None while the relay is away."""
+
+    store: ControllerStore
+    config: ControllerConfig
+    keys: NodeKeys
+    cache: Cache
+    controller: LiveController | None = None
+    relay_error: str = "not connected yet"
+    #: machine key → when it was last live (synced) while this agent ran
+    last_live: dict[bytes, float] = field(default_factory=dict)
+    #: machine key → the relay's last_seen from its latest listing
+    last_seen: dict[bytes, float | None] = field(default_factory=dict)
+    #: session id → events woken when the controller applied something for it
+    watchers: dict[str, set[asyncio.Event]] = field(default_factory=dict)
+    #: set (and replaced) whenever a new controller becomes current
+    controller_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # --- called by the agent --------------------------------------------------------
+
+    def on_event(self, machine: bytes, event: LoggedEvent) -> None:
+        for wake in self.watchers.get(event.session, ()):
+            wake.set()
+
+    def set_controller(self, controller: LiveController | None, error: str = "") -> None:
+        self.controller = controller
+        self.relay_error = error
+        changed, self.controller_changed = self.controller_changed, asyncio.Event()
+        changed.set()
+        for wakes in self.watchers.values():
+            for wake in wakes:
+                wake.set()
+
+    def note_live(self) -> None:
+        if self.controller is not None:
+            now = time.time()
+            for key, machine in self.controller.machines.items():
+                if machine.live.is_set():
+                    self.last_live[key] = now
+
+    # --- freshness ------------------------------------------------------------------
+
+    async def freshness(self) -> list[dict[str, Any]]:
+        """Per paired machine: online, synced, and when its cached part was last fresh."""
+        self.note_live()
+        rows = []
+        for machine in await self.store.machines():
+            channel = self.controller.machines.get(machine.key) if self.controller else None
+            rows.append(
+                {
+                    "name": machine.name,
+                    "fingerprint": machine.fingerprint,
+                    "online": bool(channel and channel.online),
+                    "live": bool(channel and channel.live.is_set()),
+                    "last_live": self.last_live.get(machine.key),
+                    "last_seen": self.last_seen.get(machine.key, machine.last_seen),
+                }
+            )
+        return rows
+
+    async def _names(self) -> dict[bytes, str]:
+        return {m.key: m.name for m in await self.store.machines()}
+
+    async def _relay(self) -> dict[str, Any]:
+        return {"connected": self.controller is not None, "error": self.relay_error}
+
+    # --- read-only ------------------------------------------------------------------
+
+    async def sessions(self, machine: str | None) -> dict[str, Any]:
+        key = (await self.store.find_machine(machine)).key if machine else None
+        names = await self._names()
+        rows = await self.cache.sessions(key)
+        return {
+            "sessions": [session_json(r, names) for r in rows],
+            "machines": await self.freshness(),
+            "relay": await self._relay(),
+        }
+
+    async def approvals(self) -> dict[str, Any]:
+        now = time.time()
+        names = await self._names()
+        ended = {r.id for r in await self.cache.sessions() if r.status in ENDED}
+        rows = [
+            c
+            for c in await self.cache.checkpoints()
+            if c.expires_at > now and c.session not in ended and c.machine in names
+        ]
+        return {
+            "approvals": [checkpoint_json(c, names) for c in rows],
+            "machines": await self.freshness(),
+            "relay": await self._relay(),
+        }
+
+    async def machines(self) -> dict[str, Any]:
+        """Paired machines (pinned at pairing), with what the relay says about them now.
+        The relay's word never adds or removes one here: a machine it does not list is
+        shown as such, one it lists that was not paired here is reported apart."""
+        listed: dict[bytes, Any] = {}
+        controller = self.controller
+        if controller is not None and controller.link is not None:
+            with contextlib.suppress(StarmuxError):
+                listing = await controller.link.request(ListMachines(0), MachineList)
+                assert isinstance(listing, MachineList)
+                listed = {info.machine_key: info for info in listing.machines}
+                for key, info in listed.items():
+                    self.last_seen[key] = info.last_seen
+        known = await self.store.machines()
+        views = []
+        for machine in known:
+            info = listed.get(machine.key)
+            channel = controller.machines.get(machine.key) if controller else None
+            views.append(
+                {
+                    "name": machine.name,
+                    "fingerprint": machine.fingerprint,
+                    "key": machine.key.hex(),
+                    "online": bool(channel and channel.online),
+                    "listed": info is not None if listed else None,
+                    "paired_at": machine.paired_at,
+                    "last_seen": self.last_seen.get(machine.key, machine.last_seen),
+                }
+            )
+        unknown = sorted(k.hex() for k in set(listed) - {m.key for m in known})
+        return {"machines": views, "unpaired_listed": unknown, "relay": await self._relay()}
+
+    async def _session(self, session_id: str) -> SessionRow:
+        row = await self.cache.session(session_id)
+        if row is None:
+            raise OperationFailed(
+                "not-found",
+                f"no session {session_id!r} known here",
+                "see `starmux sessions` (it lists what this controller has synced)",
+            )
+        return row
+
+    async def stream_session(
+        self, session_id: str, send: Callable[[str, Any], Awaitable[None]], *, follow: bool
+    ) -> SessionRow:
+        """Send the session's output and status changes in order (``send(kind,
+        payload)``); with ``follow``, keep going until it ends. Returns its last row."""
+        row = await self._session(session_id)
+        wake = asyncio.Event()
+        self.watchers.setdefault(session_id, set()).add(wake)
+        sent = 0
+        said_offline = False
+        try:
+            while True:
+                wake.clear()
+                for event in await self.cache.session_events(session_id, after=sent):
+                    sent = event.seq
+                    chunk = output_of(event)
+                    if chunk is not None:
+                        await send("output", chunk)
+                    elif (status := status_of(event)) is not None:
+                        await send("status", status)
+                row = await self.cache.session(session_id) or row
+                if not follow or row.status in ENDED:
+                    return row
+                online = self.controller is not None and self.controller.is_online(row.machine)
+                if not online and not said_offline:
+                    said_offline = True
+                    why = "relay unreachable" if self.controller is None else "machine offline"
+                    await send("notice", f"{why}; waiting for it to come back")
+                elif online:
+                    said_offline = False
+                await wake.wait()
+        finally:
+            self.watchers[session_id].discard(wake)
+            if not self.watchers[session_id]:
+                del self.watchers[session_id]
+
+    async def outbox(self) -> dict[str, Any]:
+        names = await self._names()
+        rows = await self.store.db.execute_fetchall(
+            "SELECT command_id, machine, kind, created_at, acked_at, ok, error, hint "
+            "FROM outbox WHERE acked_at IS NULL OR ok = 0 ORDER BY created_at"
         )
-    decision = signed_decision(keys, row, approve=approve, reason=reason)
-    return await _issue(home, decision, machine_key=row.machine)
+        return {
+            "commands": [
+                {
+                    "command_id": r[0],
+                    "machine": names.get(bytes(r[1]), "(revoked)"),
+                    "kind": r[2],
+                    "created_at": r[3],
+                    "state": "pending" if r[4] is None else "refused",
+                    "answered_at": r[4],
+                    "error": r[6] or "",
+                    "hint": r[7] or "",
+                }
+                for r in rows
+            ]
+        }
+
+    async def unreported_failures(self) -> list[dict[str, Any]]:
+        """Queued commands refused since the last time a command said so (then marked
+        as said): every refusal is shown once without asking."""
+        value = await read_setting(self.store.db, _REPORTED_SETTING)
+        until = float(value.decode()) if value else 0.0
+        rows = list(
+            await self.store.db.execute_fetchall(
+                "SELECT command_id, machine, kind, acked_at, error, hint FROM outbox "
+                "WHERE ok = 0 AND acked_at > ? ORDER BY acked_at",
+                (until,),
+            )
+        )
+        if not rows:
+            return []
+        await write_setting(self.store.db, _REPORTED_SETTING, repr(rows[-1][3]).encode())
+        names = await self._names()
+        return [
+            {
+                "command_id": r[0],
+                "machine": names.get(bytes(r[1]), "(revoked)"),
+                "kind": r[2],
+                "error": r[4] or "",
+                "hint": r[5] or "",
+            }
+            for r in rows
+        ]
+
+    # --- commands -------------------------------------------------------------------
+
+    async def _machine_by_key(self, key: bytes) -> KnownMachine:
+        for machine in await self.store.machines():
+            if machine.key == key:
+                return machine
+        raise OperationFailed(
+            "refused",
+            "the machine of this session was revoked",
+            "its sessions ended as `revoked`; pair it again to use it",
+        )
+
+    async def _issue(self, machine: KnownMachine, command: Message) -> dict[str, Any]:
+        """Put a command in the outbox; if its machine is live, deliver it and wait for
+        the ack (on whichever controller is current)."""
+        command_id = "k-" + secrets.token_hex(8)
+        await self.cache.enqueue(command_id, machine.key, command.KIND, APP.encode(command))
+        ack = await self._await_ack(machine.key, command_id, within=ACK_WITHIN)
+        return {
+            "command_id": command_id,
+            "machine": machine.name,
+            "queued": ack is None,
+            "accepted": ack.ok if ack else None,  # not "ok": that names the reply itself
+            "error": ack.error if ack else None,
+            "hint": ack.hint if ack else None,
+            "result": ack.result if ack else None,
+        }
+
+    async def _await_ack(
+        self, machine_key: bytes, command_id: str, *, within: float
+    ) -> CommandAck | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            controller = self.controller
+            channel = controller.machines.get(machine_key) if controller else None
+            if controller is None or channel is None or not channel.online:
+                return await self._stored_ack(command_id)
+            future = channel.acks.setdefault(command_id, loop.create_future())
+            stored = await self._stored_ack(command_id)
+            if stored is not None:
+                return stored
+            if channel.live.is_set():
+                # Sent now (the outbox goes out by itself when the machine gets live).
+                await controller.flush_outbox(channel)
+            changed = asyncio.ensure_future(self.controller_changed.wait())
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                changed.cancel()
+                return None
+            waits: set[asyncio.Future[Any]] = {future, changed}
+            done, _ = await asyncio.wait(
+                waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            changed.cancel()
+            if future in done:
+                return future.result()
+            if not done:
+                return await self._stored_ack(command_id)
+
+    async def _stored_ack(self, command_id: str) -> CommandAck | None:
+        stored = await self.cache.command(command_id)
+        if stored is None or not stored.acked:
+            return None
+        return CommandAck(
+            command_id, bool(stored.ok), stored.error or "", stored.hint or "", stored.result or ""
+        )
+
+    async def run(
+        self,
+        machine: str,
+        argv: list[str],
+        *,
+        cwd: str,
+        title: str,
+        env: dict[str, str],
+        pty: bool,
+    ) -> dict[str, Any]:
+        target = await self.store.find_machine(machine)
+        session = "s-" + secrets.token_hex(5)
+        request = StartSession(session, tuple(argv), cwd, title or " ".join(argv)[:80], env, pty)
+        return {"session": session, **await self._issue(target, request)}
+
+    async def cancel(self, session_id: str) -> dict[str, Any]:
+        row = await self._session(session_id)
+        if row.status == REVOKED:
+            raise OperationFailed(
+                "too-late", f"session {session_id} ended: its machine was revoked"
+            )
+        machine = await self._machine_by_key(row.machine)
+        return {"session": session_id, **await self._issue(machine, CancelSession(session_id))}
+
+    async def decide(self, checkpoint_id: str, *, approve: bool, reason: str) -> dict[str, Any]:
+        row = await self.cache.checkpoint(checkpoint_id)
+        if row is None:
+            raise OperationFailed(
+                "not-found",
+                f"no checkpoint {checkpoint_id!r} known here",
+                "see `starmux approvals`",
+            )
+        session = await self.cache.session(row.session)
+        if session is not None and session.status in ENDED and row.decision is None:
+            raise OperationFailed(
+                "too-late",
+                f"too late: the session ended ({session.status}) before a decision",
+                "nothing was sent; see `starmux logs " + row.session + "`",
+            )
+        machine = await self._machine_by_key(row.machine)
+        decision = signed_decision(self.keys, row, approve=approve, reason=reason)
+        return {"checkpoint": checkpoint_id, **await self._issue(machine, decision)}
+
+    async def revoke(self, query: str) -> dict[str, Any]:
+        machine = await self.store.find_machine(query)
+        controller = self.controller
+        if controller is None or controller.link is None:
+            raise OperationFailed(
+                "unavailable",
+                f"the relay is unreachable ({self.relay_error})",
+                "revocation goes through the relay; try again when it answers",
+            )
+        issued_at = time.time()
+        signature = self.keys.sign(revoke_transcript(self.config.account, machine.key, issued_at))
+        from starmux.control import MachineRevoked
+        from starmux.node.link import RelayRefused
+
+        try:
+            await controller.link.request(
+                RevokeMachine(0, machine.key, issued_at, signature), MachineRevoked
+            )
+        except RelayRefused as exc:
+            if exc.code != "unknown-machine":
+                raise
+        await self.forget_revoked(machine.key)
+        return {"revoked": machine.name, "fingerprint": machine.fingerprint}
+
+    async def forget_revoked(self, key: bytes) -> None:
+        """End what a revoked machine can no longer report, and stop talking to it."""
+        ended = [r.id for r in await self.cache.sessions(key) if r.status not in ENDED]
+        await self.store.db.execute(
+            "UPDATE sessions SET status = ?, updated_at = ? WHERE machine = ? AND status "
+            f"NOT IN ({','.join('?' * len(ENDED))})",
+            (REVOKED, time.time(), key, *sorted(ENDED)),
+        )
+        await self.store.db.execute(
+            "DELETE FROM outbox WHERE machine = ? AND acked_at IS NULL", (key,)
+        )
+        await self.store.remove_machine(key)
+        if self.controller is not None:
+            self.controller.machines.pop(key, None)
+        for session in ended:
+            for wake in self.watchers.get(session, ()):
+                wake.set()

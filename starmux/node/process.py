@@ -48,7 +48,6 @@ Invariants:
 
 from __future__ import annotations
 
-
 import fcntl
 import json
 import os

@@ -215,12 +215,12 @@ def enable_instructions(path: Path) -> str:
 
 __all__ = [
     "UNIT_NAME",
-    "service_path",
     "UnitExistsError",
     "default_unit_dir",
     "enable_instructions",
     "exec_line",
     "install_user_unit",
     "quote_exec_arg",
+    "service_path",
     "unit_text",
 ]

@@ -57,6 +57,19 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         relay.kill()
 
 
+@pytest.fixture(autouse=True)
+def stop_controller_agents(tmp_path: Path) -> Iterator[None]:
+    """Controller commands start a controller agent per home on demand; stop the ones
+    this test's homes started (they would otherwise outlive the test)."""
+    yield
+    from starmux.client.agent_process import read_status, stop_agent
+
+    for status_file in tmp_path.rglob("controller.json"):
+        status = read_status(status_file.parent)
+        if status is not None and status.alive:
+            stop_agent(status_file.parent)
+
+
 @pytest.fixture
 def daemons() -> Iterator[list[DaemonProcess]]:
     """Daemon processes a test started; stopped after it."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from starmux.client.sessions import watch
+from starmux.client.agent_client import watch
 
 from .cluster import Paired, pair, python
 from .daemon_process import DaemonProcess, run_cli
@@ -31,7 +30,7 @@ def test_run_watch_logs_and_sessions(paired: Paired) -> None:
     expected = "".join(f"line {i}\n" for i in range(1, 201))
     assert watched.stdout == expected
     assert "oops" in watched.stderr
-    assert watched.returncode == 1  # the session failed (exit 3)
+    assert watched.returncode == 3  # watch exits with the session's own code
     row = paired.session(session)
     assert (row["status"], row["exit_code"], row["title"]) == ("failed", 3, "count")
     logs = run_cli(paired.controller, "logs", session)
@@ -68,6 +67,6 @@ def test_watch_raises_what_stopped_its_controller_instead_of_hanging(
             raise BrokenPipeError("stdout closed")
 
     with pytest.raises(BrokenPipeError, match="stdout closed"):
-        asyncio.run(watch(paired.controller, session, write=write, status=lambda text: None))
+        watch(paired.controller, session, write=write, status=lambda text: None)
     assert gate.exists()
     run_cli(paired.controller, "cancel", session)

@@ -1,0 +1,344 @@
+"""The controller agent: one long-lived process per controller home that holds the
+device's single relay connection, its KK channels, the cache and the outbox, applies
+events continuously and answers the CLI commands over a Unix socket.
+
+Why one process: the relay keeps one connection per key and closes the older one when
+the same key connects again (close 4013). Commands that each opened their own
+connection knocked each other (and every ``watch``) off the relay. Now only the agent
+connects; commands are clients of it (:mod:`starmux.client.agent_client`) and any
+number of them run at once.
+
+Shape::
+
+    ControllerAgent.run()
+      ├─ ProcessLock(controller.lock / controller.json)   one agent per home
+      ├─ Unix server  <home>/controller.sock (0600)         one task per command
+      │     request line → ControllerState method → stream items + final reply
+      └─ link loop: LiveController.start() → current → closed → backoff → again
+
+Plug-in points for work that must run while no command does (placing queued tasks,
+reminders and notifications, the local web UI): :attr:`ControllerAgent.services` are
+started with the agent and given its :class:`ControllerState`; they see every applied
+event through :meth:`ControllerState.on_event` and reach machines through its methods.
+
+Invariants:
+- The socket is created by the lock holder only (so unlinking a stale one never takes
+  a live agent's away), in the home (0700), itself 0600.
+- A command's connection ending (Ctrl-C in ``watch``) cancels only that command.
+- A failure inside one command is that command's failure reply; the agent goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from starmux import agent_protocol as wire
+from starmux.backoff import Backoff
+from starmux.errors import ConnectionLost, StarmuxError, UsageError
+from starmux.home import ensure_private_dir
+from starmux.messages import SessionStatusChanged
+
+from .agent_process import AGENT_FILES, AgentState, socket_path
+from .cache import Cache
+from .live import LiveController
+from .sessions import ControllerState, OperationFailed
+from .store import ControllerStore
+
+log = logging.getLogger("starmux.controller.agent")
+
+#: How long a read-only command waits for the first sync after the agent started.
+FIRST_SYNC_WAIT = 10.0
+#: The agent exits if its home disappears (a deleted test folder, a removed profile).
+HOME_CHECK_INTERVAL = 5.0
+
+#: A service runs for the agent's life with the device state (see the module docstring).
+Service = Callable[[ControllerState], Coroutine[Any, Any, None]]
+
+
+class ControllerAgent:
+    def __init__(self, home: Path, *, services: list[Service] | None = None) -> None:
+        self.home = home
+        self.services = services or []
+        self.state: ControllerState | None = None
+        self.stopping = asyncio.Event()
+        self.first_sync = asyncio.Event()
+        self.link_released = 0  # requests holding the relay connection free
+        self._link_free = asyncio.Event()
+        self._link_free.set()
+        self._release = asyncio.Event()
+        self._started = time.time()
+
+    async def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
+        async with ControllerStore(self.home) as store:
+            config = await store.config()
+            keys = store.keys()
+            self.state = ControllerState(store, config, keys, Cache(store.db))
+            path = socket_path(self.home)
+            path.unlink(missing_ok=True)  # a leftover: we hold the lock
+            old_umask = os.umask(0o177)
+            try:
+                server = await asyncio.start_unix_server(
+                    self._serve, path=str(path), limit=wire.MAX_REQUEST + 1
+                )
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stopping.set)
+            if on_ready is not None:
+                on_ready()
+            tasks = [
+                asyncio.create_task(self._link_loop()),
+                asyncio.create_task(self._watch_home()),
+                *(asyncio.create_task(service(self.state)) for service in self.services),
+            ]
+            try:
+                await self.stopping.wait()
+            finally:
+                server.close()
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(BaseException):
+                        await task
+                path.unlink(missing_ok=True)
+
+    # --- the relay link -----------------------------------------------------------
+
+    async def _link_loop(self) -> None:
+        assert self.state is not None
+        state = self.state
+        backoff = Backoff(cap=10.0)
+        while True:
+            await self._link_free.wait()
+            controller = LiveController(state.store, state.config, on_event=state.on_event)
+            try:
+                await controller.start()
+            except ConnectionLost as exc:
+                state.set_controller(None, exc.message)
+                self.first_sync.set()
+                delay = backoff.next_delay()
+                log.info("relay unreachable (%s); retrying in %.1fs", exc.message, delay)
+                await self._sleep_unless_released(delay)
+                continue
+            backoff.reset()
+            state.set_controller(controller)
+            log.info("connected to the relay")
+            try:
+                with contextlib.suppress(StarmuxError):
+                    await controller.wait_live(within=FIRST_SYNC_WAIT)
+                state.note_live()
+                self.first_sync.set()
+                released = asyncio.ensure_future(self._wait_released())
+                closed = asyncio.ensure_future(controller.closed.wait())
+                await asyncio.wait({released, closed}, return_when=asyncio.FIRST_COMPLETED)
+                released.cancel()
+                closed.cancel()
+            finally:
+                state.note_live()
+                reason = controller.close_reason
+                await controller.close()
+                why = (
+                    "released for another command"
+                    if self.link_released
+                    else (f"connection lost ({reason})" if reason else "connection lost")
+                )
+                state.set_controller(None, why)
+                log.info("relay link ended: %s", why)
+            if controller.failure is not None:
+                log.warning("the controller stopped: %r", controller.failure)
+            if not self.link_released:
+                await self._sleep_unless_released(backoff.next_delay())
+
+    async def _wait_released(self) -> None:
+        await self._release.wait()
+
+    async def _sleep_unless_released(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.stopping.wait()
+
+    async def _watch_home(self) -> None:
+        identity = os.stat(self.home)
+        while True:
+            await asyncio.sleep(HOME_CHECK_INTERVAL)
+            try:
+                now = os.stat(self.home)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (identity.st_dev, identity.st_ino):
+                log.warning("the home %s is gone; stopping", self.home)
+                self.stopping.set()
+                return
+
+    # --- commands -----------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                line = await reader.readuntil(b"\n")
+                request = wire.parse_request(line.rstrip(b"\n"))
+            except asyncio.LimitOverrunError:
+                writer.write(wire.failure("bad-request", "the request line is too long"))
+                return
+            except asyncio.IncompleteReadError:
+                return
+            except wire.AgentProtocolError as exc:
+                writer.write(wire.failure(exc.code, exc.message, exc.hint or ""))
+                return
+            work = asyncio.ensure_future(self._answer(request, writer))
+            gone = asyncio.ensure_future(reader.read(1))  # EOF: the command went away
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            gone.cancel()
+        except (ConnectionError, BrokenPipeError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await writer.drain()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, request: wire.Request, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = await self._dispatch(request, writer)
+        except OperationFailed as exc:
+            reply = wire.failure(exc.code, exc.message, exc.hint or "")
+        except UsageError as exc:
+            reply = wire.failure("not-found", exc.message, exc.hint or "")
+        except StarmuxError as exc:
+            reply = wire.failure("unavailable", exc.message, exc.hint or "")
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("a %s request failed", request.op)
+            reply = wire.failure(
+                "internal",
+                f"the controller agent failed: {type(exc).__name__}: {exc}",
+                f"see {self.home / 'controller.log'}",
+            )
+        writer.write(reply)
+        await writer.drain()
+
+    async def _dispatch(self, request: wire.Request, writer: asyncio.StreamWriter) -> bytes:
+        state = self.state
+        assert state is not None
+        op, fields = request.op, request.fields
+        if op == "ping":
+            return wire.ok(pid=os.getpid())
+        if op == "stop":
+            self.stopping.set()
+            return wire.ok(stopping=True)
+        if op == "status":
+            return wire.ok(**await self._status())
+        if op == "release-link":
+            return await self._release_link(writer)
+        if op not in ("outbox",):
+            await self._wait_first_sync()
+        notes = {} if op == "outbox" else {"refused": await state.unreported_failures()}
+        if op == "sessions":
+            return wire.ok(**await state.sessions(fields["machine"]), **notes)
+        if op == "approvals":
+            return wire.ok(**await state.approvals(), **notes)
+        if op == "machines":
+            return wire.ok(**await state.machines(), **notes)
+        if op == "outbox":
+            return wire.ok(**await state.outbox())
+        if op in ("logs", "watch"):
+            return await self._stream(writer, fields["session"], follow=op == "watch", notes=notes)
+        if op == "run":
+            return wire.ok(**await state.run(**fields), **notes)
+        if op == "cancel":
+            return wire.ok(**await state.cancel(fields["session"]), **notes)
+        if op == "decide":
+            return wire.ok(**await state.decide(**fields), **notes)
+        if op == "revoke":
+            return wire.ok(**await state.revoke(fields["machine"]), **notes)
+        raise OperationFailed("bad-request", f"op {op!r} is not handled")  # pragma: no cover
+
+    async def _wait_first_sync(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_SYNC_WAIT):
+                await self.first_sync.wait()
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, session: str, *, follow: bool, notes: dict[str, Any]
+    ) -> bytes:
+        assert self.state is not None
+
+        async def send(kind: str, payload: Any) -> None:
+            if kind == "output":
+                stream, data = payload
+                for start in range(0, max(len(data), 1), wire.MAX_OUTPUT_ITEM):
+                    writer.write(
+                        wire.output_item(stream, data[start : start + wire.MAX_OUTPUT_ITEM])
+                    )
+            elif kind == "status":
+                assert isinstance(payload, SessionStatusChanged)
+                writer.write(wire.status_item(payload.status, payload.exit_code))
+            else:
+                writer.write(wire.notice_item(str(payload)))
+            await writer.drain()  # a slow reader slows its own stream, nobody else's
+
+        row = await self.state.stream_session(session, send, follow=follow)
+        return wire.ok(session=row.id, status=row.status, exit_code=row.exit_code, **notes)
+
+    async def _release_link(self, writer: asyncio.StreamWriter) -> bytes:
+        """Give the relay connection up until this request's connection closes (the
+        command's own link uses the same key), then take it back."""
+        self.link_released += 1
+        self._link_free.clear()
+        self._release.set()
+        try:
+            while self.state is not None and self.state.controller is not None:
+                await asyncio.sleep(0.02)
+            writer.write(wire.ok(released=True))
+            await writer.drain()
+            await asyncio.Event().wait()  # until the command closes (cancels us)
+        finally:
+            self.link_released -= 1
+            if not self.link_released:
+                self._release.clear()
+                self._link_free.set()
+        return b""  # pragma: no cover
+
+    async def _status(self) -> dict[str, Any]:
+        assert self.state is not None
+        return {
+            "pid": os.getpid(),
+            "home": str(self.home),
+            "started_at": self._started,
+            "relay_url": self.state.config.relay_url,
+            "relay": {
+                "connected": self.state.controller is not None,
+                "error": self.state.relay_error,
+            },
+            "machines": await self.state.freshness(),
+            "watchers": sum(len(w) for w in self.state.watchers.values()),
+        }
+
+
+def run_agent(home: Path) -> int:
+    """``starmux controller start --foreground``: hold the lock, serve until stopped."""
+    from starmux.node.process import ProcessLock
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ensure_private_dir(home)
+    with ProcessLock(home, AGENT_FILES, argv=sys.argv) as lock:
+        agent = ControllerAgent(home)
+        asyncio.run(agent.run(on_ready=lambda: lock.update_status(state=AgentState.SERVING)))
+    return 0
