@@ -47,7 +47,8 @@ from starmux.errors import ConnectionLost, StarmuxError, UsageError
 from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
 
-from .agent_process import AGENT_FILES, AgentState, socket_path
+from .agent_client import socket_path
+from .agent_process import AGENT_FILES, AgentState
 from .cache import Cache
 from .live import LiveController
 from .sessions import ControllerState, OperationFailed
@@ -305,7 +306,7 @@ class ControllerAgent:
         self._release.set()
         try:
             while self.state is not None and self.state.controller is not None:
-                await asyncio.sleep(0.02)
+                await self.state.controller_changed.wait()
             writer.write(wire.ok(released=True))
             await writer.drain()
             await asyncio.Event().wait()  # until the command closes (cancels us)

@@ -17,10 +17,8 @@ from typing import Any
 
 from starmux import agent_protocol as wire
 from starmux.errors import StarmuxError, UsageError
-from starmux.node.process import ProcessAlreadyRunning, ProcessStartError
 
-from .agent_process import LOG_FILE, read_status, socket_path, start_in_background
-from .store import KEY_FILE, NotInitialized
+LOG_FILE = "controller.log"  # the agent's log when started in the background
 
 #: How long a command waits for an agent that is starting (its own or a racing one).
 START_WAIT = 20.0
@@ -56,10 +54,15 @@ def _connect_once(path: Path) -> socket.socket | None:
     return sock
 
 
+def socket_path(home: Path) -> Path:
+    return home / wire.SOCKET_FILE
+
+
 def connect(home: Path, *, start: bool = True) -> socket.socket:
-    """A connection to the home's agent, starting the agent if none runs."""
-    if not (home / KEY_FILE).exists():
-        raise NotInitialized(home)
+    """A connection to the home's agent, starting the agent if none runs.
+
+    The fast path (an agent answers) imports nothing more; finding out why not and
+    starting one needs the process and store modules."""
     path = socket_path(home)
     if len(str(path).encode()) > _UNIX_PATH_MAX:
         raise AgentUnavailable(
@@ -69,6 +72,13 @@ def connect(home: Path, *, start: bool = True) -> socket.socket:
     sock = _connect_once(path)
     if sock is not None:
         return sock
+    from starmux.node.process import ProcessAlreadyRunning, ProcessStartError
+
+    from .agent_process import read_status, start_in_background
+    from .store import KEY_FILE, NotInitialized
+
+    if not (home / KEY_FILE).exists():
+        raise NotInitialized(home)
     if not start:
         raise AgentUnavailable(
             "the controller agent is not running", hint="start it: starmux controller start"
@@ -188,6 +198,8 @@ def relay_link_released(home: Path) -> Iterator[None]:
     """While this block runs, the agent (if one runs) stays off the relay, so a command
     that needs its own connection with the device's key (pairing) is not closed by
     the agent's and does not close it."""
+    from .store import NotInitialized
+
     try:
         sock = connect(home, start=False)
     except (AgentUnavailable, NotInitialized):

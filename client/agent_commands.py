@@ -11,16 +11,17 @@ from typing import Any
 import click
 
 from . import agent_client
+from .agent_cli import home_option, json_option, printable, progress, when
+from .agent_cli import resolve_home as _home
+from .agent_client import LOG_FILE
 from .agent_process import (
-    LOG_FILE,
     UNIT_NAME,
     foreground_argv,
     read_status,
     start_in_background,
     stop_agent,
 )
-from .commands import _home, home_option, json_option, progress
-from .session_commands import printable, say_refused, when
+from .session_commands import say_refused
 
 
 @click.group("controller")
@@ -178,10 +179,8 @@ def revoke_command(machine: str, yes: bool, home: Path | None, as_json: bool) ->
             json.dumps({"revoked": reply.get("revoked"), "fingerprint": reply.get("fingerprint")})
         )
         return
-    click.echo(
-        f"revoked {printable(reply.get('revoked', '?'))} ({printable(reply.get('fingerprint', '?'))}); "
-        "its unfinished sessions are marked `revoked`"
-    )
+    name, fingerprint = printable(reply.get("revoked", "?")), printable(reply.get("fingerprint"))
+    click.echo(f"revoked {name} ({fingerprint}); its unfinished sessions are marked `revoked`")
 
 
 @click.command("outbox")

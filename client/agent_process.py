@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from starmux.agent_protocol import SOCKET_FILE
 from starmux.node import process as _process
 
-LOG_FILE: Final = "controller.log"
+from .agent_client import LOG_FILE
+
 UNIT_NAME: Final = "starmux-controller.service"
 
 
@@ -42,10 +42,6 @@ AGENT_FILES: Final = _process.ProcessFiles(
     command="starmux controller",
     states=frozenset(state.value for state in AgentState),
 )
-
-
-def socket_path(home: Path) -> Path:
-    return home / SOCKET_FILE
 
 
 def foreground_argv(home: Path) -> list[str]:

@@ -3,58 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from starmux.home import default_home
 from starmux.identity import IdentityCard
 from starmux.node.answers import read_answer
 from starmux.pairing_code import parse_pairing_code
 
-from . import actions
-from .timefmt import local_time
+from . import actions, agent_cli
 
-home_option = click.option(
-    "--home",
-    type=click.Path(path_type=Path),
-    default=None,
-    envvar="STARMUX_HOME",
-    help="Controller home [STARMUX_HOME or the user data dir].",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-@contextlib.contextmanager
-def progress(text: str) -> Iterator[None]:
-    """Say what we wait for, on a terminal only (stderr), and clear it afterwards."""
-    shown = sys.stderr.isatty()
-    if shown:
-        sys.stderr.write(f"{text}…")
-        sys.stderr.flush()
-    try:
-        yield
-    finally:
-        if shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
-def _home(home: Path | None) -> Path:
-    return home or default_home()
-
-
-def _printable(text: str) -> str:
-    """Remote text (machine names) is escaped before it reaches the terminal."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def _when(timestamp: float | None) -> str:
-    return local_time(timestamp)
+home_option = agent_cli.home_option
+json_option = agent_cli.json_option
+progress = agent_cli.progress
+_home = agent_cli.resolve_home
+_printable = agent_cli.printable
 
 
 ARGV_WARNING = (

@@ -9,9 +9,7 @@ rewrite other lines) into the controller's terminal.
 
 from __future__ import annotations
 
-import datetime
 import json
-import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,24 +18,8 @@ from typing import Any
 import click
 
 from . import agent_client
-from .commands import _home, home_option, json_option, progress
-
-
-def printable(value: object) -> str:
-    """Text from a machine, safe for a terminal: every character that is not
-    printable (controls, ESC, bidi and other format characters, line separators) is
-    shown as its escape (``\\x1b``, ``\\u202e``), so it cannot act on the terminal."""
-    text = value if isinstance(value, str) else str(value)
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def when(timestamp: object) -> str:
-    """A machine-supplied time, total: anything that is not a sane epoch says so."""
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
-        return "?"
-    if not math.isfinite(timestamp) or not 0 <= timestamp < 1e11:
-        return "?"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+from .agent_cli import home_option, json_option, printable, progress, when
+from .agent_cli import resolve_home as _home
 
 
 def say_refused(reply: dict[str, Any]) -> None:
@@ -71,10 +53,8 @@ def say_freshness(reply: dict[str, Any]) -> None:
         name = printable(machine.get("name", "?"))
         as_of = machine.get("last_live") or machine.get("last_seen")
         state = "syncing" if machine.get("online") else "offline"
-        click.echo(
-            f"note: {name} is {state}; its part is as of {when(as_of) if as_of else 'its last sync'}",
-            err=True,
-        )
+        fresh = when(as_of) if as_of else "its last sync"
+        click.echo(f"note: {name} is {state}; its part is as of {fresh}", err=True)
 
 
 def _outcome_json(reply: dict[str, Any], **extra: Any) -> str:

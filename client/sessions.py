@@ -462,7 +462,8 @@ class ControllerState:
         machine = await self._machine_by_key(row.machine)
         return {"session": session_id, **await self._issue(machine, CancelSession(session_id))}
 
-    async def decide(self, checkpoint_id: str, *, approve: bool, reason: str) -> dict[str, Any]:
+    async def decide(self, checkpoint: str, *, approve: bool, reason: str) -> dict[str, Any]:
+        checkpoint_id = checkpoint
         row = await self.cache.checkpoint(checkpoint_id)
         if row is None:
             raise OperationFailed(

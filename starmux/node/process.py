@@ -493,8 +493,8 @@ def detach(
         if time.monotonic() >= deadline:
             _terminate(child)
             raise ProcessStartError(
-                f"the {files.noun} did not become ready within {ready_timeout:g}s and was stopped:\n"
-                + _log_tail(log_file, log_start),
+                f"the {files.noun} did not become ready within {ready_timeout:g}s "
+                "and was stopped:\n" + _log_tail(log_file, log_start),
                 hint=f"full log: {log_file}",
             )
         time.sleep(_POLL_INTERVAL)
