@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
@@ -68,16 +67,42 @@ class LazyGroup(click.Group):
 
 
 def _version() -> str:
+    # Imported here: importlib.metadata costs a tenth of a second at every start, and
+    # only --version needs it.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("starmux")
     except PackageNotFoundError:  # running from a source tree without install
         return "0+unknown"
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"starmux, version {_version()}")
+        ctx.exit()
+
+
+def _global_flags_anywhere(argv: list[str]) -> list[str]:
+    """``--debug`` is accepted after a subcommand too (hints say "add --debug"), but
+    never taken from after ``--``: there it belongs to the command being run."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" not in argv[:end]:
+        return argv
+    return ["--debug", *(arg for arg in argv[:end] if arg != "--debug"), *argv[end:]]
+
+
 @click.group(
     cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.version_option(_version(), prog_name="starmux")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.option("--debug", is_flag=True, envvar="STARMUX_DEBUG", help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -98,12 +123,11 @@ def report_error(error: StarmuxError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(
-        os.environ.get("STARMUX_DEBUG")
-    )
+    args = _global_flags_anywhere(list(argv if argv is not None else sys.argv[1:]))
+    debug = args[:1] == ["--debug"] or bool(os.environ.get("STARMUX_DEBUG"))
     try:
         result = cli.main(
-            args=argv,
+            args=args,
             prog_name="starmux",
             standalone_mode=False,
             # click already drops colour when output is not a terminal; NO_COLOR

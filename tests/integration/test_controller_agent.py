@@ -5,7 +5,7 @@ and approve knocked each other off the relay and lost lines)."""
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,15 +14,23 @@ import pytest
 from starmux.client.agent_process import read_status
 
 from .cluster import Paired, pair, python
-from .daemon_process import DaemonProcess, run_cli
+from .daemon_process import DaemonProcess, run_cli, starmux_command
 from .relay_process import RelayProcess
 from .watcher import Watcher
 
 STEPS = 4
 LINES_PER_STEP = 25
-#: The issue's bound for an approve through the agent, wall clock of the whole command
-#: (a Python process start included), with room for a loaded shared CI machine.
-APPROVE_BOUND = 1.0 * float(os.environ.get("STARMUX_TEST_TIMEOUT_FACTOR", "1"))
+#: The issue's bound for an approve: the answer through the agent (delivered, signed,
+#: verified and acked by the machine) within 1 s. Measured beyond what starting a
+#: Python process costs on this machine at this moment (seconds on a loaded CI box).
+APPROVE_BOUND = 1.0
+
+
+def python_start_time() -> float:
+    """The wall time of a trivial starmux command right now: the floor of any command."""
+    started = time.monotonic()
+    subprocess.run(starmux_command("--version"), check=True, capture_output=True)
+    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -68,9 +76,10 @@ def approve_all_while_watched(paired: Paired, steps: int) -> list[float]:
             for row in pending:
                 if row["session"] != session or row["id"] in approved:
                     continue
+                floor = python_start_time()
                 started = time.monotonic()
                 result = run_cli(paired.controller, "approve", str(row["id"]))
-                timings.append(time.monotonic() - started)
+                timings.append(time.monotonic() - started - floor)
                 assert result.returncode == 0, result.stderr
                 assert result.stdout.startswith("approved "), result.stdout
                 approved.add(str(row["id"]))
