@@ -1,0 +1,194 @@
+"""A compromised machine writes terminal escape sequences into every field it reports
+(issue 11 item 4): session ids, titles, statuses, checkpoint ids and bodies, command
+errors and hints. The controller's commands must print none of them raw.
+
+The machine is our own core driven by the test (real relay, real KK channel, real
+controller agent and CLI processes); it was paired at relay level and its card put in
+the controller's store as pairing would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from starmux.client.store import ControllerStore
+from starmux.control import CreateTicket, GrantMachine, MachineGranted, OpenTicket, TicketCreated
+from starmux.e2e import Kind, unwrap
+from starmux.frames import FrameType
+from starmux.home import load_node_keys
+from starmux.identity import Role
+from starmux.live_channel import LiveChannel, respond
+from starmux.messages import (
+    APP,
+    CheckpointRaised,
+    CommandAck,
+    CommandEnvelope,
+    EventPage,
+    LoggedEvent,
+    Output,
+    SessionCreated,
+    SessionStatusChanged,
+    SyncRequest,
+)
+
+from .daemon_process import run_cli, starmux_command
+from .node import RelayNode, ok
+from .relay_process import RelayProcess
+
+OSC52 = "\x1b]52;c;cHduZWQ=\x07"  # writes "pwned" to the clipboard
+CSI = "\x1b[1A\x1b[2K"  # up one line, erase it
+BIDI = "\u202e"
+SESSION = "s-evil"
+CHECKPOINT = "c-evil"
+
+
+def events(now: float) -> list[LoggedEvent]:
+    def event(seq: int, session: str, message: object) -> LoggedEvent:
+        return LoggedEvent(seq, now, session, APP.encode(message))  # type: ignore[arg-type]
+
+    return [
+        event(1, SESSION, SessionCreated(("x",), "/", f"title{OSC52}{BIDI}", False, "")),
+        event(2, SESSION, SessionStatusChanged(f"running{CSI}", None, "")),
+        event(3, SESSION, Output("stdout", b"plain output\n")),
+        event(4, "s-wait", SessionCreated(("z",), "/", "waits", False, "")),
+        event(
+            5,
+            "s-wait",
+            CheckpointRaised(
+                CHECKPOINT, f"deploy{CSI}", f"line one\nline two{OSC52}", now + 3600, False
+            ),
+        ),
+        event(6, f"s-{CSI}", SessionCreated(("y",), "/", "other", False, "")),
+        event(7, SESSION, SessionStatusChanged("failed", 3, f"why{OSC52}")),
+    ]
+
+
+async def hostile_machine(
+    machine: RelayNode, controller_card: object, relay_key: bytes, stop: asyncio.Event
+) -> None:
+    channel: LiveChannel | None = None
+    now = time.time()
+    while not stop.is_set():
+        try:
+            frame = await machine.recv(timeout=0.2)
+        except TimeoutError:
+            continue
+        if frame.type is not FrameType.DATA:
+            continue
+        kind, payload = unwrap(frame.body)
+        if kind is Kind.SESSION_HANDSHAKE:
+            channel, reply = respond(
+                machine.keys,
+                controller_card,  # type: ignore[arg-type]
+                payload,
+                relay_key=relay_key,
+            )
+            await machine.send(FrameType.DATA, frame.peer, reply)
+        elif kind is Kind.SESSION_TRANSPORT and channel is not None:
+            message = channel.open(payload)
+            if isinstance(message, SyncRequest):
+                page = EventPage(
+                    "e1",
+                    tuple(e for e in events(now) if e.seq > message.after_seq),
+                    False,
+                    False,
+                )
+                await machine.send(FrameType.DATA, frame.peer, channel.seal(page))
+            elif isinstance(message, CommandEnvelope):
+                ack = CommandAck(message.command_id, False, f"no{OSC52}", f"hint{CSI}", "")
+                await machine.send(FrameType.DATA, frame.peer, channel.seal(ack))
+
+
+async def cli(home: Path, *args: str) -> tuple[int, bytes, bytes]:
+    env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
+    process = await asyncio.create_subprocess_exec(
+        *starmux_command(*args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out, err
+
+
+@pytest.mark.timeout(120)
+def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: RelayProcess) -> None:
+    home = tmp_path / "controller"
+    init = run_cli(home, "init", "--relay", relay.url, "--token", relay.registration_token or "")
+    assert init.returncode == 0, init.stderr
+
+    async def scenario() -> list[tuple[str, int, bytes, bytes]]:
+        async with ControllerStore(home) as store:
+            config = await store.config()
+        keys = load_node_keys(home / "controller.key")
+        controller = RelayNode(Role.CONTROLLER, config.name, keys=keys)
+        await controller.connect(relay.url)
+        machine = RelayNode(Role.MACHINE, "evil-box")  # cards refuse unprintable names
+        await machine.connect(relay.url)
+        ticket = ok(await machine.request(CreateTicket(1)))
+        assert isinstance(ticket, TicketCreated)
+        ok(await controller.request(OpenTicket(2, ticket.ticket)))
+        now, card = time.time(), machine.card.encode()
+        granted = ok(
+            await controller.request(
+                GrantMachine(
+                    3, ticket.ticket, card, now, controller.grant(config.account, card, now)
+                )
+            )
+        )
+        assert isinstance(granted, MachineGranted)
+        await controller.close()
+        async with ControllerStore(home) as store:
+            await store.add_machine(machine.card, paired_at=now)
+        stop = asyncio.Event()
+        serving = asyncio.create_task(
+            hostile_machine(
+                machine, keys.card(Role.CONTROLLER, config.name), config.relay_key, stop
+            )
+        )
+        results = []
+        try:
+            for args in (
+                ("sessions",),
+                ("approvals",),
+                ("machines",),
+                ("watch", SESSION),
+                ("logs", SESSION),
+                ("approve", CHECKPOINT),
+                ("cancel", SESSION),
+                ("outbox",),
+            ):
+                code, out, err = await cli(home, *args)
+                results.append((" ".join(args), code, out, err))
+        finally:
+            stop.set()
+            with contextlib.suppress(BaseException):
+                await serving
+            await machine.close()
+        return results
+
+    results = asyncio.run(scenario())
+    seen = {command: (code, out, err) for command, code, out, err in results}
+    for command, (_, out, err) in seen.items():
+        for stream in (out, err):
+            printed = stream.decode("utf-8", errors="replace")
+            assert "\x1b" not in printed and "\x07" not in printed and BIDI not in printed, (
+                command,
+                printed,
+            )
+    # The fields are shown, escaped, not dropped.
+    assert b"title\\x1b]52;c;cHduZWQ=\\x07\\u202e" in seen["sessions"][1]
+    assert b"\\x1b[1A" in seen["approvals"][1]
+    assert b"line one\n    line two\\x1b]52" in seen["approvals"][1]
+    assert seen[f"watch {SESSION}"][1] == b"plain output\n"
+    assert b"[s-evil: running\\x1b[1A\\x1b[2K]" in seen[f"watch {SESSION}"][2]
+    assert seen[f"watch {SESSION}"][0] == 3  # the session's own exit code
+    assert b"error: no\\x1b]52" in seen[f"approve {CHECKPOINT}"][2]
+    assert b"hint: hint\\x1b[1A" in seen[f"approve {CHECKPOINT}"][2]
