@@ -58,6 +58,12 @@ ENDED = frozenset({*TERMINAL, REVOKED})
 #: How long a command waits for a live machine's ack before saying "queued".
 ACK_WITHIN = 10.0
 _REPORTED_SETTING = "outbox_failures_reported_until"
+#: How the outbox names a command kind to a person (the command that queued it).
+_COMMAND_NAMES = {
+    StartSession.KIND: "run",
+    CancelSession.KIND: "cancel",
+    DecideCheckpoint.KIND: "decision",
+}
 
 
 class OperationFailed(StarmuxError):
@@ -332,7 +338,7 @@ class ControllerState:
                 {
                     "command_id": r[0],
                     "machine": names.get(bytes(r[1]), "(revoked)"),
-                    "kind": r[2],
+                    "kind": _COMMAND_NAMES.get(r[2], r[2]),
                     "created_at": r[3],
                     "state": "pending" if r[4] is None else "refused",
                     "answered_at": r[4],
@@ -363,7 +369,7 @@ class ControllerState:
             {
                 "command_id": r[0],
                 "machine": names.get(bytes(r[1]), "(revoked)"),
-                "kind": r[2],
+                "kind": _COMMAND_NAMES.get(r[2], r[2]),
                 "error": r[4] or "",
                 "hint": r[5] or "",
             }

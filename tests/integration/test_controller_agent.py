@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,85 @@ def test_commands_before_init_say_so_and_create_nothing(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert "no controller in" in result.stderr and "starmux init" in result.stderr
     assert not home.exists() or not any(home.iterdir())
+
+
+@pytest.mark.timeout(90)
+def test_revoke_ends_the_machines_sessions_here_and_watch_says_so(paired: Paired) -> None:
+    session = paired.run(*python("import time\nprint('up', flush=True)\ntime.sleep(120)"))
+    watcher = Watcher(paired.controller, session)
+    watcher.wait_lines(1)
+    revoked = run_cli(paired.controller, "revoke", "gpu-box", "--yes")
+    assert revoked.returncode == 0, revoked.stderr
+    assert "its unfinished sessions are marked `revoked`" in revoked.stdout
+    assert watcher.finish(timeout=30) == 1
+    said = b"".join(watcher.errors).decode()
+    assert f"[{session}: revoked: its machine was revoked" in said, said
+    row = next(r for r in paired.json("sessions") if r["id"] == session)  # type: ignore[union-attr]
+    assert row["status"] == "revoked"
+    cancel = run_cli(paired.controller, "cancel", session)
+    assert cancel.returncode == 1
+    assert "its machine was revoked" in cancel.stderr and "StopIteration" not in cancel.stderr
+    watch_again = run_cli(paired.controller, "watch", session)
+    assert watch_again.returncode == 1 and "revoked" in watch_again.stderr
+
+
+@pytest.mark.timeout(90)
+def test_checkpoints_of_ended_sessions_leave_approvals_and_are_too_late(paired: Paired) -> None:
+    session = paired.run(*stepper(1), title="ends")
+    deadline = time.monotonic() + 30
+    pending: list[dict[str, object]] = []
+    while not pending:
+        assert time.monotonic() < deadline, "the checkpoint never showed up"
+        rows = paired.json("approvals")
+        assert isinstance(rows, list)
+        pending = [r for r in rows if r["session"] == session]
+    checkpoint = str(pending[0]["id"])
+    assert run_cli(paired.controller, "cancel", session).returncode == 0
+    deadline = time.monotonic() + 30
+    while paired.session(session)["status"] != "cancelled":
+        assert time.monotonic() < deadline, "the session never ended"
+    listed = paired.json("approvals")
+    assert isinstance(listed, list) and all(r["id"] != checkpoint for r in listed)
+    late = run_cli(paired.controller, "approve", checkpoint)
+    assert late.returncode == 1, late.stdout
+    assert "too late: the session ended (cancelled)" in late.stderr
+    assert "approved" not in late.stdout
+
+
+def _until(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+def test_a_queued_command_refused_on_delivery_is_shown(paired: Paired) -> None:
+    paired.daemon.stop()
+
+    def offline() -> bool:
+        machines = paired.json("machines")
+        assert isinstance(machines, list)
+        return not machines[0]["online"]
+
+    _until(offline, "the machine never went offline")
+    queued = run_cli(paired.controller, "run", "--machine", "gpu-box", "--cwd", "/", "--", "true")
+    assert queued.returncode == 0 and queued.stdout.startswith("queued: gpu-box"), queued.stdout
+    mark = len(paired.daemon.output)
+    paired.daemon.start()
+    paired.daemon.wait_for("connected to", after=mark)
+
+    def refused() -> bool:
+        rows = paired.json("outbox")
+        assert isinstance(rows, list)
+        return any(r["state"] == "refused" for r in rows)
+
+    _until(refused, "the refusal never reached the outbox")
+    shown = run_cli(paired.controller, "outbox")
+    assert "REFUSED" in shown.stdout and "allow-root" in shown.stdout, shown.stdout
+    first = run_cli(paired.controller, "sessions")
+    assert "note: a queued run for gpu-box was refused: refusing to start" in first.stderr, (
+        first.stderr
+    )
+    second = run_cli(paired.controller, "sessions")
+    assert "was refused" not in second.stderr  # said once
