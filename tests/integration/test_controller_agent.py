@@ -150,7 +150,7 @@ def test_revoke_ends_the_machines_sessions_here_and_watch_says_so(paired: Paired
     assert watcher.finish(timeout=30) == 1
     said = b"".join(watcher.errors).decode()
     assert f"[{session}: revoked: its machine was revoked" in said, said
-    row = next(r for r in paired.json("sessions") if r["id"] == session)  # type: ignore[union-attr]
+    row = paired.session(session)
     assert row["status"] == "revoked"
     cancel = run_cli(paired.controller, "cancel", session)
     assert cancel.returncode == 1
