@@ -22,10 +22,12 @@ import os
 import re
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import msgpack
 
@@ -50,6 +52,30 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
 CANCEL_GRACE = 5.0
 
 Statement = tuple[str, Sequence[object]]
+
+
+def _starmux_dir() -> str | None:
+    """The directory of the ``starmux`` this daemon runs from: next to its Python in a
+    venv or pipx install (``bin/python`` and ``bin/starmux``), else where it was
+    started from as ``starmux``."""
+    for candidate in (os.path.dirname(sys.executable), os.path.dirname(sys.argv[0] or "")):
+        if candidate and os.access(os.path.join(candidate, "starmux"), os.X_OK):
+            return os.path.abspath(candidate)
+    return None
+
+
+#: Found once at start: sessions and hooks call ``starmux checkpoint``; without this a
+#: venv install gives them "starmux: command not found" (exit 127).
+STARMUX_DIR: Final = _starmux_dir()
+
+
+def session_path(path: str | None, *, starmux_dir: str | None) -> str:
+    """A session's PATH: the daemon's, with the directory of ``starmux`` first if it
+    is not on it already."""
+    entries = (path if path is not None else os.defpath).split(os.pathsep)
+    if starmux_dir is None or starmux_dir in entries:
+        return os.pathsep.join(entries)
+    return os.pathsep.join([starmux_dir, *entries])
 
 
 @dataclass
@@ -173,6 +199,7 @@ class SessionManager:
                 request.session, secrets.token_urlsafe(32)
             ),
         }
+        env["PATH"] = session_path(env.get("PATH"), starmux_dir=STARMUX_DIR)
         if request.pty:
             env.setdefault("TERM", "xterm-256color")
 

@@ -70,3 +70,19 @@ def test_watch_raises_what_stopped_its_controller_instead_of_hanging(
         watch(paired.controller, session, write=write, status=lambda text: None)
     assert gate.exists()
     run_cli(paired.controller, "cancel", session)
+
+
+def test_starmux_is_on_the_session_path_whatever_the_daemons_path(
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A venv install: `starmux` lives next to the daemon's Python, not on the PATH the
+    # daemon was started with (systemd's, a login shell's). Hooks call `starmux`.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    paired = pair(tmp_path, relay, daemons)
+    session = paired.run("sh", "-c", "command -v starmux && starmux --version")
+    watched = run_cli(paired.controller, "watch", session)
+    assert watched.returncode == 0, watched.stderr
+    assert "starmux, version" in watched.stdout
