@@ -130,6 +130,26 @@ def test_agent_is_started_on_demand_found_and_stopped(paired: Paired) -> None:
     assert again["alive"] is True and again["pid"] != pid
 
 
+def test_controller_start_detach_single_instance_and_install(
+    paired: Paired, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = run_cli(paired.controller, "controller", "start", "--detach")
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("controller agent started (pid ")
+    again = run_cli(paired.controller, "controller", "start", "--detach")
+    assert again.returncode == 2 and "already running" in again.stderr
+    assert "starmux controller stop" in again.stderr
+    assert (paired.controller / "controller.sock").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    installed = run_cli(paired.controller, "controller", "install")
+    assert installed.returncode == 0, installed.stderr
+    unit = (tmp_path / "config" / "systemd" / "user" / "starmux-controller.service").read_text()
+    assert (
+        "controller start --foreground" in unit and "Description=starmux controller agent" in unit
+    )
+    assert "Environment=PATH=" in unit
+
+
 def test_commands_before_init_say_so_and_create_nothing(tmp_path: Path) -> None:
     home = tmp_path / "nothing-here"
     for args in (["sessions"], ["watch", "s-1"], ["logs", "s-1"], ["cancel", "s-1"]):

@@ -47,6 +47,11 @@ EXERCISED_BY: dict[str, list[str]] = {
     "devices role": ["tests/integration/test_devices.py"],
     "devices remove": ["tests/integration/test_devices.py"],
     "link": ["tests/integration/test_devices.py"],
+    "controller start": ["tests/integration/test_controller_agent.py"],
+    "controller status": ["tests/integration/test_controller_agent.py"],
+    "controller stop": ["tests/integration/test_controller_agent.py"],
+    "controller install": ["tests/integration/test_controller_agent.py"],
+    "outbox": ["tests/integration/test_controller_agent.py"],
 }
 
 
