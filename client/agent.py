@@ -43,7 +43,7 @@ from typing import Any
 
 from starmux import agent_protocol as wire
 from starmux.backoff import Backoff
-from starmux.errors import ConnectionLost, StarmuxError, UsageError
+from starmux.errors import StarmuxError, UsageError
 from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
 
@@ -125,11 +125,16 @@ class ControllerAgent:
             controller = LiveController(state.store, state.config, on_event=state.on_event)
             try:
                 await controller.start()
-            except ConnectionLost as exc:
-                state.set_controller(None, exc.message)
+            except (StarmuxError, OSError) as exc:
+                # Unreachable, refused, or a relay with another key: say so to every
+                # command (status, freshness) and keep trying; the cache still answers.
+                with contextlib.suppress(Exception):
+                    await controller.close()
+                why = exc.message if isinstance(exc, StarmuxError) else str(exc)
+                state.set_controller(None, why)
                 self.first_sync.set()
                 delay = backoff.next_delay()
-                log.info("relay unreachable (%s); retrying in %.1fs", exc.message, delay)
+                log.warning("relay unreachable (%s); retrying in %.1fs", why, delay)
                 await self._sleep_unless_released(delay)
                 continue
             backoff.reset()
@@ -290,13 +295,16 @@ class ControllerAgent:
                     )
             elif kind == "status":
                 assert isinstance(payload, SessionStatusChanged)
-                writer.write(wire.status_item(payload.status, payload.exit_code))
+                writer.write(wire.status_item(payload.status, payload.exit_code, payload.detail))
             else:
                 writer.write(wire.notice_item(str(payload)))
             await writer.drain()  # a slow reader slows its own stream, nobody else's
 
         row = await self.state.stream_session(session, send, follow=follow)
-        return wire.ok(session=row.id, status=row.status, exit_code=row.exit_code, **notes)
+        reason = await self.state.ending_reason(row)
+        return wire.ok(
+            session=row.id, status=row.status, exit_code=row.exit_code, reason=reason, **notes
+        )
 
     async def _release_link(self, writer: asyncio.StreamWriter) -> bytes:
         """Give the relay connection up until this request's connection closes (the

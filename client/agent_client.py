@@ -186,8 +186,13 @@ def watch(
         if answer.kind == "output":
             write(answer.fields["stream"], answer.fields["data"])
         elif answer.kind == "status":
-            code = answer.fields["exit_code"]
-            status(answer.fields["status"] + (f" ({code})" if code is not None else ""))
+            code, reason = answer.fields["exit_code"], answer.fields["reason"]
+            text = answer.fields["status"] + (f" ({code})" if code is not None else "")
+            # Why a session ended badly (e.g. "could not start: … not found"); the
+            # routine details of running ("pid 123") are left out.
+            if reason and answer.fields["status"] not in ("running", "succeeded"):
+                text += f": {reason}"
+            status(text)
         else:
             status(answer.fields["text"])
     raise AgentUnavailable("no reply")  # pragma: no cover

@@ -147,10 +147,13 @@ def cancel_command(session: str, home: Path | None, as_json: bool) -> None:
 def _session_line(r: dict[str, Any]) -> str:
     code = f" ({r.get('exit_code')})" if r.get("exit_code") is not None else ""
     status = printable(str(r.get("status", "?")) + code)
-    return (
+    line = (
         f"{printable(r.get('id', '?'))}  {printable(r.get('machine', '?')):<12} "
         f"{status:<18} {when(r.get('created_at'))}  {printable(r.get('title', ''))}"
     )
+    if r.get("reason"):
+        line += f"\n    {printable(r['reason'])}"
+    return line
 
 
 @click.command("sessions")
@@ -194,6 +197,8 @@ def _ending(session: str, reply: dict[str, Any]) -> str:
     text = status + (f" ({code})" if code is not None else "")
     if status == "revoked":
         text += ": its machine was revoked, so it reports nothing more"
+    elif reply.get("reason") and status != "succeeded":
+        text += f": {reply['reason']}"
     return f"[{printable(session)}: {printable(text)}]"
 
 

@@ -224,12 +224,34 @@ class ControllerState:
 
     # --- read-only ------------------------------------------------------------------
 
+    async def ending_reason(self, row: SessionRow) -> str:
+        """Why a session ended badly, as its machine said (e.g. "could not start: …
+        not found on the session's PATH"); "" for a clean or unfinished one."""
+        if row.status not in ("failed", "lost", "cancelled"):
+            return ""
+        bodies = await self.store.db.execute_fetchall(
+            "SELECT seq, at, session, body FROM events WHERE machine = ? AND session = ? "
+            "ORDER BY seq DESC LIMIT 50",
+            (row.machine, row.id),
+        )
+        for seq, at, session, body in bodies:
+            status = status_of(LoggedEvent(seq, at, session, bytes(body)))
+            if status is not None:
+                return status.detail
+        return ""
+
     async def sessions(self, machine: str | None) -> dict[str, Any]:
         key = (await self.store.find_machine(machine)).key if machine else None
         names = await self._names()
         rows = await self.cache.sessions(key)
+        listed = []
+        for row in rows:
+            entry = session_json(row, names)
+            if row.status == "failed" and row.exit_code is None:  # it never ran
+                entry["reason"] = await self.ending_reason(row)
+            listed.append(entry)
         return {
-            "sessions": [session_json(r, names) for r in rows],
+            "sessions": listed,
             "machines": await self.freshness(),
             "relay": await self._relay(),
         }

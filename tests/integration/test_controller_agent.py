@@ -239,3 +239,14 @@ def test_a_queued_command_refused_on_delivery_is_shown(paired: Paired) -> None:
     )
     second = run_cli(paired.controller, "sessions")
     assert "was refused" not in second.stderr  # said once
+
+
+def test_a_command_that_cannot_start_says_why_everywhere(paired: Paired) -> None:
+    session = paired.run("no-such-command-here")
+    watched = run_cli(paired.controller, "watch", session)
+    assert watched.returncode == 1
+    assert "could not start" in watched.stderr and "not found" in watched.stderr
+    logs = run_cli(paired.controller, "logs", session)
+    assert "failed: could not start" in logs.stderr and "not found" in logs.stderr
+    listed = run_cli(paired.controller, "sessions")
+    assert "could not start" in listed.stdout and "not found" in listed.stdout
