@@ -76,6 +76,8 @@ class ControllerAgent:
         self._link_free = asyncio.Event()
         self._link_free.set()
         self._release = asyncio.Event()
+        #: the commands being answered; cancelled (no reply) before the store closes
+        self._clients: set[asyncio.Task[Any]] = set()
         self._started = time.time()
 
     async def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
@@ -107,6 +109,9 @@ class ControllerAgent:
                 await self.stopping.wait()
             finally:
                 server.close()
+                # Commands end without a reply (a watch resumes on the next agent);
+                # then the link and services; the store closes after all of them.
+                tasks = [*self._clients, *tasks]
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
@@ -190,6 +195,9 @@ class ControllerAgent:
     # --- commands -----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
         try:
             try:
                 line = await reader.readuntil(b"\n")
@@ -204,15 +212,17 @@ class ControllerAgent:
                 return
             work = asyncio.ensure_future(self._answer(request, writer))
             gone = asyncio.ensure_future(reader.read(1))  # EOF: the command went away
-            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if work not in done:
-                work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
-            gone.cancel()
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                work.cancel()  # a no-op once it answered
+                gone.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
         except (ConnectionError, BrokenPipeError):
             pass
         finally:
+            self._clients.discard(task)
             with contextlib.suppress(Exception):
                 await writer.drain()
             writer.close()
@@ -265,7 +275,7 @@ class ControllerAgent:
         if op == "outbox":
             return wire.ok(**await state.outbox())
         if op in ("logs", "watch"):
-            return await self._stream(writer, fields["session"], follow=op == "watch", notes=notes)
+            return await self._stream(writer, fields, follow=op == "watch", notes=notes)
         if op == "run":
             return wire.ok(**await state.run(**fields), **notes)
         if op == "cancel":
@@ -282,25 +292,32 @@ class ControllerAgent:
                 await self.first_sync.wait()
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, session: str, *, follow: bool, notes: dict[str, Any]
+        self,
+        writer: asyncio.StreamWriter,
+        fields: dict[str, Any],
+        *,
+        follow: bool,
+        notes: dict[str, Any],
     ) -> bytes:
         assert self.state is not None
 
-        async def send(kind: str, payload: Any) -> None:
+        async def send(kind: str, seq: int, payload: Any) -> None:
             if kind == "output":
                 stream, data = payload
                 for start in range(0, max(len(data), 1), wire.MAX_OUTPUT_ITEM):
-                    writer.write(
-                        wire.output_item(stream, data[start : start + wire.MAX_OUTPUT_ITEM])
-                    )
+                    chunk = data[start : start + wire.MAX_OUTPUT_ITEM]
+                    writer.write(wire.output_item(seq, stream, chunk))
             elif kind == "status":
                 assert isinstance(payload, SessionStatusChanged)
-                writer.write(wire.status_item(payload.status, payload.exit_code, payload.detail))
+                item = wire.status_item(seq, payload.status, payload.exit_code, payload.detail)
+                writer.write(item)
             else:
                 writer.write(wire.notice_item(str(payload)))
             await writer.drain()  # a slow reader slows its own stream, nobody else's
 
-        row = await self.state.stream_session(session, send, follow=follow)
+        row = await self.state.stream_session(
+            fields["session"], send, follow=follow, after=fields["after"]
+        )
         reason = await self.state.ending_reason(row)
         return wire.ok(
             session=row.id, status=row.status, exit_code=row.exit_code, reason=reason, **notes

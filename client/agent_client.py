@@ -171,6 +171,12 @@ def checked(reply: wire.Reply) -> dict[str, Any]:
     return reply.fields
 
 
+#: A watch whose agent went away (stopped, upgraded, crashed) reconnects, starting a
+#: new one, and resumes after the last event it printed; this many times in a row
+#: without progress, then it gives up and says why.
+WATCH_RESUMES = 5
+
+
 def watch(
     home: Path,
     session: str,
@@ -180,22 +186,39 @@ def watch(
     follow: bool = True,
 ) -> dict[str, Any]:
     """Print a session's output (and follow it live); returns the final reply."""
-    for answer in stream(home, "watch" if follow else "logs", session=session):
-        if isinstance(answer, wire.Reply):
-            return checked(answer)
-        if answer.kind == "output":
-            write(answer.fields["stream"], answer.fields["data"])
-        elif answer.kind == "status":
-            code, reason = answer.fields["exit_code"], answer.fields["reason"]
-            text = answer.fields["status"] + (f" ({code})" if code is not None else "")
-            # Why a session ended badly (e.g. "could not start: … not found"); the
-            # routine details of running ("pid 123") are left out.
-            if reason and answer.fields["status"] not in ("running", "succeeded"):
-                text += f": {reason}"
-            status(text)
-        else:
-            status(answer.fields["text"])
-    raise AgentUnavailable("no reply")  # pragma: no cover
+    printed = 0
+    failures = 0
+    while True:
+        progress = printed
+        try:
+            for answer in stream(
+                home, "watch" if follow else "logs", session=session, after=printed
+            ):
+                if isinstance(answer, wire.Reply):
+                    return checked(answer)
+                if answer.kind == "output":
+                    write(answer.fields["stream"], answer.fields["data"])
+                    printed = answer.fields["seq"]
+                elif answer.kind == "status":
+                    status(_status_text(answer.fields))
+                    printed = answer.fields["seq"]
+                else:
+                    status(answer.fields["text"])
+        except AgentUnavailable:
+            failures = 0 if printed > progress else failures + 1
+            if not follow or failures >= WATCH_RESUMES:
+                raise
+            status("the controller agent went away; resuming")
+
+
+def _status_text(fields: dict[str, Any]) -> str:
+    code, reason = fields["exit_code"], fields["reason"]
+    text = str(fields["status"]) + (f" ({code})" if code is not None else "")
+    # Why a session ended badly (e.g. "could not start: … not found"); the routine
+    # details of running ("pid 123") are left out.
+    if reason and fields["status"] not in ("running", "succeeded"):
+        text += f": {reason}"
+    return text
 
 
 @contextlib.contextmanager

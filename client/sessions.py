@@ -314,14 +314,20 @@ class ControllerState:
         return row
 
     async def stream_session(
-        self, session_id: str, send: Callable[[str, Any], Awaitable[None]], *, follow: bool
+        self,
+        session_id: str,
+        send: Callable[[str, int, Any], Awaitable[None]],
+        *,
+        follow: bool,
+        after: int = 0,
     ) -> SessionRow:
-        """Send the session's output and status changes in order (``send(kind,
-        payload)``); with ``follow``, keep going until it ends. Returns its last row."""
+        """Send the session's output and status changes after event ``after``, in
+        order (``send(kind, seq, payload)``); with ``follow``, keep going until it
+        ends. Returns its last row."""
         row = await self._session(session_id)
         wake = asyncio.Event()
         self.watchers.setdefault(session_id, set()).add(wake)
-        sent = 0
+        sent = after
         said_offline = False
         try:
             while True:
@@ -330,9 +336,9 @@ class ControllerState:
                     sent = event.seq
                     chunk = output_of(event)
                     if chunk is not None:
-                        await send("output", chunk)
+                        await send("output", event.seq, chunk)
                     elif (status := status_of(event)) is not None:
-                        await send("status", status)
+                        await send("status", event.seq, status)
                 row = await self.cache.session(session_id) or row
                 if not follow or row.status in ENDED:
                     return row
@@ -340,7 +346,7 @@ class ControllerState:
                 if not online and not said_offline:
                     said_offline = True
                     why = "relay unreachable" if self.controller is None else "machine offline"
-                    await send("notice", f"{why}; waiting for it to come back")
+                    await send("notice", sent, f"{why}; waiting for it to come back")
                 elif online:
                     said_offline = False
                 await wake.wait()

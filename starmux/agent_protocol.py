@@ -12,8 +12,8 @@ and then exactly one **final reply**, then closes::
     → {"v": 1, "op": "decide", "checkpoint": "c-1f2e", "approve": true, "reason": ""}
     ← {"v": 1, "ok": true, ...}                                     final reply
     ← {"v": 1, "ok": false, "code": C, "error": E, "hint": H}       final reply (failure)
-    ← {"v": 1, "item": "output", "stream": "stdout", "data": B64}   stream item (watch, logs)
-    ← {"v": 1, "item": "status", "status": S, "exit_code": N}       stream item
+    ← {"v": 1, "item": "output", "seq": N, "stream": "stdout", "data": B64}  (watch, logs)
+    ← {"v": 1, "item": "status", "seq": N, "status": S, "exit_code": N, "reason": R}
     ← {"v": 1, "item": "notice", "text": T}                         stream item
 
 Invariants:
@@ -105,6 +105,12 @@ def _bool(value: object) -> bool:
     return value
 
 
+def _seq(value: object) -> int:
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise AgentProtocolError("a seq must be a whole number >= 0")
+    return value
+
+
 def _optional(check: Callable[[object], Any]) -> Callable[[object], Any]:
     def optional(value: object) -> Any:
         return None if value is None else check(value)
@@ -141,8 +147,10 @@ OPS: Final[dict[str, _Fields]] = {
     "sessions": {"machine": (_optional(_text(200, allow_empty=False)), None)},
     "approvals": {},
     "outbox": {},
-    "logs": {"session": (check_id, _REQUIRED)},
-    "watch": {"session": (check_id, _REQUIRED)},
+    # ``after``: the last event seq the command already printed (a watch resuming
+    # after the agent restarted); items carry the seq of their event.
+    "logs": {"session": (check_id, _REQUIRED), "after": (_seq, 0)},
+    "watch": {"session": (check_id, _REQUIRED), "after": (_seq, 0)},
     "run": {
         "machine": (_text(200, allow_empty=False), _REQUIRED),
         "argv": (_argv, _REQUIRED),
@@ -276,14 +284,17 @@ def failure(code: str, error: str, hint: str = "") -> bytes:
     return encode({"ok": False, "code": code, "error": error, "hint": hint})
 
 
-def output_item(stream: str, data: bytes) -> bytes:
+def output_item(seq: int, stream: str, data: bytes) -> bytes:
     if stream not in ("stdout", "stderr") or len(data) > MAX_OUTPUT_ITEM:
         raise ValueError("output items carry stdout or stderr, at most MAX_OUTPUT_ITEM bytes")
-    return encode({"item": "output", "stream": stream, "data": base64.b64encode(data).decode()})
+    data_text = base64.b64encode(data).decode()
+    return encode({"item": "output", "seq": seq, "stream": stream, "data": data_text})
 
 
-def status_item(status: str, exit_code: int | None, reason: str = "") -> bytes:
-    return encode({"item": "status", "status": status, "exit_code": exit_code, "reason": reason})
+def status_item(seq: int, status: str, exit_code: int | None, reason: str = "") -> bytes:
+    return encode(
+        {"item": "status", "seq": seq, "status": status, "exit_code": exit_code, "reason": reason}
+    )
 
 
 def notice_item(text: str) -> bytes:
@@ -295,6 +306,9 @@ def parse_reply(line: bytes) -> Reply | Item:
     message = _object(line, MAX_REPLY)
     if "item" in message:
         kind = message.pop("item")
+        seq = message.get("seq", 0)
+        if kind in ("output", "status") and (type(seq) is not int or seq < 0):
+            raise AgentProtocolError("an item's seq must be a whole number >= 0")
         if kind == "output":
             stream, data = message.get("stream"), message.get("data")
             if stream not in ("stdout", "stderr") or not isinstance(data, str):
@@ -303,13 +317,16 @@ def parse_reply(line: bytes) -> Reply | Item:
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise AgentProtocolError("output data is not base64") from exc
-            return Item("output", {"stream": stream, "data": raw})
+            return Item("output", {"seq": seq, "stream": stream, "data": raw})
         if kind == "status":
             status, code = message.get("status"), message.get("exit_code")
             if not isinstance(status, str) or not (code is None or type(code) is int):
                 raise AgentProtocolError("a status item needs a status and an exit code")
             reason = message.get("reason", "")
-            return Item("status", {"status": status, "exit_code": code, "reason": str(reason)})
+            if not isinstance(reason, str):
+                raise AgentProtocolError("a status item's reason must be a string")
+            fields = {"seq": seq, "status": status, "exit_code": code, "reason": reason}
+            return Item("status", fields)
         if kind == "notice":
             text = message.get("text")
             if not isinstance(text, str):

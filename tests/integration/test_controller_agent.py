@@ -250,3 +250,25 @@ def test_a_command_that_cannot_start_says_why_everywhere(paired: Paired) -> None
     assert "failed: could not start" in logs.stderr and "not found" in logs.stderr
     listed = run_cli(paired.controller, "sessions")
     assert "could not start" in listed.stdout and "not found" in listed.stdout
+
+
+@pytest.mark.timeout(90)
+def test_watch_resumes_exactly_when_the_agent_is_restarted(paired: Paired, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    session = paired.run(
+        *python(
+            "import os, time\nfor i in range(50): print(f'before {i}', flush=True)\n"
+            f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+            "for i in range(50): print(f'after {i}', flush=True)\n"
+        )
+    )
+    watcher = Watcher(paired.controller, session)
+    watcher.wait_lines(50)
+    assert run_cli(paired.controller, "controller", "stop").returncode == 0
+    gate.touch()
+    assert watcher.finish(timeout=60) == 0, b"".join(watcher.errors).decode(errors="replace")
+    want = [f"before {i}\n".encode() for i in range(50)] + [
+        f"after {i}\n".encode() for i in range(50)
+    ]
+    assert watcher.lines == want
+    assert b"resuming" in b"".join(watcher.errors)
