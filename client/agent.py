@@ -46,6 +46,7 @@ from starmux.backoff import Backoff
 from starmux.errors import StarmuxError, UsageError
 from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
+from starmux.relay_auth import RelayKeyMismatch
 
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
@@ -72,6 +73,7 @@ class ControllerAgent:
         self.state: ControllerState | None = None
         self.stopping = asyncio.Event()
         self.first_sync = asyncio.Event()
+        self.first_connect = asyncio.Event()  # the first connection attempt ended
         self.link_released = 0  # requests holding the relay connection free
         self._link_free = asyncio.Event()
         self._link_free.set()
@@ -136,7 +138,11 @@ class ControllerAgent:
                 with contextlib.suppress(Exception):
                     await controller.close()
                 why = exc.message if isinstance(exc, StarmuxError) else str(exc)
-                state.set_controller(None, why)
+                hint = (exc.hint or "") if isinstance(exc, StarmuxError) else ""
+                state.set_controller(
+                    None, why, hint=hint, key_changed=isinstance(exc, RelayKeyMismatch)
+                )
+                self.first_connect.set()
                 self.first_sync.set()
                 delay = backoff.next_delay()
                 log.warning("relay unreachable (%s); retrying in %.1fs", why, delay)
@@ -144,6 +150,7 @@ class ControllerAgent:
                 continue
             backoff.reset()
             state.set_controller(controller)
+            self.first_connect.set()
             log.info("connected to the relay")
             try:
                 with contextlib.suppress(StarmuxError):
@@ -263,8 +270,10 @@ class ControllerAgent:
             return wire.ok(**await self._status())
         if op == "release-link":
             return await self._release_link(writer)
-        if op not in ("outbox",):
-            await self._wait_first_sync()
+        if op == "machines":  # who is online: known once connected
+            await self._wait_first(self.first_connect)
+        elif op != "outbox":  # what they did: known once synced
+            await self._wait_first(self.first_sync)
         notes = {} if op == "outbox" else {"refused": await state.unreported_failures()}
         if op == "sessions":
             return wire.ok(**await state.sessions(fields["machine"]), **notes)
@@ -286,10 +295,12 @@ class ControllerAgent:
             return wire.ok(**await state.revoke(fields["machine"]), **notes)
         raise OperationFailed("bad-request", f"op {op!r} is not handled")  # pragma: no cover
 
-    async def _wait_first_sync(self) -> None:
+    async def _wait_first(self, event: asyncio.Event) -> None:
+        """Right after the agent started, wait (bounded) for its first connection or
+        sync, so the first command does not answer from a cache it has not refreshed."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FIRST_SYNC_WAIT):
-                await self.first_sync.wait()
+                await event.wait()
 
     async def _stream(
         self,
@@ -349,10 +360,7 @@ class ControllerAgent:
             "home": str(self.home),
             "started_at": self._started,
             "relay_url": self.state.config.relay_url,
-            "relay": {
-                "connected": self.state.controller is not None,
-                "error": self.state.relay_error,
-            },
+            "relay": await self.state.relay(),
             "machines": await self.state.freshness(),
             "watchers": sum(len(w) for w in self.state.watchers.values()),
         }

@@ -21,7 +21,7 @@ from .agent_process import (
     start_in_background,
     stop_agent,
 )
-from .session_commands import say_refused
+from .session_commands import refuse_changed_relay, say_refused
 
 
 @click.group("controller")
@@ -130,6 +130,7 @@ def machines_command(home: Path | None, as_json: bool) -> None:
         reply = agent_client.call(_home(home), "machines")
     say_refused(reply)
     views = [v for v in reply.get("machines") or [] if isinstance(v, dict)]
+    refuse_changed_relay(reply)
     if as_json:
         click.echo(json.dumps(views, indent=2))
         return

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from starmux.errors import StarmuxError
+
 from . import agent_client
 from .agent_cli import home_option, json_option, printable, progress, when
 from .agent_cli import resolve_home as _home
@@ -38,8 +40,17 @@ def say_refused(reply: dict[str, Any]) -> None:
         )
 
 
+def refuse_changed_relay(reply: dict[str, Any]) -> None:
+    """A relay that answers with another key than the pinned one is not an outage to
+    paper over with cached data: it may be an impostor. Every command says so."""
+    relay = reply.get("relay") or {}
+    if relay.get("key_changed"):
+        raise StarmuxError(printable(relay.get("error", "")), hint=printable(relay.get("hint", "")))
+
+
 def say_freshness(reply: dict[str, Any]) -> None:
     """For every machine whose part of the answer is not live: how old it is."""
+    refuse_changed_relay(reply)
     relay = reply.get("relay") or {}
     if not relay.get("connected"):
         click.echo(
@@ -165,6 +176,7 @@ def sessions_command(machine: str | None, home: Path | None, as_json: bool) -> N
     reply = agent_client.call(_home(home), "sessions", machine=machine)
     say_refused(reply)
     rows = [r for r in reply.get("sessions") or [] if isinstance(r, dict)]
+    refuse_changed_relay(reply)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -277,6 +289,7 @@ def approvals_command(home: Path | None, as_json: bool) -> None:
     reply = agent_client.call(_home(home), "approvals")
     say_refused(reply)
     rows = [c for c in reply.get("approvals") or [] if isinstance(c, dict)]
+    refuse_changed_relay(reply)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

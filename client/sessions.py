@@ -165,6 +165,9 @@ class ControllerState:
     cache: Cache
     controller: LiveController | None = None
     relay_error: str = "not connected yet"
+    relay_hint: str = ""
+    #: the relay answered with another key than the pinned one: every command says so
+    relay_key_changed: bool = False
     #: machine key → when it was last live (synced) while this agent ran
     last_live: dict[bytes, float] = field(default_factory=dict)
     #: machine key → the relay's last_seen from its latest listing
@@ -180,9 +183,18 @@ class ControllerState:
         for wake in self.watchers.get(event.session, ()):
             wake.set()
 
-    def set_controller(self, controller: LiveController | None, error: str = "") -> None:
+    def set_controller(
+        self,
+        controller: LiveController | None,
+        error: str = "",
+        *,
+        hint: str = "",
+        key_changed: bool = False,
+    ) -> None:
         self.controller = controller
         self.relay_error = error
+        self.relay_hint = hint
+        self.relay_key_changed = key_changed
         changed, self.controller_changed = self.controller_changed, asyncio.Event()
         changed.set()
         for wakes in self.watchers.values():
@@ -219,8 +231,13 @@ class ControllerState:
     async def _names(self) -> dict[bytes, str]:
         return {m.key: m.name for m in await self.store.machines()}
 
-    async def _relay(self) -> dict[str, Any]:
-        return {"connected": self.controller is not None, "error": self.relay_error}
+    async def relay(self) -> dict[str, Any]:
+        return {
+            "connected": self.controller is not None,
+            "error": self.relay_error,
+            "hint": self.relay_hint,
+            "key_changed": self.relay_key_changed,
+        }
 
     # --- read-only ------------------------------------------------------------------
 
@@ -253,7 +270,7 @@ class ControllerState:
         return {
             "sessions": listed,
             "machines": await self.freshness(),
-            "relay": await self._relay(),
+            "relay": await self.relay(),
         }
 
     async def approvals(self) -> dict[str, Any]:
@@ -268,7 +285,7 @@ class ControllerState:
         return {
             "approvals": [checkpoint_json(c, names) for c in rows],
             "machines": await self.freshness(),
-            "relay": await self._relay(),
+            "relay": await self.relay(),
         }
 
     async def machines(self) -> dict[str, Any]:
@@ -301,7 +318,7 @@ class ControllerState:
                 }
             )
         unknown = sorted(k.hex() for k in set(listed) - {m.key for m in known})
-        return {"machines": views, "unpaired_listed": unknown, "relay": await self._relay()}
+        return {"machines": views, "unpaired_listed": unknown, "relay": await self.relay()}
 
     async def _session(self, session_id: str) -> SessionRow:
         row = await self.cache.session(session_id)

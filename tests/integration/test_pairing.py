@@ -52,6 +52,9 @@ def test_pair_by_scanning_the_printed_qr(
     tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]
 ) -> None:
     controller = _controller(tmp_path, relay)
+    # The controller agent is long-lived (any earlier command started it); starting a
+    # Python process is not part of pairing.
+    assert run_cli(controller, "controller", "start", "--detach").returncode == 0
     daemon = _daemon(tmp_path, relay, daemons)
     code_text = daemon.pairing_code()
     printed_at = time.monotonic()
