@@ -192,10 +192,12 @@ def start_command(
     with DaemonLock(home, argv=sys.argv, relay_url=relay_url) as lock:
 
         def status_hook(*, state: str, **fields: object) -> None:
+            roots = fields.get("allow_roots")
             lock.update_status(
                 state=state,
                 relay_url=_str(fields.get("relay_url")),
                 fingerprint=_str(fields.get("machine_fingerprint")),
+                details={"allow_roots": roots} if isinstance(roots, list) else None,
             )
 
         daemon = Daemon(
@@ -249,6 +251,9 @@ def status_command(home: Path | None, as_json: bool) -> None:
         click.echo(f"machine fingerprint: {status.fingerprint}")
     if status.relay_url:
         click.echo(f"relay: {status.relay_url}")
+    roots = status.details.get("allow_roots")
+    if isinstance(roots, list):
+        click.echo("sessions may run under: " + ", ".join(str(root) for root in roots))
 
 
 @daemon_group.command("stop")

@@ -121,7 +121,8 @@ class Daemon:
         self._allow_env_flag = allow_env
         self.home = home
         self._fleet_flags = (tuple(tags), capacity)
-        self.allow_roots = list(allow_roots) or [Path.home()]
+        self._allow_roots_flag = [Path(root).expanduser().resolve() for root in allow_roots]
+        self.allow_roots = self._allow_roots_flag or [Path.home()]
         self.live: LiveService | None = None
         self.store = DaemonStore(home)
         self.terminal = terminal
@@ -139,6 +140,8 @@ class Daemon:
 
     async def run(self) -> None:
         await self.store.open()
+        self.allow_roots = await self._allowed_roots()
+        self._set_status("starting", allow_roots=[str(root) for root in self.allow_roots])
         self.log = await EventLog.open(self.home / DATABASE_FILE)
         self.sessions = SessionManager(
             self.log,
@@ -214,6 +217,20 @@ class Daemon:
             tasks=self.tasks,
         )
         return self.live
+
+    async def _allowed_roots(self) -> list[Path]:
+        """``--allow-root`` is remembered like the relay and the name: a restart without
+        it keeps the roots it had, instead of silently widening them to the home."""
+        if self._allow_roots_flag:
+            stored = json.dumps([str(root) for root in self._allow_roots_flag])
+            await self.store.set_setting("allow_roots", stored)
+            return self._allow_roots_flag
+        stored_text = await self.store.setting("allow_roots")
+        if stored_text:
+            roots = json.loads(stored_text)
+            if isinstance(roots, list) and roots and all(isinstance(r, str) for r in roots):
+                return [Path(root) for root in roots]
+        return [Path.home()]
 
     async def _configure(self) -> None:
         stored = await self.store.setting("relay_url")

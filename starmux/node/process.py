@@ -58,7 +58,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -130,6 +130,7 @@ class ProcessStatus:
     argv: tuple[str, ...]
     relay_url: str | None
     fingerprint: str | None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +144,7 @@ class ProcessStatus:
             "argv": list(self.argv),
             "relay_url": self.relay_url,
             "fingerprint": self.fingerprint,
+            "details": self.details,
         }
 
 
@@ -176,6 +178,7 @@ class ProcessLock:
             "relay_url": relay_url,
             "state": STARTING,
             "fingerprint": fingerprint,
+            "details": {},
         }
 
     @property
@@ -241,6 +244,7 @@ class ProcessLock:
         state: str | None = None,
         relay_url: str | None = None,
         fingerprint: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         """Rewrite the status file atomically; arguments left ``None`` keep their value.
 
@@ -257,6 +261,8 @@ class ProcessLock:
             self._record["relay_url"] = relay_url
         if fingerprint is not None:
             self._record["fingerprint"] = fingerprint
+        if details is not None:  # what this kind of process shows besides (JSON values)
+            self._record["details"] = {**self._record["details"], **details}
         self._write()
 
     def _write(self) -> None:
@@ -367,6 +373,7 @@ def read_status(
         argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
         relay_url=_text(record.get("relay_url")),
         fingerprint=_text(record.get("fingerprint")),
+        details=record["details"] if isinstance(record.get("details"), dict) else {},
     )
 
 

@@ -45,3 +45,29 @@ def test_install_writes_a_user_unit(tmp_path: Path) -> None:
     assert "ExecStart=" in text and "daemon start --foreground" in text
     assert f"STARMUX_HOME={home}" in text
     assert "systemctl --user enable --now starmux-daemon.service" in result.stdout
+
+
+def test_allow_root_is_remembered_across_restarts_and_shown(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    home = tmp_path / "machine"
+    root = tmp_path / "src"
+    root.mkdir()
+    first = run_cli(
+        home, "daemon", "start", "--detach", "--relay", relay.url, "--allow-root", str(root)
+    )
+    assert first.returncode == 0, first.stderr
+    try:
+        shown = run_cli(home, "daemon", "status")
+        assert f"sessions may run under: {root.resolve()}" in shown.stdout, shown.stdout
+    finally:
+        assert run_cli(home, "daemon", "stop").returncode == 0
+    # Restarted without --allow-root (as a hand restart or an old unit would): the
+    # roots stay what they were instead of widening to the home.
+    again = run_cli(home, "daemon", "start", "--detach")
+    assert again.returncode == 0, again.stderr
+    try:
+        status = json.loads(run_cli(home, "daemon", "status", "--json").stdout)
+        assert status["details"]["allow_roots"] == [str(root.resolve())]
+    finally:
+        run_cli(home, "daemon", "stop")
