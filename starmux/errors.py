@@ -7,21 +7,29 @@ has one place that turns errors into a clear line, a hint and an exit code::
     ├── UsageError                    *we* misused an API or the user gave bad input
     │   ├── ConfigError               a flag, variable or TOML value is wrong
     │   ├── KeyFileError              a key file is missing, malformed or too open
-    │   └── PairingCodeError          a pairing code (text or QR) is malformed
+    │   ├── PairingCodeError          a pairing code (text or QR) is malformed
+    │   └── ProcessAlreadyRunning     a daemon or controller agent holds this home's lock
     ├── RemoteProtocolError           *the peer* misbehaved (relay, daemon, controller)
     │   ├── FrameError                bytes that are not a valid relay frame
     │   ├── MessageError              bytes that are not a valid application message
-    │   └── DeviceLogError            an account's device log was refused (device_log.py)
-    │       ├── DeviceLogFormatError      bytes that are not valid log entries
-    │       ├── DeviceLogSignatureError   an entry's signature does not verify
-    │       ├── DeviceLogAuthorityError   signed by a device that was not an owner then
-    │       ├── DeviceLogForkError        two different entries claim the same place
-    │       ├── DeviceLogGapError         an entry is missing (seq or prev hash skips)
-    │       ├── DeviceLogStaleError       an older head than one already verified
-    │       ├── DeviceLogLastOwnerError   an entry would leave the account without owner
-    │       └── DeviceLogRuleError        any other illegal entry (unknown device, ...)
+    │   ├── DeviceLogError            an account's device log was refused (device_log.py)
+    │   │   ├── DeviceLogFormatError      bytes that are not valid log entries
+    │   │   ├── DeviceLogSignatureError   an entry's signature does not verify
+    │   │   ├── DeviceLogAuthorityError   signed by a device that was not an owner then
+    │   │   ├── DeviceLogForkError        two different entries claim the same place
+    │   │   ├── DeviceLogGapError         an entry is missing (seq or prev hash skips)
+    │   │   ├── DeviceLogStaleError       an older head than one already verified
+    │   │   ├── DeviceLogLastOwnerError   an entry would leave the account without owner
+    │   │   └── DeviceLogRuleError        any other illegal entry (unknown device, ...)
+    │   └── AgentProtocolError        a line that breaks the controller agent's protocol
+    │       └── VersionMismatch       the agent and the command are different versions
     ├── CryptoError                   any crypto failure; opaque on purpose (see below)
-    └── ConnectionLost                the link went away; callers reconnect
+    ├── ConnectionLost                the link went away; callers reconnect
+    ├── ProcessStartError             a detached daemon or agent did not come up
+    ├── ProcessStopError              its lock outlived a SIGKILL
+    ├── AgentUnavailable              a command cannot reach or start the controller agent
+    ├── AgentRefused                  the agent answered a command with a failure
+    └── OperationFailed               (inside the agent) what it answers as that failure
 
 `DeviceLogSignatureError` is not a `CryptoError`: a device log is public signed
 data, so naming which entry failed tells an attacker nothing.
