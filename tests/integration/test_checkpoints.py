@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from starmux.client.agent_client import relay_link_released
 from starmux.client.cache import Cache
 from starmux.client.sessions import live_controller
 from starmux.identity import NodeKeys
@@ -104,7 +105,10 @@ def test_forged_decision_is_rejected_and_logged(paired: Paired) -> None:
             assert ack is not None
             return ack.ok, ack.error
 
-    ok, error = asyncio.run(forge())
+    # The controller agent holds this device's relay connection; a second one with
+    # the same key would close it (and be closed by its reconnect): borrow it.
+    with relay_link_released(paired.controller):
+        ok, error = asyncio.run(forge())
     assert not ok and "does not verify" in error
     assert ("decision.rejected", checkpoint) in [
         (event, detail.split()[1].rstrip(":")) for event, detail in _audit(paired.daemon.home)
