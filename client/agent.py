@@ -293,6 +293,8 @@ class ControllerAgent:
             return wire.ok(**await state.decide(**fields), **notes)
         if op == "revoke":
             return wire.ok(**await state.revoke(fields["machine"]), **notes)
+        if op == "rename":
+            return wire.ok(**await state.rename(fields["machine"], fields["name"]), **notes)
         raise OperationFailed("bad-request", f"op {op!r} is not handled")  # pragma: no cover
 
     async def _wait_first(self, event: asyncio.Event) -> None:

@@ -121,11 +121,14 @@ def install_command(home: Path | None, force: bool) -> None:
     click.echo(enable_instructions(path))
 
 
-@click.command("machines")
+@click.group("machines", invoke_without_command=True)
 @home_option
 @json_option
-def machines_command(home: Path | None, as_json: bool) -> None:
+@click.pass_context
+def machines_command(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     """List paired machines, online or offline, with their fingerprints."""
+    if ctx.invoked_subcommand is not None:
+        return
     with progress("asking the controller agent"):
         reply = agent_client.call(_home(home), "machines")
     say_refused(reply)
@@ -154,6 +157,13 @@ def machines_command(home: Path | None, as_json: bool) -> None:
         click.echo(
             f"{printable(view.get('name', '?')):<{width}}  {state}  "
             f"{printable(view.get('fingerprint', '?'))}{seen}{listed}"
+        )
+    names = [printable(v.get("name", "")) for v in views]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        click.echo(
+            f"warning: several machines are called {name}: "
+            f"starmux machines rename FINGERPRINT NEW-NAME",
+            err=True,
         )
     for key in reply.get("unpaired_listed") or []:
         click.echo(
@@ -207,3 +217,16 @@ def outbox_command(home: Path | None, as_json: bool) -> None:
                 click.echo(f"    hint: {printable(r['hint'])}")
         else:
             click.echo(head + "waiting for the machine")
+
+
+@machines_command.command("rename")
+@click.argument("machine")
+@click.argument("name")
+@home_option
+def rename_command(machine: str, name: str, home: Path | None) -> None:
+    """Call MACHINE (name or fingerprint) NAME on this controller."""
+    reply = agent_client.call(_home(home), "rename", machine=machine, name=name)
+    click.echo(
+        f"renamed {printable(reply.get('renamed', '?'))} "
+        f"({printable(reply.get('fingerprint', '?'))}) to {printable(reply.get('name', '?'))}"
+    )

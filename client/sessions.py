@@ -557,6 +557,19 @@ class ControllerState:
         await self.forget_revoked(machine.key)
         return {"revoked": machine.name, "fingerprint": machine.fingerprint}
 
+    async def rename(self, query: str, name: str) -> dict[str, Any]:
+        """Rename a machine here (the name is this controller's label for it; the
+        machine's card keeps the name it chose)."""
+        machine = await self.store.find_machine(query)
+        if not name.isprintable() or name != name.strip():
+            raise OperationFailed("bad-request", f"{name!r} is not a usable machine name")
+        if any(m.name == name and m.key != machine.key for m in await self.store.machines()):
+            raise OperationFailed("refused", f"another machine is already called {name!r}")
+        await self.store.db.execute(
+            "UPDATE machines SET name = ? WHERE key = ?", (name, machine.key)
+        )
+        return {"renamed": machine.name, "name": name, "fingerprint": machine.fingerprint}
+
     async def forget_revoked(self, key: bytes) -> None:
         """End what a revoked machine can no longer report, and stop talking to it."""
         ended = [r.id for r in await self.cache.sessions(key) if r.status not in ENDED]

@@ -166,6 +166,10 @@ OPS: Final[dict[str, _Fields]] = {
         "reason": (_text(1000), ""),
     },
     "revoke": {"machine": (_text(200, allow_empty=False), _REQUIRED)},
+    "rename": {
+        "machine": (_text(200, allow_empty=False), _REQUIRED),
+        "name": (_text(64, allow_empty=False), _REQUIRED),
+    },
     # Hold the relay connection free while this request's connection stays open (e.g.
     # `pair` runs its own link: a second link with the same key would close ours).
     "release-link": {},

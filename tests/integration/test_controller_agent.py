@@ -273,3 +273,13 @@ def test_watch_resumes_exactly_when_the_agent_is_restarted(paired: Paired, tmp_p
     ]
     assert watcher.lines == want
     assert b"resuming" in b"".join(watcher.errors)
+
+
+def test_machines_rename(paired: Paired) -> None:
+    renamed = run_cli(paired.controller, "machines", "rename", "gpu-box", "trainer")
+    assert renamed.returncode == 0, renamed.stderr
+    assert renamed.stdout.startswith("renamed gpu-box (")
+    machines = paired.json("machines")
+    assert isinstance(machines, list) and [m["name"] for m in machines] == ["trainer"]
+    listed = run_cli(paired.controller, "machines")
+    assert listed.stdout.startswith("trainer")

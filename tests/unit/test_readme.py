@@ -52,6 +52,7 @@ EXERCISED_BY: dict[str, list[str]] = {
     "controller stop": ["tests/integration/test_controller_agent.py"],
     "controller install": ["tests/integration/test_controller_agent.py"],
     "outbox": ["tests/integration/test_controller_agent.py"],
+    "machines rename": ["tests/integration/test_controller_agent.py"],
 }
 
 
