@@ -153,7 +153,7 @@ def machines_command(ctx: click.Context, home: Path | None, as_json: bool) -> No
     for view in views:
         state = click.style("online ", fg="green") if view.get("online") else "offline"
         seen = "" if view.get("online") else f"  last seen {when(view.get('last_seen'))}"
-        listed = "  (not listed by the relay)" if view.get("listed") is False else ""
+        listed = "  (not listed by the relay)" if view.get("listed_by_relay") is False else ""
         click.echo(
             f"{printable(view.get('name', '?')):<{width}}  {state}  "
             f"{printable(view.get('fingerprint', '?'))}{seen}{listed}"
@@ -165,11 +165,8 @@ def machines_command(ctx: click.Context, home: Path | None, as_json: bool) -> No
             f"starmux machines rename FINGERPRINT NEW-NAME",
             err=True,
         )
-    for key in reply.get("unpaired_listed") or []:
-        click.echo(
-            f"warning: the relay lists a machine not paired here ({printable(key)[:16]}…); ignored",
-            err=True,
-        )
+    for warning in reply.get("warnings") or []:
+        click.echo(f"warning: {printable(warning)}", err=True)
 
 
 @click.command("revoke")

@@ -50,6 +50,7 @@ from starmux.session_state import TERMINAL
 
 from .cache import Cache, CheckpointRow, SessionRow
 from .live import EventCallback, LiveController
+from .roster import reconcile
 from .store import ControllerConfig, ControllerStore, KnownMachine
 
 #: Status the controller gives the unfinished sessions of a machine it revoked.
@@ -276,11 +277,11 @@ class ControllerState:
     async def approvals(self) -> dict[str, Any]:
         now = time.time()
         names = await self._names()
-        ended = {r.id for r in await self.cache.sessions() if r.status in ENDED}
+        ended = {(r.machine, r.id) for r in await self.cache.sessions() if r.status in ENDED}
         rows = [
             c
             for c in await self.cache.checkpoints()
-            if c.expires_at > now and c.session not in ended and c.machine in names
+            if c.expires_at > now and (c.machine, c.session) not in ended and c.machine in names
         ]
         return {
             "approvals": [checkpoint_json(c, names) for c in rows],
@@ -290,35 +291,41 @@ class ControllerState:
 
     async def machines(self) -> dict[str, Any]:
         """Paired machines (pinned at pairing), with what the relay says about them now.
-        The relay's word never adds or removes one here: a machine it does not list is
-        shown as such, one it lists that was not paired here is reported apart."""
-        listed: dict[bytes, Any] = {}
+        The relay's word never adds or removes one here (see :mod:`.roster`): a machine
+        it does not list is shown as such, what it gets wrong comes back as warnings."""
+        known = await self.store.machines()
+        listing: MachineList | None = None
         controller = self.controller
         if controller is not None and controller.link is not None:
             with contextlib.suppress(StarmuxError):
-                listing = await controller.link.request(ListMachines(0), MachineList)
-                assert isinstance(listing, MachineList)
-                listed = {info.machine_key: info for info in listing.machines}
-                for key, info in listed.items():
-                    self.last_seen[key] = info.last_seen
-        known = await self.store.machines()
+                reply = await controller.link.request(ListMachines(0), MachineList)
+                assert isinstance(reply, MachineList)
+                listing = reply
+        roster = reconcile(known, listing) if listing is not None else None
+        entries = {e.machine.key: e for e in roster.entries} if roster else {}
         views = []
         for machine in known:
-            info = listed.get(machine.key)
+            entry = entries.get(machine.key)
+            info = entry.listing if entry is not None else None
+            if info is not None:
+                self.last_seen[machine.key] = info.last_seen
             channel = controller.machines.get(machine.key) if controller else None
             views.append(
                 {
-                    "name": machine.name,
+                    "name": machine.name,  # this controller's name for it (see rename)
                     "fingerprint": machine.fingerprint,
                     "key": machine.key.hex(),
                     "online": bool(channel and channel.online),
-                    "listed": info is not None if listed else None,
+                    "listed_by_relay": (info is not None) if roster is not None else None,
                     "paired_at": machine.paired_at,
                     "last_seen": self.last_seen.get(machine.key, machine.last_seen),
                 }
             )
-        unknown = sorted(k.hex() for k in set(listed) - {m.key for m in known})
-        return {"machines": views, "unpaired_listed": unknown, "relay": await self.relay()}
+        return {
+            "machines": views,
+            "warnings": roster.warnings if roster is not None else [],
+            "relay": await self.relay(),
+        }
 
     async def _session(self, session_id: str) -> SessionRow:
         row = await self.cache.session(session_id)
@@ -349,14 +356,17 @@ class ControllerState:
         try:
             while True:
                 wake.clear()
-                for event in await self.cache.session_events(session_id, after=sent):
+                events = await self.cache.session_events(
+                    session_id, after=sent, machine=row.machine
+                )
+                for event in events:
                     sent = event.seq
                     chunk = output_of(event)
                     if chunk is not None:
                         await send("output", event.seq, chunk)
                     elif (status := status_of(event)) is not None:
                         await send("status", event.seq, status)
-                row = await self.cache.session(session_id) or row
+                row = await self.cache.session(session_id, row.machine) or row
                 if not follow or row.status in ENDED:
                     return row
                 online = self.controller is not None and self.controller.is_online(row.machine)
@@ -458,9 +468,9 @@ class ControllerState:
             controller = self.controller
             channel = controller.machines.get(machine_key) if controller else None
             if controller is None or channel is None or not channel.online:
-                return await self._stored_ack(command_id)
+                return await self._stored_ack(command_id, machine_key)
             future = channel.acks.setdefault(command_id, loop.create_future())
-            stored = await self._stored_ack(command_id)
+            stored = await self._stored_ack(command_id, machine_key)
             if stored is not None:
                 return stored
             if channel.live.is_set():
@@ -479,10 +489,10 @@ class ControllerState:
             if future in done:
                 return future.result()
             if not done:
-                return await self._stored_ack(command_id)
+                return await self._stored_ack(command_id, machine_key)
 
-    async def _stored_ack(self, command_id: str) -> CommandAck | None:
-        stored = await self.cache.command(command_id)
+    async def _stored_ack(self, command_id: str, machine_key: bytes) -> CommandAck | None:
+        stored = await self.cache.command(command_id, machine_key)
         if stored is None or not stored.acked:
             return None
         return CommandAck(
@@ -522,7 +532,7 @@ class ControllerState:
                 f"no checkpoint {checkpoint_id!r} known here",
                 "see `starmux approvals`",
             )
-        session = await self.cache.session(row.session)
+        session = await self.cache.session(row.session, row.machine)
         if session is not None and session.status in ENDED and row.decision is None:
             raise OperationFailed(
                 "too-late",
