@@ -134,6 +134,8 @@ def machines_command(ctx: click.Context, home: Path | None, as_json: bool) -> No
     say_refused(reply)
     views = [v for v in reply.get("machines") or [] if isinstance(v, dict)]
     refuse_changed_relay(reply)
+    for warning in reply.get("warnings") or []:
+        click.echo(f"warning: {printable(warning)}", err=True)
     if as_json:
         click.echo(json.dumps(views, indent=2))
         return
@@ -165,8 +167,6 @@ def machines_command(ctx: click.Context, home: Path | None, as_json: bool) -> No
             f"starmux machines rename FINGERPRINT NEW-NAME",
             err=True,
         )
-    for warning in reply.get("warnings") or []:
-        click.echo(f"warning: {printable(warning)}", err=True)
 
 
 @click.command("revoke")

@@ -315,7 +315,11 @@ class ControllerState:
                     "name": machine.name,  # this controller's name for it (see rename)
                     "fingerprint": machine.fingerprint,
                     "key": machine.key.hex(),
-                    "online": bool(channel and channel.online),
+                    # The relay's list when it answered (presence is all it is), else
+                    # what the live channels know.
+                    "online": info.online
+                    if info is not None
+                    else (roster is None and bool(channel and channel.online)),
                     "listed_by_relay": (info is not None) if roster is not None else None,
                     "paired_at": machine.paired_at,
                     "last_seen": self.last_seen.get(machine.key, machine.last_seen),
