@@ -274,7 +274,13 @@ class ControllerAgent:
             await self._wait_first(self.first_connect)
         elif op != "outbox":  # what they did: known once synced
             await self._wait_first(self.first_sync)
-        notes = {} if op == "outbox" else {"refused": await state.unreported_failures()}
+        notes: dict[str, Any] = {}
+        if op != "outbox":
+            notes["refused"] = await state.unreported_failures()
+            # What the relay's machine list got wrong (a card that is not the pinned
+            # one...): every command repeats it while it lasts.
+            if state.controller is not None and op != "machines":
+                notes["warnings"] = list(state.controller.warnings)
         if op == "sessions":
             return wire.ok(**await state.sessions(fields["machine"]), **notes)
         if op == "approvals":

@@ -25,7 +25,10 @@ from .agent_cli import resolve_home as _home
 
 
 def say_refused(reply: dict[str, Any]) -> None:
-    """Queued commands a machine refused since the last command said so (once each)."""
+    """Queued commands a machine refused since the last command said so (once each),
+    and what the relay's machine list gets wrong."""
+    for warning in reply.get("warnings") or []:
+        click.echo(f"warning: {printable(warning)}", err=True)
     refused = reply.get("refused")
     if not isinstance(refused, list):
         return

@@ -1,6 +1,7 @@
-"""A compromised machine writes terminal escape sequences into every field it reports
-(issue 11 item 4): session ids, titles, statuses, checkpoint ids and bodies, command
-errors and hints. The controller's commands must print none of them raw.
+"""A compromised machine writes terminal escape sequences into every free-text field
+it reports (issue 11 item 4): titles, status details, checkpoint titles and bodies,
+command errors and hints (ids and statuses are refused by the decoder). The
+controller's commands must print none of them raw.
 
 The machine is our own core driven by the test (real relay, real KK channel, real
 controller agent and CLI processes); it was paired at relay level and its card put in
@@ -53,10 +54,12 @@ def events(now: float) -> list[LoggedEvent]:
         return LoggedEvent(seq, now, session, APP.encode(message))  # type: ignore[arg-type]
 
     return [
-        event(1, SESSION, SessionCreated(("x",), "/", f"title{OSC52}{BIDI}", False, "")),
-        event(2, SESSION, SessionStatusChanged(f"running{CSI}", None, "")),
+        event(1, SESSION, SessionCreated(("x",), "/", f"title{OSC52}{BIDI}", False, "k-1")),
+        # Ids and statuses are refused by the decoder (they must match strict patterns
+        # and enums); free text is what is left to a compromised machine.
+        event(2, SESSION, SessionStatusChanged("running", None, f"pid{CSI}")),
         event(3, SESSION, Output("stdout", b"plain output\n")),
-        event(4, "s-wait", SessionCreated(("z",), "/", "waits", False, "")),
+        event(4, "s-wait", SessionCreated(("z",), "/", "waits", False, "k-2")),
         event(
             5,
             "s-wait",
@@ -64,8 +67,7 @@ def events(now: float) -> list[LoggedEvent]:
                 CHECKPOINT, f"deploy{CSI}", f"line one\nline two{OSC52}", now + 3600, False
             ),
         ),
-        event(6, f"s-{CSI}", SessionCreated(("y",), "/", "other", False, "")),
-        event(7, SESSION, SessionStatusChanged("failed", 3, f"why{OSC52}")),
+        event(6, SESSION, SessionStatusChanged("failed", 3, f"why{OSC52}")),
     ]
 
 
@@ -184,11 +186,11 @@ def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: Rela
                 printed,
             )
     # The fields are shown, escaped, not dropped.
-    assert b"title\\x1b]52;c;cHduZWQ=\\x07\\u202e" in seen["sessions"][1]
+    assert b"title\\x1b]52;c;cHduZWQ=\\x07\\u202e" in seen["sessions"][1], seen
     assert b"\\x1b[1A" in seen["approvals"][1]
     assert b"line one\n    line two\\x1b]52" in seen["approvals"][1]
     assert seen[f"watch {SESSION}"][1] == b"plain output\n"
-    assert b"[s-evil: running\\x1b[1A\\x1b[2K]" in seen[f"watch {SESSION}"][2]
+    assert b"[s-evil: failed (3): why\\x1b]52;c;cHduZWQ=\\x07]" in seen[f"watch {SESSION}"][2]
     assert seen[f"watch {SESSION}"][0] == 3  # the session's own exit code
     assert b"error: no\\x1b]52" in seen[f"approve {CHECKPOINT}"][2]
     assert b"hint: hint\\x1b[1A" in seen[f"approve {CHECKPOINT}"][2]

@@ -60,6 +60,9 @@ def malicious(paired: Paired, proxy_loop: asyncio.AbstractEventLoop) -> Iterator
     proxy = on(proxy_loop, MaliciousRelay(paired.relay.url, victim).start())
     with sqlite3.connect(paired.controller / "controller.sqlite3") as db:
         db.execute("UPDATE settings SET value = ? WHERE name = 'relay_url'", (proxy.url.encode(),))
+    # The controller agent that `machines` started reads its settings once: the next
+    # command starts a fresh one, which reaches the relay only through the proxy.
+    assert run_cli(paired.controller, "controller", "stop").returncode == 0
     yield proxy
     on(proxy_loop, proxy.close())
 
