@@ -14,6 +14,7 @@ from starmux.node.answers import read_answer
 from starmux.pairing_code import parse_pairing_code
 
 from . import actions, agent_cli
+from .timefmt import local_time
 
 home_option = agent_cli.home_option
 json_option = agent_cli.json_option
@@ -38,6 +39,10 @@ def _read_secret_file(path: Path) -> str:
         return path.read_text().strip()
     except OSError as exc:
         raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _when(timestamp: float | None) -> str:
+    return local_time(timestamp)
 
 
 @click.command("init")

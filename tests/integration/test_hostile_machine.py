@@ -33,10 +33,12 @@ from starmux.messages import (
     EventPage,
     LoggedEvent,
     Output,
+    OutputStream,
     SessionCreated,
     SessionStatusChanged,
     SyncRequest,
 )
+from starmux.session_state import Status
 
 from .daemon_process import run_cli, starmux_command
 from .node import RelayNode, ok
@@ -57,8 +59,8 @@ def events(now: float) -> list[LoggedEvent]:
         event(1, SESSION, SessionCreated(("x",), "/", f"title{OSC52}{BIDI}", False, "k-1")),
         # Ids and statuses are refused by the decoder (they must match strict patterns
         # and enums); free text is what is left to a compromised machine.
-        event(2, SESSION, SessionStatusChanged("running", None, f"pid{CSI}")),
-        event(3, SESSION, Output("stdout", b"plain output\n")),
+        event(2, SESSION, SessionStatusChanged(Status.RUNNING, None, f"pid{CSI}")),
+        event(3, SESSION, Output(OutputStream.STDOUT, b"plain output\n")),
         event(4, "s-wait", SessionCreated(("z",), "/", "waits", False, "k-2")),
         event(
             5,
@@ -67,7 +69,7 @@ def events(now: float) -> list[LoggedEvent]:
                 CHECKPOINT, f"deploy{CSI}", f"line one\nline two{OSC52}", now + 3600, False
             ),
         ),
-        event(6, SESSION, SessionStatusChanged("failed", 3, f"why{OSC52}")),
+        event(6, SESSION, SessionStatusChanged(Status.FAILED, 3, f"why{OSC52}")),
     ]
 
 
