@@ -141,7 +141,7 @@ class Daemon:
     async def run(self) -> None:
         await self.store.open()
         self.allow_roots = await self._allowed_roots()
-        self._set_status("starting", allow_roots=[str(root) for root in self.allow_roots])
+        self._set_status(DaemonState.STARTING, allow_roots=[str(root) for root in self.allow_roots])
         self.log = await EventLog.open(self.home / DATABASE_FILE)
         self.sessions = SessionManager(
             self.log,
