@@ -51,6 +51,7 @@ from starmux.relay_auth import RelayKeyMismatch
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
 from .cache import Cache
+from .device_copy import DeviceRemoved
 from .live import LiveController
 from .sessions import ControllerState, OperationFailed
 from .store import ControllerStore
@@ -132,6 +133,11 @@ class ControllerAgent:
             controller = LiveController(state.store, state.config, on_event=state.on_event)
             try:
                 await controller.start()
+            except DeviceRemoved:
+                with contextlib.suppress(Exception):
+                    await controller.close()
+                self._removed_for_good()
+                return
             except (StarmuxError, OSError) as exc:
                 # Unreachable, refused, or a relay with another key: say so to every
                 # command (status, freshness) and keep trying; the cache still answers.
@@ -173,10 +179,22 @@ class ControllerAgent:
                 )
                 state.set_controller(None, why)
                 log.info("relay link ended: %s", why)
+            if isinstance(controller.failure, DeviceRemoved):
+                self._removed_for_good()
+                return
             if controller.failure is not None:
                 log.warning("the controller stopped: %r", controller.failure)
             if not self.link_released:
                 await self._sleep_unless_released(backoff.next_delay())
+
+    def _removed_for_good(self) -> None:
+        """The relay refuses this device for good: no reconnecting; the cache stays,
+        but every command (and a running watch) ends saying why."""
+        assert self.state is not None
+        log.warning("this device was removed from its account; not reconnecting")
+        self.state.mark_removed()
+        self.first_connect.set()
+        self.first_sync.set()
 
     async def _wait_released(self) -> None:
         await self._release.wait()
@@ -270,6 +288,8 @@ class ControllerAgent:
             return wire.ok(**await self._status())
         if op == "release-link":
             return await self._release_link(writer)
+        if state.removed:
+            raise DeviceRemoved()
         if op == "machines":  # who is online: known once connected
             await self._wait_first(self.first_connect)
         elif op != "outbox":  # what they did: known once synced

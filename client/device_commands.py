@@ -17,6 +17,7 @@ from starmux.device_roles import DeviceRole, parse_role
 from starmux.identity import IdentityCard
 
 from . import device_actions
+from .agent_client import relay_link_released
 from .commands import _home, _printable, _when, home_option, json_option, progress
 
 ROLE_CHOICE = click.Choice([r.value for r in DeviceRole])
@@ -50,7 +51,11 @@ def devices_group(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     ctx.obj["home"] = home
     if ctx.invoked_subcommand is not None:
         return
-    rows = asyncio.run(device_actions.devices(_home(home)))
+    # Every device command here opens its own relay connection with this device's key:
+    # the controller agent's would close it (and it the agent's), so the agent stays
+    # off meanwhile and, reconnecting, reads the device log these commands changed.
+    with relay_link_released(_home(home)):
+        rows = asyncio.run(device_actions.devices(_home(home)))
     if as_json:
         click.echo(
             json.dumps(
@@ -92,7 +97,7 @@ def link_device_command(role: str, yes: bool, home: Path | None) -> None:
         click.echo(f"on the new device: starmux link CODE (expires {_when(expires_at)})", err=True)
         sys.stdout.flush()
 
-    with progress("waiting for the new device"):
+    with relay_link_released(_home(home)), progress("waiting for the new device"):
         device = asyncio.run(
             device_actions.invite(
                 _home(home),
@@ -112,7 +117,8 @@ def remove_device_command(name: str, yes: bool, home: Path | None) -> None:
     """Remove a device from this account at once (the relay cuts it off)."""
     if not yes:
         click.confirm(f"Remove the device {_printable(name)} for good?", abort=True, err=True)
-    device = asyncio.run(device_actions.remove(_home(home), name))
+    with relay_link_released(_home(home)):
+        device = asyncio.run(device_actions.remove(_home(home), name))
     click.echo(f"removed {_printable(device.name)} ({device.fingerprint})")
 
 
@@ -122,7 +128,8 @@ def remove_device_command(name: str, yes: bool, home: Path | None) -> None:
 @home_option
 def role_device_command(name: str, role: str, home: Path | None) -> None:
     """Change a device's role (owner, operator, viewer)."""
-    device = asyncio.run(device_actions.set_role(_home(home), name, parse_role(role)))
+    with relay_link_released(_home(home)):
+        device = asyncio.run(device_actions.set_role(_home(home), name, parse_role(role)))
     click.echo(f"{_printable(device.name)} is now {role}")
 
 
@@ -158,7 +165,7 @@ def link_command(
     if code == "-":
         code = sys.stdin.read()
     parsed = parse_link_code(code)
-    with progress("linking through the relay"):
+    with relay_link_released(_home(home)), progress("linking through the relay"):
         inviter, log, machines = asyncio.run(
             device_actions.join(
                 _home(home),

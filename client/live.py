@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starmux.codec import Message
-from starmux.control import ListMachines, MachineList
+from starmux.control import ListMachines, MachineList, NoticeEvent
 from starmux.device_log import DeviceLog
 from starmux.device_messages import DeviceLogSync
 from starmux.e2e import Kind, unwrap, wrap
@@ -46,6 +46,7 @@ from starmux.messages import (
 from starmux.node.link import (
     Closed,
     Data,
+    NoticeReceived,
     PresenceChanged,
     RelayClosedConnection,
     RelayLink,
@@ -292,6 +293,31 @@ class LiveController:
                 machine.online = False
                 machine.handshake = None  # (same) the handshake went nowhere
                 machine.off_live()
+        elif isinstance(event, NoticeReceived) and (
+            event.notice.event is NoticeEvent.DEVICES_CHANGED
+        ):
+            await self._refresh_devices()
+
+    async def _refresh_devices(self) -> None:
+        """Another device changed the account's device log: a long-running controller
+        (the agent) reads it now, not only when it next connects, and hands the new
+        head to the machines it talks to so they learn a removal or a role at once."""
+        assert self.link is not None
+        before = self.devices.head.seq if self.devices is not None else None
+        self.devices = await device_copy.refresh(
+            self.store.db,
+            self.link,
+            self.devices,
+            keys=self.keys,
+            card=self.card,
+            account=self.config.account,
+            now=time.time(),
+        )
+        if self.devices is None or self.devices.head.seq == before:
+            return
+        for machine in self.machines.values():
+            if machine.channel is not None:
+                await self._send(machine, DeviceLogSync(self.devices.encode()))
 
     async def _handshake(self, machine: MachineChannel) -> None:
         assert self.link is not None

@@ -49,6 +49,7 @@ from starmux.relay_auth import revoke_transcript
 from starmux.session_state import TERMINAL
 
 from .cache import Cache, CheckpointRow, SessionRow
+from .device_copy import DeviceRemoved
 from .live import EventCallback, LiveController
 from .roster import reconcile
 from .store import ControllerConfig, ControllerStore, KnownMachine
@@ -169,6 +170,8 @@ class ControllerState:
     relay_hint: str = ""
     #: the relay answered with another key than the pinned one: every command says so
     relay_key_changed: bool = False
+    #: an owner removed this device: the relay refuses it for good, every command says so
+    removed: bool = False
     #: machine key → when it was last live (synced) while this agent ran
     last_live: dict[bytes, float] = field(default_factory=dict)
     #: machine key → the relay's last_seen from its latest listing
@@ -201,6 +204,10 @@ class ControllerState:
         for wakes in self.watchers.values():
             for wake in wakes:
                 wake.set()
+
+    def mark_removed(self) -> None:
+        self.removed = True
+        self.set_controller(None, "this device was removed from its account")
 
     def note_live(self) -> None:
         if self.controller is not None:
@@ -381,6 +388,8 @@ class ControllerState:
                 elif online:
                     said_offline = False
                 await wake.wait()
+                if self.removed:
+                    raise DeviceRemoved()
         finally:
             self.watchers[session_id].discard(wake)
             if not self.watchers[session_id]:
