@@ -5,13 +5,14 @@ controller's commands must print none of them raw.
 
 The machine is our own core driven by the test (real relay, real KK channel, real
 controller agent and CLI processes); it was paired at relay level and its card put in
-the controller's store as pairing would.
+the controller's store as pairing would. Like a real machine it takes the account's
+device log (in clear before KK, then over the channel) with the core's own
+verification and runs KK with the card the log gives the controller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -20,11 +21,12 @@ import pytest
 
 from starmux.client.store import ControllerStore
 from starmux.control import CreateTicket, GrantMachine, MachineGranted, OpenTicket, TicketCreated
+from starmux.device_log import DeviceLog, decode_entries
+from starmux.device_messages import DeviceLogSync
 from starmux.e2e import Kind, unwrap
-from starmux.errors import StarmuxError
 from starmux.frames import FrameType
 from starmux.home import load_node_keys
-from starmux.identity import Role
+from starmux.identity import IdentityCard, Role
 from starmux.live_channel import LiveChannel, respond
 from starmux.messages import (
     APP,
@@ -75,10 +77,16 @@ def events(now: float) -> list[LoggedEvent]:
 
 
 async def hostile_machine(
-    machine: RelayNode, controller_card: object, relay_key: bytes, stop: asyncio.Event
+    machine: RelayNode, account: bytes, paired: IdentityCard, relay_key: bytes, stop: asyncio.Event
 ) -> None:
     channel: LiveChannel | None = None
+    devices: DeviceLog | None = None  # the account's device log, as a machine keeps it
     now = time.time()
+
+    def take(entries: bytes) -> DeviceLog:
+        offered = decode_entries(entries)
+        return devices.update(offered) if devices else DeviceLog.verify(offered, account=account)
+
     while not stop.is_set():
         try:
             frame = await machine.recv(timeout=0.2)
@@ -87,20 +95,19 @@ async def hostile_machine(
         if frame.type is not FrameType.DATA:
             continue
         kind, payload = unwrap(frame.body)
-        if kind is Kind.SESSION_HANDSHAKE:
-            channel, reply = respond(
-                machine.keys,
-                controller_card,  # type: ignore[arg-type]
-                payload,
-                relay_key=relay_key,
-            )
+        if kind is Kind.DEVICE_LOG:  # in clear, before KK (daemon/devices.py: offer)
+            devices = take(payload)
+        elif kind is Kind.SESSION_HANDSHAKE:
+            # KK with the card the device log holds for the sender (as card_for does).
+            device = devices.device(frame.peer) if devices is not None else None
+            card = device.card if device is not None else paired
+            channel, reply = respond(machine.keys, card, payload, relay_key=relay_key)
             await machine.send(FrameType.DATA, frame.peer, reply)
         elif kind is Kind.SESSION_TRANSPORT and channel is not None:
-            try:
-                message = channel.open(payload)
-            except StarmuxError:  # e.g. the device log sync: not this fake's business
-                continue
-            if isinstance(message, SyncRequest):
+            message = channel.open(payload)
+            if isinstance(message, DeviceLogSync):  # the controller's head, over KK
+                devices = take(message.entries)
+            elif isinstance(message, SyncRequest):
                 page = EventPage(
                     "e1",
                     tuple(e for e in events(now) if e.seq > message.after_seq),
@@ -111,6 +118,8 @@ async def hostile_machine(
             elif isinstance(message, CommandEnvelope):
                 ack = CommandAck(message.command_id, False, f"no{OSC52}", f"hint{CSI}", "")
                 await machine.send(FrameType.DATA, frame.peer, channel.seal(ack))
+    # The controller did send its log, and the fake took it (the handshake's first step).
+    assert devices is not None and devices.device(paired.sign_public) is not None
 
 
 async def cli(home: Path, *args: str) -> tuple[int, bytes, bytes]:
@@ -126,12 +135,6 @@ async def cli(home: Path, *args: str) -> tuple[int, bytes, bytes]:
     return process.returncode, out, err
 
 
-@pytest.mark.xfail(
-    reason="since the device-log handshake landed on main (b502b17), this test's fake "
-    "machine no longer gets the controller to sync it (the controller shows it "
-    "'syncing'); the fake needs the new handshake steps. Passed on the main before it.",
-    strict=False,
-)
 @pytest.mark.timeout(120)
 def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: RelayProcess) -> None:
     home = tmp_path / "controller"
@@ -164,7 +167,11 @@ def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: Rela
         stop = asyncio.Event()
         serving = asyncio.create_task(
             hostile_machine(
-                machine, keys.card(Role.CONTROLLER, config.name), config.relay_key, stop
+                machine,
+                config.account,
+                keys.card(Role.CONTROLLER, config.name),
+                config.relay_key,
+                stop,
             )
         )
         results = []
@@ -183,9 +190,12 @@ def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: Rela
                 results.append((" ".join(args), code, out, err))
         finally:
             stop.set()
-            with contextlib.suppress(BaseException):
-                await serving
-            await machine.close()
+            try:
+                await (
+                    serving
+                )  # its failure (a log it refused, a message it could not read) fails the test
+            finally:
+                await machine.close()
         return results
 
     results = asyncio.run(scenario())
