@@ -123,6 +123,7 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
                         else None,
                         "data_dir": str(config.data_dir),
                         "cluster_node": info.cluster_node,
+                        "open_registration": config.open_registration,
                     }
                 ),
                 nl=True,
@@ -132,6 +133,13 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
         click.echo(f"data directory: {config.data_dir.resolve()}")
         if info.cluster_node:
             click.echo(f"cluster node {info.cluster_node}: {info.cluster_detail}")
+        if config.open_registration:
+            # Said loudly: anyone who reaches this relay may create an account on it.
+            click.echo(
+                "warning: registration is OPEN: anyone who reaches this relay can create an "
+                "account (drop --open-registration to require a one-time token)",
+                err=True,
+            )
         if token_file:
             # The token itself never goes to stdout (journals and container logs keep it).
             click.echo(

@@ -174,3 +174,32 @@ def test_a_reader_that_left_ends_the_command_quietly(env: dict[str, str], tmp_pa
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (1, "")
+
+
+@pytest.mark.parametrize("open_registration", [True, False])
+def test_relay_announces_open_registration_at_start(
+    env: dict[str, str], tmp_path: Path, open_registration: bool
+) -> None:
+    """Open registration lets anyone create an account: the relay says so on start."""
+    args = ["relay", "serve", "--port", "0", "--data-dir", str(tmp_path / "relay")]
+    if open_registration:
+        args.append("--open-registration")
+    server = subprocess.Popen(
+        [*starmux_command(), *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:  # up to "listening": every start-up line is out
+            if line.startswith("listening on"):
+                break
+        else:
+            pytest.fail("the relay ended before listening")
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=TIMEOUT)
+    assert ("registration is OPEN" in stderr) is open_registration, stderr
