@@ -81,3 +81,21 @@ def render_terminal_qr(text: str, *, invert: bool = False) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def qr_fit_hint(qr: str, *, columns: int, rows: int, other_lines: int) -> str | None:
+    """What to tell a person whose terminal cannot show ``qr`` whole, or None.
+
+    ``other_lines`` are the lines printed with it (the text code, the fingerprint...)
+    that must fit on the same screen for the QR's top not to scroll away. A partly
+    scrolled QR does not scan, and nothing says why: so the size it needs is said.
+    """
+    lines = qr.split("\n")
+    width, height = max(len(line) for line in lines), len(lines) + other_lines
+    if width <= columns and height <= rows:
+        return None
+    return (
+        f"this QR code needs a window of {width}×{height} characters and this one is "
+        f"{columns}×{rows}: enlarge the window (or zoom out) to scan it, or paste the "
+        "text code below"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 from starmux.home import write_private_file
 
-from .qr import render_terminal_qr
+from .qr import qr_fit_hint, render_terminal_qr
 
 
 def _clock(seconds: float) -> str:
@@ -86,13 +87,8 @@ class Terminal:
                 expires_in=round(expires_in),
             )
             return
-        lines = [
-            "",
-            f"This machine ({self._bold(machine_name)}) is not paired yet.",
-            "On your controller, scan this QR code (save a screenshot and run",
-            "`starmux pair --image FILE`) or paste the code below into `starmux pair`.",
-            "",
-            render_terminal_qr(code),
+        qr = render_terminal_qr(code)
+        after = [
             "",
             f"  {code}",
             "",
@@ -100,6 +96,20 @@ class Terminal:
             f"the code expires in {_clock(expires_in)}; a new one follows automatically",
             "",
         ]
+        lines = [
+            "",
+            f"This machine ({self._bold(machine_name)}) is not paired yet.",
+            "On your controller, scan this QR code (save a screenshot and run",
+            "`starmux pair --image FILE`) or paste the code below into `starmux pair`.",
+            "",
+            qr,
+            *after,
+        ]
+        if self.tty:
+            size = shutil.get_terminal_size()
+            hint = qr_fit_hint(qr, columns=size.columns, rows=size.lines, other_lines=len(after))
+            if hint:
+                lines.insert(-1, f"note: {hint}")
         self._write("\n".join(lines))
 
     def forget_code(self) -> None:

@@ -319,3 +319,16 @@ def test_find_qr_block_without_a_block() -> None:
 def test_terminal_qr_to_image_rejects_other_characters() -> None:
     with pytest.raises(ValueError, match="is not a QR block character"):
         terminal_qr_to_image("██\n█#")
+
+
+def test_a_terminal_too_small_for_the_qr_is_told_the_size_it_needs() -> None:
+    from starmux.daemon.qr import qr_fit_hint
+
+    qr = render_terminal_qr(sample_code())
+    width, height = len(qr.split("\n")[0]), len(qr.split("\n"))
+    assert qr_fit_hint(qr, columns=width, rows=height + 6, other_lines=6) is None
+    hint = qr_fit_hint(qr, columns=80, rows=24, other_lines=6)
+    assert height + 6 > 24  # a real pairing code does not fit an 80×24 window
+    assert hint is not None
+    assert f"{width}×{height + 6}" in hint and "80×24" in hint and "paste" in hint
+    assert qr_fit_hint(qr, columns=width - 1, rows=200, other_lines=6) is not None
