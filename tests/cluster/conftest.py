@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import stop_controller_agents
 from tests.integration.daemon_process import DaemonProcess
 from tests.integration.relay_process import RelayProcess
 
 from .services import HaProxy, RedisServer, fresh_database
+
+# Controller commands start a controller agent per home: stop them after each test.
+__all__ = ["stop_controller_agents"]
 
 
 @dataclass

@@ -31,6 +31,18 @@ def landed_on(cluster: RelayCluster, before: dict[str, tuple[str, int]]) -> set[
     return {name for name, (_, total) in after.items() if total > before[name][1]}
 
 
+def agent_via(cluster: RelayCluster, node: int, controller: Path) -> dict[str, tuple[str, int]]:
+    """Make the controller's next relay connection land on ``node``.
+
+    Controller commands share the device's one connection, held by its controller
+    agent: stop the agent, steer HAProxy, and the next command starts the agent
+    through ``node``. Returns HAProxy's counters from before, for :func:`landed_on`."""
+    assert cluster.proxy is not None
+    run_cli(controller, "controller", "stop")  # none running is fine too
+    steer(cluster.proxy, node)
+    return cluster.proxy.servers()
+
+
 def pair_across(tmp_path: Path, cluster: RelayCluster, daemons: list[DaemonProcess]) -> Paired:
     """Daemon on node 0, the controller's `pair` on node 1."""
     assert cluster.proxy is not None
@@ -63,12 +75,11 @@ def test_pair_watch_and_approve_across_nodes(
     assert cluster.proxy is not None
     paired = pair_across(tmp_path, cluster, daemons)
 
+    before = agent_via(cluster, 1, paired.controller)
     session = paired.run(*python(COUNTER), title="counter")
-    steer(cluster.proxy, 1)
-    before = cluster.proxy.servers()
     watcher = Watcher(paired.controller, session)
     watcher.wait_lines(1)
-    assert landed_on(cluster, before) == {"n1"}, "the watch should run through node 1"
+    assert landed_on(cluster, before) == {"n1"}, "the controller should run through node 1"
     assert watcher.finish() == 0, b"".join(watcher.errors).decode(errors="replace")
     assert watcher.lines == [f"{i}\n".encode() for i in range(1, 10001)]
     assert paired.session(session)["status"] == "succeeded"
@@ -76,11 +87,11 @@ def test_pair_watch_and_approve_across_nodes(
     # A checkpoint raised on node 0's daemon, approved by a controller on node 1.
     session = paired.run(*agent("Deploy to prod?", "--timeout", "120"))
     checkpoint = _pending(paired, title="Deploy to prod?")
-    steer(cluster.proxy, 1)
     before = cluster.proxy.servers()
     approved = run_cli(paired.controller, "approve", str(checkpoint["id"]), "--reason", "ok")
     assert approved.returncode == 0, approved.stderr
-    assert "n1" in landed_on(cluster, before)
+    # Through the agent's connection on node 1 (no new one), to the daemon on node 0.
+    assert landed_on(cluster, before) == set()
     watcher = Watcher(paired.controller, session)
     assert watcher.finish() == 0
     report = b"".join(watcher.lines).decode()
@@ -108,8 +119,8 @@ def test_sigkill_of_the_daemons_node_loses_no_line(
         "    if i % 500 == 0:\n"
         "        time.sleep(0.05)\n"
     )
+    agent_via(cluster, 1, paired.controller)
     session = paired.run(*python(chatty), title="chatty")
-    steer(cluster.proxy, 1)
     watcher = Watcher(paired.controller, session)
     watcher.wait_lines(5000)
 

@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 
 from ..integration.cluster import Paired
+from ..integration.conftest import stop_controller_agents
 from ..integration.daemon_process import DaemonProcess, run_cli
 from ..integration.relay_process import RelayProcess
 from ..integration.watcher import Watcher
 from .netns import NetNamespace, NetworkSetupError, missing_requirement, remove_stale
 from .topology import RELAY_PORT, RELAY_URL, FaultNet
+
+# Controller commands start a controller agent per home: stop them after each test.
+__all__ = ["stop_controller_agents"]
 
 #: The relay drops a dead daemon connection within ping interval + timeout (7 s, not
 #: the default 40 s); 5 s to answer, so a busy CI machine does not make it flap.
