@@ -32,13 +32,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from starmux.errors import RemoteProtocolError
+
+from .json_lines import parse_object
 
 PROTOCOL_VERSION: Final = 1
 SOCKET_FILE: Final = "controller.sock"
@@ -176,36 +177,8 @@ OPS: Final[dict[str, _Fields]] = {
 }
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    fields = dict(pairs)
-    if len(fields) != len(pairs):
-        raise AgentProtocolError("a field appears twice")
-    return fields
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise AgentProtocolError("numbers must be finite")
-    return value
-
-
 def _object(line: bytes, limit: int) -> dict[str, Any]:
-    if len(line) > limit:
-        raise AgentProtocolError(f"a line is longer than {limit} bytes")
-    try:
-        message = json.loads(
-            line.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_finite,
-            parse_constant=_finite,
-        )
-    except AgentProtocolError:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise AgentProtocolError("not one JSON object on one line of UTF-8") from exc
-    if not isinstance(message, dict):
-        raise AgentProtocolError("a line must be a JSON object")
+    message = parse_object(line, limit=limit, error=AgentProtocolError)
     version = message.pop("v", None)
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(

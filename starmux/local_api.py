@@ -35,7 +35,6 @@ handler said no: unknown session...), ``busy`` or ``internal``. A checkpoint ans
 from __future__ import annotations
 
 import json
-import math
 import re
 import unicodedata
 from collections.abc import Callable
@@ -43,6 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starmux.errors import RemoteProtocolError, StarmuxError
+
+from .json_lines import parse_object
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024  # bytes of one request line, newline excluded
@@ -265,38 +266,9 @@ _OPS: dict[str, tuple[Callable[..., Request], _Fields]] = {
 }
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    fields = dict(pairs)
-    if len(fields) != len(pairs):
-        raise BadRequest("a field appears twice")
-    return fields
-
-
-def _finite(text: str) -> float:
-    value = float(text)  # also NaN, Infinity: parse_constant gets those by name
-    if not math.isfinite(value):
-        raise BadRequest(f"numbers must be finite, not {text[:20]}")
-    return value
-
-
 def parse_request(line: bytes) -> Request:
     """One request line (without its newline) → a request; raises :class:`BadRequest`."""
-    if len(line) > MAX_LINE:
-        raise RequestTooLarge(f"request line is longer than {MAX_LINE} bytes")
-    try:
-        message = json.loads(
-            line.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_finite,
-            parse_constant=_finite,
-        )
-    except BadRequest:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and integers too long to convert.
-        raise BadRequest("request is not one JSON object on one line of UTF-8") from exc
-    if not isinstance(message, dict):
-        raise BadRequest("request must be a JSON object")
+    message = parse_object(line, limit=MAX_LINE, error=BadRequest, too_large=RequestTooLarge)
     op = message.pop("op", None)
     if not isinstance(op, str):
         raise BadRequest('request needs an "op" string', hint='try {"op": "ping"}')
