@@ -282,11 +282,19 @@ class LiveController:
             if event.online and machine.handshake is None and machine.channel is None:
                 await self._handshake(machine)
             else:
+                had_channel = machine.channel is not None
                 machine.channel = None
                 machine.off_live()
                 if not event.online:
                     # Its answer will never come: the next "online" starts afresh.
                     machine.handshake = None
+                elif had_channel:
+                    # Online again while our channel stood: the machine reconnected and
+                    # its new connection replaced the old one with no "offline" between
+                    # (a link that died silently). Its end of the old channel is gone
+                    # and it never starts KK itself, so without a handshake here the
+                    # machine would stay silent for good.
+                    await self._handshake(machine)
         elif isinstance(event, Undeliverable):
             machine = self.machines.get(event.peer)
             if machine is not None:
