@@ -27,8 +27,6 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nacl.utils
-
 from starmux.close_codes import CloseCode
 from starmux.codec import Message
 from starmux.control import (
@@ -38,7 +36,6 @@ from starmux.control import (
     NoticeEvent,
     RevokeMachine,
     SessionStatus,
-    TicketCreated,
     TicketOpened,
 )
 from starmux.device_control import (
@@ -53,12 +50,11 @@ from starmux.device_log import DeviceLog, decode_entries, encode_entries
 from starmux.device_roles import Action, allowed
 from starmux.errors import DeviceLogError
 from starmux.frames import FrameType
-from starmux.pairing_code import TICKET_SIZE
 
 from .peer import Peer
 from .registry import ControllerRecord, DeviceChange, DeviceLogRow, RegistryError
 from .requests import _pairing_rate as pairing_rate_limit  # one limit for both
-from .requests import send_control
+from .requests import issue_ticket, send_control
 from .state import RelayState
 
 Handler = Callable[[RelayState, Peer, Any], Awaitable[Message]]
@@ -179,17 +175,7 @@ async def get_device_log(state: RelayState, peer: Peer, req: GetDeviceLog) -> Me
 
 async def create_link_ticket(state: RelayState, peer: Peer, req: CreateLinkTicket) -> Message:
     _require_controller(peer)
-    pairing_rate_limit(state, peer)
-    # The tickets table serves both: the inviter stands where a machine would.
-    record = await state.registry.create_ticket(
-        ticket=nacl.utils.random(TICKET_SIZE),
-        machine_key=peer.key,
-        machine_card=peer.card,
-        now=state.clock(),
-        ttl=state.config.limits.ticket_ttl,
-    )
-    peer.ticket_peer = None
-    return TicketCreated(req.request_id, record.ticket, record.expires_at)
+    return await issue_ticket(state, peer, req.request_id)
 
 
 async def open_link_ticket(state: RelayState, peer: Peer, req: OpenLinkTicket) -> Message:

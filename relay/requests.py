@@ -130,8 +130,9 @@ def _forget_token_file(state: RelayState, digest: bytes) -> None:
             path.unlink()
 
 
-async def create_ticket(state: RelayState, peer: Peer, req: CreateTicket) -> Message:
-    _require(peer, SessionStatus.UNPAIRED)
+async def issue_ticket(state: RelayState, peer: Peer, request_id: int) -> TicketCreated:
+    """A fresh ticket held by ``peer``, under the pairing budget: a machine's pairing
+    ticket, or an inviting device's link ticket (it stands where the machine would)."""
     _pairing_rate(state, peer)
     record = await state.registry.create_ticket(
         ticket=nacl.utils.random(TICKET_SIZE),
@@ -141,7 +142,12 @@ async def create_ticket(state: RelayState, peer: Peer, req: CreateTicket) -> Mes
         ttl=state.config.limits.ticket_ttl,
     )
     peer.ticket_peer = None
-    return TicketCreated(req.request_id, record.ticket, record.expires_at)
+    return TicketCreated(request_id, record.ticket, record.expires_at)
+
+
+async def create_ticket(state: RelayState, peer: Peer, req: CreateTicket) -> Message:
+    _require(peer, SessionStatus.UNPAIRED)
+    return await issue_ticket(state, peer, req.request_id)
 
 
 async def open_ticket(state: RelayState, peer: Peer, req: OpenTicket) -> Message:
