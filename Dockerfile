@@ -21,6 +21,7 @@ COPY starmux ./starmux
 COPY relay ./relay
 COPY daemon ./daemon
 COPY client ./client
+COPY web ./web
 RUN pip install --no-cache-dir '.[cluster]'
 
 USER starmux

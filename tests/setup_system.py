@@ -5,7 +5,8 @@ Run by the README's test command (and so by CI) before pytest::
     .venv/bin/python tests/setup_system.py
 
 - System programs some tests need (``iptables`` and ``ip`` for the network-fault
-  tests; ``chromium`` once browser tests exist) are installed with apt-get when this
+  tests; ``chromium`` once browser tests exist; ``node`` and ``npm`` for the web
+  controller's tests) are installed with apt-get when this
   runs as root on Debian; otherwise it exits 1 naming the packages to install (and
   how to run the rest without them). A test is never skipped for want of them.
 - PostgreSQL and Redis (the clustered relay's tests) are started when installed but
@@ -49,6 +50,13 @@ REQUIREMENTS = (
         why="network namespaces, veth pairs and packet loss",
     ),
     Requirement("browser", ("chromium",), ("chromium",), why="a real browser"),
+    Requirement(
+        "unit",
+        ("node", "npm"),
+        ("nodejs", "npm"),
+        why="the web controller's protocol tests (node --test web/test/) and the check "
+        "that web/vendor matches web/package-lock.json",
+    ),
 )
 
 

@@ -18,6 +18,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _assert_ships_the_web_controller(names: list[str]) -> None:
+    """The wheel carries web/'s served files (pip install needs no Node), not its tooling."""
+    web = ROOT / "web"
+    served = [
+        path
+        for folder in ("proto", "vendor")
+        for path in (web / folder).rglob("*")
+        if path.is_file()
+    ]
+    assert len(served) > 20, "web/proto and web/vendor hold too few files"
+    for path in served:
+        assert f"starmux/web/{path.relative_to(web)}" in names, f"not in the wheel: {path}"
+    for left_out in ("package.json", "package-lock.json", "tools/", "test/", "node_modules/"):
+        assert not any(name.startswith(f"starmux/web/{left_out}") for name in names), left_out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_wheel_holds_only_starmux_and_lives_beside_python_daemon(tmp_path: Path) -> None:
@@ -33,6 +49,7 @@ def test_wheel_holds_only_starmux_and_lives_beside_python_daemon(tmp_path: Path)
     for role in ("relay", "daemon", "client"):
         assert f"starmux/{role}/__init__.py" in names  # the role really is inside
     assert "starmux/relay/migrations/001_init.sql" in names
+    _assert_ships_the_web_controller(names)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

@@ -63,3 +63,11 @@ def test_the_readme_test_command_readies_the_machine_before_pytest() -> None:
     assert lines[0] == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'"
     assert lines[1] == ".venv/bin/python tests/setup_system.py"
     assert lines[2].startswith(".venv/bin/python -m pytest")
+
+
+def test_the_web_controller_tests_need_node_and_npm() -> None:
+    present = {"ip", "iptables", "chromium"}
+    assert decide(present=present, tests={"unit"}).install == ["nodejs", "npm"]
+    (error,) = decide(present=present, tests={"unit"}, apt=False).errors
+    assert "node, npm" in error and "apt-get install nodejs npm" in error
+    assert decide(present=present | {"node", "npm"}, tests={"unit"}) == Plan()
