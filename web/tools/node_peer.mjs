@@ -1,0 +1,253 @@
+// The JavaScript side of the interop tests (tests/integration/test_web_interop.py):
+// a controller device made of web/proto's modules, driven through a real relay.
+//
+//   node --experimental-websocket web/tools/node_peer.mjs HOME < request.json
+//
+// The request (JSON on stdin, so codes and tokens never appear in argv):
+//   {"command": "link", "code": "starmux://link/v1?…", "name": "phone"}   join an account
+//   {"command": "register", "relay": URL, "token": "…", "name": "web"}   a new account
+//   {"command": "invite", "role": "operator"}   show a link code, add whoever uses it
+//   {"command": "pair", "code": "starmux://pair/v1?…"}                   pair a machine
+//   {"command": "sessions"}                  KK to every machine: its sessions
+//   {"command": "run", "argv": [...], "cwd": "…"}  KK, start a session, wait for its end
+// Progress and results are JSON lines on stdout ({"event": …}); failures exit 1 with
+// {"event": "error", "message": …}. HOME/state.json (0600) keeps the device's keys,
+// account, device log and machine cards between runs.
+
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { equal, fromHex, toHex } from '../proto/bytes.js';
+import { Inviter, NewDevice } from '../proto/device_link.js';
+import { DeviceLog, Op, decodeEntries, encodeEntries } from '../proto/device_log.js';
+import { Kind, unwrap, wrap } from '../proto/e2e.js';
+import { fingerprintsMatch } from '../proto/fingerprint.js';
+import { NodeKeys, Role, decodeCard } from '../proto/identity.js';
+import { finish, initiate } from '../proto/live_channel.js';
+import { randomBytes } from '../proto/noise.js';
+import { ControllerPairing } from '../proto/pairing.js';
+import { formatLinkCode, parseLinkCode, parsePairingCode } from '../proto/pairing_code.js';
+import { RelayConnection } from '../proto/relay_connection.js';
+import { APP } from '../proto/codec.js';
+
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'lost']);
+const home = process.argv[2];
+const stateFile = path.join(home, 'state.json');
+const say = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
+const now = () => Date.now() / 1000;
+
+function load() {
+  const raw = JSON.parse(fs.readFileSync(stateFile, 'utf8'));
+  const keys = new NodeKeys(fromHex(raw.signing_seed), fromHex(raw.dh_private));
+  return {
+    ...raw,
+    keys,
+    card: keys.card(Role.CONTROLLER, raw.name),
+    relayKey: fromHex(raw.relay_key),
+    account: fromHex(raw.account),
+    log: DeviceLog.verify(decodeEntries(fromHex(raw.log))),
+    machines: raw.machines.map((hex) => decodeCard(fromHex(hex))),
+  };
+}
+
+function save(state) {
+  const { signingSeed, dhPrivate } = state.keys.exportSecrets();
+  fs.mkdirSync(home, { recursive: true, mode: 0o700 });
+  const raw = {
+    name: state.name,
+    relay_url: state.relayUrl,
+    relay_key: toHex(state.relayKey),
+    account: toHex(state.account),
+    signing_seed: toHex(signingSeed),
+    dh_private: toHex(dhPrivate),
+    log: toHex(state.log.encode()),
+    machines: state.machines.map((card) => toHex(card.encoded)),
+  };
+  fs.writeFileSync(stateFile, JSON.stringify(raw), { mode: 0o600 });
+}
+
+const fromPeer = (peer, kinds) => (event) => event.type === 'data' && equal(event.peer, peer) && kinds.includes(event.body[0]);
+
+async function link(request) {
+  const code = parseLinkCode(request.code);
+  const keys = NodeKeys.generate();
+  const card = keys.card(Role.CONTROLLER, request.name);
+  const relay = await RelayConnection.open(code.relayUrl, keys, card);
+  if (!fingerprintsMatch(relay.auth.relayCard.fingerprint, code.relayFingerprint)) throw new Error('the relay is not the one the code names');
+  const opened = await relay.request('open-link-ticket', { ticket: code.ticket });
+  const inviterKey = opened.machine_key;
+  const device = new NewDevice(keys, card, code, { relayKey: relay.auth.relayCard.signPublic });
+  relay.sendData(inviterKey, device.start());
+  while (device.phase !== 'linked') {
+    const event = await relay.next(fromPeer(inviterKey, [Kind.PAIR_HANDSHAKE, Kind.PAIR_TRANSPORT, Kind.PAIR_ABORT]), 30000);
+    if (event.type === 'closed') throw new Error(`relay closed ${event.code}`);
+    const reply = device.receive(event.body);
+    if (reply !== null) relay.sendData(inviterKey, reply);
+    if (device.phase === 'await-welcome' && reply !== null) say('comparison', { code: device.comparisonCode });
+  }
+  save({ name: request.name, relayUrl: code.relayUrl, relayKey: relay.auth.relayCard.signPublic, account: device.account, keys, log: device.log, machines: device.machines });
+  say('linked', {
+    account: toHex(device.account),
+    role: device.log.roleOf(keys.signPublic),
+    devices: device.log.devices.map((d) => d.name),
+    machines: device.machines.map((m) => m.name),
+  });
+  relay.close();
+}
+
+async function register(request) {
+  const keys = NodeKeys.generate();
+  const card = keys.card(Role.CONTROLLER, request.name);
+  const relay = await RelayConnection.open(request.relay, keys, card);
+  const { account } = await relay.request('register-account', { token: request.token });
+  const log = DeviceLog.genesis(keys, card, account, { at: now() });
+  await relay.request('append-device-log', { entries: log.encode(), ticket: new Uint8Array(0) });
+  save({ name: request.name, relayUrl: request.relay, relayKey: relay.auth.relayCard.signPublic, account, keys, log, machines: [] });
+  say('registered', { account: toHex(account), fingerprint: keys.fingerprint });
+  relay.close();
+}
+
+async function invite(request) {
+  const state = load();
+  const { keys, card, account } = state;
+  let { log } = state;
+  const relay = await RelayConnection.open(state.relay_url, keys, card, { pinnedRelayKey: state.relayKey });
+  const { ticket } = await relay.request('create-link-ticket', {});
+  const secret = randomBytes(32);
+  const inviter = new Inviter(keys, card, { account, relayKey: state.relayKey, ticket, secret });
+  say('code', { code: formatLinkCode({ relayUrl: state.relay_url, relayFingerprint: relay.auth.relayCard.fingerprint, ticket, inviterFingerprint: keys.fingerprint, secret, role: request.role }) });
+  let peer = null;
+  while (inviter.phase !== 'linked') {
+    const event = await relay.next((e) => e.type === 'data' && (peer === null || equal(e.peer, peer)), 60000);
+    if (event.type === 'closed') throw new Error(`relay closed ${event.code}`);
+    peer = event.peer;
+    const reply = inviter.receive(event.body);
+    if (reply !== null) relay.sendData(peer, reply);
+    if (inviter.phase === 'confirming') {
+      say('comparison', { code: inviter.comparisonCode, device: inviter.device.name });
+      const [extended, entry] = log.append(keys, Op.ADD, inviter.device.signPublic, { card: inviter.device, role: request.role, at: now() });
+      await relay.request('append-device-log', { entries: encodeEntries([entry]), ticket });
+      log = extended;
+      relay.sendData(peer, inviter.welcome(log, state.machines.map((m) => m.encoded)));
+    }
+  }
+  save({ ...state, relayUrl: state.relay_url, log });
+  say('linked', { device: inviter.device.name, devices: log.devices.map((d) => d.name) });
+  relay.close();
+}
+
+async function pair(request) {
+  const state = load();
+  const code = parsePairingCode(request.code);
+  const relay = await RelayConnection.open(state.relay_url, state.keys, state.card, { pinnedRelayKey: state.relayKey });
+  if (!fingerprintsMatch(relay.auth.relayCard.fingerprint, code.relayFingerprint)) throw new Error('the code names another relay');
+  const { ticket } = code;
+  const opened = await relay.request('open-ticket', { ticket });
+  const machineKey = opened.machine_key;
+  const pairing = new ControllerPairing(state.keys, state.card, code, { relayKey: state.relayKey, account: state.account });
+  const started = performance.now();
+  relay.sendData(machineKey, pairing.start(machineKey));
+  while (pairing.phase !== 'paired') {
+    const event = await relay.next(fromPeer(machineKey, [Kind.PAIR_HANDSHAKE, Kind.PAIR_TRANSPORT, Kind.PAIR_ABORT]), 30000);
+    if (event.type === 'closed') throw new Error(`relay closed ${event.code}`);
+    const reply = pairing.receive(event.body);
+    if (reply !== null) relay.sendData(machineKey, reply);
+    if (pairing.phase === 'confirmed') {
+      say('comparison', { code: pairing.comparisonCode, machine: pairing.machineName });
+      const issuedAt = now();
+      const [signature, granted] = pairing.grant(state.keys, { issuedAt });
+      await relay.request('grant-machine', { ticket, machine_card: pairing.machineCard.encoded, issued_at: issuedAt, signature });
+      relay.sendData(machineKey, granted);
+    }
+  }
+  save({ ...state, relayUrl: state.relay_url, machines: [...state.machines, pairing.machineCard] });
+  say('paired', { machine: pairing.machineName, fingerprint: pairing.machineCard.fingerprint, ms: Math.round(performance.now() - started) });
+  const listed = await relay.request('list-machines', {});
+  say('listed', {
+    ms: Math.round(performance.now() - started),
+    machines: listed.machines.map((m) => ({ name: decodeCard(m.card).name, online: m.online })),
+  });
+  relay.close();
+}
+
+/** KK to one machine, the device log first, then sync to live; returns what it needs to go on. */
+async function openLive(relay, state, machine) {
+  const key = machine.signPublic;
+  relay.sendData(key, wrap(Kind.DEVICE_LOG, state.log.encode()));
+  const [hs, first] = initiate(state.keys, machine, { relayKey: state.relayKey });
+  relay.sendData(key, first);
+  const answer = await relay.next(fromPeer(key, [Kind.SESSION_HANDSHAKE, Kind.SESSION_RESET]), 20000);
+  if (answer.type === 'closed' || answer.body[0] !== Kind.SESSION_HANDSHAKE) throw new Error('the machine did not answer the handshake');
+  const channel = finish(hs, unwrap(answer.body)[1]);
+  relay.sendData(key, channel.seal('device-log-sync', { entries: state.log.encode() }));
+  relay.sendData(key, channel.seal('sync-request', { epoch: '', after_seq: 0, limit: 1000 }));
+  const sessions = new Map();
+  const live = { key, channel, sessions, acks: new Map(), output: new Map() };
+  for (;;) {
+    const page = await receive(relay, live);
+    if (page.kind === 'event-page' && !page.more && !page.live) return live;
+  }
+}
+
+async function receive(relay, live) {
+  for (;;) {
+    const event = await relay.next(fromPeer(live.key, [Kind.SESSION_TRANSPORT, Kind.SESSION_RESET]), 30000);
+    if (event.type === 'closed') throw new Error(`relay closed ${event.code}`);
+    if (event.body[0] === Kind.SESSION_RESET) throw new Error('the machine reset the channel');
+    const message = live.channel.open(unwrap(event.body)[1]);
+    if (message.kind === 'command-ack') live.acks.set(message.command_id, message);
+    if (message.kind === 'event-page') {
+      for (const logged of message.events) apply(live, logged);
+    }
+    return message;
+  }
+}
+
+function apply(live, logged) {
+  const event = APP.decode(logged.body);
+  const row = live.sessions.get(logged.session) ?? { id: logged.session, status: 'queued', argv: [], title: '' };
+  if (event.kind === 'session-created') Object.assign(row, { argv: event.argv, title: event.title, cwd: event.cwd });
+  if (event.kind === 'session-status') Object.assign(row, { status: event.status, exit_code: event.exit_code });
+  if (event.kind === 'output') live.output.set(logged.session, (live.output.get(logged.session) ?? '') + new TextDecoder().decode(event.data));
+  live.sessions.set(logged.session, row);
+}
+
+async function sessions() {
+  const state = load();
+  const relay = await RelayConnection.open(state.relay_url, state.keys, state.card, { pinnedRelayKey: state.relayKey });
+  const result = [];
+  for (const machine of state.machines) {
+    const started = performance.now();
+    const live = await openLive(relay, state, machine);
+    result.push({ machine: machine.name, ms: Math.round(performance.now() - started), sessions: [...live.sessions.values()] });
+  }
+  say('sessions', { machines: result });
+  relay.close();
+}
+
+async function run(request) {
+  const state = load();
+  const relay = await RelayConnection.open(state.relay_url, state.keys, state.card, { pinnedRelayKey: state.relayKey });
+  const live = await openLive(relay, state, state.machines[0]);
+  const session = `js-${toHex(randomBytes(6))}`;
+  const commandId = `c-${toHex(randomBytes(6))}`;
+  const body = APP.encode('start-session', { session, argv: request.argv, cwd: request.cwd, title: 'from js', env: new Map(), pty: false });
+  relay.sendData(live.key, live.channel.seal('command', { command_id: commandId, body }));
+  while (!live.acks.has(commandId) || !TERMINAL.has(live.sessions.get(session)?.status)) {
+    const ack = live.acks.get(commandId);
+    if (ack !== undefined && !ack.ok) throw new Error(`the machine refused the command: ${ack.error}`);
+    await receive(relay, live);
+  }
+  say('ran', { session, ack: live.acks.get(commandId).ok, status: live.sessions.get(session).status, output: live.output.get(session) ?? '' });
+  relay.close();
+}
+
+const COMMANDS = { link, register, invite, pair, sessions, run };
+try {
+  const request = JSON.parse(fs.readFileSync(0, 'utf8'));
+  await COMMANDS[request.command](request);
+  process.exit(0);
+} catch (error) {
+  say('error', { message: `${error.name}: ${error.message}`, hint: error.hint ?? '' });
+  process.exit(1);
+}
