@@ -102,3 +102,23 @@ test('relay auth refuses another relay key, and a welcome not signed for this ex
   assert.throws(() => otherNonce.receiveWelcome(parseFrame(fromHex(ra.welcome))), CryptoError);
   assert.throws(() => otherNonce.receiveWelcome(parseFrame(fromHex(ra.welcome))), CryptoError);
 });
+
+test('the channel: both directions, rekey in step, replay and reorder refused for good', async () => {
+  const { HandshakeState } = await import('../proto/noise.js');
+  const { SecureChannel } = await import('../proto/channel.js');
+  const a = new HandshakeState('Noise_NN_25519_ChaChaPoly_BLAKE2b', { initiator: true });
+  const b = new HandshakeState('Noise_NN_25519_ChaChaPoly_BLAKE2b', { initiator: false });
+  a.readMessage(b.readMessage(a.writeMessage()) && b.writeMessage());
+  const left = SecureChannel.fromHandshake(a, { rekeyEvery: 3, pad: true });
+  const right = SecureChannel.fromHandshake(b, { rekeyEvery: 3, pad: true });
+  for (let i = 0; i < 10; i++) {
+    const message = utf8(`message ${i}`);
+    assert.deepEqual(right.decrypt(left.encrypt(message)), message);
+    assert.deepEqual(left.decrypt(right.encrypt(message)), message);
+  }
+  const first = left.encrypt(utf8('one'));
+  const second = left.encrypt(utf8('two'));
+  assert.throws(() => right.decrypt(second), CryptoError); // out of order
+  assert.throws(() => right.decrypt(first), CryptoError); // failed for good
+  assert.ok(right.closed);
+});
