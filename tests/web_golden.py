@@ -461,6 +461,7 @@ def codes_golden() -> dict[str, Any]:
         "wss://r.example:9/x", relay_fp, b"\x03" * 16, machine_fp, b"\xfe" * 32, DeviceRole.OPERATOR
     )
     return {
+        "verdicts": _code_verdicts(pair.to_text(), link.to_text()),
         "pair": [pair.to_text(), pair_exp.to_text()],
         "link": [link.to_text()],
         "pair_fields": {
@@ -479,6 +480,57 @@ def codes_golden() -> dict[str, Any]:
             "role": link.role.value,
         },
     }
+
+
+def _code_verdicts(pair: str, link: str) -> list[dict[str, Any]]:
+    """Pasted codes, good and garbled, with whether the Python parser takes them."""
+    from starmux.device_link import parse_link_code
+    from starmux.pairing_code import parse_pairing_code
+
+    candidates = []
+    for code in (pair, link):
+        prefix, query = code.split("?", 1)
+        parts = query.split("&")
+        candidates += [
+            code,
+            f"  {code}\n",
+            code.upper(),
+            code + "&",
+            code + "&x=1",
+            code + "&" + parts[0],
+            prefix + "?" + "&".join(parts[1:]),
+            prefix + "?" + "&".join(reversed(parts)),
+            code.replace("ws://", "wss://"),
+            code.replace("ws://", "http://"),
+            code.replace("127.0.0.1:8765", "user:pw@127.0.0.1:8765"),
+            code.replace("127.0.0.1:8765", "127.0.0.1:99999"),
+            code.replace("=", "=%41", 1),
+            code.replace("role=operator", "role=owner"),
+            code.replace("role=operator", "role="),
+            code + "&exp=1700000000",
+            code + "&exp=-1",
+            code + "&exp=1234567890123",
+            prefix.replace("v1", "v2") + "?" + query,
+            code[:-3],
+            code + "AAAA",
+        ]
+        for index, part in enumerate(parts):
+            key, _, value = part.partition("=")
+            for changed in (value.lower(), value[:-1], value + "A", "", value.replace("A", "-")):
+                mutated = [*parts]
+                mutated[index] = f"{key}={changed}"
+                candidates.append(prefix + "?" + "&".join(mutated))
+    table = []
+    for text in candidates:
+        verdict = {"text": text}
+        for name, parse in (("pair", parse_pairing_code), ("link", parse_link_code)):
+            try:
+                parse(text)
+                verdict[name] = True
+            except StarmuxError:
+                verdict[name] = False
+        table.append(verdict)
+    return table
 
 
 def golden() -> dict[str, Any]:

@@ -170,3 +170,21 @@ test('a link code for another inviter is refused before anything is sent back', 
   // The prologue names another inviter's fingerprint: the handshake itself fails.
   assert.throws(() => joining.receive(inviter.receive(joining.start())), PairingFailed);
 });
+
+test('every pasted code the Python parsers take or refuse, JS takes or refuses alike', () => {
+  const disagreements = [];
+  for (const verdict of GOLDEN.codes.verdicts) {
+    for (const [name, parse] of [['pair', parsePairingCode], ['link', parseLinkCode]]) {
+      let ok = true;
+      try {
+        parse(verdict.text);
+      } catch (error) {
+        if (!(error instanceof PairingCodeError)) throw error;
+        ok = false;
+      }
+      if (ok !== verdict[name]) disagreements.push(`${name}: python ${verdict[name]} js ${ok}: ${verdict.text}`);
+    }
+  }
+  assert.deepEqual(disagreements, []);
+  assert.ok(GOLDEN.codes.verdicts.length > 60);
+});
