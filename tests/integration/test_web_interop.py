@@ -8,7 +8,9 @@ web/proto's modules. Both directions of each protocol the browser takes part in:
   JS as the inviting owner (XXpsk3 responder) with a CLI device joining;
 - pairing: JS pairs a real daemon (XXpsk3 with the machine, the grant at the relay);
 - live: JS runs Noise_KK with real daemons, syncs their event logs (sessions), starts a
-  session and reads its output; the CLI sees what JS started and the other way round.
+  session and reads its output; the CLI sees what JS started and the other way round;
+- and the responder roles the browser never takes, for the protocol's sake: the CLI
+  pairs a JS machine (XXpsk3 responder) and syncs it over KK (JS as KK responder).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from ..timeouts import scaled
+from ..timeouts import poll, scaled
 from .cluster import Paired, pair
-from .daemon_process import DaemonProcess, run_cli, starmux_command
+from .daemon_process import DaemonProcess, run_cli, run_json, starmux_command
 from .relay_process import RelayProcess
 from .test_devices import Inviter
 
@@ -223,3 +225,30 @@ def test_js_owner_pairs_a_daemon_and_links_a_cli_device(
     assert {ran["session"], started} <= ids
     print(f"JS: pairing code read to machine granted {paired['ms']} ms, listed {listed['ms']} ms")
     assert run_cli(cli_home, "machines", "--json").returncode == 0
+
+
+def test_cli_pairs_a_js_machine_and_syncs_it_over_kk(tmp_path: Path, relay: RelayProcess) -> None:
+    """The JS side as the responder of both Noise patterns: XXpsk3 (pairing) and KK."""
+    controller = tmp_path / "controller"
+    init = run_cli(
+        controller, "init", "--relay", relay.url, "--token", relay.registration_token or "",
+        "--name", "laptop",
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    machine = NodePeer(tmp_path / "js-machine", {"command": "machine", "relay": relay.url,
+                                                 "name": "js-box"})  # fmt: skip
+    try:
+        code = machine.wait("code")["code"]
+        paired = run_cli(controller, "pair", code, "--yes")
+        assert paired.returncode == 0, paired.stdout + paired.stderr
+        assert machine.wait("paired")["controller"] == "laptop"
+        rows = poll(
+            lambda: [r for r in run_json(controller, "sessions") if r["id"] == "js-served"] or None,
+            within=30,
+            what="the JS machine's session in the CLI's list",
+        )
+        assert rows[0]["status"] == "succeeded"
+        assert machine.wait("served")["events"] == 2
+    finally:
+        machine.process.terminate()
+        machine.process.wait(timeout=scaled(10))

@@ -10,6 +10,8 @@
 //   {"command": "pair", "code": "starmux://pair/v1?…"}                   pair a machine
 //   {"command": "sessions"}                  KK to every machine: its sessions
 //   {"command": "run", "argv": [...], "cwd": "…"}  KK, start a session, wait for its end
+//   {"command": "machine", "relay": URL, "name": "js-box"}   act as a machine: show a
+//        pairing code, pair, answer KK and sync requests (one finished session) until killed
 // Progress and results are JSON lines on stdout ({"event": …}); failures exit 1 with
 // {"event": "error", "message": …}. HOME/state.json (0600) keeps the device's keys,
 // account, device log and machine cards between runs.
@@ -23,10 +25,10 @@ import { DeviceLog, Op, decodeEntries, encodeEntries } from '../proto/device_log
 import { Kind, unwrap, wrap } from '../proto/e2e.js';
 import { fingerprintsMatch } from '../proto/fingerprint.js';
 import { NodeKeys, Role, decodeCard } from '../proto/identity.js';
-import { finish, initiate } from '../proto/live_channel.js';
+import { finish, initiate, respond } from '../proto/live_channel.js';
 import { randomBytes } from '../proto/noise.js';
-import { ControllerPairing } from '../proto/pairing.js';
-import { formatLinkCode, parseLinkCode, parsePairingCode } from '../proto/pairing_code.js';
+import { ControllerPairing, MachinePairing } from '../proto/pairing.js';
+import { formatLinkCode, formatPairingCode, parseLinkCode, parsePairingCode } from '../proto/pairing_code.js';
 import { RelayConnection } from '../proto/relay_connection.js';
 import { APP } from '../proto/codec.js';
 
@@ -242,7 +244,53 @@ async function run(request) {
   relay.close();
 }
 
-const COMMANDS = { link, register, invite, pair, sessions, run };
+/** A machine made of web/proto (the XXpsk3 and KK responder): shows a pairing code,
+ *  pairs, then answers live channels with one finished session, until killed. */
+async function machine(request) {
+  const keys = NodeKeys.generate();
+  const card = keys.card(Role.MACHINE, request.name);
+  const relay = await RelayConnection.open(request.relay, keys, card);
+  const relayKey = relay.auth.relayCard.signPublic;
+  const { ticket } = await relay.request('create-ticket', {});
+  const secret = randomBytes(32);
+  const pairing = new MachinePairing(keys, card, { relayKey, ticket, secret });
+  say('code', { code: formatPairingCode({ relayUrl: request.relay, relayFingerprint: relay.auth.relayCard.fingerprint, ticket, machineFingerprint: keys.fingerprint, secret }) });
+  let controller = null;
+  while (pairing.phase !== 'paired') {
+    const event = await relay.next((e) => e.type === 'data' && (controller === null || equal(e.peer, controller)), 60000);
+    if (event.type === 'closed') throw new Error(`relay closed ${event.code}`);
+    controller = event.peer;
+    const reply = pairing.receive(event.body);
+    if (reply !== null) relay.sendData(controller, reply);
+  }
+  say('paired', { controller: pairing.controllerCard.name, comparison: pairing.comparisonCode });
+  const at = now();
+  const logged = [
+    { seq: 1, at, session: 'js-served', body: APP.encode('session-created', { argv: ['served', 'by', 'js'], cwd: '/', title: 'a JS machine', pty: false, command_id: 'c-js' }) },
+    { seq: 2, at, session: 'js-served', body: APP.encode('session-status', { status: 'succeeded', exit_code: 0, detail: '' }) },
+  ];
+  const channels = new Map();
+  for (;;) {
+    const event = await relay.next((e) => e.type === 'data' && equal(e.peer, pairing.controllerCard.signPublic), 3600000);
+    if (event.type === 'closed') return;
+    const [kind, payload] = unwrap(event.body);
+    if (kind === Kind.SESSION_HANDSHAKE) {
+      const [channel, reply] = respond(keys, pairing.controllerCard, payload, { relayKey });
+      channels.set('controller', channel);
+      relay.sendData(event.peer, reply);
+    } else if (kind === Kind.SESSION_TRANSPORT && channels.has('controller')) {
+      const channel = channels.get('controller');
+      const message = channel.open(payload);
+      if (message.kind === 'sync-request') {
+        const events = message.epoch === 'js-epoch' ? logged.filter((e) => e.seq > message.after_seq) : logged;
+        relay.sendData(event.peer, channel.seal('event-page', { epoch: 'js-epoch', events, more: false, live: false }));
+        say('served', { after_seq: message.after_seq, events: events.length });
+      }
+    }
+  }
+}
+
+const COMMANDS = { link, register, invite, pair, sessions, run, machine };
 try {
   const request = JSON.parse(fs.readFileSync(0, 'utf8'));
   await COMMANDS[request.command](request);
