@@ -28,6 +28,13 @@ def _node_and_npm() -> str:
         )
     node = shutil.which("node")
     assert node is not None
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+    major, minor = (int(part) for part in version.stdout.strip().lstrip("v").split(".")[:2])
+    if (major, minor) < (20, 19):
+        pytest.fail(
+            f"node {version.stdout.strip()} is too old: the vendored @noble libraries and the "
+            "interop tests need Node.js 20.19+ (e.g. from NodeSource's Debian packages)"
+        )
     return node
 
 
