@@ -522,7 +522,7 @@ def _code_verdicts(pair: str, link: str) -> list[dict[str, Any]]:
                 candidates.append(prefix + "?" + "&".join(mutated))
     table = []
     for text in candidates:
-        verdict = {"text": text}
+        verdict: dict[str, Any] = {"text": text}
         for name, parse in (("pair", parse_pairing_code), ("link", parse_link_code)):
             try:
                 parse(text)
