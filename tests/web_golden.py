@@ -31,6 +31,7 @@ import msgpack
 from starmux import control, device_control, device_log, device_messages, messages, task_messages
 from starmux.codec import Message, MessageCodec, Range
 from starmux.control import CONTROL, SessionStatus
+from starmux.decisions import decision_transcript
 from starmux.device_link import LinkCode
 from starmux.device_log import LOG_CODEC, DeviceLog, Op, encode_entries
 from starmux.device_roles import DeviceRole
@@ -426,6 +427,14 @@ def crypto_golden() -> dict[str, Any]:
         ],
         "grant": grant_transcript(account, cards["machine"].encode(), 1700000000.5).hex(),
         "revoke": revoke_transcript(account, node.sign_public, 1700000000.5).hex(),
+        "decision": {
+            "transcript": decision_transcript(
+                node.sign_public, "cp-1", False, "not on friday", 1700000000.25
+            ).hex(),
+            "signature": owner.sign(
+                decision_transcript(node.sign_public, "cp-1", False, "not on friday", 1700000000.25)
+            ).hex(),
+        },
         "comparison_codes": [{"hash": h.hex(), "code": comparison_code(h)} for h in hashes],
         "fingerprints": [
             {"key": (bytes([i]) * 32).hex(), "text": fingerprint(bytes([i]) * 32)} for i in range(3)

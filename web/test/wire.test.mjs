@@ -122,3 +122,13 @@ test('the channel: both directions, rekey in step, replay and reorder refused fo
   assert.throws(() => right.decrypt(first), CryptoError); // failed for good
   assert.ok(right.closed);
 });
+
+test('checkpoint decisions sign the Python transcript', async () => {
+  const { decideCheckpoint, decisionTranscript } = await import('../proto/decisions.js');
+  const machineKey = fromHex(C.keys.machine.sign_public);
+  assert.equal(toHex(decisionTranscript(machineKey, 'cp-1', false, 'not on friday', 1700000000.25)), C.decision.transcript);
+  const fields = decideCheckpoint(keys('owner'), machineKey, { checkpoint: 'cp-1', approve: false, reason: 'not on friday', decidedAt: 1700000000.25 });
+  assert.equal(toHex(fields.signature), C.decision.signature);
+  const { APP } = await import('../proto/codec.js');
+  assert.equal(APP.decode(APP.encode('decide-checkpoint', fields)).reason, 'not on friday');
+});
