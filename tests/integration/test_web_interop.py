@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 
 from ..timeouts import poll, scaled
-from .cluster import Paired, pair
+from .cluster import Paired, pair, pending_checkpoint
 from .daemon_process import DaemonProcess, run_cli, run_json, starmux_command
 from .relay_process import RelayProcess
+from .test_checkpoints import agent
 from .test_devices import Inviter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,6 +153,26 @@ def test_js_device_links_to_a_cli_owner_then_lists_and_runs_sessions(
     assert ran["output"] == "hello from js\n"
     assert owner.session(ran["session"])["status"] == "succeeded"  # the CLI sees it too
     print(f"JS sync of {len(by_id)} sessions over KK: {machine['ms']} ms")
+
+    # An approval signed in JS: the daemon verifies it, the agent goes on, and the
+    # owner's later answer is too late.
+    waiting = owner.run(*agent("Ship it?", "--timeout", "120"))
+    pending_checkpoint(owner.cli, "Ship it?")
+    decided = js(
+        js_home,
+        {"command": "decide", "title": "Ship it?", "approve": True, "reason": "go"},
+        "decided",
+    )
+    assert decided["ok"] is True and decided["result"] == "approved", decided
+    assert decided["status"] == "succeeded"
+    assert '"decision": "approved"' in decided["output"]
+    late = run_cli(owner.controller, "approve", decided["checkpoint"])
+    assert late.returncode != 0 and "too late" in late.stdout + late.stderr
+    assert owner.session(waiting)["status"] == "succeeded"
+    print(
+        f"JS approve: ack {decided['ack_ms']} ms, agent finished {decided['end_ms']} ms "
+        "after the decision was sent"
+    )
 
 
 def test_js_owner_pairs_a_daemon_and_links_a_cli_device(

@@ -10,6 +10,7 @@
 //   {"command": "pair", "code": "starmux://pair/v1?…"}                   pair a machine
 //   {"command": "sessions"}                  KK to every machine: its sessions
 //   {"command": "run", "argv": [...], "cwd": "…"}  KK, start a session, wait for its end
+//   {"command": "decide", "title": "…", "approve": true, "reason": "…"}   a checkpoint
 //   {"command": "machine", "relay": URL, "name": "js-box"}   act as a machine: show a
 //        pairing code, pair, answer KK and sync requests (one finished session) until killed
 // Progress and results are JSON lines on stdout ({"event": …}); failures exit 1 with
@@ -31,6 +32,7 @@ import { ControllerPairing, MachinePairing } from '../proto/pairing.js';
 import { formatLinkCode, formatPairingCode, parseLinkCode, parsePairingCode } from '../proto/pairing_code.js';
 import { RelayConnection } from '../proto/relay_connection.js';
 import { APP } from '../proto/codec.js';
+import { decideCheckpoint } from '../proto/decisions.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'lost']);
 const home = process.argv[2];
@@ -184,7 +186,7 @@ async function openLive(relay, state, machine) {
   relay.sendData(key, channel.seal('device-log-sync', { entries: state.log.encode() }));
   relay.sendData(key, channel.seal('sync-request', { epoch: '', after_seq: 0, limit: 1000 }));
   const sessions = new Map();
-  const live = { key, channel, sessions, acks: new Map(), output: new Map() };
+  const live = { key, channel, sessions, acks: new Map(), output: new Map(), checkpoints: new Map() };
   for (;;) {
     const page = await receive(relay, live);
     if (page.kind === 'event-page' && !page.more && !page.live) return live;
@@ -210,6 +212,8 @@ function apply(live, logged) {
   const row = live.sessions.get(logged.session) ?? { id: logged.session, status: 'queued', argv: [], title: '' };
   if (event.kind === 'session-created') Object.assign(row, { argv: event.argv, title: event.title, cwd: event.cwd });
   if (event.kind === 'session-status') Object.assign(row, { status: event.status, exit_code: event.exit_code });
+  if (event.kind === 'checkpoint-raised') live.checkpoints.set(event.checkpoint, { id: event.checkpoint, title: event.title, session: logged.session, decided: null });
+  if (event.kind === 'checkpoint-decided' && live.checkpoints.has(event.checkpoint)) live.checkpoints.get(event.checkpoint).decided = event.decision;
   if (event.kind === 'output') live.output.set(logged.session, (live.output.get(logged.session) ?? '') + new TextDecoder().decode(event.data));
   live.sessions.set(logged.session, row);
 }
@@ -290,7 +294,34 @@ async function machine(request) {
   }
 }
 
-const COMMANDS = { link, register, invite, pair, sessions, run, machine };
+/** Approve or deny the pending checkpoint titled `title`; times the decision's effect. */
+async function decide(request) {
+  const state = load();
+  const relay = await RelayConnection.open(state.relay_url, state.keys, state.card, { pinnedRelayKey: state.relayKey });
+  const machine = state.machines[0];
+  const live = await openLive(relay, state, machine);
+  const pending = () => [...live.checkpoints.values()].find((c) => c.title === request.title && c.decided === null);
+  while (pending() === undefined) await receive(relay, live);
+  const checkpoint = pending();
+  const commandId = `c-${toHex(randomBytes(6))}`;
+  const fields = decideCheckpoint(state.keys, machine.signPublic, { checkpoint: checkpoint.id, approve: request.approve, reason: request.reason ?? '', decidedAt: now() });
+  const sent = performance.now();
+  relay.sendData(live.key, live.channel.seal('command', { command_id: commandId, body: APP.encode('decide-checkpoint', fields) }));
+  while (!live.acks.has(commandId)) await receive(relay, live);
+  const ackMs = performance.now() - sent;
+  const ack = live.acks.get(commandId);
+  if (ack.ok) {
+    while (!TERMINAL.has(live.sessions.get(checkpoint.session)?.status)) await receive(relay, live);
+  }
+  say('decided', {
+    checkpoint: checkpoint.id, ok: ack.ok, result: ack.result, error: ack.error,
+    ack_ms: Math.round(ackMs), end_ms: Math.round(performance.now() - sent),
+    status: live.sessions.get(checkpoint.session)?.status, output: live.output.get(checkpoint.session) ?? '',
+  });
+  relay.close();
+}
+
+const COMMANDS = { link, register, invite, pair, sessions, run, machine, decide };
 try {
   const request = JSON.parse(fs.readFileSync(0, 'utf8'));
   await COMMANDS[request.command](request);
