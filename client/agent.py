@@ -321,6 +321,10 @@ class ControllerAgent:
             return wire.ok(**await state.revoke(fields["machine"]), **notes)
         if op == "rename":
             return wire.ok(**await state.rename(fields["machine"], fields["name"]), **notes)
+        if op.startswith("notify-"):
+            from . import notify_actions
+
+            return wire.ok(**await notify_actions.run(state, op, fields), **notes)
         raise OperationFailed("bad-request", f"op {op!r} is not handled")  # pragma: no cover
 
     async def _wait_first(self, event: asyncio.Event) -> None:

@@ -39,12 +39,14 @@ from starmux.messages import (
     StartSession,
     SyncRequest,
 )
+from starmux.notify_messages import NOTIFY_COMMANDS, Viewing
 from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
 from starmux.task_messages import AssignTask, CancelTask
 
 from .checkpoints import Checkpoints
 from .devices import DeviceGate, Offer, RoleRefused
 from .eventlog import EventLog, StoredEvent
+from .notifications import Notifications
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 from .taskrunner import TaskRunner
@@ -103,8 +105,10 @@ class LiveService:
         sessions: SessionManager,
         checkpoints: Checkpoints,
         tasks: TaskRunner | None = None,
+        notifications: Notifications | None = None,
     ) -> None:
         self.keys = keys
+        self.notifications = notifications
         self.tasks = tasks
         self.card = card
         self.store = store
@@ -209,6 +213,8 @@ class LiveService:
         elif isinstance(message, CommandEnvelope):
             ack = await self._command(peer, message)
             self._enqueue(peer, ack)
+        elif isinstance(message, Viewing) and self.notifications is not None:
+            self.notifications.viewing(peer.key, message)
 
     async def _sync(self, peer: ControllerPeer, request: SyncRequest) -> None:
         read = peer.feed.read_for(request, epoch=self.log.epoch)
@@ -272,6 +278,12 @@ class LiveService:
                 result = await self.tasks.assign(command)
             else:
                 result = await self.tasks.cancel(command)
+            await self.log.execute_write(
+                [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
+            )
+            return result
+        if isinstance(command, NOTIFY_COMMANDS) and self.notifications is not None:
+            result = await self.notifications.command(peer.key, command)
             await self.log.execute_write(
                 [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
             )

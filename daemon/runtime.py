@@ -73,6 +73,7 @@ from .devices import DeviceGate
 from .eventlog import EventLog
 from .live import LiveService
 from .local_api import LocalApiServer
+from .notifications import Notifications, push_sender
 from .process import DaemonState
 from .sessions import SessionManager
 from .store import DATABASE_FILE, DaemonStore, PairedController
@@ -172,6 +173,8 @@ class Daemon:
             while True:
                 await self._connect_once()
         finally:
+            if self.notifications is not None:
+                await self.notifications.close()
             if self.api is not None:
                 await self.api.close()
             await self.sessions.close()
@@ -183,6 +186,7 @@ class Daemon:
 
     api: LocalApiServer | None = None
     tasks: TaskRunner | None = None
+    notifications: Notifications | None = None
 
     async def _allowed_env(self) -> frozenset[str] | None:
         """``--allow-env`` names, remembered: a restart must not silently widen them."""
@@ -199,6 +203,8 @@ class Daemon:
             return self.live
         if self.live is not None:
             self.live.close()
+        if self.notifications is not None:
+            await self.notifications.close()
         checkpoints = Checkpoints(self.log, self.sessions, self.store, machine_key=keys.sign_public)
         await checkpoints.expire_stale()
         if self.api is not None:
@@ -216,6 +222,15 @@ class Daemon:
             checkpoints=checkpoints,
             tasks=self.tasks,
         )
+        self.notifications = Notifications(
+            log=self.log,
+            store=self.store,
+            keys=keys,
+            machine_name=self.real_name or card.name,
+            card_for=self.live.devices.card_for,
+        )
+        await self.notifications.open()
+        self.live.notifications = self.notifications
         return self.live
 
     async def _allowed_roots(self) -> list[Path]:
@@ -493,10 +508,14 @@ class Daemon:
         assert self.keys is not None and self.card is not None
         live = await self._services(self.keys, self.card)
         live.attach(link.send_data, link.relay_key)
+        if self.notifications is not None:
+            self.notifications.attach(push_sender(link))
         try:
             return await self._paired_loop(link, live)
         finally:
             live.detach()
+            if self.notifications is not None:
+                self.notifications.attach(None)
 
     async def _paired_loop(self, link: RelayLink, live: LiveService) -> Closed:
         assert self.keys is not None

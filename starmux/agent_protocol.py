@@ -136,6 +136,19 @@ def _env(value: object) -> dict[str, str]:
     return {name: word(text) for name, text in value.items()}
 
 
+def _words(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_ARGS:
+        raise AgentProtocolError(f"expected a list of at most {MAX_ARGS} strings")
+    word = _text(80, allow_empty=False)
+    return [word(item) for item in value]
+
+
+def _fraction(value: object) -> float:
+    if type(value) not in (int, float) or not 0 < float(value) < 1:  # type: ignore[arg-type]
+        raise AgentProtocolError("expected a number between 0 and 1")
+    return float(value)  # type: ignore[arg-type]
+
+
 _REQUIRED = object()
 _Fields = dict[str, tuple[Callable[[object], Any], object]]
 
@@ -170,6 +183,22 @@ OPS: Final[dict[str, _Fields]] = {
     "rename": {
         "machine": (_text(200, allow_empty=False), _REQUIRED),
         "name": (_text(64, allow_empty=False), _REQUIRED),
+    },
+    # Notifications (client/notify_actions.py): targets go to every machine unless
+    # ``machine`` names one.
+    "notify-target": {
+        "kind": (_text(16, allow_empty=False), _REQUIRED),
+        "url": (_text(2048), ""),
+        "content": (_text(16, allow_empty=False), "none"),
+        "machine": (_optional(_text(200, allow_empty=False)), None),
+    },
+    "notify-list": {},
+    "notify-remove": {"target": (check_id, _REQUIRED)},
+    "notify-test": {"target": (_text(80), "")},
+    "notify-settings": {
+        "kinds": (_words, []),
+        "reminder": (_fraction, 0.75),
+        "machine": (_optional(_text(200, allow_empty=False)), None),
     },
     # Hold the relay connection free while this request's connection stays open (e.g.
     # `pair` runs its own link: a second link with the same key would close ours).

@@ -45,6 +45,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "devices": "starmux.client.device_commands:devices_group",
     "link": "starmux.client.device_commands:link_command",
     "doctor": "starmux.node.doctor:doctor_command",
+    "notify": "starmux.client.notify_commands:notify_group",
 }
 
 

@@ -58,6 +58,11 @@ COMMAND_ACTIONS: dict[str, Action] = {
     # Tasks (starmux.task_messages): dispatching is running, as issue 18 says.
     "assign-task": Action.RUN,
     "cancel-task": Action.CANCEL,
+    # Notifications (starmux.notify_messages): every device may be told what it may watch.
+    "notify-target": Action.WATCH,
+    "notify-target-remove": Action.WATCH,
+    "notify-settings": Action.WATCH,
+    "notify-test": Action.WATCH,
 }
 
 
