@@ -26,6 +26,7 @@ async def role_checks(home: Path) -> list[Check]:
                 config.relay_url, keys, Role.CONTROLLER, config.name, config.relay_key
             )
             waiting = await Cache(store.db).pending()
+            checks.append(await _notifications(store, keys.sign_public))
             checks.append(
                 Check(
                     "outbox",
@@ -34,3 +35,25 @@ async def role_checks(home: Path) -> list[Check]:
                 )
             )
     return checks
+
+
+async def _notifications(store: ControllerStore, me: bytes) -> Check:
+    """Webhooks and push targets failing on some machine (from the cache)."""
+    from .agent_cli import printable
+    from .notify_actions import target_rows
+
+    rows = await target_rows(store, Cache(store.db), me)
+    failing = [
+        f"{printable(t['id'])} on {printable(m['machine'])}: {printable(m.get('detail', ''))}"
+        for t in rows
+        for m in t["machines"]
+        if m.get("state") == "failing"
+    ]
+    if failing:
+        return Check(
+            "notifications",
+            False,
+            "failing: " + "; ".join(failing),
+            "check the endpoint, then `starmux notify test`; see `starmux notify list`",
+        )
+    return Check("notifications", True, f"{len(rows)} target(s), none failing")

@@ -29,7 +29,9 @@ from starmux.notify_messages import (
 )
 from starmux.notify_rules import ALL_KINDS, ContentLevel, NotifyKind, TargetKind
 
+from .cache import Cache
 from .sessions import ControllerState, OperationFailed
+from .store import ControllerStore
 
 _TARGETS = "notify_targets"
 NOTIFY_STREAM = "notify"
@@ -137,12 +139,18 @@ async def settings(
 
 
 async def listing(state: ControllerState) -> dict[str, Any]:
-    targets = await _targets(state)
-    me = state.keys.sign_public
+    return {"targets": await target_rows(state.store, state.cache, state.keys.sign_public)}
+
+
+async def target_rows(store: ControllerStore, cache: Cache, me: bytes) -> list[dict[str, Any]]:
+    """This device's targets, each with its latest status from every machine (from the
+    cache alone: ``starmux doctor`` reads it without the agent)."""
+    raw = await read_setting(store.db, _TARGETS)
+    targets: dict[str, dict[str, Any]] = json.loads(raw) if raw else {}
     statuses: dict[str, list[dict[str, Any]]] = {target_id: [] for target_id in targets}
-    for machine in await state.store.machines():
+    for machine in await store.machines():
         latest: dict[str, tuple[float, NotifyStatus]] = {}
-        for event in await state.cache.session_events(NOTIFY_STREAM, machine=machine.key):
+        for event in await cache.session_events(NOTIFY_STREAM, machine=machine.key):
             try:
                 status = APP.decode(event.body)
             except StarmuxError:
@@ -163,7 +171,7 @@ async def listing(state: ControllerState) -> dict[str, Any]:
                     "at": at,
                 }
             statuses[target_id].append(row)
-    rows = [
+    return [
         {
             "id": target_id,
             "kind": t.get("kind"),
@@ -173,7 +181,6 @@ async def listing(state: ControllerState) -> dict[str, Any]:
         }
         for target_id, t in sorted(targets.items(), key=lambda item: item[1].get("created_at", 0))
     ]
-    return {"targets": rows}
 
 
 async def run(state: ControllerState, op: str, fields: dict[str, Any]) -> dict[str, Any]:

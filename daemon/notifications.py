@@ -11,7 +11,8 @@ Invariants:
 - Nothing here blocks the daemon: the log's commit callback only plans and queues;
   POSTs and relay requests run in their own tasks.
 - A target's status reaches the event log (stream ``notify``, ``notify-status``)
-  only when it changes (registered, failing, working again, removed), so a flapping
+  only when it changes (registered, first delivered, failing, working again,
+  removed), so a flapping
   endpoint cannot flood the log; the text never contains its URL.
 - Only a device current in the machine's device log is notified (a removed device's
   targets stay stored but are skipped), and only the device itself changes its
@@ -303,7 +304,8 @@ class Notifications:
             health.failed += 1
             log.warning("a notification to target %s was not delivered: %s", target.id, detail)
         state = TargetState.ACTIVE if ok else TargetState.FAILING
-        if state is not health.state:
+        # Logged on a change, and on the first delivery (proof that the target works).
+        if state is not health.state or (ok and health.delivered == 1):
             health.state = state
             self._status(target.device, target.id, target.kind, state, detail)
 

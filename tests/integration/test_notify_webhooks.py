@@ -1,0 +1,169 @@
+"""Webhooks through every real part: controller → relay → daemon registers the target;
+a real agent raises a checkpoint; the daemon POSTs to a real local HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..timeouts import poll, scaled
+from .cluster import Paired, pair, pending_checkpoint, python
+from .daemon_process import DaemonProcess, run_cli
+from .push_service import WebhookSink
+from .relay_process import RelayProcess
+
+SECRET_TITLE = "Deploy the-secret-title?"
+SECRET_BODY = "rm -rf /srv/the-secret-command"
+
+
+def agent(stamp: Path, *extra: str) -> list[str]:
+    """Write when the checkpoint is about to be raised, then raise it."""
+    args = ["checkpoint", SECRET_TITLE, "--body", SECRET_BODY, *extra]
+    return python(
+        "import subprocess, sys, time\n"
+        f"open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
+        f"r = subprocess.run([sys.executable, '-m', 'starmux.cli', *{args!r}])\n"
+        "sys.exit(r.returncode)\n"
+    )
+
+
+@pytest.fixture
+def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) -> Paired:
+    return pair(tmp_path, relay, daemons)
+
+
+@pytest.fixture
+def sink() -> Iterator[WebhookSink]:
+    server = WebhookSink()
+    yield server
+    server.close()
+
+
+def _notify(paired: Paired, *args: str) -> dict[str, object]:
+    reply = json.loads(paired.cli("notify", *args, "--json"))
+    assert isinstance(reply, dict)
+    return reply
+
+
+def _list(paired: Paired) -> list[dict[str, object]]:
+    rows = json.loads(paired.cli("notify", "list", "--json"))
+    assert isinstance(rows, list)
+    return rows
+
+
+def test_webhook_without_content_arrives_within_two_seconds(
+    paired: Paired, sink: WebhookSink, tmp_path: Path
+) -> None:
+    added = _notify(paired, "webhook", sink.base + "/topic")
+    machines = added["machines"]
+    assert isinstance(machines, list) and machines[0]["accepted"] is True, added
+    stamp = tmp_path / "raised-at"
+    paired.run(*agent(stamp, "--timeout", "120"))
+    post = sink.wait_for(1, within=10.0)[0]
+    latency = post.at - float(stamp.read_text())
+    print(f"checkpoint -> webhook latency: {latency * 1000:.0f} ms")
+    assert latency < scaled(2.0)
+    assert post.path == "/topic"
+    assert post.body == b"starmux: a checkpoint is waiting"
+    everything = (post.body + json.dumps(post.headers).encode()).lower()
+    for secret in (b"the-secret-title", b"the-secret-command", b"gpu-box", str(paired.workdir)):
+        assert (secret if isinstance(secret, bytes) else secret.encode()) not in everything
+    assert "Title" not in post.headers
+    # Exactly one: nothing else was due (no reminder within a 120 s timeout's first 2 s).
+    time.sleep(scaled(0.5))
+    assert len(sink.received) == 1
+    # notify list shows it active on the machine, with one delivery.
+    row = poll(
+        lambda: next(
+            (m for t in _list(paired) for m in t["machines"] if m.get("delivered")),  # type: ignore[attr-defined]
+            None,
+        ),
+        within=10.0,
+        what="the delivery counted in notify list",
+    )
+    assert row["state"] == "active" and row["machine"] == "gpu-box"
+
+
+def test_full_content_and_a_reminder_before_expiry_none_after_a_decision(
+    paired: Paired, sink: WebhookSink, tmp_path: Path
+) -> None:
+    _notify(paired, "webhook", sink.base + "/full", "--content", "full")
+    _notify(paired, "settings", "--reminder", "0.5")
+    # 1: nobody decides; the reminder comes at half the timeout, before expiry.
+    started = time.time()
+    paired.run(*agent(tmp_path / "one", "--timeout", "4s"))
+    first, reminder = sink.wait_for(2, within=10.0)
+    assert first.headers["Title"] == f"gpu-box: {SECRET_TITLE}"
+    assert SECRET_BODY.encode() in first.body
+    assert reminder.body.startswith(b"still waiting")
+    raised = float((tmp_path / "one").read_text())
+    assert 1.5 < reminder.at - raised < 4.0, reminder.at - raised
+    assert reminder.at - started < 4.0 + scaled(2.0)
+    # The first session ends (the expiry's default, deny, fails it): told too.
+    ended = sink.wait_for(3, within=10.0)[2]
+    assert ended.headers["Title"].startswith("gpu-box: ") and "failed" in ended.headers["Title"]
+    # 2: decided at once: no reminder follows.
+    paired.run(*agent(tmp_path / "two", "--timeout", "4s"))
+    sink.wait_for(4, within=10.0)
+    checkpoint = pending_checkpoint(paired.cli, SECRET_TITLE)
+    paired.cli("approve", str(checkpoint["id"]))
+    time.sleep(4.5)  # past the reminder time (2 s) and the expiry (4 s)
+    titles = [r.headers.get("Title", "") + " | " + r.body.decode()[:20] for r in sink.received]
+    assert len(titles) == 5, titles  # the second raise, then its session's success
+    assert "succeeded" in titles[4] and "still waiting" not in "".join(titles[3:])
+
+
+def test_failing_endpoint_is_retried_reported_and_never_blocks(
+    paired: Paired, tmp_path: Path
+) -> None:
+    dead = WebhookSink(statuses=[500] * 100)
+    try:
+        _notify(paired, "webhook", dead.base + "/down")
+        paired.run(*agent(tmp_path / "stamp", "--timeout", "120"))
+        tries = dead.wait_for(4, within=15.0)
+        gaps = [b.at - a.at for a, b in zip(tries, tries[1:], strict=False)]
+        print("retry gaps:", [round(g, 2) for g in gaps])
+        assert gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5  # backing off
+        # The daemon goes on meanwhile: a session runs and reports at once.
+        begun = time.monotonic()
+        session = paired.run(*python("print('still here')"))
+        poll(
+            lambda: paired.session(session)["status"] == "succeeded" or None,
+            within=10.0,
+            what="a session while the webhook fails",
+        )
+        assert time.monotonic() - begun < scaled(5.0)
+        # After its last retry the target shows failing, with why (never the URL).
+        failing = poll(
+            lambda: next(
+                (
+                    m
+                    for t in _list(paired)
+                    for m in t["machines"]  # type: ignore[attr-defined]
+                    if m.get("state") == "failing"
+                ),
+                None,
+            ),
+            within=30.0,
+            what="the target failing in notify list",
+        )
+        assert "HTTP 500 after 6 tries" in str(failing["detail"])
+        doctor = run_cli(paired.controller, "doctor", "--json")
+        checks = json.loads(doctor.stdout)
+        check = next(c for c in checks if c["name"] == "notifications")
+        assert check["ok"] is False and "HTTP 500" in check["detail"], check
+        assert "/down" not in doctor.stdout  # never the URL
+    finally:
+        dead.close()
+
+
+def test_webhook_url_must_be_http(paired: Paired) -> None:
+    for url in ("ftp://example.org/x", "file:///etc/passwd", "javascript:alert(1)", "nohost"):
+        result = run_cli(paired.controller, "notify", "webhook", url)
+        assert result.returncode != 0
+        assert "http or https" in result.stderr or "URL" in result.stderr, result.stderr
+    assert _list(paired) == []
