@@ -18,6 +18,7 @@ over the bus. Everything after that (endpoint, requests, the registration token,
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hmac
@@ -54,6 +55,7 @@ from .requests import new_registration_token, token_hash
 from .routing import LocalRoutingTable, RoutingTable
 from .sqlite_registry import SqliteRegistry
 from .state import RelayState
+from .web_push import WebPush
 
 if TYPE_CHECKING:
     from .cluster_table import ClusterRoutingTable
@@ -129,6 +131,8 @@ async def open_relay_state(config: RelayConfig) -> tuple[RelayState, StartupInfo
         keys, created = load_or_create_node_keys(data_dir / RELAY_KEY_FILE)
     registry, table = _open_parts(config, data_dir)
     await registry.open()
+    push = WebPush(data_dir)  # its VAPID key is made at first start, 0600
+    await push.open()
     state = RelayState(
         config=config,
         registry=registry,
@@ -137,6 +141,7 @@ async def open_relay_state(config: RelayConfig) -> tuple[RelayState, StartupInfo
         card=keys.card(Role.RELAY, "starmux-relay"),
         # A fresh probe identity each start: it exists only inside this process.
         probe_keys=NodeKeys.generate(),
+        push=push,
     )
     cluster = cluster_of(state)
     if cluster is not None:
@@ -277,11 +282,20 @@ def create_app(state: RelayState) -> Starlette:
         finally:
             if cluster is not None:
                 await cluster.close()
+            if isinstance(state.push, WebPush):
+                await state.push.close()
             await state.registry.close()
+
+    async def vapid_public_key(request: Request) -> Response:
+        # What a browser passes to pushManager.subscribe as applicationServerKey.
+        assert isinstance(state.push, WebPush)
+        key = base64.urlsafe_b64encode(state.push.public_key).rstrip(b"=").decode()
+        return JSONResponse({"vapid_public_key": key})
 
     routes: list[Route | WebSocketRoute] = [
         WebSocketRoute("/v1/ws", websocket_endpoint),
         Route("/health", health),
+        Route("/v1/push/vapid-public-key", vapid_public_key),
     ]
     if state.config.metrics_port is None:
         routes.append(metrics_endpoint(state))

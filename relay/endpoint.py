@@ -33,10 +33,12 @@ from .registry import RegistryError
 from .requests import HANDLERS, announce_presence, greet_controller, send_control
 from .routing import may_route
 from .state import RelayState
+from .web_push import install as install_web_push
 
 log = logging.getLogger("starmux.relay")
 
 install_device_requests(HANDLERS)
+install_web_push(HANDLERS)
 _UNREACHABLE = CONTROL.encode(RouteError(FailureCode.UNREACHABLE, "no such peer online for you"))
 
 

@@ -52,6 +52,8 @@ class RelayMetrics:
         #: connections and requests refused by a limit before any work, by limit
         self.refused: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()  # by close code
+        #: Web Push forwards by outcome (sent, gone, failed, rate-limited, no-subscription)
+        self.pushes: Counter[str] = Counter()
         self.connections_total = 0
         self.latency = LatencyHistogram()
         #: filled in by the app: role → live connection count
@@ -101,6 +103,12 @@ class RelayMetrics:
                 "Connections and requests refused by a rate or count limit, by limit",
                 "limit",
                 self.refused,
+            ),
+            (
+                "starmux_relay_pushes",
+                "Web Push requests from machines, by outcome (rate-limited: per device)",
+                "outcome",
+                self.pushes,
             ),
             (
                 "starmux_relay_closes",

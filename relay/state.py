@@ -35,6 +35,9 @@ class RelayState:
     url: str = ""  # where this relay listens, known once bound
     #: the one-time registration token's file, removed once an account exists
     registration_token_file: Path | None = None
+    #: Web Push (relay.web_push.WebPush), set up by the app; typed loosely so this
+    #: module does not import pywebpush's dependencies
+    push: object = None
 
     def __post_init__(self) -> None:
         lim = self.config.limits

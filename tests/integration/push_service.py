@@ -14,12 +14,14 @@ Both are real HTTP servers on a free loopback port (threads in the test process)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import http_ece
 from cryptography.hazmat.primitives import serialization
@@ -146,3 +148,39 @@ class PushService(_Receiver):
         with self.lock:
             self.plaintexts.append((entry.at, entry.path, plaintext))
         return 201
+
+
+def subscribe_device(controller: Path, sub: Subscription) -> bytes:
+    """Do what the web controller does: register ``sub`` with the relay (signed by
+    the device key) and a push target with every machine. Returns the relay's VAPID
+    public key from its answer."""
+    from starmux.client import agent_client
+    from starmux.client.actions import connected
+    from starmux.client.agent_client import relay_link_released
+    from starmux.client.store import ControllerStore
+    from starmux.notify_messages import PushRegistered, RegisterPush
+    from starmux.notify_push import subscription_transcript
+
+    async def register() -> bytes:
+        async with ControllerStore(controller) as store:
+            config = await store.config()
+            keys = store.keys()
+            async with connected(store, config) as link:
+                issued = time.time()
+                signature = keys.sign(
+                    subscription_transcript(
+                        link.relay_key, keys.sign_public, sub.endpoint, sub.p256dh, sub.auth, issued
+                    )
+                )
+                request = RegisterPush(0, sub.endpoint, sub.p256dh, sub.auth, issued, signature)
+                reply = await link.request(request, PushRegistered)
+                assert isinstance(reply, PushRegistered)
+                return reply.vapid_public_key
+
+    # The controller agent holds this device's relay connection: borrow it.
+    with relay_link_released(controller):
+        vapid = asyncio.run(register())
+    reply = agent_client.call(controller, "notify-target", kind="push", content="full")
+    machines = reply["machines"]
+    assert all(m["accepted"] for m in machines), reply
+    return vapid

@@ -1,0 +1,134 @@
+"""Web Push through every real part: a real agent raises a checkpoint; the daemon seals
+a notification to the device's key and sends it through the real relay, which wraps
+it in RFC 8291 + VAPID and POSTs it to a local RFC 8030 push service; the test opens
+both layers with the subscription's keys and the device's keys."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
+from starmux.daemon.store import KEY_FILE as MACHINE_KEY_FILE
+from starmux.home import load_node_keys
+from starmux.notify_push import SEALED_SIZE, open_notification
+from starmux.notify_rules import NotifyKind
+
+from ..timeouts import poll, scaled
+from .cluster import Paired, pair, pending_checkpoint, python
+from .daemon_process import DaemonProcess
+from .push_service import PushService, subscribe_device
+from .relay_process import RelayProcess
+
+TITLE = "Push the-secret-title?"
+
+
+def agent(stamp: Path, title: str = TITLE, *extra: str) -> list[str]:
+    args = ["checkpoint", title, "--body", "the-secret-body", *extra]
+    return python(
+        "import subprocess, sys, time\n"
+        f"open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
+        f"r = subprocess.run([sys.executable, '-m', 'starmux.cli', *{args!r}])\n"
+        "sys.exit(r.returncode)\n"
+    )
+
+
+@pytest.fixture
+def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) -> Paired:
+    return pair(tmp_path, relay, daemons)
+
+
+@pytest.fixture
+def service() -> Iterator[PushService]:
+    server = PushService()
+    yield server
+    server.close()
+
+
+def _open(paired: Paired, sealed: bytes) -> object:
+    device = load_node_keys(paired.controller / CONTROLLER_KEY_FILE)
+    machine = load_node_keys(paired.daemon.home / MACHINE_KEY_FILE).sign_public
+    return open_notification(device, sealed, machine_known=lambda key: key == machine)
+
+
+def _metric(relay: RelayProcess, outcome: str) -> float:
+    text = urllib.request.urlopen(relay.http_url + "/metrics", timeout=10).read().decode()
+    line = f'starmux_relay_pushes_total{{outcome="{outcome}"}} '
+    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+
+def test_checkpoint_pushes_once_within_two_seconds_sealed_twice(
+    paired: Paired, service: PushService, tmp_path: Path
+) -> None:
+    sub = service.subscribe()
+    vapid = subscribe_device(paired.controller, sub)
+    served = json.loads(
+        urllib.request.urlopen(paired.relay.http_url + "/v1/push/vapid-public-key").read()
+    )
+    assert len(vapid) == 65 and served["vapid_public_key"]
+    stamp = tmp_path / "raised"
+    session = paired.run(*agent(stamp, TITLE, "--timeout", "120"), title="nightly deploy")
+    post = service.wait_for(1, within=10.0)[0]
+    latency = post.at - float(stamp.read_text())
+    print(f"checkpoint -> push latency: {latency * 1000:.0f} ms; POST body {len(post.body)} B")
+    assert latency < scaled(2.0)
+    # Outer layer: what the push service sees is aes128gcm of the fixed-size seal.
+    at, path, sealed = service.plaintexts[0]
+    assert len(sealed) == SEALED_SIZE and TITLE.encode() not in post.body + sealed
+    # Inner layer: only the device opens it, and it says who, what and where.
+    note = _open(paired, sealed)
+    assert note.kind is NotifyKind.CHECKPOINT and note.title == TITLE  # type: ignore[attr-defined]
+    assert note.session == session and note.machine_name == "gpu-box"  # type: ignore[attr-defined]
+    assert note.session_title == "nightly deploy"  # type: ignore[attr-defined]
+    time.sleep(scaled(0.5))
+    assert len(service.received) == 1  # exactly one push for the one subscribed device
+    assert _metric(paired.relay, "sent") == 1.0
+
+
+def test_no_push_after_a_decision_and_410_removes_the_subscription(
+    paired: Paired, service: PushService, tmp_path: Path
+) -> None:
+    sub = service.subscribe()
+    subscribe_device(paired.controller, sub)
+    paired.cli("notify", "settings", "--reminder", "0.5")
+    paired.run(*agent(tmp_path / "one", TITLE, "--timeout", "4s"))
+    service.wait_for(1, within=10.0)
+    checkpoint = pending_checkpoint(paired.cli, TITLE)
+    paired.cli("approve", str(checkpoint["id"]))
+    # The session's end is pushed; no reminder (due at 2 s) ever is.
+    service.wait_for(2, within=10.0)
+    time.sleep(3.0)
+    kinds = [_open(paired, p[2]).kind for p in service.plaintexts]  # type: ignore[attr-defined]
+    assert kinds == [NotifyKind.CHECKPOINT, NotifyKind.SUCCEEDED], kinds
+
+    # The browser unsubscribed: the push service answers 410 and the relay forgets it.
+    service.gone.add(sub.endpoint.removeprefix(service.base))
+    paired.run(*agent(tmp_path / "two", "Another?", "--timeout", "120"))
+    poll(lambda: _metric(paired.relay, "gone") == 1.0 or None, within=10.0, what="410 seen")
+    rows = sqlite3.connect(paired.relay.data_dir / "push.sqlite3").execute(
+        "SELECT count(*) FROM push_subscriptions"
+    )
+    assert rows.fetchone()[0] == 0
+    # The next one finds no subscription, and notify list says so.
+    pending = pending_checkpoint(paired.cli, "Another?")
+    paired.cli("deny", str(pending["id"]))
+    failing = poll(
+        lambda: next(
+            (
+                m
+                for t in json.loads(paired.cli("notify", "list", "--json"))
+                for m in t["machines"]
+                if m.get("state") == "failing"
+            ),
+            None,
+        ),
+        within=10.0,
+        what="the push target failing",
+    )
+    assert "no push subscription" in failing["detail"]
