@@ -79,7 +79,7 @@ def test_checkpoint_pushes_once_within_two_seconds_sealed_twice(
     print(f"checkpoint -> push latency: {latency * 1000:.0f} ms; POST body {len(post.body)} B")
     assert latency < scaled(2.0)
     # Outer layer: what the push service sees is aes128gcm of the fixed-size seal.
-    at, path, sealed = service.plaintexts[0]
+    sealed = service.plaintexts[0][2]
     assert len(sealed) == SEALED_SIZE and TITLE.encode() not in post.body + sealed
     # Inner layer: only the device opens it, and it says who, what and where.
     note = _open(paired, sealed)

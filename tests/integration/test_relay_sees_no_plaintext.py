@@ -28,10 +28,12 @@ from starmux.daemon.store import KEY_FILE as MACHINE_KEY_FILE
 from starmux.errors import FrameError
 from starmux.frames import FrameType, parse_frame
 from starmux.home import load_node_keys
+from starmux.notify_push import open_notification
 
 from ..timeouts import scaled
 from .cluster import pending_checkpoint
 from .daemon_process import DaemonProcess, run_cli
+from .push_service import PushService, subscribe_device
 from .relay_process import RelayProcess
 
 # --- the recording proxy ---------------------------------------------------------------
@@ -228,8 +230,19 @@ def marker(kind: str) -> str:
     return f"{kind}{secrets.token_hex(10)}"
 
 
+@pytest.fixture
+def push_service() -> Iterator[PushService]:
+    server = PushService()
+    yield server
+    server.close()
+
+
 def test_relay_sees_no_plaintext(
-    tmp_path: Path, relay: RelayProcess, proxy: RecordingProxy, daemons: list[DaemonProcess]
+    tmp_path: Path,
+    relay: RelayProcess,
+    proxy: RecordingProxy,
+    daemons: list[DaemonProcess],
+    push_service: PushService,
 ) -> None:
     markers = {
         kind: marker(kind)
@@ -249,6 +262,9 @@ def test_relay_sees_no_plaintext(
     daemons.append(daemon)
     cli("pair", daemon.pairing_code(), "--yes")
     daemon.wait_for("connected to")
+    # This device is pushed too (issue 16): the checkpoint's push crosses the relay.
+    subscription = push_service.subscribe()
+    subscribe_device(controller, subscription)
 
     workdir = tmp_path / f"project-{markers['cwd']}"
     workdir.mkdir()
@@ -305,7 +321,20 @@ def test_relay_sees_no_plaintext(
         public_key = load_node_keys(key_file).sign_public
         assert public_key in payloads, f"{key_file.name}'s public key never crossed the relay"
 
+    # The pushes did travel, and only the device opens them (control).
+    pushes = push_service.wait_for(1, within=10.0)
+    device = load_node_keys(controller / CONTROLLER_KEY_FILE)
+    machine_key = load_node_keys(tmp_path / "machine" / MACHINE_KEY_FILE).sign_public
+    notes = [
+        open_notification(device, sealed, machine_known=lambda key: key == machine_key)
+        for _, _, sealed in push_service.plaintexts
+    ]
+    assert notes[0].title == markers["cptitle"] and notes[0].body == markers["cpbody"]
+
     haystacks = {
+        # What the relay sent to the push service, and what the service decrypted.
+        "push POSTs": b"\n".join(p.body + repr(p.headers).encode() for p in pushes),
+        "push outer plaintexts": b"\n".join(p[2] for p in push_service.plaintexts),
         "raw bytes": b"\n".join(part for pair in recording for part in pair),
         "unmasked payloads": payloads,
         "control frames": b"\n".join(
