@@ -17,11 +17,17 @@ Invariants:
 - Only a device current in the machine's device log is notified (a removed device's
   targets stay stored but are skipped), and only the device itself changes its
   targets and settings (the command's sender).
+- Pushes due while the relay is away are held (at most :data:`UNSENT_PUSHES`, the
+  oldest dropped and counted) and sent when the link is back; a webhook does not
+  need the relay.
+- A daemon restart restores the running sessions and the reminders of checkpoints
+  still waiting, without telling about those checkpoints again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -64,6 +70,7 @@ from starmux.notify_rules import (
     Target,
     TargetKind,
 )
+from starmux.session_state import TERMINAL
 
 from .eventlog import EventLog, StoredEvent
 from .store import DaemonStore
@@ -75,6 +82,10 @@ NOTIFY_STREAM = "notify"
 #: per target: 10 at once, then 20 a minute (a reminder storm stays bounded)
 TARGET_BURST = 10
 TARGET_PER_MINUTE = 20.0
+
+_ENDED = frozenset(status.value for status in TERMINAL)
+#: pushes held while the relay is away (the oldest goes first when more come)
+UNSENT_PUSHES = 32
 
 SendPush = Callable[[bytes, bytes], Awaitable[PushOutcome]]
 CardFor = Callable[[bytes], Awaitable[IdentityCard | None]]
@@ -108,6 +119,9 @@ class Notifications:
         self.webhooks = WebhookSender(self._webhook_done)
         self._health: dict[tuple[bytes, str], _Health] = {}
         self._send_push: SendPush | None = None
+        self._unsent: collections.deque[tuple[Delivery, bytes]] = collections.deque(
+            maxlen=UNSENT_PUSHES
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._clock_task: asyncio.Task[None] | None = None
@@ -125,8 +139,32 @@ class Notifications:
         ):
             wanted = frozenset(NotifyKind(k) for k in kinds.split(",") if k)
             self.planner.set_settings(bytes(device), DeviceSettings(wanted, fraction))
+        await self._restore()
         self._unsubscribe = self.log.subscribe(self._on_commit)
         self._clock_task = asyncio.get_running_loop().create_task(self._reminders())
+
+    async def _restore(self) -> None:
+        """After a restart: the running sessions, and the reminders of checkpoints
+        still waiting (told about when they were raised, not again)."""
+        ended = tuple(_ENDED)
+        marks = ",".join("?" * len(ended))
+        for session, title, cwd in await self.log.execute_read(
+            f"SELECT id, title, cwd FROM sessions WHERE status NOT IN ({marks})", ended
+        ):
+            self.planner.session_created(session, title=title, cwd=cwd)
+        for checkpoint, session, title, body, created_at, expires_at in await self.log.execute_read(
+            "SELECT id, session, title, body, created_at, expires_at FROM checkpoints "
+            "WHERE decision IS NULL"
+        ):
+            self.planner.checkpoint_raised(
+                session,
+                checkpoint,
+                title=title,
+                body=body,
+                at=created_at,
+                expires_at=expires_at,
+                announce=False,
+            )
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
@@ -139,8 +177,12 @@ class Notifications:
         await self.webhooks.close()
 
     def attach(self, send_push: SendPush | None) -> None:
-        """The relay link to send pushes through (None while it is down)."""
+        """The relay link to send pushes through (None while it is down); what was
+        held while it was away goes now."""
         self._send_push = send_push
+        while send_push is not None and self._unsent:
+            delivery, device_dh = self._unsent.popleft()
+            self._spawn(self._push(send_push, delivery, device_dh))
 
     # --- commands from devices -------------------------------------------------------
 
@@ -251,29 +293,35 @@ class Notifications:
             if not self.budget.take(f"{target.device.hex()}/{target.id}", now):
                 self._count(target, ok=False, detail="over its rate limit: dropped")
                 continue
-            if target.kind is TargetKind.WEBHOOK:
-                self.webhooks.submit(target, delivery.notification)
-            else:
-                self._spawn(self._push(delivery))
+            self._spawn(self._send(delivery))
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _push(self, delivery: Delivery) -> None:
+    async def _send(self, delivery: Delivery) -> None:
         target = delivery.target
         card = await self.card_for(target.device)
-        send = self._send_push
         if card is None:
-            return  # not a current device of the account: told nothing
-        if send is None:
-            self._count(target, ok=False, detail="the relay was unreachable")
+            return  # not a current device of the account (removed): told nothing
+        if target.kind is TargetKind.WEBHOOK:
+            self.webhooks.submit(target, delivery.notification)
             return
+        send = self._send_push
+        if send is None:
+            if len(self._unsent) == self._unsent.maxlen:
+                self._count(self._unsent[0][0].target, ok=False, detail="the relay was away")
+            self._unsent.append((delivery, card.dh_public))
+            return
+        await self._push(send, delivery, card.dh_public)
+
+    async def _push(self, send: SendPush, delivery: Delivery, device_dh: bytes) -> None:
+        target = delivery.target
         payload = seal_notification(
             self.keys,
             device_key=target.device,
-            device_dh=card.dh_public,
+            device_dh=device_dh,
             notification=delivery.notification,
         )
         try:

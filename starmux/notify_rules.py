@@ -12,7 +12,8 @@ Invariants:
   the target's device, and never after someone decided: a decision (or the expiry)
   forgets the checkpoint and every reminder of it.
 - A session end notifies once: terminal statuses never change
-  (:mod:`starmux.session_state`), and only the first terminal status is seen.
+  (:mod:`starmux.session_state`), so a session is told about and forgotten at its
+  first terminal status (a cancelled one is only forgotten: the person asked).
 - A device that said it is looking at a session right now (:meth:`Planner.viewing`)
   is not told about that session until the time it gave.
 - A device's settings choose the kinds it wants; a kind it turned off is never sent.
@@ -115,7 +116,6 @@ class _Pending:
 class _Session:
     title: str = ""
     cwd: str = ""
-    ended: bool = False
 
 
 class Planner:
@@ -159,8 +159,18 @@ class Planner:
         self._sessions[session] = _Session(title, cwd)
 
     def checkpoint_raised(
-        self, session: str, checkpoint: str, *, title: str, body: str, at: float, expires_at: float
+        self,
+        session: str,
+        checkpoint: str,
+        *,
+        title: str,
+        body: str,
+        at: float,
+        expires_at: float,
+        announce: bool = True,
     ) -> list[Delivery]:
+        """A new checkpoint: told now (unless ``announce`` is False: a daemon restart
+        that only restores the reminders of checkpoints it told about before)."""
         if checkpoint in self._pending:
             return []
         info = self._sessions.get(session, _Session())
@@ -183,22 +193,24 @@ class Planner:
             if due - at >= MIN_REMINDER_DELAY and due < expires_at:
                 reminders[device] = due
         self._pending[checkpoint] = _Pending(notification, reminders)
-        return self._fan_out(notification, at)
+        return self._fan_out(notification, at) if announce else []
 
     def checkpoint_decided(self, checkpoint: str) -> None:
         """Someone decided (or it expired): no reminder of it, ever."""
         self._pending.pop(checkpoint, None)
 
     def session_ended(self, session: str, status: str, *, at: float) -> list[Delivery]:
-        kind = _END_KINDS.get(status)
-        info = self._sessions.setdefault(session, _Session())
+        """A session's status changed; its first terminal status is told (terminal
+        statuses never change, so the session is forgotten then: memory stays
+        bounded by the sessions that run)."""
+        if status not in _TERMINAL:
+            return []
+        info = self._sessions.pop(session, _Session())
         for checkpoint in [
             c for c, p in self._pending.items() if p.notification.session == session
         ]:
             del self._pending[checkpoint]  # an ended session decides nothing more
-        if info.ended or status not in _TERMINAL:
-            return []
-        info.ended = True
+        kind = _END_KINDS.get(status)
         if kind is None:  # cancelled: the person asked for it, no need to tell them
             return []
         notification = Notification(

@@ -73,10 +73,19 @@ def test_no_reminder_after_a_decision_or_the_session_ending() -> None:
     assert p.due(1000.0) == []
 
 
+def test_a_restart_restores_reminders_without_telling_again() -> None:
+    p = planner()
+    told = p.checkpoint_raised(
+        "s-1", "c-1", title="T", body="", at=100.0, expires_at=200.0, announce=False
+    )
+    assert told == [] and p.next_due() == 175.0
+    assert len(p.due(175.0)) == 2
+
+
 def test_session_ends_notify_once_and_cancelled_not_at_all() -> None:
     p = planner()
-    assert len(p.session_ended("s-1", "failed", at=1.0)) == 2
-    assert p.session_ended("s-1", "failed", at=2.0) == []
+    told = p.session_ended("s-1", "failed", at=1.0)
+    assert len(told) == 2 and told[0].notification.session_title == "deploy"
     p.session_created("s-2", title="", cwd="")
     assert p.session_ended("s-2", "cancelled", at=1.0) == []
     assert p.session_ended("s-3", "running", at=1.0) == []
