@@ -245,6 +245,9 @@ async def send_push(state: RelayState, peer: Peer, req: SendPush) -> Message:
     if len(req.payload) != SEALED_SIZE or len(req.device) != 32:
         raise RegistryError(FailureCode.FORBIDDEN, f"a push payload is {SEALED_SIZE} bytes")
     sub = await push.subscription(req.device, peer.account)
+    if sub is not None and await state.registry.is_removed_device(req.device):
+        await push.store(req.device, peer.account, _FORGET, state.clock())
+        sub = None  # removed from the account: its subscription goes with it
     if sub is None:
         state.metrics.pushes["no-subscription"] += 1
         return PushQueued(req.request_id, PushOutcome.NO_SUBSCRIPTION)
@@ -253,6 +256,9 @@ async def send_push(state: RelayState, peer: Peer, req: SendPush) -> Message:
         return PushQueued(req.request_id, PushOutcome.RATE_LIMITED)
     push.forward(state, req.device, sub, req.payload)
     return PushQueued(req.request_id, PushOutcome.QUEUED)
+
+
+_FORGET = RegisterPush(0, "", b"", b"", 0.0, b"")
 
 
 def install(handlers: dict[type[Message], Any]) -> None:
