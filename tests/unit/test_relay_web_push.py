@@ -22,7 +22,7 @@ from ..timeouts import poll_async
 from .test_relay_requests import T0, Node, Relay, refused
 from .test_relay_requests import relay as relay
 
-assert endpoint.websocket_endpoint
+assert callable(endpoint.websocket_endpoint)
 
 
 @pytest.fixture
