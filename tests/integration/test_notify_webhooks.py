@@ -168,3 +168,20 @@ def test_webhook_url_must_be_http(paired: Paired) -> None:
         assert result.returncode != 0
         assert "http or https" in result.stderr or "URL" in result.stderr, result.stderr
     assert _list(paired) == []
+
+
+def test_notify_test_then_remove(paired: Paired, sink: WebhookSink, tmp_path: Path) -> None:
+    added = _notify(paired, "webhook", sink.base + "/t", "--content", "full")
+    target = str(added["target"])
+    _notify(paired, "test")
+    post = sink.wait_for(1, within=10.0)[0]
+    assert post.headers["Title"] == "gpu-box: starmux test"
+    paired.cli("notify", "remove", target)
+    assert _list(paired) == []
+    paired.run(*agent(tmp_path / "stamp", "--timeout", "120"))
+    pending_checkpoint(paired.cli, SECRET_TITLE)
+    time.sleep(scaled(1.0))  # a POST would come within ~0.3 s of the raise
+    assert len(sink.received) == 1
+    # With no target left, `notify test` says so.
+    refused = run_cli(paired.controller, "notify", "test")
+    assert refused.returncode != 0 and "no notification target" in refused.stderr

@@ -53,6 +53,11 @@ EXERCISED_BY: dict[str, list[str]] = {
     "controller install": ["tests/integration/test_controller_agent.py"],
     "outbox": ["tests/integration/test_controller_agent.py"],
     "machines rename": ["tests/integration/test_controller_agent.py"],
+    "notify webhook": ["tests/integration/test_notify_webhooks.py"],
+    "notify settings": ["tests/integration/test_notify_webhooks.py"],
+    "notify test": ["tests/integration/test_notify_webhooks.py"],
+    "notify list": ["tests/integration/test_notify_webhooks.py"],
+    "notify remove": ["tests/integration/test_notify_webhooks.py"],
 }
 
 
