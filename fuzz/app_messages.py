@@ -26,9 +26,17 @@ if not __package__:  # run as a script: make the ``fuzz`` package importable
 
 from fuzz.harness import Target, fuzz_main
 
-# The device and task modules register their messages on the same codecs: imported
+# The device, task and notification modules register their messages on the same codecs: imported
 # here, so the codecs hold every kind whatever else was imported first.
-from starmux import control, device_control, device_messages, messages, task_messages
+from starmux import (
+    control,
+    device_control,
+    device_messages,
+    messages,
+    notify_messages,
+    notify_push,
+    task_messages,
+)
 from starmux.codec import Message, MessageCodec
 from starmux.control import CONTROL
 from starmux.errors import MessageError, RemoteProtocolError, UsageError
@@ -112,6 +120,8 @@ def example(hint: Any) -> Any:
 
 #: Fields whose strings are one of a few values (messages refuse anything else).
 CHOICES = {"status": "running", "stream": "stdout", "decision": "approved"}
+#: Number fields with a narrower range than any number.
+NUMBERS = {"reminder_fraction": 0.75}
 #: Enum fields whose first value a message refuses (a machine never reports "queued").
 ENUM_CHOICES: dict[type[enum.StrEnum], enum.StrEnum] = {TaskState: TaskState.RUNNING}
 
@@ -123,7 +133,7 @@ def example_message(cls: type[Message]) -> Message:
         **{
             field.name: CHOICES[field.name]
             if field.name in CHOICES and hints[field.name] is str
-            else example(hints[field.name])
+            else NUMBERS.get(field.name, example(hints[field.name]))
             for field in fields
         }
     )
@@ -146,8 +156,8 @@ def message_classes(
 def seeds() -> dict[str, bytes]:
     found = {}
     for prefix, modules, codec in (
-        ("app", (messages, device_messages, task_messages), APP),
-        ("control", (control, device_control), CONTROL),
+        ("app", (messages, device_messages, task_messages, notify_messages, notify_push), APP),
+        ("control", (control, device_control, notify_messages), CONTROL),
     ):
         for cls in message_classes(modules, codec):
             found[f"{prefix}-{cls.KIND}"] = codec.encode(example_message(cls))
