@@ -5,6 +5,7 @@ both layers with the subscription's keys and the device's keys."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from starmux.client.agent_client import relay_link_released
+from starmux.client.sessions import live_controller
 from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
 from starmux.daemon.store import KEY_FILE as MACHINE_KEY_FILE
 from starmux.home import load_node_keys
+from starmux.messages import APP, CheckpointRaised, LoggedEvent
+from starmux.notify_messages import Viewing
 from starmux.notify_push import SEALED_SIZE, open_notification
 from starmux.notify_rules import NotifyKind
 
@@ -132,3 +137,50 @@ def test_no_push_after_a_decision_and_410_removes_the_subscription(
         what="the push target failing",
     )
     assert "no push subscription" in failing["detail"]
+
+
+def waiting_agent(gate: Path, title: str) -> list[str]:
+    """A session that raises its checkpoint only once ``gate`` exists."""
+    args = ["checkpoint", title, "--timeout", "120"]
+    return python(
+        "import os, subprocess, sys, time\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.02)\n"
+        f"sys.exit(subprocess.run([sys.executable, '-m', 'starmux.cli', *{args!r}]).returncode)\n"
+    )
+
+
+def test_a_device_looking_at_the_session_is_not_pushed(
+    paired: Paired, service: PushService, tmp_path: Path
+) -> None:
+    subscribe_device(paired.controller, service.subscribe())
+    gate = tmp_path / "gate"
+    looked_at = paired.run(*waiting_agent(gate, "Looked at?"))
+    other = paired.run(*agent(tmp_path / "stamp", "Elsewhere?", "--timeout", "120"))
+    service.wait_for(1, within=10.0)  # the other session's push: the path works
+
+    async def look_then_raise() -> None:
+        raised = asyncio.Event()
+
+        def on_event(machine: bytes, event: LoggedEvent) -> None:
+            message = APP.decode(event.body)
+            if isinstance(message, CheckpointRaised) and message.title == "Looked at?":
+                raised.set()
+
+        async with live_controller(paired.controller, on_event=on_event) as (_, controller):
+            assert controller is not None
+            await controller.wait_live()
+            machine = next(iter(controller.machines.values()))
+            # What the web app sends while it shows the session in the foreground
+            # (the CLI has no foreground): private here, as the web app has its own.
+            await controller._send(machine, Viewing(looked_at, time.time() + 60))
+            gate.touch()
+            async with asyncio.timeout(scaled(10.0)):
+                await raised.wait()
+
+    with relay_link_released(paired.controller):
+        asyncio.run(look_then_raise())
+    time.sleep(scaled(1.0))  # a push comes ~0.3 s after its checkpoint
+    titles = [_open(paired, p[2]).title for p in service.plaintexts]  # type: ignore[attr-defined]
+    assert titles == ["Elsewhere?"], titles
+    assert other != looked_at
