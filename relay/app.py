@@ -55,7 +55,7 @@ from .requests import new_registration_token, token_hash
 from .routing import LocalRoutingTable, RoutingTable
 from .sqlite_registry import SqliteRegistry
 from .state import RelayState
-from .web_push import WebPush
+from .web_push import VAPID_KEY_FILE, WebPush
 
 if TYPE_CHECKING:
     from .cluster_table import ClusterRoutingTable
@@ -131,8 +131,10 @@ async def open_relay_state(config: RelayConfig) -> tuple[RelayState, StartupInfo
         keys, created = load_or_create_node_keys(data_dir / RELAY_KEY_FILE)
     registry, table = _open_parts(config, data_dir)
     await registry.open()
-    push = WebPush(data_dir)  # its VAPID key is made at first start, 0600
-    await push.open()
+    # The VAPID key is made at first start, 0600, next to the relay's key (shared by
+    # a cluster's nodes when given as --key-file).
+    key_dir = config.key_file.parent if config.key_file is not None else data_dir
+    push = WebPush(key_dir / VAPID_KEY_FILE)
     state = RelayState(
         config=config,
         registry=registry,

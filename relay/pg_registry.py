@@ -38,6 +38,7 @@ from starmux.relay.registry import (
     DeviceChange,
     DeviceLogRow,
     MachineRecord,
+    PushSubscription,
     RegistryError,
     TicketRecord,
 )
@@ -520,6 +521,46 @@ class PostgresRegistry:
         async with self._reading() as conn:
             sql = "SELECT 1 FROM removed_devices WHERE key = $1"
             return await conn.fetchval(sql, key) is not None
+
+    # --- Web Push ----------------------------------------------------------------
+    async def set_push_subscription(self, subscription: PushSubscription) -> None:
+        s = subscription
+        async with self._reading() as conn:
+            await conn.execute(
+                "INSERT INTO push_subscriptions VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (device) DO UPDATE SET account = excluded.account, "
+                "endpoint = excluded.endpoint, p256dh = excluded.p256dh, auth = excluded.auth, "
+                "registered_at = excluded.registered_at",
+                s.device,
+                s.account,
+                s.endpoint,
+                s.p256dh,
+                s.auth,
+                s.registered_at,
+            )
+
+    async def push_subscription(self, device: bytes, account: bytes) -> PushSubscription | None:
+        async with self._reading() as conn:
+            row = await conn.fetchrow(
+                "SELECT endpoint, p256dh, auth, registered_at FROM push_subscriptions "
+                "WHERE device = $1 AND account = $2",
+                device,
+                account,
+            )
+        if row is None:
+            return None
+        return PushSubscription(
+            device, account, row["endpoint"], bytes(row["p256dh"]), bytes(row["auth"]),
+            row["registered_at"],
+        )  # fmt: skip
+
+    async def forget_push_subscription(self, device: bytes, *, endpoint: str = "") -> None:
+        async with self._reading() as conn:
+            await conn.execute(
+                "DELETE FROM push_subscriptions WHERE device = $1 AND ($2 = '' OR endpoint = $2)",
+                device,
+                endpoint,
+            )
 
     # --- audit -------------------------------------------------------------------
     async def audit(

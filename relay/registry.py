@@ -94,6 +94,18 @@ class AuditEntry:
     detail: str  # short metadata text, never content
 
 
+@dataclass(frozen=True)
+class PushSubscription:
+    """A device's Web Push subscription, as its browser made it."""
+
+    device: bytes
+    account: bytes
+    endpoint: str
+    p256dh: bytes
+    auth: bytes
+    registered_at: float
+
+
 class Registry(Protocol):
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -208,6 +220,17 @@ class Registry(Protocol):
 
     async def is_removed_device(self, key: bytes) -> bool:
         """True if this controller key was removed from its account (for good)."""
+
+    # --- Web Push ----------------------------------------------------------------
+    async def set_push_subscription(self, subscription: PushSubscription) -> None:
+        """Store (or replace) the device's subscription."""
+
+    async def push_subscription(self, device: bytes, account: bytes) -> PushSubscription | None:
+        """The device's subscription, if it registered one in ``account``."""
+
+    async def forget_push_subscription(self, device: bytes, *, endpoint: str = "") -> None:
+        """Delete it (with ``endpoint``: only if it is still that one, so a browser's
+        newer subscription survives a late 410 for its old endpoint)."""
 
     # --- audit -------------------------------------------------------------------
     async def audit(

@@ -35,6 +35,7 @@ from starmux.relay.registry import (
     DeviceChange,
     DeviceLogRow,
     MachineRecord,
+    PushSubscription,
     RegistryError,
     TicketRecord,
 )
@@ -467,6 +468,37 @@ class SqliteRegistry:
         async with self._reading() as db:
             row = await self._one(db, "SELECT 1 FROM removed_devices WHERE key = ?", (key,))
         return row is not None
+
+    # --- Web Push ----------------------------------------------------------------
+    async def set_push_subscription(self, subscription: PushSubscription) -> None:
+        s = subscription
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO push_subscriptions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device) "
+                "DO UPDATE SET account = excluded.account, endpoint = excluded.endpoint, "
+                "p256dh = excluded.p256dh, auth = excluded.auth, "
+                "registered_at = excluded.registered_at",
+                (s.device, s.account, s.endpoint, s.p256dh, s.auth, s.registered_at),
+            )
+
+    async def push_subscription(self, device: bytes, account: bytes) -> PushSubscription | None:
+        async with self._reading() as db:
+            row = await self._one(
+                db,
+                "SELECT endpoint, p256dh, auth, registered_at FROM push_subscriptions "
+                "WHERE device = ? AND account = ?",
+                (device, account),
+            )
+        if row is None:
+            return None
+        return PushSubscription(device, account, row[0], bytes(row[1]), bytes(row[2]), row[3])
+
+    async def forget_push_subscription(self, device: bytes, *, endpoint: str = "") -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM push_subscriptions WHERE device = ? AND (? = '' OR endpoint = ?)",
+                (device, endpoint, endpoint),
+            )
 
     # --- audit -------------------------------------------------------------------
     async def audit(

@@ -15,20 +15,24 @@ Invariants:
 - A subscription the push service calls gone (404, 410) is deleted at once.
 - Per device, pushes are rate limited (a token bucket); refusals and outcomes are
   counted in ``/metrics`` (``starmux_relay_pushes{outcome}``).
-- The VAPID private key is made at first start and kept 0600 next to the relay key.
+- The VAPID private key is made at first start and kept 0600 next to the relay key
+  (the shared ``--key-file`` of a cluster: every node signs with the same one).
+- Subscriptions are in the registry (SQLite, or PostgreSQL for a cluster), so any
+  node pushes to a device that registered through another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid
 
@@ -42,13 +46,12 @@ from starmux.notify_push import SEALED_SIZE, subscription_transcript
 
 from .peer import Peer
 from .ratelimit import KeyedBuckets
-from .registry import RegistryError
+from .registry import PushSubscription, RegistryError
 from .state import RelayState
 
 log = logging.getLogger("starmux.relay")
 
 VAPID_KEY_FILE = "vapid.pem"
-PUSH_DATABASE = "push.sqlite3"
 MAX_ENDPOINT = 1024
 #: a push waits this long at the push service for an offline browser
 PUSH_TTL = 3600
@@ -61,95 +64,52 @@ PUSH_RATE = 1 / 3
 #: who runs this relay, for push services (RFC 8292 ``sub``)
 VAPID_SUBJECT = "mailto:starmux-relay@localhost"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS push_subscriptions (
-    device BLOB PRIMARY KEY,
-    account BLOB NOT NULL,
-    endpoint TEXT NOT NULL,
-    p256dh BLOB NOT NULL,
-    auth BLOB NOT NULL,
-    registered_at REAL NOT NULL
-)
-"""
-
 
 def load_or_create_vapid(path: Path) -> Vapid:
+    """The VAPID key at ``path``, made 0600 if missing. Cluster nodes share one file
+    (next to the shared ``--key-file``): a subscription is bound to the key that
+    made it, so every node must sign with the same. Several nodes may start at once
+    on a missing file: the new key is linked into place, and a node that loses that
+    race loads the winner's (as :func:`relay.app.load_or_create_shared_key` does)."""
     if path.exists():
         return Vapid.from_file(str(path))
     vapid = Vapid()
     vapid.generate_keys()
-    write_private_file(path, vapid.private_pem())
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    write_private_file(tmp, vapid.private_pem())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return Vapid.from_file(str(path))
+    finally:
+        tmp.unlink()
     return vapid
 
 
 class WebPush:
-    """One per relay process (``state.push``)."""
+    """One per relay process (``state.push``); subscriptions live in the registry."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.vapid = load_or_create_vapid(data_dir / VAPID_KEY_FILE)
+    def __init__(self, vapid_file: Path) -> None:
+        self.vapid = load_or_create_vapid(vapid_file)
         self.public_key: bytes = self.vapid.public_key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
-        self._path = data_dir / PUSH_DATABASE
-        self._db: aiosqlite.Connection | None = None
         self._http: aiohttp.ClientSession | None = None
         self.by_device = KeyedBuckets(PUSH_RATE, PUSH_BURST)
         self._tasks: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> None:
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute(_SCHEMA)
-        await self._db.commit()
-        self._path.chmod(0o600)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self._http is not None:
             await self._http.close()
-        if self._db is not None:
-            await self._db.close()
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        assert self._db is not None, "WebPush.open() first"
-        return self._db
-
-    async def store(self, device: bytes, account: bytes, req: RegisterPush, now: float) -> None:
-        if not req.endpoint:
-            await self.db.execute("DELETE FROM push_subscriptions WHERE device = ?", (device,))
-        else:
-            await self.db.execute(
-                "INSERT INTO push_subscriptions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device) "
-                "DO UPDATE SET account = excluded.account, endpoint = excluded.endpoint, "
-                "p256dh = excluded.p256dh, auth = excluded.auth, "
-                "registered_at = excluded.registered_at",
-                (device, account, req.endpoint, req.p256dh, req.auth, now),
-            )
-        await self.db.commit()
-
-    async def subscription(self, device: bytes, account: bytes) -> dict[str, Any] | None:
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT endpoint, p256dh, auth FROM push_subscriptions "
-                "WHERE device = ? AND account = ?",
-                (device, account),
-            )
-        )
-        if not rows:
-            return None
-        endpoint, p256dh, auth = rows[0]
-        return {"endpoint": endpoint, "keys": {"p256dh": _b64(p256dh), "auth": _b64(auth)}}
-
-    def forward(self, state: RelayState, device: bytes, sub: dict[str, Any], data: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._post(state, device, sub, data))
+    def forward(self, state: RelayState, sub: PushSubscription, data: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(state, sub, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _post(
-        self, state: RelayState, device: bytes, sub: dict[str, Any], data: bytes
-    ) -> None:
+    async def _post(self, state: RelayState, sub: PushSubscription, data: bytes) -> None:
         # Imported here: pywebpush brings requests along, which only pushes need.
         from pywebpush import WebPushException, webpush_async
 
@@ -157,7 +117,10 @@ class WebPush:
             self._http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         try:
             await webpush_async(
-                sub,
+                {
+                    "endpoint": sub.endpoint,
+                    "keys": {"p256dh": _b64(sub.p256dh), "auth": _b64(sub.auth)},
+                },
                 data,  # bytes are accepted (encoded as is)
                 vapid_private_key=self.vapid,
                 vapid_claims={"sub": VAPID_SUBJECT},
@@ -169,11 +132,7 @@ class WebPush:
         except WebPushException as exc:
             status = exc.status_code
             if status in (404, 410):
-                await self.db.execute(
-                    "DELETE FROM push_subscriptions WHERE device = ? AND endpoint = ?",
-                    (device, sub["endpoint"]),
-                )
-                await self.db.commit()
+                await state.registry.forget_push_subscription(sub.device, endpoint=sub.endpoint)
                 state.metrics.pushes["gone"] += 1
                 return
             state.metrics.pushes["failed"] += 1
@@ -234,7 +193,12 @@ async def register_push(state: RelayState, peer: Peer, req: RegisterPush) -> Mes
         verify_signature(peer.key, transcript, req.signature)
     except CryptoError:
         raise RegistryError(FailureCode.FORBIDDEN, "the registration's signature is bad") from None
-    await push.store(peer.key, peer.account, req, now)
+    if req.endpoint:
+        await state.registry.set_push_subscription(
+            PushSubscription(peer.key, peer.account, req.endpoint, req.p256dh, req.auth, now)
+        )
+    else:
+        await state.registry.forget_push_subscription(peer.key)
     return PushRegistered(req.request_id, push.public_key)
 
 
@@ -244,9 +208,9 @@ async def send_push(state: RelayState, peer: Peer, req: SendPush) -> Message:
     push = _push(state)
     if len(req.payload) != SEALED_SIZE or len(req.device) != 32:
         raise RegistryError(FailureCode.FORBIDDEN, f"a push payload is {SEALED_SIZE} bytes")
-    sub = await push.subscription(req.device, peer.account)
+    sub = await state.registry.push_subscription(req.device, peer.account)
     if sub is not None and await state.registry.is_removed_device(req.device):
-        await push.store(req.device, peer.account, _FORGET, state.clock())
+        await state.registry.forget_push_subscription(req.device)
         sub = None  # removed from the account: its subscription goes with it
     if sub is None:
         state.metrics.pushes["no-subscription"] += 1
@@ -254,11 +218,8 @@ async def send_push(state: RelayState, peer: Peer, req: SendPush) -> Message:
     if not push.by_device.take(req.device.hex(), time.monotonic()):
         state.metrics.pushes["rate-limited"] += 1
         return PushQueued(req.request_id, PushOutcome.RATE_LIMITED)
-    push.forward(state, req.device, sub, req.payload)
+    push.forward(state, sub, req.payload)
     return PushQueued(req.request_id, PushOutcome.QUEUED)
-
-
-_FORGET = RegisterPush(0, "", b"", b"", 0.0, b"")
 
 
 def install(handlers: dict[type[Message], Any]) -> None:

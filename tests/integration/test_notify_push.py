@@ -116,7 +116,7 @@ def test_no_push_after_a_decision_and_410_removes_the_subscription(
     service.gone.add(sub.endpoint.removeprefix(service.base))
     paired.run(*agent(tmp_path / "two", "Another?", "--timeout", "120"))
     poll(lambda: _metric(paired.relay, "gone") == 1.0 or None, within=10.0, what="410 seen")
-    rows = sqlite3.connect(paired.relay.data_dir / "push.sqlite3").execute(
+    rows = sqlite3.connect(paired.relay.data_dir / "registry.sqlite3").execute(
         "SELECT count(*) FROM push_subscriptions"
     )
     assert rows.fetchone()[0] == 0

@@ -34,7 +34,7 @@ HOW_TO_START = (
 
 TABLES = [
     "schema_version", "accounts", "controllers", "machines", "revocations", "tickets",
-    "registration_tokens", "audit_log", "device_log", "removed_devices",
+    "registration_tokens", "audit_log", "device_log", "removed_devices", "push_subscriptions",
 ]  # fmt: skip
 
 Snapshot = dict[str, list[tuple[Any, ...]]]

@@ -25,6 +25,7 @@ from starmux.relay.registry import (
     ControllerRecord,
     DeviceChange,
     DeviceLogRow,
+    PushSubscription,
     Registry,
     RegistryError,
 )
@@ -625,3 +626,23 @@ async def test_device_log_append_remove_and_moved(reg: AnyRegistry, backend: Bac
     assert await reg.controller(new_device.key) is None
     assert [c.key for c in await reg.controllers_of(ACCOUNT)] == [CTRL]
     assert (await reg.audit_log(limit=1))[0].event == "device-log.appended"
+
+
+async def test_push_subscriptions_one_per_device_per_account(reg: AnyRegistry) -> None:
+    device, account = b"d" * 32, b"a" * 16
+    first = PushSubscription(
+        device, account, "https://push.example/1", b"\x04" * 65, b"k" * 16, 1.0
+    )
+    await reg.set_push_subscription(first)
+    assert await reg.push_subscription(device, account) == first
+    assert await reg.push_subscription(device, b"b" * 16) is None  # only in its account
+    newer = dataclasses.replace(first, endpoint="https://push.example/2", registered_at=2.0)
+    await reg.set_push_subscription(newer)
+    # A late 410 for the old endpoint leaves the newer subscription alone.
+    await reg.forget_push_subscription(device, endpoint=first.endpoint)
+    assert await reg.push_subscription(device, account) == newer
+    await reg.forget_push_subscription(device, endpoint=newer.endpoint)
+    assert await reg.push_subscription(device, account) is None
+    await reg.set_push_subscription(first)
+    await reg.forget_push_subscription(device)
+    assert await reg.push_subscription(device, account) is None

@@ -27,8 +27,7 @@ assert callable(endpoint.websocket_endpoint)
 
 @pytest.fixture
 async def pushing(relay: Relay, tmp_path: Path) -> AsyncIterator[Relay]:
-    push = WebPush(tmp_path)
-    await push.open()
+    push = WebPush(tmp_path / VAPID_KEY_FILE)
     relay.state.push = push
     try:
         yield relay
@@ -50,10 +49,12 @@ def registration(relay: Relay, node: Node, sub: Subscription, *, at: float = T0)
     return RegisterPush(1, sub.endpoint, sub.p256dh, sub.auth, at, node.keys.sign(transcript))
 
 
-async def test_the_vapid_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
-    first = WebPush(tmp_path)
+def test_the_vapid_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    first = WebPush(tmp_path / VAPID_KEY_FILE)
     assert stat.S_IMODE(os.stat(tmp_path / VAPID_KEY_FILE).st_mode) == 0o600
-    assert WebPush(tmp_path).public_key == first.public_key and len(first.public_key) == 65
+    again = WebPush(tmp_path / VAPID_KEY_FILE)
+    assert again.public_key == first.public_key and len(first.public_key) == 65
+    assert [p.name for p in tmp_path.iterdir()] == [VAPID_KEY_FILE]  # no temporary left
 
 
 async def test_only_a_signed_fresh_registration_by_the_device_counts(
