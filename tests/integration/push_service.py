@@ -19,6 +19,7 @@ import base64
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -150,10 +151,13 @@ class PushService(_Receiver):
         return 201
 
 
-def subscribe_device(controller: Path, sub: Subscription) -> bytes:
+def subscribe_device(
+    controller: Path, sub: Subscription, *, before_connect: Callable[[], None] = lambda: None
+) -> bytes:
     """Do what the web controller does: register ``sub`` with the relay (signed by
     the device key) and a push target with every machine. Returns the relay's VAPID
-    public key from its answer."""
+    public key from its answer. ``before_connect`` runs just before the registering
+    connection is made (a cluster test steers the balancer there)."""
     from starmux.client import agent_client
     from starmux.client.actions import connected
     from starmux.client.agent_client import relay_link_released
@@ -165,6 +169,7 @@ def subscribe_device(controller: Path, sub: Subscription) -> bytes:
         async with ControllerStore(controller) as store:
             config = await store.config()
             keys = store.keys()
+            before_connect()
             async with connected(store, config) as link:
                 issued = time.time()
                 signature = keys.sign(
