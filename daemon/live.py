@@ -24,7 +24,13 @@ from starmux.codec import Message
 from starmux.device_messages import DeviceLogSync
 from starmux.device_roles import COMMAND_ACTIONS, Action, action_for_decision
 from starmux.e2e import Kind, unwrap
-from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError, UsageError
+from starmux.errors import (
+    ConnectionLost,
+    CryptoError,
+    RemoteProtocolError,
+    StarmuxError,
+    UsageError,
+)
 from starmux.identity import IdentityCard, NodeKeys
 from starmux.live_channel import LiveChannel, reset_body, respond
 from starmux.messages import (
@@ -187,7 +193,12 @@ class LiveService:
         self._drop(sender)
         if self._send is None:
             return
-        await self._send(sender, reply)
+        try:
+            await self._send(sender, reply)
+        except ConnectionLost:
+            # The connection died under the answer: its Closed event follows, and the
+            # controller handshakes again once this machine is back online.
+            return
         peer = ControllerPeer(sender, card, channel)
         peer.sender = asyncio.get_running_loop().create_task(self._sender(peer))
         self.peers[sender] = peer

@@ -295,8 +295,9 @@ class Daemon:
             self._revoked_by = revoked.by
             await self._follow(LinkFailure.REVOKED, None)
             return
-        except RelayRefused as exc:
-            # E.g. ticket creation rate-limited (any key on this IP spends that budget).
+        except (RelayRefused, ConnectionLost) as exc:
+            # E.g. ticket creation rate-limited (any key on this IP spends that budget),
+            # or the connection died under a send: reconnect, never end the daemon.
             await link.close()
             await self._follow(LinkFailure.LOST, exc)
             return
