@@ -79,6 +79,7 @@ from .store import DATABASE_FILE, DaemonStore, PairedController
 from .taskqueue import TaskQueue
 from .taskrunner import TaskRunner
 from .terminal import Terminal
+from .transfers import MachineTransfers, file_size_cap
 
 API_SOCKET = "api.sock"
 #: the card name the relay sees with ``daemon start --private-name``
@@ -203,8 +204,18 @@ class Daemon:
         await checkpoints.expire_stale()
         if self.api is not None:
             await self.api.close()
+        transfers = MachineTransfers(
+            self.home,
+            self.log,
+            allowed_roots=lambda: self.allow_roots,
+            cap=file_size_cap(),
+            clock=self.sessions.clock,
+        )
         self.api = LocalApiServer(
-            self.home / API_SOCKET, checkpoints, authorize=self.sessions.token_matches
+            self.home / API_SOCKET,
+            checkpoints,
+            authorize=self.sessions.token_matches,
+            artifacts=transfers,
         )
         await self.api.start()
         self.live = LiveService(
@@ -215,6 +226,7 @@ class Daemon:
             sessions=self.sessions,
             checkpoints=checkpoints,
             tasks=self.tasks,
+            transfers=transfers,
         )
         return self.live
 
