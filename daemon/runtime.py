@@ -210,6 +210,7 @@ class Daemon:
             allowed_roots=lambda: self.allow_roots,
             cap=file_size_cap(),
             clock=self.sessions.clock,
+            report=self.terminal.event,
         )
         self.api = LocalApiServer(
             self.home / API_SOCKET,

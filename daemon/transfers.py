@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -60,8 +59,6 @@ from starmux.transfer_messages import (
 )
 
 from .eventlog import EventLog
-
-log = logging.getLogger("starmux.daemon.transfers")
 
 ARTIFACTS_DIR = "artifacts"
 UPLOADS_DIR = "uploads"
@@ -146,7 +143,10 @@ class MachineTransfers:
         allowed_roots: Callable[[], Sequence[Path]],
         cap: int,
         clock: Callable[[], float],
+        report: Callable[..., None] | None = None,
     ) -> None:
+        #: the daemon's terminal (``Terminal.event``): a finished transfer is said there
+        self.report = report
         self.home = home
         self.log = log
         self.allowed_roots = allowed_roots
@@ -170,7 +170,6 @@ class MachineTransfers:
         _write_private(store / f"{artifact_id}.json", json.dumps(meta).encode())
         event = ArtifactPublished(artifact_id, shown_name, size, digest)
         await self.log.append(session, APP.encode(event), at=self.clock())
-        log.info("session %s published %s (%d bytes) as %s", session, shown_name, size, artifact_id)
         return Artifact(artifact_id, session, shown_name, size, digest, store / artifact_id)
 
     def _copy(self, source: Path, store: Path, artifact_id: str) -> tuple[int, bytes]:
@@ -256,14 +255,17 @@ class MachineTransfers:
     def _sent_all(self, peer: _Peer, outgoing: _Outgoing) -> None:
         if outgoing.sender.finished:
             sender = outgoing.sender
-            log.info(
-                "transfer %s of %s done: sent %d bytes of %d, starting at chunks %s",
-                outgoing.transfer,
-                outgoing.artifact,
-                sender.bytes_sent,
-                sender.size,
-                ",".join(str(start) for start in sender.starts),
-            )
+            if self.report is not None:
+                self.report(
+                    "artifact-sent",
+                    f"artifact {outgoing.artifact} sent: {sender.bytes_sent} bytes for "
+                    f"{sender.size}, started at chunks "
+                    + ",".join(str(start) for start in sender.starts),
+                    artifact=outgoing.artifact,
+                    bytes_sent=sender.bytes_sent,
+                    size=sender.size,
+                    starts=sender.starts,
+                )
             self._drop(peer, outgoing.transfer)
 
     def next_chunk(self, key: bytes) -> FileChunk | None:
