@@ -28,7 +28,14 @@ from fuzz.harness import Target, fuzz_main
 
 # The device and task modules register their messages on the same codecs: imported
 # here, so the codecs hold every kind whatever else was imported first.
-from starmux import control, device_control, device_messages, messages, task_messages
+from starmux import (
+    control,
+    device_control,
+    device_messages,
+    messages,
+    task_messages,
+    transfer_messages,
+)
 from starmux.codec import Message, MessageCodec
 from starmux.control import CONTROL
 from starmux.errors import MessageError, RemoteProtocolError, UsageError
@@ -146,7 +153,7 @@ def message_classes(
 def seeds() -> dict[str, bytes]:
     found = {}
     for prefix, modules, codec in (
-        ("app", (messages, device_messages, task_messages), APP),
+        ("app", (messages, device_messages, task_messages, transfer_messages), APP),
         ("control", (control, device_control), CONTROL),
     ):
         for cls in message_classes(modules, codec):
