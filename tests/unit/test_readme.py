@@ -53,6 +53,9 @@ EXERCISED_BY: dict[str, list[str]] = {
     "controller install": ["tests/integration/test_controller_agent.py"],
     "outbox": ["tests/integration/test_controller_agent.py"],
     "machines rename": ["tests/integration/test_controller_agent.py"],
+    "artifact add": ["tests/integration/test_artifacts.py"],
+    "artifacts": ["tests/integration/test_artifacts.py"],
+    "get": ["tests/integration/test_artifacts.py"],
 }
 
 
