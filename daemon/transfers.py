@@ -65,6 +65,8 @@ UPLOADS_DIR = "uploads"
 #: Inside the session's working directory: where its attachments are put.
 ATTACHMENTS_DIR = ".starmux"
 _COPY_BLOCK = 1 << 20
+#: Transfers kept per controller (paused ones included); past it the oldest goes.
+MAX_TRANSFERS = 32
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,8 @@ class Artifact:
 class _Outgoing:
     transfer: str
     sender: Sender
-    file: BinaryIO
-    artifact: str
+    file: BinaryIO | None  # closed while paused: an abandoned transfer holds no handle
+    artifact: Artifact
 
 
 @dataclass
@@ -153,6 +155,8 @@ class MachineTransfers:
         self.cap = cap
         self.clock = clock
         self._peers: dict[bytes, _Peer] = {}
+        # Uploads live in memory: what a previous daemon staged can never be claimed.
+        shutil.rmtree(home / UPLOADS_DIR, ignore_errors=True)
         #: called when a controller's sender may have a chunk to send now
         self.wake: Callable[[bytes], None] = lambda key: None
 
@@ -234,19 +238,23 @@ class MachineTransfers:
 
     def _fetch(self, key: bytes, peer: _Peer, fetch: FetchFile) -> list[Message]:
         outgoing = peer.outgoing.get(fetch.transfer)
-        if outgoing is None or outgoing.artifact != fetch.artifact:
+        if outgoing is None or outgoing.artifact.id != fetch.artifact:
             artifact = self.artifact(fetch.artifact)
             if artifact is None:
                 return [FileFailed(fetch.transfer, f"no artifact {fetch.artifact} on this machine")]
-            try:
-                file = _open_private(artifact.path, os.O_RDONLY)
-            except OSError:
-                return [FileFailed(fetch.transfer, f"artifact {fetch.artifact} is gone")]
             self._drop(peer, fetch.transfer)
-            outgoing = _Outgoing(fetch.transfer, Sender(size=artifact.size), file, fetch.artifact)
+            while len(peer.outgoing) >= MAX_TRANSFERS:  # the oldest paused one goes
+                self._drop(peer, next(iter(peer.outgoing)))
+            outgoing = _Outgoing(fetch.transfer, Sender(size=artifact.size), None, artifact)
             peer.outgoing[fetch.transfer] = outgoing
         else:
             outgoing.sender.restart()
+        if outgoing.file is None:
+            try:
+                outgoing.file = _open_private(outgoing.artifact.path, os.O_RDONLY)
+            except OSError:
+                self._drop(peer, fetch.transfer)
+                return [FileFailed(fetch.transfer, f"artifact {fetch.artifact} is gone")]
         outgoing.sender.grant(fetch.offset, fetch.window)
         self._sent_all(peer, outgoing)
         self.wake(key)
@@ -258,10 +266,10 @@ class MachineTransfers:
             if self.report is not None:
                 self.report(
                     "artifact-sent",
-                    f"artifact {outgoing.artifact} sent: {sender.bytes_sent} bytes for "
+                    f"artifact {outgoing.artifact.id} sent: {sender.bytes_sent} bytes for "
                     f"{sender.size}, started at chunks "
                     + ",".join(str(start) for start in sender.starts),
-                    artifact=outgoing.artifact,
+                    artifact=outgoing.artifact.id,
                     bytes_sent=sender.bytes_sent,
                     size=sender.size,
                     starts=sender.starts,
@@ -274,6 +282,8 @@ class MachineTransfers:
         if peer is None:
             return None
         for transfer, outgoing in list(peer.outgoing.items()):
+            if outgoing.file is None:
+                continue
             chunk = outgoing.sender.next_chunk()
             if chunk is None:
                 continue
@@ -293,6 +303,8 @@ class MachineTransfers:
             count = received.receiver.count if received else 0
             return [FileCredit(offer.transfer, count, WINDOW)]
         incoming = peer.incoming.get(offer.transfer)
+        if incoming is None and len(peer.incoming) >= MAX_TRANSFERS:
+            return [FileFailed(offer.transfer, "too many attachments wait on this machine")]
         if incoming is None:
             try:
                 receiver = Receiver(size=offer.size, digest=offer.digest, cap=self.cap)
@@ -332,7 +344,7 @@ class MachineTransfers:
 
     def _drop(self, peer: _Peer, transfer: str) -> None:
         outgoing = peer.outgoing.pop(transfer, None)
-        if outgoing is not None:
+        if outgoing is not None and outgoing.file is not None:
             outgoing.file.close()
         incoming = peer.incoming.get(transfer)
         if incoming is not None and transfer not in peer.ready:
@@ -349,6 +361,9 @@ class MachineTransfers:
             return
         for outgoing in peer.outgoing.values():
             outgoing.sender.channel_lost()
+            if outgoing.file is not None:
+                outgoing.file.close()
+                outgoing.file = None
         for incoming in peer.incoming.values():
             incoming.receiver.channel_lost()
 
@@ -392,8 +407,9 @@ class MachineTransfers:
     def close(self) -> None:
         for peer in self._peers.values():
             for outgoing in peer.outgoing.values():
-                with contextlib.suppress(OSError):
-                    outgoing.file.close()
+                if outgoing.file is not None:
+                    with contextlib.suppress(OSError):
+                        outgoing.file.close()
             for incoming in peer.incoming.values():
                 if incoming.file is not None:
                     with contextlib.suppress(OSError):
