@@ -31,6 +31,7 @@ from starmux.codec import Message
 from starmux.errors import StarmuxError, UsageError
 from starmux.transfer import (
     WINDOW,
+    Pace,
     Receiver,
     Sender,
     TransferFailed,
@@ -112,6 +113,7 @@ class ControllerTransfers:
         self.send: Send | None = None
         self._downloads: dict[tuple[bytes, str], _Download] = {}
         self._uploads: dict[tuple[bytes, str], _Upload] = {}
+        self.pace = Pace()
 
     # --- from the live controller -----------------------------------------------------
 
@@ -259,6 +261,9 @@ class ControllerTransfers:
             while not done.done():
                 entry.credit.clear()
                 while (chunk := entry.sender.next_chunk()) is not None:
+                    if wait := self.pace.wait(chunk.length, time.monotonic()):
+                        await asyncio.sleep(wait)  # the relay's byte budget (see Pace)
+                    self.pace.take(chunk.length)
                     entry.file.seek(chunk.offset)
                     data = entry.file.read(chunk.length)
                     if self.send is None or not await self.send(

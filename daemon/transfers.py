@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ from starmux.codec import Message
 from starmux.errors import StarmuxError, UsageError
 from starmux.messages import APP
 from starmux.transfer import (
+    CHUNK_SIZE,
     DEFAULT_CAP,
     WINDOW,
+    Pace,
     Receiver,
     Sender,
     TransferFailed,
@@ -155,6 +158,8 @@ class MachineTransfers:
         self.cap = cap
         self.clock = clock
         self._peers: dict[bytes, _Peer] = {}
+        #: one pace for the daemon's one relay connection, whoever the file is for
+        self.pace = Pace()
         # Uploads live in memory: what a previous daemon staged can never be claimed.
         shutil.rmtree(home / UPLOADS_DIR, ignore_errors=True)
         #: called when a controller's sender may have a chunk to send now
@@ -277,9 +282,14 @@ class MachineTransfers:
             self._drop(peer, outgoing.transfer)
 
     def next_chunk(self, key: bytes) -> FileChunk | None:
-        """A chunk for controller ``key`` if any transfer has credit (round robin)."""
+        """A chunk for controller ``key`` if any transfer has credit (round robin) and
+        the pace allows it now (else a wake is scheduled for when it does)."""
         peer = self._peers.get(key)
-        if peer is None:
+        if peer is None or not peer.outgoing:
+            return None
+        wait = self.pace.wait(CHUNK_SIZE, time.monotonic())
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self.wake, key)
             return None
         for transfer, outgoing in list(peer.outgoing.items()):
             if outgoing.file is None:
@@ -294,6 +304,7 @@ class MachineTransfers:
             if len(data) != chunk.length:
                 self._drop(peer, transfer)
                 return None
+            self.pace.take(chunk.length)
             return FileChunk(transfer, chunk.index, data)
         return None
 

@@ -263,7 +263,7 @@ class Reply:
 class Item:
     """A stream item before the final reply (watch, logs)."""
 
-    kind: str  # "output" | "status" | "notice"
+    kind: str  # "output" | "status" | "notice" | "progress"
     fields: dict[str, Any]
 
 

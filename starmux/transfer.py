@@ -59,6 +59,12 @@ MAX_FILE_SIZE = 1 << 40
 #: Default cap on a file either side sends or accepts (``STARMUX_MAX_FILE_SIZE``).
 DEFAULT_CAP = 1 << 30
 DIGEST_SIZE = 32
+#: File bytes a node sends per second, at most. A relay closes a connection that
+#: sends more than its ``bytes_per_second`` (default 64 MiB/s after a 128 MiB burst)
+#: with 4010, and with it every channel on it: files stay below, leaving room for
+#: everything else.
+PACE_RATE = 48 * 1024 * 1024
+PACE_BURST = 64 * 1024 * 1024
 
 
 def file_digest() -> hashlib.blake2b:
@@ -301,3 +307,26 @@ class Sender(_Machine):
         offset, length = chunk_span(index, self.size, self.chunk_size)
         self.bytes_sent += length
         return ChunkToSend(index, offset, length)
+
+
+class Pace:
+    """A token bucket for file bytes (``now`` in seconds, from any monotonic clock):
+    :meth:`wait` says how long until ``size`` more bytes may go, :meth:`take` spends
+    them (it may go below zero: the next wait is longer)."""
+
+    def __init__(self, rate: float = PACE_RATE, burst: float = PACE_BURST) -> None:
+        if rate <= 0 or burst < CHUNK_SIZE:
+            raise UsageError("a pace needs a positive rate and a burst of a chunk at least")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at: float | None = None
+
+    def wait(self, size: int, now: float) -> float:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return max(0.0, (size - self._tokens) / self.rate)
+
+    def take(self, size: int) -> None:
+        self._tokens -= size

@@ -45,15 +45,15 @@ ChunkIndex = Annotated[int, Range(0, MAX_FILE_SIZE)]
 Window = Annotated[int, Range(1, MAX_WINDOW)]
 MAX_NAME = 255  # bytes of UTF-8, as most file systems allow
 MAX_REASON = 300
+#: Characters a terminal acts on (ESC, bidi overrides...) or that break a line.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def check_file_name(name: str) -> str:
     """A file name usable on both ends: no directories, nothing a terminal acts on."""
     if not 1 <= len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME or name in (".", ".."):
         raise UsageError(f"a file name must be 1-{MAX_NAME} bytes, not . or ..")
-    if any(
-        ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name
-    ):
+    if any(ch in "/\\" or unicodedata.category(ch) in _UNPRINTABLE for ch in name):
         raise UsageError(f"the file name {name[:80]!r} has a path separator or control character")
     return name
 
@@ -129,6 +129,8 @@ class FileFailed(Message):
         check_id(self.transfer, "transfer id")
         if len(self.reason) > MAX_REASON:
             raise UsageError(f"a reason is at most {MAX_REASON} characters")
+        if any(unicodedata.category(ch) in _UNPRINTABLE for ch in self.reason):
+            raise UsageError("a reason is one line without control or format characters")
 
 
 @APP.register

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import itertools
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from starmux.errors import UsageError
+from starmux.errors import MessageError, UsageError
 from starmux.messages import APP
 from starmux.padding import padded_size
 from starmux.transfer import (
     CHUNK_SIZE,
+    PACE_RATE,
     TRANSITIONS,
     WINDOW,
+    Pace,
     Receiver,
     Sender,
     State,
@@ -231,3 +234,21 @@ def test_sizes_parse(text: str, size: int) -> None:
 def test_a_bad_size_is_refused() -> None:
     with pytest.raises(UsageError):
         parse_size("lots")
+
+
+def test_the_pace_keeps_file_bytes_under_the_relays_budget() -> None:
+    pace = Pace(rate=1000.0, burst=CHUNK_SIZE)
+    assert pace.wait(CHUNK_SIZE, now=0.0) == 0.0
+    pace.take(CHUNK_SIZE)
+    assert pace.wait(1000, now=0.0) == pytest.approx(1.0)
+    assert pace.wait(1000, now=0.5) == pytest.approx(0.5)
+    assert pace.wait(1000, now=1.0) == 0.0
+    assert pace.wait(10 * CHUNK_SIZE, now=1000.0) > 0  # the burst caps what piles up
+    assert PACE_RATE < 64 * 1024 * 1024  # the relay's default bytes_per_second
+
+
+@pytest.mark.parametrize("reason", ["\x1b]52;c;aGk=\x07", "line\nbreak", "bidi\u202e"])
+def test_a_machines_failure_reason_cannot_act_on_a_terminal(reason: str) -> None:
+    wire = msgpack.packb(["file-failed", 1, {"transfer": "t-1", "reason": reason}])
+    with pytest.raises(MessageError, match="invalid"):
+        APP.decode(wire)
