@@ -331,7 +331,7 @@ class ControllerAgent:
         if op in ("logs", "watch"):
             return await self._stream(writer, fields, follow=op == "watch", notes=notes)
         if op == "run":
-            return wire.ok(**await state.run(**fields), **notes)
+            return wire.ok(**await state.run(**fields, progress=_progress_to(writer)), **notes)
         if op == "artifacts":
             return wire.ok(**await self._artifacts(fields["session"]), **notes)
         if op == "get":
@@ -424,17 +424,8 @@ class ControllerAgent:
                 f"{names[machine]} is not online",
                 "fetch it when `starmux machines` shows it online",
             )
-        shown = 0.0
-
-        def progress(done: int, total: int) -> None:
-            nonlocal shown
-            now = time.monotonic()
-            if now - shown >= PROGRESS_EVERY or done == total:
-                shown = now
-                writer.write(wire.progress_item(done, total))
-
         try:
-            result = await fetch(state.transfers, machine, artifact, dest, progress)
+            result = await fetch(state.transfers, machine, artifact, dest, _progress_to(writer))
         except StarmuxError as exc:
             raise OperationFailed("refused", exc.message, exc.hint or "") from exc
         return wire.ok(**fetched_json(result, artifact), **notes)
@@ -469,6 +460,20 @@ class ControllerAgent:
             "machines": await self.state.freshness(),
             "watchers": sum(len(w) for w in self.state.watchers.values()),
         }
+
+
+def _progress_to(writer: asyncio.StreamWriter) -> Callable[[int, int], None]:
+    """A transfer's progress as stream items, a few per second at most."""
+    shown = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        now = time.monotonic()
+        if now - shown >= PROGRESS_EVERY or done == total:
+            shown = now
+            writer.write(wire.progress_item(done, total))
+
+    return progress
 
 
 def run_agent(home: Path) -> int:

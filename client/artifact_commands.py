@@ -90,6 +90,23 @@ class _Bar:
             sys.stderr.flush()
 
 
+def call_with_progress(
+    home: Path, op: str, label: str, fields: dict[str, Any], as_json: bool
+) -> dict[str, Any]:
+    """One agent request whose progress items drive a bar on a terminal (not with
+    ``--json``); returns the final reply."""
+    bar = _Bar(label)
+    try:
+        for answer in agent_client.stream(home, op, **fields):
+            if isinstance(answer, wire.Reply):
+                return agent_client.checked(answer)
+            if answer.kind == "progress" and not as_json:
+                bar.update(answer.fields["done"], answer.fields["total"])
+    finally:
+        bar.clear()
+    raise StarmuxError("the controller agent gave no answer")  # pragma: no cover
+
+
 @click.command("get")
 @click.argument("artifact")
 @click.option(
@@ -107,20 +124,8 @@ def get_command(
 ) -> None:
     """Fetch ARTIFACT (end to end encrypted, hash checked, resumed across reconnects)."""
     target = (output or Path.cwd()).absolute()
-    bar = _Bar(printable(artifact))
-    reply: dict[str, Any] | None = None
-    try:
-        for answer in agent_client.stream(
-            _home(home), "get", artifact=artifact, output=str(target), force=force
-        ):
-            if isinstance(answer, wire.Reply):
-                reply = agent_client.checked(answer)
-            elif answer.kind == "progress" and not as_json:
-                bar.update(answer.fields["done"], answer.fields["total"])
-    finally:
-        bar.clear()
-    if reply is None:  # pragma: no cover - stream always ends in a reply
-        raise StarmuxError("the controller agent gave no answer")
+    fields = {"artifact": artifact, "output": str(target), "force": force}
+    reply = call_with_progress(_home(home), "get", printable(artifact), fields, as_json)
     if as_json:
         click.echo(json.dumps(reply))
         return

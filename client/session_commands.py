@@ -135,23 +135,22 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Start COMMAND on a machine: starmux run --machine M -- COMMAND ARGS..."""
-    extra: dict[str, Any] = {}
+    fields: dict[str, Any] = {
+        "machine": machine,
+        "argv": list(argv),
+        "cwd": cwd,
+        "title": title,
+        "env": _env(env_pairs),
+        "pty": pty,
+    }
     if attachments:
-        from .artifact_commands import checked_attachments
+        from .artifact_commands import call_with_progress, checked_attachments
 
-        extra["attachments"] = checked_attachments(attachments)
-    with progress(f"starting it on {machine}"):
-        reply = agent_client.call(
-            _home(home),
-            "run",
-            machine=machine,
-            argv=list(argv),
-            cwd=cwd,
-            title=title,
-            env=_env(env_pairs),
-            pty=pty,
-            **extra,
-        )
+        fields["attachments"] = checked_attachments(attachments)
+        reply = call_with_progress(_home(home), "run", "sending attachments", fields, as_json)
+    else:
+        with progress(f"starting it on {machine}"):
+            reply = agent_client.call(_home(home), "run", **fields)
     session = printable(reply.get("session", "?"))
     _report(
         reply,

@@ -525,16 +525,22 @@ class ControllerState:
         env: dict[str, str],
         pty: bool,
         attachments: list[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         target = await self.store.find_machine(machine)
         session = "s-" + secrets.token_hex(5)
-        sent = await self._send_attachments(target, attachments or [])
+        sent = await self._send_attachments(target, attachments or [], progress)
         request = StartSession(
             session, tuple(argv), cwd, title or " ".join(argv)[:80], env, pty, sent
         )
         return {"session": session, **await self._issue(target, request)}
 
-    async def _send_attachments(self, target: KnownMachine, paths: list[str]) -> tuple[str, ...]:
+    async def _send_attachments(
+        self,
+        target: KnownMachine,
+        paths: list[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[str, ...]:
         """Send a run's attachments before its command: each is checked against the
         cap first (nothing is sent if one is over it), and the machine must be online."""
         if not paths:
@@ -553,7 +559,9 @@ class ControllerState:
                 "run it again when `starmux machines` shows the machine online",
             )
         try:
-            return tuple([await self.transfers.upload(target.key, Path(p)) for p in paths])
+            return tuple(
+                [await self.transfers.upload(target.key, Path(p), progress) for p in paths]
+            )
         except StarmuxError as exc:
             raise OperationFailed("refused", exc.message, exc.hint or "") from exc
 

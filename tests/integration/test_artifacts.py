@@ -7,6 +7,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import pty
 import statistics
 import subprocess
 import time
@@ -46,6 +47,28 @@ def digest_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def on_a_terminal(home: Path, *args: str) -> bytes:
+    """Run a command with stdout and stderr on a pseudo-terminal; all it wrote."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
+    process = subprocess.Popen(
+        starmux_command(*args), stdout=follower, stderr=follower, env=env, close_fds=True
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command ended and closed its side
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=scaled(60)) == 0, output.decode(errors="replace")
+    return output
+
+
 def finished_output(paired: Paired, session: str) -> tuple[int, str]:
     watcher = Watcher(paired.controller, session)
     code = watcher.finish()
@@ -77,6 +100,13 @@ def test_artifact_published_listed_and_fetched(paired: Paired, tmp_path: Path) -
     # An existing file is not replaced without --force.
     again = run_cli(paired.controller, "get", published["artifact"], "-o", str(target))
     assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
+
+    # On a terminal, progress (on stderr); the result line escapes the name.
+    shown = on_a_terminal(
+        paired.controller, "get", published["artifact"], "-o", str(target), "--force"
+    )
+    assert b"100.0%" in shown and b"\r\x1b[K" in shown
+    assert b"fetched report.bin" in shown and b"hash checked" in shown
 
 
 def test_a_path_outside_the_allowed_roots_is_refused(paired: Paired) -> None:
