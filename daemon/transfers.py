@@ -97,6 +97,7 @@ class _Incoming:
     receiver: Receiver
     part: Path
     file: BinaryIO | None
+    starts: list[int] = field(default_factory=list)  # the chunk each offer resumed at
 
 
 @dataclass
@@ -327,6 +328,7 @@ class MachineTransfers:
             incoming = _Incoming(offer.transfer, offer.name, receiver, part, file)
             peer.incoming[offer.transfer] = incoming
         start = incoming.receiver.request()
+        incoming.starts.append(start)
         if incoming.receiver.finished:
             self._complete(peer, incoming)
         return [FileCredit(offer.transfer, start, incoming.receiver.window)]
@@ -352,6 +354,15 @@ class MachineTransfers:
             incoming.file.close()
             incoming.file = None
         peer.ready[incoming.transfer] = (incoming.name, incoming.part)
+        if self.report is not None:
+            self.report(
+                "attachment-received",
+                f"attachment {incoming.name} received: {incoming.receiver.size} bytes, "
+                "offers answered from chunks " + ",".join(map(str, incoming.starts)),
+                transfer=incoming.transfer,
+                size=incoming.receiver.size,
+                starts=incoming.starts,
+            )
 
     def _drop(self, peer: _Peer, transfer: str) -> None:
         outgoing = peer.outgoing.pop(transfer, None)

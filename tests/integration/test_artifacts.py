@@ -297,3 +297,62 @@ def test_200_mib_artifact_resumes_across_a_relay_restart_while_live_output_flows
     )
     # Live output keeps flowing: no line waited behind the file for long.
     assert _percentile(during, 0.95) < scaled(1.0)
+
+
+def test_an_attachment_upload_resumes_across_a_relay_restart(
+    tmp_path: Path, relay_factory: RelayFactory, daemons: list[DaemonProcess]
+) -> None:
+    relay = relay_factory()
+    paired = pair(tmp_path, relay, daemons)
+    size = 96 * 1024 * 1024
+    data = tmp_path / "weights.bin"
+    with data.open("wb") as file:
+        block = os.urandom(1 << 20)
+        for index in range(size >> 20):
+            file.write(index.to_bytes(8, "big") + block[8:])
+    show = python(
+        "import os, hashlib, pathlib\n"
+        "path = pathlib.Path(os.environ['STARMUX_ATTACHMENTS']) / 'weights.bin'\n"
+        "print(hashlib.sha256(path.read_bytes()).hexdigest(), flush=True)\n"
+    )
+    env = {**os.environ, "STARMUX_HOME": str(paired.controller), "NO_COLOR": "1"}
+    run = subprocess.Popen(
+        starmux_command(
+            "run",
+            "--machine",
+            paired.daemon.name,
+            "--cwd",
+            str(paired.workdir),
+            "--attach",
+            str(data),
+            "--json",
+            "--",
+            *show,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    uploads = paired.daemon.home / "uploads"
+
+    def staged() -> int | None:
+        parts = list(uploads.glob("*.part")) if uploads.exists() else []
+        held = sum(part.stat().st_size for part in parts)
+        return held if held > size // 3 else None
+
+    poll(staged, within=60, every=0.01, what="a third of the attachment on the machine")
+    relay.kill()
+    relay = relay_factory(data_dir=relay.data_dir, port=relay.port)
+    stdout, stderr = run.communicate(timeout=scaled(90))
+    assert run.returncode == 0, stderr
+    reply = json.loads(stdout)
+    code, output = finished_output(paired, str(reply["session"]))
+    assert code == 0, output
+    import hashlib
+
+    assert output.strip() == hashlib.sha256(data.read_bytes()).hexdigest()
+    # Resumed from the chunks the machine held (a third at least), not from zero.
+    starts = paired.daemon.wait_for(r"attachment weights.bin received: .*").group(0)
+    first, *resumed = [int(n) for n in starts.rsplit(" ", 1)[1].split(",")]
+    assert first == 0 and resumed and resumed[-1] * CHUNK_SIZE >= size // 3
