@@ -50,11 +50,20 @@ from starmux.relay_auth import RelayKeyMismatch
 
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
+from .artifacts import (
+    destination,
+    fetch,
+    fetched_json,
+    file_size_cap,
+    find_artifact,
+    list_artifacts,
+)
 from .cache import Cache
 from .device_copy import DeviceRemoved
 from .live import LiveController
 from .sessions import ControllerState, OperationFailed
 from .store import ControllerStore
+from .transfers import ControllerTransfers
 
 log = logging.getLogger("starmux.controller.agent")
 
@@ -62,6 +71,8 @@ log = logging.getLogger("starmux.controller.agent")
 FIRST_SYNC_WAIT = 10.0
 #: The agent exits if its home disappears (a deleted test folder, a removed profile).
 HOME_CHECK_INTERVAL = 5.0
+#: Seconds between the progress items of a `get`.
+PROGRESS_EVERY = 0.2
 
 #: A service runs for the agent's life with the device state (see the module docstring).
 Service = Callable[[ControllerState], Coroutine[Any, Any, None]]
@@ -87,7 +98,13 @@ class ControllerAgent:
         async with ControllerStore(self.home) as store:
             config = await store.config()
             keys = store.keys()
-            self.state = ControllerState(store, config, keys, Cache(store.db))
+            self.state = ControllerState(
+                store,
+                config,
+                keys,
+                Cache(store.db),
+                transfers=ControllerTransfers(cap=file_size_cap()),
+            )
             path = socket_path(self.home)
             path.unlink(missing_ok=True)  # a leftover: we hold the lock
             old_umask = os.umask(0o177)
@@ -130,7 +147,9 @@ class ControllerAgent:
         backoff = Backoff(cap=10.0)
         while True:
             await self._link_free.wait()
-            controller = LiveController(state.store, state.config, on_event=state.on_event)
+            controller = LiveController(
+                state.store, state.config, on_event=state.on_event, transfers=state.transfers
+            )
             try:
                 await controller.start()
             except DeviceRemoved:
@@ -312,7 +331,11 @@ class ControllerAgent:
         if op in ("logs", "watch"):
             return await self._stream(writer, fields, follow=op == "watch", notes=notes)
         if op == "run":
-            return wire.ok(**await state.run(**fields), **notes)
+            return wire.ok(**await state.run(**fields, progress=_progress_to(writer)), **notes)
+        if op == "artifacts":
+            return wire.ok(**await self._artifacts(fields["session"]), **notes)
+        if op == "get":
+            return await self._get(writer, fields, notes)
         if op == "cancel":
             return wire.ok(**await state.cancel(fields["session"]), **notes)
         if op == "decide":
@@ -366,6 +389,51 @@ class ControllerAgent:
             session=row.id, status=row.status, exit_code=row.exit_code, reason=reason, **notes
         )
 
+    async def _artifacts(self, session: str) -> dict[str, Any]:
+        assert self.state is not None
+        names = {m.key: m.name for m in await self.state.store.machines()}
+        try:
+            return await list_artifacts(self.state.cache, names, session)
+        except FileNotFoundError:
+            raise OperationFailed(
+                "not-found", f"no session {session!r} known here", "see `starmux sessions`"
+            ) from None
+
+    async def _get(
+        self, writer: asyncio.StreamWriter, fields: dict[str, Any], notes: dict[str, Any]
+    ) -> bytes:
+        """Fetch an artifact into ``output``, streaming progress items."""
+        state = self.state
+        assert state is not None
+        found = await find_artifact(state.cache, fields["artifact"])
+        if found is None:
+            raise OperationFailed(
+                "not-found",
+                f"no artifact {fields['artifact']!r} known here",
+                "see `starmux artifacts SESSION`",
+            )
+        machine, _, artifact = found
+        names = {m.key: m.name for m in await state.store.machines()}
+        if machine not in names:
+            raise OperationFailed("refused", "the machine of this artifact was revoked")
+        try:
+            dest = destination(fields["output"], artifact.name, force=fields["force"])
+        except FileExistsError as exc:
+            raise OperationFailed(
+                "refused", f"{exc} exists", "add --force to replace it, or give -o another path"
+            ) from None
+        if state.controller is None or not state.controller.is_online(machine):
+            raise OperationFailed(
+                "unavailable",
+                f"{names[machine]} is not online",
+                "fetch it when `starmux machines` shows it online",
+            )
+        try:
+            result = await fetch(state.transfers, machine, artifact, dest, _progress_to(writer))
+        except StarmuxError as exc:
+            raise OperationFailed("refused", exc.message, exc.hint or "") from exc
+        return wire.ok(**fetched_json(result, artifact), **notes)
+
     async def _release_link(self, writer: asyncio.StreamWriter) -> bytes:
         """Give the relay connection up until this request's connection closes (the
         command's own link uses the same key), then take it back."""
@@ -396,6 +464,20 @@ class ControllerAgent:
             "machines": await self.state.freshness(),
             "watchers": sum(len(w) for w in self.state.watchers.values()),
         }
+
+
+def _progress_to(writer: asyncio.StreamWriter) -> Callable[[int, int], None]:
+    """A transfer's progress as stream items, a few per second at most."""
+    shown = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        now = time.monotonic()
+        if now - shown >= PROGRESS_EVERY or done == total:
+            shown = now
+            writer.write(wire.progress_item(done, total))
+
+    return progress
 
 
 def run_agent(home: Path) -> int:

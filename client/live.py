@@ -54,11 +54,13 @@ from starmux.node.link import (
 )
 from starmux.noise import HandshakeState
 from starmux.resync import Action, Follower
+from starmux.transfer_messages import TRANSFER_MESSAGES
 
 from . import device_copy
 from .cache import Cache
 from .roster import reconcile
 from .store import ControllerConfig, ControllerStore
+from .transfers import ControllerTransfers
 
 log = logging.getLogger("starmux.controller")
 
@@ -95,7 +97,10 @@ class LiveController:
         config: ControllerConfig,
         *,
         on_event: EventCallback | None = None,
+        transfers: ControllerTransfers | None = None,
     ) -> None:
+        #: file transfers (they outlive this connection: the agent holds them)
+        self.transfers = transfers
         self.store = store
         self.config = config
         self.cache = Cache(store.db)
@@ -125,6 +130,8 @@ class LiveController:
         self.link = RelayLink(
             self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
         )
+        if self.transfers is not None:
+            self.transfers.send = self.send_to
         try:
             await self.link.connect()
         except RelayClosedConnection as exc:
@@ -158,6 +165,8 @@ class LiveController:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def close(self) -> None:
+        if self.transfers is not None and self.transfers.send == self.send_to:
+            self.transfers.send = None
         if self.link is not None:
             await self.link.close()
         if self._reader is not None:
@@ -386,6 +395,8 @@ class LiveController:
             if self.devices is not None:  # the head we hold: the machine catches up
                 await self._send(machine, DeviceLogSync(self.devices.encode()))
             await self._request_sync(machine)
+            if self.transfers is not None:
+                await self.transfers.channel_open(machine.key)
         elif kind is Kind.SESSION_RESET:
             await self._handshake(machine)
 
@@ -417,6 +428,8 @@ class LiveController:
             self.devices = await device_copy.take(
                 self.store.db, self.devices, message.entries, account=self.config.account
             )
+        elif isinstance(message, TRANSFER_MESSAGES) and self.transfers is not None:
+            await self.transfers.on_message(machine.key, message)
         elif isinstance(message, CommandAck):
             await self.cache.record_ack(machine.key, message)
             future = machine.acks.pop(message.command_id, None)
@@ -427,6 +440,17 @@ class LiveController:
         cursor = await self.cache.cursor(machine.key)
         machine.follow.requested()
         await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
+
+    async def send_to(self, key: bytes, message: Message) -> bool:
+        """Send over ``key``'s channel if it has one now (False: it has none)."""
+        machine = self.machines.get(key)
+        if machine is None or machine.channel is None or self.link is None:
+            return False
+        try:
+            await self._send(machine, message)
+        except StarmuxError:
+            return False
+        return True
 
     async def _send(self, machine: MachineChannel, message: Message) -> None:
         if machine.channel is None or self.link is None:

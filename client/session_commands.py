@@ -112,6 +112,14 @@ def _env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--title", default="", help="A title for the session.")
 @click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the process (repeatable).")
 @click.option("--pty", is_flag=True, help="Give the process a terminal (interactive agents).")
+@click.option(
+    "--attach",
+    "attachments",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A file to deliver before the command starts (repeatable); the session "
+    "finds it in $STARMUX_ATTACHMENTS.",
+)
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @home_option
 @json_option
@@ -121,22 +129,28 @@ def run_command(
     title: str,
     env_pairs: tuple[str, ...],
     pty: bool,
+    attachments: tuple[Path, ...],
     argv: tuple[str, ...],
     home: Path | None,
     as_json: bool,
 ) -> None:
     """Start COMMAND on a machine: starmux run --machine M -- COMMAND ARGS..."""
-    with progress(f"starting it on {machine}"):
-        reply = agent_client.call(
-            _home(home),
-            "run",
-            machine=machine,
-            argv=list(argv),
-            cwd=cwd,
-            title=title,
-            env=_env(env_pairs),
-            pty=pty,
-        )
+    fields: dict[str, Any] = {
+        "machine": machine,
+        "argv": list(argv),
+        "cwd": cwd,
+        "title": title,
+        "env": _env(env_pairs),
+        "pty": pty,
+    }
+    if attachments:
+        from .artifact_commands import call_with_progress, checked_attachments
+
+        fields["attachments"] = checked_attachments(attachments)
+        reply = call_with_progress(_home(home), "run", "sending attachments", fields, as_json)
+    else:
+        with progress(f"starting it on {machine}"):
+            reply = agent_client.call(_home(home), "run", **fields)
     session = printable(reply.get("session", "?"))
     _report(
         reply,

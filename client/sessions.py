@@ -53,6 +53,7 @@ from .device_copy import DeviceRemoved
 from .live import EventCallback, LiveController
 from .roster import reconcile
 from .store import ControllerConfig, ControllerStore, KnownMachine
+from .transfers import ControllerTransfers
 
 #: Status the controller gives the unfinished sessions of a machine it revoked.
 REVOKED = "revoked"
@@ -180,6 +181,8 @@ class ControllerState:
     watchers: dict[str, set[asyncio.Event]] = field(default_factory=dict)
     #: set (and replaced) whenever a new controller becomes current
     controller_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: file transfers in progress: they resume on the next connection
+    transfers: ControllerTransfers = field(default_factory=lambda: ControllerTransfers(cap=1 << 30))
 
     # --- called by the agent --------------------------------------------------------
 
@@ -521,11 +524,46 @@ class ControllerState:
         title: str,
         env: dict[str, str],
         pty: bool,
+        attachments: list[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         target = await self.store.find_machine(machine)
         session = "s-" + secrets.token_hex(5)
-        request = StartSession(session, tuple(argv), cwd, title or " ".join(argv)[:80], env, pty)
+        sent = await self._send_attachments(target, attachments or [], progress)
+        request = StartSession(
+            session, tuple(argv), cwd, title or " ".join(argv)[:80], env, pty, sent
+        )
         return {"session": session, **await self._issue(target, request)}
+
+    async def _send_attachments(
+        self,
+        target: KnownMachine,
+        paths: list[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[str, ...]:
+        """Send a run's attachments before its command: each is checked against the
+        cap first (nothing is sent if one is over it), and the machine must be online."""
+        if not paths:
+            return ()
+        try:
+            for path in paths:
+                self.transfers.check_upload(Path(path))
+        except StarmuxError as exc:
+            raise OperationFailed("refused", exc.message, exc.hint or "") from exc
+        controller = self.controller
+        channel = controller.machines.get(target.key) if controller else None
+        if channel is None or not channel.live.is_set():
+            raise OperationFailed(
+                "unavailable",
+                f"{target.name} is not online: attachments are sent before the command starts",
+                "run it again when `starmux machines` shows the machine online",
+            )
+        try:
+            return tuple(
+                [await self.transfers.upload(target.key, Path(p), progress) for p in paths]
+            )
+        except StarmuxError as exc:
+            raise OperationFailed("refused", exc.message, exc.hint or "") from exc
 
     async def cancel(self, session_id: str) -> dict[str, Any]:
         row = await self._session(session_id)

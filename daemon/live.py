@@ -24,7 +24,13 @@ from starmux.codec import Message
 from starmux.device_messages import DeviceLogSync
 from starmux.device_roles import COMMAND_ACTIONS, Action, action_for_decision
 from starmux.e2e import Kind, unwrap
-from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError, UsageError
+from starmux.errors import (
+    ConnectionLost,
+    CryptoError,
+    RemoteProtocolError,
+    StarmuxError,
+    UsageError,
+)
 from starmux.identity import IdentityCard, NodeKeys
 from starmux.live_channel import LiveChannel, reset_body, respond
 from starmux.messages import (
@@ -42,6 +48,7 @@ from starmux.messages import (
 from starmux.notify_messages import NOTIFY_COMMANDS, Viewing
 from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
 from starmux.task_messages import AssignTask, CancelTask
+from starmux.transfer_messages import TRANSFER_MESSAGES, FetchFile, OfferFile
 
 from .checkpoints import Checkpoints
 from .devices import DeviceGate, Offer, RoleRefused
@@ -50,6 +57,7 @@ from .notifications import Notifications
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 from .taskrunner import TaskRunner
+from .transfers import MachineTransfers
 
 log = logging.getLogger("starmux.daemon")
 
@@ -64,6 +72,8 @@ class ControllerPeer:
     feed: Feed = field(default_factory=Feed)
     queue: asyncio.Queue[tuple[LiveChannel, Message]] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
+    #: set when a file transfer to this controller may have a chunk to send
+    chunks: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def logged(event: StoredEvent) -> LoggedEvent:
@@ -106,9 +116,13 @@ class LiveService:
         checkpoints: Checkpoints,
         tasks: TaskRunner | None = None,
         notifications: Notifications | None = None,
+        transfers: MachineTransfers | None = None,
     ) -> None:
         self.keys = keys
         self.notifications = notifications
+        self.transfers = transfers
+        if transfers is not None:
+            transfers.wake = self._wake_chunks
         self.tasks = tasks
         self.card = card
         self.store = store
@@ -134,6 +148,8 @@ class LiveService:
         for peer in self.peers.values():
             if peer.sender is not None:
                 peer.sender.cancel()
+            if self.transfers is not None:
+                self.transfers.channel_lost(peer.key)
         self.peers.clear()
 
     def close(self) -> None:
@@ -191,7 +207,12 @@ class LiveService:
         self._drop(sender)
         if self._send is None:
             return
-        await self._send(sender, reply)
+        try:
+            await self._send(sender, reply)
+        except ConnectionLost:
+            # The connection died under the answer: its Closed event follows, and the
+            # controller handshakes again once this machine is back online.
+            return
         peer = ControllerPeer(sender, card, channel)
         peer.sender = asyncio.get_running_loop().create_task(self._sender(peer))
         self.peers[sender] = peer
@@ -215,6 +236,15 @@ class LiveService:
             self._enqueue(peer, ack)
         elif isinstance(message, Viewing) and self.notifications is not None:
             self.notifications.viewing(peer.key, message)
+        elif isinstance(message, TRANSFER_MESSAGES) and self.transfers is not None:
+            if isinstance(message, FetchFile | OfferFile):
+                action = Action.LOGS if isinstance(message, FetchFile) else Action.RUN
+                try:
+                    await self.devices.check(peer.key, action, now=self.log_clock())
+                except RoleRefused:
+                    return
+            for reply in self.transfers.on_message(peer.key, message):
+                self._enqueue(peer, reply)
 
     async def _sync(self, peer: ControllerPeer, request: SyncRequest) -> None:
         read = peer.feed.read_for(request, epoch=self.log.epoch)
@@ -270,7 +300,17 @@ class LiveService:
         except RemoteProtocolError as exc:
             raise UsageError("the command could not be decoded") from exc
         if isinstance(command, StartSession):
-            return await self.sessions.start(envelope.command_id, command)
+            transfers = self.transfers
+            if not command.attachments or transfers is None:
+                return await self.sessions.start(envelope.command_id, command)
+            transfers.check_attachments(peer.key, command.attachments)
+            return await self.sessions.start(
+                envelope.command_id,
+                command,
+                attach=lambda cwd: transfers.place_attachments(
+                    peer.key, command.attachments, cwd, command.session
+                ),
+            )
         if isinstance(command, AssignTask | CancelTask) and self.tasks is not None:
             # Idempotent by task id as well: a replay after a crash before the
             # record below re-acks where the task is, and runs nothing twice.
@@ -317,6 +357,14 @@ class LiveService:
         queue = peer.queue
         held: tuple[LiveChannel, Message] | None = None
         while True:
+            if held is None and queue.empty():
+                # File chunks only when nothing else waits: live output, acks and
+                # approvals never queue behind a file (the credit bounds how much
+                # of it is in flight ahead of them).
+                chunk = self.transfers.next_chunk(peer.key) if self.transfers else None
+                held = (peer.channel, chunk) if chunk else await self._next_message(peer)
+                if held is None:
+                    continue  # woken by credit
             channel, message = held or await queue.get()
             held = None
             if channel is not peer.channel or channel.closed or self._send is None:
@@ -340,6 +388,24 @@ class LiveService:
             except StarmuxError:
                 return
 
+    async def _next_message(self, peer: ControllerPeer) -> tuple[LiveChannel, Message] | None:
+        """The next queued message, or None when a transfer got credit first."""
+        peer.chunks.clear()
+        queued = asyncio.ensure_future(peer.queue.get())
+        credit = asyncio.ensure_future(peer.chunks.wait())
+        try:
+            await asyncio.wait({queued, credit}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            credit.cancel()
+            if not queued.done():
+                queued.cancel()  # not run yet: the queue keeps anything put meanwhile
+        return queued.result() if queued.done() and not queued.cancelled() else None
+
+    def _wake_chunks(self, key: bytes) -> None:
+        peer = self.peers.get(key)
+        if peer is not None:
+            peer.chunks.set()
+
     async def _reset(self, peer: bytes) -> None:
         if self._send is not None:
             with contextlib.suppress(StarmuxError):
@@ -349,6 +415,8 @@ class LiveService:
         peer = self.peers.pop(key, None)
         if peer is not None and peer.sender is not None:
             peer.sender.cancel()
+        if peer is not None and self.transfers is not None:
+            self.transfers.channel_lost(key)
 
     def log_clock(self) -> float:
         return self.sessions.clock()

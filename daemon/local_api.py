@@ -36,13 +36,14 @@ import stat
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starmux.errors import StarmuxError
 from starmux.local_api import (
     _UNIX_PATH_MAX,
     MAX_LINE,
     PROTOCOL_VERSION,
+    ArtifactRequest,
     BadRequest,
     CheckpointOutcome,
     CheckpointRequest,
@@ -147,6 +148,13 @@ def _bind_private(path: Path) -> socket.socket:
     return sock
 
 
+class ArtifactPublisher(Protocol):
+    async def publish(self, *, session: str, path: str, name: str | None) -> Any:
+        """Publish a copy of ``path`` (UsageError: outside the roots, too large...);
+        returns an object with ``id``, ``name``, ``size`` and ``digest``."""
+        ...
+
+
 class _ClientGone(Exception):
     """The client closed (or wrote more) while its request was being answered."""
 
@@ -162,7 +170,9 @@ class LocalApiServer:
         max_connections: int = 256,
         waits_per_session: int = 16,
         read_timeout: float = 10.0,
+        artifacts: ArtifactPublisher | None = None,
     ) -> None:
+        self._artifacts = artifacts
         self._authorize = authorize
         self._waits_per_session = waits_per_session
         self._waits: collections.Counter[str] = collections.Counter()
@@ -275,6 +285,19 @@ class LocalApiServer:
                     "only the session itself may use it: run this inside the session "
                     "(STARMUX_SESSION_TOKEN comes from its environment)",
                 )
+            if isinstance(request, ArtifactRequest):
+                if self._artifacts is None:
+                    return error_response("refused", "this daemon does not take artifacts")
+                published = await self._artifacts.publish(
+                    session=request.session, path=request.path, name=request.name
+                )
+                return {
+                    "ok": True,
+                    "artifact": published.id,
+                    "name": published.name,
+                    "size": published.size,
+                    "digest": published.digest.hex(),
+                }
             if isinstance(request, CostRequest):
                 await self._handler.cost(
                     session=request.session,

@@ -80,6 +80,7 @@ from .store import DATABASE_FILE, DaemonStore, PairedController
 from .taskqueue import TaskQueue
 from .taskrunner import TaskRunner
 from .terminal import Terminal
+from .transfers import MachineTransfers, file_size_cap
 
 API_SOCKET = "api.sock"
 #: the card name the relay sees with ``daemon start --private-name``
@@ -209,8 +210,19 @@ class Daemon:
         await checkpoints.expire_stale()
         if self.api is not None:
             await self.api.close()
+        transfers = MachineTransfers(
+            self.home,
+            self.log,
+            allowed_roots=lambda: self.allow_roots,
+            cap=file_size_cap(),
+            clock=self.sessions.clock,
+            report=self.terminal.event,
+        )
         self.api = LocalApiServer(
-            self.home / API_SOCKET, checkpoints, authorize=self.sessions.token_matches
+            self.home / API_SOCKET,
+            checkpoints,
+            authorize=self.sessions.token_matches,
+            artifacts=transfers,
         )
         await self.api.start()
         self.live = LiveService(
@@ -221,6 +233,7 @@ class Daemon:
             sessions=self.sessions,
             checkpoints=checkpoints,
             tasks=self.tasks,
+            transfers=transfers,
         )
         self.notifications = Notifications(
             log=self.log,
@@ -310,8 +323,9 @@ class Daemon:
             self._revoked_by = revoked.by
             await self._follow(LinkFailure.REVOKED, None)
             return
-        except RelayRefused as exc:
-            # E.g. ticket creation rate-limited (any key on this IP spends that budget).
+        except (RelayRefused, ConnectionLost) as exc:
+            # E.g. ticket creation rate-limited (any key on this IP spends that budget),
+            # or the connection died under a send: reconnect, never end the daemon.
             await link.close()
             await self._follow(LinkFailure.LOST, exc)
             return

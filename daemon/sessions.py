@@ -146,8 +146,17 @@ class SessionManager:
         )
         return Status(rows[0][0]) if rows else None
 
-    async def start(self, command_id: str, request: StartSession) -> str:
-        """Record and start a session. Raises UsageError (recorded by the caller)."""
+    async def start(
+        self,
+        command_id: str,
+        request: StartSession,
+        *,
+        attach: Callable[[Path], Path] | None = None,
+    ) -> str:
+        """Record and start a session. Raises UsageError (recorded by the caller).
+
+        ``attach(cwd)`` puts the session's attachments in place (returns their folder,
+        given to the session as ``STARMUX_ATTACHMENTS``)."""
         if not SESSION_ID.match(request.session):
             raise UsageError("invalid session id")
         if not request.argv:
@@ -165,6 +174,7 @@ class SessionManager:
                     hint="it was started with --allow-env; allowed: "
                     + (", ".join(sorted(self.allowed_env)) or "none"),
                 )
+        attachments = attach(cwd) if attach is not None else None
         now = self.clock()
         created = SessionCreated(request.argv, str(cwd), request.title, request.pty, command_id)
         await self.log.append(
@@ -200,6 +210,8 @@ class SessionManager:
             ),
         }
         env["PATH"] = session_path(env.get("PATH"), starmux_dir=STARMUX_DIR)
+        if attachments is not None:
+            env["STARMUX_ATTACHMENTS"] = str(attachments)
         if request.pty:
             env.setdefault("TERM", "xterm-256color")
 

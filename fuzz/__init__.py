@@ -7,4 +7,4 @@ One harness per parser, each a module with a :class:`~fuzz.harness.Target`; see
 from __future__ import annotations
 
 #: Every harness, by module name (``fuzz/<name>.py``, seeds in ``tests/data/fuzz/<name>/``).
-HARNESSES = ("frames", "pairing_code", "app_messages", "relay_first_message")
+HARNESSES = ("frames", "pairing_code", "app_messages", "relay_first_message", "file_chunks")

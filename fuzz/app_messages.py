@@ -36,6 +36,7 @@ from starmux import (
     notify_messages,
     notify_push,
     task_messages,
+    transfer_messages,
 )
 from starmux.codec import Message, MessageCodec
 from starmux.control import CONTROL
@@ -156,7 +157,18 @@ def message_classes(
 def seeds() -> dict[str, bytes]:
     found = {}
     for prefix, modules, codec in (
-        ("app", (messages, device_messages, task_messages, notify_messages, notify_push), APP),
+        (
+            "app",
+            (
+                messages,
+                device_messages,
+                task_messages,
+                transfer_messages,
+                notify_messages,
+                notify_push,
+            ),
+            APP,
+        ),
         ("control", (control, device_control, notify_messages), CONTROL),
     ):
         for cls in message_classes(modules, codec):

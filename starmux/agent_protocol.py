@@ -15,6 +15,7 @@ and then exactly one **final reply**, then closes::
     ← {"v": 1, "item": "output", "seq": N, "stream": "stdout", "data": B64}  (watch, logs)
     ← {"v": 1, "item": "status", "seq": N, "status": S, "exit_code": N, "reason": R}
     ← {"v": 1, "item": "notice", "text": T}                         stream item
+    ← {"v": 1, "item": "progress", "done": N, "total": N}            (get: bytes so far)
 
 Invariants:
 - A request is checked field by field (exact types, sizes, no unknown or duplicate
@@ -149,6 +150,22 @@ def _fraction(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+MAX_ATTACHMENTS = 64
+
+
+def _absolute_path(value: object) -> str:
+    path = _text(MAX_TEXT, allow_empty=False)(value)
+    if not path.startswith("/"):
+        raise AgentProtocolError("a path must be absolute")
+    return path
+
+
+def _paths(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        raise AgentProtocolError(f"attachments must be a list of at most {MAX_ATTACHMENTS} paths")
+    return [_absolute_path(path) for path in value]
+
+
 _REQUIRED = object()
 _Fields = dict[str, tuple[Callable[[object], Any], object]]
 
@@ -172,6 +189,15 @@ OPS: Final[dict[str, _Fields]] = {
         "title": (_text(200), ""),
         "env": (_env, {}),
         "pty": (_bool, False),
+        "attachments": (_paths, []),
+    },
+    "artifacts": {"session": (check_id, _REQUIRED)},
+    # ``output``: where the file goes (the command made it absolute); an existing
+    # folder gets the artifact's name inside it.
+    "get": {
+        "artifact": (check_id, _REQUIRED),
+        "output": (_absolute_path, _REQUIRED),
+        "force": (_bool, False),
     },
     "cancel": {"session": (check_id, _REQUIRED)},
     "decide": {
@@ -266,7 +292,7 @@ class Reply:
 class Item:
     """A stream item before the final reply (watch, logs)."""
 
-    kind: str  # "output" | "status" | "notice"
+    kind: str  # "output" | "status" | "notice" | "progress"
     fields: dict[str, Any]
 
 
@@ -307,6 +333,10 @@ def notice_item(text: str) -> bytes:
     return encode({"item": "notice", "text": text})
 
 
+def progress_item(done: int, total: int) -> bytes:
+    return encode({"item": "progress", "done": done, "total": total})
+
+
 def parse_reply(line: bytes) -> Reply | Item:
     """One line from the agent → a final :class:`Reply` or a stream :class:`Item`."""
     message = _object(line, MAX_REPLY)
@@ -333,6 +363,11 @@ def parse_reply(line: bytes) -> Reply | Item:
                 raise AgentProtocolError("a status item's reason must be a string")
             fields = {"seq": seq, "status": status, "exit_code": code, "reason": reason}
             return Item("status", fields)
+        if kind == "progress":
+            done, total = message.get("done"), message.get("total")
+            if type(done) is not int or type(total) is not int or not 0 <= done <= total:
+                raise AgentProtocolError("a progress item needs done <= total")
+            return Item("progress", {"done": done, "total": total})
         if kind == "notice":
             text = message.get("text")
             if not isinstance(text, str):

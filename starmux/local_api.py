@@ -18,6 +18,8 @@ Requests::
                                                             body, default, key optional
     {"op": "cost", "session": S, "token": K, "input_tokens": N, "output_tokens": N,
      "usd": X, "note": T}                                   note optional
+    {"op": "artifact", "session": S, "token": K, "path": P, "name": N}
+                                                            name optional
 
 ``token`` is the session's own secret (``STARMUX_SESSION_TOKEN``, given only to that
 session's process): any process of the daemon's user can reach the socket, but only
@@ -30,6 +32,9 @@ handler said no: unknown session...), ``busy`` or ``internal``. A checkpoint ans
 ``{"ok": true, "checkpoint": ID, "decision": "approved" | "denied" | "expired",
 "approved": BOOL, "default": "deny" | "approve", "reason": R, "decided_by": FP}``;
 ``approved`` is the verdict in force, so on expiry it is the default that applied.
+An artifact answers ``{"ok": true, "artifact": ID, "name": N, "size": BYTES,
+"digest": HEX}`` (``path`` must be an absolute path inside the daemon's allowed
+roots; the daemon publishes a copy).
 """
 
 from __future__ import annotations
@@ -143,7 +148,16 @@ class CostRequest:
     note: str
 
 
-Request = Ping | CheckpointRequest | CostRequest
+@dataclass(frozen=True)
+class ArtifactRequest:
+    session: str
+    token: str
+    path: str
+    name: str | None
+
+
+Request = Ping | CheckpointRequest | CostRequest | ArtifactRequest
+MAX_PATH = 4096
 
 
 def _text(name: str, value: object) -> str:
@@ -233,6 +247,22 @@ def _note(value: object) -> str:
     return note
 
 
+def _path(value: object) -> str:
+    path = _text("path", value)
+    if not path.startswith("/") or len(path.encode("utf-8")) > MAX_PATH:
+        raise BadRequest(f"path must be absolute and at most {MAX_PATH} bytes")
+    return path
+
+
+def _name(value: object) -> str | None:
+    if value is None:
+        return None
+    name = _text("name", value)
+    if not 1 <= len(name) <= 255:
+        raise BadRequest("name must be 1-255 characters")
+    return name
+
+
 _REQUIRED = object()
 _Fields = dict[str, tuple[Callable[[object], Any], object]]
 
@@ -260,6 +290,15 @@ _OPS: dict[str, tuple[Callable[..., Request], _Fields]] = {
             "output_tokens": (_tokens("output_tokens"), _REQUIRED),
             "usd": (_usd, _REQUIRED),
             "note": (_note, ""),
+            "token": (check_token, _REQUIRED),
+        },
+    ),
+    "artifact": (
+        ArtifactRequest,
+        {
+            "session": (check_session, _REQUIRED),
+            "path": (_path, _REQUIRED),
+            "name": (_name, None),
             "token": (check_token, _REQUIRED),
         },
     ),

@@ -187,16 +187,26 @@ class CommandAck(Message):
 @APP.register
 @dataclass(frozen=True)
 class StartSession(Message):
+    """``attachments``: transfer ids of files the controller uploaded first
+    (``offer-file``); the machine puts them in the session's attachments folder.
+    Version 2 added them."""
+
     KIND = "start-session"
+    VERSION = 2
     session: str
     argv: tuple[str, ...]
     cwd: str
     title: str
     env: dict[str, str]
     pty: bool
+    attachments: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_id(self.session, "session id")
+        if len(self.attachments) > 64:
+            raise UsageError("at most 64 attachments")
+        for transfer in self.attachments:
+            check_id(transfer, "transfer id")
 
 
 @APP.register

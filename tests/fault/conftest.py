@@ -151,3 +151,6 @@ def cluster(net: FaultNet, tmp_path: Path) -> Iterator[FaultCluster]:
             net.clear_faults()  # let the daemon say goodbye over a working link
         daemon.stop()
         relay.kill()
+        # What the daemon and the relay said, kept beside the figures: a fault test
+        # that fails in CI must be diagnosable from its tmp dir alone.
+        (tmp_path / "processes.log").write_text(cluster.diagnostics(tail=10**8))

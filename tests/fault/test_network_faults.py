@@ -101,13 +101,6 @@ def assert_exact(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN REGRESSION (found at the end of the session that landed the controller "
-    "agent): after a 30 s cut of the machine's link the daemon does not reconnect and the "
-    "watch never resumes, in 2 of 3 runs; the silently-dead-connection test still passes. "
-    "To be fixed first in the next session; the closing note says so.",
-)
 def test_watch_is_exact_through_a_link_cut_then_loss_and_delay(
     cluster: FaultCluster, tmp_path: Path
 ) -> None:

@@ -17,7 +17,15 @@ def test_a_request_round_trips_with_defaults_filled_in() -> None:
     request = wire.parse_request(wire.encode_request("run", machine="gpu", argv=["ls", "-l"])[:-1])
     assert request == wire.Request(
         "run",
-        {"machine": "gpu", "argv": ["ls", "-l"], "cwd": "~", "title": "", "env": {}, "pty": False},
+        {
+            "machine": "gpu",
+            "argv": ["ls", "-l"],
+            "cwd": "~",
+            "title": "",
+            "env": {},
+            "pty": False,
+            "attachments": [],
+        },
     )
     assert wire.parse_request(line(op="watch", session="s-1")).fields == {
         "session": "s-1",

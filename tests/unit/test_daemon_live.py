@@ -19,6 +19,7 @@ from starmux.daemon.live import LiveService
 from starmux.daemon.sessions import SessionManager
 from starmux.daemon.store import DATABASE_FILE, DaemonStore, PairedController
 from starmux.e2e import Kind, unwrap, wrap
+from starmux.errors import ConnectionLost
 from starmux.identity import NodeKeys, Role
 from starmux.live_channel import LiveChannel, finish, initiate
 from starmux.messages import (
@@ -172,3 +173,20 @@ async def test_a_repeated_command_is_acked_with_its_first_result(machine: Machin
     assert isinstance(first, CommandAck) and not first.ok and "not running" in first.error
     await machine.send(envelope)
     assert await machine.receive() == first
+
+
+async def test_a_connection_lost_while_answering_a_handshake_is_not_fatal(
+    machine: Machine,
+) -> None:
+    """The relay connection can die between a controller's handshake arriving and the
+    answer going out (a link that came back as the keepalive gave up on it). The
+    daemon's event loop must then see the connection's Closed event and reconnect; an
+    exception out of on_data would end the daemon instead."""
+
+    async def dead(peer: bytes, body: bytes) -> None:
+        raise ConnectionLost("the relay connection closed")
+
+    machine.live.attach(dead, RELAY)
+    _, first = initiate(CONTROLLER, MACHINE.card(Role.MACHINE, "box"), relay_key=RELAY)
+    await machine.live.on_data(CONTROLLER.sign_public, first)
+    assert machine.live.peers == {}  # no channel stands on a connection that is gone

@@ -63,8 +63,8 @@ def test_a_page_with_a_hostile_event_does_not_decode(data: bytes) -> None:
         APP.decode(data)
 
 
-def fields(kind: str, **values: object) -> bytes:
-    return msgpack.packb([kind, 1, values])
+def fields(kind: str, version: int = 1, **values: object) -> bytes:
+    return msgpack.packb([kind, version, values])
 
 
 @pytest.mark.parametrize(
@@ -141,14 +141,38 @@ def fields(kind: str, **values: object) -> bytes:
         pytest.param(
             fields(
                 "start-session",
+                2,
                 session="../s",
                 argv=["x"],
                 cwd="/",
                 title="",
                 env={},
                 pty=False,
+                attachments=[],
             ),
             id="path-as-session-id",
+        ),
+        pytest.param(
+            fields(
+                "start-session",
+                2,
+                session="s-1",
+                argv=["x"],
+                cwd="/",
+                title="",
+                env={},
+                pty=False,
+                attachments=["../../etc/passwd"],
+            ),
+            id="path-as-attachment",
+        ),
+        pytest.param(
+            fields("artifact-published", artifact="a-1", name="../x", size=1, digest=bytes(32)),
+            id="path-as-artifact-name",
+        ),
+        pytest.param(
+            fields("file-chunk", transfer="t-1", index=-1, data=b""),
+            id="negative-chunk-index",
         ),
     ],
 )

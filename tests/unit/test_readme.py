@@ -58,6 +58,9 @@ EXERCISED_BY: dict[str, list[str]] = {
     "notify test": ["tests/integration/test_notify_webhooks.py"],
     "notify list": ["tests/integration/test_notify_webhooks.py"],
     "notify remove": ["tests/integration/test_notify_webhooks.py"],
+    "artifact add": ["tests/integration/test_artifacts.py"],
+    "artifacts": ["tests/integration/test_artifacts.py"],
+    "get": ["tests/integration/test_artifacts.py"],
 }
 
 
