@@ -58,8 +58,10 @@ COMMAND_ACTIONS: dict[str, Action] = {
     # Tasks (starmux.task_messages): dispatching is running, as issue 18 says.
     "assign-task": Action.RUN,
     "cancel-task": Action.CANCEL,
-    # Notifications (starmux.notify_messages): every device may be told what it may watch.
-    "notify-target": Action.WATCH,
+    # Notifications (starmux.notify_messages): every device may be told what it may
+    # watch, but a webhook target makes the machine POST to any address it can reach
+    # (loopback, its LAN): only a device that may run commands there anyway may add one.
+    "notify-target": Action.RUN,
     "notify-target-remove": Action.WATCH,
     "notify-settings": Action.WATCH,
     "notify-test": Action.WATCH,

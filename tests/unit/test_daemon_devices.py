@@ -12,7 +12,7 @@ from starmux.daemon.checkpoints import TooLate
 from starmux.daemon.devices import DeviceGate, RoleRefused
 from starmux.daemon.store import PairedController
 from starmux.device_log import DeviceLog, Op, encode_entries, sign_entry
-from starmux.device_roles import Action, DeviceRole
+from starmux.device_roles import COMMAND_ACTIONS, Action, DeviceRole
 from starmux.identity import IdentityCard, NodeKeys, Role
 
 from .deterministic import counter_rng
@@ -89,6 +89,19 @@ async def test_roles_are_enforced_and_refusals_audited(machine: Machine) -> None
         "revoke-machine by operator",
         "approve by viewer",
     ]
+
+
+async def test_a_viewer_may_not_point_the_machine_at_a_webhook(machine: Machine) -> None:
+    """A webhook makes the machine POST to any address it reaches (its loopback, its
+    LAN): a viewer may be notified, but only a device that may run commands there
+    anyway may add a webhook target."""
+    gate, log = await gate_for(machine)
+    await gate.offer(machine.controller.sign_public, log.encode(), authenticated=True, now=NOW)
+    add_target = COMMAND_ACTIONS["notify-target"]
+    with pytest.raises(RoleRefused, match=r"\(viewer\)"):
+        await gate.check(PHONE[0].sign_public, add_target, now=NOW)
+    await gate.check(TABLET[0].sign_public, add_target, now=NOW)
+    await gate.check(PHONE[0].sign_public, COMMAND_ACTIONS["notify-settings"], now=NOW)
 
 
 async def test_a_missed_removal_is_learned_from_any_device_even_in_clear(machine: Machine) -> None:
