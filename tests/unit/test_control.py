@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
 import pytest
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from starmux import control, device_control
-from starmux.codec import Message
+from starmux.codec import Message, Range
 from starmux.control import (
     CONTROL,
     AccountRegistered,
@@ -45,6 +45,12 @@ CLASSES: list[type[Message]] = sorted(
 
 def strategy_for(hint: Any) -> SearchStrategy[Any]:
     """A strategy for any field type the codec supports, built from the annotation."""
+    if typing.get_origin(hint) is Annotated:  # a number in a Range, e.g. a Timestamp
+        base, *metadata = typing.get_args(hint)
+        bounds = next(m for m in metadata if isinstance(m, Range))
+        if base is int:
+            return st.integers(int(bounds.low), int(bounds.high))
+        return st.floats(bounds.low, bounds.high)
     if hint is type(None):
         return st.none()
     if hint is bool:
@@ -72,7 +78,7 @@ def strategy_for(hint: Any) -> SearchStrategy[Any]:
 
 
 def messages(cls: type[Message]) -> SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in fields})
 
@@ -112,6 +118,7 @@ def test_kinds_are_fixed() -> None:
         "device-log-appended",
         "get-device-log",
         "device-log-state",
+        "device-seen",
         "create-link-ticket",
         "open-link-ticket",
     }
