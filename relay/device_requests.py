@@ -79,8 +79,7 @@ async def load_log(state: RelayState, account: bytes) -> DeviceLog | None:
     rows = await state.registry.device_log(account)
     if not rows:
         return None
-    entries = [entry for row in rows for entry in decode_entries(row.entry)]
-    return DeviceLog.verify(entries, account=account)
+    return state.verified_logs.log(account, rows)
 
 
 async def append_device_log(state: RelayState, peer: Peer, req: AppendDeviceLog) -> Message:

@@ -3,6 +3,8 @@ registry and routing table (harness shared with test_relay_requests)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from starmux.close_codes import CloseCode
@@ -28,6 +30,7 @@ from starmux.device_control import (
 )
 from starmux.device_log import DeviceLog, LogEntry, Op, decode_entries, encode_entries, sign_entry
 from starmux.device_roles import DeviceRole
+from starmux.errors import DeviceLogError
 from starmux.frames import FrameType
 from starmux.identity import IdentityCard, Role
 from starmux.relay.device_requests import install
@@ -293,3 +296,28 @@ async def test_every_device_hears_a_removal_and_sees_the_others_presence(relay: 
         DeviceSeen(viewer.peer.key, T0 + 60),
     }
 
+
+async def test_the_relay_verifies_each_stored_entry_once_and_never_trusts_changed_rows(
+    relay: Relay,
+) -> None:
+    owner, log = await with_log(relay)
+    viewer, log = await linked(relay, owner, log, DeviceRole.VIEWER)
+    logs = relay.state.verified_logs
+    await relay.ask(owner, GetDeviceLog(1, -1))
+    before = logs.verified_entries
+    for request_id in range(2, 7):  # reads and role checks: nothing verified again
+        await relay.ask(viewer, GetDeviceLog(request_id, -1))
+    assert await refused(relay, viewer, CreateLinkTicket(7)) == "forbidden-role"
+    assert logs.verified_entries == before
+    _, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
+    await relay.ask(owner, GetDeviceLog(8, -1))
+    assert logs.verified_entries == before + 1  # only the new entry
+    # Rows changed under the relay are verified from the first entry, and refused.
+    rows = await relay.state.registry.device_log(owner.peer.account)
+    forged = sign_entry(
+        viewer.keys, log.account, 1, log.entries[0].hash, Op.ADD,
+        viewer.keys.sign_public, viewer.peer.card, "owner", T0,
+    )  # fmt: skip
+    swapped = [rows[0], dataclasses.replace(rows[1], entry=encode_entries([forged])), *rows[2:]]
+    with pytest.raises(DeviceLogError):
+        logs.log(owner.peer.account, swapped)
