@@ -24,6 +24,7 @@ from starmux.device_log import DeviceLog, decode_entries, encode_entries
 from starmux.e2e import Kind, wrap
 from starmux.home import load_node_keys
 
+from ..timeouts import COMMAND, START
 from .cluster import Paired
 from .daemon_process import DaemonProcess, run_cli, starmux_command
 from .relay_process import RelayProcess
@@ -35,45 +36,59 @@ from .watcher import Watcher
 LINK_CODE = re.compile(r"starmux://link/v1\?\S+")
 
 
-class Inviter:
-    """`starmux devices link` running on an owner until the new device joined."""
+class ShowsCode:
+    """A command that prints a code (a terminal QR and the text) and runs until the
+    other device used it: `devices link` on an owner, `link --show` on a new device."""
 
-    def __init__(self, home: Path, role: str) -> None:
+    def __init__(self, home: Path, args: tuple[str, ...], pattern: re.Pattern[str]) -> None:
         env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
         self.process = subprocess.Popen(
-            starmux_command("devices", "link", "--role", role, "--yes"),
+            starmux_command(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
+        self.pattern = pattern
         self.out: list[str] = []
+        self.err: list[str] = []
         self.printed = threading.Event()
         self.code = ""
         self.printed_at = 0.0
+        assert self.process.stderr is not None
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self.err.extend, args=(self.process.stderr,), daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.out.append(line)
-            match = LINK_CODE.search(line)
+            match = self.pattern.search(line)
             if match and not self.code:
                 self.code = match.group(0)
                 self.printed_at = time.monotonic()
                 self.printed.set()
 
     def wait_code(self) -> str:
-        if not self.printed.wait(30):
-            assert self.process.stderr is not None
-            raise AssertionError("no link code printed: " + "".join(self.out))
+        if not self.printed.wait(START):
+            raise AssertionError("no code printed: " + "".join(self.out + self.err))
         return self.code
 
+    def qr_image(self, path: Path) -> Path:
+        terminal_qr_to_image(find_qr_block("".join(self.out)), invert=False).save(path)
+        return path
+
     def finish(self) -> str:
-        assert self.process.wait(timeout=60) == 0, "".join(self.out) + (
-            self.process.stderr.read() if self.process.stderr else ""
-        )
+        code = self.process.wait(timeout=COMMAND)
+        assert code == 0, "".join(self.out + self.err)
         return "".join(self.out)
+
+
+class Inviter(ShowsCode):
+    """`starmux devices link` running on an owner until the new device joined."""
+
+    def __init__(self, home: Path, role: str) -> None:
+        super().__init__(home, ("devices", "link", "--role", role, "--yes"), LINK_CODE)
 
 
 def link(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> float:
@@ -81,8 +96,7 @@ def link(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> 
     inviter = Inviter(owner.controller, role)
     code = inviter.wait_code()
     if by_image:
-        image = home.parent / f"{name}-qr.png"
-        terminal_qr_to_image(find_qr_block("".join(inviter.out)), invert=False).save(image)
+        image = inviter.qr_image(home.parent / f"{name}-qr.png")
         joined = run_cli(home, "link", "--image", str(image), "--name", name, "--yes")
     else:
         joined = run_cli(home, "link", code, "--name", name, "--yes")
