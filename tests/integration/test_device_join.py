@@ -9,7 +9,6 @@ device sees which others are online (`starmux devices`, and PRESENCE frames live
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import threading
 import time
@@ -26,25 +25,11 @@ from .cluster import Paired
 from .daemon_process import run_cli
 from .node import RelayNode
 from .relay_process import RelayProcess
+from .shown_codes import Shower
 from .test_checkpoints import _pending, agent
 from .test_checkpoints import paired as paired  # the fixture
-from .test_devices import ShowsCode, device
+from .test_devices import device
 from .watcher import Watcher
-
-JOIN_CODE = re.compile(r"starmux://join/v1\?\S+")
-
-
-class Shower(ShowsCode):
-    """`starmux link --show` on a new device (its own home) until an owner adds it."""
-
-    def __init__(self, home: Path, relay_url: str, name: str) -> None:
-        args = ("link", "--show", "--relay", relay_url, "--name", name, "--yes", "--json")
-        super().__init__(home, args, JOIN_CODE)
-
-    def joined(self) -> dict[str, object]:
-        result = json.loads(self.finish().splitlines()[-1])
-        assert isinstance(result, dict)
-        return result
 
 
 def add(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> float:

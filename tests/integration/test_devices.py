@@ -5,90 +5,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import re
 import secrets
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from starmux.client.actions import connected
-from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
 from starmux.client.store import ControllerStore
 from starmux.device_log import DeviceLog, decode_entries, encode_entries
 from starmux.e2e import Kind, wrap
 from starmux.home import load_node_keys
 
-from ..timeouts import COMMAND, START
 from .cluster import Paired
 from .daemon_process import DaemonProcess, run_cli, starmux_command
 from .relay_process import RelayProcess
+from .shown_codes import Inviter, Shower
 from .test_checkpoints import _pending, agent
 from .test_checkpoints import paired as paired  # the fixture
 from .test_relay_sees_no_plaintext import RecordingProxy, find_leaks, parse_websocket
 from .watcher import Watcher
-
-LINK_CODE = re.compile(r"starmux://link/v1\?\S+")
-
-
-class ShowsCode:
-    """A command that prints a code (a terminal QR and the text) and runs until the
-    other device used it: `devices link` on an owner, `link --show` on a new device."""
-
-    def __init__(self, home: Path, args: tuple[str, ...], pattern: re.Pattern[str]) -> None:
-        env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
-        self.process = subprocess.Popen(
-            starmux_command(*args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.pattern = pattern
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.printed = threading.Event()
-        self.code = ""
-        self.printed_at = 0.0
-        assert self.process.stderr is not None
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self.err.extend, args=(self.process.stderr,), daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.out.append(line)
-            match = self.pattern.search(line)
-            if match and not self.code:
-                self.code = match.group(0)
-                self.printed_at = time.monotonic()
-                self.printed.set()
-
-    def wait_code(self) -> str:
-        if not self.printed.wait(START):
-            raise AssertionError("no code printed: " + "".join(self.out + self.err))
-        return self.code
-
-    def qr_image(self, path: Path) -> Path:
-        terminal_qr_to_image(find_qr_block("".join(self.out)), invert=False).save(path)
-        return path
-
-    def finish(self) -> str:
-        code = self.process.wait(timeout=COMMAND)
-        assert code == 0, "".join(self.out + self.err)
-        return "".join(self.out)
-
-
-class Inviter(ShowsCode):
-    """`starmux devices link` running on an owner until the new device joined."""
-
-    def __init__(self, home: Path, role: str) -> None:
-        super().__init__(home, ("devices", "link", "--role", role, "--yes"), LINK_CODE)
 
 
 def link(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> float:
@@ -277,6 +217,13 @@ def test_relay_sees_nothing_linked_devices_watch_or_decide(
         assert joined.returncode == 0, joined.stderr
         inviter.finish()
         markers["link-secret"] = code.split("secret=")[1].split("&")[0]
+        # D joins the other way round: its own join code, read by the owner.
+        shower = Shower(tmp_path / "browser", proxy.url, "browser")
+        join_code = shower.wait_code()
+        added = run_cli(shown.controller, "devices", "add", join_code, "--role", "viewer", "--yes")
+        assert added.returncode == 0, added.stderr
+        shower.joined()
+        markers["join-secret"] = join_code.split("secret=")[1].split("&")[0]
 
         agent_code = (
             "import subprocess, sys\n"
@@ -300,7 +247,7 @@ def test_relay_sees_nothing_linked_devices_watch_or_decide(
             if up
         ]
         payloads = b"\n".join(m for up, down in streams for m in (*up.messages, *down.messages))
-        for home in (b_home, c_home):  # control: the linked devices did use this relay
+        for home in (b_home, c_home, tmp_path / "browser"):  # control: they used this relay
             assert load_node_keys(home / CONTROLLER_KEY_FILE).sign_public in payloads
         haystacks = {
             "raw bytes": b"\n".join(part for pair in recording for part in pair),
