@@ -50,8 +50,12 @@ class TooLate(UsageError):
     """The checkpoint was decided before this answer (see :mod:`starmux.checkpoint_state`)."""
 
 
-def _too_late_text(checkpoint: Checkpoint) -> str:
-    who = fingerprint(checkpoint.decided_by) if checkpoint.decided_by else "its default on expiry"
+def _too_late_text(checkpoint: Checkpoint, name: str | None) -> str:
+    if not checkpoint.decided_by:
+        who = "its default on expiry"
+    else:
+        who = fingerprint(checkpoint.decided_by)
+        who = f"{name} ({who})" if name else who
     when = time.strftime("%H:%M:%S", time.localtime(checkpoint.decided_at or 0))
     return f"too late: checkpoint {checkpoint.id} was already {checkpoint.state} by {who} at {when}"
 
@@ -79,6 +83,8 @@ class Checkpoints:
         #: Who may sign decisions: the account's current devices (daemon/devices.py);
         #: until that is wired in, the controllers that paired this machine.
         self.is_device: Callable[[bytes], Awaitable[bool]] | None = None
+        #: The name a device goes by in the account's device log (for "too late").
+        self.device_name: Callable[[bytes], Awaitable[str | None]] | None = None
 
     # --- the local API side (an agent asks) --------------------------------------------
 
@@ -151,7 +157,9 @@ class Checkpoints:
         if step is None:
             raise UsageError(f"no checkpoint {decision.checkpoint} on this machine")
         if isinstance(step, checkpoint_state.TooLate):
-            raise TooLate(_too_late_text(step.checkpoint))
+            first = step.checkpoint.decided_by
+            name = await self.device_name(first) if first and self.device_name else None
+            raise TooLate(_too_late_text(step.checkpoint, name))
         verdict = step.verdict.value
         await self.store.audit(
             f"checkpoint.{verdict}",
