@@ -326,4 +326,3 @@ class LinkAttempt:
     def _seal(self, message: LinkWelcome | PairingAccepted | PairingStored) -> bytes:
         assert self._channel is not None
         return wrap(Kind.PAIR_TRANSPORT, self._channel.encrypt(APP.encode(message)))
-

@@ -32,13 +32,13 @@ from starmux import control, device_control, device_log, device_messages, messag
 from starmux.codec import Message, MessageCodec, Range
 from starmux.control import CONTROL, SessionStatus
 from starmux.decisions import decision_transcript
-from starmux.device_link import LinkCode
 from starmux.device_log import LOG_CODEC, DeviceLog, Op, encode_entries
 from starmux.device_roles import DeviceRole
 from starmux.errors import StarmuxError
 from starmux.fingerprint import comparison_code, fingerprint, fingerprint_bytes
 from starmux.frames import Frame, FrameType, encode_frame
 from starmux.identity import NodeKeys, Role
+from starmux.link_code import Direction, LinkCode
 from starmux.messages import APP
 from starmux.padding import padded_size
 from starmux.pairing_code import PairingCode
@@ -467,12 +467,22 @@ def codes_golden() -> dict[str, Any]:
         pair, relay_url="wss://relay.example/sub", expires_at=1700000000.0
     )
     link = LinkCode(
-        "wss://r.example:9/x", relay_fp, b"\x03" * 16, machine_fp, b"\xfe" * 32, DeviceRole.OPERATOR
+        Direction.INVITE,
+        "wss://r.example:9/x",
+        relay_fp,
+        b"\x03" * 16,
+        machine_fp,
+        b"\xfe" * 32,
+        DeviceRole.OPERATOR,
+    )
+    join = LinkCode(
+        Direction.JOIN, "ws://127.0.0.1:8765", relay_fp, b"\x04" * 16, machine_fp, b"\xfd" * 32
     )
     return {
-        "verdicts": _code_verdicts(pair.to_text(), link.to_text()),
+        "verdicts": _code_verdicts(pair.to_text(), link.to_text(), join.to_text()),
         "pair": [pair.to_text(), pair_exp.to_text()],
         "link": [link.to_text()],
+        "join": [join.to_text()],
         "pair_fields": {
             "relay": pair.relay_url,
             "rfp": pair.relay_fingerprint,
@@ -484,20 +494,35 @@ def codes_golden() -> dict[str, Any]:
             "relay": link.relay_url,
             "rfp": link.relay_fingerprint,
             "ticket": link.ticket.hex(),
-            "ifp": link.inviter_fingerprint,
+            "ifp": link.shower_fingerprint,
             "secret": link.secret.hex(),
-            "role": link.role.value,
+            "role": DeviceRole.OPERATOR.value,
+        },
+        "join_fields": {
+            "relay": join.relay_url,
+            "rfp": join.relay_fingerprint,
+            "ticket": join.ticket.hex(),
+            "dfp": join.shower_fingerprint,
+            "secret": join.secret.hex(),
         },
     }
 
 
-def _code_verdicts(pair: str, link: str) -> list[dict[str, Any]]:
-    """Pasted codes, good and garbled, with whether the Python parser takes them."""
-    from starmux.device_link import parse_link_code
+def _code_verdicts(pair: str, link: str, join: str) -> list[dict[str, Any]]:
+    """Pasted codes, good and garbled, with whether each Python parser takes them:
+    ``pair`` the pairing code's, ``link`` a link code's (an owner shows it), ``join``
+    a join code's (a new device shows it)."""
+    from starmux.link_code import parse_link_code
     from starmux.pairing_code import parse_pairing_code
 
+    def parse_link(text: str) -> object:
+        return parse_link_code(text, Direction.INVITE)
+
+    def parse_join(text: str) -> object:
+        return parse_link_code(text, Direction.JOIN)
+
     candidates = []
-    for code in (pair, link):
+    for code in (pair, link, join):
         prefix, query = code.split("?", 1)
         parts = query.split("&")
         candidates += [
@@ -532,7 +557,8 @@ def _code_verdicts(pair: str, link: str) -> list[dict[str, Any]]:
     table = []
     for text in candidates:
         verdict: dict[str, Any] = {"text": text}
-        for name, parse in (("pair", parse_pairing_code), ("link", parse_link_code)):
+        parsers = (("pair", parse_pairing_code), ("link", parse_link), ("join", parse_join))
+        for name, parse in parsers:
             try:
                 parse(text)
                 verdict[name] = True

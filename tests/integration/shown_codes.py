@@ -41,8 +41,12 @@ class ShowsCode:
         self.code = ""
         self.printed_at = 0.0
         assert self.process.stderr is not None
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self.err.extend, args=(self.process.stderr,), daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self.err.extend, args=(self.process.stderr,), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -64,7 +68,10 @@ class ShowsCode:
         return path
 
     def finish(self) -> str:
+        """Wait for the command to end well; its stdout (``err`` holds all its stderr)."""
         code = self.process.wait(timeout=COMMAND)
+        for reader in self._readers:  # the pipes are closed: they drain and end
+            reader.join(START)
         assert code == 0, "".join(self.out + self.err)
         return "".join(self.out)
 

@@ -107,7 +107,7 @@ export const SCHEMA = {
     ]
    },
    "device-log-state": {
-    "version": 1,
+    "version": 2,
     "fields": [
      [
       "request_id",
@@ -121,6 +121,33 @@ export const SCHEMA = {
       "online",
       {
        "list": "bin"
+      }
+     ],
+     [
+      "last_seen",
+      {
+       "list": {
+        "message": "device-seen"
+       }
+      }
+     ]
+    ]
+   },
+   "device-seen": {
+    "version": 1,
+    "fields": [
+     [
+      "key",
+      "bin"
+     ],
+     [
+      "at",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
       }
      ]
     ]
