@@ -47,7 +47,7 @@ EXERCISED_BY: dict[str, list[str]] = {
     "devices add": ["tests/integration/test_device_join.py"],
     "devices role": ["tests/integration/test_devices.py"],
     "devices remove": ["tests/integration/test_devices.py"],
-    "link": ["tests/integration/test_devices.py", "tests/integration/test_device_join.py"],
+    "link": ["tests/integration/test_devices.py", "tests/integration/shown_codes.py"],
     "controller start": ["tests/integration/test_controller_agent.py"],
     "controller status": ["tests/integration/test_controller_agent.py"],
     "controller stop": ["tests/integration/test_controller_agent.py"],
