@@ -57,6 +57,18 @@ async def presence(controller: RelayNode, key: bytes, timeout: float) -> bool:
             return message.online
 
 
+async def killed_then_offline(
+    node: RelayProcess, watcher: RelayNode, key: bytes, what: str
+) -> None:
+    """Kill ``node``; ``watcher`` (on another node) hears that ``key`` went offline."""
+    node.stop(signal.SIGKILL)
+    start = time.perf_counter()
+    assert await presence(watcher, key, 10) is False
+    elapsed = time.perf_counter() - start
+    print(f"\nnode killed: its {what} reported offline on the other node after {elapsed:.2f} s")
+    assert elapsed < 5.0
+
+
 def health(node: RelayProcess) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(node.http_url + "/health", timeout=10) as reply:
@@ -108,12 +120,7 @@ async def test_a_dead_nodes_machines_go_offline_then_come_back(cluster: RelayClu
     machine = await pair_machine(b, controller, account)
     assert await presence(controller, machine.key, 10) is True
 
-    b.stop(signal.SIGKILL)
-    start = time.perf_counter()
-    assert await presence(controller, machine.key, 10) is False
-    elapsed = time.perf_counter() - start
-    print(f"\nnode B killed: its machine reported offline on node A after {elapsed:.2f} s")
-    assert elapsed < 5.0
+    await killed_then_offline(b, controller, machine.key, "machine")
 
     back = RelayNode(Role.MACHINE, keys=machine.keys)
     await back.connect(a.url)
@@ -182,12 +189,7 @@ async def test_a_device_joins_across_nodes_and_its_presence_crosses_them(
     ok(await owner.request(AppendDeviceLog(5, encode_entries([entry]), created.ticket)))
     assert await presence(owner, device.key, 10) is True  # joined in place, on node B
 
-    b.stop(signal.SIGKILL)
-    start = time.perf_counter()
-    assert await presence(owner, device.key, 10) is False
-    elapsed = time.perf_counter() - start
-    print(f"\nnode B killed: its device reported offline on node A after {elapsed:.2f} s")
-    assert elapsed < 5.0
+    await killed_then_offline(b, owner, device.key, "device")
     back = RelayNode(Role.CONTROLLER, "browser", keys=device.keys)
     assert (await back.connect(a.url)).status is SessionStatus.CONTROLLER
     assert await presence(owner, device.key, 10) is True
