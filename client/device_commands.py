@@ -18,7 +18,16 @@ from starmux.link_code import Direction, LinkCode, parse_link_code
 
 from . import device_actions, device_linking
 from .agent_client import relay_link_released
-from .commands import _home, _printable, _when, home_option, image_option, json_option, progress
+from .commands import (
+    _home,
+    _printable,
+    _warn_if_in_argv,
+    _when,
+    home_option,
+    image_option,
+    json_option,
+    progress,
+)
 
 ROLE_CHOICE = click.Choice([r.value for r in DeviceRole])
 
@@ -155,6 +164,9 @@ def _code_argument(code: str | None, image: Path | None, direction: Direction) -
     assert code is not None
     if code == "-":
         code = sys.stdin.read()
+    elif image is None:
+        # Like a pairing code, the code holds a secret (until it is used or expires).
+        _warn_if_in_argv(click.get_current_context(), "code", "the code", "'-' (stdin) or --image")
     return parse_link_code(code, direction)
 
 
