@@ -1,2 +1,0 @@
--- Device presence: the PostgreSQL twin of relay/migrations/003_device_last_seen.sql.
-ALTER TABLE controllers ADD COLUMN last_seen double precision;
