@@ -1074,7 +1074,7 @@ export const SCHEMA = {
     ]
    },
    "start-session": {
-    "version": 1,
+    "version": 2,
     "fields": [
      [
       "session",
@@ -1103,6 +1103,12 @@ export const SCHEMA = {
      [
       "pty",
       "bool"
+     ],
+     [
+      "attachments",
+      {
+       "list": "str"
+      }
      ]
     ]
    },
