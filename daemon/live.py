@@ -47,9 +47,10 @@ from starmux.messages import (
 )
 from starmux.notify_messages import NOTIFY_COMMANDS, Viewing
 from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
-from starmux.task_messages import AssignTask, CancelTask
+from starmux.task_messages import AssignTask, CancelTask, SetTags
 from starmux.transfer_messages import TRANSFER_MESSAGES, FetchFile, OfferFile
 
+from . import fleet_settings
 from .checkpoints import Checkpoints
 from .devices import DeviceGate, Offer, RoleRefused
 from .eventlog import EventLog, StoredEvent
@@ -312,6 +313,15 @@ class LiveService:
                     peer.key, command.attachments, cwd, command.session
                 ),
             )
+        if isinstance(command, SetTags) and self.tasks is not None:
+            tags = (self.tasks.tags | frozenset(command.add)) - frozenset(command.remove)
+            await fleet_settings.store_tags(self.store, tags)  # checked, then in force
+            await self.tasks.set_tags(tags)
+            result = ",".join(sorted(tags))
+            await self.log.execute_write(
+                [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
+            )
+            return result
         if isinstance(command, AssignTask | CancelTask) and self.tasks is not None:
             # Idempotent by task id as well: a replay after a crash before the
             # record below re-acks where the task is, and runs nothing twice.

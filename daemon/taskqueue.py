@@ -57,7 +57,8 @@ PRIORITY_RANGE = range(-1000, 1001)
 _LIVE = (TaskState.RUNNING.value, TaskState.AWAITING_APPROVAL.value)
 _COLUMNS = (
     "SELECT id, attempt, priority, argv, cwd, state, received_at,"
-    " started_at, finished_at, exit_code, session, arrival, title, env, pty FROM tasks"
+    " started_at, finished_at, exit_code, session, arrival, title, env, pty, start_to_close"
+    " FROM tasks"
 )
 
 
@@ -78,6 +79,7 @@ class QueuedTask:
     title: str = ""
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     pty: bool = False
+    start_to_close: float | None = None  # seconds; the runner kills the session after
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ def _row(row: Any) -> QueuedTask:
         title=str(row[12]),
         env={str(k): str(v) for k, v in msgpack.unpackb(bytes(row[13])).items()},
         pty=bool(row[14]),
+        start_to_close=row[15],
     )
 
 
@@ -191,9 +194,12 @@ class TaskQueue:
         title: str = "",
         env: Mapping[str, str] | None = None,
         pty: bool = False,
+        start_to_close: float | None = None,
     ) -> Delivery:
         """Store a task delivered by a controller, once; see the module docstring."""
         packed, packed_env = _checked(task_id, attempt, priority, argv, cwd, title, env or {})
+        if start_to_close is not None and not 0 < start_to_close <= 366 * 24 * 3600.0:
+            raise MessageError("a task's start-to-close is out of range")
         async with self._lock:
             await self._transaction()
             try:
@@ -207,7 +213,7 @@ class TaskQueue:
                     await self._db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 await self._db.execute(
                     "INSERT INTO tasks (id, attempt, priority, argv, cwd, title, env, pty,"
-                    " state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " state, received_at, start_to_close) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         task_id,
                         attempt,
@@ -219,6 +225,7 @@ class TaskQueue:
                         int(pty),
                         TaskState.ACCEPTED.value,
                         now,
+                        start_to_close,
                     ),
                 )
                 stored = await self._one(task_id)

@@ -97,6 +97,7 @@ def test_a_machine_reports_only_the_states_it_decides() -> None:
         S.SUCCEEDED,
         S.FAILED,
         S.CANCELLED,
+        S.TIMED_OUT,  # start-to-close is enforced on the machine
     } == MACHINE_STATES
 
 
@@ -110,6 +111,8 @@ def test_a_machine_reports_only_the_states_it_decides() -> None:
         (S.RUNNING, S.SUCCEEDED, T.SUCCEED),
         (S.ACCEPTED, S.FAILED, T.FAIL),
         (S.RUNNING, S.CANCELLED, T.CANCEL),
+        (S.RUNNING, S.TIMED_OUT, T.TIME_OUT),
+        (S.ACCEPTED, S.TIMED_OUT, None),  # start-to-close runs from the start
         (S.QUEUED, S.RUNNING, None),  # never assigned to it
         (S.SUCCEEDED, S.FAILED, None),  # final stays final
         (S.RUNNING, S.LOST, None),  # the controller's to decide
