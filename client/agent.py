@@ -315,7 +315,7 @@ class ControllerAgent:
             raise DeviceRemoved()
         if op == "machines":  # who is online: known once connected
             await self._wait_first(self.first_connect)
-        elif op not in ("outbox", "submit", "tasks", "task"):  # known once synced
+        elif op not in ("outbox", "tasks", "task"):  # what they did: known once synced
             await self._wait_first(self.first_sync)
         notes: dict[str, Any] = {}
         if op != "outbox":

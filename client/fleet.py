@@ -70,6 +70,8 @@ log = logging.getLogger("starmux.controller.fleet")
 #: How often heartbeats, timeouts and waiting tasks are looked at (at most).
 TICK = 0.25
 MAX_COUNT = 1000
+#: How long a submission waits for online machines to finish syncing before placing.
+SYNC_WAIT = 3.0
 S = TaskState
 #: States in which a task is on a machine (so the machine holds or may hold it).
 HELD = frozenset({S.ASSIGNED, S.ACCEPTED, S.RUNNING, S.AWAITING_APPROVAL})
@@ -279,6 +281,12 @@ class Fleet:
             message = exc.message if isinstance(exc, UsageError) else str(exc)
             raise OperationFailed("bad-request", message) from exc
         key = (await self.state.store.find_machine(machine)).key.hex() if machine else None
+        controller = self.state.controller
+        if controller is not None:
+            # Machines online but still syncing (e.g. just after a reconnect) are
+            # worth a short wait: the reply can then say where the task went.
+            with contextlib.suppress(StarmuxError):
+                await controller.wait_live(within=SYNC_WAIT)
         async with self._lock:
             now = self.clock()
             known = [i for i in ids if i in self.book.tasks]
@@ -306,6 +314,12 @@ class Fleet:
             except UsageError as exc:
                 raise OperationFailed("bad-request", exc.message, exc.hint or "") from exc
             await self._step()
+            if any(self.book.tasks[i].state is S.QUEUED for i in ids):
+                log.info(
+                    "submitted %s: waiting; machines now %s",
+                    base,
+                    [(m.id[:8], sorted(m.tags), m.online) for m in await self._machines()],
+                )
             return {"duplicate": False, "tasks": await self._views(ids)}
 
     async def tasks(self, *, state: str = "") -> dict[str, Any]:
