@@ -230,14 +230,19 @@ class TaskRunner:
                 except StarmuxError:
                     log.exception("task %s: session %s went %s", task_id, session, status.value)
                     return
+                if after.state in FINAL:  # before it is told: ended means no timer left
+                    self._stop_timer(task_id, attempt)
                 await self._progress(after, session)
             if after.state not in FINAL:
                 return
             self._tasks_of_sessions.pop(session, None)
-            timer = self._deadlines.pop((task_id, attempt), None)
-            if timer is not None:
-                timer.cancel()
+            self._stop_timer(task_id, attempt)
         await self.pump()
+
+    def _stop_timer(self, task_id: str, attempt: int) -> None:
+        timer = self._deadlines.pop((task_id, attempt), None)
+        if timer is not None:
+            timer.cancel()
 
     async def close(self) -> None:
         self._unsubscribe()
