@@ -107,6 +107,7 @@ def run_command(
 ) -> None:
     """Run COMMAND on a machine (a session) or as tasks placed by tags:
 
+    \b
     starmux run --machine M -- COMMAND ARGS...   (a session, at once)
     starmux run --to gpu --count 3 -- COMMAND    (tasks: placed, queued, retried)
     """
