@@ -87,7 +87,11 @@ class Fleet:
         self.book = TaskBook()
         self.rows: dict[str, StoredTask] = {}
         self.loads: dict[bytes, MachineLoad] = {}
-        self._inbox: list[tuple[bytes, float, Message]] = []
+        self._inbox: list[tuple[bytes, LoggedEvent, Message]] = []
+        #: events read back from the cache at load: skipped when also heard live (a
+        #: report taken twice could flip awaiting_approval ⇄ running once more)
+        self._read_back: set[tuple[bytes, int]] = set()
+        self._read_back_count = 0
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self.loaded = asyncio.Event()
@@ -102,7 +106,7 @@ class Fleet:
         except StarmuxError:
             return
         if isinstance(body, TaskProgress | MachineLoad):
-            self._inbox.append((machine, event.at, body))
+            self._inbox.append((machine, event, body))
             self._wake.set()
 
     async def run(self) -> None:
@@ -128,17 +132,32 @@ class Fleet:
                 task = dataclasses.replace(task, heard_at=max(task.heard_at, now))
             self.book.restore(task, stored.spec)
             self.rows[task.id] = stored
+        # What the cache applied after the book last took something in (the agent
+        # stopped in between): taken in first, before anything newer.
+        cursors = await self.store.cursors()
+        missed: list[tuple[bytes, LoggedEvent, Message]] = []
+        for known in await self.state.store.machines():
+            for event in await self.store.reports_after(known.key, cursors.get(known.key, 0)):
+                with contextlib.suppress(StarmuxError):
+                    missed.append((known.key, event, APP.decode(event.body)))
+                    self._read_back.add((known.key, event.seq))
+        self._inbox[:0] = missed
+        self._read_back_count = len(missed)  # the first step takes these in, once
         self.loaded.set()
 
     async def _step(self) -> None:
         now = self.clock()
         inbox, self._inbox = self._inbox, []
-        for machine, at, body in inbox:
+        for index, (machine, event, body) in enumerate(inbox):
+            if (machine, event.seq) in self._read_back and index >= self._read_back_count:
+                continue  # read back at load, then heard live as well
             if isinstance(body, MachineLoad):
                 self.loads[machine] = body
-                await self.store.set_load(machine, body, at=at)
+                await self.store.set_load(machine, body, at=event.at)
             elif isinstance(body, TaskProgress):
                 await self._progress(machine, body, now=now)
+            await self.store.set_cursor(machine, event.seq)
+        self._read_back_count = 0
         controller = self.state.controller
         if controller is not None:
             for key, channel in controller.machines.items():

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
+import msgpack
 
 from starmux.dispatch import Spec
+from starmux.messages import LoggedEvent
 from starmux.placement import Strategy
-from starmux.task_messages import MachineLoad
+from starmux.task_messages import MachineLoad, TaskProgress
 from starmux.task_state import Task, TaskEvent, TaskState
 
 __all__ = ["Request", "StoredTask", "TaskStore"]
@@ -96,6 +98,10 @@ def _request(text: str) -> Request:
         fields["start_to_close"],
     )
 
+
+#: How an encoded message of each kind begins (the codec writes [kind, version,
+#: fields] as a msgpack array of 3), so SQLite can pick them out of a machine's log.
+_PREFIXES = tuple(b"\x93" + msgpack.packb(kind) for kind in (TaskProgress.KIND, MachineLoad.KIND))
 
 _COLUMNS = "SELECT task, spec, request, assign_command, session, created_at FROM tasks"
 
@@ -182,3 +188,30 @@ class TaskStore:
             bytes(r[0]): MachineLoad(tuple(t for t in str(r[1]).split(",") if t), *r[2:5])
             for r in rows
         }
+
+    async def cursors(self) -> dict[bytes, int]:
+        """Per machine, the last event taken in; 0 where the machine's log in the
+        cache no longer reaches it (its log was wiped: seqs began again)."""
+        rows = await self.db.execute_fetchall(
+            "SELECT c.machine, c.seq, (SELECT max(seq) FROM events e WHERE e.machine = c.machine)"
+            " FROM task_cursors c"
+        )
+        return {bytes(r[0]): int(r[1]) if r[2] is not None and r[1] <= r[2] else 0 for r in rows}
+
+    async def set_cursor(self, machine: bytes, seq: int) -> None:
+        await self.db.execute(
+            "INSERT INTO task_cursors (machine, seq) VALUES (?, ?) ON CONFLICT (machine) "
+            "DO UPDATE SET seq = excluded.seq",
+            (machine, seq),
+        )
+
+    async def reports_after(self, machine: bytes, seq: int) -> list[LoggedEvent]:
+        """The machine's task-progress and machine-load events the cache holds past
+        ``seq``, in order (found by their encoded prefix, not by decoding every row)."""
+        (first, second) = _PREFIXES
+        rows = await self.db.execute_fetchall(
+            "SELECT seq, at, session, body FROM events WHERE machine = ? AND seq > ? AND "
+            "(substr(body, 1, ?) = ? OR substr(body, 1, ?) = ?) ORDER BY seq",
+            (machine, seq, len(first), first, len(second), second),
+        )
+        return [LoggedEvent(int(r[0]), float(r[1]), str(r[2]), bytes(r[3])) for r in rows]

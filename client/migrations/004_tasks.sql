@@ -40,3 +40,11 @@ CREATE TABLE machine_loads (
     queued INTEGER NOT NULL,
     at REAL NOT NULL
 );
+
+-- The last event of each machine the task book has taken in (a task-progress or a
+-- machine-load): after an agent restart the book reads what the cache applied past
+-- it, so a report applied to the cache but not yet to a task is not lost.
+CREATE TABLE task_cursors (
+    machine BLOB PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
