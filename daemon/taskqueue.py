@@ -10,8 +10,10 @@ Invariants:
 
 - One row per task id (``UNIQUE``): a delivery of an id already stored is a
   duplicate and changes nothing, whatever its content, unless it is a *later*
-  attempt and the stored one is ``lost`` (a retry-on-lost coming back here); then
-  the row is replaced as a new arrival.
+  attempt and the stored one was given up: ``lost`` (a retry-on-lost coming back
+  here) or ``cancelled`` (the controller withdrew the attempt, e.g. after its
+  assign-ack ran out, and sent the next one here); then the row is replaced as a
+  new arrival. A stored attempt that is live or ended otherwise is never rerun.
 - A stored task is ``accepted`` until started. :meth:`start_up_to` runs in one
   ``BEGIN IMMEDIATE`` transaction: it counts the live tasks (``running``,
   ``awaiting_approval``) and moves at most ``capacity - live`` accepted ones to
@@ -54,6 +56,8 @@ MAX_CWD = 4096
 MAX_TITLE = 200
 _NO_ENV = msgpack.packb({})
 PRIORITY_RANGE = range(-1000, 1001)
+#: What a later attempt may replace (see the module docstring).
+_GIVEN_UP = frozenset({TaskState.LOST, TaskState.CANCELLED})
 _LIVE = (TaskState.RUNNING.value, TaskState.AWAITING_APPROVAL.value)
 _COLUMNS = (
     "SELECT id, attempt, priority, argv, cwd, state, received_at,"
@@ -205,7 +209,7 @@ class TaskQueue:
             try:
                 existing = await self._one(task_id)
                 if existing is not None and not (
-                    existing.state is TaskState.LOST and attempt > existing.attempt
+                    existing.state in _GIVEN_UP and attempt > existing.attempt
                 ):
                     await self._db.execute("COMMIT")
                     return Delivery(False, existing)
