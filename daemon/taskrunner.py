@@ -163,6 +163,11 @@ class TaskRunner:
             with contextlib.suppress(StarmuxError):
                 await self.sessions.cancel(session)
 
+    async def report_lost(self, task: QueuedTask) -> None:
+        """A task that was live when the daemon stopped (see ``TaskQueue.recover``):
+        its controller learns at once, not after a heartbeat timeout."""
+        await self._progress(task, task.session or TASK_STREAM)
+
     async def set_tags(self, tags: frozenset[str]) -> None:
         """New tags (stored by the caller) are in force and reported at once."""
         self.tags = tags

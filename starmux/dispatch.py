@@ -43,10 +43,11 @@ from .task_state import (
 __all__ = ["MACHINE_REPORTS", "Assignment", "Spec", "TaskBook"]
 
 #: What a machine may report about a task assigned to it (in the order
-#: :func:`starmux.task_messages.trigger_for` tries them). ``lose`` and the other
-#: timeouts are the controller's to decide, except start-to-close: the machine
-#: enforces it (it kills the session), so a machine reports ``time_out``; a machine
-#: may cancel its own task (a user there did).
+#: :func:`starmux.task_messages.trigger_for` tries them). The timeouts are the
+#: controller's to decide, except start-to-close: the machine enforces it (it kills
+#: the session), so a machine reports ``time_out``. A machine may cancel its own
+#: task (a user there did), and report ``lose`` for a task it knows is gone (its
+#: daemon restarted under it): waiting out the heartbeat would only delay that.
 MACHINE_REPORTS = (
     Trigger.ACCEPT,
     Trigger.START,
@@ -56,6 +57,7 @@ MACHINE_REPORTS = (
     Trigger.FAIL,
     Trigger.CANCEL,
     Trigger.TIME_OUT,
+    Trigger.LOSE,
 )
 
 

@@ -240,6 +240,25 @@ def test_start_to_close_kills_and_a_killed_machine_loses_its_task(
     gate.touch()
     fleet.wait(lambda ts: ts["again"]["state"] == "succeeded", "again succeeded")
 
+    # A daemon killed and restarted at once (systemd) reports its task lost itself:
+    # no heartbeat wait (60 s by default here), and the retry goes elsewhere.
+    fleet.start(first, "--tag", "gpu")
+    gate2 = tmp_path / "later"
+    (task,) = fleet.submit(waiting_for(gate2), target="gpu", id="restart", retry_on_lost=True)
+    fleet.wait(lambda ts: ts["restart"]["state"] == "running", "restart running")
+    crashed = task["machine"]
+    fleet.machines[crashed].kill()
+    killed = time.monotonic()
+    fleet.start(crashed, "--tag", "gpu")
+    tasks = fleet.wait(
+        lambda ts: ts["restart"]["attempt"] == 2, "restart lost and placed again", within=30
+    )
+    print(f"lost reported by the restarted daemon {time.monotonic() - killed:.2f}s after SIGKILL")
+    assert time.monotonic() - killed < 30  # well inside the 60 s heartbeat
+    assert tasks["restart"]["machine"] != crashed
+    gate2.touch()
+    fleet.wait(lambda ts: ts["restart"]["state"] == "succeeded", "restart succeeded")
+
 
 def test_placement_latency_for_one_and_fifty_tasks(fleet: Fleet) -> None:
     fleet.start("wide", "--tag", "bulk", "--capacity", "51")
