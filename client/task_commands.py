@@ -23,6 +23,7 @@ from .session_commands import _env, _report, say_refused
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost", "expired"})
+STATES = ("queued", "assigned", "accepted", "running", "awaiting_approval", *sorted(FINAL))
 #: How often `tasks --watch` asks the agent (it answers from memory).
 WATCH_EVERY = 0.5
 
@@ -171,17 +172,23 @@ def run_command(
 
 
 @click.group("tasks", invoke_without_command=True)
-@click.option("--state", default="", help="Only tasks in this state.")
+@click.option(
+    "--state",
+    default=None,
+    type=click.Choice(STATES),
+    help="Only tasks in this state.",
+)
 @click.option("--watch", "follow", is_flag=True, help="Print changes until every task ended.")
 @home_option
 @json_option
 @click.pass_context
 def tasks_command(
-    ctx: click.Context, state: str, follow: bool, home: Path | None, as_json: bool
+    ctx: click.Context, state: str | None, follow: bool, home: Path | None, as_json: bool
 ) -> None:
     """List tasks: where each runs, its state, attempt and times."""
     if ctx.invoked_subcommand is not None:
         return
+    state = state or ""
     home = _home(home)
     if not follow:
         tasks = _tasks(home, state)
