@@ -28,7 +28,7 @@ class Invalid extends Error {}
 const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 // Python's re.match with `$` also matches before one trailing newline.
 const TAG_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}(=[A-Za-z0-9_.:/+-]{1,64})?\n?$/;
-const MACHINE_TASK_STATES = new Set(['accepted', 'awaiting_approval', 'cancelled', 'failed', 'running', 'succeeded']);
+const MACHINE_TASK_STATES = new Set(['accepted', 'awaiting_approval', 'cancelled', 'failed', 'lost', 'running', 'succeeded', 'timed_out']);
 const DEVICE_ROLES = new Set(['owner', 'operator', 'viewer']);
 
 export function isId(value) {
@@ -57,6 +57,10 @@ export const CHECKS = {
   'cancel-task': (m) => need(isId(m.task)),
   'task-progress': (m) => need(isId(m.task) && (m.session === null || isId(m.session)) && MACHINE_TASK_STATES.has(m.state)),
   'machine-load': (m) => need(m.tags.length <= 32 && m.tags.every((tag) => TAG_PATTERN.test(tag))),
+  'set-tags': (m) => {
+    const tags = [...m.add, ...m.remove];
+    need(tags.length >= 1 && tags.length <= 32 && tags.every((tag) => TAG_PATTERN.test(tag)));
+  },
   'device-log-entry': (m) => {
     need(m.account.length === 16 && m.seq >= 0 && m.seq < 4096);
     need(m.prev.length === 32 && m.subject.length === 32 && m.author.length === 32 && m.signature.length === 64);
