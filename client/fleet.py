@@ -28,6 +28,8 @@ Invariants:
   expired, cancelled), that machine is told: its assignment is withdrawn from the
   outbox if it was never sent, else a ``cancel-task`` for that attempt follows, so
   a machine that comes back does not run an attempt that was given up.
+- Cancelling a task whose process runs asks its machine (``cancel-task``) and
+  waits for its report; one that is not running yet is withdrawn at once.
 - Start-to-close is the machine's to enforce (it travels in ``assign-task``); the
   machine reports ``timed_out``.
 """
@@ -75,6 +77,8 @@ SYNC_WAIT = 3.0
 S = TaskState
 #: States in which a task is on a machine (so the machine holds or may hold it).
 HELD = frozenset({S.ASSIGNED, S.ACCEPTED, S.RUNNING, S.AWAITING_APPROVAL})
+#: States in which a task's process runs on its machine.
+_LIVE = frozenset({S.RUNNING, S.AWAITING_APPROVAL})
 #: States a task leaves its machine for, taken by the controller's decision.
 _LEFT = frozenset({S.QUEUED, S.LOST, S.EXPIRED, S.CANCELLED})
 
@@ -364,11 +368,17 @@ class Fleet:
                 raise OperationFailed("not-found", f"no task {task_id!r}", "see `starmux tasks`")
             if task.final:
                 raise OperationFailed("too-late", f"task {task_id} already ended ({task.state})")
+            if task.state in _LIVE and task.machine is not None:
+                # Its process runs: the machine stops it as sessions are stopped and
+                # reports `cancelled` (done is what the machine says, not what we sent).
+                await self._send(bytes.fromhex(task.machine), CancelTask(task_id, task.attempt))
+                (view,) = await self._views([task_id])
+                return {"task": view, "cancelling": True}
             now = self.clock()
             events = self.book.cancel(task_id, now=now)
             await self._save_and_withdraw(events, now=now)
             (view,) = await self._views([task_id])
-            return {"task": view}
+            return {"task": view, "cancelling": False}
 
     async def tag(self, machine: str, add: list[str], remove: list[str]) -> dict[str, Any]:
         target = await self.state.store.find_machine(machine)

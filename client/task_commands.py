@@ -259,9 +259,10 @@ def cancel_command(target: str, home: Path | None, as_json: bool) -> None:
     task = reply.get("task")
     if isinstance(task, dict):
         if as_json:
-            click.echo(json.dumps({"task": task}))
+            click.echo(json.dumps({"task": task, "cancelling": reply.get("cancelling")}))
         else:
-            click.echo(f"task {printable(target)}: {printable(task.get('state', '?'))}")
+            state = "cancelling" if reply.get("cancelling") else task.get("state", "?")
+            click.echo(f"task {printable(target)}: {printable(state)}")
         return
     _report(reply, f"cancelled {printable(target)}", as_json, session=target)
 

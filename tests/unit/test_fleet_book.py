@@ -182,3 +182,25 @@ async def test_placement_reads_the_reported_tags(home: Home) -> None:
     await fleet._step()
     assert fleet.book.tasks["t1"].state is S.ASSIGNED
     assert fleet.machine_fields(home.machine.key)["tags"] == ["gpu"]
+
+
+async def test_cancelling_a_running_task_waits_for_its_machine(home: Home) -> None:
+    fleet = await home.fleet()
+    await submit(fleet, "t1")
+    await submit(fleet, "t2")
+    for event in await home.applied(
+        TaskProgress("t1", 1, S.ACCEPTED, None, None),
+        TaskProgress("t1", 1, S.RUNNING, "task-x", None),
+    ):
+        fleet._on_event(home.machine.key, event)
+    await fleet._step()
+    reply = await fleet.cancel("t1")
+    assert reply["cancelling"] is True and fleet.book.tasks["t1"].state is S.RUNNING
+    assert (await home.outbox())[-1] == ("cancel-task", {"task": "t1", "attempt": 1})
+    for event in await home.applied(TaskProgress("t1", 1, S.CANCELLED, "task-x", None)):
+        fleet._on_event(home.machine.key, event)
+    await fleet._step()
+    assert fleet.book.tasks["t1"].state.value == "cancelled"  # done when the machine says so
+    # One not running yet is withdrawn at once.
+    withdrawn = await fleet.cancel("t2")
+    assert withdrawn["cancelling"] is False and withdrawn["task"]["state"] == "cancelled"
