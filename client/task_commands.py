@@ -84,6 +84,14 @@ def _task_line(t: dict[str, Any]) -> str:
 @click.option("--title", default="", help="A title for the session.")
 @click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the process (repeatable).")
 @click.option("--pty", is_flag=True, help="Give the process a terminal (interactive agents).")
+@click.option(
+    "--attach",
+    "attachments",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A file to deliver before the command starts (repeatable; sessions only); the "
+    "session finds it in $STARMUX_ATTACHMENTS.",
+)
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @home_option
 @json_option
@@ -102,6 +110,7 @@ def run_command(
     title: str,
     env_pairs: tuple[str, ...],
     pty: bool,
+    attachments: tuple[Path, ...],
     argv: tuple[str, ...],
     home: Path | None,
     as_json: bool,
@@ -132,9 +141,11 @@ def run_command(
         assert session_run.callback is not None
         session_run.callback(
             machine=machine, cwd=cwd, title=title, env_pairs=env_pairs, pty=pty,
-            argv=argv, home=home, as_json=as_json,
+            attachments=attachments, argv=argv, home=home, as_json=as_json,
         )  # fmt: skip
         return
+    if attachments:
+        raise click.UsageError("--attach is for a session on one machine (--machine M only)")
     fields: dict[str, Any] = {
         "argv": list(argv),
         "target": target or "",
