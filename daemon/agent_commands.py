@@ -325,6 +325,7 @@ def request_checkpoint(
     timeout: float,
     default_approve: bool,
     key: str | None,
+    preview: dict[str, Any] | None = None,
 ) -> Decision:
     """Raise a checkpoint and block until it is decided or expires."""
     request: dict[str, Any] = {
@@ -338,6 +339,8 @@ def request_checkpoint(
     }
     if key is not None:
         request["key"] = key
+    if preview is not None:
+        request["preview"] = preview
     reply = LocalApiClient(where.api).call(request, timeout=timeout + DECISION_GRACE)
     return _decision(reply)
 

@@ -17,6 +17,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .checkpoint_preview import CheckpointPreview
 from .codec import Message, MessageCodec, Timestamp
 from .decisions import Verdict
 from .errors import MessageError, UsageError
@@ -299,12 +300,16 @@ class CostReported(Message):
 @APP.register
 @dataclass(frozen=True)
 class CheckpointRaised(Message):
+    """Version 2 added ``preview``: what the checkpoint would let happen, if known."""
+
     KIND = "checkpoint-raised"
+    VERSION = 2
     checkpoint: str
     title: str
     body: str
     expires_at: Timestamp
     default_approve: bool
+    preview: CheckpointPreview | None = None
 
     def __post_init__(self) -> None:
         check_id(self.checkpoint, "checkpoint id")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starmux.checkpoint_preview import CheckpointPreview
 from starmux.daemon.local_api import LocalApiServer
 from starmux.errors import UsageError
 from starmux.local_api import (
@@ -80,6 +81,7 @@ class TableHandler:
         timeout: float,
         default_approve: bool,
         key: str | None,
+        preview: CheckpointPreview | None = None,
     ) -> CheckpointOutcome:
         self._known(session)
         if title == "crash":
@@ -95,6 +97,7 @@ class TableHandler:
                 timeout,
                 default_approve,
                 key,
+                preview,
                 checkpoint_id,
                 asyncio.get_running_loop().create_future(),
             )
