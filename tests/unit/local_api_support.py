@@ -20,6 +20,7 @@ from starmux.daemon.local_api import LocalApiServer
 from starmux.errors import UsageError
 from starmux.local_api import (
     MAX_BODY,
+    MAX_LINE,
     CheckpointOutcome,
     CheckpointRequest,
 )
@@ -315,5 +316,5 @@ INVALID = [
         "bad-request",
         "usd must be",
     ),
-    (b"[" * 100_000, "too-large", "longer than"),
+    (b"[" * (MAX_LINE + 1), "too-large", "longer than"),
 ]
