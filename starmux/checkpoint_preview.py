@@ -200,7 +200,8 @@ def from_json(value: object) -> CheckpointPreview:
     texts = {}
     for name in _FIELDS:
         item = value.get(name, "")
-        if not isinstance(item, str) or "\0" in item:
+        # A file's text may hold NUL (and printers escape it); names and paths may not.
+        if not isinstance(item, str) or ("\0" in item and name != "text"):
             raise UsageError(f"preview {name} must be a string without NUL")
         texts[name] = item
     if texts["kind"] not in PreviewKind._value2member_map_:
