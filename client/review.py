@@ -134,10 +134,10 @@ async def remove_rule(state: ControllerState, rule_id: str) -> dict[str, Any]:
     return {"rule": rule_id, **await state._issue(machine, RemoveApprovalRule(rule_id))}
 
 
-async def diff(state: ControllerState, session_id: str, *, stat: bool) -> dict[str, Any]:
-    session = await state._session(session_id)
-    machine = await state._machine_by_key(session.machine)
-    reply = await state._issue(machine, ShowDiff(session.id, stat))
+async def diff(state: ControllerState, *, session: str, stat: bool) -> dict[str, Any]:
+    row = await state._session(session)
+    machine = await state._machine_by_key(row.machine)
+    reply = await state._issue(machine, ShowDiff(row.id, stat))
     if reply["queued"]:
         raise OperationFailed(
             "unavailable",
@@ -150,4 +150,4 @@ async def diff(state: ControllerState, session_id: str, *, stat: bool) -> dict[s
         report = worktree_diff.decode(reply["result"] or "")
     except UsageError as exc:
         raise OperationFailed("refused", exc.message) from exc
-    return {"session": session.id, "machine": machine.name, **worktree_diff.to_json(report)}
+    return {"session": row.id, "machine": machine.name, **worktree_diff.to_json(report)}
