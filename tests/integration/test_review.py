@@ -52,7 +52,7 @@ def hook_session(payloads: Path) -> list[str]:
 
 
 def edit(path: Path, old: str, new: str, number: int) -> dict[str, object]:
-    payload = json.loads((DATA / "edit.json").read_text())
+    payload: dict[str, object] = json.loads((DATA / "edit.json").read_text())
     payload.update(cwd=str(path.parent), tool_use_id=f"toolu_review_{number}")
     payload["tool_input"] = {"file_path": str(path), "old_string": old, "new_string": new}
     return payload
