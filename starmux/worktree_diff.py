@@ -117,13 +117,15 @@ def encode(report: DiffReport, limit: int = MAX_RESULT) -> str:
         text = json.dumps(to_json(report), separators=(",", ":"))
         if len(text) <= limit:
             return text
-        excess = len(text) - limit
         if report.diff:
             data = report.diff.encode()
-            keep = max(0, len(data) - excess - 64)  # escapes make JSON longer than text
+            # Escapes make the JSON longer than the text: cut in proportion, with room.
+            keep = int(len(data) * (limit / len(text)) * 0.95)
             cut = data[:keep].decode("utf-8", "ignore")
             line_end = cut.rfind("\n")
-            report = replace(report, diff=cut[: line_end + 1], truncated=True)
+            if line_end >= len(cut) // 2:  # end on a whole line when one is near
+                cut = cut[: line_end + 1]
+            report = replace(report, diff=cut, truncated=True)
         elif report.files:
             report = replace(
                 report, files=report.files[: len(report.files) // 2], files_truncated=True
