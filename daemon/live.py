@@ -138,6 +138,7 @@ class LiveService:
         self.devices = DeviceGate(store)
         checkpoints.is_device = self.devices.is_current
         checkpoints.device_name = self.devices.name_of
+        checkpoints.rules.role_of = self.devices.role_of
         self._unsubscribe = log.subscribe(self._on_commit)
 
     def attach(self, send: Send, relay_key: bytes) -> None:

@@ -9,14 +9,19 @@ they say); this module stores the rules and logs their changes. Invariants:
   checkpoints are ever matched, and a rule cannot be set on a session that ended.
 - Rules are read from the database at each match (no cache to go stale across a
   restart or a concurrent removal): a removed rule answers nothing from then on.
+- A rule speaks for the device that set it only while that device may still set it:
+  once it is removed from the account or its role no longer allows rules (and the
+  rule's approve or deny), its rules answer nothing (a person is asked again).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starmux.approval_rules import Effect, Rule, RulePattern, Subject, verdict
 from starmux.checkpoint_preview import MAX_SUBJECT, CheckpointPreview, PreviewKind
+from starmux.device_roles import Action, DeviceRole, action_for_decision, allowed
 from starmux.errors import UsageError
 from starmux.messages import APP
 from starmux.review_messages import ApprovalRuleRemoved, ApprovalRuleSet
@@ -37,6 +42,9 @@ class Rulebook:
     def __init__(self, log: EventLog, sessions: SessionManager) -> None:
         self.log = log
         self.sessions = sessions
+        #: The device log's word on a key (daemon/devices.py), wired by the live
+        #: service; None (tests of this module alone): every setter counts.
+        self.role_of: Callable[[bytes], Awaitable[DeviceRole | None]] | None = None
 
     async def set(
         self, rule_id: str, session: str, pattern: str, effect: Effect, *, by: bytes, now: float
@@ -97,6 +105,13 @@ class Rulebook:
         )
         return rule_id
 
+    async def _speaks(self, rule: Rule) -> bool:
+        if self.role_of is None:
+            return True
+        role = await self.role_of(rule.set_by)
+        decision = action_for_decision(rule.effect is Effect.ALLOW)
+        return allowed(role, Action.RULES) and allowed(role, decision)
+
     async def rules(self, session: str) -> list[Rule]:
         rows = await self.log.execute_read(
             "SELECT id, pattern, effect, set_by FROM approval_rules "
@@ -119,7 +134,7 @@ class Rulebook:
             return None
         rows = await self.log.execute_read("SELECT cwd FROM sessions WHERE id = ?", (session,))
         cwd = rows[0][0] if rows else ""
-        rules = await self.rules(session)
+        rules = [rule for rule in await self.rules(session) if await self._speaks(rule)]
         cut = len(preview.subject) >= MAX_SUBJECT or (
             preview.kind is PreviewKind.COMMAND and preview.truncated
         )
