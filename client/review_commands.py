@@ -72,7 +72,7 @@ def _echo_diff(text: str, *, indent: str = "", limit: int | None = None) -> None
 
 
 def _short_preview(preview: dict[str, Any], checkpoint: str) -> Iterable[str]:
-    kind, text = preview.get("kind"), str(preview.get("text", ""))
+    kind, text = preview.get("type"), str(preview.get("text", ""))
     if kind == "command":
         lines = list(terminal_lines(text)) or [""]
         yield "    $ " + lines[0][:200] + (" …" if len(lines) > 1 else "")
@@ -125,11 +125,11 @@ def _show(home: Path, checkpoint: str, as_json: bool) -> None:
             click.echo("  " + line)
     preview = entry.get("preview")
     if isinstance(preview, dict):
-        kind = printable(preview.get("kind", "?"))
+        kind = printable(preview.get("type", "?"))
         tool = printable(preview.get("tool", ""))
         click.echo(f"\n{kind} preview ({tool}), cwd {terminal_line(str(preview.get('cwd', '')))}:")
         text = str(preview.get("text", ""))
-        if preview.get("kind") == "diff":
+        if preview.get("type") == "diff":
             _echo_diff(text)
         else:
             for line in terminal_lines(text):

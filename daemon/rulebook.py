@@ -136,7 +136,7 @@ class Rulebook:
         cwd = rows[0][0] if rows else ""
         rules = [rule for rule in await self.rules(session) if await self._speaks(rule)]
         cut = len(preview.subject) >= MAX_SUBJECT or (
-            preview.kind is PreviewKind.COMMAND and preview.truncated
+            preview.type is PreviewKind.COMMAND and preview.truncated
         )
         if cut:
             rules = [rule for rule in rules if rule.effect is Effect.DENY]

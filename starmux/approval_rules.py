@@ -75,12 +75,14 @@ class RulePattern:
 
     @classmethod
     def parse(cls, text: str) -> RulePattern:
-        text = text.strip()
-        if not text or len(text) > MAX_PATTERN or not text.isprintable():
+        # Printable as given, then blanks trimmed: the same rule the web controller
+        # mirrors (web/proto/codec.js), where Unicode "whitespace" differs.
+        if not text.isprintable() or not text.strip(" ") or len(text) > MAX_PATTERN:
             raise BadPattern(
                 f"a rule pattern is 1-{MAX_PATTERN} printable characters",
                 hint="e.g. 'Bash(npm test*)' or 'Edit(src/**)'",
             )
+        text = text.strip(" ")
         tool, paren, rest = text.partition("(")
         if not _TOOL.fullmatch(tool):
             raise BadPattern(

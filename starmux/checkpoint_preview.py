@@ -48,12 +48,12 @@ class CheckpointPreview(Message):
     """Nested in ``checkpoint-raised``: what the checkpoint would let happen.
 
     ``tool``: the agent's tool name (``Bash``, ``Edit``...), empty if none;
-    ``subject``: the command (kind command) or the file path (kind diff), what
+    ``subject``: the command (type command) or the file path (type diff), what
     approval rules match against; ``text``: the command, the diff or the text, cut
     to :data:`MAX_PREVIEW` bytes; ``full_size``: its size in bytes before the cut."""
 
     KIND = "checkpoint-preview"
-    kind: PreviewKind
+    type: PreviewKind
     tool: str
     subject: str
     cwd: str
@@ -61,8 +61,8 @@ class CheckpointPreview(Message):
     full_size: int
 
     def __post_init__(self) -> None:
-        if self.kind not in PreviewKind._value2member_map_:
-            raise UsageError(f"invalid preview kind {str(self.kind)[:40]!r}")
+        if self.type not in PreviewKind._value2member_map_:
+            raise UsageError(f"invalid preview type {str(self.type)[:40]!r}")
         if len(self.tool) > MAX_TOOL or len(self.subject) > MAX_SUBJECT or len(self.cwd) > MAX_CWD:
             raise UsageError("a preview's tool, subject or cwd is too long")
         size = utf8_size(self.text)
@@ -174,12 +174,12 @@ def apply_edits(text: str, edits: Sequence[Edit]) -> str:
 
 # --- the local API's JSON form (``"preview": {...}`` in a checkpoint request) ----------
 
-_FIELDS = ("kind", "tool", "subject", "cwd", "text")
+_FIELDS = ("type", "tool", "subject", "cwd", "text")
 
 
 def to_json(value: CheckpointPreview) -> dict[str, Any]:
     return {
-        "kind": value.kind.value,
+        "type": value.type.value,
         "tool": value.tool,
         "subject": value.subject,
         "cwd": value.cwd,
@@ -204,14 +204,14 @@ def from_json(value: object) -> CheckpointPreview:
         if not isinstance(item, str) or ("\0" in item and name != "text"):
             raise UsageError(f"preview {name} must be a string without NUL")
         texts[name] = item
-    if texts["kind"] not in PreviewKind._value2member_map_:
-        raise UsageError("preview kind must be command, diff or text")
+    if texts["type"] not in PreviewKind._value2member_map_:
+        raise UsageError("preview type must be command, diff or text")
     size = utf8_size(texts["text"])
     full_size = value.get("full_size", size)
     if type(full_size) is not int:
         raise UsageError("preview full_size must be a whole number")
     return CheckpointPreview(
-        PreviewKind(texts["kind"]),
+        PreviewKind(texts["type"]),
         texts["tool"],
         texts["subject"],
         texts["cwd"],

@@ -16,7 +16,7 @@ Requests::
     {"op": "checkpoint", "session": S, "token": K, "title": T, "body": B,
      "timeout": SECONDS, "default": "deny" | "approve", "key": K, "preview": P}
                                           body, default, key, preview optional
-    P = {"kind": "command" | "diff" | "text", "tool": T, "subject": S, "cwd": C,
+    P = {"type": "command" | "diff" | "text", "tool": T, "subject": S, "cwd": C,
          "text": X}              (starmux.checkpoint_preview: capped, typed)
     {"op": "cost", "session": S, "token": K, "input_tokens": N, "output_tokens": N,
      "usd": X, "note": T}                                   note optional

@@ -24,6 +24,9 @@ from .errors import MessageError, UsageError
 from .session_state import Status
 
 APP = MessageCodec(MessageError, max_size=60 * 1024)
+# Nested in checkpoint-raised; registered (like logged-event) so that every codec
+# mirror (fuzz seeds, the web controller's schema) knows its shape.
+APP.register(CheckpointPreview)
 
 #: Session, checkpoint and command ids and log epochs: short, and nothing a terminal
 #: would interpret (no control characters, escapes or spaces).

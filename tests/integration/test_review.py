@@ -114,7 +114,7 @@ def test_edit_preview_scopes_and_rules(paired: Paired) -> None:
 
     first = pending(paired, "settings.py")
     preview = first["preview"]
-    assert isinstance(preview, dict) and preview["kind"] == "diff" and preview["tool"] == "Edit"
+    assert isinstance(preview, dict) and preview["type"] == "diff" and preview["tool"] == "Edit"
     assert preview["text"] == (
         f"--- a{settings}\n"
         f"+++ b{settings}\n"

@@ -117,7 +117,7 @@ async def test_a_command_or_diff_preview(api: Api) -> None:
     result = await starmux(["checkpoint", "Deploy?", "--command", "make deploy"], api.env())
     assert result.code == 0, result.err
     command = api.handler.checkpoints["c-1"].preview
-    assert command is not None and (command.kind, command.tool, command.text) == (
+    assert command is not None and (command.type, command.tool, command.text) == (
         "command",
         "Bash",
         "make deploy",
@@ -126,7 +126,7 @@ async def test_a_command_or_diff_preview(api: Api) -> None:
     result = await starmux(["checkpoint", "Ship?", "--diff", "-"], api.env(), diff.encode())
     assert result.code == 0, result.err
     shipped = api.handler.checkpoints["c-2"].preview
-    assert shipped is not None and (shipped.kind, shipped.text) == ("diff", diff)
+    assert shipped is not None and (shipped.type, shipped.text) == ("diff", diff)
     both = await starmux(["checkpoint", "?", "--command", "x", "--diff", "-"], api.env())
     assert both.code == 64 and "not both" in both.err
 

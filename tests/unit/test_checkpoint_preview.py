@@ -36,7 +36,7 @@ def test_edit_preview_is_the_exact_unified_diff(tmp_path: Path) -> None:
     payload = json.loads((DATA / "edit.json").read_text())
     payload["tool_input"]["file_path"] = str(target)
     result = tool_preview("Edit", payload["tool_input"], str(tmp_path))
-    assert result.kind is PreviewKind.DIFF and result.subject == str(target)
+    assert result.type is PreviewKind.DIFF and result.subject == str(target)
     assert result.text == (
         f"--- a{target}\n"
         f"+++ b{target}\n"
@@ -72,7 +72,7 @@ def test_write_of_a_new_file_diffs_against_dev_null(tmp_path: Path) -> None:
 def test_bash_preview_is_the_command_and_cwd() -> None:
     payload = json.loads((DATA / "bash.json").read_text())
     result = tool_preview("Bash", payload["tool_input"], payload["cwd"])
-    assert result.kind is PreviewKind.COMMAND
+    assert result.type is PreviewKind.COMMAND
     assert result.text == result.subject == payload["tool_input"]["command"]
     assert result.cwd == payload["cwd"]
 
@@ -83,7 +83,7 @@ def test_an_edit_that_does_not_apply_gets_a_text_preview(tmp_path: Path) -> None
     result = tool_preview(
         "Edit", {"file_path": str(target), "old_string": "y", "new_string": "z"}, str(tmp_path)
     )
-    assert result.kind is PreviewKind.TEXT and "old_string not found" in result.text
+    assert result.type is PreviewKind.TEXT and "old_string not found" in result.text
 
 
 def test_multi_edit_applies_in_order() -> None:
@@ -123,12 +123,12 @@ def test_json_round_trip(before: str, after: str) -> None:
     "bad",
     [
         [],
-        {"kind": "shell"},
-        {"kind": "text", "text": 1},
-        {"kind": "text", "subject": "x\0"},
-        {"kind": "text", "extra": ""},
-        {"kind": "text", "text": "x" * (MAX_PREVIEW + 1)},
-        {"kind": "text", "text": "abc", "full_size": 1},
+        {"type": "shell"},
+        {"type": "text", "text": 1},
+        {"type": "text", "subject": "x\0"},
+        {"type": "text", "extra": ""},
+        {"type": "text", "text": "x" * (MAX_PREVIEW + 1)},
+        {"type": "text", "text": "abc", "full_size": 1},
     ],
 )
 def test_hostile_previews_are_refused(bad: object) -> None:

@@ -558,6 +558,45 @@ export const SCHEMA = {
  "app": {
   "maxSize": 61440,
   "kinds": {
+   "approval-rule-removed": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ],
+     [
+      "by",
+      "bin"
+     ]
+    ]
+   },
+   "approval-rule-set": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ],
+     [
+      "pattern",
+      "str"
+     ],
+     [
+      "effect",
+      {
+       "enum": [
+        "allow",
+        "deny"
+       ]
+      }
+     ],
+     [
+      "by",
+      "bin"
+     ]
+    ]
+   },
    "assign-task": {
     "version": 1,
     "fields": [
@@ -691,8 +730,43 @@ export const SCHEMA = {
      ]
     ]
    },
-   "checkpoint-raised": {
+   "checkpoint-preview": {
     "version": 1,
+    "fields": [
+     [
+      "type",
+      {
+       "enum": [
+        "command",
+        "diff",
+        "text"
+       ]
+      }
+     ],
+     [
+      "tool",
+      "str"
+     ],
+     [
+      "subject",
+      "str"
+     ],
+     [
+      "cwd",
+      "str"
+     ],
+     [
+      "text",
+      "str"
+     ],
+     [
+      "full_size",
+      "int"
+     ]
+    ]
+   },
+   "checkpoint-raised": {
+    "version": 2,
     "fields": [
      [
       "checkpoint",
@@ -719,6 +793,17 @@ export const SCHEMA = {
      [
       "default_approve",
       "bool"
+     ],
+     [
+      "preview",
+      {
+       "union": [
+        {
+         "message": "checkpoint-preview"
+        },
+        "nil"
+       ]
+      }
      ]
     ]
    },
@@ -1001,6 +1086,15 @@ export const SCHEMA = {
     "version": 1,
     "fields": []
    },
+   "remove-approval-rule": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ]
+    ]
+   },
    "send-input": {
     "version": 1,
     "fields": [
@@ -1070,6 +1164,45 @@ export const SCHEMA = {
      [
       "detail",
       "str"
+     ]
+    ]
+   },
+   "set-approval-rule": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ],
+     [
+      "session",
+      "str"
+     ],
+     [
+      "pattern",
+      "str"
+     ],
+     [
+      "effect",
+      {
+       "enum": [
+        "allow",
+        "deny"
+       ]
+      }
+     ]
+    ]
+   },
+   "show-diff": {
+    "version": 1,
+    "fields": [
+     [
+      "session",
+      "str"
+     ],
+     [
+      "stat",
+      "bool"
      ]
     ]
    },
