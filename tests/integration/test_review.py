@@ -42,12 +42,14 @@ def hook_session(payloads: Path) -> list[str]:
     """A session that runs Claude Code's PreToolUse hook once per payload, in order,
     and prints each decision (one JSON line each)."""
     return python(
-        "import json, subprocess, sys\n"
+        "import json, subprocess, sys, time\n"
         f"for payload in json.load(open({str(payloads)!r})):\n"
+        "    started = time.monotonic()\n"
         "    r = subprocess.run([sys.executable, '-m', 'starmux.cli', 'hook',"
         " 'claude-pretooluse', '--timeout', '5m'], input=json.dumps(payload),"
         " capture_output=True, text=True)\n"
-        "    print(r.stdout.strip(), flush=True)\n"
+        "    ms = (time.monotonic() - started) * 1000\n"
+        "    print(json.dumps({'ms': ms, 'decision': json.loads(r.stdout)}), flush=True)\n"
     )
 
 
@@ -156,7 +158,8 @@ def test_edit_preview_scopes_and_rules(paired: Paired) -> None:
 
     watcher = Watcher(paired.controller, session)
     assert watcher.finish() == 0
-    decisions = [json.loads(line)["hookSpecificOutput"] for line in watcher.lines if line.strip()]
+    calls = [json.loads(line) for line in watcher.lines if line.strip()]
+    decisions = [call["decision"]["hookSpecificOutput"] for call in calls]
     assert [d["permissionDecision"] for d in decisions] == ["allow", "allow", "deny", "deny"]
     me = load_node_keys(paired.controller / "controller.key").fingerprint
     assert (
@@ -166,6 +169,13 @@ def test_edit_preview_scopes_and_rules(paired: Paired) -> None:
     assert (
         f"denied by rule {deny['id']} Edit(*.py) set by {me}"
         in (decisions[3]["permissionDecisionReason"])
+    )
+
+    # Measured: a hook call a rule answers, from starting the hook process to its
+    # decision (Python start-up, diff, local API and the daemon's rule check).
+    print(
+        f"\nhook call answered by a rule: {calls[1]['ms']:.0f} ms (allow), "
+        f"{calls[3]['ms']:.0f} ms (deny)"
     )
 
     rows = audit(paired.daemon.home)
