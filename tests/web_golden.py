@@ -36,6 +36,7 @@ from starmux import (
     messages,
     review_messages,
     task_messages,
+    transfer_messages,
 )
 from starmux.codec import Message, MessageCodec, Range
 from starmux.control import CONTROL, SessionStatus
@@ -63,7 +64,8 @@ SCHEMA_JS = ROOT / "web" / "proto" / "schema.js"
 GOLDEN_JSON = ROOT / "tests" / "data" / "web-golden.json"
 
 # registered by importing them
-del control, device_control, device_messages, messages, task_messages, device_log, review_messages
+del control, device_control, device_messages, messages, task_messages, device_log
+del review_messages, transfer_messages
 CODECS: dict[str, MessageCodec] = {"control": CONTROL, "app": APP, "log": LOG_CODEC}
 
 
@@ -197,6 +199,8 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "set-approval-rule": {"pattern": "Bash(npm test*)"},
     "approval-rule-set": {"pattern": "Edit(src/**)", "by": KEY},
     "approval-rule-removed": {"by": KEY},
+    "offer-file": {"digest": KEY},
+    "artifact-published": {"digest": KEY},
     "logged-event": {"seq": 1},
 }
 

@@ -13,8 +13,8 @@
 // the exact field set, each value of its type (a bool is not an int, ints are signed
 // 64-bit, floats finite, a float field takes an int), enums only their values, the
 // size limit, and each message's own checks (CHECKS below mirror the __post_init__ of
-// starmux/messages.py, task_messages.py, review_messages.py, checkpoint_preview.py and
-// device_log.py).
+// starmux/messages.py, task_messages.py, review_messages.py, checkpoint_preview.py,
+// transfer_messages.py and device_log.py).
 
 import { MessageError, RemoteProtocolError, UsageError, DeviceLogError } from './errors.js';
 import { Float64, WireFloat, isPlainObject, pack, unpack } from './msgpack.js';
@@ -40,6 +40,17 @@ const RULE_TOOL = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}]|(?! )\p{Zs}/u;
 
 const codePoints = (text) => [...text].length;
+
+// starmux/transfer_messages.py: file names and failure reasons reach terminals and
+// file systems: one line, no control or format characters, no path separators.
+const FILE_UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
+const CHUNK_SIZE = 60 * 1024 - 128;
+
+function isFileName(name) {
+  const size = new TextEncoder().encode(name).length;
+  return size >= 1 && size <= 255 && name !== '.' && name !== '..' && !/[/\\]/.test(name) &&
+    !FILE_UNPRINTABLE.test(name);
+}
 
 /** RulePattern.parse (starmux/approval_rules.py) accepts it. */
 export function isRulePattern(text) {
@@ -87,6 +98,12 @@ export const CHECKS = {
   'approval-rule-set': (m) => need(isId(m.rule) && isRulePattern(m.pattern) && m.by.length === 32),
   'approval-rule-removed': (m) => need(isId(m.rule) && m.by.length === 32),
   'show-diff': (m) => need(isId(m.session)),
+  'fetch-file': (m) => need(isId(m.transfer) && isId(m.artifact)),
+  'offer-file': (m) => need(isId(m.transfer) && isFileName(m.name) && m.digest.length === 32),
+  'file-chunk': (m) => need(isId(m.transfer) && m.data.length <= CHUNK_SIZE),
+  'file-credit': (m) => need(isId(m.transfer)),
+  'file-failed': (m) => need(isId(m.transfer) && codePoints(m.reason) <= 300 && !FILE_UNPRINTABLE.test(m.reason)),
+  'artifact-published': (m) => need(isId(m.artifact) && isFileName(m.name) && m.digest.length === 32),
   'machine-load': (m) => need(m.tags.length <= 32 && m.tags.every((tag) => TAG_PATTERN.test(tag))),
   'device-log-entry': (m) => {
     need(m.account.length === 16 && m.seq >= 0 && m.seq < 4096);

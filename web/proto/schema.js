@@ -597,6 +597,33 @@ export const SCHEMA = {
      ]
     ]
    },
+   "artifact-published": {
+    "version": 1,
+    "fields": [
+     [
+      "artifact",
+      "str"
+     ],
+     [
+      "name",
+      "str"
+     ],
+     [
+      "size",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "digest",
+      "bin"
+     ]
+    ]
+   },
    "assign-task": {
     "version": 1,
     "fields": [
@@ -931,6 +958,104 @@ export const SCHEMA = {
      ]
     ]
    },
+   "fetch-file": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "artifact",
+      "str"
+     ],
+     [
+      "offset",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "window",
+      {
+       "range": [
+        1,
+        64
+       ],
+       "of": "int"
+      }
+     ]
+    ]
+   },
+   "file-chunk": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "index",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "data",
+      "bin"
+     ]
+    ]
+   },
+   "file-credit": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "confirmed",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "window",
+      {
+       "range": [
+        1,
+        64
+       ],
+       "of": "int"
+      }
+     ]
+    ]
+   },
+   "file-failed": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "reason",
+      "str"
+     ]
+    ]
+   },
    "link-welcome": {
     "version": 1,
     "fields": [
@@ -1015,6 +1140,33 @@ export const SCHEMA = {
        ],
        "of": "int"
       }
+     ]
+    ]
+   },
+   "offer-file": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "name",
+      "str"
+     ],
+     [
+      "size",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "digest",
+      "bin"
      ]
     ]
    },
