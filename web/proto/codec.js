@@ -78,7 +78,7 @@ export const CHECKS = {
   'event-page': (m) => need(isId(m.epoch)),
   command: (m) => need(isId(m.command_id)),
   'command-ack': (m) => need(isId(m.command_id)),
-  'start-session': (m) => need(isId(m.session)),
+  'start-session': (m) => need(isId(m.session) && m.attachments.length <= 64 && m.attachments.every(isId)),
   'cancel-session': (m) => need(isId(m.session)),
   'send-input': (m) => need(isId(m.session)),
   'decide-checkpoint': (m) => need(isId(m.checkpoint)),
