@@ -193,7 +193,9 @@ class Checkpoints:
         """Answer the checkpoint as ``rule`` says, audited as the rule's."""
         approve = rule.effect is Effect.ALLOW
         verb = "allowed" if approve else "denied"
-        reason = f"{verb} by rule {rule.id} {rule.pattern} set by {fingerprint(rule.set_by)}"
+        name = await self.device_name(rule.set_by) if self.device_name else None
+        device = f"{name} ({fingerprint(rule.set_by)})" if name else fingerprint(rule.set_by)
+        reason = f"{verb} by rule {rule.id} {rule.pattern} set by {device}"
         now = self.clock()
         step = await self._answer(
             checkpoint_id,

@@ -162,12 +162,13 @@ def test_edit_preview_scopes_and_rules(paired: Paired) -> None:
     decisions = [call["decision"]["hookSpecificOutput"] for call in calls]
     assert [d["permissionDecision"] for d in decisions] == ["allow", "allow", "deny", "deny"]
     me = load_node_keys(paired.controller / "controller.key").fingerprint
+    device = f"laptop ({me})"  # the rule's device, by its name in the device log
     assert (
-        f"allowed by rule {allow['id']} Edit(settings.py) set by {me}"
+        f"allowed by rule {allow['id']} Edit(settings.py) set by {device}"
         in (decisions[1]["permissionDecisionReason"])
     )
     assert (
-        f"denied by rule {deny['id']} Edit(*.py) set by {me}"
+        f"denied by rule {deny['id']} Edit(*.py) set by {device}"
         in (decisions[3]["permissionDecisionReason"])
     )
 
@@ -182,13 +183,13 @@ def test_edit_preview_scopes_and_rules(paired: Paired) -> None:
     assert any(
         event == "checkpoint.approved"
         and f"allowed by rule {allow['id']}" in detail
-        and f"set by {me}" in detail
+        and f"set by {device}" in detail
         for event, detail in rows
     ), rows
     assert any(
         event == "checkpoint.denied"
         and f"denied by rule {deny['id']} Edit(*.py)" in detail
-        and f"set by {me}" in detail
+        and f"set by {device}" in detail
         for event, detail in rows
     ), rows
 
