@@ -213,7 +213,10 @@ def _normal_path(path: str, cwd: str, *, absolute: bool) -> str | None:
 def _path_glob(spec: str) -> str:
     """A path glob as a regex: ``**`` any number of segments, ``*`` and ``?`` within
     one segment, everything else literal."""
-    spec = posixpath.normpath(spec) + ("/" if spec.endswith("/") else "")
+    folder = spec.endswith("/")
+    spec = posixpath.normpath(spec)
+    if folder and not spec.endswith("/"):  # ("/" itself normalises to "/")
+        spec += "/"
     out = []
     index = 0
     while index < len(spec):
@@ -232,6 +235,6 @@ def _path_glob(spec: str) -> str:
         else:
             out.append(re.escape(spec[index]))
             index += 1
-    if spec.endswith("/"):  # a folder: everything in it
+    if folder:  # a folder: everything in it
         out.append(".*")
     return "".join(out)

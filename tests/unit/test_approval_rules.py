@@ -60,6 +60,8 @@ def edit(path: str, tool: str = "Edit") -> Subject:
         ("Edit(src/*.py)", edit("/home/dev/shop/src/app.py", "MultiEdit"), True),
         ("Edit(src/*.py)", edit("/home/dev/shop/src/deep/app.py"), False),
         ("Edit(/etc/hosts)", edit("/etc/hosts"), True),
+        ("Edit(/)", edit("/"), True),
+        ("Edit(src/)", edit("/home/dev/shop/src/a/b.py"), True),
         ("Edit(src/**)", Subject("Bash", "src/x", CWD), False),
         ("Write(src/**)", edit("/home/dev/shop/src/app.py", "Edit"), False),
         ("Bash", Subject("", "", CWD), False),
