@@ -333,3 +333,14 @@ class CheckpointDecided(Message):
         _check_choice(self.decision, DECISIONS, "decision")
         if len(self.by) not in (0, 32):
             raise UsageError("a decision is by a 32-byte controller key, or by nobody")
+
+
+# Every module that adds application messages registers them here on import, so
+# whoever decodes with APP knows every kind whatever else it happened to import.
+from . import (  # noqa: E402, F401
+    device_messages,
+    notify_messages,
+    notify_push,
+    task_messages,
+    transfer_messages,
+)

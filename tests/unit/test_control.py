@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from starmux import control, device_control
+from starmux import control, device_control, notify_messages
 from starmux.codec import Message, Range
 from starmux.control import (
     CONTROL,
@@ -35,9 +35,11 @@ from starmux.errors import RemoteProtocolError
 CLASSES: list[type[Message]] = sorted(
     (
         obj
-        for module in (control, device_control)  # device_control registers on CONTROL too
+        # device_control and notify_messages register on CONTROL too
+        for module in (control, device_control, notify_messages)
         for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
+        and obj.KIND in CONTROL.kinds
     ),
     key=lambda cls: cls.KIND,
 )
@@ -121,6 +123,11 @@ def test_kinds_are_fixed() -> None:
         "device-seen",
         "create-link-ticket",
         "open-link-ticket",
+        # starmux.notify_messages
+        "register-push",
+        "push-registered",
+        "send-push",
+        "push-queued",
     }
 
 
