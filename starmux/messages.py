@@ -341,6 +341,7 @@ from . import (  # noqa: E402, F401
     device_messages,
     notify_messages,
     notify_push,
+    review_messages,
     task_messages,
     transfer_messages,
 )

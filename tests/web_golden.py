@@ -107,6 +107,8 @@ def schema() -> dict[str, Any]:
         for kind, cls in sorted(_classes(codec).items()):
             hints = typing.get_type_hints(cls, include_extras=True)
             fields = [[f.name, _type(hints[f.name])] for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+            # web/proto/codec.js carries the message kind as `kind` beside the fields.
+            assert all(name != "kind" for name, _ in fields), f"{kind}: a field named kind"
             kinds[kind] = {"version": cls.VERSION, "fields": fields}
         result[name] = {"maxSize": codec._max_size, "kinds": kinds}
     return result
@@ -202,6 +204,8 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "offer-file": {"digest": KEY},
     "artifact-published": {"digest": KEY},
     "logged-event": {"seq": 1},
+    "notify-target": {"target_kind": "webhook", "url": "https://ntfy.example/me"},
+    "notify-status": {"device": KEY},
 }
 
 _WRONG = {

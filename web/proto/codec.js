@@ -104,6 +104,12 @@ export const CHECKS = {
   'file-credit': (m) => need(isId(m.transfer)),
   'file-failed': (m) => need(isId(m.transfer) && codePoints(m.reason) <= 300 && !FILE_UNPRINTABLE.test(m.reason)),
   'artifact-published': (m) => need(isId(m.artifact) && isFileName(m.name) && m.digest.length === 32),
+  // starmux/notify_messages.py
+  'notify-target': (m) => need(isId(m.target) && codePoints(m.url) <= 2048 && (m.target_kind === 'push') === (m.url === '')),
+  'notify-target-remove': (m) => need(isId(m.target)),
+  'notify-test': (m) => need(m.target === '' || isId(m.target)),
+  viewing: (m) => need(m.session === '' || isId(m.session)),
+  'notify-status': (m) => need(isId(m.target) && m.device.length === 32 && codePoints(m.detail) <= 300),
   'machine-load': (m) => need(m.tags.length <= 32 && m.tags.every((tag) => TAG_PATTERN.test(tag))),
   'device-log-entry': (m) => {
     need(m.account.length === 16 && m.seq >= 0 && m.seq < 4096);

@@ -411,6 +411,38 @@ export const SCHEMA = {
      ]
     ]
    },
+   "push-queued": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "outcome",
+      {
+       "enum": [
+        "queued",
+        "no-subscription",
+        "rate-limited"
+       ]
+      }
+     ]
+    ]
+   },
+   "push-registered": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "vapid_public_key",
+      "bin"
+     ]
+    ]
+   },
    "register-account": {
     "version": 1,
     "fields": [
@@ -421,6 +453,41 @@ export const SCHEMA = {
      [
       "token",
       "str"
+     ]
+    ]
+   },
+   "register-push": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "endpoint",
+      "str"
+     ],
+     [
+      "p256dh",
+      "bin"
+     ],
+     [
+      "auth",
+      "bin"
+     ],
+     [
+      "issued_at",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
+      }
+     ],
+     [
+      "signature",
+      "bin"
      ]
     ]
    },
@@ -492,6 +559,23 @@ export const SCHEMA = {
      [
       "message",
       "str"
+     ]
+    ]
+   },
+   "send-push": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "device",
+      "bin"
+     ],
+     [
+      "payload",
+      "bin"
      ]
     ]
    },
@@ -1143,6 +1227,141 @@ export const SCHEMA = {
      ]
     ]
    },
+   "notify-settings": {
+    "version": 1,
+    "fields": [
+     [
+      "kinds",
+      {
+       "list": {
+        "enum": [
+         "checkpoint",
+         "reminder",
+         "session-succeeded",
+         "session-failed",
+         "session-lost",
+         "test"
+        ]
+       }
+      }
+     ],
+     [
+      "reminder_fraction",
+      {
+       "range": [
+        0.001,
+        0.999
+       ],
+       "of": "float"
+      }
+     ]
+    ]
+   },
+   "notify-status": {
+    "version": 1,
+    "fields": [
+     [
+      "device",
+      "bin"
+     ],
+     [
+      "target",
+      "str"
+     ],
+     [
+      "target_kind",
+      {
+       "enum": [
+        "webhook",
+        "push"
+       ]
+      }
+     ],
+     [
+      "state",
+      {
+       "enum": [
+        "active",
+        "failing",
+        "removed"
+       ]
+      }
+     ],
+     [
+      "detail",
+      "str"
+     ],
+     [
+      "delivered",
+      {
+       "range": [
+        0,
+        1000000
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "failed",
+      {
+       "range": [
+        0,
+        1000000
+       ],
+       "of": "int"
+      }
+     ]
+    ]
+   },
+   "notify-target": {
+    "version": 1,
+    "fields": [
+     [
+      "target",
+      "str"
+     ],
+     [
+      "target_kind",
+      {
+       "enum": [
+        "webhook",
+        "push"
+       ]
+      }
+     ],
+     [
+      "url",
+      "str"
+     ],
+     [
+      "content",
+      {
+       "enum": [
+        "none",
+        "full"
+       ]
+      }
+     ]
+    ]
+   },
+   "notify-target-remove": {
+    "version": 1,
+    "fields": [
+     [
+      "target",
+      "str"
+     ]
+    ]
+   },
+   "notify-test": {
+    "version": 1,
+    "fields": [
+     [
+      "target",
+      "str"
+     ]
+    ]
+   },
    "offer-file": {
     "version": 1,
     "fields": [
@@ -1237,6 +1456,81 @@ export const SCHEMA = {
    "pairing-stored": {
     "version": 1,
     "fields": []
+   },
+   "push-note": {
+    "version": 1,
+    "fields": [
+     [
+      "machine",
+      "bin"
+     ],
+     [
+      "notify_kind",
+      {
+       "enum": [
+        "checkpoint",
+        "reminder",
+        "session-succeeded",
+        "session-failed",
+        "session-lost",
+        "test"
+       ]
+      }
+     ],
+     [
+      "at",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
+      }
+     ],
+     [
+      "machine_name",
+      "str"
+     ],
+     [
+      "session",
+      "str"
+     ],
+     [
+      "session_title",
+      "str"
+     ],
+     [
+      "checkpoint",
+      "str"
+     ],
+     [
+      "title",
+      "str"
+     ],
+     [
+      "body",
+      "str"
+     ],
+     [
+      "cwd",
+      "str"
+     ],
+     [
+      "expires_at",
+      {
+       "union": [
+        {
+         "range": [
+          0.0,
+          32503680000.0
+         ],
+         "of": "float"
+        },
+        "nil"
+       ]
+      }
+     ]
+    ]
    },
    "remove-approval-rule": {
     "version": 1,
@@ -1358,6 +1652,19 @@ export const SCHEMA = {
      ]
     ]
    },
+   "signed-push": {
+    "version": 1,
+    "fields": [
+     [
+      "note",
+      "bin"
+     ],
+     [
+      "signature",
+      "bin"
+     ]
+    ]
+   },
    "start-session": {
     "version": 2,
     "fields": [
@@ -1465,6 +1772,25 @@ export const SCHEMA = {
         "int",
         "nil"
        ]
+      }
+     ]
+    ]
+   },
+   "viewing": {
+    "version": 1,
+    "fields": [
+     [
+      "session",
+      "str"
+     ],
+     [
+      "until",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
       }
      ]
     ]
