@@ -48,6 +48,7 @@ from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
 from starmux.relay_auth import RelayKeyMismatch
 
+from . import review
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
 from .artifacts import (
@@ -356,7 +357,15 @@ class ControllerAgent:
         if op == "tag":
             return wire.ok(**await fleet.tag(**fields), **notes)
         if op == "decide":
-            return wire.ok(**await state.decide(**fields), **notes)
+            return wire.ok(**await review.decide(state, **fields), **notes)
+        if op == "approval":
+            return wire.ok(**await review.approval(state, fields["checkpoint"]), **notes)
+        if op == "rules":
+            return wire.ok(**await review.rules(state, fields["session"]), **notes)
+        if op == "remove-rule":
+            return wire.ok(**await review.remove_rule(state, fields["rule"]), **notes)
+        if op == "diff":
+            return wire.ok(**await review.diff(state, **fields), **notes)
         if op == "revoke":
             return wire.ok(**await state.revoke(fields["machine"]), **notes)
         if op == "rename":

@@ -155,6 +155,7 @@ def checkpoint_json(row: CheckpointRow, names: dict[bytes, str]) -> dict[str, An
         "body": row.body,
         "expires_at": row.expires_at,
         "default": "approve" if row.default_approve else "deny",
+        "preview": row.preview_json(),
     }
 
 

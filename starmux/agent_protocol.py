@@ -263,7 +263,14 @@ OPS: Final[dict[str, _Fields]] = {
         "checkpoint": (check_id, _REQUIRED),
         "approve": (_bool, _REQUIRED),
         "reason": (_text(1000), ""),
+        # Review (issue 19): also set a rule for the rest of the session.
+        "for_session": (_bool, False),
+        "rule": (_optional(_text(1024, allow_empty=False)), None),
     },
+    "approval": {"checkpoint": (check_id, _REQUIRED)},
+    "rules": {"session": (check_id, _REQUIRED)},
+    "remove-rule": {"rule": (check_id, _REQUIRED)},
+    "diff": {"session": (check_id, _REQUIRED), "stat": (_bool, False)},
     "revoke": {"machine": (_text(200, allow_empty=False), _REQUIRED)},
     "rename": {
         "machine": (_text(200, allow_empty=False), _REQUIRED),

@@ -28,7 +28,16 @@ from typing import Annotated, Any
 
 import msgpack
 
-from starmux import control, device_control, device_log, device_messages, messages, task_messages
+from starmux import (
+    control,
+    device_control,
+    device_log,
+    device_messages,
+    messages,
+    review_messages,
+    task_messages,
+    transfer_messages,
+)
 from starmux.codec import Message, MessageCodec, Range
 from starmux.control import CONTROL, SessionStatus
 from starmux.decisions import decision_transcript
@@ -54,7 +63,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_JS = ROOT / "web" / "proto" / "schema.js"
 GOLDEN_JSON = ROOT / "tests" / "data" / "web-golden.json"
 
-del control, device_control, device_messages, messages, task_messages, device_log  # registered
+# registered by importing them
+del control, device_control, device_messages, messages, task_messages, device_log
+del review_messages, transfer_messages
 CODECS: dict[str, MessageCodec] = {"control": CONTROL, "app": APP, "log": LOG_CODEC}
 
 
@@ -96,6 +107,8 @@ def schema() -> dict[str, Any]:
         for kind, cls in sorted(_classes(codec).items()):
             hints = typing.get_type_hints(cls, include_extras=True)
             fields = [[f.name, _type(hints[f.name])] for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+            # web/proto/codec.js carries the message kind as `kind` beside the fields.
+            assert all(name != "kind" for name, _ in fields), f"{kind}: a field named kind"
             kinds[kind] = {"version": cls.VERSION, "fields": fields}
         result[name] = {"maxSize": codec._max_size, "kinds": kinds}
     return result
@@ -149,6 +162,9 @@ def _fields_sample(codec: str, kind: str) -> dict[str, Any]:
     for name, t in spec["fields"]:
         if isinstance(t, dict) and "message" in t:
             fields[name] = _fields_sample(codec, t["message"])
+        elif isinstance(t, dict) and "union" in t and any(_nested(u) for u in t["union"]):
+            nested = next(u["message"] for u in t["union"] if _nested(u))
+            fields[name] = _fields_sample(codec, nested)
         elif (
             isinstance(t, dict)
             and "list" in t
@@ -160,6 +176,10 @@ def _fields_sample(codec: str, kind: str) -> dict[str, Any]:
             fields[name] = _sample(t)
     fields.update(_OVERRIDES.get(kind, {}))
     return fields
+
+
+def _nested(t: Any) -> bool:
+    return isinstance(t, dict) and "message" in t
 
 
 # Samples the generic rule cannot make valid (a message's own checks).
@@ -178,7 +198,14 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "machine-load": {"tags": ["gpu", "os=linux"], "capacity": 4, "running": 1, "queued": 0},
     "task-progress": {"state": "running", "session": "s-1", "exit_code": None},
     "checkpoint-decided": {"by": KEY},
+    "set-approval-rule": {"pattern": "Bash(npm test*)"},
+    "approval-rule-set": {"pattern": "Edit(src/**)", "by": KEY},
+    "approval-rule-removed": {"by": KEY},
+    "offer-file": {"digest": KEY},
+    "artifact-published": {"digest": KEY},
     "logged-event": {"seq": 1},
+    "notify-target": {"target_kind": "webhook", "url": "https://ntfy.example/me"},
+    "notify-status": {"device": KEY},
 }
 
 _WRONG = {

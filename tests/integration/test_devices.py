@@ -91,6 +91,10 @@ def test_link_roles_and_removal(paired: Paired, tmp_path: Path, relay: RelayProc
     refused = run_cli(b_home, "approve", checkpoint)
     assert refused.returncode != 0
     assert "does not allow approve" in refused.stderr, refused.stderr
+    # Nor may it set an approval rule (issue 19: rules need an operator); no
+    # decision goes out after the refused rule.
+    scoped = run_cli(b_home, "approve", checkpoint, "--for-session", "--rule", "Bash")
+    assert scoped.returncode != 0 and "does not allow rules" in scoped.stderr, scoped.stderr
     assert b.session(session)["status"] == "waiting_approval"
     assert any(event == "command.refused" for event, _ in _audit(paired.daemon.home))
 

@@ -38,7 +38,9 @@ CLASSES: list[type[Message]] = sorted(
         # device_control and notify_messages register on CONTROL too
         for module in (control, device_control, notify_messages)
         for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
+        if isinstance(obj, type)
+        and issubclass(obj, Message)
+        and obj is not Message
         and obj.KIND in CONTROL.kinds
     ),
     key=lambda cls: cls.KIND,
