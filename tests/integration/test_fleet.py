@@ -78,6 +78,12 @@ def test_fan_out_by_tag_lands_on_eligible_machines_within_their_capacity(
         "fan-3": "succeeded",
     }
     print("\ntasks --json (one row):", json.dumps(listed[0], indent=2))
+    # tasks show: every transition, in order, from queued to succeeded
+    shown = json.loads(fleet.cli("tasks", "show", "fan-1", "--json"))
+    path = [(e["old"], e["new"]) for e in shown["events"]]
+    assert shown["task"]["state"] == "succeeded" and path[-1][1] == "succeeded", path
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(path)), path
+    assert "succeeded" in fleet.cli("tasks", "show", "fan-1")
 
 
 def test_a_later_higher_priority_task_starts_first_on_a_busy_machine(
