@@ -1,4 +1,4 @@
-"""The Starlette application: ``/v1/ws``, ``/health``, ``/metrics``.
+"""The Starlette application: ``/v1/ws``, ``/health``, ``/metrics``, ``/app``.
 
 :func:`open_relay_state` does the start-up I/O (data dir, relay key, registry,
 first registration token); :func:`create_app` wires routes around a state.
@@ -36,7 +36,7 @@ from prometheus_client.registry import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from starmux.home import (
     encode_node_keys,
@@ -55,6 +55,7 @@ from .requests import new_registration_token, token_hash
 from .routing import LocalRoutingTable, RoutingTable
 from .sqlite_registry import SqliteRegistry
 from .state import RelayState
+from .web_app import web_app_routes
 from .web_push import VAPID_KEY_FILE, WebPush
 
 if TYPE_CHECKING:
@@ -294,10 +295,11 @@ def create_app(state: RelayState) -> Starlette:
         key = base64.urlsafe_b64encode(state.push.public_key).rstrip(b"=").decode()
         return JSONResponse({"vapid_public_key": key})
 
-    routes: list[Route | WebSocketRoute] = [
+    routes: list[BaseRoute] = [
         WebSocketRoute("/v1/ws", websocket_endpoint),
         Route("/health", health),
         Route("/v1/push/vapid-public-key", vapid_public_key),
+        *web_app_routes(),
     ]
     if state.config.metrics_port is None:
         routes.append(metrics_endpoint(state))

@@ -52,6 +52,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "link": "starmux.client.device_commands:link_command",
     "doctor": "starmux.node.doctor:doctor_command",
     "notify": "starmux.client.notify_commands:notify_group",
+    "web": "starmux.client.web_server:web_command",
 }
 
 

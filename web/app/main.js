@@ -1,0 +1,164 @@
+// Start-up: pin the code (service worker), open the keys, mount the screens.
+// Views render from the one store; actions go to the engine and come back as
+// store events.
+
+import { codeStatus, controllingWorker, trustOffered } from "./codepin.js";
+import { ago, h, replace } from "./dom.js";
+import { Engine } from "./engine.js";
+import { hasKeys, keyInfo, KeysLocked, storeKeys, unlockKeys } from "./keystore.js";
+import { Store } from "./store.js";
+import { approvalsView } from "./views/approvals.js";
+import { devicesView } from "./views/devices.js";
+import { lockView } from "./views/lock.js";
+import { machinesView } from "./views/machines.js";
+import { sessionsView, sessionView } from "./views/sessions.js";
+import { setupView } from "./views/setup.js";
+import { startView } from "./views/start.js";
+
+const TABS = [
+  ["machines", "Machines", "▣"],
+  ["sessions", "Sessions", "▤"],
+  ["approvals", "Approvals", "✓"],
+  ["start", "Start", "＋"],
+  ["devices", "Devices", "⚙"],
+];
+const VIEWS = { machines: machinesView, sessions: sessionsView, session: sessionView, approvals: approvalsView, start: startView, devices: devicesView };
+
+const store = new Store();
+const engine = new Engine(store);
+let worker = null;
+let mounted = null; // { name, el, update, close }
+
+function notify(kind, text) {
+  store.dispatch({ type: "notice/add", kind, text });
+}
+
+async function guarded(work) {
+  try {
+    return await work();
+  } catch (exc) {
+    notify("error", exc.message || String(exc));
+    throw exc;
+  }
+}
+
+const actions = {
+  show: (view, selected) => store.dispatch({ type: "view/show", view, selected }),
+  trustNewCode: async (hash) => {
+    const answer = await trustOffered(worker, hash);
+    if (answer.ok) location.reload();
+    else notify("error", answer.error || "the service worker refused");
+  },
+  link: (code, name) => guarded(() => engine.link(code, name)),
+  register: (url, token, name) => guarded(() => engine.register(url, token, name)),
+  pairMachine: (code) => guarded(() => engine.pairMachine(code)),
+  decide: (machine, id, approve, reason) => guarded(() => engine.decide(machine, id, approve, reason)),
+  startSession: (machine, spec) => guarded(() => engine.startSession(machine, spec)),
+  cancel: (machine, session) => guarded(() => engine.cancel(machine, session)),
+  revoke: (machine, name) => {
+    if (confirm(`Revoke ${name}? It loses access at once and must be paired again.`)) guarded(() => engine.revoke(machine));
+  },
+  removeDevice: (device, name) => {
+    if (confirm(`Remove the device ${name} from the account?`)) guarded(() => engine.removeDevice(device));
+  },
+  attachTerminal: (machine, session, element) => engine.attachTerminal(machine, session, element),
+};
+
+function connectionText(state) {
+  if (state.code.locked) return ["locked", "code changed: keys locked"];
+  if (state.keys !== "unlocked") return ["offline", "keys locked"];
+  if (!state.device || !state.device.account) return ["idle", "not linked yet"];
+  const c = state.connection;
+  if (c.state === "live") return ["live", "live"];
+  if (c.state === "connecting") return ["connecting", "connecting…"];
+  return ["offline", `offline since ${ago(c.since)}`];
+}
+
+function renderChrome(state) {
+  const [kind, text] = connectionText(state);
+  const pill = document.getElementById("connection");
+  pill.className = `pill ${kind}`;
+  pill.textContent = text;
+  document.getElementById("code-hash").textContent = state.code.pinned || "unknown";
+  document.body.dataset.keys = state.keys;
+  const notices = document.getElementById("notices");
+  replace(notices, state.notices.map((n) =>
+    h("div", { className: `notice ${n.kind}`, role: n.kind === "error" ? "alert" : "status" },
+      h("p", {}, n.text),
+      h("button", { type: "button", "aria-label": "Dismiss", on: { click: () => store.dispatch({ type: "notice/dismiss", id: n.id }) } }, "✕"))));
+  const tabs = document.getElementById("tabs");
+  const showTabs = !state.code.locked && state.keys === "unlocked" && state.device && state.device.account;
+  tabs.hidden = !showTabs;
+  if (showTabs) {
+    const waiting = Object.values(state.approvals).filter((a) => !a.decided).length;
+    const current = state.view === "session" ? "sessions" : state.view;
+    replace(tabs, TABS.map(([name, label, icon]) =>
+      h("button", { type: "button", "aria-current": name === current ? "page" : "false", on: { click: () => actions.show(name) } },
+        h("span", { className: "icon", "aria-hidden": "true" }, icon), label,
+        name === "approvals" && waiting ? h("span", { className: "badge", "aria-label": `${waiting} waiting` }, String(waiting)) : null)));
+  }
+}
+
+function loadingView() {
+  return { el: h("p", { className: "loading" }, "Checking the app's code…"), update() {} };
+}
+
+function screenFor(state) {
+  if (!state.code.pinned) return "loading";
+  if (state.code.locked) return "lock";
+  if (state.keys !== "unlocked") return "lock";
+  if (!state.device || !state.device.account) return "setup";
+  return VIEWS[state.view] ? state.view : "machines";
+}
+
+function renderMain(state) {
+  const name = screenFor(state);
+  const key = name === "session" ? `session:${JSON.stringify(state.selected)}` : name;
+  if (!mounted || mounted.key !== key) {
+    if (mounted && mounted.close) mounted.close();
+    const make = name === "loading" ? loadingView : name === "lock" ? lockView : name === "setup" ? setupView : VIEWS[name];
+    mounted = { key, ...make({ store, actions }) };
+    const main = document.getElementById("main");
+    replace(main, mounted.el);
+    document.title = `starmux · ${name}`;
+  }
+  mounted.update(state);
+}
+
+function render(state) {
+  renderChrome(state);
+  renderMain(state);
+}
+
+async function openKeys(status) {
+  if (!(await hasKeys())) {
+    // A device has its keys from the first start: 32 bytes Ed25519 seed, 32 bytes X25519.
+    await storeKeys(crypto.getRandomValues(new Uint8Array(64)), { created: Date.now() }, status);
+  }
+  const secrets = await unlockKeys(status);
+  const info = await keyInfo();
+  store.dispatch({ type: "keys/state", keys: "unlocked" });
+  if (info && info.device) store.dispatch({ type: "device/set", device: info.device });
+  engine.start(secrets);
+}
+
+async function main() {
+  store.subscribe(render);
+  render(store.state);
+  try {
+    worker = await controllingWorker();
+    const status = await codeStatus(worker);
+    store.dispatch({ type: "code/status", status });
+    if (status.error && !status.checked) notify("info", `Could not check the server's code (${status.error}); running the pinned copy.`);
+    if (status.locked) {
+      store.dispatch({ type: "keys/state", keys: "locked" });
+      return;
+    }
+    await openKeys(status);
+  } catch (exc) {
+    if (exc instanceof KeysLocked) store.dispatch({ type: "keys/state", keys: "locked" });
+    notify("error", exc.message || String(exc));
+  }
+}
+
+main();

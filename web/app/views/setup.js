@@ -1,0 +1,47 @@
+// Becoming a device: link to an existing account (an owner's `starmux devices link`
+// code, pasted or scanned), or start a new account with a relay registration token.
+import { h } from "../dom.js";
+import { codeInput } from "../qrinput.js";
+
+export function setupView(ctx) {
+  const defaultName = /Android|iPhone|iPad/.test(navigator.userAgent) ? "phone" : "browser";
+  const name = h("input", { id: "device-name", value: defaultName, maxLength: 64, autocomplete: "off" });
+  const relay = h("input", { id: "relay-url", placeholder: "wss://relay.example:8765", autocomplete: "off", spellcheck: false });
+  const token = h("input", { id: "relay-token", type: "password", autocomplete: "off", placeholder: "one-time registration token" });
+  const newStatus = h("p", { className: "meta", role: "status" });
+  const register = async () => {
+    newStatus.textContent = "Registering…";
+    try {
+      await ctx.actions.register(relay.value.trim(), token.value.trim(), name.value.trim());
+      newStatus.textContent = "";
+    } catch (exc) {
+      newStatus.textContent = exc.message;
+    }
+  };
+  const el = h(
+    "div",
+    {},
+    h("h1", {}, "Make this browser a device"),
+    h("p", { className: "muted" }, "This browser gets its own keys. The relay that serves this page cannot read your sessions, approvals or output."),
+    h("section", { className: "card", "aria-labelledby": "device-name-title" },
+      h("h2", { id: "device-name-title" }, "Device name"),
+      h("label", { htmlFor: "device-name" }, "Shown to your other devices and machines"),
+      name),
+    h("section", { className: "card", "aria-labelledby": "link-title" },
+      h("h2", { id: "link-title" }, "Link to your account"),
+      h("p", { className: "muted" }, "On a device that is an owner, run “starmux devices link --role operator”, then paste its code here or scan its QR."),
+      codeInput({
+        label: "Link code",
+        placeholder: "starmux-link:…",
+        busyText: "Linking: compare the code shown on both devices…",
+        onCode: (code) => ctx.actions.link(code, name.value.trim()),
+      })),
+    h("form", { className: "card", "aria-labelledby": "new-title", on: { submit: (event) => { event.preventDefault(); register(); } } },
+      h("h2", { id: "new-title" }, "Or start a new account"),
+      h("label", { htmlFor: "relay-url" }, "Relay URL"), relay,
+      h("label", { htmlFor: "relay-token" }, "Registration token"), token,
+      h("div", { className: "actions" }, h("button", { type: "submit", className: "primary" }, "Create account")),
+      newStatus),
+  );
+  return { el, update() {} };
+}
