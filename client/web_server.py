@@ -31,8 +31,6 @@ DEFAULT_PORT = 8780
 
 
 async def _home_relay(home: Path) -> str | None:
-    if not home.exists():
-        return None
     try:
         async with ControllerStore(home) as store:
             return (await store.config()).relay_url
@@ -73,12 +71,13 @@ def web_command(
         click.echo(json.dumps({"hash": bundle.hash_text}) if as_json else bundle.hash_text)
         return
     if not relays:
-        known = asyncio.run(_home_relay(resolve_home(home)))
+        where = resolve_home(home)
+        known = asyncio.run(_home_relay(where)) if where.exists() else None
         relays = (known,) if known else ()
     origins = [websocket_origin(url) for url in relays]
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
+    tls = tls_cert is not None
 
     import uvicorn  # imported here: --print-hash needs no server
     from starlette.applications import Starlette
@@ -89,7 +88,13 @@ def web_command(
         return RedirectResponse(f"{APP_PREFIX}/", status_code=308)
 
     app = Starlette(routes=[Route("/", root), *app_routes(bundle, connect_origins=origins)])
-    config = uvicorn.Config(app, log_level="warning", server_header=False, **tls)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        server_header=False,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )
     try:
         listener = socket.create_server(
             (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,0 +1,104 @@
+"""Browser tests: Debian's Chromium driven by Playwright, against real servers.
+
+Playwright's own browser download is not reachable here, so the tests launch
+``/usr/bin/chromium`` (``tests/setup_system.py`` installs it as root). Without it
+they fail saying what to install; they never skip.
+
+Every page records console errors and uncaught exceptions; a test ends by
+asserting there were none (:func:`page`'s teardown).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    sync_playwright,
+)
+
+from ..timeouts import scaled
+from .web_server import WebServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE: ViewportSize = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
+        pytest.fail(
+            "tests/browser need Chromium at /usr/bin/chromium: run tests/setup_system.py as "
+            "root, or apt-get install chromium",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+class ConsoleRecord:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text} ({message.location})")
+
+    def on_page_error(self, error: Exception) -> None:
+        self.errors.append(f"uncaught: {error}")
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh profile (no service worker, no IndexedDB), phone-sized."""
+    made = browser.new_context(viewport=PHONE, device_scale_factor=1)
+    made.set_default_timeout(scaled(15) * 1000)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def console() -> ConsoleRecord:
+    return ConsoleRecord()
+
+
+@pytest.fixture
+def page(context: BrowserContext, console: ConsoleRecord) -> Iterator[Page]:
+    opened = context.new_page()
+    opened.on("console", console.on_console)
+    opened.on("pageerror", console.on_page_error)
+    yield opened
+    assert not console.errors, "the page logged errors:\n" + "\n".join(console.errors)
+
+
+@pytest.fixture
+def web_servers(tmp_path: Path) -> Iterator[list[WebServer]]:
+    started: list[WebServer] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def wait_for_keys(page: Page, state: str) -> None:
+    """The app sets ``body[data-keys]`` to absent, locked or unlocked."""
+    page.wait_for_selector(f"body[data-keys={state}]", state="attached")
