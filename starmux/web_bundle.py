@@ -22,7 +22,9 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -98,6 +100,29 @@ class BundleFile:
     media_type: str
 
 
+_SCRIPT_TAG = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.DOTALL | re.IGNORECASE)
+
+
+def import_map_hashes(index_html: bytes) -> tuple[str, ...]:
+    """CSP hash sources of the page's import maps; refuses any other inline script.
+
+    Browsers resolve the vendored libraries' bare imports (``@noble/hashes/...``)
+    only through an import map, and an import map can only be inline. CSP counts
+    it as inline script, so it is allowed by its exact hash, never by
+    ``'unsafe-inline'``: any other inline script, or a changed map, stays blocked.
+    """
+    hashes = []
+    for match in _SCRIPT_TAG.finditer(index_html):
+        attributes, body = match.group(1), match.group(2)
+        if b"src=" in attributes:
+            continue
+        if not re.search(rb"""type\s*=\s*["']?importmap["']?""", attributes):
+            raise UsageError("index.html has an inline script: the CSP allows none")
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        hashes.append(f"'sha256-{digest}'")
+    return tuple(hashes)
+
+
 @dataclass(frozen=True)
 class Bundle:
     """The served files, their manifest (``bundle.json``) and the bundle hash."""
@@ -105,6 +130,8 @@ class Bundle:
     files: Mapping[str, BundleFile]
     digest: bytes  # the full SHA-256 over the manifest
     manifest_json: bytes
+    #: CSP hash sources of index.html's import map(s)
+    script_hashes: tuple[str, ...] = ()
 
     @property
     def hash_text(self) -> str:
@@ -151,7 +178,7 @@ def build_bundle(contents: Mapping[str, bytes]) -> Bundle:
         "files": {f.path: f.sha256 for f in files.values()},
     }
     body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    return Bundle(files, digest, body)
+    return Bundle(files, digest, body, import_map_hashes(files["index.html"].body))
 
 
 def websocket_origin(url: str) -> str:
@@ -165,20 +192,24 @@ def websocket_origin(url: str) -> str:
     return f"{scheme}://{parts.netloc}"
 
 
-def security_headers(*, connect_origins: Iterable[str] = ()) -> dict[str, str]:
+def security_headers(
+    *, connect_origins: Iterable[str] = (), script_hashes: Iterable[str] = ()
+) -> dict[str, str]:
     """The headers of every ``/app`` response.
 
     The CSP allows code only from the serving origin (no inline script, no eval, no
-    third-party origin) and connections only to it and the named relay origins.
+    third-party origin; the import map by its hash) and connections only to it and
+    the named relay origins.
     ``'self'`` covers the same-origin WebSocket (CSP level 3), which is how the app
     reaches the relay that serves it. Styles too come only from files: the
     terminal renderer sets styles through the CSSOM, which CSP allows.
     """
     connect = " ".join(["'self'", *sorted(set(connect_origins))])
+    scripts = " ".join(["'self'", *script_hashes])
     policy = "; ".join(
         (
             "default-src 'none'",
-            "script-src 'self'",
+            f"script-src {scripts}",
             "style-src 'self'",
             "img-src 'self' blob: data:",
             "media-src 'self' blob: mediastream:",

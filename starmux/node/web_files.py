@@ -49,7 +49,8 @@ def web_root(explicit: Path | None = None) -> Path:
 
 
 def read_web_root(root: Path) -> dict[str, bytes]:
-    """Every candidate file under the served top-level names (symlinks not followed)."""
+    """Every candidate file under the served top-level names (symlinks not followed;
+    web/node_modules, where npm installs, is not one of them: vendor/ is)."""
     if not (root / "index.html").is_file():
         raise UsageError(
             f"no web controller files in {root}",
@@ -60,7 +61,7 @@ def read_web_root(root: Path) -> dict[str, bytes]:
         start = root / top
         paths = [start] if start.is_file() else sorted(start.rglob("*")) if start.is_dir() else []
         for path in paths:
-            if path.is_symlink() or not path.is_file() or "node_modules" in path.parts:
+            if path.is_symlink() or not path.is_file():
                 continue
             if path.stat().st_size > MAX_FILE_BYTES:
                 continue  # build_bundle would refuse it; a stray big file is not served
@@ -76,7 +77,7 @@ def load_bundle(root: Path | None = None) -> Bundle:
 
 def app_routes(bundle: Bundle, *, connect_origins: Iterable[str] = ()) -> list[BaseRoute]:
     """``/app`` → ``/app/``, ``/app/`` → index.html, ``/app/<file>``, ``/app/bundle.json``."""
-    headers = security_headers(connect_origins=connect_origins)
+    headers = security_headers(connect_origins=connect_origins, script_hashes=bundle.script_hashes)
 
     def respond(request: Request, body: bytes, media_type: str, etag: str) -> Response:
         quoted = f'"{etag}"'

@@ -3,7 +3,10 @@ only the bundle's files, and a page that loads without a console error."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -64,7 +67,11 @@ def test_the_relay_serves_the_app_with_strict_headers(relay: RelayProcess) -> No
     assert status == 200 and body.startswith(b"<!doctype html>")
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert_strict_headers(headers)
-    assert b"<script>" not in body and b"style=" not in body  # no inline code at all
+    # No inline code: the one inline element is the import map, allowed by its hash.
+    assert b"style=" not in body and b"<script>" not in body
+    inline = re.findall(rb'<script type="importmap">(.*?)</script>', body, re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(inline[0]).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}';" in headers["content-security-policy"]
 
     status, headers, manifest = get(base + "bundle.json")
     assert status == 200
@@ -93,6 +100,12 @@ def test_the_page_from_the_relay_loads_without_console_errors(
     assert_strict_headers(response.all_headers())
     wait_for_keys(page, "unlocked")
     assert page.text_content("#code-hash") == print_hash()
+    # The vendored libraries' bare imports resolve through the import map.
+    loaded = page.evaluate("""async () => {
+      const { ed25519 } = await import("./vendor/node_modules/@noble/curves/ed25519.js");
+      return ed25519.getPublicKey(new Uint8Array(32)).length;
+    }""")
+    assert loaded == 32
 
 
 def test_starmux_web_names_the_relays_the_page_may_reach(

@@ -23,8 +23,13 @@ WEB = ROOT / "web"
 
 
 def copy_web_root(target: Path) -> Path:
-    """A copy of the checkout's web/ to change (Node's node_modules left out)."""
-    shutil.copytree(WEB, target, ignore=shutil.ignore_patterns("node_modules"), symlinks=False)
+    """A copy of the checkout's web/ to change (npm's web/node_modules left out; the
+    vendored web/vendor/node_modules kept)."""
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return ["node_modules"] if Path(folder) == WEB and "node_modules" in names else []
+
+    shutil.copytree(WEB, target, ignore=ignore, symlinks=False)
     return target
 
 

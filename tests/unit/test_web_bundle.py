@@ -3,6 +3,7 @@ checked end to end by tests/browser), which files are served, which paths refuse
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import pytest
@@ -11,6 +12,7 @@ from starmux.errors import UsageError
 from starmux.web_bundle import (
     build_bundle,
     check_path,
+    import_map_hashes,
     is_served,
     manifest_digest,
     security_headers,
@@ -72,3 +74,15 @@ def test_connect_src_names_only_given_relays() -> None:
     csp = security_headers(connect_origins=["wss://r:1"])["Content-Security-Policy"]
     assert "connect-src 'self' wss://r:1;" in csp
     assert "unsafe" not in csp
+
+
+def test_only_an_import_map_may_be_inline_and_is_allowed_by_its_hash() -> None:
+    page = b'<script type="importmap">{"imports": {}}</script><script src="a.js"></script>'
+    bundle = build_bundle({**FILES, "index.html": page})
+    digest = base64.b64encode(hashlib.sha256(b'{"imports": {}}').digest()).decode()
+    assert bundle.script_hashes == (f"'sha256-{digest}'",)
+    csp = security_headers(script_hashes=bundle.script_hashes)["Content-Security-Policy"]
+    assert f"script-src 'self' 'sha256-{digest}';" in csp
+    for inline in (b"<script>alert(1)</script>", b'<script type="module">x()</script>'):
+        with pytest.raises(UsageError):
+            import_map_hashes(inline)

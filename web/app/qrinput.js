@@ -4,7 +4,7 @@
 
 import { h } from "./dom.js";
 
-const JSQR_URL = new URL("../vendor/jsqr/jsQR.js", import.meta.url);
+const JSQR_URL = new URL("../vendor/node_modules/jsqr/dist/jsQR.js", import.meta.url);
 const MAX_CODE_CHARS = 4096;
 let jsqrLoading = null;
 
