@@ -5,7 +5,7 @@
 import { codeStatus, controllingWorker, trustOffered } from "./codepin.js";
 import { ago, h, replace } from "./dom.js";
 import { Engine } from "./engine.js";
-import { hasKeys, keyInfo, KeysLocked, storeKeys, unlockKeys } from "./keystore.js";
+import { hasKeys, KeysLocked, storeKeys, unlockKeys } from "./keystore.js";
 import { Store } from "./store.js";
 import { approvalsView } from "./views/approvals.js";
 import { devicesView } from "./views/devices.js";
@@ -136,10 +136,8 @@ async function openKeys(status) {
     await storeKeys(crypto.getRandomValues(new Uint8Array(64)), { created: Date.now() }, status);
   }
   const secrets = await unlockKeys(status);
-  const info = await keyInfo();
+  await engine.start(secrets);
   store.dispatch({ type: "keys/state", keys: "unlocked" });
-  if (info && info.device) store.dispatch({ type: "device/set", device: info.device });
-  engine.start(secrets);
 }
 
 async function main() {

@@ -6,7 +6,9 @@ import { codeInput } from "../qrinput.js";
 export function setupView(ctx) {
   const defaultName = /Android|iPhone|iPad/.test(navigator.userAgent) ? "phone" : "browser";
   const name = h("input", { id: "device-name", value: defaultName, maxLength: 64, autocomplete: "off" });
-  const relay = h("input", { id: "relay-url", placeholder: "wss://relay.example:8765", autocomplete: "off", spellcheck: false });
+  // Served by a relay: that relay is the likely one (same origin, allowed by the CSP).
+  const here = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
+  const relay = h("input", { id: "relay-url", value: here, placeholder: "wss://relay.example:8765", autocomplete: "off", spellcheck: false });
   const token = h("input", { id: "relay-token", type: "password", autocomplete: "off", placeholder: "one-time registration token" });
   const newStatus = h("p", { className: "meta", role: "status" });
   const register = async () => {
@@ -24,7 +26,8 @@ export function setupView(ctx) {
     h("h1", {}, "Make this browser a device"),
     h("p", { className: "muted" }, "This browser gets its own keys. The relay that serves this page cannot read your sessions, approvals or output."),
     h("section", { className: "card", "aria-labelledby": "device-name-title" },
-      h("h2", { id: "device-name-title" }, "Device name"),
+      h("h2", { id: "device-name-title" }, "This device"),
+      h("p", { className: "meta mono", id: "my-fingerprint" }, ctx.store.state.device ? ctx.store.state.device.fingerprint : ""),
       h("label", { htmlFor: "device-name" }, "Shown to your other devices and machines"),
       name),
     h("section", { className: "card", "aria-labelledby": "link-title" },
