@@ -201,8 +201,10 @@ def security_headers(
     third-party origin; the import map by its hash) and connections only to it and
     the named relay origins.
     ``'self'`` covers the same-origin WebSocket (CSP level 3), which is how the app
-    reaches the relay that serves it. Styles too come only from files: the
-    terminal renderer sets styles through the CSSOM, which CSP allows.
+    reaches the relay that serves it. Stylesheets come from files, and the terminal
+    renderer's own ``<style>`` elements are allowed (it builds them at run time, so no
+    hash can name them); ``style`` attributes in markup are not. Scripts are what
+    matters for the keys, and they stay strict.
     """
     connect = " ".join(["'self'", *sorted(set(connect_origins))])
     scripts = " ".join(["'self'", *script_hashes])
@@ -211,6 +213,10 @@ def security_headers(
             "default-src 'none'",
             f"script-src {scripts}",
             "style-src 'self'",
+            # xterm.js's DOM renderer writes its theme and cell sizes into <style>
+            # elements it creates: those are allowed, style attributes in markup not.
+            "style-src-elem 'self' 'unsafe-inline'",
+            "style-src-attr 'none'",
             "img-src 'self' blob: data:",
             "media-src 'self' blob: mediastream:",
             "font-src 'self'",

@@ -73,7 +73,9 @@ def test_connect_src_names_only_given_relays() -> None:
             websocket_origin(bad)
     csp = security_headers(connect_origins=["wss://r:1"])["Content-Security-Policy"]
     assert "connect-src 'self' wss://r:1;" in csp
-    assert "unsafe" not in csp
+    script_src = next(p for p in csp.split("; ") if p.startswith("script-src "))
+    assert "unsafe" not in script_src and "unsafe-eval" not in csp
+    assert "style-src-attr 'none'" in csp
 
 
 def test_only_an_import_map_may_be_inline_and_is_allowed_by_its_hash() -> None:

@@ -61,3 +61,11 @@ export function ago(ms, now = Date.now()) {
   if (s < 86400) return `${Math.round(s / 3600)} h ago`;
   return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
 }
+
+// Terminal output as plain text: colour and cursor sequences dropped, CR LF as
+// LF, any other control character made visible.
+export function outputText(text) {
+  // eslint-disable-next-line no-control-regex
+  const plain = text.replace(/\u001b\[[0-9;?]*[ -/]*[@-~]/g, "").replace(/\r\n/g, "\n").replace(/\r/g, "");
+  return machineText(plain, Infinity);
+}

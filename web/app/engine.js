@@ -1,32 +1,46 @@
-// The protocol engine: this device's relay connection and what arrives on it,
-// turned into store events. It uses the protocol modules in web/proto/ and never
-// touches the DOM; the views call it through main.js's actions.
+// The protocol engine: this device's relay connection, a live channel per
+// machine, and what arrives on them turned into store events. It uses the
+// protocol modules in web/proto/ and never touches the DOM; the views call it
+// through main.js's actions.
 //
 // Invariants:
 // - One relay connection at a time; when it drops, the engine reconnects with
 //   capped, jittered backoff and says so in the store (connecting / live /
-//   offline since T), so the connection state is always visible.
-// - The relay's key is pinned at first contact (or taken from a link code's
+//   offline since T). A removed device (close 4004) stops for good.
+// - The relay's key is pinned at first contact (or checked against a code's
 //   fingerprint); a different key later refuses the connection.
-// - Nothing a machine or the relay says is trusted for identity: machine cards
-//   come from pairing or an owner's link welcome, never from the relay's list.
+// - Machine identities come from pairing or an owner's link welcome, never from
+//   the relay's list, which only says who is online.
+// - Commands carry an id chosen here and wait in the machine's outbox until the
+//   machine acks them: resent after a reconnect, run at most once.
 
-import { toHex } from "../proto/bytes.js";
-import { fingerprint } from "../proto/fingerprint.js";
+import { toHex, utf8 } from "../proto/bytes.js";
+import { APP } from "../proto/codec.js";
+import { decodeEntries, DeviceLog, encodeEntries } from "../proto/device_log.js";
 import { decodeCard, NodeKeys, Role } from "../proto/identity.js";
+import { parseLinkCode, parsePairingCode } from "../proto/pairing_code.js";
+import { revokeTranscript } from "../proto/relay_auth.js";
+import { signedTime, transcript } from "../proto/transcript.js";
 import { idbGet, idbPut } from "./idb.js";
+import { FlowError, joinAccount, PeerInbox, pairMachine } from "./net/flows.js";
+import { MachineChannel } from "./net/machine_channel.js";
 import { LinkClosed, RelayLink, RelayRefused } from "./net/relay_link.js";
+import { SessionBook, toHexKey } from "./net/sessions.js";
 
 export class EngineError extends Error {}
 
-const DEVICE_STATE = "device"; // IndexedDB "state" store: this device's account facts
-const MACHINES_STATE = "machines"; // the machines' cards, by hex key
+const DEVICE_STATE = "device"; // IndexedDB "state": { relayUrl, relayKey, account, name, role }
+const MACHINES_STATE = "machines"; // hex key -> { card, name }
+const LOG_STATE = "device-log"; // the verified device log's encoded entries
 const BACKOFF_MS = [250, 1000, 2000, 5000, 10000, 20000];
-const NOT_YET = "this build of the web app cannot do this yet: use the CLI for this step";
+const ACK_MS = 30000;
+const DEVICE_REMOVED = 4004;
+const DECISION_DOMAIN = "starmux/checkpoint-decision/v1";
 const REFUSALS = {
   "bad-token": "the relay refused the registration token (it is one-time: use the one the relay printed)",
   exists: "this device already has an account on that relay",
-  "rate-limited": "the relay is rate limiting registrations from this address: try again in a minute",
+  "rate-limited": "the relay is rate limiting this address: try again in a minute",
+  "forbidden-role": "this device's role does not allow that",
 };
 
 function relayUrlError(url) {
@@ -40,75 +54,127 @@ function relayUrlError(url) {
   }
 }
 
+const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const commandId = () => `w-${toHex(crypto.getRandomValues(new Uint8Array(8)))}`;
+const sessionId = () => `s-${toHex(crypto.getRandomValues(new Uint8Array(6)))}`;
+
 export class Engine {
-  constructor(store) {
+  constructor(store, { confirm }) {
     this.store = store;
+    this.confirm = confirm; // (title, code, detail) -> Promise<bool>: the person compares codes
     this.keys = null;
-    this.device = null; // { relayUrl, relayKey, account, name, role }
-    this.machines = new Map(); // hex sign key -> { card }
+    this.device = null;
+    this.log = null;
+    this.channels = new Map(); // hex key -> MachineChannel
+    this.names = new Map(); // hex key -> the machine's name (private names included)
+    this.inboxes = new Map(); // hex key -> PeerInbox of a running flow
     this.link = null;
     this.stopped = false;
-    this.attempt = 0;
+    this.book = null;
   }
 
-  // --- start-up ---------------------------------------------------------------
+  // --- start-up and persistence ----------------------------------------------------
 
   async start(secrets) {
     this.keys = new NodeKeys(secrets.slice(0, 32), secrets.slice(32, 64));
+    this.book = new SessionBook(this.store, { nameOf: (key) => this.#deviceName(key), me: toHexKey(this.keys.signPublic) });
     this.device = (await idbGet("state", DEVICE_STATE)) || null;
-    for (const [hex, encoded] of Object.entries((await idbGet("state", MACHINES_STATE)) || {})) {
-      this.machines.set(hex, { card: decodeCard(encoded) });
+    const logBytes = await idbGet("state", LOG_STATE);
+    if (logBytes && this.device) this.log = DeviceLog.verify(decodeEntries(logBytes), { account: this.device.account });
+    for (const [hex, saved] of Object.entries((await idbGet("state", MACHINES_STATE)) || {})) {
+      this.#addMachine(decodeCard(saved.card), saved.name);
     }
-    this.#publishDevice();
-    this.#publishMachines();
+    this.#publish();
     if (this.device) this.#connectLoop();
   }
 
-  get fingerprint() {
-    return this.keys ? this.keys.fingerprint : "";
+  #deviceName(key) {
+    const entry = this.log && this.log.device(key);
+    return entry ? entry.name : "another device";
   }
 
-  #publishDevice() {
+  #addMachine(card, name) {
+    const hex = toHex(card.signPublic);
+    if (!this.channels.has(hex)) this.channels.set(hex, new MachineChannel(card.signPublic, card, this.#host()));
+    this.names.set(hex, name || card.name);
+  }
+
+  async #saveMachines() {
+    const all = {};
+    for (const [hex, channel] of this.channels) all[hex] = { card: channel.card.encoded, name: this.names.get(hex) };
+    await idbPut("state", MACHINES_STATE, all);
+  }
+
+  async #saveLog() {
+    if (this.log) await idbPut("state", LOG_STATE, this.log.encode());
+  }
+
+  #publish() {
     const d = this.device;
+    const me = this.keys.fingerprint;
     this.store.dispatch({
       type: "device/set",
-      device: {
-        name: d ? d.name : "",
-        fingerprint: this.keys.fingerprint,
-        role: d ? d.role : "",
-        account: d ? toHex(d.account) : null,
-        relayUrl: d ? d.relayUrl : "",
-      },
+      device: { name: d ? d.name : "", fingerprint: me, role: d ? d.role : "", account: d ? toHex(d.account) : null, relayUrl: d ? d.relayUrl : "" },
     });
-    if (d) this.store.dispatch({ type: "devices/set", devices: [{ name: d.name, role: d.role, fingerprint: this.keys.fingerprint }] });
+    const devices = this.log
+      ? this.log.devices.map((entry) => ({ name: entry.name, role: entry.role, fingerprint: entry.fingerprint, key: toHex(entry.key) }))
+      : d ? [{ name: d.name, role: d.role, fingerprint: me }] : [];
+    this.store.dispatch({ type: "devices/set", devices });
+    this.#publishMachines();
   }
 
-  #publishMachines(online = {}) {
+  #publishMachines() {
     const machines = {};
     const known = this.store.state.machines;
-    for (const [hex, { card }] of this.machines) {
-      const before = known[card.fingerprint] || { sessions: {} };
-      machines[card.fingerprint] = { ...before, name: card.name, key: hex, ...(online[hex] || {}) };
+    for (const [hex, channel] of this.channels) {
+      const fp = channel.card.fingerprint;
+      machines[fp] = { sessions: {}, ...known[fp], name: this.names.get(hex), key: hex, online: channel.online, live: channel.live };
     }
     this.store.dispatch({ type: "machines/set", machines });
   }
 
-  // --- the relay connection ---------------------------------------------------
+  #host() {
+    const self = this;
+    return {
+      send: (peer, body) => this.link && this.link.open && this.link.sendData(peer, body),
+      get keys() {
+        return self.keys;
+      },
+      get relayKey() {
+        return self.device.relayKey;
+      },
+      deviceLog: () => this.log,
+      apply: (channel, events, wiped) => {
+        if (wiped) this.book.forgetMachine(channel.card.fingerprint);
+        this.book.apply(channel.card.fingerprint, events);
+      },
+      changed: (channel) => this.store.dispatch({ type: "machine/update", fingerprint: channel.card.fingerprint, fields: { online: channel.online, live: channel.live } }),
+      warn: (channel, text) => this.store.dispatch({ type: "notice/add", kind: "error", text: `${this.names.get(toHex(channel.key))}: ${text}` }),
+      deviceLogOffered: (_channel, entries) => this.#takeLog(entries),
+    };
+  }
+
+  // --- the relay connection ---------------------------------------------------------
 
   #card() {
     return this.keys.card(Role.CONTROLLER, this.device ? this.device.name : "browser");
   }
 
-  #handlers() {
-    return {
-      presence: (peer, message) => this.#presence(peer, message),
-      notice: (message) => this.#notice(message),
-      data: () => {},
-      error: () => {},
-    };
+  #onData(peer, body) {
+    const hex = toHex(peer);
+    const inbox = this.inboxes.get(hex);
+    if (inbox) inbox.push(body);
+    else this.channels.get(hex)?.receive(body);
+  }
+
+  #inbox(peer) {
+    const inbox = new PeerInbox(peer);
+    this.inboxes.set(toHex(peer), inbox);
+    return inbox;
   }
 
   async #connectLoop() {
+    let attempt = 0;
     while (!this.stopped) {
       this.store.dispatch({ type: "connection/state", state: "connecting" });
       let onClosed;
@@ -120,107 +186,300 @@ export class Engine {
         keys: this.keys,
         card: this.#card(),
         pinnedRelayKey: this.device.relayKey,
-        handlers: { ...this.#handlers(), closed: (code, reason) => onClosed({ code, reason }) },
+        handlers: {
+          data: (peer, body) => this.#onData(peer, body),
+          presence: (peer, message) => this.channels.get(toHex(peer))?.presence(message.online),
+          notice: (message) => this.#notice(message),
+          error: (peer) => this.channels.get(toHex(peer))?.linkLost(),
+          closed: (code, reason) => onClosed({ code, reason }),
+        },
       });
+      let outcome;
       try {
         const auth = await link.connect();
         if (auth.status !== "controller") throw new EngineError(`the relay does not know this device (${auth.status})`);
         this.link = link;
-        this.attempt = 0;
+        attempt = 0;
         this.store.dispatch({ type: "connection/state", state: "live" });
+        await this.#refreshLog();
         await this.#refreshMachines();
-        const { code, reason } = await closed;
-        this.link = null;
-        this.store.dispatch({ type: "connection/state", state: "offline", detail: `${code} ${reason || ""}`.trim() });
-        this.#markAllOffline();
+        outcome = await closed;
       } catch (exc) {
-        this.link = null;
-        this.store.dispatch({ type: "connection/state", state: "offline", detail: exc.message });
-        this.#markAllOffline();
+        outcome = { code: exc instanceof LinkClosed ? 0 : -1, reason: exc.message };
       }
-      const wait = BACKOFF_MS[Math.min(this.attempt++, BACKOFF_MS.length - 1)];
-      await new Promise((resolve) => setTimeout(resolve, wait * (0.75 + Math.random() / 2)));
-    }
-  }
-
-  #markAllOffline() {
-    for (const [fp, m] of Object.entries(this.store.state.machines)) {
-      if (m.online) this.store.dispatch({ type: "machine/update", fingerprint: fp, fields: { online: false, lastSeen: Date.now() } });
+      this.link = null;
+      for (const channel of this.channels.values()) channel.linkLost();
+      this.#publishMachines();
+      if (outcome.code === DEVICE_REMOVED) {
+        this.stopped = true;
+        this.store.dispatch({ type: "connection/state", state: "offline", detail: "this device was removed from the account" });
+        this.store.dispatch({ type: "notice/add", kind: "error", text: "This device was removed from the account by an owner." });
+        return;
+      }
+      this.store.dispatch({ type: "connection/state", state: "offline", detail: outcome.reason || "" });
+      await wait(BACKOFF_MS[Math.min(attempt++, BACKOFF_MS.length - 1)] * (0.75 + Math.random() / 2));
     }
   }
 
   async #refreshMachines() {
     const reply = await this.link.request("list-machines", {}, "machine-list");
-    const online = {};
-    for (const info of reply.machines) {
-      const hex = toHex(info.machine_key);
-      online[hex] = { online: info.online, lastSeen: info.last_seen ? info.last_seen * 1000 : null };
+    const lastSeen = {};
+    for (const info of reply.machines) lastSeen[toHex(info.machine_key)] = info;
+    for (const [hex, channel] of this.channels) {
+      const info = lastSeen[hex];
+      if (info && info.last_seen) {
+        this.store.dispatch({ type: "machine/update", fingerprint: channel.card.fingerprint, fields: { lastSeen: info.last_seen * 1000 } });
+      }
+      if (info && info.online && !channel.online) channel.presence(true);
     }
-    this.#publishMachines(online);
+    this.#publishMachines();
   }
 
-  #presence(peer, message) {
-    const hex = toHex(peer);
-    const known = this.machines.get(hex);
-    if (!known) return;
-    this.store.dispatch({
-      type: "machine/update",
-      fingerprint: known.card.fingerprint,
-      fields: { online: message.online, lastSeen: message.at * 1000 },
-    });
+  async #refreshLog() {
+    const state = await this.link.request("get-device-log", { after_seq: -1 }, "device-log-state");
+    if (state.entries.length) await this.#takeLog(state.entries);
+    else if (!this.log && this.device.role === "owner") await this.#appendGenesis();
+  }
+
+  async #takeLog(encoded) {
+    const entries = decodeEntries(encoded);
+    if (!entries.length) return;
+    const before = this.log ? this.log.head.seq : -1;
+    try {
+      this.log = this.log ? this.log.update(entries) : DeviceLog.verify(entries, { account: this.device.account });
+    } catch (exc) {
+      if (exc.kind === "stale") return; // we hold more: the sender catches up from us
+      this.store.dispatch({ type: "notice/add", kind: "error", text: `refused a device log: ${exc.message}` });
+      return;
+    }
+    if (this.log.head.seq === before) return;
+    const me = this.log.device(this.keys.signPublic);
+    if (me && me.role !== this.device.role) {
+      this.device = { ...this.device, role: me.role };
+      await idbPut("state", DEVICE_STATE, this.device);
+    }
+    await this.#saveLog();
+    this.#publish();
+    for (const channel of this.channels.values()) if (channel.live) channel.sendDeviceLog(this.log);
+  }
+
+  async #appendGenesis() {
+    const log = DeviceLog.genesis(this.keys, this.#card(), this.device.account, { at: Date.now() / 1000 });
+    await this.link.request("append-device-log", { entries: log.encode(), ticket: new Uint8Array(0) }, "device-log-appended");
+    this.log = log;
+    await this.#saveLog();
+    this.#publish();
   }
 
   #notice(message) {
-    if (message.event === "revoked" && message.subject.length === 32) {
-      this.#forgetMachine(toHex(message.subject));
-    }
+    if (message.event === "revoked" && message.subject.length === 32) this.#forgetMachine(toHex(message.subject));
+    else if (message.event === "devices-changed" && this.link) this.#refreshLog().catch(() => {});
   }
 
   async #forgetMachine(hex) {
-    const known = this.machines.get(hex);
-    if (!known) return;
-    this.machines.delete(hex);
+    const channel = this.channels.get(hex);
+    if (!channel) return;
+    this.channels.delete(hex);
+    this.names.delete(hex);
     await this.#saveMachines();
-    this.store.dispatch({ type: "machine/removed", fingerprint: known.card.fingerprint });
+    this.book.forgetMachine(channel.card.fingerprint);
+    this.store.dispatch({ type: "machine/removed", fingerprint: channel.card.fingerprint });
   }
 
-  async #saveMachines() {
-    const all = {};
-    for (const [hex, { card }] of this.machines) all[hex] = card.encoded;
-    await idbPut("state", MACHINES_STATE, all);
-  }
+  // --- becoming a device ------------------------------------------------------------
 
-  // --- becoming a device --------------------------------------------------------
+  async #becomeDevice(device, log, machines) {
+    this.device = device;
+    this.log = log;
+    await idbPut("state", DEVICE_STATE, device);
+    await this.#saveLog();
+    for (const card of machines) this.#addMachine(card, card.name);
+    await this.#saveMachines();
+    this.#publish();
+    this.#connectLoop();
+  }
 
   async register(relayUrl, token, name) {
     const problem = relayUrlError(relayUrl);
     if (problem) throw new EngineError(problem);
     if (!token) throw new EngineError("the registration token is missing");
     if (this.device) throw new EngineError("this browser already is a device of an account");
-    const link = new RelayLink({ url: relayUrl, keys: this.keys, card: this.keys.card(Role.CONTROLLER, name || "browser") });
+    const card = this.keys.card(Role.CONTROLLER, name || "browser");
+    const link = new RelayLink({ url: relayUrl, keys: this.keys, card });
+    let device;
     try {
       const auth = await link.connect();
       if (auth.status !== "unregistered") throw new EngineError("this device's key already belongs to an account");
       const reply = await link.request("register-account", { token }, "account-registered");
-      this.device = { relayUrl, relayKey: link.relayKey, account: reply.account, name: name || "browser", role: "owner" };
+      device = { relayUrl, relayKey: link.relayKey, account: reply.account, name: card.name, role: "owner" };
     } catch (exc) {
       if (exc instanceof RelayRefused) throw new EngineError(REFUSALS[exc.code] || exc.message);
       throw exc instanceof LinkClosed || exc instanceof EngineError ? exc : new EngineError(exc.message);
     } finally {
       link.close();
     }
-    await idbPut("state", DEVICE_STATE, this.device);
-    this.#publishDevice();
-    this.#connectLoop();
-    return fingerprint(this.device.relayKey);
+    await this.#becomeDevice(device, null, []);
   }
 
-  async link(_code, _name) { throw new EngineError(NOT_YET); }
-  async pairMachine(_code) { throw new EngineError(NOT_YET); }
-  async decide(_machine, _checkpoint, _approve, _reason) { throw new EngineError(NOT_YET); }
-  async startSession(_machine, _spec) { throw new EngineError(NOT_YET); }
-  async cancel(_machine, _session) { throw new EngineError(NOT_YET); }
-  async revoke(_machine) { throw new EngineError(NOT_YET); }
-  async removeDevice(_device) { throw new EngineError(NOT_YET); }
-  attachTerminal(_machine, _session, _element) { return () => {}; }
+  async joinByCode(text, name) {
+    if (this.device) throw new EngineError("this browser already is a device of an account");
+    const code = parseLinkCode(text);
+    const card = this.keys.card(Role.CONTROLLER, name || "browser");
+    const link = new RelayLink({ url: code.relayUrl, keys: this.keys, card, handlers: { data: (peer, body) => this.#onData(peer, body) } });
+    let joined;
+    try {
+      await link.connect();
+      joined = await joinAccount({
+        link, keys: this.keys, card, code,
+        inbox: (peer) => this.#inbox(peer),
+        confirm: (comparison, inviter) => this.confirm("Link this browser", comparison, `Check that ${inviter} shows the same code.`),
+      });
+    } finally {
+      this.inboxes.clear();
+      link.close();
+    }
+    const device = { relayUrl: code.relayUrl, relayKey: link.relayKey, account: joined.account, name: card.name, role: code.role };
+    await this.#becomeDevice(device, joined.log, joined.machines);
+  }
+
+  // --- machines ---------------------------------------------------------------------
+
+  #requireLink() {
+    if (!this.link || !this.link.open) throw new EngineError("not connected to the relay: wait until the connection is live");
+    return this.link;
+  }
+
+  async pairMachine(text) {
+    const link = this.#requireLink();
+    const code = parsePairingCode(text);
+    let paired;
+    try {
+      paired = await pairMachine({
+        link, keys: this.keys, card: this.#card(), code,
+        account: this.device.account, relayKey: this.device.relayKey,
+        inbox: (peer) => this.#inbox(peer),
+        confirm: (comparison, machine) => this.confirm("Pair this machine", comparison, `Check that ${machine} shows the same code.`),
+        now: () => Date.now() / 1000,
+      });
+    } catch (exc) {
+      throw exc instanceof FlowError ? new EngineError(exc.message) : exc;
+    } finally {
+      this.inboxes.clear();
+    }
+    this.#addMachine(paired.card, paired.name);
+    await this.#saveMachines();
+    this.#publishMachines();
+    await this.#refreshMachines();
+    return paired;
+  }
+
+  async revoke(fp) {
+    const link = this.#requireLink();
+    const channel = [...this.channels.values()].find((c) => c.card.fingerprint === fp);
+    if (!channel) throw new EngineError("no such machine");
+    const issuedAt = Date.now() / 1000;
+    const signature = this.keys.sign(revokeTranscript(this.device.account, channel.key, issuedAt));
+    try {
+      await link.request("revoke-machine", { machine_key: channel.key, issued_at: issuedAt, signature }, "machine-revoked");
+    } catch (exc) {
+      throw new EngineError(exc instanceof RelayRefused ? REFUSALS[exc.code] || exc.message : exc.message);
+    }
+    await this.#forgetMachine(toHex(channel.key));
+  }
+
+  async removeDevice(fp) {
+    const link = this.#requireLink();
+    if (!this.log) throw new EngineError("this device holds no device log yet");
+    const entry = this.log.devices.find((d) => d.fingerprint === fp);
+    if (!entry) throw new EngineError("no such device");
+    const [next, appended] = this.log.append(this.keys, "remove", entry.key, { at: Date.now() / 1000 });
+    try {
+      await link.request("append-device-log", { entries: encodeEntries([appended]), ticket: new Uint8Array(0) }, "device-log-appended");
+    } catch (exc) {
+      if (exc instanceof RelayRefused && exc.code === "log-moved") await this.#refreshLog();
+      throw new EngineError(exc instanceof RelayRefused ? REFUSALS[exc.code] || exc.message : exc.message);
+    }
+    this.log = next;
+    await this.#saveLog();
+    this.#publish();
+    for (const channel of this.channels.values()) if (channel.live) channel.sendDeviceLog(this.log);
+  }
+
+  // --- commands ---------------------------------------------------------------------
+
+  #channelOf(fp) {
+    const channel = [...this.channels.values()].find((c) => c.card.fingerprint === fp);
+    if (!channel) throw new EngineError("no such machine");
+    return channel;
+  }
+
+  async #command(fp, kind, fields) {
+    const channel = this.#channelOf(fp);
+    const ack = channel.submit(commandId(), APP.encode(kind, fields));
+    const answer = await Promise.race([ack, wait(ACK_MS).then(() => null)]);
+    if (answer === null) {
+      const where = channel.live ? "has not answered yet" : "is not reachable now";
+      throw new EngineError(`the machine ${where}; the command waits and goes out when it is live`);
+    }
+    if (!answer.ok) throw new EngineError(answer.hint ? `${answer.error} (${answer.hint})` : answer.error);
+    return answer;
+  }
+
+  async decide(fp, checkpoint, approve, reason) {
+    const decidedAt = Date.now() / 1000;
+    const channel = this.#channelOf(fp);
+    const signature = this.keys.sign(transcript(
+      DECISION_DOMAIN, channel.key, utf8(checkpoint), utf8(approve ? "approve" : "deny"), utf8(reason), signedTime(decidedAt),
+    ));
+    const started = performance.now();
+    const answer = await this.#command(fp, "decide-checkpoint", { checkpoint, approve, reason, decided_at: decidedAt, signature });
+    this.store.dispatch({ type: "metric/ack", ms: performance.now() - started });
+    return answer;
+  }
+
+  async startSession(fp, { cwd, command, title }) {
+    if (!fp) throw new EngineError("choose a machine");
+    const argv = splitCommand(command);
+    if (!argv.length) throw new EngineError("the command is empty");
+    const session = sessionId();
+    await this.#command(fp, "start-session", { session, argv, cwd: cwd || "~", title: title || argv.join(" ").slice(0, 80), env: {}, pty: false });
+    return session;
+  }
+
+  async cancel(fp, session) {
+    await this.#command(fp, "cancel-session", { session });
+  }
+
+  watchOutput(fp, session, callback) {
+    return this.book.watch(fp, session, callback);
+  }
 }
+
+// A command line split like a POSIX shell's words: quotes group, backslash escapes.
+export function splitCommand(text) {
+  const words = [];
+  let word = null;
+  let quote = null;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (quote) {
+      if (ch === quote) quote = null;
+      else if (ch === "\\" && quote === '"' && i + 1 < text.length) word += text[++i];
+      else word += ch;
+    } else if (ch === "'" || ch === '"') {
+      quote = ch;
+      word = word ?? "";
+    } else if (ch === "\\" && i + 1 < text.length) {
+      word = (word ?? "") + text[++i];
+    } else if (/\s/.test(ch)) {
+      if (word !== null) words.push(word);
+      word = null;
+    } else {
+      word = (word ?? "") + ch;
+    }
+  }
+  if (quote) throw new EngineError("the command has an unclosed quote");
+  if (word !== null) words.push(word);
+  return words;
+}
+

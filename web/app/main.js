@@ -25,7 +25,26 @@ const TABS = [
 const VIEWS = { machines: machinesView, sessions: sessionsView, session: sessionView, approvals: approvalsView, start: startView, devices: devicesView };
 
 const store = new Store();
-const engine = new Engine(store);
+const pendingPrompts = new Map();
+let nextPrompt = 1;
+
+// The person compares a code shown on two screens; resolves true when they match.
+function confirmCode(title, code, detail) {
+  const id = nextPrompt++;
+  return new Promise((resolve) => {
+    pendingPrompts.set(id, resolve);
+    store.dispatch({ type: "prompt/set", prompt: { id, title, code, detail } });
+  });
+}
+
+function answerPrompt(id, yes) {
+  const resolve = pendingPrompts.get(id);
+  pendingPrompts.delete(id);
+  store.dispatch({ type: "prompt/set", prompt: null });
+  if (resolve) resolve(yes);
+}
+
+const engine = new Engine(store, { confirm: confirmCode });
 let worker = null;
 let mounted = null; // { name, el, update, close }
 
@@ -49,7 +68,7 @@ const actions = {
     if (answer.ok) location.reload();
     else notify("error", answer.error || "the service worker refused");
   },
-  link: (code, name) => guarded(() => engine.link(code, name)),
+  link: (code, name) => guarded(() => engine.joinByCode(code, name)),
   register: (url, token, name) => guarded(() => engine.register(url, token, name)),
   pairMachine: (code) => guarded(() => engine.pairMachine(code)),
   decide: (machine, id, approve, reason) => guarded(() => engine.decide(machine, id, approve, reason)),
@@ -61,7 +80,7 @@ const actions = {
   removeDevice: (device, name) => {
     if (confirm(`Remove the device ${name} from the account?`)) guarded(() => engine.removeDevice(device));
   },
-  attachTerminal: (machine, session, element) => engine.attachTerminal(machine, session, element),
+  watchOutput: (machine, session, callback) => engine.watchOutput(machine, session, callback),
 };
 
 function connectionText(state) {
@@ -74,7 +93,29 @@ function connectionText(state) {
   return ["offline", `offline since ${ago(c.since)}`];
 }
 
+function renderPrompt(state) {
+  const region = document.getElementById("prompt");
+  const p = state.prompt;
+  if (!p) {
+    region.hidden = true;
+    replace(region);
+    return;
+  }
+  if (region.dataset.id === String(p.id) && !region.hidden) return;
+  region.dataset.id = String(p.id);
+  region.hidden = false;
+  replace(region, h("section", { className: "card prompt", role: "alertdialog", "aria-labelledby": "prompt-title" },
+    h("h2", { id: "prompt-title" }, p.title),
+    h("p", {}, p.detail),
+    h("p", { className: "comparison", id: "comparison-code" }, p.code),
+    h("div", { className: "actions" },
+      h("button", { type: "button", className: "primary", id: "codes-match", on: { click: () => answerPrompt(p.id, true) } }, "The codes match"),
+      h("button", { type: "button", on: { click: () => answerPrompt(p.id, false) } }, "Cancel"))));
+  region.querySelector("#codes-match").focus();
+}
+
 function renderChrome(state) {
+  renderPrompt(state);
   const [kind, text] = connectionText(state);
   const pill = document.getElementById("connection");
   pill.className = `pill ${kind}`;

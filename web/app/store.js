@@ -12,6 +12,8 @@ export const initialState = Object.freeze({
   approvals: {}, // `${machine}/${checkpoint}` -> { machine, id, title, body, expires, decided }
   devices: [], // the account's devices (from the device log)
   notices: [], // { id, kind: info|error, text }
+  prompt: null, // { id, title, code, detail }: the person compares a code
+  lastAckMs: null, // how long the newest command took to be acked
   view: "machines",
   selected: null, // { machine, session } for the session screen
 });
@@ -50,6 +52,8 @@ const reducers = {
   "devices/set": (s, e) => ({ ...s, devices: e.devices }),
   "notice/add": (s, e) => ({ ...s, notices: [...s.notices.slice(-4), { id: nextNotice++, kind: e.kind, text: e.text }] }),
   "notice/dismiss": (s, e) => ({ ...s, notices: s.notices.filter((n) => n.id !== e.id) }),
+  "prompt/set": (s, e) => ({ ...s, prompt: e.prompt }),
+  "metric/ack": (s, e) => ({ ...s, lastAckMs: e.ms }),
   "view/show": (s, e) => ({ ...s, view: e.view, selected: e.selected ?? s.selected }),
 };
 
