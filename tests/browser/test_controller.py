@@ -16,24 +16,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 
 from ..integration.cluster import Paired, pair
 from ..integration.daemon_process import DaemonProcess, run_cli
 from ..integration.relay_process import RelayProcess
+from ..integration.test_checkpoints import agent
 from ..integration.test_devices import Inviter
+from ..integration.watcher import Watcher
+from ..timeouts import scaled
 from .conftest import ConsoleRecord, wait_for_keys
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RelayProcess]:
-    started = RelayProcess(tmp_path / "relay").start()
+def relays() -> Iterator[list[RelayProcess]]:
+    started: list[RelayProcess] = []
     yield started
-    started.kill()
+    for relay in started:
+        relay.kill()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, relays: list[RelayProcess]) -> RelayProcess:
+    relays.append(RelayProcess(tmp_path / "relay").start())
+    return relays[0]
 
 
 @pytest.fixture
@@ -68,7 +78,7 @@ def link_browser(page: Page, paired: Paired, role: str = "owner") -> None:
     expect(page.locator("#connection")).to_have_text("live")
 
 
-def machine_card(page: Page, name: str) -> object:
+def machine_card(page: Page, name: str) -> Locator:
     return page.locator("#machine-list li", has_text=name)
 
 
@@ -76,6 +86,7 @@ def test_link_pair_watch_approve_revoke(
     page: Page,
     paired: Paired,
     daemons: list[DaemonProcess],
+    relays: list[RelayProcess],
     tmp_path: Path,
     console: ConsoleRecord,
     capsys: pytest.CaptureFixture[str],
@@ -102,3 +113,71 @@ def test_link_pair_watch_approve_revoke(
     expect(machine_card(page, "build-box")).to_contain_text("online")
     pair_seconds = time.monotonic() - picked
     second.wait_for("connected to")
+
+    # --- start a session from the browser; watch it live through a relay restart -------
+    lines = 400
+    page.click("#tabs >> text=Start")
+    page.select_option("#start-machine", label="gpu-box")
+    page.fill("#start-cwd", str(paired.workdir))
+    counter = (
+        f"import time; [(print(i, flush=True), time.sleep(0.02)) for i in range(1, {lines + 1})]"
+    )
+    page.fill("#start-command", f"python3 -c '{counter}'")
+    page.fill("#start-title", "count")
+    page.click("#start-button")
+    expect(page.locator("#start-status")).to_have_text("Started.")
+    page.click("#tabs >> text=Sessions")
+    page.locator("#session-list li", has_text="count").get_by_role("button", name="Watch").click()
+    page.click("#show-text")
+    expect(page.locator("#output-text")).to_contain_text("\n20\n")
+    console.allow_refused_connections()
+    paired.relay.kill()
+    expect(page.locator("#connection")).to_contain_text("offline since")
+    paired.relay = RelayProcess(paired.relay.data_dir, port=paired.relay.port).start()
+    relays.append(paired.relay)
+    expect(page.locator("#connection")).to_have_text("live", timeout=scaled(30) * 1000)
+    expect(page.locator("#session-meta")).to_contain_text("succeeded", timeout=scaled(60) * 1000)
+    text = page.text_content("#output-text") or ""
+    assert text == "".join(f"{i}\n" for i in range(1, lines + 1))  # no gap, no repeat
+
+    # --- approve a checkpoint raised by a real agent process ----------------------------
+    session = paired.run(*agent("Deploy to prod?", "--timeout", "120"))
+    page.click("#tabs >> text=Approvals")
+    item = page.locator("#approval-list li", has_text="Deploy to prod?")
+    expect(item.get_by_role("button", name="Approve")).to_be_visible()
+    watcher = Watcher(paired.controller, session)
+    clicked = time.monotonic()
+    item.get_by_role("button", name="Approve").click()
+    expect(item).to_contain_text("Approved by you")
+    assert watcher.finish() == 0
+    continued = time.monotonic() - clicked  # the agent's process ran on and ended
+    report = b"".join(watcher.lines).decode()
+    assert report.startswith("exit 0 ") and '"approved"' in report
+    ack_ms = float((page.text_content("#ack-time") or "").split(" in ")[1].split(" ms")[0])
+
+    # --- a CLI device answers first: the browser shows it as too late ------------------
+    session = paired.run(*agent("Rotate the keys?", "--timeout", "120"))
+    item = page.locator("#approval-list li", has_text="Rotate the keys?")
+    expect(item.get_by_role("button", name="Deny")).to_be_visible()
+    rows = paired.json("approvals")
+    assert isinstance(rows, list)
+    pending = [r for r in rows if r["title"] == "Rotate the keys?"]
+    assert run_cli(paired.controller, "deny", str(pending[0]["id"])).returncode == 0
+    expect(item).to_contain_text("Too late: decided by laptop (denied)")
+    assert Watcher(paired.controller, session).finish() == 1
+
+    # --- revoke the second machine (owner only) ------------------------------------------
+    page.click("#tabs >> text=Machines")
+    page.once("dialog", lambda dialog: dialog.accept())
+    machine_card(page, "build-box").get_by_role("button", name="Revoke").click()
+    expect(machine_card(page, "build-box")).to_have_count(0)
+    second.wait_for("REVOKED")  # the machine verified the browser's signed revocation
+    listed = paired.json("machines")
+    assert isinstance(listed, list) and [m["name"] for m in listed] == ["gpu-box"]
+
+    with capsys.disabled():
+        print(
+            f"\nbrowser figures: QR image picked -> machine listed {pair_seconds:.2f} s; "
+            f"Approve tapped -> agent continued and exited {continued:.2f} s; "
+            f"Approve -> machine's ack {ack_ms:.0f} ms"
+        )

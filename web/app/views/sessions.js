@@ -36,7 +36,7 @@ export function sessionsView(ctx) {
 export function sessionView(ctx) {
   const { machine, session } = ctx.store.state.selected || {};
   const title = h("h1", {}, "Session");
-  const meta = h("p", { className: "meta" });
+  const meta = h("p", { className: "meta", id: "session-meta" });
   const screen = h("div", { className: "terminal", id: "terminal", "aria-hidden": "true" });
   const text = h("pre", { className: "output-text", id: "output-text", role: "log", "aria-label": "Session output", hidden: true, tabIndex: 0 });
   const decoder = new TextDecoder();

@@ -6,7 +6,7 @@ export function startView(ctx) {
   const cwd = h("input", { id: "start-cwd", placeholder: "~/src/project", autocomplete: "off", spellcheck: false });
   const command = h("input", { id: "start-command", placeholder: "claude -p \"fix the failing tests\"", autocomplete: "off", spellcheck: false });
   const title = h("input", { id: "start-title", placeholder: "fix tests", autocomplete: "off", maxLength: 120 });
-  const status = h("p", { className: "meta", role: "status" });
+  const status = h("p", { className: "meta", id: "start-status", role: "status" });
   const start = async () => {
     status.textContent = "Starting…";
     try {
