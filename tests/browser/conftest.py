@@ -25,6 +25,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from ..integration.cluster import Paired, pair
+from ..integration.daemon_process import DaemonProcess
+from ..integration.relay_process import RelayProcess
 from ..timeouts import scaled
 from .web_server import WebServer
 
@@ -122,3 +125,30 @@ def web_servers(tmp_path: Path) -> Iterator[list[WebServer]]:
 def wait_for_keys(page: Page, state: str) -> None:
     """The app sets ``body[data-keys]`` to absent, locked or unlocked."""
     page.wait_for_selector(f"body[data-keys={state}]", state="attached")
+
+
+@pytest.fixture
+def relays() -> Iterator[list[RelayProcess]]:
+    started: list[RelayProcess] = []
+    yield started
+    for relay in started:
+        relay.kill()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, relays: list[RelayProcess]) -> RelayProcess:
+    relays.append(RelayProcess(tmp_path / "relay").start())
+    return relays[0]
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) -> Paired:
+    return pair(tmp_path, relay, daemons)

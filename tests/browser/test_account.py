@@ -4,20 +4,12 @@ registration token, and its connection state follows the relay through a restart
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from ..integration.relay_process import RelayProcess
 from .conftest import ConsoleRecord, wait_for_keys
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RelayProcess]:
-    started = RelayProcess(tmp_path / "relay").start()
-    yield started
-    started.kill()
 
 
 @pytest.fixture

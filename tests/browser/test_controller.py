@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 
-from ..integration.cluster import Paired, pair
+from ..integration.cluster import Paired
 from ..integration.daemon_process import DaemonProcess, run_cli
 from ..integration.relay_process import RelayProcess
 from ..integration.test_checkpoints import agent
@@ -30,33 +29,6 @@ from ..timeouts import scaled
 from .conftest import ConsoleRecord, wait_for_keys
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def relays() -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for relay in started:
-        relay.kill()
-
-
-@pytest.fixture
-def relay(tmp_path: Path, relays: list[RelayProcess]) -> RelayProcess:
-    relays.append(RelayProcess(tmp_path / "relay").start())
-    return relays[0]
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-@pytest.fixture
-def paired(tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]) -> Paired:
-    return pair(tmp_path, relay, daemons)
 
 
 def link_browser(page: Page, paired: Paired, role: str = "owner") -> None:

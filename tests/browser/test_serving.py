@@ -9,10 +9,8 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import Page
 
 from ..integration.relay_process import RelayProcess
@@ -54,13 +52,6 @@ def assert_strict_headers(headers: dict[str, str]) -> None:
     assert headers["referrer-policy"] == "no-referrer"
     assert headers["x-content-type-options"] == "nosniff"
     assert "set-cookie" not in headers
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RelayProcess]:
-    started = RelayProcess(tmp_path / "relay").start()
-    yield started
-    started.kill()
 
 
 def test_the_relay_serves_the_app_with_strict_headers(relay: RelayProcess) -> None:

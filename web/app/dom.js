@@ -69,3 +69,10 @@ export function outputText(text) {
   const plain = text.replace(/\u001b\[[0-9;?]*[ -/]*[@-~]/g, "").replace(/\r\n/g, "\n").replace(/\r/g, "");
   return machineText(plain, Infinity);
 }
+
+const STATUS_TEXT = { waiting_approval: "waiting for approval" };
+
+// A session status as people say it.
+export function statusText(status) {
+  return STATUS_TEXT[status] || String(status || "").replace(/_/g, " ");
+}

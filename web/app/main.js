@@ -19,7 +19,7 @@ const TABS = [
   ["machines", "Machines", "▣"],
   ["sessions", "Sessions", "▤"],
   ["approvals", "Approvals", "✓"],
-  ["start", "Start", "＋"],
+  ["start", "Start", "+"],
   ["devices", "Devices", "⚙"],
 ];
 const VIEWS = { machines: machinesView, sessions: sessionsView, session: sessionView, approvals: approvalsView, start: startView, devices: devicesView };

@@ -21,9 +21,13 @@ export function devicesView(ctx) {
     hash.textContent = state.code.pinned || "—";
     const owner = d && d.role === "owner";
     replace(list, state.devices.length ? state.devices.map((dev) =>
-      h("li", { className: "card" }, h("div", { className: "row" },
-        h("div", { className: "grow" }, h("div", { className: "name" }, machineText(dev.name, 64)), h("div", { className: "meta" }, `${dev.role}${dev.fingerprint === (d && d.fingerprint) ? " · this device" : ""}`), h("div", { className: "meta mono" }, dev.fingerprint)),
-        owner && dev.fingerprint !== d.fingerprint ? h("button", { type: "button", className: "danger", on: { click: () => ctx.actions.removeDevice(dev.fingerprint, dev.name) } }, "Remove") : null)))
+      h("li", { className: "card", dataset: { device: dev.fingerprint } },
+        h("div", { className: "name" }, machineText(dev.name, 64)),
+        h("div", { className: "meta" }, `${dev.role}${dev.fingerprint === (d && d.fingerprint) ? " · this device" : ""}`),
+        h("div", { className: "meta mono" }, dev.fingerprint),
+        owner && dev.fingerprint !== d.fingerprint
+          ? h("div", { className: "actions" }, h("button", { type: "button", className: "danger", on: { click: () => ctx.actions.removeDevice(dev.fingerprint, dev.name) } }, "Remove"))
+          : null))
       : h("li", { className: "muted" }, "The device list arrives once this device is linked."));
   }
   return { el, update };

@@ -30,11 +30,10 @@ export function machinesView(ctx) {
       const sessions = Object.values(m.sessions || {});
       const running = sessions.filter((s) => s.status === "running" || s.status === "waiting_approval").length;
       return h("li", { className: "card", dataset: { machine: fp } },
-        h("div", { className: "row" },
-          h("div", { className: "grow" },
-            h("div", { className: "name" }, h("span", { className: m.online ? "dot-on" : "dot-off", "aria-hidden": "true" }, "● "), machineText(m.name, 80)),
-            h("div", { className: "meta" }, m.online ? "online" : `offline · last seen ${ago(m.lastSeen)}`, ` · ${running} running`),
-            h("div", { className: "meta mono" }, fp)),
+        h("div", { className: "name" }, h("span", { className: m.online ? "dot-on" : "dot-off", "aria-hidden": "true" }, "● "), machineText(m.name, 80)),
+        h("div", { className: "meta" }, m.online ? "online" : `offline · last seen ${ago(m.lastSeen)}`, ` · ${running} running`),
+        h("div", { className: "meta mono", title: "machine fingerprint" }, fp),
+        h("div", { className: "actions" },
           h("button", { type: "button", on: { click: () => ctx.actions.show("sessions", { machine: fp }) } }, "Sessions"),
           owner ? h("button", { type: "button", className: "danger", on: { click: () => ctx.actions.revoke(fp, m.name) } }, "Revoke") : null));
     }));

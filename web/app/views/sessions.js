@@ -1,6 +1,6 @@
 // Sessions across machines, and one session's live output in a terminal renderer.
 import { Terminal } from "../../vendor/node_modules/@xterm/xterm/lib/xterm.mjs";
-import { ago, h, machineText, outputText, replace } from "../dom.js";
+import { ago, h, machineText, outputText, replace, statusText } from "../dom.js";
 
 const ACTIVE = new Set(["queued", "running", "waiting_approval"]);
 
@@ -18,11 +18,10 @@ export function sessionsView(ctx) {
     empty.hidden = rows.length > 0;
     replace(list, rows.map(({ fp, machine, session }) =>
       h("li", { className: "card", dataset: { session: session.id } },
-        h("div", { className: "row" },
-          h("div", { className: "grow" },
-            h("div", { className: "name" }, machineText(session.title || session.command, 120)),
-            h("div", { className: "meta" }, `${machineText(machine.name, 60)} · ${session.status} · ${ago(session.updated)}`),
-            h("div", { className: "meta mono" }, machineText(session.cwd, 120))),
+        h("div", { className: "name" }, machineText(session.title || session.command, 80)),
+        h("div", { className: "meta" }, `${machineText(machine.name, 60)} · ${statusText(session.status)} · ${ago(session.updated)}`),
+        h("div", { className: "meta mono" }, machineText(session.cwd, 120)),
+        h("div", { className: "actions" },
           h("button", { type: "button", on: { click: () => ctx.actions.show("session", { machine: fp, session: session.id }) } }, "Watch"),
           ACTIVE.has(session.status) ? h("button", { type: "button", className: "danger", on: { click: () => ctx.actions.cancel(fp, session.id) } }, "Cancel") : null))));
   }
@@ -73,7 +72,7 @@ export function sessionView(ctx) {
     const m = state.machines[machine];
     const s = m && m.sessions && m.sessions[session];
     title.textContent = s ? machineText(s.title || s.command, 120) : "Session";
-    meta.textContent = s ? `${machineText(m.name, 60)} · ${s.status} · ${machineText(s.cwd, 120)}` : "";
+    meta.textContent = s ? `${machineText(m.name, 60)} · ${statusText(s.status)} · ${machineText(s.cwd, 120)}` : "";
     cancel.hidden = !s || !ACTIVE.has(s.status);
   }
   return {

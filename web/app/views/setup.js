@@ -28,7 +28,7 @@ export function setupView(ctx) {
     h("section", { className: "card", "aria-labelledby": "device-name-title" },
       h("h2", { id: "device-name-title" }, "This device"),
       h("p", { className: "meta mono", id: "my-fingerprint" }, ctx.store.state.device ? ctx.store.state.device.fingerprint : ""),
-      h("label", { htmlFor: "device-name" }, "Shown to your other devices and machines"),
+      h("label", { htmlFor: "device-name" }, "Name (your other devices and machines see it)"),
       name),
     h("section", { className: "card", "aria-labelledby": "link-title" },
       h("h2", { id: "link-title" }, "Link to your account"),
