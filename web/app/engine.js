@@ -14,13 +14,13 @@
 // - Commands carry an id chosen here and wait in the machine's outbox until the
 //   machine acks them: resent after a reconnect, run at most once.
 
-import { toHex, utf8 } from "../proto/bytes.js";
+import { toHex } from "../proto/bytes.js";
 import { APP } from "../proto/codec.js";
 import { decodeEntries, DeviceLog, encodeEntries } from "../proto/device_log.js";
 import { decodeCard, NodeKeys, Role } from "../proto/identity.js";
 import { parseLinkCode, parsePairingCode } from "../proto/pairing_code.js";
+import { decideCheckpoint } from "../proto/decisions.js";
 import { revokeTranscript } from "../proto/relay_auth.js";
-import { signedTime, transcript } from "../proto/transcript.js";
 import { idbGet, idbPut } from "./idb.js";
 import { FlowError, joinAccount, PeerInbox, pairMachine } from "./net/flows.js";
 import { MachineChannel } from "./net/machine_channel.js";
@@ -35,7 +35,6 @@ const LOG_STATE = "device-log"; // the verified device log's encoded entries
 const BACKOFF_MS = [250, 1000, 2000, 5000, 10000, 20000];
 const ACK_MS = 30000;
 const DEVICE_REMOVED = 4004;
-const DECISION_DOMAIN = "starmux/checkpoint-decision/v1";
 const REFUSALS = {
   "bad-token": "the relay refused the registration token (it is one-time: use the one the relay printed)",
   exists: "this device already has an account on that relay",
@@ -426,13 +425,10 @@ export class Engine {
   }
 
   async decide(fp, checkpoint, approve, reason) {
-    const decidedAt = Date.now() / 1000;
     const channel = this.#channelOf(fp);
-    const signature = this.keys.sign(transcript(
-      DECISION_DOMAIN, channel.key, utf8(checkpoint), utf8(approve ? "approve" : "deny"), utf8(reason), signedTime(decidedAt),
-    ));
+    const fields = decideCheckpoint(this.keys, channel.key, { checkpoint, approve, reason, decidedAt: Date.now() / 1000 });
     const started = performance.now();
-    const answer = await this.#command(fp, "decide-checkpoint", { checkpoint, approve, reason, decided_at: decidedAt, signature });
+    const answer = await this.#command(fp, "decide-checkpoint", fields);
     this.store.dispatch({ type: "metric/ack", ms: performance.now() - started });
     return answer;
   }
