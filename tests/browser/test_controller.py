@@ -153,3 +153,30 @@ def test_link_pair_watch_approve_revoke(
             f"Approve tapped -> agent continued and exited {continued:.2f} s; "
             f"Approve -> machine's ack {ack_ms:.0f} ms"
         )
+
+
+def test_an_owner_removes_a_device(page: Page, paired: Paired, tmp_path: Path) -> None:
+    link_browser(page, paired, role="owner")
+    tablet = tmp_path / "tablet"
+    inviter = Inviter(paired.controller, "operator")
+    joined = run_cli(tablet, "link", inviter.wait_code(), "--name", "tablet", "--yes")
+    assert joined.returncode == 0, joined.stderr
+    inviter.finish()
+
+    page.click("#tabs >> text=Devices")
+    device = page.locator("#device-list li", has_text="tablet")
+    expect(device).to_contain_text("operator")  # learnt from the relay's devices-changed
+    page.once("dialog", lambda dialog: dialog.accept())
+    device.get_by_role("button", name="Remove").click()
+    expect(device).to_have_count(0)
+    told = run_cli(tablet, "machines")  # the relay refuses the removed device
+    assert "this device was removed from its account" in told.stderr, told.stderr
+
+
+def test_an_operator_sees_no_owner_actions(page: Page, paired: Paired) -> None:
+    link_browser(page, paired, role="operator")
+    expect(machine_card(page, "gpu-box")).to_contain_text("online")
+    expect(machine_card(page, "gpu-box").get_by_role("button", name="Revoke")).to_have_count(0)
+    page.click("#tabs >> text=Devices")
+    expect(page.locator("#device-list")).to_contain_text("laptop")
+    expect(page.locator("#device-list").get_by_role("button", name="Remove")).to_have_count(0)

@@ -35,9 +35,9 @@ def shots_dir(tmp_path: Path) -> Path:
 
 def shoot(page: Page, folder: Path, name: str) -> None:
     """Phone (dark) and desktop (light) pictures of what the page shows now."""
-    for size, scheme, suffix in ((PHONE, "dark", "phone"), (DESKTOP, "light", "desktop")):
+    for size, dark, suffix in ((PHONE, True, "phone"), (DESKTOP, False, "desktop")):
         page.set_viewport_size(size)
-        page.emulate_media(color_scheme=scheme)
+        page.emulate_media(color_scheme="dark" if dark else "light")
         page.wait_for_timeout(150)  # a frame to lay out after the resize (pictures only)
         page.screenshot(path=str(folder / f"{name}-{suffix}.png"))
     for width in (PHONE["width"], 360):
@@ -81,7 +81,9 @@ def test_screens(page: Page, paired: Paired, tmp_path: Path) -> None:
     page.click("#tabs >> text=Sessions")
     expect(page.locator("#session-list li")).to_have_count(3)
     shoot(page, folder, "sessions")
-    page.locator("#session-list li", has_text="build and test").get_by_role("button", name="Watch").click()
+    page.locator("#session-list li", has_text="build and test").get_by_role(
+        "button", name="Watch"
+    ).click()
     expect(page.locator("#session-meta")).to_contain_text("succeeded")
     expect(page.locator(".xterm-rows")).to_contain_text("tests: 214 passed")
     shoot(page, folder, "session")
