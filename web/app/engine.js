@@ -438,7 +438,8 @@ export class Engine {
     const argv = splitCommand(command);
     if (!argv.length) throw new EngineError("the command is empty");
     const session = sessionId();
-    await this.#command(fp, "start-session", { session, argv, cwd: cwd || "~", title: title || argv.join(" ").slice(0, 80), env: {}, pty: false });
+    const fields = { session, argv, cwd: cwd || "~", title: title || argv.join(" ").slice(0, 80), env: {}, pty: false, attachments: [] };
+    await this.#command(fp, "start-session", fields);
     return session;
   }
 
