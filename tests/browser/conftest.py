@@ -21,6 +21,7 @@ from playwright.sync_api import (
     BrowserContext,
     ConsoleMessage,
     Page,
+    Playwright,
     ViewportSize,
     sync_playwright,
 )
@@ -51,17 +52,23 @@ DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
+    """One Playwright driver per run: the sync API allows one per thread."""
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.fail(
             "tests/browser need Chromium at /usr/bin/chromium: run tests/setup_system.py as "
             "root, or apt-get install chromium",
             pytrace=False,
         )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    yield launched
+    launched.close()
 
 
 class ConsoleRecord:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, Playwright, expect
 
 from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 
@@ -37,7 +37,9 @@ def write_y4m(image: Image.Image, path: Path, *, size: int = 640) -> None:
 
 
 @pytest.fixture
-def camera_page(tmp_path: Path, console: ConsoleRecord) -> Iterator[tuple[Page, Path]]:
+def camera_page(
+    playwright: Playwright, tmp_path: Path, console: ConsoleRecord
+) -> Iterator[tuple[Page, Path]]:
     video = tmp_path / "camera.y4m"
     flags = [
         *CHROMIUM_FLAGS,
@@ -45,15 +47,14 @@ def camera_page(tmp_path: Path, console: ConsoleRecord) -> Iterator[tuple[Page, 
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={video}",
     ]
-    with sync_playwright() as playwright:
-        browser: Browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
-        context = browser.new_context(viewport=PHONE)
-        context.set_default_timeout(scaled(15) * 1000)
-        page = context.new_page()
-        page.on("console", console.on_console)
-        page.on("pageerror", console.on_page_error)
-        yield page, video
-        browser.close()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+    context = browser.new_context(viewport=PHONE)
+    context.set_default_timeout(scaled(15) * 1000)
+    page = context.new_page()
+    page.on("console", console.on_console)
+    page.on("pageerror", console.on_page_error)
+    yield page, video
+    browser.close()
     assert not console.errors, "the page logged errors:\n" + "\n".join(console.errors)
 
 
