@@ -120,6 +120,7 @@ function renderChrome(state) {
   const pill = document.getElementById("connection");
   pill.className = `pill ${kind}`;
   pill.textContent = text;
+  pill.title = state.connection.detail || "";
   document.getElementById("code-hash").textContent = state.code.pinned || "unknown";
   document.body.dataset.keys = state.keys;
   const notices = document.getElementById("notices");
