@@ -27,6 +27,12 @@ def test_a_new_account_from_the_browser_follows_the_relay(
     page.goto(relay.http_url + "/app/")
     wait_for_keys(page, "unlocked")
     assert page.input_value("#relay-url") == relay.url
+    # A pasted text that is not a link code is refused with what to paste instead.
+    page.fill("textarea", "starmux://pair/v1?relay=ws://x")
+    page.click("text=Use this code")
+    expect(page.locator("section[aria-labelledby=link-title] [role=status]")).to_contain_text(
+        "machine pairing code, not a device link code"
+    )
     page.fill("#device-name", "phone")
     page.fill("#relay-token", "not-the-token")
     page.click("text=Create account")
