@@ -204,7 +204,7 @@ export class Engine {
         await this.#refreshMachines();
         outcome = await closed;
       } catch (exc) {
-        outcome = { code: exc instanceof LinkClosed ? 0 : -1, reason: exc.message };
+        outcome = { code: exc instanceof LinkClosed ? exc.code : -1, reason: exc.message };
       }
       this.link = null;
       for (const channel of this.channels.values()) channel.linkLost();

@@ -1,194 +1,123 @@
-// One WebSocket to the relay: authentication, requests, routed DATA, and the
-// relay's unsolicited frames. A thin adapter like the Python node's link
-// (starmux/node/link.py): bytes move here, every rule lives in web/proto/.
+// This device's connection to the relay, as the app uses it: web/proto's
+// RelayConnection (authentication, framing, requests: the adapter the interop
+// driver uses too) plus a pump that hands every event to the engine's handlers
+// as it arrives, and a bound on how long a request may wait.
 //
-// Invariants: nothing but the auth answer is sent before WELCOME; a frame that
-// does not parse closes the connection (the relay would do the same to us); a
-// request waits for the RESPONSE with its own request_id and no longer than
-// REQUEST_TIMEOUT_MS; every pending request fails when the socket closes.
+// Invariants: one pump per connection, ending with the connection's 'closed'
+// event (handed to `closed` exactly once); a request fails after
+// REQUEST_TIMEOUT_MS instead of waiting for a relay that stopped answering.
 
-import { CONTROL } from "../../proto/codec.js";
-import { encodeFrame, FrameType, parseFrame } from "../../proto/frames.js";
-import { NodeAuth } from "../../proto/relay_auth.js";
+import { RelayConnection, RelayRefused } from "../../proto/relay_connection.js";
 
 const AUTH_TIMEOUT_MS = 15000;
 const REQUEST_TIMEOUT_MS = 20000;
-const NO_PEER = new Uint8Array(0);
+const FOREVER_MS = 2 ** 31 - 1; // setTimeout's largest delay
 
-export class RelayRefused extends Error {
-  constructor(code, message) {
-    super(message || code);
-    this.code = code;
+export { RelayRefused };
+
+export class LinkClosed extends Error {
+  constructor(message, code = 0) {
+    super(message);
+    this.code = code; // the WebSocket close code, when the relay closed it
   }
 }
 
-export class LinkClosed extends Error {}
-
-export function socketUrl(relayUrl) {
-  return relayUrl.replace(/\/+$/, "") + "/v1/ws";
-}
-
 export class RelayLink {
-  #socket = null;
-  #pending = new Map();
-  #nextRequest = 1;
+  #connection = null;
   #handlers;
+  #closed = false;
 
-  // handlers: { data(peer, body), presence(peer, msg), notice(msg), error(peer, msg), closed(code, reason) }
+  // handlers: { data(peer, body), presence(peer, {online, at}), notice(event),
+  //             error(peer), closed(code, reason) }
   constructor({ url, keys, card, pinnedRelayKey = null, handlers = {} }) {
     this.url = url;
     this.keys = keys;
     this.card = card;
     this.pinnedRelayKey = pinnedRelayKey;
     this.#handlers = handlers;
-    this.auth = null; // { status, account, relayCard }
+    this.auth = null; // { status, account, relayCard, relayTime }
   }
 
   get relayKey() {
     return this.auth ? this.auth.relayCard.signPublic : null;
   }
 
-  connect() {
-    return new Promise((resolve, reject) => {
-      let socket;
-      try {
-        socket = new WebSocket(socketUrl(this.url));
-      } catch (exc) {
-        reject(new LinkClosed(`cannot reach the relay at ${this.url}: ${exc.message}`));
-        return;
-      }
-      socket.binaryType = "arraybuffer";
-      this.#socket = socket;
-      const auth = new NodeAuth(this.keys, this.card, { pinnedRelayKey: this.pinnedRelayKey });
-      let settled = false;
-      const timer = setTimeout(() => fail(new LinkClosed("the relay did not authenticate us in time")), AUTH_TIMEOUT_MS);
-      const fail = (error) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        socket.close(1000);
-        reject(error);
-      };
-      socket.onmessage = (event) => {
-        let frame;
-        try {
-          frame = parseFrame(new Uint8Array(event.data));
-        } catch (exc) {
-          if (!settled) fail(exc);
-          else socket.close(4014);
-          return;
-        }
-        if (!settled) {
-          try {
-            if (auth.state === "await-challenge") {
-              socket.send(auth.receiveChallenge(frame));
-            } else {
-              this.auth = auth.receiveWelcome(frame);
-              settled = true;
-              clearTimeout(timer);
-              resolve(this.auth);
-            }
-          } catch (exc) {
-            fail(exc);
-          }
-          return;
-        }
-        this.#receive(frame);
-      };
-      socket.onclose = (event) => {
-        fail(new LinkClosed(`the relay closed the connection (${event.code}${event.reason ? `: ${event.reason}` : ""})`));
-        for (const [, waiter] of this.#pending) waiter.reject(new LinkClosed("the relay connection closed"));
-        this.#pending.clear();
-        if (this.#socket === socket) this.#socket = null;
-        this.#handlers.closed?.(event.code, event.reason);
-      };
-      socket.onerror = () => {}; // onclose follows and says what happened
-    });
+  get open() {
+    return this.#connection !== null && !this.#closed;
   }
 
-  #receive(frame) {
-    switch (frame.type) {
-      case FrameType.DATA:
-        this.#handlers.data?.(frame.peer, frame.body);
-        return;
-      case FrameType.RESPONSE: {
-        let message;
-        try {
-          message = CONTROL.decode(frame.body);
-        } catch {
-          this.#socket?.close(4014);
-          return;
-        }
-        const waiter = this.#pending.get(message.request_id);
-        if (!waiter) return;
-        this.#pending.delete(message.request_id);
-        if (message.kind === "failure") waiter.reject(new RelayRefused(message.code, message.message));
-        else waiter.resolve(message);
-        return;
-      }
-      case FrameType.PRESENCE:
-        this.#decoded(frame, "presence", (m) => this.#handlers.presence?.(frame.peer, m));
-        return;
-      case FrameType.NOTICE:
-        this.#decoded(frame, "notice", (m) => this.#handlers.notice?.(m));
-        return;
-      case FrameType.ERROR:
-        this.#decoded(frame, "route-error", (m) => this.#handlers.error?.(frame.peer, m));
-        return;
-      default:
-        this.#socket?.close(4014);
-    }
-  }
-
-  #decoded(frame, kind, then) {
-    let message;
+  async connect() {
     try {
-      message = CONTROL.decodeAs(frame.body, kind);
-    } catch {
-      this.#socket?.close(4014);
-      return;
+      this.#connection = await RelayConnection.open(this.url, this.keys, this.card, {
+        pinnedRelayKey: this.pinnedRelayKey,
+        timeoutMs: AUTH_TIMEOUT_MS,
+      });
+    } catch (error) {
+      this.#closed = true;
+      if (error instanceof RelayRefused && error.code.startsWith("closed-")) {
+        const code = Number(error.code.slice(7));
+        throw new LinkClosed(`cannot reach the relay at ${this.url} (${code})`, code);
+      }
+      throw error;
     }
-    then(message);
+    this.auth = this.#connection.auth;
+    this.#pump();
+    return this.auth;
   }
 
-  request(kind, fields = {}, expect = null) {
-    const socket = this.#socket;
-    if (!socket || socket.readyState !== WebSocket.OPEN || !this.auth) {
-      return Promise.reject(new LinkClosed("not connected to the relay"));
+  async #pump() {
+    const connection = this.#connection;
+    for (;;) {
+      let event;
+      try {
+        event = await connection.next(() => true, FOREVER_MS);
+      } catch {
+        continue; // the wait ran out (after 24 days): wait again
+      }
+      switch (event.type) {
+        case "data":
+          this.#handlers.data?.(event.peer, event.body);
+          break;
+        case "presence":
+          this.#handlers.presence?.(event.peer, event);
+          break;
+        case "notice":
+          this.#handlers.notice?.(event);
+          break;
+        case "route-error":
+          this.#handlers.error?.(event.peer);
+          break;
+        case "closed":
+          this.#closed = true;
+          this.#handlers.closed?.(event.code, event.reason);
+          return;
+        default:
+          break;
+      }
     }
-    const id = this.#nextRequest++;
-    const body = CONTROL.encode(kind, { request_id: id, ...fields });
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(id);
-        reject(new LinkClosed(`the relay did not answer ${kind}`));
-      }, REQUEST_TIMEOUT_MS);
-      this.#pending.set(id, {
-        resolve: (m) => {
-          clearTimeout(timer);
-          if (expect && m.kind !== expect) reject(new RelayRefused("unexpected", `expected ${expect}, got ${m.kind}`));
-          else resolve(m);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      });
-      socket.send(encodeFrame(FrameType.REQUEST, NO_PEER, body));
+  }
+
+  async request(kind, fields = {}, expect = null) {
+    if (!this.open) throw new LinkClosed("not connected to the relay");
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new LinkClosed(`the relay did not answer ${kind}`)), REQUEST_TIMEOUT_MS);
     });
+    try {
+      const reply = await Promise.race([this.#connection.request(kind, fields), timeout]);
+      if (expect && reply.kind !== expect) throw new LinkClosed(`the relay answered ${reply.kind}, not ${expect}`);
+      return reply;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   sendData(peer, body) {
-    const socket = this.#socket;
-    if (!socket || socket.readyState !== WebSocket.OPEN) throw new LinkClosed("not connected to the relay");
-    socket.send(encodeFrame(FrameType.DATA, peer, body));
-  }
-
-  get open() {
-    return Boolean(this.#socket && this.#socket.readyState === WebSocket.OPEN && this.auth);
+    if (!this.open) throw new LinkClosed("not connected to the relay");
+    this.#connection.sendData(peer, body);
   }
 
   close() {
-    this.#socket?.close(1000);
+    this.#connection?.close();
   }
 }
