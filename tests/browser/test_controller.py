@@ -111,6 +111,29 @@ def test_link_pair_watch_approve_revoke(
     expect(page.locator("#session-meta")).to_contain_text("succeeded", timeout=scaled(60) * 1000)
     text = page.text_content("#output-text") or ""
     assert text == "".join(f"{i}\n" for i in range(1, lines + 1))  # no gap, no repeat
+    # Reloaded with the relay away, the app shows what this device kept (output up to
+    # its saved cursor); when the relay is back it syncs on after that cursor: the
+    # whole output again, nothing repeated, nothing missing.
+    paired.relay.kill()
+    page.reload()
+    wait_for_keys(page, "unlocked")
+    expect(page.locator("#connection")).to_contain_text("offline since")
+    page.click("#tabs >> text=Sessions")
+    page.locator("#session-list li", has_text="count").get_by_role("button", name="Watch").click()
+    page.click("#show-text")
+    expect(page.locator("#output-text")).to_contain_text("\n20\n")
+    kept = page.text_content("#output-text") or ""
+    assert text.startswith(kept)  # a snapshot as of some cursor (the newest save may lag)
+    paired.relay = RelayProcess(paired.relay.data_dir, port=paired.relay.port).start()
+    relays.append(paired.relay)
+    expect(page.locator("#connection")).to_have_text("live", timeout=scaled(30) * 1000)
+    page.click("#tabs >> text=Machines")
+    synced = machine_card(page, "gpu-box").locator(".meta").first
+    expect(synced).to_have_text("online · 0 running", timeout=scaled(30) * 1000)
+    page.click("#tabs >> text=Sessions")
+    page.locator("#session-list li", has_text="count").get_by_role("button", name="Watch").click()
+    page.click("#show-text")
+    assert page.text_content("#output-text") == text
 
     # --- approve a checkpoint raised by a real agent process ----------------------------
     session = paired.run(*agent("Deploy to prod?", "--timeout", "120"))

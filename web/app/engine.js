@@ -32,6 +32,9 @@ export class EngineError extends Error {}
 const DEVICE_STATE = "device"; // IndexedDB "state": { relayUrl, relayKey, account, name, role }
 const MACHINES_STATE = "machines"; // hex key -> { card, name }
 const LOG_STATE = "device-log"; // the verified device log's encoded entries
+const SNAPSHOT_STATE = "snapshot"; // per machine: cursor, sessions, approvals, output
+const SNAPSHOT_VERSION = 1;
+const SAVE_AFTER_MS = 500;
 const BACKOFF_MS = [250, 1000, 2000, 5000, 10000, 20000];
 const ACK_MS = 30000;
 const DEVICE_REMOVED = 4004;
@@ -70,6 +73,7 @@ export class Engine {
     this.link = null;
     this.stopped = false;
     this.book = null;
+    this.saveTimer = null;
   }
 
   // --- start-up and persistence ----------------------------------------------------
@@ -83,8 +87,56 @@ export class Engine {
     for (const [hex, saved] of Object.entries((await idbGet("state", MACHINES_STATE)) || {})) {
       this.#addMachine(decodeCard(saved.card), saved.name);
     }
+    this.#restore(await idbGet("state", SNAPSHOT_STATE));
     this.#publish();
+    addEventListener("pagehide", () => this.#save());
+    addEventListener("visibilitychange", () => document.visibilityState === "hidden" && this.#save());
     if (this.device) this.#connectLoop();
+  }
+
+  // --- what was seen, kept across reloads ------------------------------------------
+  //
+  // One snapshot holds, per machine, the cursor together with everything applied up
+  // to it (sessions, approvals, output), taken in one synchronous step: a reload
+  // resumes sync after that cursor, so nothing is shown twice or skipped. A lost
+  // save only means an older snapshot and a longer resync.
+
+  #restore(snapshot) {
+    if (!snapshot || snapshot.version !== SNAPSHOT_VERSION) return;
+    for (const [hex, saved] of Object.entries(snapshot.machines || {})) {
+      const channel = this.channels.get(hex);
+      if (!channel) continue;
+      const fp = channel.card.fingerprint;
+      channel.cursor = saved.cursor;
+      this.store.dispatch({ type: "machine/update", fingerprint: fp, fields: { sessions: saved.sessions } });
+      for (const approval of saved.approvals) this.store.dispatch({ type: "approval/raised", approval });
+      this.book.restore(fp, saved.output);
+    }
+  }
+
+  #scheduleSave() {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = null;
+      this.#save();
+    }, SAVE_AFTER_MS);
+  }
+
+  #save() {
+    const machines = {};
+    const state = this.store.state;
+    for (const [hex, channel] of this.channels) {
+      const fp = channel.card.fingerprint;
+      machines[hex] = {
+        cursor: channel.cursor,
+        sessions: (state.machines[fp] || {}).sessions || {},
+        approvals: Object.values(state.approvals).filter((a) => a.machine === fp),
+        output: this.book.snapshot(fp),
+      };
+    }
+    idbPut("state", SNAPSHOT_STATE, { version: SNAPSHOT_VERSION, machines }).catch((exc) => {
+      this.store.dispatch({ type: "notice/add", kind: "error", text: `could not keep the sessions on this device: ${exc.message}` });
+    });
   }
 
   #deviceName(key) {
@@ -144,8 +196,14 @@ export class Engine {
       },
       deviceLog: () => this.log,
       apply: (channel, events, wiped) => {
-        if (wiped) this.book.forgetMachine(channel.card.fingerprint);
-        this.book.apply(channel.card.fingerprint, events);
+        const fp = channel.card.fingerprint;
+        if (wiped) {
+          // The machine's log was wiped: what we held of it is another log's.
+          this.book.forgetMachine(fp);
+          this.store.dispatch({ type: "machine/update", fingerprint: fp, fields: { sessions: {} } });
+        }
+        this.book.apply(fp, events);
+        this.#scheduleSave();
       },
       changed: (channel) => this.store.dispatch({ type: "machine/update", fingerprint: channel.card.fingerprint, fields: { online: channel.online, live: channel.live } }),
       warn: (channel, text) => this.store.dispatch({ type: "notice/add", kind: "error", text: `${this.names.get(toHex(channel.key))}: ${text}` }),
@@ -283,6 +341,7 @@ export class Engine {
     await this.#saveMachines();
     this.book.forgetMachine(channel.card.fingerprint);
     this.store.dispatch({ type: "machine/removed", fingerprint: channel.card.fingerprint });
+    this.#save();
   }
 
   // --- becoming a device ------------------------------------------------------------

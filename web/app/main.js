@@ -48,8 +48,14 @@ const engine = new Engine(store, { confirm: confirmCode });
 let worker = null;
 let mounted = null; // { name, el, update, close }
 
+const INFO_SHOWN_MS = 6000; // information goes away by itself; errors stay until dismissed
+
 function notify(kind, text) {
   store.dispatch({ type: "notice/add", kind, text });
+  if (kind === "info") {
+    const { id } = store.state.notices[store.state.notices.length - 1];
+    setTimeout(() => store.dispatch({ type: "notice/dismiss", id }), INFO_SHOWN_MS);
+  }
 }
 
 async function guarded(work) {

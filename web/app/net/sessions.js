@@ -20,6 +20,17 @@ export class SessionBook {
     this.mine = new Set(); // checkpoint keys this device decided
   }
 
+  // This machine's kept output, by session (for the engine's snapshot).
+  snapshot(fp) {
+    const out = {};
+    for (const [key, kept] of this.output) if (key.startsWith(`${fp}/`)) out[key.slice(fp.length + 1)] = kept;
+    return out;
+  }
+
+  restore(fp, saved) {
+    for (const [id, kept] of Object.entries(saved || {})) this.output.set(`${fp}/${id}`, kept);
+  }
+
   forgetMachine(fp) {
     for (const key of [...this.output.keys()]) if (key.startsWith(`${fp}/`)) this.output.delete(key);
   }

@@ -31,7 +31,7 @@ export function machinesView(ctx) {
       const running = sessions.filter((s) => s.status === "running" || s.status === "waiting_approval").length;
       return h("li", { className: "card", dataset: { machine: fp } },
         h("div", { className: "name" }, h("span", { className: m.online ? "dot-on" : "dot-off", "aria-hidden": "true" }, "● "), machineText(m.name, 80)),
-        h("div", { className: "meta" }, m.online ? "online" : `offline · last seen ${ago(m.lastSeen)}`, ` · ${running} running`),
+        h("div", { className: "meta" }, m.online ? (m.live ? "online" : "online · syncing…") : `offline · last seen ${ago(m.lastSeen)}`, ` · ${running} running`),
         h("div", { className: "meta mono", title: "machine fingerprint" }, fp),
         h("div", { className: "actions" },
           h("button", { type: "button", on: { click: () => ctx.actions.show("sessions", { machine: fp }) } }, "Sessions"),
