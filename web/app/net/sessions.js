@@ -9,6 +9,7 @@
 import { APP } from "../../proto/codec.js";
 
 const MAX_OUTPUT_BYTES = 4 * 1024 * 1024; // per session kept for late watchers
+const MAX_TOTAL_BYTES = 32 * 1024 * 1024; // all sessions: the oldest session's output goes first
 
 export class SessionBook {
   constructor(store, { nameOf, me }) {
@@ -105,7 +106,19 @@ export class SessionBook {
       kept.dropped += old.length;
     }
     this.output.set(key, kept);
+    this.#bound(key);
     for (const watcher of this.watchers.get(key) || []) watcher(data);
+  }
+
+  #bound(current) {
+    let total = 0;
+    for (const kept of this.output.values()) total += kept.bytes;
+    for (const [key, kept] of this.output) {
+      if (total <= MAX_TOTAL_BYTES) break;
+      if (key === current) continue;
+      total -= kept.bytes;
+      this.output.set(key, { chunks: [], bytes: 0, dropped: kept.dropped + kept.bytes });
+    }
   }
 
   // Replay what is kept, then every new chunk; returns the detach function.

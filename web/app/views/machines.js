@@ -9,7 +9,7 @@ export function machinesView(ctx) {
     h("h2", { id: "pair-title" }, "Pair a machine"),
     codeInput({
       label: "Pairing code (from “starmux daemon start”)",
-      placeholder: "starmux-pair:…",
+      placeholder: "starmux://pair/v1?…",
       busyText: "Pairing: check that the machine shows the same comparison code…",
       onCode: async (code) => {
         await ctx.actions.pairMachine(code);

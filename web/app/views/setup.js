@@ -35,7 +35,7 @@ export function setupView(ctx) {
       h("p", { className: "muted" }, "On a device that is an owner, run “starmux devices link --role operator”, then paste its code here or scan its QR."),
       codeInput({
         label: "Link code",
-        placeholder: "starmux-link:…",
+        placeholder: "starmux://link/v1?…",
         busyText: "Linking: compare the code shown on both devices…",
         onCode: (code) => ctx.actions.link(code, name.value.trim()),
       })),
