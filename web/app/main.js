@@ -3,7 +3,7 @@
 // store events.
 
 import { codeStatus, controllingWorker, trustOffered } from "./codepin.js";
-import { ago, h, replace } from "./dom.js";
+import { h, replace } from "./dom.js";
 import { Engine } from "./engine.js";
 import { hasKeys, KeysLocked, storeKeys, unlockKeys } from "./keystore.js";
 import { Store } from "./store.js";
@@ -96,7 +96,8 @@ function connectionText(state) {
   const c = state.connection;
   if (c.state === "live") return ["live", "live"];
   if (c.state === "connecting") return ["connecting", "connecting…"];
-  return ["offline", `offline since ${ago(c.since)}`];
+  const at = new Date(c.since).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return ["offline", `offline since ${at}`];
 }
 
 function renderPrompt(state) {
