@@ -22,8 +22,8 @@ from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 from ..integration.cluster import Paired
 from ..integration.daemon_process import DaemonProcess, run_cli
 from ..integration.relay_process import RelayProcess
+from ..integration.shown_codes import Inviter
 from ..integration.test_checkpoints import agent
-from ..integration.test_devices import Inviter
 from ..integration.watcher import Watcher
 from ..timeouts import scaled
 from .conftest import ConsoleRecord, wait_for_keys
@@ -43,9 +43,7 @@ def link_browser(page: Page, paired: Paired, role: str = "owner") -> None:
     expect(page.locator("#comparison-code")).to_have_text(re.compile(r"\d"))
     shown = page.text_content("#comparison-code") or ""
     page.click("#codes-match")
-    out = inviter.finish()
-    assert inviter.process.stderr is not None
-    said = out + inviter.process.stderr.read()
+    said = inviter.finish() + "".join(inviter.err)
     assert shown in said, (shown, said)  # the CLI owner showed the same code
     expect(page.locator("#connection")).to_have_text("live")
 

@@ -17,8 +17,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from ..integration.cluster import Paired, pending_checkpoint, python
+from ..integration.shown_codes import Inviter
 from ..integration.test_checkpoints import agent
-from ..integration.test_devices import Inviter
 from ..integration.watcher import Watcher
 from .conftest import DESKTOP, PHONE, wait_for_keys
 from .web_server import WebServer, copy_web_root
