@@ -398,9 +398,21 @@ class ClusterRoutingTable:
         if peer is None or peer.closed or peer.status is not SessionStatus.MACHINE:
             return
         self.revocations_applied += 1
-        notice = Notice(NoticeEvent.REVOKED, key, account, 0.0)
-        final = encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice))
-        self._cut_off(peer, final, CloseCode.REVOKED, "revoked")
+        notice = encode_frame(
+            FrameType.NOTICE, b"", CONTROL.encode(Notice(NoticeEvent.REVOKED, key, account, 0.0))
+        )
+        self._cut_off(peer, notice, CloseCode.REVOKED, "revoked")
+        self._tell_devices(account, notice)
+
+    def _tell_devices(self, account: bytes, notice: bytes) -> None:
+        """The account's devices on every node hear what the node that took the
+        request told them. Here only when the stream or the registry re-read cut a
+        peer off, i.e. the direct command did not: the bus was out, so devices on
+        other nodes than the requester's missed the requester's notice. (Those on
+        the requester's node hear it twice: a notice states a fact, and every
+        client treats it so; missing it is what one relay never does.)"""
+        for controller in self.account_controllers(account):
+            controller.deliver(notice, time.perf_counter())
 
     def on_device_removed(self, key: bytes, account: bytes) -> None:
         peer = self._local.get(key)
@@ -413,6 +425,8 @@ class ClusterRoutingTable:
             return  # not here, or already cut off (by the direct command)
         self.device_removals_applied += 1
         cut_off_device(self.state, key, account)
+        changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", account, 0.0)
+        self._tell_devices(account, encode_frame(FrameType.NOTICE, b"", CONTROL.encode(changed)))
 
     def _cut_off(
         self, peer: Peer, final: bytes, code: CloseCode, reason: str, then: bytes = b""

@@ -179,7 +179,10 @@ async def test_a_removal_made_while_redis_is_down_lands_when_it_returns(
     assert cluster.metric(0, "starmux_relay_cluster_bus_events_total"
                           '{event="device_removals_applied"}') == 1  # fmt: skip
     await refused_everywhere(cluster, device, CloseCode.DEVICE_REMOVED)
-    # The other device on that node is untouched.
+    # The other device on that node is untouched, and hears that the log changed
+    # (the owner's node told it while the bus was out: that notice was lost).
+    changed = await kept.recv_type(FrameType.NOTICE)
+    assert CONTROL.decode(changed.body) == Notice(NoticeEvent.DEVICES_CHANGED, b"", account, 0.0)
     await wait_health(a, 200)
     assert kept.ws is not None and kept.ws.close_code is None
 
@@ -245,3 +248,40 @@ async def test_a_revocation_through_one_node_reaches_the_devices_on_the_other(
         about = [f for f in later if f.peer in (on_a.key, on_b.key)]
         about += [f for f in later if f.type is FrameType.NOTICE]
         assert not about, about
+
+
+async def test_a_revocation_made_while_redis_is_down_reaches_the_devices_on_the_other_node(
+    cluster: RelayCluster,
+) -> None:
+    """Through node A while Redis is down: the machine on node B is cut off when
+    Redis returns (from PostgreSQL), and the device on node B, whose REVOKED notice
+    from node A was lost with the bus, hears it then, with the presence."""
+    a, b = cluster.nodes
+    owner, account = await register_controller(a, cluster.registration_token)
+    log = await with_log(owner, account)
+    phone = RelayNode(Role.CONTROLLER, "phone")
+    await add_device(owner, log, phone, DeviceRole.VIEWER)
+    await phone.connect(b.url)
+    machine = await pair_machine(b, owner, account)
+    assert await presence(phone, machine.key, 10) is True
+
+    cluster.redis.stop()
+    for node in (a, b):
+        assert "cluster bus" in await wait_health(node, 503)
+    cut = asyncio.create_task(until_closed(machine, timeout=30))
+    await revoke(owner, account, machine)  # PostgreSQL takes it; the bus cannot
+    await asyncio.sleep(0.5)  # a bounded look: no event exists for "not told yet"
+    assert not cut.done()
+    assert not [f for f in await frames_within(phone, 0.1) if f.type is FrameType.NOTICE]
+
+    cluster.redis.start()
+    start = time.perf_counter()
+    frames, code = await cut
+    assert code == CloseCode.REVOKED
+    assert notices(frames)[-1] == Notice(NoticeEvent.REVOKED, machine.key, account, 0.0)
+    assert await next_notice(phone, NoticeEvent.REVOKED, machine.key) == Notice(
+        NoticeEvent.REVOKED, machine.key, account, 0.0
+    )
+    assert await presence(phone, machine.key, 10) is False
+    print(f"\nRedis back: the device on node B heard of the revocation made through node A"
+          f" while Redis was down in {time.perf_counter() - start:.2f} s")  # fmt: skip
