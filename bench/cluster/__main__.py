@@ -173,6 +173,10 @@ def storm_lines(r: dict[str, Any]) -> list[str]:
         "",
         f"CPU over that window (% of one core): {cpu}; the machine was"
         f" {r['busy_cores']:.2f} cores busy. Node A RSS peak {r['survivor_rss_mib']:.0f} MiB.",
+        f"HAProxy took a node out or back {len(r['haproxy_state_changes'])} times"
+        f" (health checks; node B's own removal included); refusals the machines met:"
+        f" {', '.join(f'{k} {v:,}' for k, v in r['stats'].items() if k.startswith('failed'))}"
+        " (none if empty).",
     ]
 
 
@@ -188,8 +192,8 @@ message. *Storm*: the registry filled through the real `PostgresRegistry` API (o
 account; per machine create_ticket → open_ticket → grant_machine with a real grant
 signature), the machines in `bench/storm/clients.py` load processes (the shipped
 `RelayLink` and the daemon's reconnect policy) connecting through HAProxy 2.6 (round
-robin, no stickiness, `option redispatch`, `retries 3`, health checks every 300 ms,
-2 failures = down); node B is SIGKILLed; the clock runs from the SIGKILL until the last
+robin, no stickiness, `option redispatch`, `retries 3`, health checks every second,
+2 failures = down, as in `deploy/haproxy.cfg`); node B is SIGKILLed; the clock runs from the SIGKILL until the last
 machine node B held authenticated again (load processes' CLOCK_MONOTONIC timestamps).
 The machine is shared with other sessions: the load average before and after each part
 is printed with the figures, and "other processes" is the CPU the rest of the machine used
@@ -237,6 +241,11 @@ def run_storm(args: argparse.Namespace, workdir: str) -> tuple[list[str], dict[s
                     give_up_after=args.storm_timeout,
                 )
             )
+            # HAProxy's own word on the nodes' health checks during the storm.
+            log = (tmp / "haproxy.log").read_text(errors="replace").splitlines()
+            result["haproxy_state_changes"] = [
+                line.strip() for line in log if " is DOWN" in line or " is UP" in line
+            ]
             lines = storm_lines(result)
             lines += ["", f"Load average before / after: {before} / {load_average()}."]
     return lines, result

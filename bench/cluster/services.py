@@ -111,7 +111,9 @@ def nodes(registry: str, bus: str, workdir: str, count: int = 2) -> Iterator[lis
         yield started
 
 
-#: Connections HAProxy takes: two descriptors each (client and node side) under this
+#: deploy/haproxy.cfg's settings (health checks every second, two failures take a node
+#: out: a check that takes 300 ms on a loaded machine must not flap the survivor), with
+#: the connection cap below. Connections HAProxy takes: two descriptors each (client and node side) under this
 #: machine's hard limit of 20,000 open files; enough for the 5,000-machine storm.
 HAPROXY_MAXCONN = 9500
 HAPROXY_CONFIG = """\
@@ -120,7 +122,7 @@ global
 defaults
     mode http
     maxconn {maxconn}
-    timeout connect 2s
+    timeout connect 5s
     timeout client 60s
     timeout server 60s
     timeout tunnel 1h
@@ -133,7 +135,7 @@ backend nodes
     balance roundrobin
     option httpchk GET /health
     http-check expect status 200
-    default-server inter 300ms fall 2 rise 1
+    default-server inter 1s fall 2 rise 2
 {servers}
 """
 

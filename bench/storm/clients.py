@@ -162,7 +162,10 @@ class Fleet:
                 if isinstance(exc, RelayClosedConnection):
                     self.stats[f"refused-{exc.code}"] += 1
                 else:
-                    self.stats[f"failed-{type(exc.__cause__ or exc).__name__}"] += 1
+                    cause = exc.__cause__ or exc
+                    response = getattr(cause, "response", None)  # an HTTP refusal: which
+                    status = f"-{response.status_code}" if response is not None else ""
+                    self.stats[f"failed-{type(cause).__name__}{status}"] += 1
                 if not await self._wait_after(policy, connect_failure(exc), index):
                     return
                 continue
