@@ -193,8 +193,9 @@ account; per machine create_ticket → open_ticket → grant_machine with a real
 signature), the machines in `bench/storm/clients.py` load processes (the shipped
 `RelayLink` and the daemon's reconnect policy) connecting through HAProxy 2.6 (round
 robin, no stickiness, `option redispatch`, `retries 3`, health checks every second,
-2 failures = down, as in `deploy/haproxy.cfg`); node B is SIGKILLed; the clock runs from the SIGKILL until the last
-machine node B held authenticated again (load processes' CLOCK_MONOTONIC timestamps).
+2 failures = down, as in `deploy/haproxy.cfg`); node B is SIGKILLed; the clock runs from
+the SIGKILL until the last machine node B held authenticated again (load processes'
+CLOCK_MONOTONIC timestamps).
 The machine is shared with other sessions: the load average before and after each part
 is printed with the figures, and "other processes" is the CPU the rest of the machine used
 during the throughput windows."""

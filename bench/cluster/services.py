@@ -113,7 +113,7 @@ def nodes(registry: str, bus: str, workdir: str, count: int = 2) -> Iterator[lis
 
 #: deploy/haproxy.cfg's settings (health checks every second, two failures take a node
 #: out: a check that takes 300 ms on a loaded machine must not flap the survivor), with
-#: the connection cap below. Connections HAProxy takes: two descriptors each (client and node side) under this
+#: the connection cap below: two descriptors each (client and node side) under this
 #: machine's hard limit of 20,000 open files; enough for the 5,000-machine storm.
 HAPROXY_MAXCONN = 9500
 HAPROXY_CONFIG = """\
