@@ -98,6 +98,9 @@ def node_env(registry: str, bus: str, key_file: str) -> dict[str, str]:
 @contextlib.contextmanager
 def nodes(registry: str, bus: str, workdir: str, count: int = 2) -> Iterator[list[Server]]:
     """``count`` relay nodes on the registry and bus, sharing one key, any free port."""
+    # Private before any node starts: the key file's folder must be (a node creating
+    # its data dir inside it first would leave it 0755, and the key is then refused).
+    Path(workdir).mkdir(mode=0o700, exist_ok=True)
     with contextlib.ExitStack() as stack:
         started = []
         for index in range(count):
