@@ -48,6 +48,7 @@ from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
 from starmux.relay_auth import RelayKeyMismatch
 
+from . import review
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
 from .artifacts import (
@@ -60,6 +61,7 @@ from .artifacts import (
 )
 from .cache import Cache
 from .device_copy import DeviceRemoved
+from .fleet import Fleet
 from .live import LiveController
 from .sessions import ControllerState, OperationFailed
 from .store import ControllerStore
@@ -83,6 +85,7 @@ class ControllerAgent:
         self.home = home
         self.services = services or []
         self.state: ControllerState | None = None
+        self.fleet: Fleet | None = None  # task placement (issue 18), a built-in service
         self.stopping = asyncio.Event()
         self.first_sync = asyncio.Event()
         self.first_connect = asyncio.Event()  # the first connection attempt ended
@@ -105,6 +108,7 @@ class ControllerAgent:
                 Cache(store.db),
                 transfers=ControllerTransfers(cap=file_size_cap()),
             )
+            self.fleet = Fleet(self.state)
             path = socket_path(self.home)
             path.unlink(missing_ok=True)  # a leftover: we hold the lock
             old_umask = os.umask(0o177)
@@ -123,6 +127,7 @@ class ControllerAgent:
             tasks = [
                 asyncio.create_task(self._link_loop()),
                 asyncio.create_task(self._watch_home()),
+                asyncio.create_task(self.fleet.run()),
                 *(asyncio.create_task(service(self.state)) for service in self.services),
             ]
             try:
@@ -295,8 +300,8 @@ class ControllerAgent:
         await writer.drain()
 
     async def _dispatch(self, request: wire.Request, writer: asyncio.StreamWriter) -> bytes:
-        state = self.state
-        assert state is not None
+        state, fleet = self.state, self.fleet
+        assert state is not None and fleet is not None
         op, fields = request.op, request.fields
         if op == "ping":
             return wire.ok(pid=os.getpid())
@@ -311,7 +316,7 @@ class ControllerAgent:
             raise DeviceRemoved()
         if op == "machines":  # who is online: known once connected
             await self._wait_first(self.first_connect)
-        elif op != "outbox":  # what they did: known once synced
+        elif op not in ("outbox", "tasks", "task"):  # what they did: known once synced
             await self._wait_first(self.first_sync)
         notes: dict[str, Any] = {}
         if op != "outbox":
@@ -325,7 +330,10 @@ class ControllerAgent:
         if op == "approvals":
             return wire.ok(**await state.approvals(), **notes)
         if op == "machines":
-            return wire.ok(**await state.machines(), **notes)
+            listing = await state.machines()
+            for view in listing["machines"]:
+                view.update(fleet.machine_fields(bytes.fromhex(view["key"])))
+            return wire.ok(**listing, **notes)
         if op == "outbox":
             return wire.ok(**await state.outbox())
         if op in ("logs", "watch"):
@@ -336,10 +344,28 @@ class ControllerAgent:
             return wire.ok(**await self._artifacts(fields["session"]), **notes)
         if op == "get":
             return await self._get(writer, fields, notes)
+        if op == "cancel" and fleet.knows(fields["session"]):  # a task id
+            return wire.ok(**await fleet.cancel(fields["session"]), **notes)
         if op == "cancel":
             return wire.ok(**await state.cancel(fields["session"]), **notes)
+        if op == "submit":
+            return wire.ok(**await fleet.submit(**fields), **notes)
+        if op == "tasks":
+            return wire.ok(**await fleet.tasks(state=fields["state"]), **notes)
+        if op == "task":
+            return wire.ok(**await fleet.show(fields["task"]), **notes)
+        if op == "tag":
+            return wire.ok(**await fleet.tag(**fields), **notes)
         if op == "decide":
-            return wire.ok(**await state.decide(**fields), **notes)
+            return wire.ok(**await review.decide(state, **fields), **notes)
+        if op == "approval":
+            return wire.ok(**await review.approval(state, fields["checkpoint"]), **notes)
+        if op == "rules":
+            return wire.ok(**await review.rules(state, fields["session"]), **notes)
+        if op == "remove-rule":
+            return wire.ok(**await review.remove_rule(state, fields["rule"]), **notes)
+        if op == "diff":
+            return wire.ok(**await review.diff(state, **fields), **notes)
         if op == "revoke":
             return wire.ok(**await state.revoke(fields["machine"]), **notes)
         if op == "rename":

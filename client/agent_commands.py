@@ -22,6 +22,7 @@ from .agent_process import (
     stop_agent,
 )
 from .session_commands import refuse_changed_relay, say_refused
+from .task_commands import tag_command
 
 
 @click.group("controller")
@@ -156,9 +157,16 @@ def machines_command(ctx: click.Context, home: Path | None, as_json: bool) -> No
         state = click.style("online ", fg="green") if view.get("online") else "offline"
         seen = "" if view.get("online") else f"  last seen {when(view.get('last_seen'))}"
         listed = "  (not listed by the relay)" if view.get("listed_by_relay") is False else ""
+        fleet = ""
+        if view.get("capacity") is not None:  # as the machine last reported
+            tags = ",".join(str(t) for t in view.get("tags") or []) or "-"
+            fleet = (
+                f"  tags {printable(tags)}  load {view.get('running')}+{view.get('queued')}"
+                f"/{view.get('capacity')}"
+            )
         click.echo(
             f"{printable(view.get('name', '?')):<{width}}  {state}  "
-            f"{printable(view.get('fingerprint', '?'))}{seen}{listed}"
+            f"{printable(view.get('fingerprint', '?'))}{seen}{listed}{fleet}"
         )
     names = [printable(v.get("name", "")) for v in views]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -227,3 +235,6 @@ def rename_command(machine: str, name: str, home: Path | None) -> None:
         f"renamed {printable(reply.get('renamed', '?'))} "
         f"({printable(reply.get('fingerprint', '?'))}) to {printable(reply.get('name', '?'))}"
     )
+
+
+machines_command.add_command(tag_command)

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from typing import Any
 import aiosqlite
 import msgpack
 
+from starmux import checkpoint_preview
 from starmux.errors import MessageError, UsageError
 from starmux.fingerprint import fingerprint
 from starmux.messages import (
@@ -48,6 +50,7 @@ from starmux.messages import (
 from starmux.resync import Applied as Applied
 from starmux.resync import Cursor as Cursor
 from starmux.resync import cursor_for, next_in_order
+from starmux.review_messages import ApprovalRuleRemoved, ApprovalRuleSet
 
 log = logging.getLogger("starmux.controller")
 
@@ -92,6 +95,17 @@ class CheckpointRow:
     decision: str | None
     decided_by: bytes | None
     reason: str | None
+    preview: str | None = None  # JSON (starmux.checkpoint_preview.to_json)
+
+    def preview_json(self) -> dict[str, Any] | None:
+        """The stored preview, re-checked (the cache holds what a machine sent)."""
+        if not self.preview:
+            return None
+        try:
+            stored = checkpoint_preview.from_json(json.loads(self.preview))
+        except (ValueError, UsageError):
+            return None
+        return checkpoint_preview.to_json(stored)
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ _SESSION_COLUMNS = (
 )
 _CHECKPOINT_COLUMNS = (
     "id, machine, session, title, body, created_at, expires_at, "
-    "default_approve, decision, decided_by, reason"
+    "default_approve, decision, decided_by, reason, preview"
 )
 
 
@@ -209,7 +223,7 @@ class Cache:
             await self.db.execute(*statement)
 
     async def _forget_machine_data(self, machine: bytes) -> None:
-        for table in ("events", "sessions", "checkpoints"):
+        for table in ("events", "sessions", "checkpoints", "approval_rules"):
             await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
 
     # --- reads ----------------------------------------------------------------------
@@ -371,7 +385,7 @@ class Cache:
         )
 
     async def forget_machine(self, machine: bytes) -> None:
-        for table in ("events", "sessions", "checkpoints", "outbox", "cursors"):
+        for table in ("events", "sessions", "checkpoints", "approval_rules", "outbox", "cursors"):
             await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
 
 
@@ -418,9 +432,10 @@ def projection(machine: bytes, event: LoggedEvent) -> Statement | None:
             (message.input_tokens, message.output_tokens, message.usd, machine, event.session),
         )
     if isinstance(message, CheckpointRaised):
+        preview = message.preview
         return (
             "INSERT OR IGNORE INTO checkpoints (id, machine, session, title, body, "
-            "created_at, expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, expires_at, default_approve, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.checkpoint,
                 machine,
@@ -430,7 +445,28 @@ def projection(machine: bytes, event: LoggedEvent) -> Statement | None:
                 event.at,
                 message.expires_at,
                 int(message.default_approve),
+                None if preview is None else json.dumps(checkpoint_preview.to_json(preview)),
             ),
+        )
+    if isinstance(message, ApprovalRuleSet):
+        return (
+            "INSERT OR IGNORE INTO approval_rules (machine, id, session, pattern, effect, "
+            "set_by, set_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                machine,
+                message.rule,
+                event.session,
+                message.pattern,
+                message.effect,
+                message.by,
+                event.at,
+            ),
+        )
+    if isinstance(message, ApprovalRuleRemoved):
+        return (
+            "UPDATE approval_rules SET removed_at = ?, removed_by = ? "
+            "WHERE machine = ? AND id = ? AND removed_at IS NULL",
+            (event.at, message.by, machine, message.rule),
         )
     if isinstance(message, CheckpointDecided):
         return (
@@ -468,6 +504,7 @@ def _checkpoint(r: Any) -> CheckpointRow:
         r[8],
         bytes(r[9]) if r[9] is not None else None,
         r[10],
+        r[11],
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +17,8 @@ from starmux.pairing_code import parse_pairing_code
 
 from . import actions, agent_cli
 from .timefmt import local_time
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 home_option = agent_cli.home_option
 json_option = agent_cli.json_option
@@ -129,13 +133,18 @@ def init_command(
     )
 
 
+def image_option(what: str) -> Callable[[_Command], _Command]:
+    """``--image FILE``: a photo or screenshot of ``what`` (a QR code to decode)."""
+    return click.option(
+        "--image",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help=f"A photo or screenshot of {what}.",
+    )
+
+
 @click.command("pair")
 @click.argument("code", required=False)
-@click.option(
-    "--image",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="A photo or screenshot of the daemon's QR code.",
-)
+@image_option("the daemon's QR code")
 @click.option(
     "--code-file",
     type=click.Path(path_type=Path, dir_okay=False),

@@ -1,4 +1,4 @@
-"""Device commands: ``starmux devices [link|remove|role]`` and ``starmux link``."""
+"""Device commands: ``starmux devices [link|add|remove|role]`` and ``starmux link``."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ from pathlib import Path
 import click
 import qrcode
 
-from starmux.device_link import LinkCode, parse_link_code
 from starmux.device_roles import DeviceRole, parse_role
 from starmux.identity import IdentityCard
+from starmux.link_code import Direction, LinkCode, parse_link_code
 
-from . import device_actions
+from . import device_actions, device_linking
 from .agent_client import relay_link_released
-from .commands import _home, _printable, _when, home_option, json_option, progress
+from .commands import (
+    _home,
+    _printable,
+    _warn_if_in_argv,
+    _when,
+    home_option,
+    image_option,
+    json_option,
+    progress,
+)
 
 ROLE_CHOICE = click.Choice([r.value for r in DeviceRole])
 
@@ -67,6 +76,7 @@ def devices_group(ctx: click.Context, home: Path | None, as_json: bool) -> None:
                         "added_by": r.added_by,
                         "added_at": r.added_at,
                         "online": r.online,
+                        "last_seen": r.last_seen,
                         "this_device": r.this_device,
                     }
                     for r in rows
@@ -77,10 +87,17 @@ def devices_group(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     for r in rows:
         mark = "*" if r.this_device else " "
         click.echo(
-            f"{mark} {_printable(r.name):<20} {r.role:<9} {r.fingerprint}  "
-            f"{'online ' if r.online else 'offline'}  added by {_printable(r.added_by)} "
-            f"at {_when(r.added_at)}"
+            f"{mark} {_printable(r.name):<20} {r.role:<9} {r.fingerprint}  {_presence(r)}  "
+            f"added by {_printable(r.added_by)} at {_when(r.added_at)}"
         )
+
+
+def _presence(row: device_actions.DeviceView) -> str:
+    if row.online:
+        return "online"
+    if row.last_seen is None:
+        return "offline (never seen)"
+    return f"offline (last seen {_when(row.last_seen)})"
 
 
 @devices_group.command("link")
@@ -90,23 +107,67 @@ def devices_group(ctx: click.Context, home: Path | None, as_json: bool) -> None:
 def link_device_command(role: str, yes: bool, home: Path | None) -> None:
     """Show a link code (QR and text) for a new device and add it to this account."""
 
-    def show(code: LinkCode, expires_at: float) -> None:
-        text = code.to_text()
-        click.echo(_terminal_qr(text))
-        click.echo(text)
-        click.echo(f"on the new device: starmux link CODE (expires {_when(expires_at)})", err=True)
-        sys.stdout.flush()
-
     with relay_link_released(_home(home)), progress("waiting for the new device"):
         device = asyncio.run(
-            device_actions.invite(
+            device_linking.invite(
                 _home(home),
                 parse_role(role),
-                show=show,
+                show_code=_show("starmux link CODE", "new device"),
                 confirm=_confirm(yes, "new device"),
             )
         )
     click.echo(f"linked {_printable(device.name)} ({device.fingerprint}) as {role}")
+
+
+@devices_group.command("add")
+@click.argument("code", required=False)
+@image_option("the new device's join QR code")
+@click.option("--role", type=ROLE_CHOICE, default="viewer", help="The new device's role.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask to confirm the comparison code.")
+@home_option
+def add_device_command(
+    code: str | None, image: Path | None, role: str, yes: bool, home: Path | None
+) -> None:
+    """Add the new device that shows a join code (`starmux link --show` on it)."""
+    parsed = _code_argument(code, image, Direction.JOIN)
+    with relay_link_released(_home(home)), progress("adding the device through the relay"):
+        device = asyncio.run(
+            device_linking.add(
+                _home(home),
+                parsed,
+                parse_role(role),
+                confirm=_confirm(yes, "new device"),
+            )
+        )
+    click.echo(f"added {_printable(device.name)} ({device.fingerprint}) as {role}")
+
+
+def _show(read_by: str, other: str) -> device_linking.Show:
+    def show(code: LinkCode, expires_at: float) -> None:
+        text = code.to_text()
+        click.echo(_terminal_qr(text))
+        click.echo(text)
+        click.echo(f"on the {other}: {read_by} (expires {_when(expires_at)})", err=True)
+        sys.stdout.flush()
+
+    return show
+
+
+def _code_argument(code: str | None, image: Path | None, direction: Direction) -> LinkCode:
+    if (code is None) == (image is None):
+        raise click.UsageError("give the CODE or --image FILE (one of them)")
+    if image is not None:
+        from .qr_image import decode_pairing_code_from_image
+
+        prefix = "starmux://link/" if direction is Direction.INVITE else "starmux://join/"
+        code = decode_pairing_code_from_image(image, prefix=prefix)
+    assert code is not None
+    if code == "-":
+        code = sys.stdin.read()
+    elif image is None:
+        # Like a pairing code, the code holds a secret (until it is used or expires).
+        _warn_if_in_argv(click.get_current_context(), "code", "the code", "'-' (stdin) or --image")
+    return parse_link_code(code, direction)
 
 
 @devices_group.command("remove")
@@ -135,10 +196,25 @@ def role_device_command(name: str, role: str, home: Path | None) -> None:
 
 @click.command("link")
 @click.argument("code", required=False)
+@image_option("the owner device's link QR code")
 @click.option(
-    "--image",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="A photo or screenshot of the link QR code.",
+    "--show",
+    "show_code",
+    is_flag=True,
+    help="Show this device's own join code instead (for an owner's `devices add`).",
+)
+@click.option(
+    "--relay",
+    "relay_url",
+    default=None,
+    envvar="STARMUX_RELAY_URL",
+    help="With --show: the account's relay, e.g. wss://HOST.",
+)
+@click.option(
+    "--relay-fingerprint",
+    default=None,
+    help="With --show: the relay's fingerprint, checked instead of trusted on first use "
+    "(the owner checks it against its own pin either way).",
 )
 @click.option("--name", default=None, help="This device's name [the hostname].")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask to confirm the comparison code.")
@@ -147,46 +223,62 @@ def role_device_command(name: str, role: str, home: Path | None) -> None:
 def link_command(
     code: str | None,
     image: Path | None,
+    show_code: bool,
+    relay_url: str | None,
+    relay_fingerprint: str | None,
     name: str | None,
     yes: bool,
     home: Path | None,
     as_json: bool,
 ) -> None:
-    """Join an account from the link CODE an owner device shows (or --image of its QR)."""
+    """Join an account: from the link CODE an owner device shows (or --image of its
+    QR), or --show this device's join code for an owner to add."""
     import socket
 
-    if (code is None) == (image is None):
-        raise click.UsageError("give the link CODE or --image FILE (one of them)")
-    if image is not None:
-        from .qr_image import decode_pairing_code_from_image
-
-        code = decode_pairing_code_from_image(image, prefix="starmux://link/")
-    assert code is not None
-    if code == "-":
-        code = sys.stdin.read()
-    parsed = parse_link_code(code)
-    with relay_link_released(_home(home)), progress("linking through the relay"):
-        inviter, log, machines = asyncio.run(
-            device_actions.join(
-                _home(home),
-                parsed,
-                name=name or socket.gethostname()[:64] or "device",
-                confirm=_confirm(yes, "inviting device"),
+    name = name or socket.gethostname()[:64] or "device"
+    if show_code:
+        if code is not None or image is not None:
+            raise click.UsageError("--show shows a code: give no CODE or --image with it")
+        if relay_url is None:
+            raise click.UsageError("--show needs the account's relay: --relay URL")
+        with relay_link_released(_home(home)):
+            joined = asyncio.run(
+                device_linking.join_shown(
+                    _home(home),
+                    relay_url,
+                    relay_fingerprint=relay_fingerprint,
+                    name=name,
+                    show_code=_show("starmux devices add CODE", "owner device"),
+                    confirm=_confirm(yes, "owner device"),
+                    status=_status,
+                )
             )
-        )
+    else:
+        parsed = _code_argument(code, image, Direction.INVITE)
+        with relay_link_released(_home(home)), progress("linking through the relay"):
+            joined = asyncio.run(
+                device_linking.join(
+                    _home(home), parsed, name=name, confirm=_confirm(yes, "inviting device")
+                )
+            )
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "inviter": inviter.name,
-                    "role": parsed.role.value,
-                    "devices": len(log.devices),
-                    "machines": machines,
+                    "owner": joined.owner.name,
+                    "role": joined.role.value,
+                    "devices": len(joined.log.devices),
+                    "machines": joined.machines,
                 }
             )
         )
         return
     click.echo(
-        f"linked to the account of {_printable(inviter.name)} as {parsed.role.value}; "
-        f"{machines} machine(s)"
+        f"linked to the account of {_printable(joined.owner.name)} as {joined.role.value}; "
+        f"{joined.machines} machine(s)"
     )
+
+
+def _status(text: str) -> None:
+    """What `link --show` waits for, as it goes (stderr: stdout has the code)."""
+    click.echo(f"{text}…", err=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -288,67 +287,3 @@ def watch_command(session: str, home: Path | None, as_json: bool) -> None:
     if reply.get("status") == "revoked":
         click.echo(_ending(session, reply), err=True)
     raise SystemExit(_exit_code(reply))
-
-
-def _body_lines(body: str) -> Iterable[str]:
-    lines = body.splitlines()
-    for line in lines[:12]:
-        yield "    " + printable(line[:200])
-    if len(lines) > 12:
-        yield f"    … ({len(lines) - 12} more lines: starmux approvals --json)"
-
-
-@click.command("approvals")
-@home_option
-@json_option
-def approvals_command(home: Path | None, as_json: bool) -> None:
-    """Checkpoints waiting for a decision, on every machine."""
-    reply = agent_client.call(_home(home), "approvals")
-    say_refused(reply)
-    rows = [c for c in reply.get("approvals") or [] if isinstance(c, dict)]
-    refuse_changed_relay(reply)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    say_freshness(reply)
-    if not rows:
-        click.echo("nothing waits for approval")
-    for c in rows:
-        click.echo(
-            f"{printable(c.get('id', '?'))}  {printable(c.get('machine', '?'))}  "
-            f"{printable(c.get('session', '?'))}  {printable(c.get('title', ''))}  "
-            f"(expires {when(c.get('expires_at'))}, default {printable(c.get('default', '?'))})"
-        )
-        body = c.get("body")
-        if isinstance(body, str) and body:
-            for line in _body_lines(body):
-                click.echo(line)
-
-
-def _decide(checkpoint: str, approve: bool, reason: str, home: Path | None, as_json: bool) -> None:
-    with progress("delivering the signed decision"):
-        reply = agent_client.call(
-            _home(home), "decide", checkpoint=checkpoint, approve=approve, reason=reason
-        )
-    verb = "approved" if approve else "denied"
-    _report(reply, f"{verb} {printable(checkpoint)}", as_json, checkpoint=checkpoint)
-
-
-@click.command("approve")
-@click.argument("checkpoint")
-@click.option("--reason", default="", help="Recorded with the decision.")
-@home_option
-@json_option
-def approve_command(checkpoint: str, reason: str, home: Path | None, as_json: bool) -> None:
-    """Approve CHECKPOINT (signed with this controller's key)."""
-    _decide(checkpoint, True, reason, home, as_json)
-
-
-@click.command("deny")
-@click.argument("checkpoint")
-@click.option("--reason", default="", help="Recorded with the decision.")
-@home_option
-@json_option
-def deny_command(checkpoint: str, reason: str, home: Path | None, as_json: bool) -> None:
-    """Deny CHECKPOINT (signed with this controller's key)."""
-    _decide(checkpoint, False, reason, home, as_json)

@@ -155,6 +155,7 @@ def checkpoint_json(row: CheckpointRow, names: dict[bytes, str]) -> dict[str, An
         "body": row.body,
         "expires_at": row.expires_at,
         "default": "approve" if row.default_approve else "deny",
+        "preview": row.preview_json(),
     }
 
 
@@ -183,12 +184,16 @@ class ControllerState:
     controller_changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: file transfers in progress: they resume on the next connection
     transfers: ControllerTransfers = field(default_factory=lambda: ControllerTransfers(cap=1 << 30))
+    #: services that follow applied events (the fleet's task reports); no I/O in them
+    event_hooks: list[EventCallback] = field(default_factory=list)
 
     # --- called by the agent --------------------------------------------------------
 
     def on_event(self, machine: bytes, event: LoggedEvent) -> None:
         for wake in self.watchers.get(event.session, ()):
             wake.set()
+        for hook in self.event_hooks:
+            hook(machine, event)
 
     def set_controller(
         self,

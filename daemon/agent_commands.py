@@ -325,6 +325,7 @@ def request_checkpoint(
     timeout: float,
     default_approve: bool,
     key: str | None,
+    preview: dict[str, Any] | None = None,
 ) -> Decision:
     """Raise a checkpoint and block until it is decided or expires."""
     request: dict[str, Any] = {
@@ -338,6 +339,8 @@ def request_checkpoint(
     }
     if key is not None:
         request["key"] = key
+    if preview is not None:
+        request["preview"] = preview
     reply = LocalApiClient(where.api).call(request, timeout=timeout + DECISION_GRACE)
     return _decision(reply)
 
@@ -396,6 +399,24 @@ def _read_body(body: str | None) -> str:
         raise click.BadParameter("the body on stdin is not UTF-8", param_hint="--body") from None
 
 
+def _preview(command: str | None, diff: Any) -> dict[str, Any] | None:
+    """``--command`` or ``--diff`` as a checkpoint preview (imported only when used:
+    this command runs inside agents, where every millisecond of start-up counts)."""
+    if command is not None and diff is not None:
+        raise click.UsageError("give --command or --diff, not both")
+    if command is None and diff is None:
+        return None
+    from starmux.checkpoint_preview import MAX_PREVIEW, PreviewKind, preview, to_json
+
+    cwd = os.getcwd()
+    if command is not None:
+        made = preview(PreviewKind.COMMAND, tool="Bash", subject=command, cwd=cwd, text=command)
+    else:
+        text = diff.read(MAX_PREVIEW * 64)
+        made = preview(PreviewKind.DIFF, tool="", subject="", cwd=cwd, text=text)
+    return to_json(made)
+
+
 def wait_options(*, timeout_help: str, default_help: str) -> Callable[[F], F]:
     """``--timeout DURATION`` and ``--default deny|approve``, shared by every command
     that raises a checkpoint (``starmux checkpoint``, the agent hooks)."""
@@ -433,6 +454,21 @@ def wait_options(*, timeout_help: str, default_help: str) -> Callable[[F], F]:
 @click.option(
     "--key", default=None, help="Idempotency key: the same key joins the same checkpoint."
 )
+@click.option(
+    "--command",
+    "preview_command",
+    default=None,
+    metavar="CMD",
+    help="Preview: the shell command this would run (approval rules match Bash(...)).",
+)
+@click.option(
+    "--diff",
+    "preview_diff",
+    default=None,
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE|-",
+    help="Preview: a unified diff of what this would change (- reads stdin).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def checkpoint_command(
     title: str,
@@ -440,6 +476,8 @@ def checkpoint_command(
     timeout: float,
     default: str,
     key: str | None,
+    preview_command: str | None,
+    preview_diff: Any,
     as_json: bool,
 ) -> None:
     """Ask a controller to approve TITLE; block until decided.
@@ -458,6 +496,7 @@ def checkpoint_command(
         timeout=timeout,
         default_approve=default == "approve",
         key=key,
+        preview=_preview(preview_command, preview_diff),
     )
     click.echo(json.dumps(decision.as_json()) if as_json else decision.describe())
     # The agent is blocked on us: hand control back the moment the decision is out.

@@ -15,6 +15,9 @@ row and writes what it returns. Invariants:
 - A decision counts only with a valid signature by a current device; anything
   else is refused and written to the audit log.
 - On expiry the checkpoint's default applies (deny unless set).
+- A checkpoint that an approval rule of its session answers (:mod:`.rulebook`) is
+  logged like any other, then decided at once by the rule: ``checkpoint-decided``
+  names the device that set the rule, the reason and the audit row name the rule.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from starmux import checkpoint_state
+from starmux.approval_rules import Effect, Rule
+from starmux.checkpoint_preview import CheckpointPreview
 from starmux.checkpoint_state import Answer, Checkpoint, CheckpointState
 from starmux.decisions import Verdict, decision_transcript
 from starmux.errors import CryptoError, UsageError
@@ -42,6 +47,7 @@ from starmux.messages import (
 from starmux.session_state import Status
 
 from .eventlog import EventLog, EventLogError, GuardFailed, Statement
+from .rulebook import Rulebook
 from .sessions import SessionManager, command_record
 from .store import DaemonStore
 
@@ -50,8 +56,12 @@ class TooLate(UsageError):
     """The checkpoint was decided before this answer (see :mod:`starmux.checkpoint_state`)."""
 
 
-def _too_late_text(checkpoint: Checkpoint) -> str:
-    who = fingerprint(checkpoint.decided_by) if checkpoint.decided_by else "its default on expiry"
+def _too_late_text(checkpoint: Checkpoint, name: str | None) -> str:
+    if not checkpoint.decided_by:
+        who = "its default on expiry"
+    else:
+        who = fingerprint(checkpoint.decided_by)
+        who = f"{name} ({who})" if name else who
     when = time.strftime("%H:%M:%S", time.localtime(checkpoint.decided_at or 0))
     return f"too late: checkpoint {checkpoint.id} was already {checkpoint.state} by {who} at {when}"
 
@@ -79,6 +89,9 @@ class Checkpoints:
         #: Who may sign decisions: the account's current devices (daemon/devices.py);
         #: until that is wired in, the controllers that paired this machine.
         self.is_device: Callable[[bytes], Awaitable[bool]] | None = None
+        #: The name a device goes by in the account's device log (for "too late").
+        self.device_name: Callable[[bytes], Awaitable[str | None]] | None = None
+        self.rules = Rulebook(log, sessions)
 
     # --- the local API side (an agent asks) --------------------------------------------
 
@@ -91,13 +104,18 @@ class Checkpoints:
         timeout: float,  # noqa: ASYNC109 (the checkpoint's lifetime, not a call timeout)
         default_approve: bool,
         key: str | None,
+        preview: CheckpointPreview | None = None,
     ) -> CheckpointOutcome:
         live = self.sessions.live(session)
         checkpoint_id = self._by_key.get((session, key)) if key else None
+        rule: Rule | None = None
         if checkpoint_id is None:
             checkpoint_id = "c-" + secrets.token_hex(5)
+            rule = await self.rules.answer(session, preview)
             now = self.clock()
-            raised = CheckpointRaised(checkpoint_id, title, body, now + timeout, default_approve)
+            raised = CheckpointRaised(
+                checkpoint_id, title, body, now + timeout, default_approve, preview
+            )
             insert: Statement = (
                 "INSERT INTO checkpoints (id, session, title, body, created_at, "
                 "expires_at, default_approve) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -109,7 +127,7 @@ class Checkpoints:
                 # Under the status lock: a decision of another checkpoint must not read
                 # "nothing pending" between this status change and this row's commit.
                 async with self._status:
-                    if live.status is Status.RUNNING:
+                    if live.status is Status.RUNNING and rule is None:
                         await self.sessions.transition(live, Status.WAITING_APPROVAL, None, title)
                     await self.log.append(session, APP.encode(raised), at=now, also=[insert])
             except BaseException:
@@ -120,6 +138,8 @@ class Checkpoints:
             )
             if key:
                 self._by_key[(session, key)] = checkpoint_id
+            if rule is not None:
+                await self._by_rule(checkpoint_id, session, rule)
         waiter = self._waiters.get(checkpoint_id)
         if waiter is None:  # decided already (a retried call with the same key)
             return await self._outcome(checkpoint_id)
@@ -151,7 +171,9 @@ class Checkpoints:
         if step is None:
             raise UsageError(f"no checkpoint {decision.checkpoint} on this machine")
         if isinstance(step, checkpoint_state.TooLate):
-            raise TooLate(_too_late_text(step.checkpoint))
+            first = step.checkpoint.decided_by
+            name = await self.device_name(first) if first and self.device_name else None
+            raise TooLate(_too_late_text(step.checkpoint, name))
         verdict = step.verdict.value
         await self.store.audit(
             f"checkpoint.{verdict}",
@@ -166,6 +188,34 @@ class Checkpoints:
             ),
         )
         return verdict
+
+    async def _by_rule(self, checkpoint_id: str, session: str, rule: Rule) -> None:
+        """Answer the checkpoint as ``rule`` says, audited as the rule's."""
+        approve = rule.effect is Effect.ALLOW
+        verb = "allowed" if approve else "denied"
+        name = await self.device_name(rule.set_by) if self.device_name else None
+        device = f"{name} ({fingerprint(rule.set_by)})" if name else fingerprint(rule.set_by)
+        reason = f"{verb} by rule {rule.id} {rule.pattern} set by {device}"
+        now = self.clock()
+        step = await self._answer(
+            checkpoint_id,
+            Answer.APPROVE if approve else Answer.DENY,
+            by=rule.set_by,
+            reason=reason,
+            decided_at=now,
+            signature=b"",
+        )
+        if not isinstance(step, checkpoint_state.Decide):
+            return  # decided meanwhile (it cannot be: nobody saw it yet)
+        verdict = step.verdict.value
+        await self.store.audit(
+            f"checkpoint.{verdict}",
+            actor=rule.set_by,
+            detail=f"checkpoint {checkpoint_id} of session {session}: {reason}",
+            now=now,
+        )
+        outcome = CheckpointOutcome(checkpoint_id, verdict, reason, fingerprint(rule.set_by))
+        self._resolve(checkpoint_id, outcome)
 
     async def _verify(self, decision: DecideCheckpoint, controller_key: bytes) -> None:
         if self.is_device is not None:

@@ -47,6 +47,7 @@ from typing import Any
 
 import click
 
+from starmux.checkpoint_preview import to_json
 from starmux.errors import StarmuxError
 from starmux.local_api import MAX_BODY, MAX_TITLE, check_key
 
@@ -59,6 +60,7 @@ from .agent_commands import (
     request_checkpoint,
     wait_options,
 )
+from .tool_preview import tool_preview
 
 #: The ``settings.json`` entry that puts this hook in front of Claude Code's tools.
 SETTINGS_SNIPPET = """\
@@ -252,6 +254,9 @@ def claude_pretooluse_command(timeout: float, default: str, tools: re.Pattern[st
             timeout=timeout,
             default_approve=default == "approve",
             key=_idempotency_key(call),
+            # What the tool would do (the command; the diff of an edit against the
+            # file as it is now), computed here on the machine.
+            preview=to_json(tool_preview(call.tool_name, call.tool_input, call.cwd)),
         )
     except StarmuxError as exc:
         _deny(f"starmux could not get a decision ({exc.message}); denied to be safe")

@@ -71,6 +71,12 @@ class DeviceGate:
         paired = next((c for c in await self.store.controllers() if c.key == key), None)
         return paired.card if paired is not None else None
 
+    async def name_of(self, key: bytes) -> str | None:
+        """The name a current device of the account goes by, if ``key`` is one."""
+        copy = await self.load()
+        device = copy.device(key) if copy is not None else None
+        return device.name if device is not None else None
+
     async def is_current(self, key: bytes) -> bool:
         return await self.role_of(key) is not None
 

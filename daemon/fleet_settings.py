@@ -3,8 +3,9 @@
 ``starmux daemon start --tag gpu --tag os=linux --capacity 2`` stores them in the
 daemon's settings, like ``--name``: ``--tag`` flags replace all the stored tags
 (so a tag is dropped by restarting with the others), no ``--tag`` keeps them;
-the same for ``--capacity``. (Clearing every tag, and ``machines tag NAME +t -t``
-from a controller, are still to be built.)
+the same for ``--capacity``. A controller's ``starmux machines tag NAME TAG…
+[--remove]`` (a ``set-tags`` command) changes the stored set, to empty too
+(:func:`store_tags`).
 Changing them needs no re-pairing: they are not part of the machine's identity.
 
 Invariants:
@@ -26,7 +27,7 @@ from starmux.placement import MAX_CAPACITY, MAX_TAGS, parse_tag
 
 from .store import DaemonStore
 
-__all__ = ["DEFAULT_CAPACITY", "FleetSettings", "check_flags", "settle"]
+__all__ = ["DEFAULT_CAPACITY", "FleetSettings", "check_flags", "settle", "store_tags"]
 
 TAGS_SETTING = "tags"
 CAPACITY_SETTING = "capacity"
@@ -88,3 +89,9 @@ async def settle(
     if not stored_capacity.isdecimal() or len(stored_capacity) > 4:
         raise ConfigError(f"the stored capacity is not a number ({store.home})", hint=hint)
     return FleetSettings(in_force, _capacity(int(stored_capacity), where="the stored capacity"))
+
+
+async def store_tags(store: DaemonStore, tags: frozenset[str]) -> None:
+    """Keep the tags a controller set (checked again: they came over the network)."""
+    checked = _tags(sorted(tags), where="set-tags")
+    await store.set_setting(TAGS_SETTING, ",".join(sorted(checked)))

@@ -47,9 +47,11 @@ from starmux.messages import (
 )
 from starmux.notify_messages import NOTIFY_COMMANDS, Viewing
 from starmux.resync import PAGE_BYTES, PAGE_EVENTS, Feed
-from starmux.task_messages import AssignTask, CancelTask
+from starmux.review_messages import RemoveApprovalRule, SetApprovalRule, ShowDiff
+from starmux.task_messages import AssignTask, CancelTask, SetTags
 from starmux.transfer_messages import TRANSFER_MESSAGES, FetchFile, OfferFile
 
+from . import fleet_settings, review_commands
 from .checkpoints import Checkpoints
 from .devices import DeviceGate, Offer, RoleRefused
 from .eventlog import EventLog, StoredEvent
@@ -135,6 +137,8 @@ class LiveService:
         self._commands = asyncio.Lock()
         self.devices = DeviceGate(store)
         checkpoints.is_device = self.devices.is_current
+        checkpoints.device_name = self.devices.name_of
+        checkpoints.rules.role_of = self.devices.role_of
         self._unsubscribe = log.subscribe(self._on_commit)
 
     def attach(self, send: Send, relay_key: bytes) -> None:
@@ -311,6 +315,15 @@ class LiveService:
                     peer.key, command.attachments, cwd, command.session
                 ),
             )
+        if isinstance(command, SetTags) and self.tasks is not None:
+            tags = (self.tasks.tags | frozenset(command.add)) - frozenset(command.remove)
+            await fleet_settings.store_tags(self.store, tags)  # checked, then in force
+            await self.tasks.set_tags(tags)
+            result = ",".join(sorted(tags))
+            await self.log.execute_write(
+                [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
+            )
+            return result
         if isinstance(command, AssignTask | CancelTask) and self.tasks is not None:
             # Idempotent by task id as well: a replay after a crash before the
             # record below re-acks where the task is, and runs nothing twice.
@@ -332,6 +345,18 @@ class LiveService:
             return await self.checkpoints.decide(
                 envelope.command_id, command, controller_key=peer.key
             )
+        if isinstance(command, SetApprovalRule | RemoveApprovalRule | ShowDiff):
+            result = await review_commands.run(
+                command,
+                rules=self.checkpoints.rules,
+                log=self.log,
+                by=peer.key,
+                now=self.log_clock(),
+            )
+            await self.log.execute_write(
+                [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
+            )
+            return result
         if isinstance(command, CancelSession):
             await self.sessions.cancel(command.session)
         elif isinstance(command, SendInput):

@@ -342,6 +342,7 @@ class LocalApiServer:
                 timeout=request.timeout,
                 default_approve=request.default_approve,
                 key=request.key,
+                preview=request.preview,
             )
         )
         # Anything readable now is EOF (the client left) or a second request (not

@@ -222,7 +222,7 @@ class Notifications:
         raise UsageError("not a notification command")  # pragma: no cover
 
     async def _set_target(self, device: bytes, command: NotifyTarget) -> str:
-        if command.kind is TargetKind.WEBHOOK:
+        if command.target_kind is TargetKind.WEBHOOK:
             check_webhook_url(command.url)
         mine = self.planner.targets(device)
         if len(mine) >= MAX_TARGETS_PER_DEVICE and all(t.id != command.target for t in mine):
@@ -230,7 +230,7 @@ class Notifications:
                 f"a device keeps at most {MAX_TARGETS_PER_DEVICE} targets on a machine",
                 hint="remove one: starmux notify remove ID",
             )
-        target = Target(command.target, device, command.kind, command.content, command.url)
+        target = Target(command.target, device, command.target_kind, command.content, command.url)
         await self.store.db.execute(
             "INSERT INTO notify_targets (device, target, kind, url, content, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, target) DO UPDATE SET "

@@ -163,6 +163,7 @@ class Daemon:
             )
             for task in await self.task_queue.recover(now=time.time()):
                 self.terminal.event("task-lost", f"task {task.id} was lost", task=task.id)
+                await self.tasks.report_lost(task)
             for session in await self.sessions.recover():
                 self.terminal.event(
                     "session-lost",

@@ -10,8 +10,10 @@ Invariants:
 
 - One row per task id (``UNIQUE``): a delivery of an id already stored is a
   duplicate and changes nothing, whatever its content, unless it is a *later*
-  attempt and the stored one is ``lost`` (a retry-on-lost coming back here); then
-  the row is replaced as a new arrival.
+  attempt and the stored one was given up: ``lost`` (a retry-on-lost coming back
+  here) or ``cancelled`` (the controller withdrew the attempt, e.g. after its
+  assign-ack ran out, and sent the next one here); then the row is replaced as a
+  new arrival. A stored attempt that is live or ended otherwise is never rerun.
 - A stored task is ``accepted`` until started. :meth:`start_up_to` runs in one
   ``BEGIN IMMEDIATE`` transaction: it counts the live tasks (``running``,
   ``awaiting_approval``) and moves at most ``capacity - live`` accepted ones to
@@ -54,10 +56,13 @@ MAX_CWD = 4096
 MAX_TITLE = 200
 _NO_ENV = msgpack.packb({})
 PRIORITY_RANGE = range(-1000, 1001)
+#: What a later attempt may replace (see the module docstring).
+_GIVEN_UP = frozenset({TaskState.LOST, TaskState.CANCELLED})
 _LIVE = (TaskState.RUNNING.value, TaskState.AWAITING_APPROVAL.value)
 _COLUMNS = (
     "SELECT id, attempt, priority, argv, cwd, state, received_at,"
-    " started_at, finished_at, exit_code, session, arrival, title, env, pty FROM tasks"
+    " started_at, finished_at, exit_code, session, arrival, title, env, pty, start_to_close"
+    " FROM tasks"
 )
 
 
@@ -78,6 +83,7 @@ class QueuedTask:
     title: str = ""
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     pty: bool = False
+    start_to_close: float | None = None  # seconds; the runner kills the session after
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,7 @@ def _row(row: Any) -> QueuedTask:
         title=str(row[12]),
         env={str(k): str(v) for k, v in msgpack.unpackb(bytes(row[13])).items()},
         pty=bool(row[14]),
+        start_to_close=row[15],
     )
 
 
@@ -191,15 +198,18 @@ class TaskQueue:
         title: str = "",
         env: Mapping[str, str] | None = None,
         pty: bool = False,
+        start_to_close: float | None = None,
     ) -> Delivery:
         """Store a task delivered by a controller, once; see the module docstring."""
         packed, packed_env = _checked(task_id, attempt, priority, argv, cwd, title, env or {})
+        if start_to_close is not None and not 0 < start_to_close <= 366 * 24 * 3600.0:
+            raise MessageError("a task's start-to-close is out of range")
         async with self._lock:
             await self._transaction()
             try:
                 existing = await self._one(task_id)
                 if existing is not None and not (
-                    existing.state is TaskState.LOST and attempt > existing.attempt
+                    existing.state in _GIVEN_UP and attempt > existing.attempt
                 ):
                     await self._db.execute("COMMIT")
                     return Delivery(False, existing)
@@ -207,7 +217,7 @@ class TaskQueue:
                     await self._db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 await self._db.execute(
                     "INSERT INTO tasks (id, attempt, priority, argv, cwd, title, env, pty,"
-                    " state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " state, received_at, start_to_close) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         task_id,
                         attempt,
@@ -219,6 +229,7 @@ class TaskQueue:
                         int(pty),
                         TaskState.ACCEPTED.value,
                         now,
+                        start_to_close,
                     ),
                 )
                 stored = await self._one(task_id)

@@ -18,11 +18,15 @@ Invariants:
   (seen as its logged status change) advances its task and pumps again.
 - The session id of a task attempt is derived from (task id, attempt): the same
   attempt can never start a second session.
+- Start-to-close is enforced here, where the process runs: when a started task's
+  limit runs out it is recorded ``timed_out`` *first*, then its session is
+  cancelled; the session's end then changes nothing more (the task is final).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -30,7 +34,7 @@ from collections.abc import Callable
 
 from starmux.errors import MessageError, RemoteProtocolError, StarmuxError, UsageError
 from starmux.messages import APP, SessionStatusChanged, StartSession
-from starmux.session_state import Status
+from starmux.session_state import TERMINAL, Status
 from starmux.task_messages import AssignTask, CancelTask, MachineLoad, TaskProgress
 from starmux.task_state import FINAL, TaskState, Trigger
 
@@ -80,6 +84,8 @@ class TaskRunner:
         self._pumping = asyncio.Lock()
         self._tasks_of_sessions: dict[str, tuple[str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: (task id, attempt) → the timer that enforces its start-to-close
+        self._deadlines: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._unsubscribe = event_log.subscribe(self._on_commit)
 
     async def _progress(self, task: QueuedTask, stream: str) -> None:
@@ -106,6 +112,7 @@ class TaskRunner:
                 title=command.title,
                 env=command.env,
                 pty=command.pty,
+                start_to_close=command.start_to_close,
                 now=self.clock(),
             )
         except MessageError as exc:
@@ -133,6 +140,38 @@ class TaskRunner:
                     await self._progress(failed, TASK_STREAM)
                     continue
                 await self._progress(await self.queue.attach_session(task.id, session), session)
+                if task.start_to_close is not None:
+                    timer = asyncio.get_running_loop().create_task(
+                        self._enforce_deadline(task, session, task.start_to_close)
+                    )
+                    self._deadlines[(task.id, task.attempt)] = timer
+
+    async def _enforce_deadline(self, task: QueuedTask, session: str, limit: float) -> None:
+        await asyncio.sleep(limit)
+        async with self._pumping:
+            current = await self.queue.get(task.id)
+            if current is None or current.attempt != task.attempt or current.state in FINAL:
+                return
+            try:
+                after = await self.queue.advance(task.id, Trigger.TIME_OUT, now=self.clock())
+            except StarmuxError:
+                log.exception("task %s: start-to-close could not be recorded", task.id)
+                return
+            self._deadlines.pop((task.id, task.attempt), None)
+            await self._progress(after, session)
+            log.info("task %s ran out of its start-to-close (%.1fs); stopping it", task.id, limit)
+            with contextlib.suppress(StarmuxError):
+                await self.sessions.cancel(session)
+
+    async def report_lost(self, task: QueuedTask) -> None:
+        """A task that was live when the daemon stopped (see ``TaskQueue.recover``):
+        its controller learns at once, not after a heartbeat timeout."""
+        await self._progress(task, task.session or TASK_STREAM)
+
+    async def set_tags(self, tags: frozenset[str]) -> None:
+        """New tags (stored by the caller) are in force and reported at once."""
+        self.tags = tags
+        await self.report_load()
 
     async def cancel(self, command: CancelTask) -> str:
         """Withdraw a waiting task, or cancel its session as sessions are cancelled
@@ -176,26 +215,43 @@ class TaskRunner:
             current = await self.queue.get(task_id)
             if current is None or current.attempt != attempt:
                 return
-            if status is Status.RUNNING and current.state is TaskState.AWAITING_APPROVAL:
-                trigger: Trigger | None = Trigger.RESUME
+            if current.state in FINAL:
+                # Timed out here: its session's end adds nothing to the task, but
+                # once its process is gone its slot is free.
+                if status not in TERMINAL:
+                    return
+                after = current
             else:
-                trigger = _TRIGGER_OF_STATUS.get(status)
-            if trigger is None:
-                return
-            try:
-                after = await self.queue.advance(
-                    task_id, trigger, now=self.clock(), exit_code=body.exit_code
-                )
-            except StarmuxError:
-                log.exception("task %s: session %s went %s", task_id, session, status.value)
-                return
-            await self._progress(after, session)
+                if status is Status.RUNNING and current.state is TaskState.AWAITING_APPROVAL:
+                    trigger: Trigger | None = Trigger.RESUME
+                else:
+                    trigger = _TRIGGER_OF_STATUS.get(status)
+                if trigger is None:
+                    return
+                try:
+                    after = await self.queue.advance(
+                        task_id, trigger, now=self.clock(), exit_code=body.exit_code
+                    )
+                except StarmuxError:
+                    log.exception("task %s: session %s went %s", task_id, session, status.value)
+                    return
+                if after.state in FINAL:  # before it is told: ended means no timer left
+                    self._stop_timer(task_id, attempt)
+                await self._progress(after, session)
             if after.state not in FINAL:
                 return
             self._tasks_of_sessions.pop(session, None)
+            self._stop_timer(task_id, attempt)
         await self.pump()
+
+    def _stop_timer(self, task_id: str, attempt: int) -> None:
+        timer = self._deadlines.pop((task_id, attempt), None)
+        if timer is not None:
+            timer.cancel()
 
     async def close(self) -> None:
         self._unsubscribe()
+        for timer in self._deadlines.values():
+            timer.cancel()
         for job in list(self._background):
             await job

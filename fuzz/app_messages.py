@@ -35,6 +35,7 @@ from starmux import (
     messages,
     notify_messages,
     notify_push,
+    review_messages,
     task_messages,
     transfer_messages,
 )
@@ -120,7 +121,12 @@ def example(hint: Any) -> Any:
 
 
 #: Fields whose strings are one of a few values (messages refuse anything else).
-CHOICES = {"status": "running", "stream": "stdout", "decision": "approved"}
+CHOICES = {
+    "status": "running",
+    "stream": "stdout",
+    "decision": "approved",
+    "pattern": "Bash(npm test*)",
+}
 #: Number fields with a narrower range than any number.
 NUMBERS = {"reminder_fraction": 0.75}
 #: Enum fields whose first value a message refuses (a machine never reports "queued").
@@ -166,6 +172,7 @@ def seeds() -> dict[str, bytes]:
                 transfer_messages,
                 notify_messages,
                 notify_push,
+                review_messages,
             ),
             APP,
         ),

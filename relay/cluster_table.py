@@ -283,12 +283,14 @@ class ClusterRoutingTable:
                     del self._remote_by_account[proxy.account]
         return proxy
 
-    def _tell_controllers(self, machine: Peer, *, online: bool, local_only: bool) -> None:
+    def _tell_controllers(self, node: Peer, *, online: bool, local_only: bool) -> None:
+        """A machine's or a device's presence, to the account's (other) devices."""
         body = CONTROL.encode(Presence(online, self.state.clock()))
-        frame = encode_frame(FrameType.PRESENCE, machine.key, body)
+        frame = encode_frame(FrameType.PRESENCE, node.key, body)
         table = self._local if local_only else self
-        for controller in table.account_controllers(machine.account):
-            controller.deliver(frame, time.perf_counter())
+        for controller in table.account_controllers(node.account):
+            if controller.key != node.key:
+                controller.deliver(frame, time.perf_counter())
 
     # --- BusListener -------------------------------------------------------------
     def on_peer_message(self, key: bytes, message: bytes) -> None:
@@ -389,7 +391,7 @@ class ClusterRoutingTable:
         gone = [p for p in self._remote.values() if p.node == node]
         for proxy in gone:
             self._forget(proxy.key)
-            if proxy.status is SessionStatus.MACHINE:
+            if proxy.status in (SessionStatus.MACHINE, SessionStatus.CONTROLLER):
                 # Every node tells its own controllers: each hears it once.
                 self._tell_controllers(proxy, online=False, local_only=True)
 

@@ -13,7 +13,14 @@ What the relay enforces (the daemon enforces the same log again, independently):
 - Requests the relay itself carries out need the role's permission: granting and
   revoking machines are owner-only once the account has a log.
 - Every online device of the account hears ``devices-changed``; the removed one
-  hears ``device-removed`` before its connection closes.
+  hears ``device-removed`` before its connection closes, the others hear it too
+  (and that it went offline).
+- Presence: every online device hears when another device of the account comes
+  or goes (PRESENCE frames, as for machines; see ``requests.announce_presence``),
+  and ``get-device-log`` says who is online and when each was last seen.
+- Linking goes both ways: the device showing the code holds the ticket (an owner
+  inviting, or a new device asking to join) and the other opens it; the append
+  that adds the new device consumes it (either way round, see ``check_link_ticket``).
 
 Legacy accounts (registered before device logs) have no log: the relay cannot
 sign one for them. Their single controller uploads its own self-signed first
@@ -44,6 +51,7 @@ from starmux.device_control import (
     CreateLinkTicket,
     DeviceLogAppended,
     DeviceLogState,
+    DeviceSeen,
     GetDeviceLog,
     OpenLinkTicket,
 )
@@ -55,7 +63,7 @@ from starmux.frames import FrameType, encode_frame
 from .peer import Peer
 from .registry import ControllerRecord, DeviceChange, DeviceLogRow, RegistryError
 from .requests import _pairing_rate as pairing_rate_limit  # one limit for both
-from .requests import issue_ticket, send_control
+from .requests import announce_presence, issue_ticket, send_control
 from .state import RelayState
 
 Handler = Callable[[RelayState, Peer, Any], Awaitable[Message]]
@@ -72,8 +80,7 @@ async def load_log(state: RelayState, account: bytes) -> DeviceLog | None:
     rows = await state.registry.device_log(account)
     if not rows:
         return None
-    entries = [entry for row in rows for entry in decode_entries(row.entry)]
-    return DeviceLog.verify(entries, account=account)
+    return state.verified_logs.log(account, rows)
 
 
 async def append_device_log(state: RelayState, peer: Peer, req: AppendDeviceLog) -> Message:
@@ -137,13 +144,18 @@ async def _store(
     for record in added:  # a linking device is online: it joins the account in place
         live = state.table.get(record.key)
         if live is not None and live.status is SessionStatus.UNREGISTERED:
-            # ticket_peer stays: the inviter's welcome still has to reach it (two
+            # ticket_peer stays: the owner's welcome still has to reach it (two
             # controllers route to each other only through a ticket).
             state.table.move_to_account(live, new.account, SessionStatus.CONTROLLER)
+            announce_presence(state, live, online=True)
+    changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", new.account, 0.0)
     for key in removed:
         cut_off(state, key, new.account)
-    changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", new.account, 0.0)
     for other in state.table.account_controllers(new.account):
+        for key in removed:  # what the devices' lists show goes first
+            send_control(
+                other, FrameType.NOTICE, Notice(NoticeEvent.DEVICE_REMOVED, key, new.account, 0.0)
+            )
         send_control(other, FrameType.NOTICE, changed)
 
 
@@ -158,7 +170,10 @@ def cut_off(state: RelayState, key: bytes, account: bytes) -> None:
     if live is None or live.account != account or live.status is not SessionStatus.CONTROLLER:
         return
     notice = Notice(NoticeEvent.DEVICE_REMOVED, key, account, 0.0)
-    state.table.detach(live)
+    # Out of routing first, and its last presence, "offline", said now (its close
+    # will not say it: cut_off takes it out of its account).
+    if state.table.detach(live):
+        announce_presence(state, live, online=False)
     live.cut_off(
         encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice)),
         CloseCode.DEVICE_REMOVED,
@@ -175,31 +190,50 @@ async def get_device_log(state: RelayState, peer: Peer, req: GetDeviceLog) -> Me
         for other in state.table.account_controllers(peer.account)
         if log is None or log.device(other.key) is not None
     )
-    return DeviceLogState(req.request_id, encode_entries(entries), online)
+    now, last_seen = state.clock(), []
+    for record in await state.registry.controllers_of(peer.account):
+        at = now if record.key in online else record.last_seen
+        if at is not None:
+            last_seen.append(DeviceSeen(record.key, at))
+    return DeviceLogState(req.request_id, encode_entries(entries), online, tuple(last_seen))
 
 
 async def create_link_ticket(state: RelayState, peer: Peer, req: CreateLinkTicket) -> Message:
-    _require_controller(peer)
+    """The device that will show a code holds the ticket: an owner inviting (its role
+    checked by ``_needs``), or a new device in no account yet asking to join."""
+    if peer.status is not SessionStatus.UNREGISTERED:
+        _require_controller(peer)
     return await issue_ticket(state, peer, req.request_id)
 
 
+#: the opener's status → the status the ticket's holder must have: a new device opens
+#: an owner's invite; an owner opens a new device's join code
+_HOLDER_FOR = {
+    SessionStatus.UNREGISTERED: SessionStatus.CONTROLLER,
+    SessionStatus.CONTROLLER: SessionStatus.UNREGISTERED,
+}
+
+
 async def open_link_ticket(state: RelayState, peer: Peer, req: OpenLinkTicket) -> Message:
-    if peer.status is not SessionStatus.UNREGISTERED:
-        raise RegistryError(FailureCode.FORBIDDEN, "only a device in no account yet can be linked")
+    holder_status = _HOLDER_FOR.get(peer.status)
+    if holder_status is None or (peer.status is SessionStatus.CONTROLLER and not peer.account):
+        raise RegistryError(FailureCode.FORBIDDEN, "this connection may not open a link ticket")
     pairing_rate_limit(state, peer)
     record = await state.registry.open_ticket(
         req.ticket, controller_key=peer.key, now=state.clock()
     )
-    inviter = state.table.get(record.machine_key)
-    if inviter is None or inviter.status is not SessionStatus.CONTROLLER:
+    holder = state.table.get(record.machine_key)
+    if holder is None or holder.status is not holder_status:
+        shown_by = "devices link" if holder_status is SessionStatus.CONTROLLER else "link --show"
         raise RegistryError(
             FailureCode.OFFLINE,
-            "the device that showed this link code is not connected",
-            hint="keep `starmux devices link` running on it",
+            "the device that showed this code is not connected",
+            hint=f"keep `starmux {shown_by}` running on it",
         )
-    peer.ticket_peer = inviter.key
-    inviter.ticket_peer = peer.key
-    return TicketOpened(req.request_id, inviter.key)
+    peer.ticket_peer = holder.key
+    peer.opened_ticket = req.ticket
+    holder.ticket_peer = peer.key
+    return TicketOpened(req.request_id, holder.key)
 
 
 async def may(state: RelayState, peer: Peer, action: Action) -> bool:
@@ -228,7 +262,7 @@ def install(handlers: dict[type[Message], Handler]) -> None:
         return
     handlers[AppendDeviceLog] = append_device_log
     handlers[CreateLinkTicket] = _needs(Action.MANAGE_DEVICES, create_link_ticket)
-    handlers[OpenLinkTicket] = open_link_ticket
+    handlers[OpenLinkTicket] = _needs(Action.MANAGE_DEVICES, open_link_ticket)
     handlers[GetDeviceLog] = get_device_log
     handlers[GrantMachine] = _needs(Action.PAIR_MACHINE, handlers[GrantMachine])
     handlers[RevokeMachine] = _needs(Action.REVOKE_MACHINE, handlers[RevokeMachine])

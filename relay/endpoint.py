@@ -176,9 +176,8 @@ async def _serve(
     if replaced is not None:
         replaced.on_close = lambda _peer: None  # it is already detached
         replaced.close(CloseCode.REPLACED, "this key connected again")
-    if status is SessionStatus.MACHINE:
-        announce_presence(state, peer, online=True)
-    elif status is SessionStatus.CONTROLLER and account:
+    announce_presence(state, peer, online=True)
+    if status is SessionStatus.CONTROLLER and account:
         greet_controller(state, peer)
     try:
         await _pump(websocket, state, peer)
@@ -187,9 +186,9 @@ async def _serve(
     finally:
         peer.close_silently()
         await peer.finish()
-        if peer.status is SessionStatus.MACHINE:
+        if peer.status in (SessionStatus.MACHINE, SessionStatus.CONTROLLER):
             with contextlib.suppress(Exception):
-                await state.registry.touch_machine(peer.key, now=state.clock())
+                await state.registry.touch(peer.key, now=state.clock())
 
 
 async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:

@@ -9,7 +9,7 @@ Same semantics and invariants as :class:`relay.sqlite_registry.SqliteRegistry`
   nodes exactly as ``BEGIN IMMEDIATE`` serialises them on one SQLite file, so
   "is the ticket still free?" and the write that depends on it cannot interleave
   with another node's. They are rare (pairing, registration, revocation); the
-  frequent single-statement writes (``touch_machine``, ticket failures, audit
+  frequent single-statement writes (``touch``, ticket failures, audit
   lines) are atomic on their own and do not take the lock.
 - Refusals are decided by reads before the first write, and any exception rolls
   the whole transaction back, so a refused or failed operation changes nothing.
@@ -42,7 +42,7 @@ from starmux.relay.registry import (
     RegistryError,
     TicketRecord,
 )
-from starmux.relay.sqlite_registry import check_usable_ticket
+from starmux.relay.sqlite_registry import check_link_ticket, check_usable_ticket
 
 __all__ = ["WRITE_LOCK", "PostgresRegistry", "Revocation"]
 
@@ -59,8 +59,12 @@ _SELECT_TICKET = (
     " opened_by, consumed_at, burnt FROM tickets WHERE ticket = $1"
 )
 _SELECT_CONTROLLER = (
-    "SELECT key, account, card, created_at FROM controllers"
+    "SELECT key, account, card, created_at, last_seen FROM controllers"
     " WHERE key NOT IN (SELECT key FROM removed_devices)"
+)
+_TOUCH = tuple(
+    f"UPDATE {table} SET last_seen = GREATEST(coalesce(last_seen, $1), $1) WHERE key = $2"
+    for table in ("machines", "controllers")
 )
 _UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 _UNREACHABLE_OPERATOR = (
@@ -82,7 +86,8 @@ def _opt_float(value: Any) -> float | None:
 
 
 def _controller(row: Any) -> ControllerRecord:
-    return ControllerRecord(bytes(row[0]), bytes(row[1]), bytes(row[2]), float(row[3]))
+    seen = None if row[4] is None else float(row[4])
+    return ControllerRecord(bytes(row[0]), bytes(row[1]), bytes(row[2]), float(row[3]), seen)
 
 
 def _machine(row: Any) -> MachineRecord:
@@ -448,14 +453,12 @@ class PostgresRegistry:
             )
         return {bytes(r[0]) for r in rows}
 
-    async def touch_machine(self, key: bytes, *, now: float) -> None:
-        """Never moves ``last_seen`` backwards (touches may arrive out of order)."""
+    async def touch(self, key: bytes, *, now: float) -> None:
+        """Never moves ``last_seen`` backwards (touches may arrive out of order); a
+        key is a machine's or a device's, so one of the two updates finds it."""
         async with self._reading() as conn:
-            await conn.execute(
-                "UPDATE machines SET last_seen = GREATEST(coalesce(last_seen, $1), $1)"
-                " WHERE key = $2",
-                now, key,
-            )  # fmt: skip
+            for sql in _TOUCH:
+                await conn.execute(sql, now, key)
 
     # --- device logs -------------------------------------------------------------
     async def device_log(self, account: bytes) -> list[DeviceLogRow]:
@@ -488,14 +491,7 @@ class PostgresRegistry:
                 )
             if link_ticket is not None:
                 row = await conn.fetchrow(_SELECT_TICKET, link_ticket)
-                check_usable_ticket(row, now)
-                assert row is not None
-                added = [record.key for record in change.added]
-                opened_by = None if row[6] is None else bytes(row[6])
-                if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:
-                    raise RegistryError(
-                        FailureCode.MISMATCH, "this link ticket is not for that device"
-                    )
+                check_link_ticket(row, now, by=by, change=change)
                 await conn.execute(
                     "UPDATE tickets SET consumed_at = $1 WHERE ticket = $2", now, link_ticket
                 )

@@ -38,6 +38,7 @@ class ControllerRecord:
     account: bytes  # 16-byte account id
     card: bytes  # the device's encoded identity card
     created_at: float
+    last_seen: float | None = None  # when its last connection ended (None: never yet)
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,8 @@ class Registry(Protocol):
     async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
         """Mark revoked (forever). False if no such machine in that account."""
 
-    async def touch_machine(self, key: bytes, *, now: float) -> None:
-        """Record ``last_seen``."""
+    async def touch(self, key: bytes, *, now: float) -> None:
+        """Record ``last_seen`` of a machine or a controller device (never backwards)."""
 
     # --- device logs ---------------------------------------------------------------
     async def device_log(self, account: bytes) -> list[DeviceLogRow]:
@@ -214,9 +215,10 @@ class Registry(Protocol):
         another append landed first: the caller reloads and retries or refuses.
 
         With ``link_ticket`` (a device link completing), the ticket is consumed in
-        the same transaction: it must have been created by ``by``, opened by the
-        one device ``change`` adds, and be usable (same codes as
-        :meth:`open_ticket`, plus ``mismatch``)."""
+        the same transaction: its two ends (the device that created it and the one
+        that opened it) must be ``by`` and the one device ``change`` adds, either
+        way round (an owner's invite or a new device's join code), and it must be
+        usable (same codes as :meth:`open_ticket`, plus ``mismatch``)."""
 
     async def is_removed_device(self, key: bytes) -> bool:
         """True if this controller key was removed from its account (for good)."""

@@ -170,47 +170,41 @@ async def open_ticket(state: RelayState, peer: Peer, req: OpenTicket) -> Message
 
 
 def _pairing_attempt(state: RelayState, peer: Peer, ticket: bytes) -> tuple[Peer, Peer | None]:
-    """The (controller, machine) of the attempt on ``ticket`` that ``peer`` is part of.
+    """The (opener, holder) of the attempt on ``ticket`` that ``peer`` is part of.
 
-    An attempt is one opening of the ticket by a controller, linked to the machine
-    that holds the ticket. Only its two ends may report its failure: a third
-    connection that learnt the ticket id cannot burn it. Both ends may, because an
-    impostor running the controller side would never report its own wrong guesses."""
-    if peer.is_controller:
-        if peer.opened_ticket != ticket:
-            raise RegistryError(
-                FailureCode.FORBIDDEN, "this connection has no attempt on that ticket"
-            )
-        machine = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
-        return peer, machine
-    controller = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
-    if (
-        peer.status is not SessionStatus.UNPAIRED
-        or controller is None
-        or controller.opened_ticket != ticket
-        or controller.ticket_peer != peer.key
-    ):
+    An attempt is one opening of the ticket (by a controller pairing a machine, or
+    by either device of a link: whoever read the code), linked to the node that
+    holds the ticket (the one showing the code). Only its two ends may report its
+    failure: a third connection that learnt the ticket id cannot burn it. Both ends
+    may, because an impostor running the reading side would never report its own
+    wrong guesses."""
+    if peer.opened_ticket == ticket:
+        holder = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
+        return peer, holder
+    opener = state.table.get(peer.ticket_peer) if peer.ticket_peer else None
+    if opener is None or opener.opened_ticket != ticket or opener.ticket_peer != peer.key:
         raise RegistryError(FailureCode.FORBIDDEN, "this connection has no attempt on that ticket")
-    return controller, peer
+    return opener, peer
 
 
 async def report_pairing_failure(
     state: RelayState, peer: Peer, req: ReportPairingFailure
 ) -> Message:
-    controller, machine = _pairing_attempt(state, peer, req.ticket)
+    opener, holder = _pairing_attempt(state, peer, req.ticket)
     # One failure per attempt, whichever end reports it first (both usually do): the
     # attempt ends here, and another try needs a fresh OpenTicket.
-    controller.opened_ticket = None
-    controller.ticket_peer = None
-    if machine is not None:
-        machine.ticket_peer = None
+    opener.opened_ticket = None
+    opener.ticket_peer = None
+    if holder is not None:
+        holder.ticket_peer = None
     failures = await state.registry.record_ticket_failure(
         req.ticket, max_failures=state.config.limits.ticket_max_failures
     )
-    if failures >= state.config.limits.ticket_max_failures and machine is not None:
-        # Its code is dead: let the daemon show a fresh one now, not at expiry.
+    if failures >= state.config.limits.ticket_max_failures and holder is not None:
+        # Its code is dead: let the daemon (or the device showing a link or join
+        # code) show a fresh one now, not at expiry.
         send_control(
-            machine, FrameType.NOTICE, Notice(NoticeEvent.TICKET_BURNT, req.ticket, b"", 0.0)
+            holder, FrameType.NOTICE, Notice(NoticeEvent.TICKET_BURNT, req.ticket, b"", 0.0)
         )
     return TicketOpened(req.request_id, b"")
 
@@ -308,21 +302,27 @@ async def list_machines(state: RelayState, peer: Peer, req: ListMachines) -> Mes
     return MachineList(req.request_id, tuple(infos))
 
 
-def announce_presence(state: RelayState, machine: Peer, *, online: bool) -> None:
-    """Tell every controller of the machine's account that it came or went."""
-    if machine.status is not SessionStatus.MACHINE:
+def announce_presence(state: RelayState, node: Peer, *, online: bool) -> None:
+    """Tell every controller device of the node's account that it came or went: a
+    machine to all of them, a device to all the others."""
+    if node.status not in (SessionStatus.MACHINE, SessionStatus.CONTROLLER) or not node.account:
         return
     body = CONTROL.encode(Presence(online, state.clock()))
-    frame = encode_frame(FrameType.PRESENCE, machine.key, body)
-    for other in state.table.account_controllers(machine.account):
-        other.deliver(frame, time.perf_counter())
+    frame = encode_frame(FrameType.PRESENCE, node.key, body)
+    for other in state.table.account_controllers(node.account):
+        if other.key != node.key:
+            other.deliver(frame, time.perf_counter())
 
 
 def greet_controller(state: RelayState, controller: Peer) -> None:
-    """A controller came online: tell it which of its machines are online now."""
+    """A controller came online: tell it which of its machines and which of its
+    account's other devices are online now."""
     body = CONTROL.encode(Presence(True, state.clock()))
     for other in state.table.account_peers(controller.account):
-        if other.status is SessionStatus.MACHINE:
+        if other.key != controller.key and other.status in (
+            SessionStatus.MACHINE,
+            SessionStatus.CONTROLLER,
+        ):
             controller.deliver(
                 encode_frame(FrameType.PRESENCE, other.key, body), time.perf_counter()
             )

@@ -55,8 +55,14 @@ _SELECT_TICKET = (
 # A removed device keeps its row (machines name it as their granter) but is no
 # longer a controller: every lookup leaves removed keys out.
 _SELECT_CONTROLLER = (
-    "SELECT key, account, card, created_at FROM controllers"
+    "SELECT key, account, card, created_at, last_seen FROM controllers"
     " WHERE key NOT IN (SELECT key FROM removed_devices)"
+)
+
+
+_TOUCH = tuple(
+    f"UPDATE {table} SET last_seen = max(coalesce(last_seen, ?), ?) WHERE key = ?"
+    for table in ("machines", "controllers")
 )
 
 
@@ -66,7 +72,7 @@ def _opt_float(value: Any) -> float | None:
 
 def _controller(row: Any) -> ControllerRecord:
     return ControllerRecord(
-        key=bytes(row[0]), account=bytes(row[1]), card=bytes(row[2]), created_at=float(row[3])
+        bytes(row[0]), bytes(row[1]), bytes(row[2]), float(row[3]), _opt_float(row[4])
     )
 
 
@@ -107,6 +113,19 @@ def check_usable_ticket(row: Any, now: float) -> None:
         raise RegistryError(
             FailureCode.EXPIRED, "this pairing ticket has expired", hint="restart pairing"
         )
+
+
+def check_link_ticket(row: Any, now: float, *, by: bytes, change: DeviceChange) -> None:
+    """Refuse consuming a link ticket for anything but the one device it links.
+
+    Its two ends are the device that holds it (showed the code) and the one that
+    opened it (read the code); one is the owner appending, the other the device
+    added — whichever showed (an owner's invite, or a new device's join code)."""
+    check_usable_ticket(row, now)
+    added = [record.key for record in change.added]
+    ends = {bytes(row[1]), None if row[6] is None else bytes(row[6])}
+    if len(added) != 1 or ends != {by, added[0]}:
+        raise RegistryError(FailureCode.MISMATCH, "this link ticket is not for that device")
 
 
 class SqliteRegistry:
@@ -392,13 +411,12 @@ class SqliteRegistry:
             await self._audit(db, "machine.revoked", by, key, f"account {account.hex()}", now)
         return True
 
-    async def touch_machine(self, key: bytes, *, now: float) -> None:
-        """Never moves ``last_seen`` backwards (touches may arrive out of order)."""
+    async def touch(self, key: bytes, *, now: float) -> None:
+        """Never moves ``last_seen`` backwards (touches may arrive out of order); a
+        key is a machine's or a device's, so one of the two updates finds it."""
         async with self._transaction() as db:
-            await db.execute(
-                "UPDATE machines SET last_seen = max(coalesce(last_seen, ?), ?) WHERE key = ?",
-                (now, now, key),
-            )
+            for sql in _TOUCH:
+                await db.execute(sql, (now, now, key))
 
     # --- device logs ---------------------------------------------------------------
     async def device_log(self, account: bytes) -> list[DeviceLogRow]:
@@ -432,13 +450,7 @@ class SqliteRegistry:
                 )
             if link_ticket is not None:
                 row = await self._one(db, _SELECT_TICKET, (link_ticket,))
-                check_usable_ticket(row, now)
-                added = [record.key for record in change.added]
-                opened_by = None if row[6] is None else bytes(row[6])
-                if bytes(row[1]) != by or len(added) != 1 or opened_by != added[0]:
-                    raise RegistryError(
-                        FailureCode.MISMATCH, "this link ticket is not for that device"
-                    )
+                check_link_ticket(row, now, by=by, change=change)
                 await db.execute(
                     "UPDATE tickets SET consumed_at = ? WHERE ticket = ?", (now, link_ticket)
                 )

@@ -16,6 +16,7 @@ from .ratelimit import KeyedBuckets, WindowCounter
 from .registry import Registry
 from .routing import RoutingTable
 from .send_budget import SendBudget
+from .verified_logs import VerifiedLogs
 
 
 @dataclass
@@ -38,6 +39,8 @@ class RelayState:
     #: Web Push (relay.web_push.WebPush), set up by the app; typed loosely so this
     #: module does not import pywebpush's dependencies
     push: object = None
+    #: device logs verified from the registry's rows (relay/verified_logs.py)
+    verified_logs: VerifiedLogs = field(default_factory=VerifiedLogs)
 
     def __post_init__(self) -> None:
         lim = self.config.limits

@@ -166,6 +166,40 @@ def _paths(value: object) -> list[str]:
     return [_absolute_path(path) for path in value]
 
 
+def _int(low: int, high: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if type(value) is not int or not low <= value <= high:
+            raise AgentProtocolError(f"expected a whole number {low}..{high}")
+        return value
+
+    return check
+
+
+def _duration(value: object) -> float:
+    """Seconds: finite, positive, at most a year (as the task core allows)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AgentProtocolError("a duration must be a number of seconds")
+    if not 0 < value <= 366 * 24 * 3600:  # NaN and inf never parse (json_lines)
+        raise AgentProtocolError("a duration must be 0 < seconds <= one year")
+    return float(value)
+
+
+def _tags(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > 32:
+        raise AgentProtocolError("tags must be a list of at most 32 strings")
+    word = _text(100, allow_empty=False)
+    return [word(tag) for tag in value]
+
+
+def _task_id(value: object) -> str:
+    """Empty (the agent makes one) or an id a machine accepts (room left for ``-N``)."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,58}", value):
+        raise AgentProtocolError("a task id must be 1-58 letters, digits, - or _")
+    return value
+
+
 _REQUIRED = object()
 _Fields = dict[str, tuple[Callable[[object], Any], object]]
 
@@ -200,11 +234,43 @@ OPS: Final[dict[str, _Fields]] = {
         "force": (_bool, False),
     },
     "cancel": {"session": (check_id, _REQUIRED)},
+    # Tasks (issue 18): placed by the agent on machines by tags or on one machine.
+    "submit": {
+        "argv": (_argv, _REQUIRED),
+        "target": (_text(1000), ""),
+        "machine": (_text(200), ""),
+        "count": (_int(1, 1000), 1),
+        "priority": (_int(-1000, 1000), 0),
+        "strategy": (_text(20, allow_empty=False), "least-loaded"),
+        "schedule_to_start": (_optional(_duration), None),
+        "start_to_close": (_optional(_duration), None),
+        "heartbeat": (_optional(_duration), 60.0),
+        "retry_on_lost": (_bool, False),
+        "id": (_task_id, ""),
+        "cwd": (_text(), "~"),
+        "title": (_text(200), ""),
+        "env": (_env, {}),
+        "pty": (_bool, False),
+    },
+    "tasks": {"state": (_text(30), "")},
+    "task": {"task": (check_id, _REQUIRED)},
+    "tag": {
+        "machine": (_text(200, allow_empty=False), _REQUIRED),
+        "add": (_tags, []),
+        "remove": (_tags, []),
+    },
     "decide": {
         "checkpoint": (check_id, _REQUIRED),
         "approve": (_bool, _REQUIRED),
         "reason": (_text(1000), ""),
+        # Review (issue 19): also set a rule for the rest of the session.
+        "for_session": (_bool, False),
+        "rule": (_optional(_text(1024, allow_empty=False)), None),
     },
+    "approval": {"checkpoint": (check_id, _REQUIRED)},
+    "rules": {"session": (check_id, _REQUIRED)},
+    "remove-rule": {"rule": (check_id, _REQUIRED)},
+    "diff": {"session": (check_id, _REQUIRED), "stat": (_bool, False)},
     "revoke": {"machine": (_text(200, allow_empty=False), _REQUIRED)},
     "rename": {
         "machine": (_text(200, allow_empty=False), _REQUIRED),

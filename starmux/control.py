@@ -288,3 +288,8 @@ class Notice(Message):
     subject: bytes  # the key the notice is about (a machine), or empty
     account: bytes
     retry_after: float
+
+
+# Every module that adds relay messages registers them here on import, so whoever
+# decodes with CONTROL knows every kind whatever else it happened to import.
+from . import device_control, notify_messages  # noqa: E402, F401

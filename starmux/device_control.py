@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .codec import Message
+from .codec import Message, Timestamp
 from .control import CONTROL
 
 
@@ -50,13 +50,27 @@ class GetDeviceLog(Message):
 
 @CONTROL.register
 @dataclass(frozen=True)
+class DeviceSeen(Message):
+    """When a device of the account was last connected (now, if it is)."""
+
+    KIND = "device-seen"
+    key: bytes
+    at: Timestamp
+
+
+@CONTROL.register
+@dataclass(frozen=True)
 class DeviceLogState(Message):
-    """The entries asked for, and which current devices are online now."""
+    """The entries asked for, which current devices are online now, and when each
+    was last seen (devices never seen since the relay recorded it are left out).
+    Version 2: ``last_seen`` added."""
 
     KIND = "device-log-state"
+    VERSION = 2
     request_id: int
     entries: bytes  # encode_entries(...); no entries at all for a legacy account
     online: tuple[bytes, ...]
+    last_seen: tuple[DeviceSeen, ...]
 
 
 @CONTROL.register

@@ -4,7 +4,7 @@ Roles (DESIGN.md section 9), enforced by the daemon (it is what executes) and by
 the relay (for what the relay does itself: device management)::
 
     owner     everything, including the device log and machine revocation
-    operator  run, input, cancel, approve, deny   (+ everything a viewer may)
+    operator  run, input, cancel, approve, deny, rules, tag machines  (+ what a viewer may)
     viewer    list, watch, logs
 
 :data:`PERMISSIONS` is the whole truth; :func:`allowed` only looks it up, and
@@ -34,13 +34,23 @@ class Action(enum.StrEnum):
     CANCEL = "cancel"
     APPROVE = "approve"
     DENY = "deny"
+    TAG_MACHINE = "tag-machine"  # change a machine's tags (placement)
+    RULES = "rules"  # set and remove a session's approval rules
     MANAGE_DEVICES = "manage-devices"  # link, remove, change roles
     PAIR_MACHINE = "pair-machine"
     REVOKE_MACHINE = "revoke-machine"
 
 
 _VIEWER = frozenset({Action.LIST, Action.WATCH, Action.LOGS})
-_OPERATOR = _VIEWER | {Action.RUN, Action.INPUT, Action.CANCEL, Action.APPROVE, Action.DENY}
+_OPERATOR = _VIEWER | {
+    Action.RUN,
+    Action.INPUT,
+    Action.CANCEL,
+    Action.APPROVE,
+    Action.DENY,
+    Action.TAG_MACHINE,
+    Action.RULES,
+}
 
 PERMISSIONS: dict[DeviceRole, frozenset[Action]] = {
     DeviceRole.VIEWER: _VIEWER,
@@ -65,6 +75,12 @@ COMMAND_ACTIONS: dict[str, Action] = {
     "notify-target-remove": Action.WATCH,
     "notify-settings": Action.WATCH,
     "notify-test": Action.WATCH,
+    "set-tags": Action.TAG_MACHINE,
+    # Review (starmux.review_messages, issue 19): a rule answers checkpoints for the
+    # person who set it, so it needs an operator; the diff is read-only.
+    "set-approval-rule": Action.RULES,
+    "remove-approval-rule": Action.RULES,
+    "show-diff": Action.LOGS,
 }
 
 

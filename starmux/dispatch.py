@@ -43,8 +43,11 @@ from .task_state import (
 __all__ = ["MACHINE_REPORTS", "Assignment", "Spec", "TaskBook"]
 
 #: What a machine may report about a task assigned to it (in the order
-#: :func:`starmux.task_messages.trigger_for` tries them). Timeouts and ``lose`` are
-#: the controller's to decide; a machine may cancel its own task (a user there did).
+#: :func:`starmux.task_messages.trigger_for` tries them). The timeouts are the
+#: controller's to decide, except start-to-close: the machine enforces it (it kills
+#: the session), so a machine reports ``time_out``. A machine may cancel its own
+#: task (a user there did), and report ``lose`` for a task it knows is gone (its
+#: daemon restarted under it): waiting out the heartbeat would only delay that.
 MACHINE_REPORTS = (
     Trigger.ACCEPT,
     Trigger.START,
@@ -53,6 +56,8 @@ MACHINE_REPORTS = (
     Trigger.SUCCEED,
     Trigger.FAIL,
     Trigger.CANCEL,
+    Trigger.TIME_OUT,
+    Trigger.LOSE,
 )
 
 
@@ -93,6 +98,11 @@ class TaskBook:
             raise UsageError(f"task {task.id} was already submitted")
         if task.state is not TaskState.QUEUED:
             raise UsageError("a task is submitted queued")
+        self.tasks[task.id] = task
+        self.specs[task.id] = spec
+
+    def restore(self, task: Task, spec: Spec) -> None:
+        """Take back a task the adapter stored (any state), e.g. after a restart."""
         self.tasks[task.id] = task
         self.specs[task.id] = spec
 

@@ -14,8 +14,10 @@ Requests::
 
     {"op": "ping"}
     {"op": "checkpoint", "session": S, "token": K, "title": T, "body": B,
-     "timeout": SECONDS, "default": "deny" | "approve", "key": K}
-                                                            body, default, key optional
+     "timeout": SECONDS, "default": "deny" | "approve", "key": K, "preview": P}
+                                          body, default, key, preview optional
+    P = {"type": "command" | "diff" | "text", "tool": T, "subject": S, "cwd": C,
+         "text": X}              (starmux.checkpoint_preview: capped, typed)
     {"op": "cost", "session": S, "token": K, "input_tokens": N, "output_tokens": N,
      "usd": X, "note": T}                                   note optional
     {"op": "artifact", "session": S, "token": K, "path": P, "name": N}
@@ -48,10 +50,14 @@ from typing import Any, Protocol
 
 from starmux.errors import RemoteProtocolError, StarmuxError
 
+from . import checkpoint_preview
+from .checkpoint_preview import CheckpointPreview
 from .json_lines import parse_object
 
 PROTOCOL_VERSION = 1
-MAX_LINE = 64 * 1024  # bytes of one request line, newline excluded
+#: Bytes of one request line, newline excluded: a 16 KiB body and a 24 KiB preview,
+#: ASCII-escaped (a non-ASCII character can take 12 bytes as a surrogate pair).
+MAX_LINE = 512 * 1024
 MAX_TITLE = 200  # characters
 MAX_BODY = 16 * 1024  # bytes of UTF-8
 MAX_NOTE = 1024  # characters
@@ -106,6 +112,7 @@ class LocalApiHandler(Protocol):
         timeout: float,  # noqa: ASYNC109 - the checkpoint's expiry, not this call's deadline
         default_approve: bool,
         key: str | None,
+        preview: CheckpointPreview | None = None,
     ) -> CheckpointOutcome:
         """Raise the checkpoint (or join the one with this session and key) and wait.
 
@@ -136,6 +143,7 @@ class CheckpointRequest:
     timeout: float
     default_approve: bool
     key: str | None
+    preview: CheckpointPreview | None
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,15 @@ def check_key(value: object) -> str | None:
     return value
 
 
+def check_preview(value: object) -> CheckpointPreview | None:
+    if value is None:
+        return None
+    try:
+        return checkpoint_preview.from_json(value)
+    except StarmuxError as exc:
+        raise BadRequest(f"invalid preview: {exc.message}") from None
+
+
 def _tokens(name: str) -> Callable[[object], int]:
     def check(value: object) -> int:
         if type(value) is not int or not 0 <= value <= MAX_TOKENS:
@@ -279,6 +296,7 @@ _OPS: dict[str, tuple[Callable[..., Request], _Fields]] = {
             "timeout": (check_timeout, _REQUIRED),
             "default": (_default, False),
             "key": (check_key, None),
+            "preview": (check_preview, None),
             "token": (check_token, _REQUIRED),
         },
     ),

@@ -17,12 +17,16 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .checkpoint_preview import CheckpointPreview
 from .codec import Message, MessageCodec, Timestamp
 from .decisions import Verdict
 from .errors import MessageError, UsageError
 from .session_state import Status
 
 APP = MessageCodec(MessageError, max_size=60 * 1024)
+# Nested in checkpoint-raised; registered (like logged-event) so that every codec
+# mirror (fuzz seeds, the web controller's schema) knows its shape.
+APP.register(CheckpointPreview)
 
 #: Session, checkpoint and command ids and log epochs: short, and nothing a terminal
 #: would interpret (no control characters, escapes or spaces).
@@ -299,12 +303,16 @@ class CostReported(Message):
 @APP.register
 @dataclass(frozen=True)
 class CheckpointRaised(Message):
+    """Version 2 added ``preview``: what the checkpoint would let happen, if known."""
+
     KIND = "checkpoint-raised"
+    VERSION = 2
     checkpoint: str
     title: str
     body: str
     expires_at: Timestamp
     default_approve: bool
+    preview: CheckpointPreview | None = None
 
     def __post_init__(self) -> None:
         check_id(self.checkpoint, "checkpoint id")
@@ -325,3 +333,15 @@ class CheckpointDecided(Message):
         _check_choice(self.decision, DECISIONS, "decision")
         if len(self.by) not in (0, 32):
             raise UsageError("a decision is by a 32-byte controller key, or by nobody")
+
+
+# Every module that adds application messages registers them here on import, so
+# whoever decodes with APP knows every kind whatever else it happened to import.
+from . import (  # noqa: E402, F401
+    device_messages,
+    notify_messages,
+    notify_push,
+    review_messages,
+    task_messages,
+    transfer_messages,
+)

@@ -66,7 +66,7 @@ class NotifyTarget(Message):
 
     KIND = "notify-target"
     target: str
-    kind: TargetKind
+    target_kind: TargetKind
     url: str  # a webhook's http(s) URL; empty for push
     content: ContentLevel
 
@@ -74,7 +74,7 @@ class NotifyTarget(Message):
         _check_target_id(self.target)
         if len(self.url) > MAX_URL:
             raise UsageError("a webhook URL is at most 2048 characters")
-        if (self.kind is TargetKind.PUSH) != (not self.url):
+        if (self.target_kind is TargetKind.PUSH) != (not self.url):
             raise UsageError("a webhook target has a URL, a push target none")
 
 
@@ -134,7 +134,7 @@ class NotifyStatus(Message):
     KIND = "notify-status"
     device: bytes
     target: str
-    kind: TargetKind
+    target_kind: TargetKind
     state: TargetState
     detail: str  # why it fails, or what was last delivered; never the URL
     delivered: Count  # notifications that went through since registration

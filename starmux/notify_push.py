@@ -55,7 +55,7 @@ class PushNote(Message):
 
     KIND = "push-note"
     machine: bytes  # the sending machine's key: the device checks it paired it
-    kind: NotifyKind
+    notify_kind: NotifyKind
     at: Timestamp
     machine_name: str
     session: str

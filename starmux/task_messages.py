@@ -1,8 +1,7 @@
 """Task messages (issue 18) on the :data:`~starmux.messages.APP` codec: what a controller
 sends to assign or cancel a task, what a machine reports about it and about its load.
 
-Not wired yet: nothing sends these until the controller agent and the daemon adopt
-them (importing this module registers them). The shapes:
+Importing this module registers them. The shapes:
 
 - ``assign-task`` (:class:`AssignTask`), a command (body of a ``command`` envelope,
   so its ack and once-only delivery are the command's): store this attempt of
@@ -11,6 +10,9 @@ them (importing this module registers them). The shapes:
 - ``cancel-task`` (:class:`CancelTask`), a command: cancel this attempt.
 - ``task-progress`` (:class:`TaskProgress`), a logged event from the machine: the
   attempt reached a state the machine decides (accepted … final).
+- ``set-tags`` (:class:`SetTags`), a command: add and remove tags of the machine
+  (``starmux machines tag``); the machine keeps its tags and reports the new set
+  in a ``machine-load`` event. The ack's ``result`` is the new set, comma-joined.
 - ``machine-load`` (:class:`MachineLoad`), sent by the machine on connect and on
   every change of its tags, capacity or load: what placement reads.
 
@@ -37,6 +39,7 @@ __all__ = [
     "AssignTask",
     "CancelTask",
     "MachineLoad",
+    "SetTags",
     "TaskProgress",
     "trigger_for",
 ]
@@ -100,6 +103,22 @@ class TaskProgress(Message):
             check_id(self.session, "session id")
         if self.state not in MACHINE_STATES:
             raise UsageError(f"a machine does not report a task {self.state.value}")
+
+
+@APP.register
+@dataclass(frozen=True)
+class SetTags(Message):
+    KIND = "set-tags"
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.add) + len(self.remove) > MAX_TAGS:
+            raise UsageError(f"a machine carries at most {MAX_TAGS} tags")
+        if not self.add and not self.remove:
+            raise UsageError("set-tags names at least one tag")
+        for tag in (*self.add, *self.remove):
+            parse_tag(tag)
 
 
 @APP.register

@@ -28,17 +28,26 @@ from typing import Annotated, Any
 
 import msgpack
 
-from starmux import control, device_control, device_log, device_messages, messages, task_messages
+from starmux import (
+    control,
+    device_control,
+    device_log,
+    device_messages,
+    messages,
+    review_messages,
+    task_messages,
+    transfer_messages,
+)
 from starmux.codec import Message, MessageCodec, Range
 from starmux.control import CONTROL, SessionStatus
 from starmux.decisions import decision_transcript
-from starmux.device_link import LinkCode
 from starmux.device_log import LOG_CODEC, DeviceLog, Op, encode_entries
 from starmux.device_roles import DeviceRole
 from starmux.errors import StarmuxError
 from starmux.fingerprint import comparison_code, fingerprint, fingerprint_bytes
 from starmux.frames import Frame, FrameType, encode_frame
 from starmux.identity import NodeKeys, Role
+from starmux.link_code import Direction, LinkCode
 from starmux.messages import APP
 from starmux.padding import padded_size
 from starmux.pairing_code import PairingCode
@@ -54,7 +63,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_JS = ROOT / "web" / "proto" / "schema.js"
 GOLDEN_JSON = ROOT / "tests" / "data" / "web-golden.json"
 
-del control, device_control, device_messages, messages, task_messages, device_log  # registered
+# registered by importing them
+del control, device_control, device_messages, messages, task_messages, device_log
+del review_messages, transfer_messages
 CODECS: dict[str, MessageCodec] = {"control": CONTROL, "app": APP, "log": LOG_CODEC}
 
 
@@ -96,6 +107,8 @@ def schema() -> dict[str, Any]:
         for kind, cls in sorted(_classes(codec).items()):
             hints = typing.get_type_hints(cls, include_extras=True)
             fields = [[f.name, _type(hints[f.name])] for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+            # web/proto/codec.js carries the message kind as `kind` beside the fields.
+            assert all(name != "kind" for name, _ in fields), f"{kind}: a field named kind"
             kinds[kind] = {"version": cls.VERSION, "fields": fields}
         result[name] = {"maxSize": codec._max_size, "kinds": kinds}
     return result
@@ -149,6 +162,9 @@ def _fields_sample(codec: str, kind: str) -> dict[str, Any]:
     for name, t in spec["fields"]:
         if isinstance(t, dict) and "message" in t:
             fields[name] = _fields_sample(codec, t["message"])
+        elif isinstance(t, dict) and "union" in t and any(_nested(u) for u in t["union"]):
+            nested = next(u["message"] for u in t["union"] if _nested(u))
+            fields[name] = _fields_sample(codec, nested)
         elif (
             isinstance(t, dict)
             and "list" in t
@@ -160,6 +176,10 @@ def _fields_sample(codec: str, kind: str) -> dict[str, Any]:
             fields[name] = _sample(t)
     fields.update(_OVERRIDES.get(kind, {}))
     return fields
+
+
+def _nested(t: Any) -> bool:
+    return isinstance(t, dict) and "message" in t
 
 
 # Samples the generic rule cannot make valid (a message's own checks).
@@ -178,7 +198,14 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "machine-load": {"tags": ["gpu", "os=linux"], "capacity": 4, "running": 1, "queued": 0},
     "task-progress": {"state": "running", "session": "s-1", "exit_code": None},
     "checkpoint-decided": {"by": KEY},
+    "set-approval-rule": {"pattern": "Bash(npm test*)"},
+    "approval-rule-set": {"pattern": "Edit(src/**)", "by": KEY},
+    "approval-rule-removed": {"by": KEY},
+    "offer-file": {"digest": KEY},
+    "artifact-published": {"digest": KEY},
     "logged-event": {"seq": 1},
+    "notify-target": {"target_kind": "webhook", "url": "https://ntfy.example/me"},
+    "notify-status": {"device": KEY},
 }
 
 _WRONG = {
@@ -467,12 +494,22 @@ def codes_golden() -> dict[str, Any]:
         pair, relay_url="wss://relay.example/sub", expires_at=1700000000.0
     )
     link = LinkCode(
-        "wss://r.example:9/x", relay_fp, b"\x03" * 16, machine_fp, b"\xfe" * 32, DeviceRole.OPERATOR
+        Direction.INVITE,
+        "wss://r.example:9/x",
+        relay_fp,
+        b"\x03" * 16,
+        machine_fp,
+        b"\xfe" * 32,
+        DeviceRole.OPERATOR,
+    )
+    join = LinkCode(
+        Direction.JOIN, "ws://127.0.0.1:8765", relay_fp, b"\x04" * 16, machine_fp, b"\xfd" * 32
     )
     return {
-        "verdicts": _code_verdicts(pair.to_text(), link.to_text()),
+        "verdicts": _code_verdicts(pair.to_text(), link.to_text(), join.to_text()),
         "pair": [pair.to_text(), pair_exp.to_text()],
         "link": [link.to_text()],
+        "join": [join.to_text()],
         "pair_fields": {
             "relay": pair.relay_url,
             "rfp": pair.relay_fingerprint,
@@ -484,20 +521,35 @@ def codes_golden() -> dict[str, Any]:
             "relay": link.relay_url,
             "rfp": link.relay_fingerprint,
             "ticket": link.ticket.hex(),
-            "ifp": link.inviter_fingerprint,
+            "ifp": link.shower_fingerprint,
             "secret": link.secret.hex(),
-            "role": link.role.value,
+            "role": DeviceRole.OPERATOR.value,
+        },
+        "join_fields": {
+            "relay": join.relay_url,
+            "rfp": join.relay_fingerprint,
+            "ticket": join.ticket.hex(),
+            "dfp": join.shower_fingerprint,
+            "secret": join.secret.hex(),
         },
     }
 
 
-def _code_verdicts(pair: str, link: str) -> list[dict[str, Any]]:
-    """Pasted codes, good and garbled, with whether the Python parser takes them."""
-    from starmux.device_link import parse_link_code
+def _code_verdicts(pair: str, link: str, join: str) -> list[dict[str, Any]]:
+    """Pasted codes, good and garbled, with whether each Python parser takes them:
+    ``pair`` the pairing code's, ``link`` a link code's (an owner shows it), ``join``
+    a join code's (a new device shows it)."""
+    from starmux.link_code import parse_link_code
     from starmux.pairing_code import parse_pairing_code
 
+    def parse_link(text: str) -> object:
+        return parse_link_code(text, Direction.INVITE)
+
+    def parse_join(text: str) -> object:
+        return parse_link_code(text, Direction.JOIN)
+
     candidates = []
-    for code in (pair, link):
+    for code in (pair, link, join):
         prefix, query = code.split("?", 1)
         parts = query.split("&")
         candidates += [
@@ -532,7 +584,8 @@ def _code_verdicts(pair: str, link: str) -> list[dict[str, Any]]:
     table = []
     for text in candidates:
         verdict: dict[str, Any] = {"text": text}
-        for name, parse in (("pair", parse_pairing_code), ("link", parse_link_code)):
+        parsers = (("pair", parse_pairing_code), ("link", parse_link), ("join", parse_join))
+        for name, parse in parsers:
             try:
                 parse(text)
                 verdict[name] = True

@@ -17,7 +17,17 @@ import pytest
 import websockets
 
 from starmux.close_codes import CloseCode
-from starmux.control import CONTROL, Presence, RevokeMachine
+from starmux.control import (
+    CONTROL,
+    Presence,
+    RevokeMachine,
+    SessionStatus,
+    TicketCreated,
+    TicketOpened,
+)
+from starmux.device_control import AppendDeviceLog, CreateLinkTicket, OpenLinkTicket
+from starmux.device_log import DeviceLog, Op, encode_entries
+from starmux.device_roles import DeviceRole
 from starmux.frames import FrameType
 from starmux.identity import Role
 from tests.integration.conftest import pair_machine, register_controller
@@ -45,6 +55,18 @@ async def presence(controller: RelayNode, key: bytes, timeout: float) -> bool:
             message = CONTROL.decode(frame.body)
             assert isinstance(message, Presence)
             return message.online
+
+
+async def killed_then_offline(
+    node: RelayProcess, watcher: RelayNode, key: bytes, what: str
+) -> None:
+    """Kill ``node``; ``watcher`` (on another node) hears that ``key`` went offline."""
+    node.stop(signal.SIGKILL)
+    start = time.perf_counter()
+    assert await presence(watcher, key, 10) is False
+    elapsed = time.perf_counter() - start
+    print(f"\nnode killed: its {what} reported offline on the other node after {elapsed:.2f} s")
+    assert elapsed < 5.0
 
 
 def health(node: RelayProcess) -> tuple[int, str]:
@@ -98,12 +120,7 @@ async def test_a_dead_nodes_machines_go_offline_then_come_back(cluster: RelayClu
     machine = await pair_machine(b, controller, account)
     assert await presence(controller, machine.key, 10) is True
 
-    b.stop(signal.SIGKILL)
-    start = time.perf_counter()
-    assert await presence(controller, machine.key, 10) is False
-    elapsed = time.perf_counter() - start
-    print(f"\nnode B killed: its machine reported offline on node A after {elapsed:.2f} s")
-    assert elapsed < 5.0
+    await killed_then_offline(b, controller, machine.key, "machine")
 
     back = RelayNode(Role.MACHINE, keys=machine.keys)
     await back.connect(a.url)
@@ -142,3 +159,37 @@ async def test_a_revocation_issued_while_redis_is_down_lands_when_it_returns(
     await controller.send(FrameType.DATA, kept.key, b"after the restart")
     frame = await kept.recv_type(FrameType.DATA)
     assert (frame.peer, frame.body) == (controller.key, b"after the restart")
+
+
+async def test_a_device_joins_across_nodes_and_its_presence_crosses_them(
+    cluster: RelayCluster,
+) -> None:
+    """The owner on node A adds a device that showed a join code on node B (the
+    ticket's two ends on two nodes); the owner sees the device come online, then go
+    offline when node B dies, and online again on node A."""
+    a, b = cluster.nodes
+    a.registration_token = cluster.registration_token
+    owner, account = await register_controller(a)
+    log = DeviceLog.genesis(owner.keys, owner.card, account, at=time.time())
+    ok(await owner.request(AppendDeviceLog(2, log.encode(), b"")))
+    device = RelayNode(Role.CONTROLLER, "browser")
+    await device.connect(b.url)  # in no account yet
+    created = ok(await device.request(CreateLinkTicket(3)))
+    assert isinstance(created, TicketCreated)
+    opened = ok(await owner.request(OpenLinkTicket(4, created.ticket)))
+    assert isinstance(opened, TicketOpened) and opened.machine_key == device.key
+    log, entry = log.append(
+        owner.keys,
+        Op.ADD,
+        device.key,
+        card=device.card,
+        role=DeviceRole.VIEWER,
+        at=time.time(),
+    )
+    ok(await owner.request(AppendDeviceLog(5, encode_entries([entry]), created.ticket)))
+    assert await presence(owner, device.key, 10) is True  # joined in place, on node B
+
+    await killed_then_offline(b, owner, device.key, "device")
+    back = RelayNode(Role.CONTROLLER, "browser", keys=device.keys)
+    assert (await back.connect(a.url)).status is SessionStatus.CONTROLLER
+    assert await presence(owner, device.key, 10) is True

@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import re
 import secrets
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from starmux.client.actions import connected
-from starmux.client.qr_terminal import find_qr_block, terminal_qr_to_image
 from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
 from starmux.client.store import ControllerStore
 from starmux.device_log import DeviceLog, decode_entries, encode_entries
@@ -27,53 +24,11 @@ from starmux.home import load_node_keys
 from .cluster import Paired
 from .daemon_process import DaemonProcess, run_cli, starmux_command
 from .relay_process import RelayProcess
+from .shown_codes import Inviter, Shower
 from .test_checkpoints import _pending, agent
 from .test_checkpoints import paired as paired  # the fixture
 from .test_relay_sees_no_plaintext import RecordingProxy, find_leaks, parse_websocket
 from .watcher import Watcher
-
-LINK_CODE = re.compile(r"starmux://link/v1\?\S+")
-
-
-class Inviter:
-    """`starmux devices link` running on an owner until the new device joined."""
-
-    def __init__(self, home: Path, role: str) -> None:
-        env = {**os.environ, "STARMUX_HOME": str(home), "NO_COLOR": "1"}
-        self.process = subprocess.Popen(
-            starmux_command("devices", "link", "--role", role, "--yes"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.out: list[str] = []
-        self.printed = threading.Event()
-        self.code = ""
-        self.printed_at = 0.0
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.out.append(line)
-            match = LINK_CODE.search(line)
-            if match and not self.code:
-                self.code = match.group(0)
-                self.printed_at = time.monotonic()
-                self.printed.set()
-
-    def wait_code(self) -> str:
-        if not self.printed.wait(30):
-            assert self.process.stderr is not None
-            raise AssertionError("no link code printed: " + "".join(self.out))
-        return self.code
-
-    def finish(self) -> str:
-        assert self.process.wait(timeout=60) == 0, "".join(self.out) + (
-            self.process.stderr.read() if self.process.stderr else ""
-        )
-        return "".join(self.out)
 
 
 def link(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> float:
@@ -81,8 +36,7 @@ def link(owner: Paired, home: Path, name: str, role: str, *, by_image: bool) -> 
     inviter = Inviter(owner.controller, role)
     code = inviter.wait_code()
     if by_image:
-        image = home.parent / f"{name}-qr.png"
-        terminal_qr_to_image(find_qr_block("".join(inviter.out)), invert=False).save(image)
+        image = inviter.qr_image(home.parent / f"{name}-qr.png")
         joined = run_cli(home, "link", "--image", str(image), "--name", name, "--yes")
     else:
         joined = run_cli(home, "link", code, "--name", name, "--yes")
@@ -137,6 +91,10 @@ def test_link_roles_and_removal(paired: Paired, tmp_path: Path, relay: RelayProc
     refused = run_cli(b_home, "approve", checkpoint)
     assert refused.returncode != 0
     assert "does not allow approve" in refused.stderr, refused.stderr
+    # Nor may it set an approval rule (issue 19: rules need an operator); no
+    # decision goes out after the refused rule.
+    scoped = run_cli(b_home, "approve", checkpoint, "--for-session", "--rule", "Bash")
+    assert scoped.returncode != 0 and "does not allow rules" in scoped.stderr, scoped.stderr
     assert b.session(session)["status"] == "waiting_approval"
     assert any(event == "command.refused" for event, _ in _audit(paired.daemon.home))
 
@@ -263,6 +221,13 @@ def test_relay_sees_nothing_linked_devices_watch_or_decide(
         assert joined.returncode == 0, joined.stderr
         inviter.finish()
         markers["link-secret"] = code.split("secret=")[1].split("&")[0]
+        # D joins the other way round: its own join code, read by the owner.
+        shower = Shower(tmp_path / "browser", proxy.url, "browser")
+        join_code = shower.wait_code()
+        added = run_cli(shown.controller, "devices", "add", join_code, "--role", "viewer", "--yes")
+        assert added.returncode == 0, added.stderr
+        shower.joined()
+        markers["join-secret"] = join_code.split("secret=")[1].split("&")[0]
 
         agent_code = (
             "import subprocess, sys\n"
@@ -286,7 +251,7 @@ def test_relay_sees_nothing_linked_devices_watch_or_decide(
             if up
         ]
         payloads = b"\n".join(m for up, down in streams for m in (*up.messages, *down.messages))
-        for home in (b_home, c_home):  # control: the linked devices did use this relay
+        for home in (b_home, c_home, tmp_path / "browser"):  # control: they used this relay
             assert load_node_keys(home / CONTROLLER_KEY_FILE).sign_public in payloads
         haystacks = {
             "raw bytes": b"\n".join(part for pair in recording for part in pair),

@@ -13,12 +13,14 @@ verification and runs KK with the card the log gives the controller.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
+from starmux.checkpoint_preview import PreviewKind, preview
 from starmux.client.store import ControllerStore
 from starmux.control import CreateTicket, GrantMachine, MachineGranted, OpenTicket, TicketCreated
 from starmux.device_log import DeviceLog, decode_entries
@@ -41,6 +43,7 @@ from starmux.messages import (
     SessionStatusChanged,
     SyncRequest,
 )
+from starmux.review_messages import ShowDiff
 from starmux.session_state import Status
 
 from .daemon_process import run_cli, starmux_command
@@ -50,6 +53,26 @@ from .relay_process import RelayProcess
 OSC52 = "\x1b]52;c;cHduZWQ=\x07"  # writes "pwned" to the clipboard
 CSI = "\x1b[1A\x1b[2K"  # up one line, erase it
 BIDI = "\u202e"
+C1_CSI = "\x9b2J"  # the one-byte CSI of C1 controls: clear the screen
+#: What a hostile machine answers ``starmux diff`` with (starmux/worktree_diff.py).
+DIFF_RESULT = json.dumps(
+    {
+        "root": f"/srv{CSI}",
+        "files": [
+            {
+                "path": f"evil{OSC52}.txt",
+                "status": "untracked",
+                "added": 1,
+                "removed": 0,
+                "binary": False,
+            }
+        ],
+        "diff": f"+++ b/evil{OSC52}.txt\n+{CSI}{C1_CSI}boom\n",
+        "full_size": 40,
+        "truncated": False,
+        "files_truncated": False,
+    }
+)
 SESSION = "s-evil"
 CHECKPOINT = "c-evil"
 
@@ -69,7 +92,19 @@ def events(now: float) -> list[LoggedEvent]:
             5,
             "s-wait",
             CheckpointRaised(
-                CHECKPOINT, f"deploy{CSI}", f"line one\nline two{OSC52}", now + 3600, False
+                CHECKPOINT,
+                f"deploy{CSI}",
+                f"line one\nline two{OSC52}",
+                now + 3600,
+                False,
+                preview(
+                    PreviewKind.DIFF,
+                    tool=f"Edit{CSI}",
+                    subject=f"/srv/app{OSC52}.py",
+                    cwd=f"/srv{BIDI}",
+                    text="--- a/app.py\n+++ b/app.py\n@@ -1 +1 @@\n"
+                    f"-x = 1\n+x = 2{OSC52}{C1_CSI}\n",
+                ),
             ),
         ),
         event(6, SESSION, SessionStatusChanged(Status.FAILED, 3, f"why{OSC52}")),
@@ -117,6 +152,8 @@ async def hostile_machine(
                 await machine.send(FrameType.DATA, frame.peer, channel.seal(page))
             elif isinstance(message, CommandEnvelope):
                 ack = CommandAck(message.command_id, False, f"no{OSC52}", f"hint{CSI}", "")
+                if isinstance(APP.decode(message.body), ShowDiff):
+                    ack = CommandAck(message.command_id, True, "", "", DIFF_RESULT)
                 await machine.send(FrameType.DATA, frame.peer, channel.seal(ack))
     # The controller did send its log, and the fake took it (the handshake's first step).
     assert devices is not None and devices.device(paired.sign_public) is not None
@@ -179,6 +216,9 @@ def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: Rela
             for args in (
                 ("sessions",),
                 ("approvals",),
+                ("approvals", "show", CHECKPOINT),
+                ("diff", SESSION),
+                ("diff", SESSION, "--stat"),
                 ("machines",),
                 ("watch", SESSION),
                 ("logs", SESSION),
@@ -207,12 +247,20 @@ def test_machine_text_never_reaches_the_terminal_raw(tmp_path: Path, relay: Rela
                 command,
                 printed,
             )
+            assert "\x9b" not in printed, (command, printed)
     # The fields are shown, escaped, not dropped.
     assert b"title\\x1b]52;c;cHduZWQ=\\x07\\u202e" in seen["sessions"][1], seen
     assert b"\\x1b[1A" in seen["approvals"][1]
-    assert b"line one\n    line two\\x1b]52" in seen["approvals"][1]
+    # (the listing shows the preview, `approvals show` the body too)
+    assert b"line one\n  line two\\x1b]52" in seen[f"approvals show {CHECKPOINT}"][1]
     assert seen[f"watch {SESSION}"][1] == b"plain output\n"
     assert b"[s-evil: failed (3): why\\x1b]52;c;cHduZWQ=\\x07]" in seen[f"watch {SESSION}"][2]
     assert seen[f"watch {SESSION}"][0] == 3  # the session's own exit code
     assert b"error: no\\x1b]52" in seen[f"approve {CHECKPOINT}"][2]
     assert b"hint: hint\\x1b[1A" in seen[f"approve {CHECKPOINT}"][2]
+    # Previews and diffs (issue 19): shown, escaped.
+    show = seen[f"approvals show {CHECKPOINT}"][1]
+    assert b"+x = 2\\x1b]52;c;cHduZWQ=\\x07\\x9b2J" in show, show
+    assert b"/srv/app\\x1b]52" in seen["approvals"][1]
+    assert b"+\\x1b[1A\\x1b[2K\\x9b2Jboom" in seen[f"diff {SESSION}"][1], seen[f"diff {SESSION}"]
+    assert b"evil\\x1b]52;c;cHduZWQ=\\x07.txt" in seen[f"diff {SESSION} --stat"][1]

@@ -205,7 +205,7 @@ def test_a_compromised_machines_hostile_times_and_ids_break_nothing(
     machine_b, controller_card = asyncio.run_coroutine_threadsafe(
         _paired_machine_b(paired), machine_loop
     ).result(timeout=30)
-    raised = {"title": "x", "body": "", "default_approve": True}
+    raised = {"title": "x", "body": "", "default_approve": True, "preview": None}
     # Valid pages whose events are not: refused one by one when applied.
     hostile = _page(
         [
@@ -225,7 +225,7 @@ def test_a_compromised_machines_hostile_times_and_ids_break_nothing(
                 msgpack.packb(
                     [
                         "checkpoint-raised",
-                        1,
+                        2,
                         {**raised, "checkpoint": "c-1e300", "expires_at": 1e300},
                     ]
                 ),
@@ -235,7 +235,7 @@ def test_a_compromised_machines_hostile_times_and_ids_break_nothing(
                 msgpack.packb(
                     [
                         "checkpoint-raised",
-                        1,
+                        2,
                         {**raised, "checkpoint": "c-\x1b]52;c;aGk=\x07", "expires_at": 4e9},
                     ]
                 ),

@@ -99,7 +99,7 @@ def test_checkpoint_pushes_once_within_two_seconds_sealed_twice(
     assert len(sealed) == SEALED_SIZE and TITLE.encode() not in post.body + sealed
     # Inner layer: only the device opens it, and it says who, what and where.
     note = _open(paired, sealed)
-    assert note.kind is NotifyKind.CHECKPOINT and note.title == TITLE  # type: ignore[attr-defined]
+    assert note.notify_kind is NotifyKind.CHECKPOINT and note.title == TITLE  # type: ignore[attr-defined]
     assert note.session == session and note.machine_name == "gpu-box"  # type: ignore[attr-defined]
     assert note.session_title == "nightly deploy"  # type: ignore[attr-defined]
     time.sleep(scaled(0.5))
@@ -120,7 +120,7 @@ def test_no_push_after_a_decision_and_410_removes_the_subscription(
     # The session's end is pushed; no reminder (due at 2 s) ever is.
     service.wait_for(2, within=10.0)
     time.sleep(3.0)
-    kinds = [_open(paired, p[2]).kind for p in service.plaintexts]  # type: ignore[attr-defined]
+    kinds = [_open(paired, p[2]).notify_kind for p in service.plaintexts]  # type: ignore[attr-defined]
     assert kinds == [NotifyKind.CHECKPOINT, NotifyKind.SUCCEEDED], kinds
 
     # The browser unsubscribed: the push service answers 410 and the relay forgets it.

@@ -31,8 +31,8 @@ from ..timeouts import poll, scaled
 from .cluster import Paired, pair, pending_checkpoint
 from .daemon_process import DaemonProcess, run_cli, run_json, starmux_command
 from .relay_process import RelayProcess
+from .shown_codes import Inviter
 from .test_checkpoints import agent
-from .test_devices import Inviter
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "web" / "tools" / "node_peer.mjs"
@@ -124,8 +124,7 @@ def test_js_device_links_to_a_cli_owner_then_lists_and_runs_sessions(
     shown = linked_peer.wait("comparison")
     linked_peer.finish()
     inviter.finish()
-    assert inviter.process.stderr is not None
-    match = COMPARISON.search(inviter.process.stderr.read())
+    match = COMPARISON.search("".join(inviter.err))
     assert match is not None and match.group(1) == shown["code"]  # both showed the same
     assert linked["role"] == "operator"
     assert sorted(linked["devices"]) == ["js-phone", "laptop"]

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starmux.checkpoint_preview import CheckpointPreview
 from starmux.daemon.local_api import LocalApiServer
 from starmux.errors import UsageError
 from starmux.local_api import (
     MAX_BODY,
+    MAX_LINE,
     CheckpointOutcome,
     CheckpointRequest,
 )
@@ -80,6 +82,7 @@ class TableHandler:
         timeout: float,
         default_approve: bool,
         key: str | None,
+        preview: CheckpointPreview | None = None,
     ) -> CheckpointOutcome:
         self._known(session)
         if title == "crash":
@@ -95,6 +98,7 @@ class TableHandler:
                 timeout,
                 default_approve,
                 key,
+                preview,
                 checkpoint_id,
                 asyncio.get_running_loop().create_future(),
             )
@@ -312,5 +316,5 @@ INVALID = [
         "bad-request",
         "usd must be",
     ),
-    (b"[" * 100_000, "too-large", "longer than"),
+    (b"[" * (MAX_LINE + 1), "too-large", "longer than"),
 ]

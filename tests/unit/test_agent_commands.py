@@ -113,6 +113,24 @@ async def test_body_from_stdin(api: Api) -> None:
     assert api.handler.checkpoints["c-1"].body == body
 
 
+async def test_a_command_or_diff_preview(api: Api) -> None:
+    result = await starmux(["checkpoint", "Deploy?", "--command", "make deploy"], api.env())
+    assert result.code == 0, result.err
+    command = api.handler.checkpoints["c-1"].preview
+    assert command is not None and (command.type, command.tool, command.text) == (
+        "command",
+        "Bash",
+        "make deploy",
+    )
+    diff = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-1\n+2\n"
+    result = await starmux(["checkpoint", "Ship?", "--diff", "-"], api.env(), diff.encode())
+    assert result.code == 0, result.err
+    shipped = api.handler.checkpoints["c-2"].preview
+    assert shipped is not None and (shipped.type, shipped.text) == ("diff", diff)
+    both = await starmux(["checkpoint", "?", "--command", "x", "--diff", "-"], api.env())
+    assert both.code == 64 and "not both" in both.err
+
+
 async def test_outside_a_session(api: Api) -> None:
     env = api.env()
     del env["STARMUX_SESSION"], env["STARMUX_API"]

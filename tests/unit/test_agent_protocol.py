@@ -135,3 +135,32 @@ def test_printable_escapes_everything_that_acts_on_a_terminal() -> None:
     for hostile in (float("inf"), float("nan"), 1e300, -1.0, "2026", True, None):
         assert when(hostile) == "?"
     assert when(0) != "?"
+
+
+def test_a_task_submission_is_checked_field_by_field() -> None:
+    line = b'{"v":1,"op":"submit","argv":["true"],"target":"gpu","count":3,"start_to_close":90}'
+    request = wire.parse_request(line)
+    assert request.fields["count"] == 3 and request.fields["start_to_close"] == 90.0
+    assert request.fields["heartbeat"] == 60.0 and request.fields["id"] == ""
+    for bad in (
+        b'"count":0',
+        b'"count":1001',
+        b'"count":true',
+        b'"priority":5000',
+        b'"schedule_to_start":0',
+        b'"heartbeat":-1',
+        b'"start_to_close":"1s"',
+        b'"id":"a/b"',
+        b'"id":"' + b"x" * 59 + b'"',
+    ):
+        with pytest.raises(wire.AgentProtocolError):
+            wire.parse_request(b'{"v":1,"op":"submit","argv":["true"],' + bad + b"}")
+
+
+def test_tag_requests_carry_bounded_tag_lists() -> None:
+    request = wire.parse_request(b'{"v":1,"op":"tag","machine":"m","add":["gpu"]}')
+    assert request.fields == {"machine": "m", "add": ["gpu"], "remove": []}
+    with pytest.raises(wire.AgentProtocolError):
+        wire.parse_request(
+            b'{"v":1,"op":"tag","machine":"m","add":' + b'["t"' + b',"t"' * 40 + b"]}"
+        )

@@ -251,6 +251,10 @@ async def test_only_the_machine_a_command_went_to_can_ack_it(cache: Cache) -> No
 
 def raw_event(seq: int, kind: str, **fields: object) -> LoggedEvent:
     """An event body built without our constructors' checks, as a hostile machine can."""
+    if kind == "checkpoint-raised":  # version 2 added the preview
+        return LoggedEvent(
+            seq, 1000.0 + seq, SESSION, msgpack.packb([kind, 2, {**fields, "preview": None}])
+        )
     return LoggedEvent(seq, 1000.0 + seq, SESSION, msgpack.packb([kind, 1, fields]))
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
 import pytest
@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from starmux import control, device_control
-from starmux.codec import Message
+from starmux import control, device_control, notify_messages
+from starmux.codec import Message, Range
 from starmux.control import (
     CONTROL,
     AccountRegistered,
@@ -35,9 +35,13 @@ from starmux.errors import RemoteProtocolError
 CLASSES: list[type[Message]] = sorted(
     (
         obj
-        for module in (control, device_control)  # device_control registers on CONTROL too
+        # device_control and notify_messages register on CONTROL too
+        for module in (control, device_control, notify_messages)
         for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
+        if isinstance(obj, type)
+        and issubclass(obj, Message)
+        and obj is not Message
+        and obj.KIND in CONTROL.kinds
     ),
     key=lambda cls: cls.KIND,
 )
@@ -45,6 +49,12 @@ CLASSES: list[type[Message]] = sorted(
 
 def strategy_for(hint: Any) -> SearchStrategy[Any]:
     """A strategy for any field type the codec supports, built from the annotation."""
+    if typing.get_origin(hint) is Annotated:  # a number in a Range, e.g. a Timestamp
+        base, *metadata = typing.get_args(hint)
+        bounds = next(m for m in metadata if isinstance(m, Range))
+        if base is int:
+            return st.integers(int(bounds.low), int(bounds.high))
+        return st.floats(bounds.low, bounds.high)
     if hint is type(None):
         return st.none()
     if hint is bool:
@@ -72,7 +82,7 @@ def strategy_for(hint: Any) -> SearchStrategy[Any]:
 
 
 def messages(cls: type[Message]) -> SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in fields})
 
@@ -112,8 +122,14 @@ def test_kinds_are_fixed() -> None:
         "device-log-appended",
         "get-device-log",
         "device-log-state",
+        "device-seen",
         "create-link-ticket",
         "open-link-ticket",
+        # starmux.notify_messages
+        "register-push",
+        "push-registered",
+        "send-push",
+        "push-queued",
     }
 
 

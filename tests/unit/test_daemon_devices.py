@@ -156,6 +156,7 @@ async def test_two_devices_deciding_at_once_one_wins_50_times(machine: Machine) 
         machine.controller, Op.SET_ROLE, PHONE[0].sign_public, role=DeviceRole.OPERATOR, at=NOW
     )
     await gate.offer(machine.controller.sign_public, log.encode(), authenticated=True, now=NOW)
+    machine.checkpoints.device_name = gate.name_of  # as daemon/live.py wires it
     for attempt in range(50):
         checkpoint, agent = await machine.raise_checkpoint()
         answers = []
@@ -178,4 +179,5 @@ async def test_two_devices_deciding_at_once_one_wins_50_times(machine: Machine) 
         assert len(await machine.decided_events(checkpoint)) == 1
         winner = PHONE if results[0] is won[0] else TABLET
         assert outcome.decided_by == winner[0].fingerprint
-        assert winner[0].fingerprint in str(lost[0])  # "too late: ... by DEVICE"
+        # "too late: ... by NAME (FINGERPRINT)": the device, by the name the log gives it
+        assert f"by {winner[1].name} ({winner[0].fingerprint})" in str(lost[0])

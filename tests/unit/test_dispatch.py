@@ -106,7 +106,8 @@ def test_reports_from_other_machines_or_out_of_order_do_not_count() -> None:
     book.place(gpus(), now=0.0)
     assert book.report("b", "t1", 1, T.ACCEPT, now=1.0) is None  # not its machine
     assert book.report("a", "t1", 1, T.SUCCEED, now=1.0) is None  # not started
-    assert book.report("a", "t1", 1, T.LOSE, now=1.0) is None  # not a machine's to say
+    assert book.report("a", "t1", 1, T.LOSE, now=1.0) is None  # assigned: nothing to lose
+    assert book.report("a", "t1", 1, T.SCHEDULE_TIMEOUT, now=1.0) is None  # the controller's
     assert book.report("a", "t1", 1, T.ACK_TIMEOUT, now=1.0) is None
     assert book.report("a", "nope", 1, T.ACCEPT, now=1.0) is None
     assert book.tasks["t1"].state is S.ASSIGNED

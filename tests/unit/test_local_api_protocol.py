@@ -42,11 +42,11 @@ from .local_api_support import (
 def test_parse_valid_requests() -> None:
     assert parse_request(b'{"op":"ping"}') == Ping()
     assert parse_request(json.dumps(checkpoint()).encode()) == CheckpointRequest(
-        SESSION, TOKEN, "Deploy?", "", 60.0, False, None
+        SESSION, TOKEN, "Deploy?", "", 60.0, False, None, None
     )
     full = checkpoint(body="why\n", timeout=1.5, default="approve", key="k-1")
     assert parse_request(json.dumps(full).encode()) == CheckpointRequest(
-        SESSION, TOKEN, "Deploy?", "why\n", 1.5, True, "k-1"
+        SESSION, TOKEN, "Deploy?", "why\n", 1.5, True, "k-1", None
     )
     cost = {"op": "cost", "session": SESSION, "token": TOKEN, "input_tokens": 10}
     cost |= {"output_tokens": 0, "usd": 0}
@@ -108,10 +108,10 @@ def test_parse_accepts_only_what_the_grammar_allows(fields: dict[str, Any]) -> N
 
 
 def test_an_expiry_answers_with_the_default_that_applied() -> None:
-    request = CheckpointRequest(SESSION, TOKEN, "t", "", 60.0, True, None)
+    request = CheckpointRequest(SESSION, TOKEN, "t", "", 60.0, True, None, None)
     expired = CheckpointOutcome("c-1", "expired", "", "")
     assert checkpoint_response(request, expired)["approved"] is True
-    deny_default = CheckpointRequest(SESSION, TOKEN, "t", "", 60.0, False, None)
+    deny_default = CheckpointRequest(SESSION, TOKEN, "t", "", 60.0, False, None, None)
     assert checkpoint_response(deny_default, expired)["approved"] is False
     denied = CheckpointOutcome("c-1", "denied", "no", FINGERPRINT)
     assert checkpoint_response(request, denied)["approved"] is False

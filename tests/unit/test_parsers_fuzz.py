@@ -22,6 +22,7 @@ from hypothesis.strategies import SearchStrategy
 from starmux import control
 from starmux.codec import Message
 from starmux.control import CONTROL
+from starmux.device_roles import DeviceRole
 from starmux.errors import (
     CryptoError,
     FrameError,
@@ -32,6 +33,7 @@ from starmux.errors import (
 from starmux.fingerprint import fingerprint, normalize_fingerprint
 from starmux.frames import MAX_BODY_SIZE, Frame, FrameType, parse_frame
 from starmux.identity import MAX_CARD_BYTES, IdentityCard, NodeKeys, Role
+from starmux.link_code import Direction, LinkCode, parse_link_code
 from starmux.pairing_code import PairingCode, parse_pairing_code
 
 RAW = settings(max_examples=2000)
@@ -226,8 +228,8 @@ def test_parse_pairing_code_urlish(tail: str) -> None:
 
 
 @st.composite
-def mutated_codes(draw: st.DrawFn) -> str:
-    text = list(VALID_CODE)
+def mutated_codes(draw: st.DrawFn, valid: str = VALID_CODE) -> str:
+    text = list(valid)
     for _ in range(draw(st.integers(1, 3))):
         position = draw(st.integers(0, len(text)))
         operation = draw(st.sampled_from(["set", "insert", "delete", "truncate"]))
@@ -247,6 +249,49 @@ def mutated_codes(draw: st.DrawFn) -> str:
 @given(text=mutated_codes())
 def test_parse_pairing_code_mutated(text: str) -> None:
     check_pairing_code(text)
+
+
+# --- link and join codes ----------------------------------------------------------------
+
+VALID_LINK_CODES = [
+    LinkCode(
+        direction,
+        "wss://relay.example.com:8443/v1",
+        fingerprint(b"\x01" * 32),
+        bytes(range(16)),
+        fingerprint(b"\x02" * 32),
+        bytes(range(32)),
+        role,
+    ).to_text()
+    for direction, role in ((Direction.INVITE, DeviceRole.OPERATOR), (Direction.JOIN, None))
+]
+
+
+def check_link_code(text: str) -> None:
+    """Either direction's parser: only PairingCodeError escapes; what it accepts
+    renders and parses back to the same code."""
+    for direction in Direction:
+        try:
+            code = parse_link_code(text, direction)
+        except PairingCodeError:
+            event(f"{direction.value}: refused")
+            continue
+        event(f"{direction.value}: accepted")
+        assert code.direction is direction
+        again = parse_link_code(code.to_text(), direction)
+        assert again.to_text() == code.to_text() and again.role is code.role
+
+
+@RAW
+@given(text=st.text(max_size=300))
+def test_parse_link_code_raw(text: str) -> None:
+    check_link_code(text)
+
+
+@MUTATED
+@given(text=st.sampled_from(VALID_LINK_CODES).flatmap(mutated_codes))
+def test_parse_link_code_mutated(text: str) -> None:
+    check_link_code(text)
 
 
 # --- fingerprints ----------------------------------------------------------------------

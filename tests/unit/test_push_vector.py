@@ -81,7 +81,7 @@ def test_the_golden_push_opens_to_its_note() -> None:
     note = open_notification(device, sealed, machine_known=lambda key: key == machine.sign_public)
     expected = vector["note"]
     assert note.machine == base64.b64decode(vector["machine_sign_public"])
-    assert note.kind.value == expected["kind"] and note.at == expected["at"]
+    assert note.notify_kind.value == expected["kind"] and note.at == expected["at"]
     for name in ("machine_name", "session", "session_title", "checkpoint", "title", "body"):
         assert getattr(note, name) == expected[name], name
     assert note.cwd == expected["cwd"] and note.expires_at == expected["expires_at"]

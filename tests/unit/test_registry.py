@@ -174,7 +174,7 @@ async def test_reopen_finds_everything(backend: Backend) -> None:
     await first.add_registration_token(TOKEN, now=T0)
     await with_open_ticket(first)
     machine = await grant(first)
-    await first.touch_machine(MACHINE, now=T0 + 10)
+    await first.touch(MACHINE, now=T0 + 10)
     await first.audit("relay.started", actor=b"", subject=b"", detail="x", now=T0 + 11)
     before = await backend.snapshot()
     await first.close()
@@ -573,14 +573,24 @@ async def test_machines_of_lists_live_machines_oldest_first(reg: AnyRegistry) ->
 
 
 async def test_touch_machine(reg: AnyRegistry) -> None:
-    await reg.touch_machine(MACHINE, now=T0)  # unknown: nothing happens
+    await reg.touch(MACHINE, now=T0)  # unknown: nothing happens
     await with_open_ticket(reg)
     await grant(reg)
-    await reg.touch_machine(MACHINE, now=T0 + 50)
-    await reg.touch_machine(MACHINE, now=T0 + 40)  # late arrival does not go backwards
+    await reg.touch(MACHINE, now=T0 + 50)
+    await reg.touch(MACHINE, now=T0 + 40)  # late arrival does not go backwards
     record = await reg.machine(MACHINE)
     assert record is not None
     assert record.last_seen == T0 + 50
+
+
+async def test_touch_a_device_records_when_it_was_last_seen(reg: AnyRegistry) -> None:
+    await with_accounts(reg)
+    assert [c.last_seen for c in await reg.controllers_of(ACCOUNT)] == [None]
+    await reg.touch(CTRL, now=T0 + 30)
+    await reg.touch(CTRL, now=T0 + 20)  # late arrival does not go backwards
+    record = await reg.controller(CTRL)
+    assert record is not None and record.last_seen == T0 + 30
+    assert [c.last_seen for c in await reg.controllers_of(ACCOUNT)] == [T0 + 30]
 
 
 # --- audit ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@ registry and routing table (harness shared with test_relay_requests)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from starmux.close_codes import CloseCode
@@ -11,6 +13,8 @@ from starmux.control import (
     MachineList,
     Notice,
     NoticeEvent,
+    Presence,
+    ReportPairingFailure,
     SessionStatus,
     TicketCreated,
     TicketOpened,
@@ -20,16 +24,18 @@ from starmux.device_control import (
     CreateLinkTicket,
     DeviceLogAppended,
     DeviceLogState,
+    DeviceSeen,
     GetDeviceLog,
     OpenLinkTicket,
 )
-from starmux.device_log import DeviceLog, Op, decode_entries, encode_entries, sign_entry
+from starmux.device_log import DeviceLog, LogEntry, Op, decode_entries, encode_entries, sign_entry
 from starmux.device_roles import DeviceRole
+from starmux.errors import DeviceLogError
 from starmux.frames import FrameType
 from starmux.identity import IdentityCard, Role
 from starmux.relay.device_requests import install
 from starmux.relay.registry import DeviceChange, RegistryError
-from starmux.relay.requests import HANDLERS
+from starmux.relay.requests import HANDLERS, announce_presence, greet_controller
 from starmux.relay.routing import may_route
 
 from .test_relay_requests import T0, Node, Relay, refused, revoke
@@ -179,28 +185,139 @@ async def test_appends_are_compare_and_set_on_the_head(relay: Relay) -> None:
     assert caught.value.code == "log-moved"
 
 
-async def test_a_link_ticket_is_consumed_by_the_append_that_adds_its_device(relay: Relay) -> None:
-    owner, log = await with_log(relay)
-    created = await relay.ask(owner, CreateLinkTicket(1))
-    assert isinstance(created, TicketCreated)
-    newcomer = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
-    opened = await relay.ask(newcomer, OpenLinkTicket(2, created.ticket))
-    assert opened == TicketOpened(2, owner.peer.key)
-    assert may_route(newcomer.peer, owner.peer) and may_route(owner.peer, newcomer.peer)
-    log, entry = log.append(
-        owner.keys,
-        Op.ADD,
-        newcomer.keys.sign_public,
-        card=card_of(newcomer),
-        role=DeviceRole.VIEWER,
-        at=T0,
+def adding(
+    log: DeviceLog, owner: Node, device: Node, role: DeviceRole = DeviceRole.VIEWER
+) -> tuple[DeviceLog, LogEntry]:
+    return log.append(
+        owner.keys, Op.ADD, device.keys.sign_public, card=card_of(device), role=role, at=T0
     )
-    reply = await relay.ask(owner, AppendDeviceLog(3, encode_entries([entry]), created.ticket))
+
+
+@pytest.mark.parametrize("direction", ["invite", "join"])
+async def test_a_link_ticket_is_consumed_by_the_append_that_adds_its_device(
+    relay: Relay, direction: str
+) -> None:
+    """Either way round: an owner's link code (the owner holds the ticket, the new
+    device opens it) or a new device's join code (it holds, an owner opens)."""
+    owner, log = await with_log(relay)
+    newcomer = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    holder, opener = (owner, newcomer) if direction == "invite" else (newcomer, owner)
+    created = await relay.ask(holder, CreateLinkTicket(1))
+    assert isinstance(created, TicketCreated)
+    if direction == "join":  # only an owner reads a join code
+        viewer, log = await linked(relay, owner, log, DeviceRole.VIEWER)
+        assert await refused(relay, viewer, OpenLinkTicket(2, created.ticket)) == "forbidden-role"
+    opened = await relay.ask(opener, OpenLinkTicket(2, created.ticket))
+    assert opened == TicketOpened(2, holder.peer.key)
+    assert may_route(newcomer.peer, owner.peer) and may_route(owner.peer, newcomer.peer)
+    # The append must add the device at the other end of the ticket, nobody else.
+    _, wrong = adding(log, owner, relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED))
+    wrong_append = AppendDeviceLog(3, encode_entries([wrong]), created.ticket)
+    assert await refused(relay, owner, wrong_append) == "mismatch"
+    log, entry = adding(log, owner, newcomer)
+    reply = await relay.ask(owner, AppendDeviceLog(4, encode_entries([entry]), created.ticket))
     assert isinstance(reply, DeviceLogAppended)
     assert newcomer.peer.status is SessionStatus.CONTROLLER
     assert newcomer.peer.account == owner.peer.account
     # Single use: the code cannot link anyone else.
     late = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
-    assert await refused(relay, late, OpenLinkTicket(4, created.ticket)) == "consumed"
-    # The inviter's welcome still reaches the new device over the ticket.
+    again = late if opener is newcomer else owner
+    assert await refused(relay, again, OpenLinkTicket(5, created.ticket)) == "consumed"
+    # The owner's welcome still reaches the new device over the ticket.
     assert may_route(owner.peer, newcomer.peer)
+
+
+@pytest.mark.parametrize("direction", ["invite", "join"])
+async def test_failed_link_attempts_burn_the_ticket_and_tell_its_holder(
+    relay: Relay, direction: str
+) -> None:
+    owner, _ = await with_log(relay)
+    newcomer = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    holder, opener = (owner, newcomer) if direction == "invite" else (newcomer, owner)
+    created = await relay.ask(holder, CreateLinkTicket(1))
+    assert isinstance(created, TicketCreated)
+    stranger = relay.node(Role.CONTROLLER, SessionStatus.UNREGISTERED)
+    for attempt in range(3):
+        assert isinstance(await relay.ask(opener, OpenLinkTicket(2, created.ticket)), TicketOpened)
+        # A third connection cannot burn it; each end can report its attempt once.
+        assert (
+            await refused(relay, stranger, ReportPairingFailure(3, created.ticket)) == "forbidden"
+        )
+        reporter = holder if attempt % 2 else opener
+        assert isinstance(
+            await relay.ask(reporter, ReportPairingFailure(4, created.ticket)), TicketOpened
+        )
+        assert (
+            await refused(relay, reporter, ReportPairingFailure(5, created.ticket)) == "forbidden"
+        )
+    assert await refused(relay, opener, OpenLinkTicket(6, created.ticket)) == "burnt"
+    burnt = Notice(NoticeEvent.TICKET_BURNT, created.ticket, b"", 0.0)
+    assert burnt in [m for t, _, m in await holder.messages(1) if t is FrameType.NOTICE]
+
+
+async def test_every_device_hears_a_removal_and_sees_the_others_presence(relay: Relay) -> None:
+    owner, log = await with_log(relay)
+    viewer, log = await linked(relay, owner, log, DeviceRole.VIEWER)
+    operator, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
+    greet_controller(relay.state, viewer.peer)  # what the endpoint does on connect
+
+    def presence_from(node: Node) -> set[bytes]:
+        return {f.peer for f in node.socket.frames if f.type is FrameType.PRESENCE}
+
+    await viewer.socket.until(lambda: len(presence_from(viewer)) >= 2)
+    assert presence_from(viewer) == {owner.peer.key, operator.peer.key}  # not itself
+    before = len(viewer.socket.frames)
+    log, entry = log.append(owner.keys, Op.REMOVE, operator.keys.sign_public, at=T0 + 1)
+    await relay.ask(owner, AppendDeviceLog(3, encode_entries([entry]), b""))
+    frames = [(t, p, m) for t, p, m in await viewer.messages(before + 3)][before:]
+    account = owner.peer.account
+    assert frames == [
+        (FrameType.PRESENCE, operator.peer.key, Presence(False, T0)),
+        (
+            FrameType.NOTICE,
+            b"",
+            Notice(NoticeEvent.DEVICE_REMOVED, operator.keys.sign_public, account, 0.0),
+        ),
+        (FrameType.NOTICE, b"", Notice(NoticeEvent.DEVICES_CHANGED, b"", account, 0.0)),
+    ]
+    # A device that leaves is announced to the others, and last seen when it left.
+    relay.now = T0 + 60
+    assert relay.state.table.detach(viewer.peer)
+    announce_presence(relay.state, viewer.peer, online=False)
+    await relay.state.registry.touch(viewer.peer.key, now=relay.now)
+    gone = (FrameType.PRESENCE, viewer.peer.key, Presence(False, T0 + 60))
+    assert gone in await owner.messages(len(owner.socket.frames))
+    relay.now = T0 + 90
+    state = await relay.ask(owner, GetDeviceLog(4, log.head.seq))
+    assert isinstance(state, DeviceLogState)
+    assert state.online == (owner.peer.key,)
+    assert set(state.last_seen) == {
+        DeviceSeen(owner.peer.key, T0 + 90),
+        DeviceSeen(viewer.peer.key, T0 + 60),
+    }
+
+
+async def test_the_relay_verifies_each_stored_entry_once_and_never_trusts_changed_rows(
+    relay: Relay,
+) -> None:
+    owner, log = await with_log(relay)
+    viewer, log = await linked(relay, owner, log, DeviceRole.VIEWER)
+    logs = relay.state.verified_logs
+    await relay.ask(owner, GetDeviceLog(1, -1))
+    before = logs.verified_entries
+    for request_id in range(2, 7):  # reads and role checks: nothing verified again
+        await relay.ask(viewer, GetDeviceLog(request_id, -1))
+    assert await refused(relay, viewer, CreateLinkTicket(7)) == "forbidden-role"
+    assert logs.verified_entries == before
+    _, log = await linked(relay, owner, log, DeviceRole.OPERATOR)
+    await relay.ask(owner, GetDeviceLog(8, -1))
+    assert logs.verified_entries == before + 1  # only the new entry
+    # Rows changed under the relay are verified from the first entry, and refused.
+    rows = await relay.state.registry.device_log(owner.peer.account)
+    forged = sign_entry(
+        viewer.keys, log.account, 1, log.entries[0].hash, Op.ADD,
+        viewer.keys.sign_public, viewer.peer.card, "owner", T0,
+    )  # fmt: skip
+    swapped = [rows[0], dataclasses.replace(rows[1], entry=encode_entries([forged])), *rows[2:]]
+    with pytest.raises(DeviceLogError):
+        logs.log(owner.peer.account, swapped)

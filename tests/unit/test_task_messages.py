@@ -71,7 +71,7 @@ def test_round_trip(message: Any) -> None:
             wire("assign-task", **{**ASSIGN, "start_to_close": float("inf")}), id="inf-timeout"
         ),
         pytest.param(wire("cancel-task", task="t\x1b[2J", attempt=1), id="escape-in-id"),
-        pytest.param(wire("task-progress", **{**PROGRESS, "state": "lost"}), id="machine-lost"),
+        pytest.param(wire("task-progress", **{**PROGRESS, "state": "expired"}), id="expired"),
         pytest.param(wire("task-progress", **{**PROGRESS, "state": "queued"}), id="queued"),
         pytest.param(wire("task-progress", **{**PROGRESS, "state": "won"}), id="no-state"),
         pytest.param(wire("task-progress", **{**PROGRESS, "session": "a b"}), id="session"),
@@ -97,6 +97,8 @@ def test_a_machine_reports_only_the_states_it_decides() -> None:
         S.SUCCEEDED,
         S.FAILED,
         S.CANCELLED,
+        S.TIMED_OUT,  # start-to-close is enforced on the machine
+        S.LOST,  # a task its restarted daemon knows is gone
     } == MACHINE_STATES
 
 
@@ -110,9 +112,12 @@ def test_a_machine_reports_only_the_states_it_decides() -> None:
         (S.RUNNING, S.SUCCEEDED, T.SUCCEED),
         (S.ACCEPTED, S.FAILED, T.FAIL),
         (S.RUNNING, S.CANCELLED, T.CANCEL),
+        (S.RUNNING, S.TIMED_OUT, T.TIME_OUT),
+        (S.ACCEPTED, S.TIMED_OUT, None),  # start-to-close runs from the start
         (S.QUEUED, S.RUNNING, None),  # never assigned to it
         (S.SUCCEEDED, S.FAILED, None),  # final stays final
-        (S.RUNNING, S.LOST, None),  # the controller's to decide
+        (S.RUNNING, S.LOST, T.LOSE),  # its daemon restarted under it
+        (S.ASSIGNED, S.EXPIRED, None),  # the controller's to decide
     ],
 )
 def test_trigger_for_a_reported_state(

@@ -144,6 +144,19 @@ async def test_a_later_attempt_replaces_only_a_lost_row(queue: TaskQueue, path: 
     assert rows(path) == [("other", 1, "accepted"), ("t1", 2, "accepted")]  # a new arrival
 
 
+async def test_a_later_attempt_replaces_a_withdrawn_row_but_never_a_finished_one(
+    queue: TaskQueue, path: Path
+) -> None:
+    await deliver(queue, "w", now=1.0)
+    await queue.advance("w", T.CANCEL, now=2.0)  # the controller withdrew attempt 1
+    assert await deliver(queue, "w", attempt=2, now=3.0)
+    await deliver(queue, "done", now=4.0)
+    await queue.start_up_to(5, now=5.0)
+    await queue.advance("done", T.SUCCEED, now=6.0, exit_code=0)
+    assert not await deliver(queue, "done", attempt=2)  # it ran: never twice
+    assert ("done", 1, "succeeded") in rows(path)
+
+
 async def test_illegal_changes_raise_and_write_nothing(queue: TaskQueue, path: Path) -> None:
     await deliver(queue, "t1")
     with pytest.raises(UsageError, match="cannot succeed when accepted"):

@@ -172,3 +172,38 @@ async def test_each_change_is_followed_by_the_machine_load(machine: Machine) -> 
     assert [(m.running, m.queued) for m in machine.loads] == [
         (0, 1), (1, 0), (1, 1), (0, 1), (1, 0), (0, 0),
     ]  # fmt: skip
+
+
+async def test_start_to_close_times_out_then_stops_the_session_and_frees_the_slot(
+    machine: Machine,
+) -> None:
+    slow = AssignTask(
+        "a", 1, 0, (sys.executable, "-c", WAIT_FOR.format(name="go-never")),
+        str(machine.work), "a", {}, False, 0.2,
+    )  # fmt: skip
+    assert await machine.runner.assign(slow) == "running"
+    await machine.runner.assign(machine.assign("b", code="pass"))
+    await machine.until(2)
+    # Recorded timed_out first; the session's end (cancelled) changes nothing more.
+    assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.TIMED_OUT]
+    assert machine.states("b") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]  # the slot came free
+    row = await machine.runner.queue.get("a")
+    assert row is not None and row.state is S.TIMED_OUT and row.start_to_close == 0.2
+    status = await machine.runner.log.execute_read(
+        "SELECT status FROM sessions WHERE id = ?", (session_for("a", 1),)
+    )
+    assert status[0][0] == "cancelled"
+
+
+async def test_a_task_within_its_start_to_close_is_not_touched(machine: Machine) -> None:
+    quick = AssignTask("a", 1, 0, ("true",), str(machine.work), "a", {}, False, 30.0)
+    await machine.runner.assign(quick)
+    await machine.until(1)
+    assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]
+    assert not machine.runner._deadlines  # its timer went with it
+
+
+async def test_new_tags_are_reported_at_once(machine: Machine) -> None:
+    await machine.runner.set_tags(frozenset({"gpu", "repo=api"}))
+    await machine.until(0, loads=1)
+    assert machine.loads[-1].tags == ("gpu", "repo=api")

@@ -13,7 +13,8 @@
 // the exact field set, each value of its type (a bool is not an int, ints are signed
 // 64-bit, floats finite, a float field takes an int), enums only their values, the
 // size limit, and each message's own checks (CHECKS below mirror the __post_init__ of
-// starmux/messages.py, task_messages.py and device_log.py).
+// starmux/messages.py, task_messages.py, review_messages.py, checkpoint_preview.py,
+// transfer_messages.py and device_log.py).
 
 import { MessageError, RemoteProtocolError, UsageError, DeviceLogError } from './errors.js';
 import { Float64, WireFloat, isPlainObject, pack, unpack } from './msgpack.js';
@@ -28,8 +29,39 @@ class Invalid extends Error {}
 const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 // Python's re.match with `$` also matches before one trailing newline.
 const TAG_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}(=[A-Za-z0-9_.:/+-]{1,64})?\n?$/;
-const MACHINE_TASK_STATES = new Set(['accepted', 'awaiting_approval', 'cancelled', 'failed', 'running', 'succeeded']);
+const MACHINE_TASK_STATES = new Set(['accepted', 'awaiting_approval', 'cancelled', 'failed', 'lost', 'running', 'succeeded', 'timed_out']);
 const DEVICE_ROLES = new Set(['owner', 'operator', 'viewer']);
+// starmux/checkpoint_preview.py and starmux/approval_rules.py
+const MAX_PREVIEW = 24 * 1024;
+const MAX_PATTERN = 1024;
+const RULE_TOOL = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+// Python's str.isprintable(): no control, format, surrogate, private-use, unassigned,
+// line or paragraph separator, and no space separator but the space itself.
+const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}]|(?! )\p{Zs}/u;
+
+const codePoints = (text) => [...text].length;
+
+// starmux/transfer_messages.py: file names and failure reasons reach terminals and
+// file systems: one line, no control or format characters, no path separators.
+const FILE_UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
+const CHUNK_SIZE = 60 * 1024 - 128;
+
+function isFileName(name) {
+  const size = new TextEncoder().encode(name).length;
+  return size >= 1 && size <= 255 && name !== '.' && name !== '..' && !/[/\\]/.test(name) &&
+    !FILE_UNPRINTABLE.test(name);
+}
+
+/** RulePattern.parse (starmux/approval_rules.py) accepts it. */
+export function isRulePattern(text) {
+  if (typeof text !== 'string' || UNPRINTABLE.test(text) || codePoints(text) > MAX_PATTERN) return false;
+  const trimmed = text.replace(/^ +| +$/g, '');
+  if (!trimmed) return false;
+  const open = trimmed.indexOf('(');
+  if (open < 0) return RULE_TOOL.test(trimmed);
+  const rest = trimmed.slice(open + 1);
+  return RULE_TOOL.test(trimmed.slice(0, open)) && rest.endsWith(')') && rest.length > 1;
+}
 
 export function isId(value) {
   return typeof value === 'string' && ID_PATTERN.test(value);
@@ -46,7 +78,7 @@ export const CHECKS = {
   'event-page': (m) => need(isId(m.epoch)),
   command: (m) => need(isId(m.command_id)),
   'command-ack': (m) => need(isId(m.command_id)),
-  'start-session': (m) => need(isId(m.session)),
+  'start-session': (m) => need(isId(m.session) && m.attachments.length <= 64 && m.attachments.every(isId)),
   'cancel-session': (m) => need(isId(m.session)),
   'send-input': (m) => need(isId(m.session)),
   'decide-checkpoint': (m) => need(isId(m.checkpoint)),
@@ -56,7 +88,33 @@ export const CHECKS = {
   'assign-task': (m) => need(isId(m.task) && m.argv.length > 0),
   'cancel-task': (m) => need(isId(m.task)),
   'task-progress': (m) => need(isId(m.task) && (m.session === null || isId(m.session)) && MACHINE_TASK_STATES.has(m.state)),
+  'checkpoint-preview': (m) => {
+    need(codePoints(m.tool) <= 64 && codePoints(m.subject) <= 4096 && codePoints(m.cwd) <= 4096);
+    const size = new TextEncoder().encode(m.text).length;
+    need(size <= MAX_PREVIEW && size <= Number(m.full_size) && Number(m.full_size) < 2 ** 53);
+  },
+  'set-approval-rule': (m) => need(isId(m.rule) && isId(m.session) && isRulePattern(m.pattern)),
+  'remove-approval-rule': (m) => need(isId(m.rule)),
+  'approval-rule-set': (m) => need(isId(m.rule) && isRulePattern(m.pattern) && m.by.length === 32),
+  'approval-rule-removed': (m) => need(isId(m.rule) && m.by.length === 32),
+  'show-diff': (m) => need(isId(m.session)),
+  'fetch-file': (m) => need(isId(m.transfer) && isId(m.artifact)),
+  'offer-file': (m) => need(isId(m.transfer) && isFileName(m.name) && m.digest.length === 32),
+  'file-chunk': (m) => need(isId(m.transfer) && m.data.length <= CHUNK_SIZE),
+  'file-credit': (m) => need(isId(m.transfer)),
+  'file-failed': (m) => need(isId(m.transfer) && codePoints(m.reason) <= 300 && !FILE_UNPRINTABLE.test(m.reason)),
+  'artifact-published': (m) => need(isId(m.artifact) && isFileName(m.name) && m.digest.length === 32),
+  // starmux/notify_messages.py
+  'notify-target': (m) => need(isId(m.target) && codePoints(m.url) <= 2048 && (m.target_kind === 'push') === (m.url === '')),
+  'notify-target-remove': (m) => need(isId(m.target)),
+  'notify-test': (m) => need(m.target === '' || isId(m.target)),
+  viewing: (m) => need(m.session === '' || isId(m.session)),
+  'notify-status': (m) => need(isId(m.target) && m.device.length === 32 && codePoints(m.detail) <= 300),
   'machine-load': (m) => need(m.tags.length <= 32 && m.tags.every((tag) => TAG_PATTERN.test(tag))),
+  'set-tags': (m) => {
+    const tags = [...m.add, ...m.remove];
+    need(tags.length >= 1 && tags.length <= 32 && tags.every((tag) => TAG_PATTERN.test(tag)));
+  },
   'device-log-entry': (m) => {
     need(m.account.length === 16 && m.seq >= 0 && m.seq < 4096);
     need(m.prev.length === 32 && m.subject.length === 32 && m.author.length === 32 && m.signature.length === 64);

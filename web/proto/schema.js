@@ -107,7 +107,7 @@ export const SCHEMA = {
     ]
    },
    "device-log-state": {
-    "version": 1,
+    "version": 2,
     "fields": [
      [
       "request_id",
@@ -121,6 +121,33 @@ export const SCHEMA = {
       "online",
       {
        "list": "bin"
+      }
+     ],
+     [
+      "last_seen",
+      {
+       "list": {
+        "message": "device-seen"
+       }
+      }
+     ]
+    ]
+   },
+   "device-seen": {
+    "version": 1,
+    "fields": [
+     [
+      "key",
+      "bin"
+     ],
+     [
+      "at",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
       }
      ]
     ]
@@ -384,6 +411,38 @@ export const SCHEMA = {
      ]
     ]
    },
+   "push-queued": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "outcome",
+      {
+       "enum": [
+        "queued",
+        "no-subscription",
+        "rate-limited"
+       ]
+      }
+     ]
+    ]
+   },
+   "push-registered": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "vapid_public_key",
+      "bin"
+     ]
+    ]
+   },
    "register-account": {
     "version": 1,
     "fields": [
@@ -394,6 +453,41 @@ export const SCHEMA = {
      [
       "token",
       "str"
+     ]
+    ]
+   },
+   "register-push": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "endpoint",
+      "str"
+     ],
+     [
+      "p256dh",
+      "bin"
+     ],
+     [
+      "auth",
+      "bin"
+     ],
+     [
+      "issued_at",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
+      }
+     ],
+     [
+      "signature",
+      "bin"
      ]
     ]
    },
@@ -468,6 +562,23 @@ export const SCHEMA = {
      ]
     ]
    },
+   "send-push": {
+    "version": 1,
+    "fields": [
+     [
+      "request_id",
+      "int"
+     ],
+     [
+      "device",
+      "bin"
+     ],
+     [
+      "payload",
+      "bin"
+     ]
+    ]
+   },
    "ticket-created": {
     "version": 1,
     "fields": [
@@ -531,6 +642,72 @@ export const SCHEMA = {
  "app": {
   "maxSize": 61440,
   "kinds": {
+   "approval-rule-removed": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ],
+     [
+      "by",
+      "bin"
+     ]
+    ]
+   },
+   "approval-rule-set": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ],
+     [
+      "pattern",
+      "str"
+     ],
+     [
+      "effect",
+      {
+       "enum": [
+        "allow",
+        "deny"
+       ]
+      }
+     ],
+     [
+      "by",
+      "bin"
+     ]
+    ]
+   },
+   "artifact-published": {
+    "version": 1,
+    "fields": [
+     [
+      "artifact",
+      "str"
+     ],
+     [
+      "name",
+      "str"
+     ],
+     [
+      "size",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "digest",
+      "bin"
+     ]
+    ]
+   },
    "assign-task": {
     "version": 1,
     "fields": [
@@ -664,8 +841,43 @@ export const SCHEMA = {
      ]
     ]
    },
-   "checkpoint-raised": {
+   "checkpoint-preview": {
     "version": 1,
+    "fields": [
+     [
+      "type",
+      {
+       "enum": [
+        "command",
+        "diff",
+        "text"
+       ]
+      }
+     ],
+     [
+      "tool",
+      "str"
+     ],
+     [
+      "subject",
+      "str"
+     ],
+     [
+      "cwd",
+      "str"
+     ],
+     [
+      "text",
+      "str"
+     ],
+     [
+      "full_size",
+      "int"
+     ]
+    ]
+   },
+   "checkpoint-raised": {
+    "version": 2,
     "fields": [
      [
       "checkpoint",
@@ -692,6 +904,17 @@ export const SCHEMA = {
      [
       "default_approve",
       "bool"
+     ],
+     [
+      "preview",
+      {
+       "union": [
+        {
+         "message": "checkpoint-preview"
+        },
+        "nil"
+       ]
+      }
      ]
     ]
    },
@@ -819,6 +1042,104 @@ export const SCHEMA = {
      ]
     ]
    },
+   "fetch-file": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "artifact",
+      "str"
+     ],
+     [
+      "offset",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "window",
+      {
+       "range": [
+        1,
+        64
+       ],
+       "of": "int"
+      }
+     ]
+    ]
+   },
+   "file-chunk": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "index",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "data",
+      "bin"
+     ]
+    ]
+   },
+   "file-credit": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "confirmed",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "window",
+      {
+       "range": [
+        1,
+        64
+       ],
+       "of": "int"
+      }
+     ]
+    ]
+   },
+   "file-failed": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "reason",
+      "str"
+     ]
+    ]
+   },
    "link-welcome": {
     "version": 1,
     "fields": [
@@ -906,6 +1227,168 @@ export const SCHEMA = {
      ]
     ]
    },
+   "notify-settings": {
+    "version": 1,
+    "fields": [
+     [
+      "kinds",
+      {
+       "list": {
+        "enum": [
+         "checkpoint",
+         "reminder",
+         "session-succeeded",
+         "session-failed",
+         "session-lost",
+         "test"
+        ]
+       }
+      }
+     ],
+     [
+      "reminder_fraction",
+      {
+       "range": [
+        0.001,
+        0.999
+       ],
+       "of": "float"
+      }
+     ]
+    ]
+   },
+   "notify-status": {
+    "version": 1,
+    "fields": [
+     [
+      "device",
+      "bin"
+     ],
+     [
+      "target",
+      "str"
+     ],
+     [
+      "target_kind",
+      {
+       "enum": [
+        "webhook",
+        "push"
+       ]
+      }
+     ],
+     [
+      "state",
+      {
+       "enum": [
+        "active",
+        "failing",
+        "removed"
+       ]
+      }
+     ],
+     [
+      "detail",
+      "str"
+     ],
+     [
+      "delivered",
+      {
+       "range": [
+        0,
+        1000000
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "failed",
+      {
+       "range": [
+        0,
+        1000000
+       ],
+       "of": "int"
+      }
+     ]
+    ]
+   },
+   "notify-target": {
+    "version": 1,
+    "fields": [
+     [
+      "target",
+      "str"
+     ],
+     [
+      "target_kind",
+      {
+       "enum": [
+        "webhook",
+        "push"
+       ]
+      }
+     ],
+     [
+      "url",
+      "str"
+     ],
+     [
+      "content",
+      {
+       "enum": [
+        "none",
+        "full"
+       ]
+      }
+     ]
+    ]
+   },
+   "notify-target-remove": {
+    "version": 1,
+    "fields": [
+     [
+      "target",
+      "str"
+     ]
+    ]
+   },
+   "notify-test": {
+    "version": 1,
+    "fields": [
+     [
+      "target",
+      "str"
+     ]
+    ]
+   },
+   "offer-file": {
+    "version": 1,
+    "fields": [
+     [
+      "transfer",
+      "str"
+     ],
+     [
+      "name",
+      "str"
+     ],
+     [
+      "size",
+      {
+       "range": [
+        0,
+        1099511627776
+       ],
+       "of": "int"
+      }
+     ],
+     [
+      "digest",
+      "bin"
+     ]
+    ]
+   },
    "output": {
     "version": 1,
     "fields": [
@@ -973,6 +1456,90 @@ export const SCHEMA = {
    "pairing-stored": {
     "version": 1,
     "fields": []
+   },
+   "push-note": {
+    "version": 1,
+    "fields": [
+     [
+      "machine",
+      "bin"
+     ],
+     [
+      "notify_kind",
+      {
+       "enum": [
+        "checkpoint",
+        "reminder",
+        "session-succeeded",
+        "session-failed",
+        "session-lost",
+        "test"
+       ]
+      }
+     ],
+     [
+      "at",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
+      }
+     ],
+     [
+      "machine_name",
+      "str"
+     ],
+     [
+      "session",
+      "str"
+     ],
+     [
+      "session_title",
+      "str"
+     ],
+     [
+      "checkpoint",
+      "str"
+     ],
+     [
+      "title",
+      "str"
+     ],
+     [
+      "body",
+      "str"
+     ],
+     [
+      "cwd",
+      "str"
+     ],
+     [
+      "expires_at",
+      {
+       "union": [
+        {
+         "range": [
+          0.0,
+          32503680000.0
+         ],
+         "of": "float"
+        },
+        "nil"
+       ]
+      }
+     ]
+    ]
+   },
+   "remove-approval-rule": {
+    "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ]
+    ]
    },
    "send-input": {
     "version": 1,
@@ -1046,8 +1613,77 @@ export const SCHEMA = {
      ]
     ]
    },
-   "start-session": {
+   "set-approval-rule": {
     "version": 1,
+    "fields": [
+     [
+      "rule",
+      "str"
+     ],
+     [
+      "session",
+      "str"
+     ],
+     [
+      "pattern",
+      "str"
+     ],
+     [
+      "effect",
+      {
+       "enum": [
+        "allow",
+        "deny"
+       ]
+      }
+     ]
+    ]
+   },
+   "set-tags": {
+    "version": 1,
+    "fields": [
+     [
+      "add",
+      {
+       "list": "str"
+      }
+     ],
+     [
+      "remove",
+      {
+       "list": "str"
+      }
+     ]
+    ]
+   },
+   "show-diff": {
+    "version": 1,
+    "fields": [
+     [
+      "session",
+      "str"
+     ],
+     [
+      "stat",
+      "bool"
+     ]
+    ]
+   },
+   "signed-push": {
+    "version": 1,
+    "fields": [
+     [
+      "note",
+      "bin"
+     ],
+     [
+      "signature",
+      "bin"
+     ]
+    ]
+   },
+   "start-session": {
+    "version": 2,
     "fields": [
      [
       "session",
@@ -1076,6 +1712,12 @@ export const SCHEMA = {
      [
       "pty",
       "bool"
+     ],
+     [
+      "attachments",
+      {
+       "list": "str"
+      }
      ]
     ]
    },
@@ -1147,6 +1789,25 @@ export const SCHEMA = {
         "int",
         "nil"
        ]
+      }
+     ]
+    ]
+   },
+   "viewing": {
+    "version": 1,
+    "fields": [
+     [
+      "session",
+      "str"
+     ],
+     [
+      "until",
+      {
+       "range": [
+        0.0,
+        32503680000.0
+       ],
+       "of": "float"
       }
      ]
     ]

@@ -237,7 +237,7 @@ async function run(request) {
   const live = await openLive(relay, state, state.machines[0]);
   const session = `js-${toHex(randomBytes(6))}`;
   const commandId = `c-${toHex(randomBytes(6))}`;
-  const body = APP.encode('start-session', { session, argv: request.argv, cwd: request.cwd, title: 'from js', env: new Map(), pty: false });
+  const body = APP.encode('start-session', { session, argv: request.argv, cwd: request.cwd, title: 'from js', env: new Map(), pty: false, attachments: [] });
   relay.sendData(live.key, live.channel.seal('command', { command_id: commandId, body }));
   while (!live.acks.has(commandId) || !TERMINAL.has(live.sessions.get(session)?.status)) {
     const ack = live.acks.get(commandId);

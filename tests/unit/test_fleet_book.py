@@ -1,0 +1,206 @@
+"""The controller agent's task book adapter (client/fleet.py) on a real controller
+store (SQLite, the real migrations and cache), without a relay: the link records
+what would be sent, the clock is a parameter.
+
+What the integration suite cannot force on cue: an agent that stopped after the
+cache applied a machine's reports but before the book took them in, and the
+withdrawal an assign-ack timeout or a lost machine sends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgpack
+import nacl.utils
+import pytest
+
+from starmux.client.cache import Cache
+from starmux.client.fleet import Fleet
+from starmux.client.live import LiveController, MachineChannel
+from starmux.client.sessions import ControllerState
+from starmux.client.store import ControllerConfig, ControllerStore
+from starmux.identity import NodeKeys, Role
+from starmux.messages import APP, EventPage, LoggedEvent
+from starmux.task_messages import MachineLoad, TaskProgress
+from starmux.task_state import TaskState
+
+S = TaskState
+
+
+class RecordingLink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    async def send_data(self, peer: bytes, body: bytes) -> None:
+        self.sent.append((peer, body))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Home:
+    def __init__(self, store: ControllerStore, machine: MachineChannel) -> None:
+        self.store = store
+        self.machine = machine
+        self.clock = Clock()
+        self.seq = 0
+
+    async def fleet(self) -> Fleet:
+        """A fresh agent's view of the same home (as after a restart)."""
+        config = ControllerConfig("ws://127.0.0.1:1", nacl.utils.random(32), b"\x01" * 16, "l")
+        state = ControllerState(self.store, config, self.store.keys(), Cache(self.store.db))
+        controller = LiveController(self.store, config)
+        controller.link = RecordingLink()  # type: ignore[assignment]
+        controller.machines[self.machine.key] = self.machine
+        state.controller = controller
+        fleet = Fleet(state, clock=self.clock)
+        await fleet._load()
+        return fleet
+
+    async def applied(self, *bodies: TaskProgress | MachineLoad) -> list[LoggedEvent]:
+        """The machine's events, applied to the cache (as the agent's link does)."""
+        events = []
+        for body in bodies:
+            self.seq += 1
+            events.append(LoggedEvent(self.seq, self.clock.now, "tasks", APP.encode(body)))
+        page = EventPage("e1", tuple(events), more=False, live=True)
+        await Cache(self.store.db).apply_pages([(self.machine.key, page)])
+        return events
+
+    async def outbox(self) -> list[tuple[str, dict[str, object]]]:
+        rows = await self.store.db.execute_fetchall("SELECT kind, body FROM outbox ORDER BY rowid")
+        return [(str(r[0]), msgpack.unpackb(bytes(r[1]))[2]) for r in rows]
+
+
+@pytest.fixture
+async def home(tmp_path: Path) -> AsyncIterator[Home]:
+    store = ControllerStore(tmp_path / "home")
+    await store.open()
+    store.keys(create=True)
+    keys = NodeKeys.generate()
+    await store.add_machine(keys.card(Role.MACHINE, "box"))
+    machine = MachineChannel(keys.sign_public, keys.card(Role.MACHINE, "box"), online=True)
+    machine.live.set()
+    try:
+        yield Home(store, machine)
+    finally:
+        await store.close()
+
+
+async def submit(fleet: Fleet, task_id: str, **extra: object) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "argv": ["true"], "target": "", "machine": "box", "count": 1, "priority": 0,
+        "strategy": "least-loaded", "schedule_to_start": None, "start_to_close": None,
+        "heartbeat": 5.0, "retry_on_lost": False, "id": task_id, "cwd": "/w", "title": "",
+        "env": {}, "pty": False,
+    }  # fmt: skip
+    fields.update(extra)
+    (view,) = (await fleet.submit(**fields))["tasks"]  # type: ignore[arg-type]
+    return dict(view)
+
+
+async def test_reports_applied_while_the_agent_was_away_are_taken_in_once(home: Home) -> None:
+    first = await home.fleet()
+    assert (await submit(first, "t1"))["state"] == "assigned"
+    # The cache applied the machine's reports; the agent stopped before the book saw them.
+    events = await home.applied(
+        TaskProgress("t1", 1, S.ACCEPTED, None, None),
+        TaskProgress("t1", 1, S.RUNNING, "task-x", None),
+        TaskProgress("t1", 1, S.AWAITING_APPROVAL, "task-x", None),
+    )
+    again = await home.fleet()
+    await again._step()
+    assert again.book.tasks["t1"].state is S.AWAITING_APPROVAL
+    # The same events heard live as well (applied before the read, told after): no-ops.
+    for event in events:
+        again._on_event(home.machine.key, event)
+    await again._step()
+    history = [(e["old"], e["new"]) for e in await again.store.events("t1")]
+    assert history == [
+        ("queued", "assigned"),
+        ("assigned", "accepted"),
+        ("accepted", "running"),
+        ("running", "awaiting_approval"),
+    ]
+    # and a third agent reads nothing twice: the cursor moved past them
+    third = await home.fleet()
+    await third._step()
+    assert len(await third.store.events("t1")) == 4
+
+
+async def test_a_machine_unheard_for_its_heartbeat_loses_the_task_and_is_told(
+    home: Home,
+) -> None:
+    fleet = await home.fleet()
+    await submit(fleet, "t1")
+    await home.applied(TaskProgress("t1", 1, S.ACCEPTED, None, None))
+    await fleet._step()  # (not heard live: read back only by a new agent, see above)
+    fleet = await home.fleet()
+    await fleet._step()
+    assert fleet.book.tasks["t1"].state is S.ACCEPTED
+    home.machine.online = False
+    home.clock.now += 4.9
+    await fleet._step()
+    assert fleet.book.tasks["t1"].state is S.ACCEPTED  # not yet
+    home.clock.now += 0.2
+    await fleet._step()
+    lost = fleet.book.tasks["t1"]
+    assert (lost.state, lost.attempt) == (S.LOST, 1)
+    kinds = await home.outbox()
+    assert kinds[-1] == ("cancel-task", {"task": "t1", "attempt": 1})  # when it comes back
+
+
+async def test_an_unacknowledged_assignment_goes_again_as_the_next_attempt(home: Home) -> None:
+    fleet = await home.fleet()
+    await submit(fleet, "t1")
+    home.clock.now += 30.0  # the default assign-ack
+    await fleet._step()
+    task = fleet.book.tasks["t1"]
+    assert task.state is S.ASSIGNED and task.attempt == 2  # the only machine, again
+    kinds = [(kind, body.get("attempt")) for kind, body in await home.outbox()]
+    assert kinds == [("assign-task", 1), ("cancel-task", 1), ("assign-task", 2)]
+
+
+async def test_placement_reads_the_reported_tags(home: Home) -> None:
+    fleet = await home.fleet()
+    (view,) = (
+        await fleet.submit(
+            argv=["true"], target="gpu", machine="", count=1, priority=0,
+            strategy="least-loaded", schedule_to_start=None, start_to_close=None,
+            heartbeat=None, retry_on_lost=False, id="t1", cwd="/w", title="", env={}, pty=False,
+        )
+    )["tasks"]  # fmt: skip
+    assert view["state"] == "queued"  # no report yet: no tags known
+    for event in await home.applied(MachineLoad(("gpu",), 2, 0, 0)):
+        fleet._on_event(home.machine.key, event)
+    await fleet._step()
+    assert fleet.book.tasks["t1"].state is S.ASSIGNED
+    assert fleet.machine_fields(home.machine.key)["tags"] == ["gpu"]
+
+
+async def test_cancelling_a_running_task_waits_for_its_machine(home: Home) -> None:
+    fleet = await home.fleet()
+    await submit(fleet, "t1")
+    await submit(fleet, "t2")
+    for event in await home.applied(
+        TaskProgress("t1", 1, S.ACCEPTED, None, None),
+        TaskProgress("t1", 1, S.RUNNING, "task-x", None),
+    ):
+        fleet._on_event(home.machine.key, event)
+    await fleet._step()
+    reply = await fleet.cancel("t1")
+    assert reply["cancelling"] is True and fleet.book.tasks["t1"].state is S.RUNNING
+    assert (await home.outbox())[-1] == ("cancel-task", {"task": "t1", "attempt": 1})
+    for event in await home.applied(TaskProgress("t1", 1, S.CANCELLED, "task-x", None)):
+        fleet._on_event(home.machine.key, event)
+    await fleet._step()
+    assert fleet.book.tasks["t1"].state.value == "cancelled"  # done when the machine says so
+    # One not running yet is withdrawn at once.
+    withdrawn = await fleet.cancel("t2")
+    assert withdrawn["cancelling"] is False and withdrawn["task"]["state"] == "cancelled"
