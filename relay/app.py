@@ -218,6 +218,7 @@ class ClusterMetrics:
         for event, count in sorted(counters.items()):
             family.add_metric([event], count)
         family.add_metric(["revocations_applied"], cluster.revocations_applied)
+        family.add_metric(["device_removals_applied"], cluster.device_removals_applied)
         yield family
 
 

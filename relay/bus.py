@@ -12,9 +12,11 @@ nodes (DESIGN.md section 12):
   connect, change and disconnect, keeps them in a per-node snapshot, and refreshes
   a heartbeat with a short TTL; a node whose heartbeat expired is reported gone
   and its peers offline.
-- **Revocations**: appended to a stream each node reads from its last id. The
-  registry (PostgreSQL) is written first and stays the truth; after the bus comes
-  back a node re-reads it, so a bus restart loses no revocation.
+- **Revocations and device removals**: appended to one stream each node reads
+  from its last id (an entry's ``kind`` says which: :data:`MACHINE_REVOKED`, or
+  :data:`DEVICE_REMOVED` for a controller device removed from its account's log).
+  The registry (PostgreSQL) is written first and stays the truth; after the bus
+  comes back a node re-reads it, so a bus restart loses neither.
 
 :class:`ClusterBus` is the interface (Redis implements it in
 :mod:`relay.redis_bus`; NATS could); :class:`BusListener` is what a node does
@@ -45,7 +47,12 @@ COMMAND = b"C"
 CLOSE = "close"  # [CLOSE, node, code, reason, after_flush, quietly]
 TICKET = "ticket"  # [TICKET, partner or b""]: the pairing link of the held key
 MOVE = "move"  # [MOVE, account, status]: the held key joined an account
-CUT = "cut"  # [CUT, final frame, code, reason]: unroutable now (revoked), then closed
+CUT = "cut"  # [CUT, final frame, code, reason, then]: unroutable now (revoked), then closed
+
+# Kinds of revocation-stream entries. An entry without a kind is a machine
+# revocation (what nodes before device removal wrote).
+MACHINE_REVOKED = b"machine"
+DEVICE_REMOVED = b"device"
 
 
 @dataclass(frozen=True)
@@ -89,10 +96,12 @@ def move_command(account: bytes, status: SessionStatus) -> bytes:
     return COMMAND + msgpack.packb([MOVE, account, status.value])
 
 
-def cut_command(final: bytes, code: int, reason: str) -> bytes:
+def cut_command(final: bytes, code: int, reason: str, then: bytes = b"") -> bytes:
     """Whichever node holds the key takes it out of routing at once, sends ``final``
-    and closes (a revocation: not addressed to one node, unlike :func:`close_command`)."""
-    return COMMAND + msgpack.packb([CUT, final, code, reason])
+    (and ``then``, if any: a revoked machine gets the REVOKED notice, then the signed
+    revocation, as on one node) and closes (a revocation or a device removal: not
+    addressed to one node, unlike :func:`close_command`)."""
+    return COMMAND + msgpack.packb([CUT, final, code, reason, then])
 
 
 def decode_command(message: bytes) -> list[Any]:
@@ -125,6 +134,9 @@ class BusListener(Protocol):
 
     def on_revocation(self, key: bytes, account: bytes) -> None: ...
 
+    def on_device_removed(self, key: bytes, account: bytes) -> None:
+        """Controller device ``key`` was removed from ``account``'s device log."""
+
     async def on_reconnected(self) -> None:
         """The bus is back after an outage: re-read what may have been missed."""
 
@@ -154,6 +166,9 @@ class ClusterBus(Protocol):
         """Queue ``message`` for the holder of ``key``; False if the bus is down."""
 
     async def append_revocation(self, key: bytes, account: bytes) -> None: ...
+
+    async def append_device_removal(self, key: bytes, account: bytes) -> None:
+        """Like :meth:`append_revocation`, for a removed controller device."""
 
     def counters(self) -> dict[str, int]:
         """Monotonic counters for ``/metrics`` (published, received, dropped, ...)."""

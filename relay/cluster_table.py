@@ -21,10 +21,15 @@ Presence: the holder announces its machines to every controller of the account
 expires, every other node tells *its own* controllers that the dead node's
 machines are offline.
 
-Revocation: the registry (PostgreSQL) is written first, then the key is appended
-to the bus's revocation stream; a node reading it closes the machine if it holds
-it. After the bus or the registry comes back, a node asks the registry which of
-its machines are revoked, so an entry lost with a Redis restart changes nothing.
+Revocation and device removal: the registry (PostgreSQL) is written first, then
+the key is appended to the bus's revocation stream; a node reading it cuts the
+machine (REVOKED notice, close 4003) or the removed controller device
+(``device-removed`` notice, close 4004) off if it holds it. The node that took
+the request also cuts the peer off directly when it sees it online elsewhere (a
+command to its holder: one publish, no wait for the stream); whichever arrives
+second finds nothing left to do. After the bus or the registry comes back, a
+node asks the registry which of its machines are revoked and which of its
+devices removed, so an entry lost with a Redis restart changes nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from .bus import (
     move_command,
     ticket_command,
 )
+from .device_requests import cut_off as cut_off_device
 from .metrics import RelayMetrics
 from .peer import Peer
 from .pg_registry import PostgresRegistry
@@ -138,13 +144,13 @@ class RemotePeer(Peer):
         )
 
     def cut_off(self, final: bytes, code: CloseCode, reason: str, *, then: bytes = b"") -> None:
-        """Unroutable from this node at once; its holder does the same and closes.
-        The bus's cut carries one frame: with ``then`` (the signed revocation) that
-        one goes, since it alone is what the machine acts on."""
-        self.account = b""
+        """Unroutable from this node at once (no routed status: :func:`may_route`
+        refuses it; the account stays so the table's index finds it to forget it);
+        its holder does the same, sends ``final`` then ``then`` as a local peer's
+        :meth:`Peer.cut_off` does, and closes."""
         self.status = SessionStatus.UNPAIRED
         self._partner = None
-        self._bus.send(self.key, cut_command(then or final, code, reason))
+        self._bus.send(self.key, cut_command(final, code, reason, then))
 
     def close_silently(self) -> None:
         return None
@@ -168,12 +174,14 @@ class ClusterRoutingTable:
         self._private: set[bytes] = set()  # keys never announced (the health probe)
         self._watch: asyncio.Task[None] | None = None
         self.revocations_applied = 0
+        self.device_removals_applied = 0
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self, state: RelayState) -> None:
         self._state = state
         self._private = {state.probe_keys.sign_public}
         self.registry.on_revoked = self.bus.append_revocation
+        self.registry.on_device_removed = self.bus.append_device_removal
         await self.bus.start(self)
         self._watch = asyncio.get_running_loop().create_task(self._watch_registry())
 
@@ -308,8 +316,10 @@ class ClusterRoutingTable:
             else:
                 peer.close(CloseCode(int(code)), str(reason))
         elif command[0] == CUT:
-            _, final, code, reason = command
-            self._cut_off(peer, bytes(final), CloseCode(int(code)), str(reason))
+            # A node from before ``then`` sends four elements.
+            _, final, code, reason, *then = command
+            then_frame = bytes(then[0]) if then else b""
+            self._cut_off(peer, bytes(final), CloseCode(int(code)), str(reason), then_frame)
         elif command[0] == TICKET:
             partner = bytes(command[1]) or None
             for linked in (peer.ticket_peer, partner):
@@ -390,28 +400,64 @@ class ClusterRoutingTable:
         if peer is None or peer.closed or peer.status is not SessionStatus.MACHINE:
             return
         self.revocations_applied += 1
-        notice = Notice(NoticeEvent.REVOKED, key, account, 0.0)
-        final = encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice))
-        self._cut_off(peer, final, CloseCode.REVOKED, "revoked")
+        notice = encode_frame(
+            FrameType.NOTICE, b"", CONTROL.encode(Notice(NoticeEvent.REVOKED, key, account, 0.0))
+        )
+        self._cut_off(peer, notice, CloseCode.REVOKED, "revoked")
+        self._tell_devices(account, notice)
 
-    def _cut_off(self, peer: Peer, final: bytes, code: CloseCode, reason: str) -> None:
-        """As the revoke handler does for a local machine (relay/requests.py)."""
+    def _tell_devices(self, account: bytes, notice: bytes) -> None:
+        """The account's devices on every node hear what the node that took the
+        request told them. Here only when the stream or the registry re-read cut a
+        peer off, i.e. the direct command did not: the bus was out, so devices on
+        other nodes than the requester's missed the requester's notice. (Those on
+        the requester's node hear it twice: a notice states a fact, and every
+        client treats it so; missing it is what one relay never does.)"""
+        for controller in self.account_controllers(account):
+            controller.deliver(notice, time.perf_counter())
+
+    def on_device_removed(self, key: bytes, account: bytes) -> None:
+        peer = self._local.get(key)
+        if (
+            peer is None
+            or peer.closed
+            or peer.status is not SessionStatus.CONTROLLER
+            or peer.account != account
+        ):
+            return  # not here, or already cut off (by the direct command)
+        self.device_removals_applied += 1
+        cut_off_device(self.state, key, account)
+        changed = Notice(NoticeEvent.DEVICES_CHANGED, b"", account, 0.0)
+        self._tell_devices(account, encode_frame(FrameType.NOTICE, b"", CONTROL.encode(changed)))
+
+    def _cut_off(
+        self, peer: Peer, final: bytes, code: CloseCode, reason: str, then: bytes = b""
+    ) -> None:
+        """As the revoke handler does for a local machine (relay/requests.py) and
+        the device log for a removed device (relay/device_requests.py)."""
         if self.detach(peer):
             announce_presence(self.state, peer, online=False)
-        peer.cut_off(final, code, reason)
+        peer.cut_off(final, code, reason, then=then)
 
     async def on_reconnected(self) -> None:
         await self._recheck_revocations()
 
     async def _recheck_revocations(self) -> None:
-        machines = {p.key: p for p in self._local.peers() if p.status is SessionStatus.MACHINE}
+        """What the stream may have lost: revoked machines and removed devices among
+        the peers this node holds, from the registry (the truth)."""
+        local = self._local.peers()
+        machines = {p.key: p for p in local if p.status is SessionStatus.MACHINE}
+        devices = {p.key: p for p in local if p.status is SessionStatus.CONTROLLER}
         try:
             revoked = await self.registry.revoked_among(list(machines))
+            removed = await self.registry.removed_among(list(devices))
         except RegistryError as exc:
             log.warning("cannot re-read revocations: %s", exc)
             return  # the registry watch retries when the registry is back
         for key in revoked:
             self.on_revocation(key, machines[key].account)
+        for key in removed:
+            self.on_device_removed(key, devices[key].account)
 
     async def _watch_registry(self) -> None:
         """Ping the registry every second; after an outage, re-read revocations."""

@@ -37,6 +37,7 @@ from typing import Any
 from starmux.close_codes import CloseCode
 from starmux.codec import Message
 from starmux.control import (
+    CONTROL,
     FailureCode,
     GrantMachine,
     Notice,
@@ -57,7 +58,7 @@ from starmux.device_control import (
 from starmux.device_log import DeviceLog, decode_entries, encode_entries
 from starmux.device_roles import Action, allowed
 from starmux.errors import DeviceLogError
-from starmux.frames import FrameType
+from starmux.frames import FrameType, encode_frame
 
 from .peer import Peer
 from .registry import ControllerRecord, DeviceChange, DeviceLogRow, RegistryError
@@ -159,20 +160,25 @@ async def _store(
 
 
 def cut_off(state: RelayState, key: bytes, account: bytes) -> None:
-    """Tell a removed device's live connection and close it; the writer flushes the
-    notice first (no wait on the network here: the close is queued at once)."""
+    """Tell a removed device's live connection and close it (no wait on the network
+    here: the close is queued at once). Out of routing first, so nothing more
+    reaches it; what was queued for it is dropped, the notice alone goes, as for a
+    revoked machine (:meth:`relay.peer.Peer.cut_off`). A device held by another
+    cluster node is cut off there (one command over the bus); that node also reads
+    the removal from the revocation stream, whichever comes first."""
     live = state.table.get(key)
-    if live is None or live.account != account:
+    if live is None or live.account != account or live.status is not SessionStatus.CONTROLLER:
         return
     notice = Notice(NoticeEvent.DEVICE_REMOVED, key, account, 0.0)
-    send_control(live, FrameType.NOTICE, notice)
-    live.close_after_flush(CloseCode.DEVICE_REMOVED, "this device was removed from its account")
-    # Out of the account now, so nothing more routes to it while the close flushes
-    # (and its last presence, "offline", is said now: its close will not say it).
+    # Out of routing first, and its last presence, "offline", said now (its close
+    # will not say it: cut_off takes it out of its account).
     if state.table.detach(live):
         announce_presence(state, live, online=False)
-    live.status = SessionStatus.UNREGISTERED
-    live.account = b""
+    live.cut_off(
+        encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice)),
+        CloseCode.DEVICE_REMOVED,
+        "this device was removed from its account",
+    )
 
 
 async def get_device_log(state: RelayState, peer: Peer, req: GetDeviceLog) -> Message:

@@ -138,6 +138,10 @@ class PostgresRegistry:
         #: Called with (key, account) after a new revocation is committed: the
         #: cluster appends it to the bus's stream (PostgreSQL first, then the bus).
         self.on_revoked: Callable[[bytes, bytes], Awaitable[None]] | None = None
+        #: Called with (key, account) for each device a committed log append removed:
+        #: the cluster appends it to the same stream (a removed device on another
+        #: node is cut off there, even if this node never saw it connected).
+        self.on_device_removed: Callable[[bytes, bytes], Awaitable[None]] | None = None
 
     # --- connection --------------------------------------------------------------
     async def open(self) -> None:
@@ -512,11 +516,25 @@ class PostgresRegistry:
                 await self._audit(conn, "device.removed", by, key, "", now)
             detail = f"entries {rows[0].seq}..{rows[-1].seq}" if rows else "no entries"
             await self._audit(conn, "device-log.appended", by, account, detail, now)
+        if self.on_device_removed is not None:
+            for key in change.removed:  # committed: PostgreSQL first, then the bus
+                await self.on_device_removed(key, account)
 
     async def is_removed_device(self, key: bytes) -> bool:
         async with self._reading() as conn:
             sql = "SELECT 1 FROM removed_devices WHERE key = $1"
             return await conn.fetchval(sql, key) is not None
+
+    async def removed_among(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of ``keys`` are removed devices (one query for every device a node
+        holds, after the bus or the registry was out of reach)."""
+        if not keys:
+            return set()
+        async with self._reading() as conn:
+            rows = await conn.fetch(
+                "SELECT key FROM removed_devices WHERE key = ANY($1::bytea[])", list(keys)
+            )
+        return {bytes(r[0]) for r in rows}
 
     # --- Web Push ----------------------------------------------------------------
     async def set_push_subscription(self, subscription: PushSubscription) -> None:

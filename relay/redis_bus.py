@@ -6,7 +6,8 @@ Keys and channels (``P`` = the prefix, ``starmux:`` by default):
 - ``P:presence``         pub/sub: ``U``/``D`` + a :class:`PeerEntry` (up / down)
 - ``P:peers:<node>``     hash key → entry: the node's snapshot, for nodes that start later
 - ``P:alive:<node>``     heartbeat, ``SET ... PX`` every second, TTL three seconds
-- ``P:revocations``      stream, trimmed to the last ~10,000 entries
+- ``P:revocations``      stream of machine revocations and device removals
+                         (field ``kind``), trimmed to the last ~10,000 entries
 
 One ordered outbound queue per node, drained by one task in pipelines: a pipeline
 is sent only after the previous one was answered, so Redis executes everything in
@@ -35,7 +36,7 @@ from redis.exceptions import RedisError
 
 from starmux.errors import RemoteProtocolError
 
-from .bus import BusListener, PeerEntry
+from .bus import DEVICE_REMOVED, MACHINE_REVOKED, BusListener, PeerEntry
 from .pg_schema import redact_url
 
 log = logging.getLogger("starmux.relay.cluster")
@@ -377,22 +378,34 @@ class RedisBus:
 
     # --- revocations -------------------------------------------------------------
     async def append_revocation(self, key: bytes, account: bytes) -> None:
+        await self._append(MACHINE_REVOKED, key, account)
+
+    async def append_device_removal(self, key: bytes, account: bytes) -> None:
+        await self._append(DEVICE_REMOVED, key, account)
+
+    async def _append(self, kind: bytes, key: bytes, account: bytes) -> None:
         if self._client is None or not self._connected:
             self._counts["revocations_not_streamed"] += 1
             return  # the registry has it; every node re-reads it when the bus is back
+        fields: dict[Any, Any] = {"key": key, "account": account, "kind": kind}
         try:
-            await self._client.xadd(
-                self._stream, {"key": key, "account": account}, maxlen=STREAM_MAX, approximate=True
-            )
+            await self._client.xadd(self._stream, fields, maxlen=STREAM_MAX, approximate=True)
         except _LOST:
             self._counts["revocations_not_streamed"] += 1
 
     async def _read_revocations(self) -> None:
         assert self._client is not None and self._listener is not None
+        listener = self._listener
         while True:
             batches: Any = await self._client.xread({self._stream: self._stream_id}, block=1000)
             for _, entries in batches:
                 for entry_id, fields in entries:
                     self._stream_id = entry_id.decode()
-                    self._counts["revocations_read"] += 1
-                    self._listener.on_revocation(bytes(fields[b"key"]), bytes(fields[b"account"]))
+                    key, account = bytes(fields[b"key"]), bytes(fields[b"account"])
+                    kind = fields.get(b"kind", MACHINE_REVOKED)
+                    if kind == DEVICE_REMOVED:
+                        self._counts["device_removals_read"] += 1
+                        listener.on_device_removed(key, account)
+                    else:
+                        self._counts["revocations_read"] += 1
+                        listener.on_revocation(key, account)

@@ -46,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -67,6 +67,9 @@ from starmux.identity import NodeKeys, Role
 from starmux.pairing_code import TICKET_SIZE
 from starmux.relay.sqlite_registry import SqliteRegistry
 from starmux.relay_auth import grant_transcript
+
+if TYPE_CHECKING:  # asyncpg is the cluster extra's; the storm itself does not need it
+    from starmux.relay.pg_registry import PostgresRegistry
 
 #: Limits raised so the storm meets the relay's real work, not its per-IP guards
 #: (every machine connects from 127.0.0.1 here).
@@ -106,36 +109,48 @@ async def populate_registry(path: Path, machines: int, salt: bytes) -> None:
     registry = SqliteRegistry(path)
     await registry.open()
     try:
-        controller = NodeKeys.generate()
-        controller_key = controller.sign_public
-        account = os.urandom(16)
-        await registry.create_account(
-            controller_key=controller_key,
-            controller_card=controller.card(Role.CONTROLLER, "storm-controller").encode(),
-            account=account,
-            token_hash=None,
-            now=time.time(),
-        )
-        for index in range(machines):
-            keys = machine_keys(salt, index)
-            card = machine_card(keys, index).encode()
-            ticket, now = os.urandom(TICKET_SIZE), time.time()
-            await registry.create_ticket(
-                ticket=ticket, machine_key=keys.sign_public, machine_card=card, now=now, ttl=600
-            )
-            await registry.open_ticket(ticket, controller_key=controller_key, now=now)
-            await registry.grant_machine(
-                ticket=ticket,
-                account=account,
-                granted_by=controller_key,
-                machine_card=card,
-                machine_key=keys.sign_public,
-                grant_signature=controller.sign(grant_transcript(account, card, now)),
-                grant_issued_at=now,
-                now=now,
-            )
+        await fill_registry(registry, machines, salt)
     finally:
         await registry.close()
+
+
+async def fill_registry(
+    registry: SqliteRegistry | PostgresRegistry, machines: int, salt: bytes, *, parallel: int = 1
+) -> None:
+    """:func:`populate_registry` on an open registry (``bench.cluster`` fills PostgreSQL;
+    ``parallel`` grants in flight overlap its round trips)."""
+    controller = NodeKeys.generate()
+    controller_key = controller.sign_public
+    account = os.urandom(16)
+    await registry.create_account(
+        controller_key=controller_key,
+        controller_card=controller.card(Role.CONTROLLER, "storm-controller").encode(),
+        account=account,
+        token_hash=None,
+        now=time.time(),
+    )
+
+    async def grant(index: int) -> None:
+        keys = machine_keys(salt, index)
+        card = machine_card(keys, index).encode()
+        ticket, now = os.urandom(TICKET_SIZE), time.time()
+        await registry.create_ticket(
+            ticket=ticket, machine_key=keys.sign_public, machine_card=card, now=now, ttl=600
+        )
+        await registry.open_ticket(ticket, controller_key=controller_key, now=now)
+        await registry.grant_machine(
+            ticket=ticket,
+            account=account,
+            granted_by=controller_key,
+            machine_card=card,
+            machine_key=keys.sign_public,
+            grant_signature=controller.sign(grant_transcript(account, card, now)),
+            grant_issued_at=now,
+            now=now,
+        )
+
+    for first in range(0, machines, parallel):
+        await asyncio.gather(*map(grant, range(first, min(first + parallel, machines))))
 
 
 async def tell_progress(loads: list[LoadProcess], ready: float) -> None:

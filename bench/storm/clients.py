@@ -22,6 +22,10 @@ Commands (stdin, JSON lines) and events (stdout):
   machine after monotonic time ``T`` is recorded; when every machine has one:
   ``{"event": "back", "times": [...], "stats": {...}}``. ``{"cmd": "report"}`` sends
   the same for the machines back so far (``"pending"``: how many are not).
+- ``"dropped_only": true`` in ``arm`` (one node of a cluster killed: only its machines
+  lose their connection): a machine is waited for only once its connection drops
+  after ``T``; no ``back`` event (the parent knows how many the node held and asks
+  with ``report``, which also says ``dropped``: how many dropped since ``T``).
 """
 
 from __future__ import annotations
@@ -88,14 +92,23 @@ class Fleet:
         self.times: list[float] = []
         self.stats: collections.Counter[str] = collections.Counter()
         self.policy = "shipped"
+        self.dropped_only = False
+        self.dropped = 0
 
     # --- bookkeeping -----------------------------------------------------------------
 
-    def arm(self, since: float) -> None:
+    def arm(self, since: float, *, dropped_only: bool = False) -> None:
         self.since = since
-        self.pending = set(range(len(self.identities)))
+        self.dropped_only = dropped_only
+        self.dropped = 0
+        self.pending = set() if dropped_only else set(range(len(self.identities)))
         self.times = []
         self.stats = collections.Counter()
+
+    def _dropped(self, index: int) -> None:
+        if self.dropped_only and self.since is not None and time.monotonic() > self.since:
+            self.dropped += 1
+            self.pending.add(index)
 
     def _authenticated(self, index: int, status: SessionStatus) -> None:
         now = time.monotonic()
@@ -104,7 +117,7 @@ class Fleet:
         if self.since is not None and index in self.pending and now > self.since:
             self.pending.discard(index)
             self.times.append(now)
-            if not self.pending:
+            if not self.pending and not self.dropped_only:
                 self.report("back")
 
     async def tell_progress(self) -> None:
@@ -115,7 +128,13 @@ class Fleet:
                 emit("progress", back=len(self.times), pending=len(self.pending))
 
     def report(self, event: str) -> None:
-        emit(event, times=self.times, pending=len(self.pending), stats=dict(self.stats))
+        emit(
+            event,
+            times=self.times,
+            pending=len(self.pending),
+            dropped=self.dropped,
+            stats=dict(self.stats),
+        )
 
     # --- one machine -----------------------------------------------------------------
 
@@ -143,7 +162,10 @@ class Fleet:
                 if isinstance(exc, RelayClosedConnection):
                     self.stats[f"refused-{exc.code}"] += 1
                 else:
-                    self.stats[f"failed-{type(exc.__cause__ or exc).__name__}"] += 1
+                    cause = exc.__cause__ or exc
+                    response = getattr(cause, "response", None)  # an HTTP refusal: which
+                    status = f"-{response.status_code}" if response is not None else ""
+                    self.stats[f"failed-{type(cause).__name__}{status}"] += 1
                 if not await self._wait_after(policy, connect_failure(exc), index):
                     return
                 continue
@@ -166,6 +188,7 @@ class Fleet:
                 elif isinstance(event, Closed):
                     code = event.code
             await link.close()
+            self._dropped(index)
             self.stats["hinted" if hinted else "unhinted-close"] += 1
             if not await self._wait_after(policy, close_failure(code, connected=True), index):
                 return
@@ -205,7 +228,7 @@ async def main() -> None:
     progress = asyncio.create_task(fleet.tell_progress())
     async for command in commands():
         if command["cmd"] == "arm":
-            fleet.arm(float(command["since"]))
+            fleet.arm(float(command["since"]), dropped_only=bool(command.get("dropped_only")))
             fleet.policy = str(command.get("policy", "shipped"))
             emit("armed")
         elif command["cmd"] == "report":

@@ -83,6 +83,15 @@ SUITES: dict[str, tuple[bool, list[str]]] = {
             r"\*\*(\d+)/\1 machines live \(KK \+ resync\) [0-9.]+ s\*\*",
         ],
     ),
+    "cluster": (
+        True,
+        [
+            rf"\| one node \| {NUMBER} \(1\.00×\) \| {NUMBER} / {NUMBER} \|",
+            rf"\| split across two nodes \| {NUMBER} \({NUMBER}×\) \| {NUMBER} / {NUMBER} \|",
+            r"\| SIGKILL \| [0-9,]+ \| \*\*[0-9.]+ s\*\* \|",
+            r"Load average before / after: ",
+        ],
+    ),
 }
 
 

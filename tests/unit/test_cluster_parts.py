@@ -16,10 +16,12 @@ from starmux.identity import NodeKeys
 from starmux.relay import app
 from starmux.relay.bus import (
     CLOSE,
+    CUT,
     MOVE,
     TICKET,
     PeerEntry,
     close_command,
+    cut_command,
     decode_command,
     move_command,
     ticket_command,
@@ -81,6 +83,10 @@ def test_commands_round_trip_and_refuse_garbage() -> None:
     ]  # fmt: skip
     assert decode_command(ticket_command(None)) == [TICKET, b""]
     assert decode_command(move_command(b"a", SessionStatus.MACHINE)) == [MOVE, b"a", "machine"]
+    # A revoked machine's cut carries the notice and the signed revocation after it.
+    assert decode_command(cut_command(b"notice", 4003, "revoked", b"proof")) == [
+        CUT, b"notice", 4003, "revoked", b"proof",
+    ]  # fmt: skip
     for garbage in (b"C", b"C\xc1", b"C\x91\xa4nope", b"C\x90", b"C\x01"):
         with pytest.raises(RemoteProtocolError):
             decode_command(garbage)

@@ -1,0 +1,1 @@
+"""Relay cluster benchmarks: ``python -m bench.cluster`` (see __main__)."""
