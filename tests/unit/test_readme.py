@@ -34,6 +34,7 @@ EXERCISED_BY: dict[str, list[str]] = {
     "watch": ["tests/integration/watcher.py"],
     "logs": ["tests/integration/test_sessions.py"],
     "cancel": ["tests/integration/test_checkpoints.py"],
+    "web": ["tests/browser/web_server.py"],
     "tasks": ["tests/integration/test_fleet.py"],
     "tasks show": ["tests/integration/test_fleet.py"],
     "machines tag": ["tests/integration/test_fleet.py"],
