@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from starmux.messages import (
     SessionStatusChanged,
     StartSession,
 )
+from starmux.node.database import run_in_database
 from starmux.resync import Applied as Applied
 from starmux.resync import Cursor as Cursor
 from starmux.resync import cursor_for, next_in_order
@@ -137,7 +139,12 @@ class Cache:
         self.db = db
 
     async def cursor(self, machine: bytes) -> Cursor:
-        return (await self._cursors({machine})).get(machine, Cursor("", 0))
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT epoch, seq FROM cursors WHERE machine = ?", (machine,)
+            )
+        )
+        return Cursor(rows[0][0], rows[0][1]) if rows else Cursor("", 0)
 
     async def apply_page(self, machine: bytes, page: EventPage) -> AppliedPage:
         return (await self.apply_pages([(machine, page)]))[0]
@@ -146,85 +153,15 @@ class Cache:
         """Apply pages (of one or several machines, in arrival order) in one
         transaction; one :class:`Applied` per page.
 
-        Group commit: every aiosqlite call is a round trip to the database thread (the
-        controller's main cost while output streams), so a batch costs a handful of
-        calls whatever its size: the cursors in one read, the events in one
-        executemany, the cursors in another, then the projections (rare: output has
-        none). The write lock is held throughout, so cursors read at the start stay
-        right for the whole batch."""
+        Group commit in one round trip: with many machines each streaming a little,
+        the batches are small and per-batch costs dominate, and every aiosqlite call
+        is a round trip to the database thread. So the whole transaction (cursors
+        read, events and projections written, cursors advanced) is one function run
+        on that thread. The write lock is held throughout, so cursors read at the
+        start stay right for the whole batch."""
         if not pages:
             return []
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            cursors = await self._cursors({machine for machine, _ in pages})
-            rows: list[tuple[bytes, int, str, float, bytes]] = []
-            statements: list[Statement] = []
-            results: list[AppliedPage] = []
-            for machine, page in pages:
-                cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
-                if wiped:
-                    # The machine's log was wiped: what this batch queued for it
-                    # goes too (written first, so the delete sees it).
-                    await self._write(rows, statements)
-                    rows, statements = [], []
-                    await self._forget_machine_data(machine)
-                in_order = next_in_order(cursor.seq, page.events)
-                kept: list[LoggedEvent] = []
-                refused: list[int] = []
-                for event in in_order.events:
-                    try:
-                        statement = projection(machine, event)
-                    except MessageError as exc:
-                        log.warning(
-                            "warning: refused event %d from machine %s: %s",
-                            event.seq,
-                            fingerprint(machine) if len(machine) == 32 else machine.hex(),
-                            exc.message,
-                        )
-                        refused.append(event.seq)
-                        continue
-                    kept.append(event)
-                    rows.append((machine, event.seq, event.session, event.at, event.body))
-                    if statement is not None:
-                        statements.append(statement)
-                if in_order.events:
-                    cursor = Cursor(cursor.epoch, in_order.events[-1].seq)
-                cursors[machine] = cursor
-                results.append(AppliedPage(kept, in_order.gap, tuple(refused)))
-            await self._write(rows, statements)
-            await db.executemany(
-                "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
-                "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-                [(machine, c.epoch, c.seq) for machine, c in cursors.items() if c.epoch],
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        return results
-
-    async def _cursors(self, machines: set[bytes]) -> dict[bytes, Cursor]:
-        marks = ",".join("?" * len(machines))
-        rows = await self.db.execute_fetchall(
-            f"SELECT machine, epoch, seq FROM cursors WHERE machine IN ({marks})",
-            tuple(machines),
-        )
-        return {bytes(row[0]): Cursor(row[1], row[2]) for row in rows}
-
-    async def _write(
-        self, rows: list[tuple[bytes, int, str, float, bytes]], statements: list[Statement]
-    ) -> None:
-        if rows:
-            await self.db.executemany(
-                "INSERT INTO events (machine, seq, session, at, body) VALUES (?,?,?,?,?)", rows
-            )
-        for statement in statements:
-            await self.db.execute(*statement)
-
-    async def _forget_machine_data(self, machine: bytes) -> None:
-        for table in ("events", "sessions", "checkpoints", "approval_rules"):
-            await self.db.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
+        return await run_in_database(self.db, lambda conn: _apply_pages(conn, pages))
 
     # --- reads ----------------------------------------------------------------------
 
@@ -390,6 +327,80 @@ class Cache:
 
 
 Statement = tuple[str, tuple[Any, ...]]
+EventRow = tuple[bytes, int, str, float, bytes]
+
+
+def _apply_pages(
+    conn: sqlite3.Connection, pages: Sequence[tuple[bytes, EventPage]]
+) -> list[AppliedPage]:
+    """:meth:`Cache.apply_pages`' transaction, on the database thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cursors = _cursors(conn, {machine for machine, _ in pages})
+        rows: list[EventRow] = []
+        statements: list[Statement] = []
+        results: list[AppliedPage] = []
+        for machine, page in pages:
+            cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
+            if wiped:
+                # The machine's log was wiped: what this batch queued for it goes
+                # too (written first, so the delete sees it).
+                _write(conn, rows, statements)
+                rows, statements = [], []
+                for table in ("events", "sessions", "checkpoints", "approval_rules"):
+                    conn.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
+            in_order = next_in_order(cursor.seq, page.events)
+            kept: list[LoggedEvent] = []
+            refused: list[int] = []
+            for event in in_order.events:
+                try:
+                    statement = projection(machine, event)
+                except MessageError as exc:
+                    log.warning(
+                        "warning: refused event %d from machine %s: %s",
+                        event.seq,
+                        fingerprint(machine) if len(machine) == 32 else machine.hex(),
+                        exc.message,
+                    )
+                    refused.append(event.seq)
+                    continue
+                kept.append(event)
+                rows.append((machine, event.seq, event.session, event.at, event.body))
+                if statement is not None:
+                    statements.append(statement)
+            if in_order.events:
+                cursor = Cursor(cursor.epoch, in_order.events[-1].seq)
+            cursors[machine] = cursor
+            results.append(AppliedPage(kept, in_order.gap, tuple(refused)))
+        _write(conn, rows, statements)
+        conn.executemany(
+            "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
+            "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+            [(machine, c.epoch, c.seq) for machine, c in cursors.items() if c.epoch],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back by itself (disk full, I/O)
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _cursors(conn: sqlite3.Connection, machines: set[bytes]) -> dict[bytes, Cursor]:
+    marks = ",".join("?" * len(machines))
+    rows = conn.execute(
+        f"SELECT machine, epoch, seq FROM cursors WHERE machine IN ({marks})", tuple(machines)
+    ).fetchall()
+    return {bytes(row[0]): Cursor(row[1], row[2]) for row in rows}
+
+
+def _write(conn: sqlite3.Connection, rows: list[EventRow], statements: list[Statement]) -> None:
+    if rows:
+        conn.executemany(
+            "INSERT INTO events (machine, seq, session, at, body) VALUES (?,?,?,?,?)", rows
+        )
+    for statement in statements:
+        conn.execute(*statement)
 
 
 def projection(machine: bytes, event: LoggedEvent) -> Statement | None:

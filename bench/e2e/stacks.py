@@ -56,6 +56,9 @@ RELAY_ENV = {
     "STARMUX_RELAY_REQUESTS_PER_SECOND": "1000000",
     "STARMUX_RELAY_REQUEST_BURST": "1000000",
     "STARMUX_RELAY_REGISTRATIONS_PER_MINUTE_PER_IP": "1000000",
+    # the controller pairs every machine over a connection of its own key
+    "STARMUX_RELAY_AUTH_RATE_PER_KEY": "1000",
+    "STARMUX_RELAY_AUTH_BURST_PER_KEY": "1000",
 }
 #: Events in flight (appended, not yet applied by the controller), over all machines.
 FLOW_BUDGET = 1024

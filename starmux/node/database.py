@@ -31,15 +31,19 @@ import importlib.resources
 import os
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import aiosqlite
 
 from starmux.errors import StarmuxError
 from starmux.home import ensure_private_dir
 
-__all__ = ["Migration", "SchemaError", "load_migrations", "migrate"]
+__all__ = ["Migration", "SchemaError", "load_migrations", "migrate", "run_in_database"]
+
+T = TypeVar("T")
 
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Leading whitespace and comments, stripped to find a statement's first keyword.
@@ -253,6 +257,22 @@ async def open_database(
         await db.close()
         raise
     return db
+
+
+async def run_in_database(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work(connection)`` on the connection's own thread, in one round trip.
+
+    Every aiosqlite call is a round trip to that thread (a queue put, a thread
+    wake-up, a ``call_soon_threadsafe`` back to the loop, a GIL hand-over each way):
+    a transaction of five statements costs five, which dominates a hot path that
+    commits small batches (the controller with many machines, each streaming a
+    little). Such a path passes its whole transaction here as one function. It runs
+    while the loop goes on: it must only touch the connection and its arguments.
+
+    aiosqlite's public calls are this same private ``_execute`` around one
+    ``sqlite3`` method; it has no public form that takes a function."""
+    execute = cast(Callable[..., Awaitable[T]], db._execute)
+    return await execute(work, db._conn)
 
 
 async def read_setting(db: aiosqlite.Connection, name: str) -> bytes | None:
