@@ -54,7 +54,7 @@ from typing import Any
 import aiosqlite
 
 from starmux.errors import StarmuxError, UsageError
-from starmux.node.database import open_database, read_setting, write_setting
+from starmux.node.database import open_database, read_setting, run_in_database, write_setting
 
 __all__ = [
     "EventLog",
@@ -161,41 +161,76 @@ async def _settle_epoch(db: aiosqlite.Connection, rng: Callable[[int], bytes]) -
     return epoch, last_seq
 
 
-async def _run_statements(
-    db: aiosqlite.Connection, statements: tuple[Statement, ...], guard: Statement | None
+def _run_statements(
+    conn: sqlite3.Connection, statements: tuple[Statement, ...], guard: Statement | None
 ) -> EventLogError | None:
     """Run one write's guard and statements under a savepoint; on failure (or a guard
     that did not change exactly one row) undo just them."""
-    await db.execute("SAVEPOINT write")
+    conn.execute("SAVEPOINT write")
     if guard is not None:
         sql, params = guard
         try:
-            changed = (await db.execute(sql, params)).rowcount
+            changed = conn.execute(sql, params).rowcount
         except sqlite3.Error as exc:
-            if not db.in_transaction:
+            if not conn.in_transaction:
                 raise
-            return await _undo_write(db, exc, sql)
+            return _undo_write(conn, exc, sql)
         if changed != 1:
-            await db.execute("ROLLBACK TO write")
-            await db.execute("RELEASE write")
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
             return GuardFailed(f"the write's guard changed {changed} rows, not 1")
     for sql, params in statements:
         try:
-            await db.execute(sql, params)
+            conn.execute(sql, params)
         except sqlite3.Error as exc:
-            if not db.in_transaction:
+            if not conn.in_transaction:
                 raise  # SQLite gave up the whole transaction: the batch fails
-            return await _undo_write(db, exc, sql)
-    await db.execute("RELEASE write")
+            return _undo_write(conn, exc, sql)
+    conn.execute("RELEASE write")
     return None
 
 
-async def _undo_write(db: aiosqlite.Connection, exc: sqlite3.Error, sql: str) -> StatementError:
-    await db.execute("ROLLBACK TO write")
-    await db.execute("RELEASE write")
+def _undo_write(conn: sqlite3.Connection, exc: sqlite3.Error, sql: str) -> StatementError:
+    conn.execute("ROLLBACK TO write")
+    conn.execute("RELEASE write")
     error = StatementError(f"event log statement failed: {exc}", statement=sql)
     error.__cause__ = exc
     return error
+
+
+def _write_batch(
+    conn: sqlite3.Connection, batch: list[_Write], last_seq: int
+) -> tuple[dict[int, EventLogError], list[tuple[float, str, bytes]], int]:
+    """One commit's transaction, on the database thread (one round trip, see
+    :func:`~starmux.node.database.run_in_database`): the writes dropped (by index),
+    the events written, the new last seq. Raises if the whole batch failed (rolled
+    back)."""
+    dropped: dict[int, EventLogError] = {}
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for index, write in enumerate(batch):
+            if write.statements or write.guard is not None:
+                error = _run_statements(conn, write.statements, write.guard)
+                if error is not None:
+                    dropped[index] = error
+        events = [w.event for i, w in enumerate(batch) if w.event is not None and i not in dropped]
+        if events:
+            conn.executemany(_INSERT, events)
+            # AUTOINCREMENT under the write lock numbers one statement's rows
+            # consecutively, so the high-water mark gives every seq of the batch.
+            row = conn.execute(_HIGH_WATER).fetchone()
+            last_seq = int(row[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself on some errors (I/O, full disk); then there is
+        # nothing left to roll back, and a second ROLLBACK would only hide the cause.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("event log: rollback failed")
+        raise
+    return dropped, events, last_seq
 
 
 def _resolve(future: asyncio.Future[int], seq: int) -> None:
@@ -330,36 +365,20 @@ class EventLog:
                 self._pending.popleft().future.cancel()
 
     async def _commit(self, batch: list[_Write]) -> None:
-        db = self._writer
-        dropped: dict[int, EventLogError] = {}
-        events: list[tuple[float, str, bytes]] = []
-        last_seq = self.last_seq
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            for index, write in enumerate(batch):
-                if write.statements or write.guard is not None:
-                    error = await _run_statements(db, write.statements, write.guard)
-                    if error is not None:
-                        dropped[index] = error
-            events = [
-                w.event for i, w in enumerate(batch) if w.event is not None and i not in dropped
-            ]
-            if events:
-                await db.executemany(_INSERT, events)
-                # AUTOINCREMENT under the write lock numbers one statement's rows
-                # consecutively, so the high-water mark gives every seq of the batch.
-                last_seq = int(await _scalar(db, _HIGH_WATER))
-            await db.execute("COMMIT")
+            dropped, events, last_seq = await run_in_database(
+                self._writer, lambda conn: _write_batch(conn, batch, self.last_seq)
+            )
         except Exception as exc:
-            await _rollback(db)
             failure = EventLogError(f"event log commit failed: {exc}")
             failure.__cause__ = exc
             for write in batch:
                 _fail(write.future, failure)
             return
         except BaseException:
-            # Cancelled mid-transaction: whether it committed is unknown here (the
-            # file is consistent either way); the waiters learn nothing better.
+            # Cancelled while the transaction ran on the database thread: whether it
+            # committed is unknown here (the file is consistent either way); the
+            # waiters learn nothing better.
             for write in batch:
                 write.future.cancel()
             raise
