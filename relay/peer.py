@@ -5,8 +5,12 @@ Invariants:
   ``send_queue_frames`` queued frames, or ``send_queue_bytes`` queued bytes plus
   the socket's write buffer, the peer is closed as a slow consumer; every queued
   byte is also counted in the relay-wide :class:`~relay.send_budget.SendBudget`.
-- The writer task exists only once something was delivered (idle connections,
-  the vast majority, cost no task).
+- A frame to a peer with nothing queued, nothing being sent and an empty socket
+  buffer is written at once by the task that routes it (as the bare forwarder
+  does); only a peer that is behind gets its frames queued for its writer task.
+  Frames are sent in the order delivered either way.
+- The writer task exists only once something was queued (idle connections, the
+  vast majority, cost no task).
 - After :meth:`Peer.close` nothing more is queued or sent except the close.
 - After :meth:`Peer.cut_off` the peer is unreachable at once (no account, no
   ticket link): nothing queued before is sent, only the final notice.
@@ -36,6 +40,7 @@ class Peer:
     __slots__ = (
         "_close_after",
         "_close_task",
+        "_sending",
         "_transport",
         "_wake",
         "_writer",
@@ -99,6 +104,7 @@ class Peer:
         self.queued_bytes = 0
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._sending = False  # the writer task is inside a send
         self.closed = False
         self._close_after: tuple[CloseCode, str] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -119,6 +125,9 @@ class Peer:
             self.metrics.drops["slow-consumer"] += 1
             self.close(CloseCode.SLOW_CONSUMER, "send queue full")
             return False
+        if not self.queue and not self._sending and data and self._send_now(data):
+            self.metrics.latency.observe(time.perf_counter() - received_at)
+            return True
         self.queue.append((data, received_at))
         self.queued_bytes += size
         self.budget.added(self, size)  # may shed this very peer
@@ -129,6 +138,28 @@ class Peer:
         else:
             self._wake.set()
         return True
+
+    def _send_now(self, data: bytes) -> bool:
+        """Write ``data`` now if the socket takes it without waiting; False: queue it.
+
+        Waking the writer task instead would send it one loop turn later, after every
+        other frame read in this turn: at thousands of frames per second that wait
+        is most of the relay's tail latency. The send is a coroutine whose only
+        suspension point comes first (uvicorn waits while the socket is paused), so
+        it is driven here by hand: if it would wait, nothing was sent, it is dropped
+        and the frame goes to the queue as before."""
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size():
+            return False
+        sending = self.websocket.send_bytes(data)
+        try:
+            sending.send(None)
+        except StopIteration:
+            return True
+        except Exception:  # a socket going away: the writer path meets it as before
+            return False
+        sending.close()
+        return False
 
     def _write_buffer(self) -> int:
         transport = self._transport
@@ -163,7 +194,11 @@ class Peer:
                     self._writer = None  # close() must not cancel the task running it
                     self.close(code, reason)
                     return
-                await send(data)
+                self._sending = True
+                try:
+                    await send(data)
+                finally:
+                    self._sending = False
                 latency.observe(clock() - received_at)
             self._wake.clear()
             await self._wake.wait()
