@@ -11,8 +11,10 @@ commands (stdin, JSON lines):
 
 - ``count``: ``{"event": "count", "count": n}``, the events applied so far.
 - ``feedback`` ``{"on": bool}``: while on, every :data:`FEEDBACK` seconds the
-  cursors that moved, ``{"event": "applied", "seqs": {hex: seq}}`` (the daemons'
-  flow control, relayed by the parent).
+  cursors that moved, ``{"event": "applied", "seqs": [[i, seq], ...]}`` with ``i``
+  the machine's index in the ``live`` answer (the daemons' flow control, relayed
+  by the parent; indexes rather than 64-character keys, since this harness traffic
+  is counted in the controller's CPU).
 - ``wait`` ``{"last_seq": {hex: seq}}``: ``{"event": "caught-up"}`` once every
   cursor reached it (in the background: other commands keep being answered).
 - ``delays`` ``{"on": bool}``: start recording append → apply delays; off answers
@@ -42,6 +44,7 @@ class Watcher:
     def __init__(self) -> None:
         self.applied: dict[bytes, int] = {}
         self.moved: set[bytes] = set()
+        self.index: dict[bytes, int] = {}  # machine → its place in the "live" answer
         self.count = 0
         self.delays: list[int] | None = None
         self.progress = asyncio.Event()
@@ -58,7 +61,7 @@ class Watcher:
         while True:
             await asyncio.sleep(FEEDBACK)
             if self.moved:
-                seqs = {key.hex(): self.applied[key] for key in self.moved}
+                seqs = [[self.index[key], self.applied[key]] for key in self.moved]
                 self.moved.clear()
                 emit("applied", seqs=seqs)
 
@@ -85,6 +88,7 @@ async def main() -> None:
         controller = LiveController(store, await store.config(), on_event=watcher.on_event)
         await controller.start()
         live = await controller.wait_live(within=SETUP_TIMEOUT)
+        watcher.index = {key: i for i, key in enumerate(live)}
         emit("live", machines=[key.hex() for key in live])
         command: dict[str, Any]
         async for command in commands():

@@ -164,6 +164,7 @@ class StarmuxStack:
         self.controller = controller
         self.where: dict[str, tuple[int, int]] = {}  # machine hex → (host, index in it)
         self.sizes: list[int] = []
+        self.live_order: list[str] = []  # machine hex by the controller's index
 
     @classmethod
     async def start(cls, tmp: Path, machines: int, processes: int, say: Say) -> StarmuxStack:
@@ -212,6 +213,7 @@ class StarmuxStack:
         stack.where, stack.sizes = where, sizes
         controller.listeners["applied"] = stack._relay_cursors
         live = await controller.expect("live", within=SETUP_TIMEOUT)
+        stack.live_order = live["machines"]
         if len(live["machines"]) < machines:
             raise RuntimeError(f"only {len(live['machines'])}/{machines} machines went live")
         for host in hosts:
@@ -230,8 +232,8 @@ class StarmuxStack:
     def _relay_cursors(self, message: dict[str, Any]) -> None:
         """The controller's cursors to the daemons' hosts (their flow control)."""
         per_host: dict[int, dict[str, int]] = {}
-        for key, seq in message["seqs"].items():
-            h, index = self.where[key]
+        for i, seq in message["seqs"]:
+            h, index = self.where[self.live_order[i]]
             per_host.setdefault(h, {})[str(index)] = seq
         for h, seqs in per_host.items():
             self.hosts[h].send_nowait("applied", seqs=seqs)
