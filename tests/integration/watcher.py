@@ -25,8 +25,15 @@ class Watcher:
         self.errors: list[bytes] = []
         self._changed = threading.Condition()
         assert self.process.stdout is not None and self.process.stderr is not None
-        for stream, sink in ((self.process.stdout, self.lines), (self.process.stderr, self.errors)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            for stream, sink in (
+                (self.process.stdout, self.lines),
+                (self.process.stderr, self.errors),
+            )
+        ]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self, stream: object, sink: list[bytes]) -> None:
         for line in stream:  # type: ignore[attr-defined]
@@ -43,7 +50,9 @@ class Watcher:
         with self._changed:
             while len(self.lines) < count:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
+                # The process may have ended with lines still in the pipe: only once
+                # the pumps have read to the end is "too few lines" final.
+                if remaining <= 0 or not any(pump.is_alive() for pump in self._pumps):
                     raise AssertionError(
                         f"watch printed {len(self.lines)} lines, expected {count}; stderr:\n"
                         + b"".join(self.errors).decode(errors="replace")
@@ -55,7 +64,8 @@ class Watcher:
         self.process.wait()
 
     def finish(self, timeout: float = 90.0) -> int:
+        """Wait for the watch to exit and for everything it printed to be read."""
         code = self.process.wait(timeout=scaled(timeout))
-        with self._changed:  # let the pump threads drain
-            self._changed.wait_for(lambda: True, timeout=0.1)
+        for pump in self._pumps:  # they end at the pipes' end of file
+            pump.join(scaled(10))
         return code
