@@ -51,10 +51,12 @@ def _task_line(t: dict[str, Any]) -> str:
     state = printable(str(t.get("state", "?")) + code)
     machine = printable(t.get("machine") or "-")
     started = when(t["started_at"]) if t.get("started_at") else "-"
+    # Why it failed without an exit code (a machine's refusal: its words, escaped).
+    reason = f"  ({printable(t['reason'])})" if t.get("reason") else ""
     return (
         f"{printable(t.get('id', '?')):<14} {state:<18} {machine:<12} "
         f"{printable(t.get('target', '?')):<16} #{t.get('attempt', '?')}  "
-        f"queued {when(t.get('queued_at'))}  started {started}"
+        f"queued {when(t.get('queued_at'))}  started {started}{reason}"
     )
 
 
@@ -77,6 +79,10 @@ def _task_line(t: dict[str, Any]) -> str:
 @click.option(
     "--heartbeat-timeout", type=DURATION, default=None,
     help="Lost once its machine is unheard for this long [60s].",
+)  # fmt: skip
+@click.option(
+    "--ack-timeout", type=DURATION, default=None,
+    help="Place it elsewhere if its machine does not accept it in this long [30s].",
 )  # fmt: skip
 @click.option("--retry-on-lost", is_flag=True, help="Rerun elsewhere if its machine is lost.")
 @click.option("--id", "task_id", default="", help="Idempotency id: the same id never runs twice.")
@@ -104,6 +110,7 @@ def run_command(
     schedule_to_start: float | None,
     start_to_close: float | None,
     heartbeat_timeout: float | None,
+    ack_timeout: float | None,
     retry_on_lost: bool,
     task_id: str,
     cwd: str,
@@ -130,6 +137,7 @@ def run_command(
             schedule_to_start,
             start_to_close,
             heartbeat_timeout,
+            ack_timeout,
             retry_on_lost,
             task_id,
             strategy != "least-loaded",
@@ -164,6 +172,8 @@ def run_command(
     }
     if heartbeat_timeout is not None:
         fields["heartbeat"] = heartbeat_timeout
+    if ack_timeout is not None:
+        fields["assign_ack"] = ack_timeout
     with progress("placing"):
         reply = agent_client.call(_home(home), "submit", **fields)
     say_refused(reply)
@@ -246,6 +256,7 @@ def show_command(task: str, home: Path | None, as_json: bool) -> None:
             f"  {when(e.get('at'))}  #{e.get('attempt')}  {printable(e.get('old'))} → "
             f"{printable(e.get('new'))}  ({printable(e.get('trigger'))}"
             f"{', ' + printable(e['machine']) if e.get('machine') else ''})"
+            f"{': ' + printable(e['reason']) if e.get('reason') else ''}"
         )
 
 

@@ -245,6 +245,7 @@ OPS: Final[dict[str, _Fields]] = {
         "schedule_to_start": (_optional(_duration), None),
         "start_to_close": (_optional(_duration), None),
         "heartbeat": (_optional(_duration), 60.0),
+        "assign_ack": (_optional(_duration), 30.0),
         "retry_on_lost": (_bool, False),
         "id": (_task_id, ""),
         "cwd": (_text(), "~"),

@@ -324,4 +324,5 @@ def test_refusals_count_against_max_attempts_too() -> None:
     task, _ = apply(task, T.REFUSE, now=2.0, reason="no")
     task, _ = apply(task, T.ASSIGN, now=3.0, machine="m2")
     task, events = apply(task, T.REFUSE, now=4.0, reason="no either")
+    assert events[-1].new is S.FAILED
     assert task.state is S.FAILED and task.reason == "no either (no attempt left)"
