@@ -302,8 +302,8 @@ def _reason(trigger: Trigger, reason: str | None) -> str | None:
 def _given_up(task: Task, trigger: Trigger, said: str | None, *, elsewhere: bool) -> str:
     if trigger is T.ACK_TIMEOUT:
         return f"attempt {task.attempt} of {task.max_attempts} was not acknowledged in time"
-    why = "no attempt left" if elsewhere else "no other machine can take it"
-    return f"{said} ({why})"[:MAX_REASON]
+    why = " (no attempt left)" if elsewhere else " (no other machine can take it)"
+    return (said or "")[: MAX_REASON - len(why)] + why  # the why is never cut off
 
 
 def heard(task: Task, now: float) -> Task:

@@ -19,8 +19,8 @@ from starmux.client.cache import Cache
 from starmux.client.fleet import Fleet
 from starmux.client.live import LiveController, MachineChannel
 from starmux.client.sessions import ControllerState
-from starmux.client.task_store import TaskStore
 from starmux.client.store import ControllerConfig, ControllerStore
+from starmux.client.task_store import TaskStore
 from starmux.identity import NodeKeys, Role
 from starmux.messages import APP, CommandAck, EventPage, LoggedEvent
 from starmux.task_messages import MachineLoad, TaskProgress
