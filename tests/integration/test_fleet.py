@@ -7,8 +7,8 @@ Figures (placement latency, time to detect a lost machine) are printed with ``-s
 from __future__ import annotations
 
 import itertools
-import signal
 import json
+import signal
 import statistics
 import time
 from functools import partial

@@ -166,8 +166,9 @@ def test_a_refused_task_goes_to_another_machine_and_never_back() -> None:
     assert second.machine != first.machine and second.attempt == 2
     # The other one refuses too: none is left that matches, so it fails with the words.
     events = book.refuse(second.machine, "t1", 2, "queue full", machines=gpus(), now=3.0)
-    assert events is not None and book.tasks["t1"].state is S.FAILED
-    assert book.tasks["t1"].reason == "queue full (no other machine can take it)"
+    failed = book.tasks["t1"]
+    assert events is not None and failed.state is S.FAILED
+    assert failed.reason == "queue full (no other machine can take it)"
 
 
 def test_a_refused_task_waits_for_an_unrefused_machine_that_is_offline() -> None:

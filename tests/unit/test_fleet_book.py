@@ -233,7 +233,8 @@ async def refuse_last_assignment(home: Home, machine: bytes, error: str, hint: s
         "ORDER BY rowid DESC LIMIT 1",
         (machine,),
     )
-    await Cache(home.store.db).record_ack(machine, CommandAck(rows[0][0], False, error, hint, ""))
+    (command_id,) = [str(r[0]) for r in rows]
+    await Cache(home.store.db).record_ack(machine, CommandAck(command_id, False, error, hint, ""))
 
 
 async def test_a_refused_assignment_fails_at_once_with_the_machines_words(home: Home) -> None:
