@@ -50,7 +50,7 @@ class Home:
         self.store = store
         self.machine = machine
         self.clock = Clock()
-        self.seq = 0
+        self.seqs: dict[bytes, int] = {}
         self.others: list[MachineChannel] = []
 
     async def add_machine(self, name: str, *tags: str) -> MachineChannel:
@@ -80,14 +80,17 @@ class Home:
         await fleet._load()
         return fleet
 
-    async def applied(self, *bodies: TaskProgress | MachineLoad) -> list[LoggedEvent]:
+    async def applied(
+        self, *bodies: TaskProgress | MachineLoad, by: MachineChannel | None = None
+    ) -> list[LoggedEvent]:
         """The machine's events, applied to the cache (as the agent's link does)."""
+        machine = by or self.machine
         events = []
         for body in bodies:
-            self.seq += 1
-            events.append(LoggedEvent(self.seq, self.clock.now, "tasks", APP.encode(body)))
+            seq = self.seqs[machine.key] = self.seqs.get(machine.key, 0) + 1
+            events.append(LoggedEvent(seq, self.clock.now, "tasks", APP.encode(body)))
         page = EventPage("e1", tuple(events), more=False, live=True)
-        await Cache(self.store.db).apply_pages([(self.machine.key, page)])
+        await Cache(self.store.db).apply_pages([(machine.key, page)])
         return events
 
     async def outbox(self) -> list[tuple[str, dict[str, object]]]:
@@ -267,13 +270,16 @@ async def test_placement_memory_survives_an_agent_restart(home: Home) -> None:
     assert fleet.book.tasks["rr2"].machine == second, view
     # affinity: the cwd's machine is remembered (here the one a tie would not pick)
     for event in await home.applied(
-        TaskProgress("rr1", 1, S.ACCEPTED, None, None),
-        TaskProgress("rr1", 1, S.RUNNING, "task-x", None),
+        TaskProgress("rr2", 1, S.ACCEPTED, None, None),
+        TaskProgress("rr2", 1, S.RUNNING, "task-x", None),
+        by=names[second],
     ):
-        fleet._on_event(home.machine.key, event)
+        fleet._on_event(names[second].key, event)
     await fleet._step()
     fleet = await home.fleet()
-    assert fleet.book.last_for_cwd == {"/w": home.machine.key.hex()}
+    assert fleet.book.last_for_cwd == {"/w": second}
+    await submit(fleet, "af", machine="", target="gpu", strategy="affinity")
+    assert fleet.book.tasks["af"].machine == second
     # refused and avoided machines: the next attempt does not go back after a restart
     await submit(fleet, "r1", machine="", target="gpu", cwd="/r")
     refuser = bytes.fromhex(fleet.book.tasks["r1"].machine or "")
