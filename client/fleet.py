@@ -107,6 +107,8 @@ class Fleet:
         #: the assign-task command of each assigned task's current attempt
         self._assign_commands: dict[str, str] = {}
         self._wake = asyncio.Event()
+        #: one event per ``tasks --watch`` (:mod:`.task_watch`): set at every stored step
+        self.followers: set[asyncio.Event] = set()
         self._lock = asyncio.Lock()
         self.loaded = asyncio.Event()
         state.event_hooks.append(self._on_event)
@@ -216,6 +218,8 @@ class Fleet:
             avoid=self.book.avoid.get(task_id, frozenset()),
             refused=self.book.refused.get(task_id),
         )
+        for follower in self.followers:
+            follower.set()
 
     async def _refusals(self, *, now: float) -> None:
         """Assignments their machine acked with a no: each a refusal for the book."""
@@ -471,6 +475,14 @@ class Fleet:
     async def _names(self) -> dict[str, KnownMachine]:
         return {m.key.hex(): m for m in await self.state.store.machines()}
 
+    async def named(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Events with each machine's name in place of its key (as ``tasks show``)."""
+        names = await self._names()
+        for event in events:
+            known = names.get(event["machine"] or "")
+            event["machine"] = known.name if known else event["machine"]
+        return events
+
     async def _named_events(self, task_id: str) -> list[dict[str, Any]]:
         names = await self._names()
         events = await self.store.events(task_id)
@@ -478,6 +490,10 @@ class Fleet:
             known = names.get(event["machine"] or "")
             event["machine"] = known.name if known else event["machine"]
         return events
+
+    async def views(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """What ``starmux tasks`` shows of each task."""
+        return await self._views(ids)
 
     async def _views(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         names = await self._names()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import click
+
+from starmux import agent_protocol as wire
 
 from . import agent_client
 from .agent_cli import home_option, json_option, printable, progress, when
@@ -24,8 +25,6 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost", "expired"})
 STATES = ("queued", "assigned", "accepted", "running", "awaiting_approval", *sorted(FINAL))
-#: How often `tasks --watch` asks the agent (it answers from memory).
-WATCH_EVERY = 0.5
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -99,6 +98,22 @@ def _task_line(t: dict[str, Any]) -> str:
     "session finds it in $STARMUX_ATTACHMENTS.",
 )
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def _event_line(task: dict[str, Any], e: dict[str, Any]) -> str:
+    """One transition as ``tasks --watch`` prints it (machine text escaped)."""
+    where = f", {printable(e['machine'])}" if e.get("machine") else ""
+    why = f": {printable(e['reason'])}" if e.get("reason") else ""
+    code = (
+        f" ({task['exit_code']})"
+        if e.get("new") == task.get("state") and task.get("exit_code") is not None
+        else ""
+    )
+    return (
+        f"{when(e.get('at'))}  {printable(task.get('id', '?')):<14} #{e.get('attempt')}  "
+        f"{printable(e.get('old'))} → {printable(e.get('new'))}{code}  "
+        f"({printable(e.get('trigger'))}{where}){why}"
+    )
+
+
 @home_option
 @json_option
 def run_command(
@@ -221,17 +236,21 @@ def tasks_command(
             if not as_json:
                 click.echo(_task_line(t))
         return
-    seen: dict[str, tuple[Any, ...]] = {}
-    while True:
-        tasks = _tasks(home, state)
-        for t in tasks:
-            key = (t.get("state"), t.get("machine"), t.get("attempt"))
-            if seen.get(t["id"]) != key:
-                seen[t["id"]] = key
-                click.echo(json.dumps(t) if as_json else _task_line(t))
-        if all(t.get("state") in FINAL for t in tasks):
+    # Streamed by the agent as the book stores each step (no polling): the tasks
+    # first, then one line per transition; the agent ends it when all have ended.
+    for answer in agent_client.stream(home, "tasks", state=state, follow=True):
+        if isinstance(answer, wire.Reply):
+            say_refused(agent_client.checked(answer))
             return
-        time.sleep(WATCH_EVERY)
+        if answer.kind != "task" or not isinstance(answer.fields.get("task"), dict):
+            continue
+        task, event = answer.fields["task"], answer.fields.get("event")
+        if as_json:
+            click.echo(json.dumps({"task": task, "event": event}))
+        elif isinstance(event, dict):
+            click.echo(_event_line(task, event))
+        else:
+            click.echo(_task_line(task))
 
 
 def _tasks(home: Path, state: str) -> list[dict[str, Any]]:

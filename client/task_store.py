@@ -245,6 +245,20 @@ class TaskStore:
         keys = ("at", "attempt", "machine", "old", "new", "trigger", "reason")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    async def last_event(self) -> int:
+        rows = list(await self.db.execute_fetchall("SELECT max(rowid) FROM task_events"))
+        return int(rows[0][0] or 0)
+
+    async def events_after(self, rowid: int, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every task's transitions stored after ``rowid``, in order, with their rowid."""
+        rows = await self.db.execute_fetchall(
+            "SELECT rowid, task, at, attempt, machine, old, new, trigger, reason FROM task_events"
+            " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+        keys = ("rowid", "task", "at", "attempt", "machine", "old", "new", "trigger", "reason")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     async def set_load(self, machine: bytes, load: MachineLoad, *, at: float) -> None:
         await self.db.execute(
             "INSERT INTO machine_loads (machine, tags, capacity, running, queued, at) "

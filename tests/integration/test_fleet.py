@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import queue
 import signal
 import statistics
+import subprocess
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -17,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from ..timeouts import poll
-from .daemon_process import DaemonProcess
+from ..timeouts import poll, scaled
+from .daemon_process import DaemonProcess, starmux_command
 from .fleet import Fleet, waiting_for
 from .relay_process import RelayProcess
 
@@ -358,3 +362,58 @@ def test_an_assignment_never_acknowledged_goes_elsewhere_within_the_ack_timeout(
         assert ("ack_timeout", frozen) in [(e["trigger"], e["machine"]) for e in events]
     finally:
         process.send_signal(signal.SIGCONT)
+
+
+def test_tasks_watch_streams_each_transition_as_it_happens(fleet: Fleet, tmp_path: Path) -> None:
+    """Old code polled every 0.5 s and printed snapshots: transitions between two
+    polls were never shown. Now the agent streams every stored transition."""
+    fleet.start("w1", "--tag", "gpu")  # capacity 1: a second task waits its turn
+    gate = tmp_path / "go"
+    fleet.submit(waiting_for(gate), target="gpu", id="watched")
+    fleet.wait(lambda ts: ts["watched"]["state"] == "running", "watched running")
+    env = {**os.environ, "STARMUX_HOME": str(fleet.controller), "NO_COLOR": "1"}
+    watch = subprocess.Popen(
+        starmux_command("tasks", "--watch", "--json"), stdout=subprocess.PIPE, text=True, env=env
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in watch.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+
+    def until(task: str, new: str) -> dict[str, Any]:
+        while True:
+            item = json.loads(lines.get(timeout=scaled(20)))
+            seen.append(item)
+            event = item["event"]
+            if item["task"]["id"] == task and event is not None and event["new"] == new:
+                return dict(item)
+
+    seen: list[dict[str, Any]] = []
+    try:
+        first = json.loads(lines.get(timeout=scaled(20)))
+        assert first["task"]["id"] == "watched" and first["event"] is None  # as it is now
+        fleet.submit(["true"], target="gpu", id="later")  # listed as it appears
+        until("later", "accepted")
+        touched = time.monotonic()
+        gate.touch()
+        until("watched", "succeeded")
+        shown = time.monotonic() - touched
+        print(f"\ntasks --watch: a task's end printed {shown:.3f}s after its gate opened")
+        until("later", "succeeded")
+        assert watch.wait(timeout=scaled(10)) == 0  # every listed task ended: it returns
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        reader.join()
+    later = [(i["event"]["old"], i["event"]["new"]) for i in seen if i["task"]["id"] == "later"]
+    assert later == [
+        ("queued", "assigned"),
+        ("assigned", "accepted"),
+        ("accepted", "running"),
+        ("running", "succeeded"),
+    ]
+    assert [i["event"]["machine"] for i in seen if i["event"]] == ["w1"] * len(seen)
