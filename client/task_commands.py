@@ -59,6 +59,22 @@ def _task_line(t: dict[str, Any]) -> str:
     )
 
 
+def _event_line(task: dict[str, Any], e: dict[str, Any]) -> str:
+    """One transition as ``tasks --watch`` prints it (machine text escaped)."""
+    where = f", {printable(e['machine'])}" if e.get("machine") else ""
+    why = f": {printable(e['reason'])}" if e.get("reason") else ""
+    code = (
+        f" ({task['exit_code']})"
+        if e.get("new") == task.get("state") and task.get("exit_code") is not None
+        else ""
+    )
+    return (
+        f"{when(e.get('at'))}  {printable(task.get('id', '?')):<14} #{e.get('attempt')}  "
+        f"{printable(e.get('old'))} → {printable(e.get('new'))}{code}  "
+        f"({printable(e.get('trigger'))}{where}){why}"
+    )
+
+
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--machine", "-m", default=None, help="Machine name or fingerprint.")
 @click.option("--to", "target", default=None, help="Tags a machine must all carry: gpu,os=linux.")
@@ -98,22 +114,6 @@ def _task_line(t: dict[str, Any]) -> str:
     "session finds it in $STARMUX_ATTACHMENTS.",
 )
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def _event_line(task: dict[str, Any], e: dict[str, Any]) -> str:
-    """One transition as ``tasks --watch`` prints it (machine text escaped)."""
-    where = f", {printable(e['machine'])}" if e.get("machine") else ""
-    why = f": {printable(e['reason'])}" if e.get("reason") else ""
-    code = (
-        f" ({task['exit_code']})"
-        if e.get("new") == task.get("state") and task.get("exit_code") is not None
-        else ""
-    )
-    return (
-        f"{when(e.get('at'))}  {printable(task.get('id', '?')):<14} #{e.get('attempt')}  "
-        f"{printable(e.get('old'))} → {printable(e.get('new'))}{code}  "
-        f"({printable(e.get('trigger'))}{where}){why}"
-    )
-
-
 @home_option
 @json_option
 def run_command(
