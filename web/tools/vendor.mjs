@@ -33,7 +33,7 @@ const VENDOR = path.join(WEB, 'vendor', 'node_modules');
 /** Entry files per package: what our code (web/proto, web/app) imports or loads. */
 export const ENTRIES = {
   '@noble/curves': ['ed25519.js'], // X25519, Ed25519
-  '@noble/ciphers': ['chacha.js'], // ChaCha20-Poly1305
+  '@noble/ciphers': ['chacha.js', 'salsa.js'], // ChaCha20-Poly1305; XSalsa20-Poly1305 (push sealed boxes)
   '@noble/hashes': ['blake2.js', 'hmac.js', 'utils.js', 'sha2.js'], // BLAKE2b, HMAC
   '@msgpack/msgpack': ['dist.esm/index.mjs'],
   '@xterm/xterm': ['lib/xterm.mjs', 'css/xterm.css'],
