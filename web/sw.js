@@ -17,8 +17,10 @@
 // locks the keys; a hostile one could skip that. The pin narrows the trust in the
 // server to "the worker it sends", it does not remove it.
 //
-// A classic script (not a module): module workers are not everywhere yet.
-"use strict";
+// It also shows Web Push notifications (web/app/push_worker.js): a module worker, for
+// the protocol modules it imports (registered with type "module" by app/codepin.js).
+
+import { installPushHandlers } from "./app/push_worker.js";
 
 const DB_NAME = "starmux";
 const DB_VERSION = 1;
@@ -263,3 +265,8 @@ self.addEventListener("message", (event) => {
     ),
   );
 });
+
+installPushHandlers({ codeLocked: async () => {
+  const code = await metaGet(CODE_KEY);
+  return !code || !code.pinned || Boolean(code.offered);
+} });

@@ -7,7 +7,7 @@ export async function controllingWorker() {
   if (!("serviceWorker" in navigator)) {
     throw new Error("this browser has no service workers (open the app over https or on localhost)");
   }
-  await navigator.serviceWorker.register(new URL("../sw.js", import.meta.url), { scope: new URL("../", import.meta.url).pathname });
+  await navigator.serviceWorker.register(new URL("../sw.js", import.meta.url), { scope: new URL("../", import.meta.url).pathname, type: "module" });
   await navigator.serviceWorker.ready;
   if (!navigator.serviceWorker.controller) {
     // The first visit ran code straight from the network; run the pinned copy instead.

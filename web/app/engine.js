@@ -18,6 +18,7 @@ import { toHex } from "../proto/bytes.js";
 import { APP } from "../proto/codec.js";
 import { decodeEntries, DeviceLog, encodeEntries } from "../proto/device_log.js";
 import { decodeCard, NodeKeys, Role } from "../proto/identity.js";
+import { subscriptionTranscript } from "../proto/push.js";
 import { parseLinkCode, parsePairingCode } from "../proto/pairing_code.js";
 import { decideCheckpoint } from "../proto/decisions.js";
 import { revokeTranscript } from "../proto/relay_auth.js";
@@ -504,6 +505,46 @@ export class Engine {
 
   async cancel(fp, session) {
     await this.#command(fp, "cancel-session", { session });
+  }
+
+  // --- notifications (web/app/notifications.js drives these) ---------------------
+
+  // register-push, signed by this device: the relay keeps the subscription and
+  // answers with its VAPID key (an empty endpoint removes it and only asks the key).
+  async registerPush({ endpoint, p256dh, auth }) {
+    if (!this.link || !this.link.open) throw new EngineError("not connected to the relay: wait until the connection is live");
+    const issuedAt = Date.now() / 1000;
+    const signature = this.keys.sign(subscriptionTranscript(this.link.relayKey, this.keys.signPublic, endpoint, p256dh, auth, issuedAt));
+    const reply = await this.link.request("register-push", { endpoint, p256dh, auth, issued_at: issuedAt, signature }, "push-registered");
+    return reply.vapid_public_key;
+  }
+
+  // The same command to every paired machine: [{fingerprint, name, ok, error}].
+  async commandAll(kind, fields) {
+    return Promise.all([...this.channels.entries()].map(async ([hex, channel]) => {
+      const fp = channel.card.fingerprint;
+      try {
+        await this.#command(fp, kind, fields);
+        return { fingerprint: fp, name: this.names.get(hex), ok: true };
+      } catch (exc) {
+        return { fingerprint: fp, name: this.names.get(hex), ok: false, error: exc.message };
+      }
+    }));
+  }
+
+  // A decision the service worker signed (a notification's Approve/Deny): sent like
+  // any decision, through the machine's outbox.
+  submitSigned(machineHex, fields) {
+    const channel = this.channels.get(machineHex);
+    if (!channel) return null;
+    return channel.submit(commandId(), APP.encode("decide-checkpoint", fields));
+  }
+
+  // Tell the machine this device shows `session` in the foreground until `until`
+  // (seconds): it is not pushed about it meanwhile. A channel message, not a command.
+  viewing(fp, session, until) {
+    const channel = [...this.channels.values()].find((c) => c.card.fingerprint === fp);
+    if (channel && channel.live) channel.message("viewing", { session, until });
   }
 
   watchOutput(fp, session, callback) {

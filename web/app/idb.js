@@ -42,3 +42,27 @@ export async function idbPut(store, key, value) {
     db.close();
   }
 }
+
+// Every value whose key starts with `prefix`, removed in the same transaction: a
+// queue another context (the service worker) appends to under its own keys.
+export async function idbTakeAll(store, prefix) {
+  const db = await openDb();
+  try {
+    return await new Promise((resolve, reject) => {
+      const tx = db.transaction(store, "readwrite");
+      const taken = [];
+      const request = tx.objectStore(store).openCursor(IDBKeyRange.bound(prefix, `${prefix}\uffff`));
+      request.onsuccess = () => {
+        const cursor = request.result;
+        if (!cursor) return;
+        taken.push(cursor.value);
+        cursor.delete();
+        cursor.continue();
+      };
+      tx.oncomplete = () => resolve(taken);
+      tx.onerror = () => reject(tx.error);
+    });
+  } finally {
+    db.close();
+  }
+}

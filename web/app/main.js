@@ -6,6 +6,7 @@ import { codeStatus, controllingWorker, trustOffered } from "./codepin.js";
 import { h, replace } from "./dom.js";
 import { Engine } from "./engine.js";
 import { hasKeys, KeysLocked, storeKeys, unlockKeys } from "./keystore.js";
+import { enablePush, saveSettings, sendQueuedDecisions, trackViewing } from "./notifications.js";
 import { Store } from "./store.js";
 import { approvalsView } from "./views/approvals.js";
 import { devicesView } from "./views/devices.js";
@@ -87,6 +88,8 @@ const actions = {
     if (confirm(`Remove the device ${name} from the account?`)) guarded(() => engine.removeDevice(device));
   },
   watchOutput: (machine, session, callback) => engine.watchOutput(machine, session, callback),
+  enablePush: () => guarded(() => enablePush(engine)),
+  saveNotifySettings: (kinds, fraction) => guarded(() => saveSettings(engine, kinds, fraction)),
 };
 
 function connectionText(state) {
@@ -187,6 +190,16 @@ async function openKeys(status) {
   const secrets = await unlockKeys(status);
   await engine.start(secrets);
   store.dispatch({ type: "keys/state", keys: "unlocked" });
+  trackViewing(store, engine);
+  // The service worker says when a notification's action queued a signed decision,
+  // or that a tap asks for the approvals; a page it opened finds "#approvals".
+  navigator.serviceWorker.addEventListener("message", (event) => {
+    const type = event.data && event.data.type;
+    if (type === "decisions") sendQueuedDecisions(engine).catch((exc) => notify("error", exc.message));
+    else if (type === "show-approvals") actions.show("approvals");
+  });
+  await sendQueuedDecisions(engine);
+  if (location.hash === "#approvals") actions.show("approvals");
 }
 
 async function main() {

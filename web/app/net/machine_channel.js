@@ -170,6 +170,11 @@ export class MachineChannel {
     return acked;
   }
 
+  // A channel message that is stale unless sent now (e.g. viewing): dropped when not live.
+  message(kind, fields) {
+    if (this.live) this.#send(kind, fields);
+  }
+
   sendDeviceLog(log) {
     this.#send("device-log-sync", { entries: log.encode() });
   }
