@@ -44,7 +44,7 @@ from starmux.notify_push import SEALED_SIZE
 
 from ..integration.cluster import Paired
 from ..integration.push_service import PushService, Subscription
-from ..integration.test_notify_push import agent
+from ..integration.test_notify_push import agent, waiting_agent
 from ..integration.watcher import Watcher
 from ..timeouts import poll, scaled
 from .test_controller import link_browser
@@ -61,7 +61,8 @@ NOTIFICATIONS = """async () => {
 }"""
 APPROVE = """async (tag) => {
   const [notification] = await self.registration.getNotifications({ tag });
-  self.dispatchEvent(new NotificationEvent("notificationclick", { notification, action: "approve" }));
+  const click = { notification, action: "approve" };
+  self.dispatchEvent(new NotificationEvent("notificationclick", click));
   return Boolean(notification);
 }"""
 
@@ -161,13 +162,15 @@ def test_a_push_shows_the_checkpoint_and_approve_unblocks_the_agent(
     post = service.wait_for(1, within=10)[0]
     sealed = service.plaintexts[0][2]
     assert len(sealed) == SEALED_SIZE and title.encode() not in post.body + sealed
+    delivered = base64.b64encode(sealed).decode()
     cdp.send(
         "ServiceWorker.deliverPushMessage",
-        {"origin": origin, "registrationId": registration, "data": base64.b64encode(sealed).decode()},
-    )  # fmt: skip
+        {"origin": origin, "registrationId": registration, "data": delivered},
+    )
     notes = poll(lambda: _shown(page, 2), within=10, what="the checkpoint notification")
     shown_at = time.time()
     latency = shown_at - float(stamp.read_text())
+    posted = post.at - float(stamp.read_text())
     note = next(n for n in notes if n["title"] != GENERIC)
     assert note["title"] == f"gpu-box: {title}"
     assert note["body"].startswith("nightly deploy\nthe-secret-body")
@@ -182,11 +185,42 @@ def test_a_push_shows_the_checkpoint_and_approve_unblocks_the_agent(
     said = b"".join(watcher.lines).decode()
     assert f": approved by {me}" in said and me, (said, me)  # by this browser device
     poll(
-        lambda: (_shown(page, 0) is not None and all(n["tag"] != note["tag"] for n in _shown(page, 0) or [])) or None,
-        within=10, what="the notification closed",
-    )  # fmt: skip
+        lambda: all(n["tag"] != note["tag"] for n in _shown(page, 0) or []) or None,
+        within=10,
+        what="the notification closed",
+    )
     with capsys.disabled():
         print(
-            f"\npush figures: agent's checkpoint call -> push POST {post.at - float(stamp.read_text()):.2f} s; "
+            f"\npush figures: agent's checkpoint call -> push POST {posted:.2f} s; "
             f"-> notification shown in Chromium {latency:.2f} s (poll step 50 ms)"
         )
+
+
+def test_the_session_on_screen_is_not_pushed(
+    context: BrowserContext, page: Page, paired: Paired, service: PushService, tmp_path: Path
+) -> None:
+    sub = service.subscribe()
+    context.grant_permissions(["notifications"], origin=paired.relay.http_url)
+    context.add_init_script(_fake_subscription(sub))
+    link_browser(page, paired)
+    page.click("#tabs >> text=Devices")
+    page.click("#notify-enable")
+    expect(page.locator("#notify-status")).to_contain_text("Notifications on. gpu-box: yes")
+
+    gate = tmp_path / "gate"
+    paired.run(*waiting_agent(gate, "Looked at?"), title="looked at")
+    page.click("#tabs >> text=Sessions")
+    page.locator("#session-list li", has_text="looked at").get_by_role(
+        "button", name="Watch"
+    ).click()
+    # The app sends `viewing` as the session opens; the daemon answers nothing to it,
+    # so there is no event to await: a pause for it to cross the relay.
+    time.sleep(scaled(1.0))
+    gate.touch()
+    expect(page.locator("#tabs .badge")).to_have_text("1")  # raised while on screen
+    page.click("text=← Sessions")  # the claim is released: pushes resume at once
+    paired.run(*agent(tmp_path / "stamp", "Elsewhere?", "--timeout", "120"))
+    service.wait_for(1, within=10)
+    time.sleep(scaled(1.0))  # a push comes ~0.3 s after its checkpoint: none more came
+    assert len(service.plaintexts) == 1
+    assert b"Elsewhere?" not in service.received[0].body  # sealed, as always
