@@ -207,6 +207,10 @@ def test_the_session_on_screen_is_not_pushed(
     page.click("#notify-enable")
     expect(page.locator("#notify-status")).to_contain_text("Notifications on. gpu-box: yes")
 
+    page.uncheck("label.check:has-text('A session succeeded') input")
+    page.click("#notify-save")
+    expect(page.locator("#notify-status")).to_contain_text("Saved. gpu-box: yes")
+
     gate = tmp_path / "gate"
     paired.run(*waiting_agent(gate, "Looked at?"), title="looked at")
     page.click("#tabs >> text=Sessions")
