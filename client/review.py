@@ -24,7 +24,8 @@ from starmux.fingerprint import fingerprint
 from starmux.review_messages import RemoveApprovalRule, SetApprovalRule, ShowDiff
 
 from .cache import CheckpointRow
-from .sessions import ControllerState, OperationFailed, checkpoint_json
+from .session_views import checkpoint_json
+from .sessions import ControllerState, OperationFailed
 
 
 async def _checkpoint(state: ControllerState, checkpoint_id: str) -> CheckpointRow:
