@@ -25,7 +25,7 @@ _COMMAND_NAMES = {
 
 
 async def outbox(state: ControllerState) -> dict[str, Any]:
-    names = await state._names()
+    names = await state.machine_names()
     rows = await state.store.db.execute_fetchall(
         "SELECT command_id, machine, kind, created_at, acked_at, ok, error, hint "
         "FROM outbox WHERE acked_at IS NULL OR ok = 0 ORDER BY created_at"
@@ -62,7 +62,7 @@ async def unreported_failures(state: ControllerState) -> list[dict[str, Any]]:
     if not rows:
         return []
     await write_setting(state.store.db, _REPORTED_SETTING, repr(rows[-1][3]).encode())
-    names = await state._names()
+    names = await state.machine_names()
     return [
         {
             "command_id": r[0],
