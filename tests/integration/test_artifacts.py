@@ -356,3 +356,64 @@ def test_an_attachment_upload_resumes_across_a_relay_restart(
     starts = paired.daemon.wait_for(r"attachment weights.bin received: .*").group(0)
     first, *resumed = [int(n) for n in starts.rsplit(" ", 1)[1].split(",")]
     assert first == 0 and resumed and resumed[-1] * CHUNK_SIZE >= size // 3
+
+
+def test_a_fetch_interrupted_by_an_agent_restart_resumes_from_the_kept_part(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """`controller stop` in the middle of a `get`: the part stays; the next `get` (a new
+    agent) asks the machine only for the chunks the part lacks, and checks the hash
+    of the whole file."""
+    # Big enough that `controller stop` lands mid-way at the machine's file pace.
+    size = 160 * 1024 * 1024 + 12345  # a short last chunk
+    big = paired.workdir / "dataset.bin"
+    with big.open("wb") as file:
+        block = os.urandom(1 << 20)
+        for index in range(size >> 20):
+            file.write(index.to_bytes(8, "big") + block[8:])  # every MiB differs
+        file.write(os.urandom(12345))
+    session = paired.run(*publish(str(big)))
+    code, output = finished_output(paired, session)
+    assert code == 0, output
+    artifact = json.loads(output)["artifact"]
+
+    target = tmp_path / "dataset.fetched"
+    part = tmp_path / "dataset.fetched.starmux-part"
+    resume = tmp_path / "dataset.fetched.starmux-resume"
+    env = {**os.environ, "STARMUX_HOME": str(paired.controller), "NO_COLOR": "1"}
+    mark = len(paired.daemon.output)
+    first = subprocess.Popen(
+        starmux_command("get", artifact, "-o", str(target), "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    poll(
+        lambda: True if part.exists() and part.stat().st_size > size // 6 else None,
+        within=60,
+        every=0.005,
+        what="a sixth of the artifact",
+    )
+    assert run_cli(paired.controller, "controller", "stop").returncode == 0
+    first.communicate(timeout=scaled(30))
+    assert first.returncode != 0, "the fetch finished before the agent stopped"
+    assert not target.exists()
+    held = part.stat().st_size
+    assert size // 6 < held < size and json.loads(resume.read_text())["artifact"] == artifact
+    assert part.stat().st_mode & 0o777 == 0o600 and resume.stat().st_mode & 0o777 == 0o600
+
+    again = run_cli(paired.controller, "get", artifact, "-o", str(target), "--json")
+    assert again.returncode == 0, again.stderr
+    fetched = json.loads(again.stdout)
+    kept = held // CHUNK_SIZE * CHUNK_SIZE
+    assert fetched["kept_from_before"] == kept
+    assert fetched["bytes_received"] == size - kept
+    assert fetched["digest"] == digest_of(big) and filecmp.cmp(target, big, shallow=False)
+    assert not part.exists() and not resume.exists()
+    # What the machine sent for this fetch: only the chunks the part lacked.
+    report = paired.daemon.wait_for(
+        r"artifact \S+ sent: (\d+) bytes for \d+, started at chunks (\S+)", after=mark
+    )
+    assert int(report.group(1)) == size - kept
+    assert report.group(2) == str(kept // CHUNK_SIZE)
