@@ -417,3 +417,41 @@ def test_a_fetch_interrupted_by_an_agent_restart_resumes_from_the_kept_part(
     )
     assert int(report.group(1)) == size - kept
     assert report.group(2) == str(kept // CHUNK_SIZE)
+
+
+def test_an_upload_no_session_claims_is_deleted_after_the_bound(
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose start is refused (its folder is outside the allowed roots) after its
+    attachment arrived: the staged file waits for a start-session that never comes,
+    and the daemon deletes it once it sat unclaimed for STARMUX_UNCLAIMED_UPLOAD_TTL."""
+    monkeypatch.setenv("STARMUX_UNCLAIMED_UPLOAD_TTL", "6")  # the daemon reads it at start
+    paired = pair(tmp_path, relay, daemons)
+    data = tmp_path / "dataset.csv"
+    data.write_bytes(os.urandom(300_000))
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    mark = len(paired.daemon.output)
+    result = run_cli(
+        paired.controller,
+        "run",
+        "--machine",
+        paired.daemon.name,
+        "--cwd",
+        str(outside),
+        "--attach",
+        str(data),
+        "--",
+        "true",
+    )
+    assert result.returncode != 0 and "allowed root" in result.stderr, result.stderr
+    uploads = paired.daemon.home / "uploads"
+    staged = list(uploads.iterdir())
+    assert len(staged) == 1 and staged[0].stat().st_size == data.stat().st_size
+
+    said = paired.daemon.wait_for(r"attachment dataset\.csv deleted: [^\n]*", after=mark)
+    assert "not claimed by a session for 6 s" in said.group(0)
+    assert list(uploads.iterdir()) == []
