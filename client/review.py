@@ -6,7 +6,9 @@ of it so that module stays about sessions. Invariants:
 - ``--for-session`` sets the rule first, then signs the decision of the checkpoint at
   hand: both go through the outbox in that order, so the machine never sees the
   decision without the rule the person asked for. A refused rule stops there: no
-  decision is sent (the person asked for both, not for half).
+  decision is sent (the person asked for both, not for half). The machine applies a
+  new rule to the session's waiting checkpoints too, the one at hand included: the
+  signed decision then agrees with the rule's answer and is acked as that verdict.
 - A rule is checked here (it parses, the checkpoint is still pending) and again by
   the machine, which is what applies it.
 - Everything a machine sent comes back as data; the CLI escapes it.
