@@ -48,7 +48,7 @@ from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
 from starmux.relay_auth import RelayKeyMismatch
 
-from . import machine_admin, outbox_report, review
+from . import machine_admin, outbox_report, review, task_watch
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
 from .artifacts import (
@@ -350,6 +350,11 @@ class ControllerAgent:
             return wire.ok(**await state.cancel(fields["session"]), **notes)
         if op == "submit":
             return wire.ok(**await fleet.submit(**fields), **notes)
+        if op == "tasks" and fields["follow"]:
+            async for item in task_watch.follow(fleet, state=fields["state"]):
+                writer.write(wire.task_item(item["task"], item.get("event")))
+                await writer.drain()  # a slow reader slows its own stream, nobody else's
+            return wire.ok(**notes)
         if op == "tasks":
             return wire.ok(**await fleet.tasks(state=fields["state"]), **notes)
         if op == "task":

@@ -32,6 +32,14 @@ Invariants:
   waits for its report; one that is not running yet is withdrawn at once.
 - Start-to-close is the machine's to enforce (it travels in ``assign-task``); the
   machine reports ``timed_out``.
+- A machine that acks an ``assign-task`` with a no (a role it does not grant this
+  device, a task its queue will not store) has refused that attempt: the book sends
+  the task elsewhere or fails it with the machine's words. Refusals are read from
+  the command outbox, where the link records every ack, so one that arrived while
+  the agent was stopping is still taken in after a restart.
+- The book's placement memory (round-robin cursor, affinity, avoided and refusing
+  machines) is stored with every change that makes it (migration 006) and read
+  back at load.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ from starmux.task_messages import (
     TaskProgress,
     trigger_for,
 )
-from starmux.task_state import Task, TaskEvent, TaskState
+from starmux.task_state import Task, TaskEvent, TaskState, Trigger
 
 from .sessions import ControllerState, OperationFailed
 from .store import KnownMachine
@@ -96,7 +104,11 @@ class Fleet:
         #: report taken twice could flip awaiting_approval ⇄ running once more)
         self._read_back: set[tuple[bytes, int]] = set()
         self._read_back_count = 0
+        #: the assign-task command of each assigned task's current attempt
+        self._assign_commands: dict[str, str] = {}
         self._wake = asyncio.Event()
+        #: one event per ``tasks --watch`` (:mod:`.task_watch`): set at every stored step
+        self.followers: set[asyncio.Event] = set()
         self._lock = asyncio.Lock()
         self.loaded = asyncio.Event()
         state.event_hooks.append(self._on_event)
@@ -134,8 +146,12 @@ class Fleet:
             if task.state in HELD and task.heard_at is not None:
                 # Heard from at load: the agent's own absence is not the machine's.
                 task = dataclasses.replace(task, heard_at=max(task.heard_at, now))
-            self.book.restore(task, stored.spec)
+            self.book.restore(task, stored.spec, avoid=stored.avoid, refused=stored.refused)
             self.rows[task.id] = stored
+            if task.state is S.ASSIGNED and stored.assign_command is not None:
+                self._assign_commands[task.id] = stored.assign_command
+        self.book.cursor = await self.store.round_robin()
+        self.book.last_for_cwd = await self.store.affinity()
         # What the cache applied after the book last took something in (the agent
         # stopped in between): taken in first, before anything newer.
         cursors = await self.store.cursors()
@@ -162,6 +178,7 @@ class Fleet:
                 await self._progress(machine, body, now=now)
             await self.store.set_cursor(machine, event.seq)
         self._read_back_count = 0
+        await self._refusals(now=now)
         controller = self.state.controller
         if controller is not None:
             for key, channel in controller.machines.items():
@@ -183,18 +200,65 @@ class Fleet:
         )
         if events is None:  # another machine's, an older attempt's, or not allowed
             return
-        await self.store.save(self.book.tasks[body.task], events, now=now)
+        await self._save(body.task, events, now=now)
+        if events[0].new is S.ACCEPTED:
+            self._assign_commands.pop(body.task, None)  # answered: nothing to refuse now
+        if events[0].new is S.RUNNING and events[0].old is S.ACCEPTED:
+            cwd = self.book.specs[body.task].cwd
+            await self.store.set_affinity(cwd, machine.hex(), at=now)
         if body.session is not None:
             await self.store.set_session(body.task, body.session)
+
+    async def _save(self, task_id: str, events: Iterable[TaskEvent], *, now: float) -> None:
+        """The task's row, its placement memory and the step's events."""
+        await self.store.save(
+            self.book.tasks[task_id],
+            list(events),
+            now=now,
+            avoid=self.book.avoid.get(task_id, frozenset()),
+            refused=self.book.refused.get(task_id),
+        )
+        for follower in self.followers:
+            follower.set()
+
+    async def _refusals(self, *, now: float) -> None:
+        """Assignments their machine acked with a no: each a refusal for the book."""
+        waiting = {
+            command: task_id
+            for task_id, command in self._assign_commands.items()
+            if self.book.tasks[task_id].state is S.ASSIGNED
+        }
+        self._assign_commands = {t: c for c, t in waiting.items()}
+        found = await self.store.refusals(list(waiting))
+        if not found:
+            return
+        machines = await self._machines()
+        for command, machine, error, hint in found:
+            task_id = waiting[command]
+            task = self.book.tasks[task_id]
+            reason = f"{error}; {hint}" if hint else error
+            events = self.book.refuse(
+                machine.hex(), task_id, task.attempt, reason, machines=machines, now=now
+            )
+            self._assign_commands.pop(task_id, None)
+            if events is None:
+                continue
+            log.info("task %s refused by %s: %s", task_id, machine.hex()[:8], reason[:80])
+            await self.store.set_assign_command(task_id, None)
+            await self._save_and_withdraw(events, now=now)
 
     async def _save_and_withdraw(self, events: Iterable[TaskEvent], *, now: float) -> None:
         by_task: dict[str, list[TaskEvent]] = {}
         for event in events:
             by_task.setdefault(event.task, []).append(event)
         for task_id, step in by_task.items():
-            await self.store.save(self.book.tasks[task_id], step, now=now)
+            await self._save(task_id, step, now=now)
             for event in step:
-                if event.old in HELD and event.new in _LEFT and event.machine is not None:
+                if event.trigger is Trigger.REFUSE:
+                    continue  # the machine said no: it holds nothing to take back
+                # An ack timeout takes the attempt back whether it requeues or gives up.
+                left = event.new in _LEFT or event.trigger is Trigger.ACK_TIMEOUT
+                if event.old in HELD and left and event.machine is not None:
                     await self._withdraw(task_id, event.attempt, bytes.fromhex(event.machine))
 
     async def _withdraw(self, task_id: str, attempt: int, machine: bytes) -> None:
@@ -235,8 +299,11 @@ class Fleet:
     async def _place(self, *, now: float) -> None:
         if not any(t.state is S.QUEUED for t in self.book.tasks.values()):
             return
+        cursor = self.book.cursor
         assignments, events = self.book.place(await self._machines(), now=now)
         await self._save_and_withdraw(events, now=now)
+        if self.book.cursor != cursor:
+            await self.store.set_round_robin(self.book.cursor)
         for assignment in assignments:
             stored = self.rows[assignment.task]
             task = self.book.tasks[assignment.task]
@@ -254,6 +321,7 @@ class Fleet:
             )
             command_id = await self._send(bytes.fromhex(assignment.machine), command)
             await self.store.set_assign_command(task.id, command_id)
+            self._assign_commands[task.id] = command_id
 
     async def _send(self, machine: bytes, command: Message) -> str:
         """Into the durable command outbox; out at once if the machine is live."""
@@ -279,6 +347,7 @@ class Fleet:
         schedule_to_start: float | None,
         start_to_close: float | None,
         heartbeat: float | None,
+        assign_ack: float | None = 30.0,
         retry_on_lost: bool,
         id: str,
         cwd: str,
@@ -329,6 +398,7 @@ class Fleet:
                         schedule_to_start=schedule_to_start,
                         start_to_close=None,  # enforced by the machine
                         heartbeat=heartbeat,
+                        assign_ack=assign_ack,
                     )
                     spec = Spec(cwd=cwd, target=tags, machine=key, strategy=chosen, group=group)
                     await self.store.add(task, spec, request, now=now)
@@ -386,7 +456,7 @@ class Fleet:
             command = SetTags(tuple(add), tuple(remove))
         except UsageError as exc:
             raise OperationFailed("bad-request", exc.message, exc.hint or "") from exc
-        return await self.state._issue(target, command)
+        return await self.state.issue(target, command)
 
     def machine_fields(self, key: bytes) -> dict[str, Any]:
         """Tags, capacity and load as the machine last reported (for ``machines``)."""
@@ -405,6 +475,14 @@ class Fleet:
     async def _names(self) -> dict[str, KnownMachine]:
         return {m.key.hex(): m for m in await self.state.store.machines()}
 
+    async def named(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Events with each machine's name in place of its key (as ``tasks show``)."""
+        names = await self._names()
+        for event in events:
+            known = names.get(event["machine"] or "")
+            event["machine"] = known.name if known else event["machine"]
+        return events
+
     async def _named_events(self, task_id: str) -> list[dict[str, Any]]:
         names = await self._names()
         events = await self.store.events(task_id)
@@ -412,6 +490,10 @@ class Fleet:
             known = names.get(event["machine"] or "")
             event["machine"] = known.name if known else event["machine"]
         return events
+
+    async def views(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """What ``starmux tasks`` shows of each task."""
+        return await self._views(ids)
 
     async def _views(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         names = await self._names()
@@ -441,6 +523,7 @@ class Fleet:
                     "started_at": task.started_at,
                     "finished_at": task.finished_at,
                     "exit_code": task.exit_code,
+                    "reason": task.reason,
                     "argv": list(stored.request.argv),
                 }
             )

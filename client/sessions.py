@@ -332,10 +332,6 @@ class ControllerState:
             "result": ack.result if ack else None,
         }
 
-    #: The old private name, still called by client/fleet.py (another branch is
-    #: moving it to :meth:`issue`); remove when that lands.
-    _issue = issue
-
     async def _await_ack(
         self, machine_key: bytes, command_id: str, *, within: float
     ) -> CommandAck | None:

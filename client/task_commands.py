@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import click
+
+from starmux import agent_protocol as wire
 
 from . import agent_client
 from .agent_cli import home_option, json_option, printable, progress, when
@@ -24,8 +25,6 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost", "expired"})
 STATES = ("queued", "assigned", "accepted", "running", "awaiting_approval", *sorted(FINAL))
-#: How often `tasks --watch` asks the agent (it answers from memory).
-WATCH_EVERY = 0.5
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -51,10 +50,28 @@ def _task_line(t: dict[str, Any]) -> str:
     state = printable(str(t.get("state", "?")) + code)
     machine = printable(t.get("machine") or "-")
     started = when(t["started_at"]) if t.get("started_at") else "-"
+    # Why it failed without an exit code (a machine's refusal: its words, escaped).
+    reason = f"  ({printable(t['reason'])})" if t.get("reason") else ""
     return (
         f"{printable(t.get('id', '?')):<14} {state:<18} {machine:<12} "
         f"{printable(t.get('target', '?')):<16} #{t.get('attempt', '?')}  "
-        f"queued {when(t.get('queued_at'))}  started {started}"
+        f"queued {when(t.get('queued_at'))}  started {started}{reason}"
+    )
+
+
+def _event_line(task: dict[str, Any], e: dict[str, Any]) -> str:
+    """One transition as ``tasks --watch`` prints it (machine text escaped)."""
+    where = f", {printable(e['machine'])}" if e.get("machine") else ""
+    why = f": {printable(e['reason'])}" if e.get("reason") else ""
+    code = (
+        f" ({task['exit_code']})"
+        if e.get("new") == task.get("state") and task.get("exit_code") is not None
+        else ""
+    )
+    return (
+        f"{when(e.get('at'))}  {printable(task.get('id', '?')):<14} #{e.get('attempt')}  "
+        f"{printable(e.get('old'))} → {printable(e.get('new'))}{code}  "
+        f"({printable(e.get('trigger'))}{where}){why}"
     )
 
 
@@ -77,6 +94,10 @@ def _task_line(t: dict[str, Any]) -> str:
 @click.option(
     "--heartbeat-timeout", type=DURATION, default=None,
     help="Lost once its machine is unheard for this long [60s].",
+)  # fmt: skip
+@click.option(
+    "--ack-timeout", type=DURATION, default=None,
+    help="Place it elsewhere if its machine does not accept it in this long [30s].",
 )  # fmt: skip
 @click.option("--retry-on-lost", is_flag=True, help="Rerun elsewhere if its machine is lost.")
 @click.option("--id", "task_id", default="", help="Idempotency id: the same id never runs twice.")
@@ -104,6 +125,7 @@ def run_command(
     schedule_to_start: float | None,
     start_to_close: float | None,
     heartbeat_timeout: float | None,
+    ack_timeout: float | None,
     retry_on_lost: bool,
     task_id: str,
     cwd: str,
@@ -130,6 +152,7 @@ def run_command(
             schedule_to_start,
             start_to_close,
             heartbeat_timeout,
+            ack_timeout,
             retry_on_lost,
             task_id,
             strategy != "least-loaded",
@@ -164,6 +187,8 @@ def run_command(
     }
     if heartbeat_timeout is not None:
         fields["heartbeat"] = heartbeat_timeout
+    if ack_timeout is not None:
+        fields["assign_ack"] = ack_timeout
     with progress("placing"):
         reply = agent_client.call(_home(home), "submit", **fields)
     say_refused(reply)
@@ -211,17 +236,21 @@ def tasks_command(
             if not as_json:
                 click.echo(_task_line(t))
         return
-    seen: dict[str, tuple[Any, ...]] = {}
-    while True:
-        tasks = _tasks(home, state)
-        for t in tasks:
-            key = (t.get("state"), t.get("machine"), t.get("attempt"))
-            if seen.get(t["id"]) != key:
-                seen[t["id"]] = key
-                click.echo(json.dumps(t) if as_json else _task_line(t))
-        if all(t.get("state") in FINAL for t in tasks):
+    # Streamed by the agent as the book stores each step (no polling): the tasks
+    # first, then one line per transition; the agent ends it when all have ended.
+    for answer in agent_client.stream(home, "tasks", state=state, follow=True):
+        if isinstance(answer, wire.Reply):
+            say_refused(agent_client.checked(answer))
             return
-        time.sleep(WATCH_EVERY)
+        if answer.kind != "task" or not isinstance(answer.fields.get("task"), dict):
+            continue
+        task, event = answer.fields["task"], answer.fields.get("event")
+        if as_json:
+            click.echo(json.dumps({"task": task, "event": event}))
+        elif isinstance(event, dict):
+            click.echo(_event_line(task, event))
+        else:
+            click.echo(_task_line(task))
 
 
 def _tasks(home: Path, state: str) -> list[dict[str, Any]]:
@@ -246,6 +275,7 @@ def show_command(task: str, home: Path | None, as_json: bool) -> None:
             f"  {when(e.get('at'))}  #{e.get('attempt')}  {printable(e.get('old'))} → "
             f"{printable(e.get('new'))}  ({printable(e.get('trigger'))}"
             f"{', ' + printable(e['machine']) if e.get('machine') else ''})"
+            f"{': ' + printable(e['reason']) if e.get('reason') else ''}"
         )
 
 

@@ -11,6 +11,9 @@ Invariants:
   whose group commit holds a transaction across awaits; a ``BEGIN`` of our own
   would collide with it (a statement joins it instead, and commits with it).
 - Loads are keyed by machine: a machine's report changes only its own row.
+- The book's placement memory (migration 006) is written with the change that made
+  it: a task's avoided and refusing machines with the task's row, the round-robin
+  cursor after a placement, a cwd's machine when a task starts there.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class StoredTask:
     assign_command: str | None
     session: str | None
     created_at: float
+    avoid: frozenset[str] = frozenset()
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _task_json(task: Task) -> str:
@@ -103,11 +108,25 @@ def _request(text: str) -> Request:
 #: fields] as a msgpack array of 3), so SQLite can pick them out of a machine's log.
 _PREFIXES = tuple(b"\x93" + msgpack.packb(kind) for kind in (TaskProgress.KIND, MachineLoad.KIND))
 
-_COLUMNS = "SELECT task, spec, request, assign_command, session, created_at FROM tasks"
+_COLUMNS = (
+    "SELECT task, spec, request, assign_command, session, created_at, avoid, refused FROM tasks"
+)
+#: Cwds whose last machine is remembered for affinity (the newest; older ones go).
+MAX_AFFINITY = 10_000
 
 
 def _stored(row: Any) -> StoredTask:
-    return StoredTask(_task(row[0]), _spec(row[1]), _request(row[2]), row[3], row[4], float(row[5]))
+    refused = {str(k): str(v) for k, v in json.loads(row[7]).items()}
+    return StoredTask(
+        _task(row[0]),
+        _spec(row[1]),
+        _request(row[2]),
+        row[3],
+        row[4],
+        float(row[5]),
+        frozenset(json.loads(row[6])),
+        refused,
+    )
 
 
 class TaskStore:
@@ -129,20 +148,75 @@ class TaskStore:
         )
 
     async def save(
-        self, task: Task, events: tuple[TaskEvent, ...] | list[TaskEvent], *, now: float
+        self,
+        task: Task,
+        events: tuple[TaskEvent, ...] | list[TaskEvent],
+        *,
+        now: float,
+        avoid: frozenset[str] = frozenset(),
+        refused: dict[str, str] | None = None,
     ) -> None:
         await self.db.execute(
-            "UPDATE tasks SET task = ?, updated_at = ? WHERE id = ?",
-            (_task_json(task), now, task.id),
+            "UPDATE tasks SET task = ?, updated_at = ?, avoid = ?, refused = ? WHERE id = ?",
+            (_task_json(task), now, json.dumps(sorted(avoid)), json.dumps(refused or {}), task.id),
         )
         await self.db.executemany(
-            "INSERT INTO task_events (task, at, attempt, machine, old, new, trigger) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO task_events (task, at, attempt, machine, old, new, trigger, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (e.task, e.at, e.attempt, e.machine, e.old.value, e.new.value, e.trigger.value)
+                (
+                    e.task,
+                    e.at,
+                    e.attempt,
+                    e.machine,
+                    e.old.value,
+                    e.new.value,
+                    e.trigger.value,
+                    e.reason,
+                )
                 for e in events
             ],
         )
+
+    async def round_robin(self) -> str | None:
+        rows = list(await self.db.execute_fetchall("SELECT machine FROM placement_cursor"))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def set_round_robin(self, machine: str | None) -> None:
+        await self.db.execute(
+            "INSERT INTO placement_cursor (one, machine) VALUES (1, ?) "
+            "ON CONFLICT (one) DO UPDATE SET machine = excluded.machine",
+            (machine,),
+        )
+
+    async def affinity(self) -> dict[str, str]:
+        rows = await self.db.execute_fetchall("SELECT cwd, machine FROM cwd_affinity")
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def set_affinity(self, cwd: str, machine: str, *, at: float) -> None:
+        await self.db.execute(
+            "INSERT INTO cwd_affinity (cwd, machine, at) VALUES (?, ?, ?) ON CONFLICT (cwd) "
+            "DO UPDATE SET machine = excluded.machine, at = excluded.at",
+            (cwd, machine, at),
+        )
+        await self.db.execute(
+            "DELETE FROM cwd_affinity WHERE cwd NOT IN "
+            "(SELECT cwd FROM cwd_affinity ORDER BY at DESC LIMIT ?)",
+            (MAX_AFFINITY,),
+        )
+
+    async def refusals(self, command_ids: list[str]) -> list[tuple[str, bytes, str, str]]:
+        """Of these assign commands, the ones their machine acked with a no:
+        (command id, machine, error, hint)."""
+        if not command_ids:
+            return []
+        marks = ",".join("?" * len(command_ids))
+        rows = await self.db.execute_fetchall(
+            f"SELECT command_id, machine, error, hint FROM outbox WHERE command_id IN ({marks})"
+            " AND acked_at IS NOT NULL AND ok = 0",
+            command_ids,
+        )
+        return [(str(r[0]), bytes(r[1]), str(r[2] or ""), str(r[3] or "")) for r in rows]
 
     async def set_assign_command(self, task_id: str, command_id: str | None) -> None:
         await self.db.execute(
@@ -164,11 +238,25 @@ class TaskStore:
 
     async def events(self, task_id: str) -> list[dict[str, Any]]:
         rows = await self.db.execute_fetchall(
-            "SELECT at, attempt, machine, old, new, trigger FROM task_events "
+            "SELECT at, attempt, machine, old, new, trigger, reason FROM task_events "
             "WHERE task = ? ORDER BY rowid",
             (task_id,),
         )
-        keys = ("at", "attempt", "machine", "old", "new", "trigger")
+        keys = ("at", "attempt", "machine", "old", "new", "trigger", "reason")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    async def last_event(self) -> int:
+        rows = list(await self.db.execute_fetchall("SELECT max(rowid) FROM task_events"))
+        return int(rows[0][0] or 0)
+
+    async def events_after(self, rowid: int, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every task's transitions stored after ``rowid``, in order, with their rowid."""
+        rows = await self.db.execute_fetchall(
+            "SELECT rowid, task, at, attempt, machine, old, new, trigger, reason FROM task_events"
+            " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+        keys = ("rowid", "task", "at", "attempt", "machine", "old", "new", "trigger", "reason")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     async def set_load(self, machine: bytes, load: MachineLoad, *, at: float) -> None:

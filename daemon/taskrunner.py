@@ -38,6 +38,7 @@ from starmux.session_state import TERMINAL, Status
 from starmux.task_messages import AssignTask, CancelTask, MachineLoad, TaskProgress
 from starmux.task_state import FINAL, TaskState, Trigger
 
+from .agent_process import resolve_session_cwd
 from .eventlog import EventLog, StoredEvent
 from .sessions import SessionManager
 from .taskqueue import QueuedTask, TaskQueue
@@ -101,7 +102,15 @@ class TaskRunner:
         await self.log.append(TASK_STREAM, APP.encode(body), at=self.clock())
 
     async def assign(self, command: AssignTask) -> str:
-        """Store an assigned task (once) and start what fits; the ack's result."""
+        """Store an assigned task (once) and start what fits; the ack's result.
+
+        A task this machine cannot run where it asks (a cwd outside the allowed
+        roots, or none such) is refused here, in the ack, rather than accepted and
+        failed at start: a refusal lets the controller place it on another machine.
+        A task already stored is not checked again (a redelivery acks where it is).
+        """
+        if await self.queue.get(command.task) is None:
+            resolve_session_cwd(command.cwd, self.sessions.allowed_roots)  # UsageError: no
         try:
             delivery = await self.queue.deliver(
                 command.task,

@@ -16,6 +16,7 @@ and then exactly one **final reply**, then closes::
     ← {"v": 1, "item": "status", "seq": N, "status": S, "exit_code": N, "reason": R}
     ← {"v": 1, "item": "notice", "text": T}                         stream item
     ← {"v": 1, "item": "progress", "done": N, "total": N}            (get: bytes so far)
+    ← {"v": 1, "item": "task", "task": {...}, "event": {...}}        (tasks --watch)
 
 Invariants:
 - A request is checked field by field (exact types, sizes, no unknown or duplicate
@@ -245,6 +246,7 @@ OPS: Final[dict[str, _Fields]] = {
         "schedule_to_start": (_optional(_duration), None),
         "start_to_close": (_optional(_duration), None),
         "heartbeat": (_optional(_duration), 60.0),
+        "assign_ack": (_optional(_duration), 30.0),
         "retry_on_lost": (_bool, False),
         "id": (_task_id, ""),
         "cwd": (_text(), "~"),
@@ -252,7 +254,8 @@ OPS: Final[dict[str, _Fields]] = {
         "env": (_env, {}),
         "pty": (_bool, False),
     },
-    "tasks": {"state": (_text(30), "")},
+    # follow: stream the listed tasks, then each transition, until all ended (--watch)
+    "tasks": {"state": (_text(30), ""), "follow": (_bool, False)},
     "task": {"task": (check_id, _REQUIRED)},
     "tag": {
         "machine": (_text(200, allow_empty=False), _REQUIRED),
@@ -358,7 +361,7 @@ class Reply:
 class Item:
     """A stream item before the final reply (watch, logs)."""
 
-    kind: str  # "output" | "status" | "notice" | "progress"
+    kind: str  # "output" | "status" | "notice" | "progress" | "task"
     fields: dict[str, Any]
 
 
@@ -403,6 +406,11 @@ def progress_item(done: int, total: int) -> bytes:
     return encode({"item": "progress", "done": done, "total": total})
 
 
+def task_item(task: dict[str, Any], event: dict[str, Any] | None = None) -> bytes:
+    """A task as ``tasks`` shows it and, after the first, the transition it just took."""
+    return encode({"item": "task", "task": task, "event": event})
+
+
 def parse_reply(line: bytes) -> Reply | Item:
     """One line from the agent → a final :class:`Reply` or a stream :class:`Item`."""
     message = _object(line, MAX_REPLY)
@@ -434,6 +442,11 @@ def parse_reply(line: bytes) -> Reply | Item:
             if type(done) is not int or type(total) is not int or not 0 <= done <= total:
                 raise AgentProtocolError("a progress item needs done <= total")
             return Item("progress", {"done": done, "total": total})
+        if kind == "task":
+            task, event = message.get("task"), message.get("event")
+            if not isinstance(task, dict) or not (event is None or isinstance(event, dict)):
+                raise AgentProtocolError("a task item needs a task and, if any, an event")
+            return Item("task", {"task": task, "event": event})
         if kind == "notice":
             text = message.get("text")
             if not isinstance(text, str):

@@ -17,8 +17,17 @@ Invariants:
   a compromised or confused machine cannot finish or lose another's task.
 - A report that the table does not allow from the task's state is also
   ignored; machines are peers, their mistakes are not our bugs.
+- A machine that refuses an attempt (:meth:`TaskBook.refuse`) is never offered
+  that task again; the task goes to another machine that matches it (online now or
+  not: one that is offline may take it when it returns), or ends ``failed`` with
+  the refusal when none is left. A machine that let an attempt time out or lost it
+  is only *avoided*: used again when no other is eligible.
 - Everything time-driven goes through :meth:`TaskBook.expire`; nothing here
   reads a clock.
+- The placement memory (round-robin cursor, the machine that last ran each cwd,
+  each task's avoided and refusing machines) is plain data on the book, so the
+  adapter can store it and :meth:`TaskBook.restore` it: an agent restart does not
+  send a task back to the machine that just refused it, nor restart the rotation.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 from .errors import UsageError
 from .placement import Machine, Strategy, place
 from .task_state import (
+    MAX_REASON,
     TRANSITIONS,
     Task,
     TaskEvent,
@@ -91,7 +101,10 @@ class TaskBook:
         self.specs: dict[str, Spec] = {}
         self.cursor: str | None = None  # round-robin state
         self.last_for_cwd: dict[str, str] = {}
-        self._refused_by: dict[str, frozenset[str]] = {}
+        #: per task, machines to use only when no other is eligible (ack timeout, lost)
+        self.avoid: dict[str, frozenset[str]] = {}
+        #: per task, machines that refused it (never again), with their reason
+        self.refused: dict[str, dict[str, str]] = {}
 
     def submit(self, task: Task, spec: Spec) -> None:
         if task.id in self.tasks:
@@ -101,17 +114,28 @@ class TaskBook:
         self.tasks[task.id] = task
         self.specs[task.id] = spec
 
-    def restore(self, task: Task, spec: Spec) -> None:
+    def restore(
+        self,
+        task: Task,
+        spec: Spec,
+        *,
+        avoid: Iterable[str] = (),
+        refused: dict[str, str] | None = None,
+    ) -> None:
         """Take back a task the adapter stored (any state), e.g. after a restart."""
         self.tasks[task.id] = task
         self.specs[task.id] = spec
+        if avoid:
+            self.avoid[task.id] = frozenset(avoid)
+        if refused:
+            self.refused[task.id] = dict(refused)
 
     def _record(self, task: Task, events: tuple[TaskEvent, ...]) -> tuple[TaskEvent, ...]:
         previous = self.tasks[task.id]
         if previous.machine is not None and task.attempt > previous.attempt:
             # The next attempt should go elsewhere if it can.
-            avoid = self._refused_by.get(task.id, frozenset())
-            self._refused_by[task.id] = avoid | {previous.machine}
+            avoid = self.avoid.get(task.id, frozenset())
+            self.avoid[task.id] = avoid | {previous.machine}
         self.tasks[task.id] = task
         return events
 
@@ -148,7 +172,8 @@ class TaskBook:
                 count=len(siblings),
                 cursor=self.cursor,
                 last_for_cwd=self.last_for_cwd.get(spec.cwd),
-                avoid=self._refused_by.get(first.id, frozenset()),
+                avoid=self.avoid.get(first.id, frozenset()),
+                exclude=frozenset(self.refused.get(first.id, {})),
             )
             self.cursor = result.cursor
             for task, machine in zip(siblings, result.machines, strict=False):
@@ -187,6 +212,38 @@ class TaskBook:
         if trigger is Trigger.START:
             self.last_for_cwd[self.specs[task_id].cwd] = machine
         after = heard(after, now)
+        return self._record(after, events)
+
+    def refuse(
+        self,
+        machine: str,
+        task_id: str,
+        attempt: int,
+        reason: str,
+        *,
+        machines: Iterable[Machine],
+        now: float,
+    ) -> tuple[TaskEvent, ...] | None:
+        """``machine`` refused this attempt (its ack said no); ``machines`` are all
+        the controller knows, online or not. ``None`` when the refusal does not
+        count (not this machine's attempt, or it was not waiting for an answer)."""
+        task = self.tasks.get(task_id)
+        if (
+            task is None
+            or task.machine != machine
+            or task.attempt != attempt
+            or task.state is not TaskState.ASSIGNED
+        ):
+            return None
+        refused = {**self.refused.get(task_id, {}), machine: reason[:MAX_REASON]}
+        self.refused[task_id] = refused
+        spec = self.specs[task_id]
+        elsewhere = any(
+            m.id not in refused
+            and (m.id == spec.machine if spec.machine is not None else spec.target <= m.tags)
+            for m in machines
+        )
+        after, events = apply(task, Trigger.REFUSE, now=now, reason=reason, elsewhere=elsewhere)
         return self._record(after, events)
 
     def heard_from(self, machine: str, *, now: float) -> None:

@@ -139,17 +139,19 @@ def place(
     cursor: str | None = None,
     last_for_cwd: str | None = None,
     avoid: frozenset[str] = frozenset(),
+    exclude: frozenset[str] = frozenset(),
 ) -> Placement:
     """Choose a machine for each of ``count`` tasks to ``target``.
 
     ``cursor`` is the round-robin state from the previous placement;
     ``last_for_cwd`` the machine that last ran this task's cwd (affinity);
     ``avoid`` machines (e.g. the one that did not acknowledge the last attempt)
-    are used only when no other is eligible.
+    are used only when no other is eligible; ``exclude`` machines (the ones that
+    refused this task) are never used.
     """
     if not 1 <= count <= MAX_CAPACITY:
         raise UsageError(f"--count must be 1..{MAX_CAPACITY}, not {count}")
-    candidates = eligible(machines, target)
+    candidates = [m for m in eligible(machines, target) if m.id not in exclude]
     preferred = [m for m in candidates if m.id not in avoid]
     pool: dict[str, Machine] = {m.id: m for m in preferred or candidates}
     if not pool:

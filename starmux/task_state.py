@@ -4,9 +4,10 @@
 
     queued ──assign──▶ assigned ──accept──▶ accepted ──start──▶ running ⇄ awaiting_approval
       ▲                    │                                        │
-      └──── ack_timeout ───┘ (a new attempt)                       ▼
+      └─ ack_timeout, refuse ┘ (a new attempt)                     ▼
                                    succeed | fail | cancel | time_out | lose
     schedule_timeout: queued | assigned | accepted ──▶ expired
+    ack_timeout, refuse with no attempt left (or nowhere else to go) ──▶ failed
 
 The vocabulary is Buildkite's and Temporal's on purpose. Timeouts, each a
 duration on the :class:`Task` (``None`` = never):
@@ -16,6 +17,12 @@ duration on the :class:`Task` (``None`` = never):
   started); a retried lost task is scheduled anew, so it does.
 - *assign-ack*: from ``assigned_at`` until the machine accepts; runs out → back
   to ``queued`` as the next attempt (placement may then pick another machine).
+
+A machine that *refuses* an assignment (its ack says no: a device role it does not
+grant, a task its queue will not store) answered; it is not an ack timeout. The
+task goes back to ``queued`` as the next attempt, for another machine, or ends
+``failed`` with the machine's reason when the caller (the task book, which knows
+the machines) says no other machine could take it.
 - *start-to-close*: from ``started_at`` until a final state, time spent awaiting
   approval included; runs out → ``timed_out``.
 - *heartbeat*: from the machine's last sign of life (``heard_at``) while the task
@@ -30,7 +37,14 @@ Invariants:
   step, by a new ``queued`` attempt, until ``max_attempts`` is reached. A task not
   so marked is never rerun.
 - ``attempt`` starts at 1 and grows by exactly 1 with each new attempt (assign-ack
-  timeout or lost retry); nothing else changes it.
+  timeout, refusal or lost retry); nothing else changes it. Every kind of attempt
+  counts against ``max_attempts``: a transition of :data:`NEW_ATTEMPT` taken on
+  the last attempt ends the task as :data:`GIVE_UP` says instead (``failed``, with
+  a ``reason``), so no machine that never answers or always refuses keeps a task
+  going round forever.
+- ``reason`` (why a task failed without an exit code: the refusal, the attempts
+  used up) is text a machine may have written: at most :data:`MAX_REASON`
+  characters, cut here; whoever prints it escapes it.
 - Every state change yields one :class:`TaskEvent` with its time, machine and
   attempt; a step that changes nothing yields none.
 - A timeout fires when ``now`` reaches its deadline (``now >= deadline``); when
@@ -51,6 +65,8 @@ from .errors import UsageError
 
 __all__ = [
     "FINAL",
+    "GIVE_UP",
+    "MAX_REASON",
     "NEW_ATTEMPT",
     "TIMEOUT_TRIGGERS",
     "TRANSITIONS",
@@ -85,6 +101,7 @@ class Trigger(enum.StrEnum):
     ASSIGN = "assign"  # the controller placed it on a machine
     ACCEPT = "accept"  # the machine stored it in its durable queue
     ACK_TIMEOUT = "ack_timeout"  # the machine did not accept in time
+    REFUSE = "refuse"  # the machine said no to the assignment (its ack, with a reason)
     START = "start"  # the machine started its session
     AWAIT_APPROVAL = "await_approval"  # the session waits on a checkpoint
     RESUME = "resume"  # the checkpoint was answered
@@ -107,6 +124,7 @@ TRANSITIONS: dict[tuple[TaskState, Trigger], TaskState] = {
     (S.QUEUED, T.SCHEDULE_TIMEOUT): S.EXPIRED,
     (S.ASSIGNED, T.ACCEPT): S.ACCEPTED,
     (S.ASSIGNED, T.ACK_TIMEOUT): S.QUEUED,
+    (S.ASSIGNED, T.REFUSE): S.QUEUED,
     (S.ASSIGNED, T.CANCEL): S.CANCELLED,
     (S.ASSIGNED, T.SCHEDULE_TIMEOUT): S.EXPIRED,
     (S.ACCEPTED, T.START): S.RUNNING,
@@ -124,7 +142,17 @@ TRANSITIONS: dict[tuple[TaskState, Trigger], TaskState] = {
 }
 
 #: Transitions that begin the next attempt (besides a lost retry, see :func:`apply`).
-NEW_ATTEMPT = frozenset({(S.ASSIGNED, T.ACK_TIMEOUT)})
+NEW_ATTEMPT = frozenset({(S.ASSIGNED, T.ACK_TIMEOUT), (S.ASSIGNED, T.REFUSE)})
+
+#: Where a :data:`NEW_ATTEMPT` transition goes instead when there is to be no next
+#: attempt: the last one was used, or (refuse) no other machine could take it.
+GIVE_UP: dict[tuple[TaskState, Trigger], TaskState] = {
+    (S.ASSIGNED, T.ACK_TIMEOUT): S.FAILED,
+    (S.ASSIGNED, T.REFUSE): S.FAILED,
+}
+
+#: The longest ``reason`` kept (a machine writes refusals; the rest is cut).
+MAX_REASON = 300
 
 #: The triggers :func:`due` may return: the timeouts.
 TIMEOUT_TRIGGERS = frozenset({T.SCHEDULE_TIMEOUT, T.ACK_TIMEOUT, T.TIME_OUT, T.LOSE})
@@ -166,6 +194,7 @@ class Task:
     finished_at: float | None = None
     heard_at: float | None = None
     exit_code: int | None = None
+    reason: str | None = None  # why it failed without an exit code (see GIVE_UP)
 
     def __post_init__(self) -> None:
         for name in ("schedule_to_start", "assign_ack", "start_to_close", "heartbeat"):
@@ -191,6 +220,7 @@ class TaskEvent:
     old: TaskState
     new: TaskState
     trigger: Trigger
+    reason: str | None = None  # a refusal's words, or why the task was given up
 
 
 def _entered(task: Task, new: TaskState, now: float, machine: str | None) -> Task:
@@ -217,6 +247,7 @@ def _next_attempt(task: Task, *, rescheduled_at: float | None) -> Task:
         finished_at=None,
         heard_at=None,
         exit_code=None,
+        reason=None,
         scheduled_at=task.scheduled_at if rescheduled_at is None else rescheduled_at,
     )
 
@@ -228,21 +259,31 @@ def apply(
     now: float,
     machine: str | None = None,
     exit_code: int | None = None,
+    reason: str | None = None,
+    elsewhere: bool = True,
 ) -> tuple[Task, tuple[TaskEvent, ...]]:
     """Take ``trigger`` at ``now``; the new task and the events of the step.
 
     ``machine`` is required to assign (and ignored otherwise: the task's machine
-    is the one it was assigned to). ``exit_code`` is kept for succeed/fail.
+    is the one it was assigned to). ``exit_code`` is kept for succeed/fail;
+    ``reason`` (cut to :data:`MAX_REASON`) is a refusal's words. ``elsewhere`` is
+    whether another machine could take a next attempt: ``False`` gives up at once.
     """
     new = transition(task.state, trigger)
     if trigger is T.ASSIGN and not machine:
         raise UsageError("a task is assigned to a machine; none was given")
     where = machine if trigger is T.ASSIGN else task.machine
-    events = [TaskEvent(task.id, now, task.attempt, where, task.state, new, trigger)]
+    said = _reason(trigger, reason)
     if (task.state, trigger) in NEW_ATTEMPT:
-        after = _next_attempt(task, rescheduled_at=None)
-        return after, tuple(events)
+        if elsewhere and task.attempt < task.max_attempts:
+            event = TaskEvent(task.id, now, task.attempt, where, task.state, new, trigger, said)
+            return _next_attempt(task, rescheduled_at=None), (event,)
+        new = GIVE_UP[(task.state, trigger)]
+        said = _given_up(task, trigger, said, elsewhere=elsewhere)
+    events = [TaskEvent(task.id, now, task.attempt, where, task.state, new, trigger, said)]
     after = _entered(task, new, now, where)
+    if new is S.FAILED and said is not None:
+        after = dataclasses.replace(after, reason=said)
     if trigger in (T.SUCCEED, T.FAIL) and exit_code is not None:
         after = dataclasses.replace(after, exit_code=exit_code)
     if new is S.LOST and task.retry_on_lost and task.attempt < task.max_attempts:
@@ -250,6 +291,19 @@ def apply(
         events.append(TaskEvent(task.id, now, retried.attempt, None, S.LOST, S.QUEUED, T.LOSE))
         return retried, tuple(events)
     return after, tuple(events)
+
+
+def _reason(trigger: Trigger, reason: str | None) -> str | None:
+    if trigger is T.REFUSE:
+        return (reason or "refused, no reason given")[:MAX_REASON]
+    return reason[:MAX_REASON] if reason else None
+
+
+def _given_up(task: Task, trigger: Trigger, said: str | None, *, elsewhere: bool) -> str:
+    if trigger is T.ACK_TIMEOUT:
+        return f"attempt {task.attempt} of {task.max_attempts} was not acknowledged in time"
+    why = " (no attempt left)" if elsewhere else " (no other machine can take it)"
+    return (said or "")[: MAX_REASON - len(why)] + why  # the why is never cut off
 
 
 def heard(task: Task, now: float) -> Task:

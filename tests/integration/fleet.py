@@ -50,9 +50,11 @@ class Fleet:
         )
         assert init.returncode == 0, init.stderr
 
-    def start(self, name: str, *flags: str) -> DaemonProcess:
-        """Start machine ``name`` (paired the first time) with daemon flags."""
-        extra = ["--allow-root", str(self.tmp_path), *flags]
+    def start(self, name: str, *flags: str, roots: list[Path] | None = None) -> DaemonProcess:
+        """Start machine ``name`` (paired the first time) with daemon flags; its allowed
+        roots are ``roots`` (default: the whole test folder)."""
+        allowed = [f"--allow-root={root}" for root in roots or [self.tmp_path]]
+        extra = [*allowed, *flags]
         daemon = DaemonProcess(self.tmp_path / name, self.relay.url, name=name, extra_args=extra)
         daemon.start()
         self.daemons.append(daemon)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import queue
+import signal
 import statistics
+import subprocess
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -16,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from ..timeouts import poll
-from .daemon_process import DaemonProcess
+from ..timeouts import poll, scaled
+from .daemon_process import DaemonProcess, starmux_command
 from .fleet import Fleet, waiting_for
 from .relay_process import RelayProcess
 
@@ -283,3 +288,132 @@ def test_placement_latency_for_one_and_fifty_tasks(fleet: Fleet) -> None:
             f" max {max(latencies):.3f}s; all running {all_running:.2f}s after submit"
         )
         assert max(latencies) < 30
+
+
+def test_a_refusal_goes_to_the_other_machine_then_fails_with_the_machines_words(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Old code: a refusing machine's ack was ignored; the task sat `assigned` for
+    the 30 s ack timeout and went round again, for ever, with the reason nowhere."""
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    narrow.mkdir()
+    (wide / "repo").mkdir(parents=True)
+    fleet.start("r1", "--tag", "gpu", roots=[narrow])
+    fleet.start("r2", "--tag", "gpu", roots=[narrow, wide])
+    fleet.reported("r1", "r2")
+    # r1 refuses a cwd outside its roots; r2 takes it, whichever was tried first.
+    fleet.call("submit", argv=["true"], target="gpu", id="roots", cwd=str(wide / "repo"))
+    tasks = fleet.wait(lambda ts: ts["roots"]["state"] in FINAL, "roots ran", within=15)
+    assert (tasks["roots"]["state"], tasks["roots"]["machine"]) == ("succeeded", "r2")
+    assert "roots" not in fleet.machine_rows("r1")
+
+    # Nowhere allowed: refused by both, then failed with the machine's words, at once.
+    started = time.monotonic()
+    fleet.call("submit", argv=["true"], target="gpu", id="nowhere", cwd="/")
+    tasks = fleet.wait(lambda ts: ts["nowhere"]["state"] in FINAL, "nowhere refused", within=15)
+    took = time.monotonic() - started
+    print(f"\nrefused by both machines and failed {took:.2f}s after submit")
+    assert took < 15  # no ack timeout (30 s) was waited out
+    task = tasks["nowhere"]
+    assert (task["state"], task["attempt"]) == ("failed", 2)
+    assert "allowed roots" in task["reason"] and "no other machine" in task["reason"]
+    shown = json.loads(fleet.cli("tasks", "show", "nowhere", "--json"))
+    refusals = [e for e in shown["events"] if e["trigger"] == "refuse"]
+    assert {e["machine"] for e in refusals} == {"r1", "r2"}
+    assert all("allowed roots" in e["reason"] for e in refusals)
+    assert "allowed roots" in fleet.cli("tasks") and "allowed roots" in fleet.cli(
+        "tasks", "show", "nowhere"
+    )
+    assert "nowhere" not in fleet.machine_rows("r1") | fleet.machine_rows("r2")
+
+
+def test_an_assignment_never_acknowledged_goes_elsewhere_within_the_ack_timeout(
+    fleet: Fleet,
+) -> None:
+    """A daemon stopped (SIGSTOP) after it came online never answers: after the
+    task's ack timeout (--ack-timeout, here 2 s) the next attempt goes elsewhere."""
+    fleet.start("s1", "--tag", "gpu")
+    fleet.start("s2", "--tag", "gpu")
+    shown = fleet.reported("s1", "s2")
+    # Least-loaded between two idle machines picks the lower key: stop that one.
+    frozen = min(("s1", "s2"), key=lambda n: shown[n]["key"])
+    process = fleet.machines[frozen].process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        out = fleet.cli(
+            "run", "--to", "gpu", "--ack-timeout", "2s", "--id", "acked", "--json",
+            "--cwd", str(fleet.workdir), "--", "true",
+        )  # fmt: skip
+        assert json.loads(out)["tasks"][0]["machine"] == frozen
+        tasks = fleet.wait(
+            lambda ts: ts["acked"]["attempt"] == 2 and ts["acked"]["state"] != "queued",
+            "placed again",
+            within=10,
+        )
+        moved = time.monotonic() - started
+        print(f"\nnot acknowledged: placed on the other machine {moved:.2f}s after submit")
+        assert tasks["acked"]["machine"] != frozen
+        assert 2.0 <= moved < 2.0 + 3.0  # the ack timeout, and not much more
+        done = fleet.wait(lambda ts: ts["acked"]["state"] in FINAL, "acked ran elsewhere")
+        assert done["acked"]["state"] == "succeeded"
+        events = json.loads(fleet.cli("tasks", "show", "acked", "--json"))["events"]
+        assert ("ack_timeout", frozen) in [(e["trigger"], e["machine"]) for e in events]
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+
+def test_tasks_watch_streams_each_transition_as_it_happens(fleet: Fleet, tmp_path: Path) -> None:
+    """Old code polled every 0.5 s and printed snapshots: transitions between two
+    polls were never shown. Now the agent streams every stored transition."""
+    fleet.start("w1", "--tag", "gpu")  # capacity 1: a second task waits its turn
+    gate = tmp_path / "go"
+    fleet.submit(waiting_for(gate), target="gpu", id="watched")
+    fleet.wait(lambda ts: ts["watched"]["state"] == "running", "watched running")
+    env = {**os.environ, "STARMUX_HOME": str(fleet.controller), "NO_COLOR": "1"}
+    watch = subprocess.Popen(
+        starmux_command("tasks", "--watch", "--json"), stdout=subprocess.PIPE, text=True, env=env
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in watch.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+
+    def until(task: str, new: str) -> dict[str, Any]:
+        while True:
+            item = json.loads(lines.get(timeout=scaled(20)))
+            seen.append(item)
+            event = item["event"]
+            if item["task"]["id"] == task and event is not None and event["new"] == new:
+                return dict(item)
+
+    seen: list[dict[str, Any]] = []
+    try:
+        first = json.loads(lines.get(timeout=scaled(20)))
+        assert first["task"]["id"] == "watched" and first["event"] is None  # as it is now
+        fleet.submit(["true"], target="gpu", id="later")  # listed as it appears
+        until("later", "accepted")
+        touched = time.monotonic()
+        gate.touch()
+        until("watched", "succeeded")
+        shown = time.monotonic() - touched
+        print(f"\ntasks --watch: a task's end printed {shown:.3f}s after its gate opened")
+        until("later", "succeeded")
+        assert watch.wait(timeout=scaled(10)) == 0  # every listed task ended: it returns
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        reader.join()
+    later = [(i["event"]["old"], i["event"]["new"]) for i in seen if i["task"]["id"] == "later"]
+    assert later == [
+        ("queued", "assigned"),
+        ("assigned", "accepted"),
+        ("accepted", "running"),
+        ("running", "succeeded"),
+    ]
+    assert [i["event"]["machine"] for i in seen if i["event"]] == ["w1"] * len(seen)

@@ -164,3 +164,16 @@ def test_tag_requests_carry_bounded_tag_lists() -> None:
         wire.parse_request(
             b'{"v":1,"op":"tag","machine":"m","add":' + b'["t"' + b',"t"' * 40 + b"]}"
         )
+
+
+def test_task_items_stream_a_task_and_its_transition() -> None:
+    event = {"old": "queued", "new": "assigned", "trigger": "assign", "machine": "m1"}
+    line = wire.task_item({"id": "t1", "state": "assigned"}, event)
+    assert wire.parse_reply(line[:-1]) == wire.Item(
+        "task", {"task": {"id": "t1", "state": "assigned"}, "event": event}
+    )
+    assert wire.parse_reply(wire.task_item({"id": "t1"})[:-1]).fields["event"] is None
+    with pytest.raises(wire.AgentProtocolError):
+        wire.parse_reply(b'{"v": 1, "item": "task", "task": "t1"}')
+    request = wire.parse_request(wire.encode_request("tasks", follow=True)[:-1])
+    assert request.fields == {"state": "", "follow": True}

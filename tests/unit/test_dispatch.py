@@ -150,3 +150,53 @@ def test_cancel_withdraws_a_queued_task_and_misuse_raises() -> None:
         submit(book, "t1")
     with pytest.raises(UsageError):
         Spec("/w")  # neither a machine nor tags
+
+
+# --- refusals (issue 18 gap: a refusal was treated as no answer) ------------------------
+
+
+def test_a_refused_task_goes_to_another_machine_and_never_back() -> None:
+    book = TaskBook()
+    submit(book, "t1")
+    (first,), _ = book.place(gpus(), now=1.0)
+    events = book.refuse(first.machine, "t1", 1, "role viewer", machines=gpus(), now=2.0)
+    assert events is not None and events[0].trigger is T.REFUSE
+    assert events[0].reason == "role viewer" and book.tasks["t1"].state is S.QUEUED
+    (second,), _ = book.place(gpus(), now=2.5)
+    assert second.machine != first.machine and second.attempt == 2
+    # The other one refuses too: none is left that matches, so it fails with the words.
+    events = book.refuse(second.machine, "t1", 2, "queue full", machines=gpus(), now=3.0)
+    failed = book.tasks["t1"]
+    assert events is not None and failed.state is S.FAILED
+    assert failed.reason == "queue full (no other machine can take it)"
+
+
+def test_a_refused_task_waits_for_an_unrefused_machine_that_is_offline() -> None:
+    book = TaskBook()
+    submit(book, "t1")
+    book.place(gpus(b_online=False), now=1.0)
+    book.refuse("a", "t1", 1, "no", machines=gpus(b_online=False), now=2.0)
+    assert book.place(gpus(b_online=False), now=3.0) == ([], [])  # not back to a
+    assert book.tasks["t1"].state is S.QUEUED
+    (placed,), _ = book.place(gpus(), now=4.0)
+    assert placed.machine == "b"
+
+
+def test_a_refusal_of_a_one_machine_task_fails_it() -> None:
+    book = TaskBook()
+    submit(book, "t1", Spec("/w", machine="a"))
+    book.place(gpus(), now=1.0)
+    book.refuse("a", "t1", 1, "role viewer may not run", machines=gpus(), now=2.0)
+    assert book.tasks["t1"].state is S.FAILED
+
+
+def test_a_refusal_that_does_not_count() -> None:
+    book = TaskBook()
+    submit(book, "t1")
+    book.place(gpus(), now=1.0)
+    other = "b" if book.tasks["t1"].machine == "a" else "a"
+    assert book.refuse(other, "t1", 1, "no", machines=gpus(), now=2.0) is None
+    assert (
+        book.refuse(book.tasks["t1"].machine or "", "t1", 7, "no", machines=gpus(), now=2.0) is None
+    )
+    assert book.tasks["t1"].state is S.ASSIGNED and "t1" not in book.refused

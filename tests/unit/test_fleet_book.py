@@ -20,8 +20,9 @@ from starmux.client.fleet import Fleet
 from starmux.client.live import LiveController, MachineChannel
 from starmux.client.sessions import ControllerState
 from starmux.client.store import ControllerConfig, ControllerStore
+from starmux.client.task_store import TaskStore
 from starmux.identity import NodeKeys, Role
-from starmux.messages import APP, EventPage, LoggedEvent
+from starmux.messages import APP, CommandAck, EventPage, LoggedEvent
 from starmux.task_messages import MachineLoad, TaskProgress
 from starmux.task_state import TaskState
 
@@ -49,7 +50,21 @@ class Home:
         self.store = store
         self.machine = machine
         self.clock = Clock()
-        self.seq = 0
+        self.seqs: dict[bytes, int] = {}
+        self.others: list[MachineChannel] = []
+
+    async def add_machine(self, name: str, *tags: str) -> MachineChannel:
+        """Another paired machine, live, that reported ``tags`` (both machines then
+        carry their tags: placement by target needs them)."""
+        keys = NodeKeys.generate()
+        await self.store.add_machine(keys.card(Role.MACHINE, name))
+        machine = MachineChannel(keys.sign_public, keys.card(Role.MACHINE, name), online=True)
+        machine.live.set()
+        self.others.append(machine)
+        for channel in (self.machine, machine):
+            load = MachineLoad(tags, 1, 0, 0)
+            await TaskStore(self.store.db).set_load(channel.key, load, at=self.clock.now)
+        return machine
 
     async def fleet(self) -> Fleet:
         """A fresh agent's view of the same home (as after a restart)."""
@@ -58,19 +73,24 @@ class Home:
         controller = LiveController(self.store, config)
         controller.link = RecordingLink()  # type: ignore[assignment]
         controller.machines[self.machine.key] = self.machine
+        for other in self.others:
+            controller.machines[other.key] = other
         state.controller = controller
         fleet = Fleet(state, clock=self.clock)
         await fleet._load()
         return fleet
 
-    async def applied(self, *bodies: TaskProgress | MachineLoad) -> list[LoggedEvent]:
+    async def applied(
+        self, *bodies: TaskProgress | MachineLoad, by: MachineChannel | None = None
+    ) -> list[LoggedEvent]:
         """The machine's events, applied to the cache (as the agent's link does)."""
+        machine = by or self.machine
         events = []
         for body in bodies:
-            self.seq += 1
-            events.append(LoggedEvent(self.seq, self.clock.now, "tasks", APP.encode(body)))
+            seq = self.seqs[machine.key] = self.seqs.get(machine.key, 0) + 1
+            events.append(LoggedEvent(seq, self.clock.now, "tasks", APP.encode(body)))
         page = EventPage("e1", tuple(events), more=False, live=True)
-        await Cache(self.store.db).apply_pages([(self.machine.key, page)])
+        await Cache(self.store.db).apply_pages([(machine.key, page)])
         return events
 
     async def outbox(self) -> list[tuple[str, dict[str, object]]]:
@@ -204,3 +224,77 @@ async def test_cancelling_a_running_task_waits_for_its_machine(home: Home) -> No
     # One not running yet is withdrawn at once.
     withdrawn = await fleet.cancel("t2")
     assert withdrawn["cancelling"] is False and withdrawn["task"]["state"] == "cancelled"
+
+
+# --- refusals and placement memory (issue 18 gaps) -------------------------------------
+
+
+async def refuse_last_assignment(home: Home, machine: bytes, error: str, hint: str = "") -> None:
+    """The machine's ack of the newest assign-task says no (as the link records it)."""
+    rows = await home.store.db.execute_fetchall(
+        "SELECT command_id FROM outbox WHERE kind = 'assign-task' AND machine = ? "
+        "ORDER BY rowid DESC LIMIT 1",
+        (machine,),
+    )
+    (command_id,) = [str(r[0]) for r in rows]
+    await Cache(home.store.db).record_ack(machine, CommandAck(command_id, False, error, hint, ""))
+
+
+async def test_a_refused_assignment_fails_at_once_with_the_machines_words(home: Home) -> None:
+    """Old code: a refusal was no answer; the task waited out the ack timeout and
+    went round again, with the reason nowhere."""
+    fleet = await home.fleet()
+    await submit(fleet, "t1")  # --machine box: no other machine may take it
+    await refuse_last_assignment(home, home.machine.key, "viewer may not run", "ask an owner")
+    await fleet._step()  # no clock moved: not a timeout
+    task = fleet.book.tasks["t1"]
+    assert (task.state, task.attempt) == (S.FAILED, 1)
+    (view,) = (await fleet.tasks())["tasks"]
+    assert view["reason"] == "viewer may not run; ask an owner (no other machine can take it)"
+    events = (await fleet.show("t1"))["events"]
+    assert [(e["trigger"], e["new"]) for e in events][-1] == ("refuse", "failed")
+    assert [kind for kind, _ in await home.outbox()] == ["assign-task"]  # nothing to cancel
+
+
+async def test_placement_memory_survives_an_agent_restart(home: Home) -> None:
+    """Old code kept cursor, affinity and avoid/refused sets in memory only."""
+    other = await home.add_machine("box2", "gpu")
+    names = {home.machine.key.hex(): home.machine, other.key.hex(): other}
+    first, second = sorted(names)  # ties go to the lower id
+    fleet = await home.fleet()
+    # round-robin: the rotation goes on after a restart rather than starting over
+    view = await submit(fleet, "rr1", machine="", target="gpu", strategy="round-robin")
+    assert (await home.fleet()).book.tasks["rr1"].machine == first
+    fleet = await home.fleet()
+    await submit(fleet, "rr2", machine="", target="gpu", strategy="round-robin")
+    assert fleet.book.tasks["rr2"].machine == second, view
+    # affinity: the cwd's machine is remembered (here the one a tie would not pick)
+    for event in await home.applied(
+        TaskProgress("rr2", 1, S.ACCEPTED, None, None),
+        TaskProgress("rr2", 1, S.RUNNING, "task-x", None),
+        by=names[second],
+    ):
+        fleet._on_event(names[second].key, event)
+    await fleet._step()
+    fleet = await home.fleet()
+    assert fleet.book.last_for_cwd == {"/w": second}
+    await submit(fleet, "af", machine="", target="gpu", strategy="affinity")
+    assert fleet.book.tasks["af"].machine == second
+    # refused and avoided machines: the next attempt does not go back after a restart
+    await submit(fleet, "r1", machine="", target="gpu", cwd="/r")
+    refuser = bytes.fromhex(fleet.book.tasks["r1"].machine or "")
+    names[refuser.hex()].live.clear()  # (only so it stays queued: nothing else live)
+    other_one = next(m for k, m in names.items() if k != refuser.hex())
+    other_one.live.clear()
+    await refuse_last_assignment(home, refuser, "no")
+    await fleet._step()
+    assert fleet.book.tasks["r1"].state is S.QUEUED
+    fleet = await home.fleet()
+    assert fleet.book.refused["r1"] == {refuser.hex(): "no"}
+    assert fleet.book.avoid["r1"] == frozenset({refuser.hex()})
+    names[refuser.hex()].live.set()
+    await fleet._step()
+    assert fleet.book.tasks["r1"].state is S.QUEUED  # the refuser is never offered it again
+    other_one.live.set()
+    await fleet._step()
+    assert fleet.book.tasks["r1"].machine == other_one.key.hex()

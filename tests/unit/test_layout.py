@@ -104,11 +104,6 @@ def test_the_role_folders_install_under_starmux() -> None:
         assert link.resolve() == (ROOT / role).resolve()
 
 
-# client/fleet.py is being edited on another branch, which moves it from the old
-# private ``_issue`` (kept as an alias) to ``issue``; drop it from here when that lands.
-_STATE_PRIVATE_ALLOWED = {"fleet.py"}
-
-
 def test_the_controller_operations_use_only_the_public_interface_of_its_state() -> None:
     """The operation modules beside client/sessions.py (review, machines, notify...)
     go through ControllerState's public methods, never its private helpers: those
@@ -129,7 +124,7 @@ def test_the_controller_operations_use_only_the_public_interface_of_its_state() 
     offenders = [
         f"{path.relative_to(ROOT)}:{node.lineno} uses ControllerState.{node.attr}"
         for path in python_files("client")
-        if path.name not in {"sessions.py", *_STATE_PRIVATE_ALLOWED}
+        if path.name != "sessions.py"
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Attribute) and node.attr in private
     ]

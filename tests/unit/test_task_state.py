@@ -14,6 +14,7 @@ import pytest
 from starmux.errors import UsageError
 from starmux.task_state import (
     FINAL,
+    MAX_REASON,
     TRANSITIONS,
     Task,
     TaskEvent,
@@ -37,6 +38,7 @@ LEGAL = {
     (S.QUEUED, T.SCHEDULE_TIMEOUT): S.EXPIRED,
     (S.ASSIGNED, T.ACCEPT): S.ACCEPTED,
     (S.ASSIGNED, T.ACK_TIMEOUT): S.QUEUED,
+    (S.ASSIGNED, T.REFUSE): S.QUEUED,
     (S.ASSIGNED, T.CANCEL): S.CANCELLED,
     (S.ASSIGNED, T.SCHEDULE_TIMEOUT): S.EXPIRED,
     (S.ACCEPTED, T.START): S.RUNNING,
@@ -93,10 +95,11 @@ def test_every_legal_transition(current: TaskState, trigger: Trigger) -> None:
         current,
         LEGAL[current, trigger],
         trigger,
+        "refused, no reason given" if trigger is T.REFUSE else None,
     )
     assert len(events) == 1  # not marked retry-on-lost: a single event, always
     assert after.state is events[0].new
-    assert after.attempt == (2 if trigger is T.ACK_TIMEOUT else 1)
+    assert after.attempt == (2 if trigger in (T.ACK_TIMEOUT, T.REFUSE) else 1)
 
 
 @pytest.mark.parametrize(("current", "trigger"), ILLEGAL)
@@ -279,3 +282,47 @@ def test_no_timeouts_means_no_deadline() -> None:
     task = task_in(S.RUNNING, heartbeat=None)
     assert next_deadline(task) is None
     assert expire_due(task, 1e9) == (task, ())
+
+
+# --- refusals and the attempt limit (issue 18 gaps) -----------------------------------
+
+
+def test_a_refusal_is_its_own_outcome_with_the_machines_words() -> None:
+    task = task_in(S.ASSIGNED)
+    after, events = apply(task, T.REFUSE, now=5.0, reason="role viewer may not run")
+    assert (after.state, after.attempt, after.machine) == (S.QUEUED, 2, None)
+    assert events == (
+        TaskEvent("t1", 5.0, 1, "m1", S.ASSIGNED, S.QUEUED, T.REFUSE, "role viewer may not run"),
+    )
+
+
+def test_a_refusal_with_nowhere_else_to_go_fails_with_the_reason() -> None:
+    task = task_in(S.ASSIGNED)
+    after, events = apply(task, T.REFUSE, now=5.0, reason="x" * 5000, elsewhere=False)
+    assert after.state is S.FAILED and after.attempt == 1 and after.finished_at == 5.0
+    assert after.reason is not None and len(after.reason) == MAX_REASON  # cut: a peer wrote it
+    assert after.reason.startswith("xxx") and events[0].new is S.FAILED
+
+
+def test_ack_timeouts_count_against_max_attempts() -> None:
+    """Old code: every ack timeout queued the task again, forever."""
+    task = Task("t1", scheduled_at=0.0, assign_ack=1.0, max_attempts=3)
+    history = []
+    for n in range(10):
+        if task.final:
+            break
+        task, _ = apply(task, T.ASSIGN, now=float(10 * n), machine="m1")
+        task, events = expire_due(task, float(10 * n + 1))
+        history.append((events[0].new, events[0].attempt))
+    assert history == [(S.QUEUED, 1), (S.QUEUED, 2), (S.FAILED, 3)]
+    assert task.state is S.FAILED and task.reason == "attempt 3 of 3 was not acknowledged in time"
+
+
+def test_refusals_count_against_max_attempts_too() -> None:
+    task = Task("t1", scheduled_at=0.0, max_attempts=2)
+    task, _ = apply(task, T.ASSIGN, now=1.0, machine="m1")
+    task, _ = apply(task, T.REFUSE, now=2.0, reason="no")
+    task, _ = apply(task, T.ASSIGN, now=3.0, machine="m2")
+    task, events = apply(task, T.REFUSE, now=4.0, reason="no either")
+    assert events[-1].new is S.FAILED
+    assert task.state is S.FAILED and task.reason == "no either (no attempt left)"

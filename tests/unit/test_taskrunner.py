@@ -133,12 +133,15 @@ async def test_the_same_task_assigned_twice_runs_once(machine: Machine) -> None:
     assert machine.states("a") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]
 
 
-async def test_a_task_that_cannot_start_fails_and_frees_its_slot(machine: Machine) -> None:
+async def test_a_task_outside_the_allowed_roots_is_refused_not_accepted(machine: Machine) -> None:
+    """Refused in the ack (so the controller may place it elsewhere): nothing stored."""
     outside = AssignTask("a", 1, 0, ("true",), "/", "a", {}, False, None)
-    await machine.runner.assign(outside)
+    with pytest.raises(UsageError, match="allowed roots"):
+        await machine.runner.assign(outside)
+    assert await machine.runner.queue.get("a") is None
     await machine.runner.assign(machine.assign("b", code="pass"))
-    await machine.until(2)
-    assert machine.states("a") == [S.ACCEPTED, S.FAILED]
+    await machine.until(1)
+    assert machine.states("a") == []
     assert machine.states("b") == [S.ACCEPTED, S.RUNNING, S.SUCCEEDED]
 
 
