@@ -48,7 +48,7 @@ from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
 from starmux.relay_auth import RelayKeyMismatch
 
-from . import review, task_watch
+from . import machine_admin, outbox_report, review, task_watch
 from .agent_client import socket_path
 from .agent_process import AGENT_FILES, AgentState
 from .artifacts import (
@@ -320,7 +320,7 @@ class ControllerAgent:
             await self._wait_first(self.first_sync)
         notes: dict[str, Any] = {}
         if op != "outbox":
-            notes["refused"] = await state.unreported_failures()
+            notes["refused"] = await outbox_report.unreported_failures(state)
             # What the relay's machine list got wrong (a card that is not the pinned
             # one...): every command repeats it while it lasts.
             if state.controller is not None and op != "machines":
@@ -330,12 +330,12 @@ class ControllerAgent:
         if op == "approvals":
             return wire.ok(**await state.approvals(), **notes)
         if op == "machines":
-            listing = await state.machines()
+            listing = await machine_admin.machines(state)
             for view in listing["machines"]:
                 view.update(fleet.machine_fields(bytes.fromhex(view["key"])))
             return wire.ok(**listing, **notes)
         if op == "outbox":
-            return wire.ok(**await state.outbox())
+            return wire.ok(**await outbox_report.outbox(state))
         if op in ("logs", "watch"):
             return await self._stream(writer, fields, follow=op == "watch", notes=notes)
         if op == "run":
@@ -372,9 +372,11 @@ class ControllerAgent:
         if op == "diff":
             return wire.ok(**await review.diff(state, **fields), **notes)
         if op == "revoke":
-            return wire.ok(**await state.revoke(fields["machine"]), **notes)
+            return wire.ok(**await machine_admin.revoke(state, fields["machine"]), **notes)
         if op == "rename":
-            return wire.ok(**await state.rename(fields["machine"], fields["name"]), **notes)
+            return wire.ok(
+                **await machine_admin.rename(state, fields["machine"], fields["name"]), **notes
+            )
         if op.startswith("notify-"):
             from . import notify_actions
 

@@ -122,7 +122,8 @@ def call_with_progress(
 def get_command(
     artifact: str, output: Path | None, force: bool, home: Path | None, as_json: bool
 ) -> None:
-    """Fetch ARTIFACT (end to end encrypted, hash checked, resumed across reconnects)."""
+    """Fetch ARTIFACT (end to end encrypted, hash checked, resumed across reconnects;
+    an interrupted fetch to the same path resumes from what it wrote)."""
     target = (output or Path.cwd()).absolute()
     fields = {"artifact": artifact, "output": str(target), "force": force}
     reply = call_with_progress(_home(home), "get", printable(artifact), fields, as_json)
@@ -134,5 +135,6 @@ def get_command(
         f"fetched {printable(reply.get('name', '?'))} to {printable(reply.get('path', '?'))} "
         f"({printable(reply.get('shown_size', '?'))}, hash checked"
         + (f", {rate:.1f} MiB/s" if isinstance(rate, float) else "")
+        + (", resumed from an interrupted fetch" if reply.get("kept_from_before") else "")
         + ")"
     )

@@ -113,6 +113,7 @@ def fetched_json(result: Fetched, artifact: ArtifactPublished) -> dict[str, Any]
         "digest": result.digest.hex(),
         "bytes_received": result.bytes_received,
         "resumed_at": list(result.resumed_at),
+        "kept_from_before": result.kept,  # bytes an interrupted `get` had already written
         "seconds": result.seconds,
         "mib_per_second": result.size / (1 << 20) / result.seconds if result.seconds else None,
         "shown_size": format_size(result.size),

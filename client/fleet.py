@@ -456,7 +456,7 @@ class Fleet:
             command = SetTags(tuple(add), tuple(remove))
         except UsageError as exc:
             raise OperationFailed("bad-request", exc.message, exc.hint or "") from exc
-        return await self.state._issue(target, command)
+        return await self.state.issue(target, command)
 
     def machine_fields(self, key: bytes) -> dict[str, Any]:
         """Tags, capacity and load as the machine last reported (for ``machines``)."""

@@ -57,8 +57,7 @@ async def _to_machines(
         raise OperationFailed(
             "not-found", "no machine is paired yet", "pair one first: starmux pair CODE"
         )
-    # Private by design: ControllerState._issue is the outbox path every command takes.
-    return [await state._issue(m, command) for m in machines]
+    return [await state.issue(m, command) for m in machines]
 
 
 def _failed(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ of it so that module stays about sessions. Invariants:
 - ``--for-session`` sets the rule first, then signs the decision of the checkpoint at
   hand: both go through the outbox in that order, so the machine never sees the
   decision without the rule the person asked for. A refused rule stops there: no
-  decision is sent (the person asked for both, not for half).
+  decision is sent (the person asked for both, not for half). The machine applies a
+  new rule to the session's waiting checkpoints too, the one at hand included: the
+  signed decision then agrees with the rule's answer and is acked as that verdict.
 - A rule is checked here (it parses, the checkpoint is still pending) and again by
   the machine, which is what applies it.
 - Everything a machine sent comes back as data; the CLI escapes it.
@@ -24,7 +26,8 @@ from starmux.fingerprint import fingerprint
 from starmux.review_messages import RemoveApprovalRule, SetApprovalRule, ShowDiff
 
 from .cache import CheckpointRow
-from .sessions import ControllerState, OperationFailed, checkpoint_json
+from .session_views import checkpoint_json
+from .sessions import ControllerState, OperationFailed
 
 
 async def _checkpoint(state: ControllerState, checkpoint_id: str) -> CheckpointRow:
@@ -39,7 +42,7 @@ async def _checkpoint(state: ControllerState, checkpoint_id: str) -> CheckpointR
 async def approval(state: ControllerState, checkpoint_id: str) -> dict[str, Any]:
     """One checkpoint, whole: preview, and its decision if it has one."""
     row = await _checkpoint(state, checkpoint_id)
-    entry = checkpoint_json(row, await state._names())
+    entry = checkpoint_json(row, await state.machine_names())
     entry.update(
         decision=row.decision,
         decided_by=fingerprint(row.decided_by) if row.decided_by else None,
@@ -82,11 +85,11 @@ async def decide(
             "too-late", f"too late: checkpoint {checkpoint} was already {row.decision}"
         )
     pattern = await _rule_pattern(state, row, rule)
-    machine = await state._machine_by_key(row.machine)
+    machine = await state.machine_by_key(row.machine)
     rule_id = "r-" + secrets.token_hex(5)
     effect = Effect.ALLOW if approve else Effect.DENY
     command = SetApprovalRule(rule_id, row.session, pattern, effect)
-    set_rule = await state._issue(machine, command)
+    set_rule = await state.issue(machine, command)
     rule_json = {"id": rule_id, "pattern": pattern, "effect": effect.value}
     if set_rule["accepted"] is False:
         return {"checkpoint": checkpoint, "rule": rule_json, **set_rule}
@@ -95,13 +98,13 @@ async def decide(
 
 
 async def rules(state: ControllerState, session_id: str) -> dict[str, Any]:
-    session = await state._session(session_id)
+    session = await state.known_session(session_id)
     rows = await state.cache.db.execute_fetchall(
         "SELECT id, session, pattern, effect, set_by, set_at FROM approval_rules "
         "WHERE machine = ? AND session = ? AND removed_at IS NULL ORDER BY set_at",
         (session.machine, session.id),
     )
-    names = await state._names()
+    names = await state.machine_names()
     return {
         "rules": [
             {
@@ -130,14 +133,14 @@ async def remove_rule(state: ControllerState, rule_id: str) -> dict[str, Any]:
         )
     if len(rows) > 1:
         raise OperationFailed("refused", f"{len(rows)} machines claim the rule id {rule_id!r}")
-    machine = await state._machine_by_key(bytes(rows[0][0]))
-    return {"rule": rule_id, **await state._issue(machine, RemoveApprovalRule(rule_id))}
+    machine = await state.machine_by_key(bytes(rows[0][0]))
+    return {"rule": rule_id, **await state.issue(machine, RemoveApprovalRule(rule_id))}
 
 
 async def diff(state: ControllerState, *, session: str, stat: bool) -> dict[str, Any]:
-    row = await state._session(session)
-    machine = await state._machine_by_key(row.machine)
-    reply = await state._issue(machine, ShowDiff(row.id, stat))
+    row = await state.known_session(session)
+    machine = await state.machine_by_key(row.machine)
+    reply = await state.issue(machine, ShowDiff(row.id, stat))
     if reply["queued"]:
         raise OperationFailed(
             "unavailable",

@@ -1,5 +1,9 @@
-"""What the controller's commands do, inside the controller agent: the device's state
-(store, cache, the current :class:`LiveController`) and one method per operation.
+"""What the controller's session commands do, inside the controller agent: the
+device's state (store, cache, the current :class:`LiveController`), the outbox path
+every command takes, and the session operations (list, approvals, logs/watch, run,
+cancel, decide). Machines (list, rename, revoke) are in :mod:`.machine_admin`, the
+outbox as a person sees it in :mod:`.outbox_report`, review in :mod:`.review`;
+the JSON shapes in :mod:`.session_views`.
 
 The agent (:mod:`starmux.client.agent`) owns the one relay connection and replaces
 the :class:`LiveController` after every reconnect; the methods here read the cache
@@ -14,8 +18,8 @@ Invariants:
   reconnects too).
 - A command waits for its ack on whichever controller is current: an ack recorded
   while the link was being replaced is found in the cache.
-- A revoked machine's unfinished sessions end as ``revoked`` here (the machine can
-  no longer report their end), and its pending checkpoints leave ``approvals``.
+- A revoked machine's pending checkpoints leave ``approvals`` (its sessions end as
+  ``revoked``: see :mod:`.machine_admin`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from starmux.codec import Message
-from starmux.control import ListMachines, MachineList, RevokeMachine
 from starmux.decisions import decision_transcript
 from starmux.errors import ConnectionLost, StarmuxError
 from starmux.identity import NodeKeys
@@ -40,33 +43,18 @@ from starmux.messages import (
     CommandAck,
     DecideCheckpoint,
     LoggedEvent,
-    Output,
-    SessionStatusChanged,
     StartSession,
 )
-from starmux.node.database import read_setting, write_setting
-from starmux.relay_auth import revoke_transcript
-from starmux.session_state import TERMINAL
 
 from .cache import Cache, CheckpointRow, SessionRow
 from .device_copy import DeviceRemoved
 from .live import EventCallback, LiveController
-from .roster import reconcile
+from .session_views import ENDED, REVOKED, checkpoint_json, output_of, session_json, status_of
 from .store import ControllerConfig, ControllerStore, KnownMachine
 from .transfers import ControllerTransfers
 
-#: Status the controller gives the unfinished sessions of a machine it revoked.
-REVOKED = "revoked"
-ENDED = frozenset({*TERMINAL, REVOKED})
 #: How long a command waits for a live machine's ack before saying "queued".
 ACK_WITHIN = 10.0
-_REPORTED_SETTING = "outbox_failures_reported_until"
-#: How the outbox names a command kind to a person (the command that queued it).
-_COMMAND_NAMES = {
-    StartSession.KIND: "run",
-    CancelSession.KIND: "cancel",
-    DecideCheckpoint.KIND: "decision",
-}
 
 
 class OperationFailed(StarmuxError):
@@ -99,24 +87,6 @@ async def live_controller(
             await controller.close()
 
 
-def output_of(event: LoggedEvent) -> tuple[str, bytes] | None:
-    try:
-        message = APP.decode(event.body)
-    except StarmuxError:
-        return None
-    if isinstance(message, Output):
-        return message.stream, message.data
-    return None
-
-
-def status_of(event: LoggedEvent) -> SessionStatusChanged | None:
-    try:
-        message = APP.decode(event.body)
-    except StarmuxError:
-        return None
-    return message if isinstance(message, SessionStatusChanged) else None
-
-
 def signed_decision(
     keys: NodeKeys, checkpoint: CheckpointRow, *, approve: bool, reason: str
 ) -> DecideCheckpoint:
@@ -125,38 +95,6 @@ def signed_decision(
         decision_transcript(checkpoint.machine, checkpoint.id, approve, reason, decided_at)
     )
     return DecideCheckpoint(checkpoint.id, approve, reason, decided_at, signature)
-
-
-def session_json(row: SessionRow, names: dict[bytes, str]) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "machine": names.get(row.machine, row.machine.hex()),
-        "title": row.title,
-        "cwd": row.cwd,
-        "argv": row.argv,
-        "status": row.status,
-        "exit_code": row.exit_code,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "cost": {
-            "input_tokens": row.input_tokens,
-            "output_tokens": row.output_tokens,
-            "usd": row.usd,
-        },
-    }
-
-
-def checkpoint_json(row: CheckpointRow, names: dict[bytes, str]) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "machine": names.get(row.machine, row.machine.hex()),
-        "session": row.session,
-        "title": row.title,
-        "body": row.body,
-        "expires_at": row.expires_at,
-        "default": "approve" if row.default_approve else "deny",
-        "preview": row.preview_json(),
-    }
 
 
 @dataclass
@@ -244,8 +182,33 @@ class ControllerState:
             )
         return rows
 
-    async def _names(self) -> dict[bytes, str]:
+    # --- the interface the other operation modules use (review, machines, notify) -
+
+    async def machine_names(self) -> dict[bytes, str]:
+        """Paired machine key → this controller's name for it."""
         return {m.key: m.name for m in await self.store.machines()}
+
+    async def known_session(self, session_id: str) -> SessionRow:
+        """The cached session, or ``not-found`` for the person."""
+        row = await self.cache.session(session_id)
+        if row is None:
+            raise OperationFailed(
+                "not-found",
+                f"no session {session_id!r} known here",
+                "see `starmux sessions` (it lists what this controller has synced)",
+            )
+        return row
+
+    async def machine_by_key(self, key: bytes) -> KnownMachine:
+        """The paired machine with this key, or ``refused``: it was revoked."""
+        for machine in await self.store.machines():
+            if machine.key == key:
+                return machine
+        raise OperationFailed(
+            "refused",
+            "the machine of this session was revoked",
+            "its sessions ended as `revoked`; pair it again to use it",
+        )
 
     async def relay(self) -> dict[str, Any]:
         return {
@@ -275,7 +238,7 @@ class ControllerState:
 
     async def sessions(self, machine: str | None) -> dict[str, Any]:
         key = (await self.store.find_machine(machine)).key if machine else None
-        names = await self._names()
+        names = await self.machine_names()
         rows = await self.cache.sessions(key)
         listed = []
         for row in rows:
@@ -291,7 +254,7 @@ class ControllerState:
 
     async def approvals(self) -> dict[str, Any]:
         now = time.time()
-        names = await self._names()
+        names = await self.machine_names()
         ended = {(r.machine, r.id) for r in await self.cache.sessions() if r.status in ENDED}
         rows = [
             c
@@ -304,58 +267,6 @@ class ControllerState:
             "relay": await self.relay(),
         }
 
-    async def machines(self) -> dict[str, Any]:
-        """Paired machines (pinned at pairing), with what the relay says about them now.
-        The relay's word never adds or removes one here (see :mod:`.roster`): a machine
-        it does not list is shown as such, what it gets wrong comes back as warnings."""
-        known = await self.store.machines()
-        listing: MachineList | None = None
-        controller = self.controller
-        if controller is not None and controller.link is not None:
-            with contextlib.suppress(StarmuxError):
-                reply = await controller.link.request(ListMachines(0), MachineList)
-                assert isinstance(reply, MachineList)
-                listing = reply
-        roster = reconcile(known, listing) if listing is not None else None
-        entries = {e.machine.key: e for e in roster.entries} if roster else {}
-        views = []
-        for machine in known:
-            entry = entries.get(machine.key)
-            info = entry.listing if entry is not None else None
-            if info is not None:
-                self.last_seen[machine.key] = info.last_seen
-            channel = controller.machines.get(machine.key) if controller else None
-            views.append(
-                {
-                    "name": machine.name,  # this controller's name for it (see rename)
-                    "fingerprint": machine.fingerprint,
-                    "key": machine.key.hex(),
-                    # The relay's list when it answered (presence is all it is), else
-                    # what the live channels know.
-                    "online": info.online
-                    if info is not None
-                    else (roster is None and bool(channel and channel.online)),
-                    "listed_by_relay": (info is not None) if roster is not None else None,
-                    "paired_at": machine.paired_at,
-                    "last_seen": self.last_seen.get(machine.key, machine.last_seen),
-                }
-            )
-        return {
-            "machines": views,
-            "warnings": roster.warnings if roster is not None else [],
-            "relay": await self.relay(),
-        }
-
-    async def _session(self, session_id: str) -> SessionRow:
-        row = await self.cache.session(session_id)
-        if row is None:
-            raise OperationFailed(
-                "not-found",
-                f"no session {session_id!r} known here",
-                "see `starmux sessions` (it lists what this controller has synced)",
-            )
-        return row
-
     async def stream_session(
         self,
         session_id: str,
@@ -367,7 +278,7 @@ class ControllerState:
         """Send the session's output and status changes after event ``after``, in
         order (``send(kind, seq, payload)``); with ``follow``, keep going until it
         ends. Returns its last row."""
-        row = await self._session(session_id)
+        row = await self.known_session(session_id)
         wake = asyncio.Event()
         self.watchers.setdefault(session_id, set()).add(wake)
         sent = after
@@ -403,68 +314,9 @@ class ControllerState:
             if not self.watchers[session_id]:
                 del self.watchers[session_id]
 
-    async def outbox(self) -> dict[str, Any]:
-        names = await self._names()
-        rows = await self.store.db.execute_fetchall(
-            "SELECT command_id, machine, kind, created_at, acked_at, ok, error, hint "
-            "FROM outbox WHERE acked_at IS NULL OR ok = 0 ORDER BY created_at"
-        )
-        return {
-            "commands": [
-                {
-                    "command_id": r[0],
-                    "machine": names.get(bytes(r[1]), "(revoked)"),
-                    "kind": _COMMAND_NAMES.get(r[2], r[2]),
-                    "created_at": r[3],
-                    "state": "pending" if r[4] is None else "refused",
-                    "answered_at": r[4],
-                    "error": r[6] or "",
-                    "hint": r[7] or "",
-                }
-                for r in rows
-            ]
-        }
-
-    async def unreported_failures(self) -> list[dict[str, Any]]:
-        """Queued commands refused since the last time a command said so (then marked
-        as said): every refusal is shown once without asking."""
-        value = await read_setting(self.store.db, _REPORTED_SETTING)
-        until = float(value.decode()) if value else 0.0
-        rows = list(
-            await self.store.db.execute_fetchall(
-                "SELECT command_id, machine, kind, acked_at, error, hint FROM outbox "
-                "WHERE ok = 0 AND acked_at > ? ORDER BY acked_at",
-                (until,),
-            )
-        )
-        if not rows:
-            return []
-        await write_setting(self.store.db, _REPORTED_SETTING, repr(rows[-1][3]).encode())
-        names = await self._names()
-        return [
-            {
-                "command_id": r[0],
-                "machine": names.get(bytes(r[1]), "(revoked)"),
-                "kind": _COMMAND_NAMES.get(r[2], r[2]),
-                "error": r[4] or "",
-                "hint": r[5] or "",
-            }
-            for r in rows
-        ]
-
     # --- commands -------------------------------------------------------------------
 
-    async def _machine_by_key(self, key: bytes) -> KnownMachine:
-        for machine in await self.store.machines():
-            if machine.key == key:
-                return machine
-        raise OperationFailed(
-            "refused",
-            "the machine of this session was revoked",
-            "its sessions ended as `revoked`; pair it again to use it",
-        )
-
-    async def _issue(self, machine: KnownMachine, command: Message) -> dict[str, Any]:
+    async def issue(self, machine: KnownMachine, command: Message) -> dict[str, Any]:
         """Put a command in the outbox; if its machine is live, deliver it and wait for
         the ack (on whichever controller is current)."""
         command_id = "k-" + secrets.token_hex(8)
@@ -538,7 +390,7 @@ class ControllerState:
         request = StartSession(
             session, tuple(argv), cwd, title or " ".join(argv)[:80], env, pty, sent
         )
-        return {"session": session, **await self._issue(target, request)}
+        return {"session": session, **await self.issue(target, request)}
 
     async def _send_attachments(
         self,
@@ -571,13 +423,13 @@ class ControllerState:
             raise OperationFailed("refused", exc.message, exc.hint or "") from exc
 
     async def cancel(self, session_id: str) -> dict[str, Any]:
-        row = await self._session(session_id)
+        row = await self.known_session(session_id)
         if row.status == REVOKED:
             raise OperationFailed(
                 "too-late", f"session {session_id} ended: its machine was revoked"
             )
-        machine = await self._machine_by_key(row.machine)
-        return {"session": session_id, **await self._issue(machine, CancelSession(session_id))}
+        machine = await self.machine_by_key(row.machine)
+        return {"session": session_id, **await self.issue(machine, CancelSession(session_id))}
 
     async def decide(self, checkpoint: str, *, approve: bool, reason: str) -> dict[str, Any]:
         checkpoint_id = checkpoint
@@ -595,61 +447,6 @@ class ControllerState:
                 f"too late: the session ended ({session.status}) before a decision",
                 "nothing was sent; see `starmux logs " + row.session + "`",
             )
-        machine = await self._machine_by_key(row.machine)
+        machine = await self.machine_by_key(row.machine)
         decision = signed_decision(self.keys, row, approve=approve, reason=reason)
-        return {"checkpoint": checkpoint_id, **await self._issue(machine, decision)}
-
-    async def revoke(self, query: str) -> dict[str, Any]:
-        machine = await self.store.find_machine(query)
-        controller = self.controller
-        if controller is None or controller.link is None:
-            raise OperationFailed(
-                "unavailable",
-                f"the relay is unreachable ({self.relay_error})",
-                "revocation goes through the relay; try again when it answers",
-            )
-        issued_at = time.time()
-        signature = self.keys.sign(revoke_transcript(self.config.account, machine.key, issued_at))
-        from starmux.control import MachineRevoked
-        from starmux.node.link import RelayRefused
-
-        try:
-            await controller.link.request(
-                RevokeMachine(0, machine.key, issued_at, signature), MachineRevoked
-            )
-        except RelayRefused as exc:
-            if exc.code != "unknown-machine":
-                raise
-        await self.forget_revoked(machine.key)
-        return {"revoked": machine.name, "fingerprint": machine.fingerprint}
-
-    async def rename(self, query: str, name: str) -> dict[str, Any]:
-        """Rename a machine here (the name is this controller's label for it; the
-        machine's card keeps the name it chose)."""
-        machine = await self.store.find_machine(query)
-        if not name.isprintable() or name != name.strip():
-            raise OperationFailed("bad-request", f"{name!r} is not a usable machine name")
-        if any(m.name == name and m.key != machine.key for m in await self.store.machines()):
-            raise OperationFailed("refused", f"another machine is already called {name!r}")
-        await self.store.db.execute(
-            "UPDATE machines SET name = ? WHERE key = ?", (name, machine.key)
-        )
-        return {"renamed": machine.name, "name": name, "fingerprint": machine.fingerprint}
-
-    async def forget_revoked(self, key: bytes) -> None:
-        """End what a revoked machine can no longer report, and stop talking to it."""
-        ended = [r.id for r in await self.cache.sessions(key) if r.status not in ENDED]
-        await self.store.db.execute(
-            "UPDATE sessions SET status = ?, updated_at = ? WHERE machine = ? AND status "
-            f"NOT IN ({','.join('?' * len(ENDED))})",
-            (REVOKED, time.time(), key, *sorted(ENDED)),
-        )
-        await self.store.db.execute(
-            "DELETE FROM outbox WHERE machine = ? AND acked_at IS NULL", (key,)
-        )
-        await self.store.remove_machine(key)
-        if self.controller is not None:
-            self.controller.machines.pop(key, None)
-        for session in ended:
-            for wake in self.watchers.get(session, ()):
-                wake.set()
+        return {"checkpoint": checkpoint_id, **await self.issue(machine, decision)}

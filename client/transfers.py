@@ -9,8 +9,14 @@ resumes there from the chunks already held (:meth:`channel_open`).
 
 Invariants:
 - A download is written to ``DEST.starmux-part`` next to ``DEST`` (0600) and
-  renamed to ``DEST`` only after the whole file's hash matched; on any failure the
-  temporary file is removed and ``DEST`` is untouched.
+  renamed to ``DEST`` only after the whole file's hash matched; on a failure
+  (refused, hash mismatch) the temporary file is removed and ``DEST`` is untouched.
+- An interrupted download (the agent stopped or restarted, the ``get`` went away)
+  keeps its part and, in ``DEST.starmux-resume``, which artifact of which machine
+  it holds (size, digest, chunk size). A later ``get`` of the same artifact to the
+  same ``DEST`` re-hashes the whole chunks of the part and asks the machine only for
+  the rest: bytes the part holds are never sent again, and the hash is still
+  checked over the whole file at the end. A part that does not match is dropped.
 - Sizes are checked against this controller's cap before anything moves: a
   download before the first ``fetch-file``, an upload before the ``offer-file``.
 """
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import secrets
 import time
@@ -30,6 +38,7 @@ from typing import Any, BinaryIO
 from starmux.codec import Message
 from starmux.errors import StarmuxError, UsageError
 from starmux.transfer import (
+    CHUNK_SIZE,
     WINDOW,
     Pace,
     Receiver,
@@ -51,6 +60,8 @@ from starmux.transfer_messages import (
 Send = Callable[[bytes, Message], Awaitable[bool]]
 Progress = Callable[[int, int], None]
 PART_SUFFIX = ".starmux-part"
+#: Next to a kept part: what it is part of (JSON), so only that artifact resumes it.
+RESUME_SUFFIX = ".starmux-resume"
 
 
 class TransferError(StarmuxError):
@@ -88,12 +99,19 @@ class Fetched:
     digest: bytes
     bytes_received: int
     resumed_at: tuple[int, ...]  # byte offsets where a later request resumed
+    kept: int  # bytes an earlier, interrupted `get` had written (not fetched again)
     seconds: float
 
 
 def _private_file(path: Path, flags: int) -> BinaryIO:
     fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     return os.fdopen(fd, "wb" if flags & os.O_WRONLY else "rb")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    with _private_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL) as file:
+        file.write(data)
 
 
 def hash_file(path: Path) -> tuple[int, bytes]:
@@ -104,6 +122,46 @@ def hash_file(path: Path) -> tuple[int, bytes]:
             size += len(block)
             digest.update(block)
     return size, digest.digest()
+
+
+def _resume_info(machine: bytes, artifact: str, size: int, digest: bytes) -> bytes:
+    fields = {
+        "machine": machine.hex(),
+        "artifact": artifact,
+        "size": size,
+        "digest": digest.hex(),
+        "chunk_size": CHUNK_SIZE,
+    }
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def _held_part(part: Path, info: Path, expected: bytes) -> tuple[int, hashlib.blake2b] | None:
+    """What a kept part holds of the download ``expected`` describes: its whole chunks
+    (cut to them) and their hash; None (both files removed) if it is not that one."""
+    try:
+        plain = not part.is_symlink() and not info.is_symlink() and part.is_file()
+        matches = plain and info.read_bytes()[:4096] == expected
+    except OSError:
+        matches = False
+    if not matches:
+        part.unlink(missing_ok=True)
+        info.unlink(missing_ok=True)
+        return None
+    size = json.loads(expected)["size"]
+    held_bytes = part.stat().st_size
+    chunks = size // CHUNK_SIZE + (1 if size % CHUNK_SIZE else 0)
+    held = min(chunks, held_bytes // CHUNK_SIZE)
+    if held_bytes >= size:
+        held = chunks  # the last chunk may be short
+    kept = min(held * CHUNK_SIZE, size)
+    os.truncate(part, kept)  # a chunk cut short is asked for again
+    digest = file_digest()
+    with _private_file(part, os.O_RDONLY) as file:
+        remaining = kept
+        while remaining and (block := file.read(min(remaining, 1 << 20))):
+            remaining -= len(block)
+            digest.update(block)
+    return held, digest
 
 
 class ControllerTransfers:
@@ -173,8 +231,15 @@ class ControllerTransfers:
     ) -> Fetched:
         receiver = Receiver(size=size, digest=digest, cap=self.cap)  # TooLarge: nothing sent
         part = dest.with_name(dest.name + PART_SUFFIX)
-        part.unlink(missing_ok=True)
-        file = _private_file(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        info = dest.with_name(dest.name + RESUME_SUFFIX)
+        expected = _resume_info(machine, artifact, size, digest)
+        held = await asyncio.to_thread(_held_part, part, info, expected)
+        if held is not None:
+            receiver.hold(*held)
+            file = _private_file(part, os.O_WRONLY | os.O_APPEND)
+        else:
+            file = _private_file(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            _write_new(info, expected)
         transfer = "t-" + secrets.token_hex(8)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = _Download(machine, transfer, artifact, receiver, part, file, done, progress)
@@ -184,11 +249,16 @@ class ControllerTransfers:
             await self._request(entry)
             await done
             os.replace(part, dest)
+            info.unlink(missing_ok=True)
+        except (TransferError, TransferFailed):
+            part.unlink(missing_ok=True)
+            info.unlink(missing_ok=True)
+            raise
         finally:
             self._downloads.pop((machine, transfer), None)
             with contextlib.suppress(OSError):
+                entry.file.flush()  # what is written is kept for the next `get`
                 entry.file.close()
-            part.unlink(missing_ok=True)
             if not done.done():  # cancelled (the command went away): tell the machine
                 done.cancel()
                 if self.send is not None:
@@ -200,6 +270,7 @@ class ControllerTransfers:
             digest,
             receiver.bytes_received,
             tuple(entry.resumed_at[1:]),
+            (held[0] * CHUNK_SIZE if held else 0),
             time.monotonic() - started,
         )
 

@@ -18,6 +18,11 @@ row and writes what it returns. Invariants:
 - A checkpoint that an approval rule of its session answers (:mod:`.rulebook`) is
   logged like any other, then decided at once by the rule: ``checkpoint-decided``
   names the device that set the rule, the reason and the audit row name the rule.
+- A rule set while checkpoints of its session wait answers those it matches too
+  (:meth:`Checkpoints.answer_pending`), each audited as the rule's. The checkpoint
+  whose ``approve --for-session`` set the rule is among them: the person's signed
+  decision that follows, agreeing with what their own rule just answered, is
+  acknowledged as that verdict rather than "too late" (same device, same answer).
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ class Checkpoints:
         self._waiters: dict[str, asyncio.Future[CheckpointOutcome]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._by_key: dict[tuple[str, str], str] = {}
+        #: checkpoint → (session, preview) while it waits: what a rule set later matches
+        self._previews: dict[str, tuple[str, CheckpointPreview]] = {}
         #: Held while a session's waiting/running status follows its pending checkpoints.
         self._status = asyncio.Lock()
         #: Who may sign decisions: the account's current devices (daemon/devices.py);
@@ -140,6 +147,8 @@ class Checkpoints:
                 self._by_key[(session, key)] = checkpoint_id
             if rule is not None:
                 await self._by_rule(checkpoint_id, session, rule)
+            elif preview is not None:
+                self._previews[checkpoint_id] = (session, preview)
         waiter = self._waiters.get(checkpoint_id)
         if waiter is None:  # decided already (a retried call with the same key)
             return await self._outcome(checkpoint_id)
@@ -170,6 +179,13 @@ class Checkpoints:
         )
         if step is None:
             raise UsageError(f"no checkpoint {decision.checkpoint} on this machine")
+        if isinstance(step, checkpoint_state.TooLate) and await self._agrees_with_own_rule(
+            step, decision.approve, controller_key
+        ):
+            verdict = step.checkpoint.state.value
+            record = command_record(command_id, True, "", "", verdict, self.clock())
+            await self.log.execute_write([record])
+            return verdict
         if isinstance(step, checkpoint_state.TooLate):
             first = step.checkpoint.decided_by
             name = await self.device_name(first) if first and self.device_name else None
@@ -189,6 +205,34 @@ class Checkpoints:
         )
         return verdict
 
+    async def answer_pending(self, session: str) -> list[str]:
+        """After a rule of ``session`` was set: answer its waiting checkpoints that the
+        rules now answer (deny still wins); returns their ids, in the order raised."""
+        answered = []
+        for checkpoint_id, (owner, preview) in list(self._previews.items()):
+            if owner != session or checkpoint_id not in self._previews:
+                continue
+            rule = await self.rules.answer(session, preview)
+            if rule is not None:
+                await self._by_rule(checkpoint_id, session, rule)
+                answered.append(checkpoint_id)
+        return answered
+
+    async def _agrees_with_own_rule(
+        self, step: checkpoint_state.TooLate, approve: bool, by: bytes
+    ) -> bool:
+        """A decision that arrives after a rule set by the same device gave the same
+        answer (``approve --for-session``: the rule answered the checkpoint at hand)."""
+        checkpoint = step.checkpoint
+        if checkpoint.decided_by != by or checkpoint.state is not (
+            CheckpointState.APPROVED if approve else CheckpointState.DENIED
+        ):
+            return False
+        rows = await self.log.execute_read(
+            "SELECT signature FROM checkpoints WHERE id = ?", (checkpoint.id,)
+        )
+        return bool(rows) and not rows[0][0]  # a rule's decision carries no signature
+
     async def _by_rule(self, checkpoint_id: str, session: str, rule: Rule) -> None:
         """Answer the checkpoint as ``rule`` says, audited as the rule's."""
         approve = rule.effect is Effect.ALLOW
@@ -206,7 +250,7 @@ class Checkpoints:
             signature=b"",
         )
         if not isinstance(step, checkpoint_state.Decide):
-            return  # decided meanwhile (it cannot be: nobody saw it yet)
+            return  # decided meanwhile (a person's answer or the expiry came first)
         verdict = step.verdict.value
         await self.store.audit(
             f"checkpoint.{verdict}",
@@ -349,6 +393,7 @@ class Checkpoints:
         return bool(rows)
 
     def _resolve(self, checkpoint_id: str, outcome: CheckpointOutcome) -> None:
+        self._previews.pop(checkpoint_id, None)
         timer = self._timers.pop(checkpoint_id, None)
         if timer is not None:
             timer.cancel()

@@ -356,6 +356,8 @@ class LiveService:
             await self.log.execute_write(
                 [command_record(envelope.command_id, True, "", "", result, self.log_clock())]
             )
+            if isinstance(command, SetApprovalRule):  # it answers what waits already
+                await self.checkpoints.answer_pending(command.session)
             return result
         if isinstance(command, CancelSession):
             await self.sessions.cancel(command.session)

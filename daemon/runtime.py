@@ -80,7 +80,7 @@ from .store import DATABASE_FILE, DaemonStore, PairedController
 from .taskqueue import TaskQueue
 from .taskrunner import TaskRunner
 from .terminal import Terminal
-from .transfers import MachineTransfers, file_size_cap
+from .transfers import MachineTransfers, file_size_cap, unclaimed_upload_ttl
 
 API_SOCKET = "api.sock"
 #: the card name the relay sees with ``daemon start --private-name``
@@ -218,6 +218,7 @@ class Daemon:
             cap=file_size_cap(),
             clock=self.sessions.clock,
             report=self.terminal.event,
+            unclaimed_ttl=unclaimed_upload_ttl(),
         )
         self.api = LocalApiServer(
             self.home / API_SOCKET,

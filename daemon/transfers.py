@@ -14,7 +14,10 @@ reads and writes the files and keeps them per controller.
 - **Uploads** (attachments): an ``offer-file`` within the cap is staged in
   ``HOME/uploads`` (0600, temporary name) and kept per controller across
   reconnects; when its hash checks out it waits for the ``start-session`` that
-  names it, which moves it into the session's attachments folder.
+  names it, which moves it into the session's attachments folder. One that no
+  ``start-session`` claims (the run was refused, the controller went away) is
+  deleted once it has been idle for ``unclaimed_ttl`` (``STARMUX_UNCLAIMED_UPLOAD_TTL``,
+  1 h by default): staged files never pile up until the daemon restarts.
 
 Invariants: a path from a session is resolved (symlinks too) before the allowed
 roots are checked; nothing of a failed or unverified upload is kept; each
@@ -70,6 +73,8 @@ ATTACHMENTS_DIR = ".starmux"
 _COPY_BLOCK = 1 << 20
 #: Transfers kept per controller (paused ones included); past it the oldest goes.
 MAX_TRANSFERS = 32
+#: How long an upload may sit unclaimed (no chunk, no offer, no start-session).
+UNCLAIMED_UPLOAD_TTL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class _Incoming:
     receiver: Receiver
     part: Path
     file: BinaryIO | None
+    touched: float  # the clock when a controller last offered or sent a chunk of it
     starts: list[int] = field(default_factory=list)  # the chunk each offer resumed at
 
 
@@ -150,6 +156,7 @@ class MachineTransfers:
         cap: int,
         clock: Callable[[], float],
         report: Callable[..., None] | None = None,
+        unclaimed_ttl: float = UNCLAIMED_UPLOAD_TTL,
     ) -> None:
         #: the daemon's terminal (``Terminal.event``): a finished transfer is said there
         self.report = report
@@ -158,7 +165,10 @@ class MachineTransfers:
         self.allowed_roots = allowed_roots
         self.cap = cap
         self.clock = clock
+        self.unclaimed_ttl = unclaimed_ttl
         self._peers: dict[bytes, _Peer] = {}
+        #: (controller, transfer) → the timer that deletes the upload if left unclaimed
+        self._expiry: dict[tuple[bytes, str], asyncio.TimerHandle] = {}
         #: one pace for the daemon's one relay connection, whoever the file is for
         self.pace = Pace()
         # Uploads live in memory: what a previous daemon staged can never be claimed.
@@ -231,7 +241,7 @@ class MachineTransfers:
                     self.wake(key)
                 return []
             if isinstance(message, OfferFile):
-                return self._offer(peer, message)
+                return self._offer(key, peer, message)
             if isinstance(message, FileChunk):
                 return self._chunk(peer, message)
             if isinstance(message, FileFailed):
@@ -309,7 +319,9 @@ class MachineTransfers:
             return FileChunk(transfer, chunk.index, data)
         return None
 
-    def _offer(self, peer: _Peer, offer: OfferFile) -> list[Message]:
+    def _offer(self, key: bytes, peer: _Peer, offer: OfferFile) -> list[Message]:
+        if offer.transfer in peer.incoming:
+            peer.incoming[offer.transfer].touched = self.clock()
         if offer.transfer in peer.ready:
             received = peer.incoming.get(offer.transfer)
             count = received.receiver.count if received else 0
@@ -325,8 +337,9 @@ class MachineTransfers:
             uploads = _private_dir(self.home / UPLOADS_DIR)
             part = uploads / f"{secrets.token_hex(8)}.part"
             file = _open_private(part, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-            incoming = _Incoming(offer.transfer, offer.name, receiver, part, file)
+            incoming = _Incoming(offer.transfer, offer.name, receiver, part, file, self.clock())
             peer.incoming[offer.transfer] = incoming
+            self._expire_later(key, offer.transfer, self.unclaimed_ttl)
         start = incoming.receiver.request()
         incoming.starts.append(start)
         if incoming.receiver.finished:
@@ -338,6 +351,7 @@ class MachineTransfers:
         if incoming is None or incoming.file is None:
             return [FileFailed(chunk.transfer, "no such upload in progress")]
         accepted = incoming.receiver.on_chunk(chunk.index, chunk.data)
+        incoming.touched = self.clock()
         incoming.file.seek(accepted.offset)
         incoming.file.write(accepted.data)
         replies: list[Message] = []
@@ -362,6 +376,39 @@ class MachineTransfers:
                 transfer=incoming.transfer,
                 size=incoming.receiver.size,
                 starts=incoming.starts,
+            )
+
+    def _expire_later(self, key: bytes, transfer: str, delay: float) -> None:
+        timer = asyncio.get_running_loop().call_later(
+            delay, self._expire_if_unclaimed, key, transfer
+        )
+        old = self._expiry.pop((key, transfer), None)
+        if old is not None:
+            old.cancel()
+        self._expiry[(key, transfer)] = timer
+
+    def _expire_if_unclaimed(self, key: bytes, transfer: str) -> None:
+        """An upload's timer: delete it if it sat idle for the whole bound (else wait
+        for the rest of the bound from its last activity)."""
+        self._expiry.pop((key, transfer), None)
+        peer = self._peers.get(key)
+        incoming = peer.incoming.get(transfer) if peer is not None else None
+        if peer is None or incoming is None:
+            return
+        idle = self.clock() - incoming.touched
+        if idle < self.unclaimed_ttl:
+            self._expire_later(key, transfer, self.unclaimed_ttl - idle)
+            return
+        staged = peer.ready.pop(transfer, None) is not None
+        self._drop(peer, transfer)
+        if self.report is not None:
+            self.report(
+                "attachment-expired",
+                f"attachment {incoming.name} deleted: "
+                f"{'received' if staged else 'partly received'} but not claimed by a "
+                f"session for {self.unclaimed_ttl:g} s",
+                transfer=transfer,
+                size=incoming.receiver.size,
             )
 
     def _drop(self, peer: _Peer, transfer: str) -> None:
@@ -415,6 +462,9 @@ class MachineTransfers:
         for transfer in transfers:
             name, part = peer.ready.pop(transfer)
             peer.incoming.pop(transfer, None)
+            timer = self._expiry.pop((key, transfer), None)
+            if timer is not None:
+                timer.cancel()
             target = folder / name
             temporary = folder / f".{name[:200]}.{secrets.token_hex(4)}.part"
             try:
@@ -427,6 +477,9 @@ class MachineTransfers:
         return folder
 
     def close(self) -> None:
+        for timer in self._expiry.values():
+            timer.cancel()
+        self._expiry.clear()
         for peer in self._peers.values():
             for outgoing in peer.outgoing.values():
                 if outgoing.file is not None:
@@ -453,3 +506,22 @@ def file_size_cap(environ: Mapping[str, str] = os.environ) -> int:
     (e.g. ``500M``, ``2G``), read once at start; 1 GiB by default."""
     text = environ.get("STARMUX_MAX_FILE_SIZE", "")
     return parse_size(text) if text else DEFAULT_CAP
+
+
+def unclaimed_upload_ttl(environ: Mapping[str, str] = os.environ) -> float:
+    """How long a staged upload may wait for its ``start-session``:
+    ``STARMUX_UNCLAIMED_UPLOAD_TTL`` in seconds (e.g. ``600``), read once at start;
+    1 h by default."""
+    text = environ.get("STARMUX_UNCLAIMED_UPLOAD_TTL", "")
+    if not text:
+        return UNCLAIMED_UPLOAD_TTL
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 30 * 86400:
+        raise UsageError(
+            f"STARMUX_UNCLAIMED_UPLOAD_TTL={text[:40]!r} is not a number of seconds",
+            hint="give 1..2592000 (30 days), e.g. 3600",
+        )
+    return seconds

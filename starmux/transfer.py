@@ -28,7 +28,8 @@ Invariants:
   (live output and approvals go first).
 - ``confirmed`` only grows within one stream and never passes what was sent.
 - A resume starts at the receiver's count of chunks it holds: a chunk already
-  written is never sent again, the hash state carries on.
+  written is never sent again, the hash state carries on (or, when another process
+  began the file, is rebuilt from the bytes it kept: :meth:`Receiver.hold`).
 - The whole-file hash is checked once, after the last chunk; on a mismatch (or any
   failure) the receiver's adapter deletes its temporary file.
 - ``size`` is checked against the cap before the first chunk (:class:`TooLarge`).
@@ -216,11 +217,24 @@ class Receiver(_Machine):
         self.received = 0  # chunks held, in order: the resume point
         self.bytes_received = 0  # every chunk byte taken, over all channels
         self._credited = 0
+        self._asked = False  # request() was called: the held part is fixed from then on
         self._hash = file_digest()
+
+    def hold(self, chunks: int, hashed: hashlib.blake2b) -> None:
+        """Take the first ``chunks`` as held before anything moved (a download that an
+        earlier process began: its file kept them); ``hashed`` has hashed exactly
+        their bytes, so the whole-file check at the end still covers every byte."""
+        if self.state is not State.WAITING or self.received or self._asked:
+            raise UsageError("held chunks are given before the transfer starts")
+        if not 0 <= chunks <= self.count:
+            raise UsageError(f"{chunks} held chunks do not fit a file of {self.count}")
+        self.received = chunks
+        self._hash = hashed.copy()
 
     def request(self) -> int:
         """(Re)start on a channel: the chunk index to ask from (what we hold)."""
         self._move(Trigger.RESUME)
+        self._asked = True
         self._credited = self.received
         if self.received == self.count:
             self._verify()

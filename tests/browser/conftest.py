@@ -51,9 +51,13 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
-    """One Playwright driver per run: the sync API allows one per thread."""
+    """One Playwright driver per test module (the sync API allows one per thread).
+    Not per session: the sync API keeps an asyncio loop running in this thread while
+    the driver lives, and every later test that calls asyncio.run() (the rest of the
+    suite runs in the same process) would fail with "cannot be called from a running
+    event loop"."""
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.fail(
             "tests/browser need Chromium at /usr/bin/chromium: run tests/setup_system.py as "
@@ -64,7 +68,7 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
     yield launched

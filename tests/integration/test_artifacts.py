@@ -356,3 +356,102 @@ def test_an_attachment_upload_resumes_across_a_relay_restart(
     starts = paired.daemon.wait_for(r"attachment weights.bin received: .*").group(0)
     first, *resumed = [int(n) for n in starts.rsplit(" ", 1)[1].split(",")]
     assert first == 0 and resumed and resumed[-1] * CHUNK_SIZE >= size // 3
+
+
+def test_a_fetch_interrupted_by_an_agent_restart_resumes_from_the_kept_part(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """`controller stop` in the middle of a `get`: the part stays; the next `get` (a new
+    agent) asks the machine only for the chunks the part lacks, and checks the hash
+    of the whole file."""
+    # Big enough that `controller stop` lands mid-way at the machine's file pace.
+    size = 160 * 1024 * 1024 + 12345  # a short last chunk
+    big = paired.workdir / "dataset.bin"
+    with big.open("wb") as file:
+        block = os.urandom(1 << 20)
+        for index in range(size >> 20):
+            file.write(index.to_bytes(8, "big") + block[8:])  # every MiB differs
+        file.write(os.urandom(12345))
+    session = paired.run(*publish(str(big)))
+    code, output = finished_output(paired, session)
+    assert code == 0, output
+    artifact = json.loads(output)["artifact"]
+
+    target = tmp_path / "dataset.fetched"
+    part = tmp_path / "dataset.fetched.starmux-part"
+    resume = tmp_path / "dataset.fetched.starmux-resume"
+    env = {**os.environ, "STARMUX_HOME": str(paired.controller), "NO_COLOR": "1"}
+    mark = len(paired.daemon.output)
+    first = subprocess.Popen(
+        starmux_command("get", artifact, "-o", str(target), "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    poll(
+        lambda: True if part.exists() and part.stat().st_size > size // 6 else None,
+        within=60,
+        every=0.005,
+        what="a sixth of the artifact",
+    )
+    assert run_cli(paired.controller, "controller", "stop").returncode == 0
+    first.communicate(timeout=scaled(30))
+    assert first.returncode != 0, "the fetch finished before the agent stopped"
+    assert not target.exists()
+    held = part.stat().st_size
+    assert size // 6 < held < size and json.loads(resume.read_text())["artifact"] == artifact
+    assert part.stat().st_mode & 0o777 == 0o600 and resume.stat().st_mode & 0o777 == 0o600
+
+    again = run_cli(paired.controller, "get", artifact, "-o", str(target), "--json")
+    assert again.returncode == 0, again.stderr
+    fetched = json.loads(again.stdout)
+    kept = held // CHUNK_SIZE * CHUNK_SIZE
+    assert fetched["kept_from_before"] == kept
+    assert fetched["bytes_received"] == size - kept
+    assert fetched["digest"] == digest_of(big) and filecmp.cmp(target, big, shallow=False)
+    assert not part.exists() and not resume.exists()
+    # What the machine sent for this fetch: only the chunks the part lacked.
+    report = paired.daemon.wait_for(
+        r"artifact \S+ sent: (\d+) bytes for \d+, started at chunks (\S+)", after=mark
+    )
+    assert int(report.group(1)) == size - kept
+    assert report.group(2) == str(kept // CHUNK_SIZE)
+
+
+def test_an_upload_no_session_claims_is_deleted_after_the_bound(
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose start is refused (its folder is outside the allowed roots) after its
+    attachment arrived: the staged file waits for a start-session that never comes,
+    and the daemon deletes it once it sat unclaimed for STARMUX_UNCLAIMED_UPLOAD_TTL."""
+    monkeypatch.setenv("STARMUX_UNCLAIMED_UPLOAD_TTL", "6")  # the daemon reads it at start
+    paired = pair(tmp_path, relay, daemons)
+    data = tmp_path / "dataset.csv"
+    data.write_bytes(os.urandom(300_000))
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    mark = len(paired.daemon.output)
+    result = run_cli(
+        paired.controller,
+        "run",
+        "--machine",
+        paired.daemon.name,
+        "--cwd",
+        str(outside),
+        "--attach",
+        str(data),
+        "--",
+        "true",
+    )
+    assert result.returncode != 0 and "allowed root" in result.stderr, result.stderr
+    uploads = paired.daemon.home / "uploads"
+    staged = list(uploads.iterdir())
+    assert len(staged) == 1 and staged[0].stat().st_size == data.stat().st_size
+
+    said = paired.daemon.wait_for(r"attachment dataset\.csv deleted: [^\n]*", after=mark)
+    assert "not claimed by a session for 6 s" in said.group(0)
+    assert list(uploads.iterdir()) == []

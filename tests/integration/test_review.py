@@ -242,3 +242,99 @@ def test_diff_of_a_git_tree_with_an_untracked_file(paired: Paired) -> None:
     assert "\x1b" not in plain.stdout and "+new \\x1b]0;pwned\\x07" in plain.stdout
     stat = paired.cli("diff", session, "--stat")
     assert " modified  app.py  +1 -1" in stat and " untracked notes.txt  +1 -0" in stat
+
+
+def concurrent_hook_session(payloads: Path) -> list[str]:
+    """A session that runs the PreToolUse hook for every payload at once (so their
+    checkpoints wait together) and prints each decision, in payload order."""
+    return python(
+        "import json, subprocess, sys\n"
+        f"payloads = json.load(open({str(payloads)!r}))\n"
+        "hooks = [subprocess.Popen([sys.executable, '-m', 'starmux.cli', 'hook',"
+        " 'claude-pretooluse', '--timeout', '5m'], stdin=subprocess.PIPE,"
+        " stdout=subprocess.PIPE, text=True) for _ in payloads]\n"
+        "for hook, payload in zip(hooks, payloads):\n"
+        "    hook.stdin.write(json.dumps(payload)); hook.stdin.close()\n"
+        "for hook in hooks:\n"
+        "    print(json.dumps(json.loads(hook.stdout.read())), flush=True)\n"
+        "    hook.wait()\n"
+    )
+
+
+def test_a_rule_answers_the_matching_checkpoints_already_waiting(paired: Paired) -> None:
+    """Four edits wait at once. `approve --for-session` on the first sets an allow
+    rule that answers the second (same file) at once, not the others; a deny rule set
+    on the third answers the fourth. Audit rows name rule and device."""
+    work = paired.workdir.resolve()
+    settings, secrets, other = work / "settings.py", work / "secrets.py", work / "other.py"
+    settings.write_text("DEBUG = True\nNAME = 'shop'\n")
+    secrets.write_text("KEY = 1\n")
+    other.write_text("X = 1\n")
+    payloads = work / "payloads.json"
+    payloads.write_text(
+        json.dumps(
+            [
+                edit(settings, "DEBUG = True", "DEBUG = False", 11),
+                edit(settings, "NAME = 'shop'", "NAME = 'store'", 12),
+                edit(secrets, "KEY = 1", "KEY = 2", 13),
+                edit(other, "X = 1", "X = 2", 14),
+            ]
+        )
+    )
+    session = paired.run(*concurrent_hook_session(payloads), title="claude")
+
+    def waiting(count: int) -> list[dict[str, object]] | None:
+        rows: list[dict[str, object]] = json.loads(paired.cli("approvals", "--json"))
+        return rows if len(rows) == count else None
+
+    rows = poll(lambda: waiting(4), within=60, what="four waiting checkpoints")
+    by_file = {str(r["title"]).rsplit("/", 1)[-1]: r for r in rows}
+    assert sorted(by_file) == ["other.py", "secrets.py", "settings.py"]
+    first, second = sorted(
+        (r for r in rows if str(r["title"]).endswith("settings.py")),
+        key=lambda r: "False" in str(r["preview"]["text"]),  # type: ignore[index]
+        reverse=True,
+    )
+
+    approved = paired.json("approve", str(first["id"]), "--for-session")
+    assert isinstance(approved, dict) and approved["ok"] is True, approved
+    allow = approved["rule"]
+    # The other settings.py edit was answered by the rule; secrets.py and other.py wait.
+    left = poll(lambda: waiting(2), within=30, what="the allow rule answering the second")
+    assert {r["id"] for r in left} == {by_file["secrets.py"]["id"], by_file["other.py"]["id"]}
+
+    denied = paired.json(
+        "deny", str(by_file["secrets.py"]["id"]), "--for-session", "--rule", "Edit(*.py)"
+    )
+    assert isinstance(denied, dict) and denied["ok"] is True, denied
+    deny = denied["rule"]
+
+    watcher = Watcher(paired.controller, session)
+    assert watcher.finish() == 0
+    outputs = [json.loads(line)["hookSpecificOutput"] for line in watcher.lines if line.strip()]
+    assert [o["permissionDecision"] for o in outputs] == ["allow", "allow", "deny", "deny"]
+    me = load_node_keys(paired.controller / "controller.key").fingerprint
+    device = f"laptop ({me})"
+    assert (
+        f"allowed by rule {allow['id']} Edit(settings.py) set by {device}"
+        in (outputs[1]["permissionDecisionReason"])
+    )
+    assert (
+        f"denied by rule {deny['id']} Edit(*.py) set by {device}"
+        in (outputs[3]["permissionDecisionReason"])
+    )
+    rows_audited = audit(paired.daemon.home)
+    assert any(
+        event == "checkpoint.approved"
+        and f"checkpoint {second['id']} " in detail
+        and f"allowed by rule {allow['id']}" in detail
+        and f"set by {device}" in detail
+        for event, detail in rows_audited
+    ), rows_audited
+    assert any(
+        event == "checkpoint.denied"
+        and f"checkpoint {by_file['other.py']['id']} " in detail
+        and f"denied by rule {deny['id']} Edit(*.py)" in detail
+        and f"set by {device}" in detail
+        for event, detail in rows_audited
+    ), rows_audited

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from starmux.daemon.eventlog import EventLog
-from starmux.daemon.transfers import MachineTransfers
+from starmux.daemon.transfers import UNCLAIMED_UPLOAD_TTL, MachineTransfers, unclaimed_upload_ttl
 from starmux.errors import UsageError
 from starmux.messages import APP
 from starmux.transfer import CHUNK_SIZE, file_digest
@@ -129,3 +129,11 @@ async def test_an_upload_that_does_not_hash_right_is_not_kept(
     assert not list((tmp_path / "home" / "uploads").iterdir())
     with pytest.raises(UsageError):
         machine.check_attachments(KEY, ["t-3"])
+
+
+def test_the_unclaimed_upload_bound_is_read_from_the_environment() -> None:
+    assert unclaimed_upload_ttl({}) == UNCLAIMED_UPLOAD_TTL == 3600.0
+    assert unclaimed_upload_ttl({"STARMUX_UNCLAIMED_UPLOAD_TTL": "600"}) == 600.0
+    for bad in ("0", "-5", "1e9", "an hour", "nan"):
+        with pytest.raises(UsageError, match="STARMUX_UNCLAIMED_UPLOAD_TTL"):
+            unclaimed_upload_ttl({"STARMUX_UNCLAIMED_UPLOAD_TTL": bad})

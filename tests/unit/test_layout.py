@@ -102,3 +102,30 @@ def test_the_role_folders_install_under_starmux() -> None:
         link = ROOT / "starmux" / role
         assert link.is_symlink(), f"starmux/{role} must link to ../{role}"
         assert link.resolve() == (ROOT / role).resolve()
+
+
+def test_the_controller_operations_use_only_the_public_interface_of_its_state() -> None:
+    """The operation modules beside client/sessions.py (review, machines, notify...)
+    go through ControllerState's public methods, never its private helpers: those
+    may change with the module that owns them."""
+    tree = ast.parse((ROOT / "client" / "sessions.py").read_text())
+    (state,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ControllerState"]
+    private = {
+        name
+        for node in state.body
+        for name in (
+            [node.name]
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            else [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        )
+        if name.startswith("_") and not name.startswith("__")
+    }
+    assert private, "ControllerState has private helpers of its own (the check would be empty)"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno} uses ControllerState.{node.attr}"
+        for path in python_files("client")
+        if path.name != "sessions.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in private
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -117,6 +117,40 @@ def test_resumes_after_any_cuts_send_each_chunk_at_most_once_more_than_lost(
     assert receiver.bytes_received == len(data)
 
 
+@pytest.mark.parametrize("held", [0, 3, 6])  # none, some, all (the last chunk is short)
+def test_a_receiver_given_held_chunks_asks_only_for_the_rest(held: int) -> None:
+    data = bytes(range(40))
+    sender, receiver = pair(data, chunk=7)
+    kept = data[: held * 7]
+    hashed = file_digest()
+    hashed.update(kept)
+    receiver.hold(held, hashed)
+    out = bytearray(data[: held * 7].ljust(len(data), b"\0"))
+    run(data, sender, receiver, out, lose_after=None)
+    assert bytes(out) == data and receiver.state is State.DONE
+    assert receiver.bytes_received == sender.bytes_sent == len(data) - len(kept)
+
+
+def test_held_chunks_whose_bytes_differ_fail_the_whole_file() -> None:
+    data = bytes(range(40))
+    sender, receiver = pair(data, chunk=7)
+    hashed = file_digest()
+    hashed.update(b"\xff" + data[1:21])  # a kept part that was changed on disk
+    receiver.hold(3, hashed)
+    with pytest.raises(TransferFailed, match="hash"):
+        run(data, sender, receiver, bytearray(len(data)), lose_after=None)
+    assert receiver.state is State.FAILED
+
+
+def test_held_chunks_are_given_before_anything_moves_and_fit_the_file() -> None:
+    _, receiver = pair(bytes(40), chunk=7)
+    with pytest.raises(UsageError):
+        receiver.hold(7, file_digest())
+    receiver.request()
+    with pytest.raises(UsageError):
+        receiver.hold(1, file_digest())
+
+
 def test_a_flipped_byte_fails_the_whole_file() -> None:
     data = b"the quick brown fox jumps over the lazy dog"
     sender, receiver = pair(data)
