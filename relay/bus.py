@@ -15,6 +15,9 @@ nodes (DESIGN.md section 12):
 - **Revocations and device removals**: appended to one stream each node reads
   from its last id (an entry's ``kind`` says which: :data:`MACHINE_REVOKED`, or
   :data:`DEVICE_REMOVED` for a controller device removed from its account's log).
+  A revocation carries the controller's signed statement (``proof``, an encoded
+  ``MachineRevocation``, at most :data:`MAX_PROOF` bytes), so whichever node cuts
+  the machine off forwards it and the machine forgets its keys.
   The registry (PostgreSQL) is written first and stays the truth; after the bus
   comes back a node re-reads it, so a bus restart loses neither.
 
@@ -53,6 +56,9 @@ CUT = "cut"  # [CUT, final frame, code, reason, then]: unroutable now (revoked),
 # revocation (what nodes before device removal wrote).
 MACHINE_REVOKED = b"machine"
 DEVICE_REMOVED = b"device"
+#: A MachineRevocation is two keys, an account, a float and a signature (~200
+#: bytes); anything longer read from the stream is not one.
+MAX_PROOF = 1024
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,9 @@ class BusListener(Protocol):
     def on_node_gone(self, node: str) -> None:
         """``node``'s heartbeat expired: it crashed or lost the bus."""
 
-    def on_revocation(self, key: bytes, account: bytes) -> None: ...
+    def on_revocation(self, key: bytes, account: bytes, proof: bytes) -> None:
+        """Machine ``key`` was revoked; ``proof``: the signed revocation, or b"" (an
+        entry from a node that predates proofs, or one too long to be one)."""
 
     def on_device_removed(self, key: bytes, account: bytes) -> None:
         """Controller device ``key`` was removed from ``account``'s device log."""
@@ -165,7 +173,7 @@ class ClusterBus(Protocol):
     def send(self, key: bytes, message: bytes) -> bool:
         """Queue ``message`` for the holder of ``key``; False if the bus is down."""
 
-    async def append_revocation(self, key: bytes, account: bytes) -> None: ...
+    async def append_revocation(self, key: bytes, account: bytes, proof: bytes) -> None: ...
 
     async def append_device_removal(self, key: bytes, account: bytes) -> None:
         """Like :meth:`append_revocation`, for a removed controller device."""

@@ -23,7 +23,8 @@ machines are offline.
 
 Revocation and device removal: the registry (PostgreSQL) is written first, then
 the key is appended to the bus's revocation stream; a node reading it cuts the
-machine (REVOKED notice, close 4003) or the removed controller device
+machine (REVOKED notice, the controller's signed revocation stored with it, close
+4003) or the removed controller device
 (``device-removed`` notice, close 4004) off if it holds it. The node that took
 the request also cuts the peer off directly when it sees it online elsewhere (a
 command to its holder: one publish, no wait for the stream); whichever arrives
@@ -45,6 +46,7 @@ from starmux.close_codes import CloseCode
 from starmux.control import (
     CONTROL,
     FailureCode,
+    MachineRevocation,
     Notice,
     NoticeEvent,
     Presence,
@@ -58,6 +60,7 @@ from .bus import (
     CLOSE,
     CUT,
     FRAME,
+    MAX_PROOF,
     TICKET,
     ClusterBus,
     PeerEntry,
@@ -87,6 +90,22 @@ _UNREACHABLE = CONTROL.encode(RouteError(FailureCode.UNREACHABLE, "no such peer 
 
 def _nothing(_peer: Peer) -> None:
     return None
+
+
+def _proves(proof: bytes, key: bytes, account: bytes) -> bool:
+    """``proof`` is a revocation of ``key`` in ``account`` (the stream and the
+    registry are trusted as far as that; the signature is the machine's to check)."""
+    if not proof or len(proof) > MAX_PROOF:
+        return False
+    try:
+        message = CONTROL.decode(proof)
+    except RemoteProtocolError:
+        return False
+    return (
+        isinstance(message, MachineRevocation)
+        and message.machine_key == key
+        and message.account == account
+    )
 
 
 class RemotePeer(Peer):
@@ -395,7 +414,7 @@ class ClusterRoutingTable:
                 # Every node tells its own controllers: each hears it once.
                 self._tell_controllers(proxy, online=False, local_only=True)
 
-    def on_revocation(self, key: bytes, account: bytes) -> None:
+    def on_revocation(self, key: bytes, account: bytes, proof: bytes) -> None:
         peer = self._local.get(key)
         if peer is None or peer.closed or peer.status is not SessionStatus.MACHINE:
             return
@@ -403,7 +422,12 @@ class ClusterRoutingTable:
         notice = encode_frame(
             FrameType.NOTICE, b"", CONTROL.encode(Notice(NoticeEvent.REVOKED, key, account, 0.0))
         )
-        self._cut_off(peer, notice, CloseCode.REVOKED, "revoked")
+        # As on one node: the notice, then the controller's signed revocation, on
+        # which alone the machine forgets its keys (it verifies the signature itself).
+        then = encode_frame(FrameType.NOTICE, b"", proof) if _proves(proof, key, account) else b""
+        if not then:
+            self.state.metrics.drops["revocation-without-proof"] += 1
+        self._cut_off(peer, notice, CloseCode.REVOKED, "revoked", then)
         self._tell_devices(account, notice)
 
     def _tell_devices(self, account: bytes, notice: bytes) -> None:
@@ -449,13 +473,13 @@ class ClusterRoutingTable:
         machines = {p.key: p for p in local if p.status is SessionStatus.MACHINE}
         devices = {p.key: p for p in local if p.status is SessionStatus.CONTROLLER}
         try:
-            revoked = await self.registry.revoked_among(list(machines))
+            revoked = await self.registry.revocation_proofs(list(machines))
             removed = await self.registry.removed_among(list(devices))
         except RegistryError as exc:
             log.warning("cannot re-read revocations: %s", exc)
             return  # the registry watch retries when the registry is back
-        for key in revoked:
-            self.on_revocation(key, machines[key].account)
+        for key, proof in revoked.items():
+            self.on_revocation(key, machines[key].account, proof)
         for key in removed:
             self.on_device_removed(key, devices[key].account)
 

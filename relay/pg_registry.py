@@ -135,9 +135,9 @@ class PostgresRegistry:
         self._schema = schema
         self._ticket_retention = ticket_retention
         self._pool: asyncpg.Pool | None = None
-        #: Called with (key, account) after a new revocation is committed: the
+        #: Called with (key, account, proof) after a new revocation is committed: the
         #: cluster appends it to the bus's stream (PostgreSQL first, then the bus).
-        self.on_revoked: Callable[[bytes, bytes], Awaitable[None]] | None = None
+        self.on_revoked: Callable[[bytes, bytes, bytes], Awaitable[None]] | None = None
         #: Called with (key, account) for each device a committed log append removed:
         #: the cluster appends it to the same stream (a removed device on another
         #: node is cut off there, even if this node never saw it connected).
@@ -415,7 +415,9 @@ class PostgresRegistry:
         async with self._reading() as conn:
             return await conn.fetchval("SELECT 1 FROM revocations WHERE key = $1", key) is not None
 
-    async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
+    async def revoke_machine(
+        self, key: bytes, *, account: bytes, by: bytes, now: float, proof: bytes | None = None
+    ) -> bool:
         """Idempotent: revoking again returns True and keeps the first time and author."""
         async with self._transaction() as conn:
             sql = "SELECT 1 FROM machines WHERE key = $1 AND account = $2"
@@ -424,13 +426,13 @@ class PostgresRegistry:
             if await conn.fetchval("SELECT 1 FROM revocations WHERE key = $1", key):
                 return True
             await conn.execute(
-                "INSERT INTO revocations (key, revoked_at, account, revoked_by)"
-                " VALUES ($1, $2, $3, $4)",
-                key, now, account, by,
+                "INSERT INTO revocations (key, revoked_at, account, revoked_by, proof)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                key, now, account, by, proof,
             )  # fmt: skip
             await self._audit(conn, "machine.revoked", by, key, f"account {account.hex()}", now)
         if self.on_revoked is not None:
-            await self.on_revoked(key, account)
+            await self.on_revoked(key, account, proof or b"")
         return True
 
     async def revocations_after(self, seq: int, *, limit: int = 1000) -> list[Revocation]:
@@ -443,15 +445,16 @@ class PostgresRegistry:
             )  # fmt: skip
         return [Revocation(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
 
-    async def revoked_among(self, keys: Sequence[bytes]) -> set[bytes]:
-        """Which of ``keys`` are revoked (one query for every peer a node holds)."""
+    async def revocation_proofs(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Which of ``keys`` are revoked, each with its stored proof (b"" if none): one
+        query for every machine a node holds."""
         if not keys:
-            return set()
+            return {}
         async with self._reading() as conn:
             rows = await conn.fetch(
-                "SELECT key FROM revocations WHERE key = ANY($1::bytea[])", list(keys)
+                "SELECT key, proof FROM revocations WHERE key = ANY($1::bytea[])", list(keys)
             )
-        return {bytes(r[0]) for r in rows}
+        return {bytes(r[0]): bytes(r[1] or b"") for r in rows}
 
     async def touch(self, key: bytes, *, now: float) -> None:
         """Never moves ``last_seen`` backwards (touches may arrive out of order); a

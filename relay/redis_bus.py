@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from starmux.errors import RemoteProtocolError
 
-from .bus import DEVICE_REMOVED, MACHINE_REVOKED, BusListener, PeerEntry
+from .bus import DEVICE_REMOVED, MACHINE_REVOKED, MAX_PROOF, BusListener, PeerEntry
 from .pg_schema import redact_url
 
 log = logging.getLogger("starmux.relay.cluster")
@@ -377,17 +377,19 @@ class RedisBus:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     # --- revocations -------------------------------------------------------------
-    async def append_revocation(self, key: bytes, account: bytes) -> None:
-        await self._append(MACHINE_REVOKED, key, account)
+    async def append_revocation(self, key: bytes, account: bytes, proof: bytes) -> None:
+        await self._append(MACHINE_REVOKED, key, account, proof)
 
     async def append_device_removal(self, key: bytes, account: bytes) -> None:
         await self._append(DEVICE_REMOVED, key, account)
 
-    async def _append(self, kind: bytes, key: bytes, account: bytes) -> None:
+    async def _append(self, kind: bytes, key: bytes, account: bytes, proof: bytes = b"") -> None:
         if self._client is None or not self._connected:
             self._counts["revocations_not_streamed"] += 1
             return  # the registry has it; every node re-reads it when the bus is back
         fields: dict[Any, Any] = {"key": key, "account": account, "kind": kind}
+        if proof:
+            fields["proof"] = proof
         try:
             await self._client.xadd(self._stream, fields, maxlen=STREAM_MAX, approximate=True)
         except _LOST:
@@ -408,4 +410,8 @@ class RedisBus:
                         listener.on_device_removed(key, account)
                     else:
                         self._counts["revocations_read"] += 1
-                        listener.on_revocation(key, account)
+                        proof = bytes(fields.get(b"proof", b""))
+                        if len(proof) > MAX_PROOF:
+                            self._counts["proofs_refused"] += 1
+                            proof = b""
+                        listener.on_revocation(key, account, proof)

@@ -17,6 +17,7 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -186,8 +187,17 @@ class Registry(Protocol):
 
     async def is_revoked(self, key: bytes) -> bool: ...
 
-    async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
-        """Mark revoked (forever). False if no such machine in that account."""
+    async def revoke_machine(
+        self, key: bytes, *, account: bytes, by: bytes, now: float, proof: bytes | None = None
+    ) -> bool:
+        """Mark revoked (forever). False if no such machine in that account.
+
+        ``proof``: the controller's signed revocation (an encoded
+        :class:`starmux.control.MachineRevocation`), stored with it so every path that
+        cuts the machine off can forward it (the machine forgets its keys only on it)."""
+
+    async def revocation_proofs(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Which of ``keys`` are revoked, each with its stored proof (b"" if none)."""
 
     async def touch(self, key: bytes, *, now: float) -> None:
         """Record ``last_seen`` of a machine or a controller device (never backwards)."""

@@ -253,6 +253,13 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
     except CryptoError as exc:
         raise RegistryError(FailureCode.BAD_REVOCATION, "the revocation does not verify") from exc
     notice = Notice(NoticeEvent.REVOKED, req.machine_key, peer.account, 0.0)
+    # The controller's signed statement itself: the machine deletes its keys only on
+    # that (the relay's word alone is not proof). Stored with the revocation, so a
+    # relay node that cuts the machine off later (another node, after a bus outage)
+    # forwards it too.
+    proof = CONTROL.encode(
+        MachineRevocation(req.machine_key, peer.account, peer.key, req.issued_at, req.signature)
+    )
     machine = state.table.get(req.machine_key)
     if (
         machine is not None
@@ -263,19 +270,14 @@ async def revoke_machine(state: RelayState, peer: Peer, req: RevokeMachine) -> M
         # reaches it, and what was queued for it is dropped; it gets the notice alone.
         if state.table.detach(machine):
             announce_presence(state, machine, online=False)
-        # After the notice, the controller's signed statement itself: the machine
-        # deletes its keys only on that (the relay's word alone is not proof).
-        proof = MachineRevocation(
-            req.machine_key, peer.account, peer.key, req.issued_at, req.signature
-        )
         machine.cut_off(
             encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice)),
             CloseCode.REVOKED,
             "revoked",
-            then=encode_frame(FrameType.NOTICE, b"", CONTROL.encode(proof)),
+            then=encode_frame(FrameType.NOTICE, b"", proof),
         )
     revoked = await state.registry.revoke_machine(
-        req.machine_key, account=peer.account, by=peer.key, now=state.clock()
+        req.machine_key, account=peer.account, by=peer.key, now=state.clock(), proof=proof
     )
     if not revoked:
         raise RegistryError(FailureCode.UNKNOWN_MACHINE, "no such machine in this account")

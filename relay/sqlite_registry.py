@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiosqlite
@@ -395,7 +395,9 @@ class SqliteRegistry:
             row = await self._one(db, "SELECT 1 FROM revocations WHERE key = ?", (key,))
         return row is not None
 
-    async def revoke_machine(self, key: bytes, *, account: bytes, by: bytes, now: float) -> bool:
+    async def revoke_machine(
+        self, key: bytes, *, account: bytes, by: bytes, now: float, proof: bytes | None = None
+    ) -> bool:
         """Idempotent: revoking again returns True and keeps the first time and author."""
         async with self._transaction() as db:
             sql = "SELECT 1 FROM machines WHERE key = ? AND account = ?"
@@ -404,12 +406,22 @@ class SqliteRegistry:
             if await self._one(db, "SELECT 1 FROM revocations WHERE key = ?", (key,)):
                 return True
             await db.execute(
-                "INSERT INTO revocations (key, revoked_at, account, revoked_by)"
-                " VALUES (?, ?, ?, ?)",
-                (key, now, account, by),
+                "INSERT INTO revocations (key, revoked_at, account, revoked_by, proof)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, now, account, by, proof),
             )
             await self._audit(db, "machine.revoked", by, key, f"account {account.hex()}", now)
         return True
+
+    async def revocation_proofs(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Which of ``keys`` are revoked, each with its stored proof (b"" if none)."""
+        found: dict[bytes, bytes] = {}
+        async with self._reading() as db:
+            for key in keys:
+                row = await self._one(db, "SELECT proof FROM revocations WHERE key = ?", (key,))
+                if row is not None:
+                    found[key] = bytes(row[0] or b"")
+        return found
 
     async def touch(self, key: bytes, *, now: float) -> None:
         """Never moves ``last_seen`` backwards (touches may arrive out of order); a

@@ -35,6 +35,7 @@ from starmux.device_log import DeviceLog, Op, encode_entries
 from starmux.device_roles import DeviceRole
 from starmux.frames import Frame, FrameType
 from starmux.identity import Role
+from starmux.revocation import revoking_controller
 from tests.integration.conftest import pair_machine, register_controller
 from tests.integration.node import RelayNode, ok
 from tests.integration.relay_process import RelayProcess
@@ -278,7 +279,15 @@ async def test_a_revocation_made_while_redis_is_down_reaches_the_devices_on_the_
     start = time.perf_counter()
     frames, code = await cut
     assert code == CloseCode.REVOKED
-    assert notices(frames)[-1] == Notice(NoticeEvent.REVOKED, machine.key, account, 0.0)
+    # As on one node: the notice, then the controller's signed revocation (stored in
+    # PostgreSQL with the revocation: node B never saw the request), then 4003.
+    said = notices(frames)
+    assert said[-2] == Notice(NoticeEvent.REVOKED, machine.key, account, 0.0)
+    proof = said[-1]
+    assert isinstance(proof, MachineRevocation)
+    assert (proof.machine_key, proof.account, proof.revoked_by) == (machine.key, account, owner.key)
+    # It verifies as the machine checks it before it forgets its keys.
+    assert revoking_controller(proof, machine_key=machine.key, controllers=[(owner.key, account)])
     assert await next_notice(phone, NoticeEvent.REVOKED, machine.key) == Notice(
         NoticeEvent.REVOKED, machine.key, account, 0.0
     )

@@ -1,6 +1,7 @@
 """The revocation stream between two buses on a real Redis, fed by the PostgreSQL
 registry: device removals travel it like machine revocations, each written to
-PostgreSQL before it is streamed, and each read as its own kind."""
+PostgreSQL before it is streamed, and each read as its own kind. A machine
+revocation carries the controller's signed statement, stored in PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from starmux.relay.bus import PeerEntry
+from starmux.relay.bus import MAX_PROOF, PeerEntry
 from starmux.relay.pg_registry import PostgresRegistry
 from starmux.relay.redis_bus import RedisBus
 from starmux.relay.registry import ControllerRecord, DeviceChange, DeviceLogRow
@@ -23,13 +24,14 @@ ACCOUNT = bytes(range(16))
 OWNER = b"O" * 32
 PHONE = b"P" * 32
 MACHINE = b"M" * 32
+PROOF = b"the controller's signed machine-revocation"
 
 
 class Heard:
     """A node's side of the bus (relay.bus.BusListener) that records the stream."""
 
     def __init__(self) -> None:
-        self.entries: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue()
+        self.entries: asyncio.Queue[tuple[str, bytes, bytes, bytes]] = asyncio.Queue()
 
     def on_peer_message(self, key: bytes, message: bytes) -> None: ...
     def on_undelivered(self, key: bytes, message: bytes) -> None: ...
@@ -38,13 +40,13 @@ class Heard:
     def on_node_gone(self, node: str) -> None: ...
     async def on_reconnected(self) -> None: ...
 
-    def on_revocation(self, key: bytes, account: bytes) -> None:
-        self.entries.put_nowait(("machine revoked", key, account))
+    def on_revocation(self, key: bytes, account: bytes, proof: bytes) -> None:
+        self.entries.put_nowait(("machine revoked", key, account, proof))
 
     def on_device_removed(self, key: bytes, account: bytes) -> None:
-        self.entries.put_nowait(("device removed", key, account))
+        self.entries.put_nowait(("device removed", key, account, b""))
 
-    async def next(self) -> tuple[str, bytes, bytes]:
+    async def next(self) -> tuple[str, bytes, bytes, bytes]:
         return await asyncio.wait_for(self.entries.get(), scaled(10))
 
 
@@ -87,19 +89,24 @@ async def test_device_removals_are_committed_then_streamed_to_every_node(
             change=DeviceChange((), (PHONE,)),
         )  # fmt: skip
         assert committed == [True]
-        assert await heard.next() == ("device removed", PHONE, ACCOUNT)
+        assert await heard.next() == ("device removed", PHONE, ACCOUNT, b"")
         assert await registry.removed_among([OWNER, PHONE, MACHINE]) == {PHONE}
         assert await registry.removed_among([]) == set()
 
-        # A machine revocation on the same stream keeps its own kind, and so does an
-        # entry from a node that predates kinds (no "kind" field).
-        await writer.append_revocation(MACHINE, ACCOUNT)
-        assert await heard.next() == ("machine revoked", MACHINE, ACCOUNT)
+        # A machine revocation on the same stream keeps its own kind and carries
+        # its proof; an entry from a node that predates kinds (no "kind" field)
+        # or proofs reads as a revocation without one, and so does an overlong one.
+        await writer.append_revocation(MACHINE, ACCOUNT, PROOF)
+        assert await heard.next() == ("machine revoked", MACHINE, ACCOUNT, PROOF)
         assert writer._client is not None
         await writer._client.xadd(writer._stream, {"key": MACHINE, "account": ACCOUNT})
-        assert await heard.next() == ("machine revoked", MACHINE, ACCOUNT)
+        assert await heard.next() == ("machine revoked", MACHINE, ACCOUNT, b"")
+        overlong = {"key": MACHINE, "account": ACCOUNT, "proof": b"p" * (MAX_PROOF + 1)}
+        await writer._client.xadd(writer._stream, overlong)  # type: ignore[arg-type]
+        assert await heard.next() == ("machine revoked", MACHINE, ACCOUNT, b"")
         assert reader.counters()["device_removals_read"] == 1
-        assert reader.counters()["revocations_read"] == 2
+        assert reader.counters()["revocations_read"] == 3
+        assert reader.counters()["proofs_refused"] == 1
     finally:
         await reader.close()
         await writer.close()

@@ -529,6 +529,9 @@ async def test_failure_partway_rolls_back_everything(reg: AnyRegistry, backend: 
     assert not await reg.is_revoked(MACHINE)
 
 
+PROOF = b"signed machine-revocation"
+
+
 # --- machines -------------------------------------------------------------------------
 async def test_revocation(reg: AnyRegistry, backend: Backend) -> None:
     assert await reg.machine(MACHINE) is None
@@ -540,8 +543,11 @@ async def test_revocation(reg: AnyRegistry, backend: Backend) -> None:
     assert not await reg.revoke_machine(b"?" * 32, account=ACCOUNT, by=CTRL, now=T0)
     assert await backend.snapshot() == before
 
-    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 10)
+    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 10, proof=PROOF)
     assert await reg.is_revoked(MACHINE)
+    # The signed revocation is kept: any relay node that cuts the machine off forwards it.
+    assert await reg.revocation_proofs([MACHINE, b"?" * 32]) == {MACHINE: PROOF}
+    assert await reg.revocation_proofs([]) == {}
     record = await reg.machine(MACHINE)
     assert record is not None
     assert record.revoked_at == T0 + 10
@@ -551,8 +557,9 @@ async def test_revocation(reg: AnyRegistry, backend: Backend) -> None:
 
     # Again: still True, first time kept, nothing new written.
     before = await backend.snapshot()
-    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 20)
+    assert await reg.revoke_machine(MACHINE, account=ACCOUNT, by=CTRL, now=T0 + 20, proof=b"x")
     assert await backend.snapshot() == before
+    assert await reg.revocation_proofs([MACHINE]) == {MACHINE: PROOF}
 
     # Permanent even if the machine row goes away.
     await backend.raw("DELETE FROM machines")
@@ -570,6 +577,7 @@ async def test_machines_of_lists_live_machines_oldest_first(reg: AnyRegistry) ->
     assert await reg.machines_of(OTHER_ACCOUNT) == []
     await reg.revoke_machine(b"1", account=ACCOUNT, by=CTRL, now=T0 + 5)
     assert [m.key for m in await reg.machines_of(ACCOUNT)] == [b"3", b"2"]
+    assert await reg.revocation_proofs([b"1"]) == {b"1": b""}  # revoked without a proof
 
 
 async def test_touch_machine(reg: AnyRegistry) -> None:
