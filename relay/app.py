@@ -1,4 +1,4 @@
-"""The Starlette application: ``/v1/ws``, ``/health``, ``/metrics``, ``/app``.
+"""The Starlette application: ``/v1/ws``, ``/health``, ``/livez``, ``/metrics``, ``/app``.
 
 :func:`open_relay_state` does the start-up I/O (data dir, relay key, registry,
 first registration token); :func:`create_app` wires routes around a state.
@@ -6,8 +6,9 @@ first registration token); :func:`create_app` wires routes around a state.
 The first registration token is a secret: it goes to a 0600 file in the data
 directory (removed once an account exists), never to stdout, where a journal or a
 container log would keep it. ``/health`` is public and says only whether a routed
-round trip worked; ``/metrics`` can move to its own listener and can require a
-bearer token.
+round trip worked; ``/livez`` is the load balancer's cheap check (no I/O: the
+loop answers, the node is not shutting down, its bus and registry are connected);
+``/metrics`` can move to its own listener and can require a bearer token.
 
 Two shapes, chosen by the config: the embedded relay (SQLite registry, an
 in-process routing table) and a cluster node (``--registry postgresql://...``,
@@ -49,7 +50,7 @@ from starmux.identity import NodeKeys, Role
 
 from .config import RelayConfig
 from .endpoint import websocket_endpoint
-from .health import HealthProbe
+from .health import HealthProbe, liveness
 from .registry import Registry
 from .requests import new_registration_token, token_hash
 from .routing import LocalRoutingTable, RoutingTable
@@ -278,6 +279,14 @@ def create_app(state: RelayState) -> Starlette:
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    async def livez(request: Request) -> Response:
+        # For load balancers, checked every second: what /health proves with a full
+        # authenticated round trip (crypto, a second connection), this reads from
+        # flags the node keeps anyway. On a CPU-starved node /health took over a
+        # second, and with `fall 2` the last surviving node was taken out.
+        live, public = liveness(state, cluster)
+        return JSONResponse({"ok": live, "detail": public}, status_code=200 if live else 503)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.relay = state
@@ -299,6 +308,7 @@ def create_app(state: RelayState) -> Starlette:
     routes: list[BaseRoute] = [
         WebSocketRoute("/v1/ws", websocket_endpoint),
         Route("/health", health),
+        Route("/livez", livez),
         Route("/v1/push/vapid-public-key", vapid_public_key),
         *web_app_routes(),
     ]

@@ -1,4 +1,5 @@
-"""``GET /health``: a real round trip through the relay's own WebSocket routing.
+"""``GET /health``: a real round trip through the relay's own WebSocket routing;
+``GET /livez``: the cheap check for load balancers (:func:`liveness`).
 
 The relay keeps a probe identity. A health check connects to its own listening
 socket, authenticates like any node (pinning the relay's key), sends a DATA frame
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from typing import Protocol
 
 import nacl.utils
 import websockets
@@ -77,6 +79,23 @@ class HealthProbe:
         except Exception as exc:  # any failure is "unhealthy"; say which
             return False, f"round trip failed: {type(exc).__name__}: {exc}"[:200], 0.0
         return True, "ok", time.perf_counter() - start
+
+
+class ClusterHealth(Protocol):
+    def health(self) -> tuple[bool, str, str]: ...
+
+
+def liveness(state: RelayState, cluster: ClusterHealth | None) -> tuple[bool, str]:
+    """(live, what ``/livez`` may say publicly). No I/O, no crypto: answered means the
+    event loop runs; then a node that is shutting down (it refuses new connections
+    with RESTARTING) or lost its bus or registry (the flags the bus supervisor and
+    the registry watch keep) is not live, so the balancer sends clients elsewhere."""
+    if state.shutting_down:
+        return False, "this node is shutting down"
+    if cluster is not None:
+        healthy, public, _ = cluster.health()
+        return healthy, "ok" if healthy else public
+    return True, "ok"
 
 
 async def _binary(ws: websockets.ClientConnection) -> bytes:

@@ -192,7 +192,7 @@ message. *Storm*: the registry filled through the real `PostgresRegistry` API (o
 account; per machine create_ticket → open_ticket → grant_machine with a real grant
 signature), the machines in `bench/storm/clients.py` load processes (the shipped
 `RelayLink` and the daemon's reconnect policy) connecting through HAProxy 2.6 (round
-robin, no stickiness, `option redispatch`, `retries 3`, health checks every second,
+robin, no stickiness, `option redispatch`, `retries 3`, `/livez` checked every second,
 2 failures = down, as in `deploy/haproxy.cfg`); node B is SIGKILLed; the clock runs from
 the SIGKILL until the last machine node B held authenticated again (load processes'
 CLOCK_MONOTONIC timestamps).

@@ -114,8 +114,8 @@ def nodes(registry: str, bus: str, workdir: str, count: int = 2) -> Iterator[lis
         yield started
 
 
-#: deploy/haproxy.cfg's settings (health checks every second, two failures take a node
-#: out: a check that takes 300 ms on a loaded machine must not flap the survivor), with
+#: deploy/haproxy.cfg's settings (/livez checked every second, two failures take a
+#: node out; /livez does no round trip, so a loaded survivor does not flap), with
 #: the connection cap below: two descriptors each (client and node side) under this
 #: machine's hard limit of 20,000 open files; enough for the 5,000-machine storm.
 HAPROXY_MAXCONN = 9500
@@ -136,7 +136,7 @@ frontend relay
     default_backend nodes
 backend nodes
     balance roundrobin
-    option httpchk GET /health
+    option httpchk GET /livez
     http-check expect status 200
     default-server inter 1s fall 2 rise 2
 {servers}

@@ -6,7 +6,7 @@ the load balancer to the other.
 (round robin: about half on each node), each one the shipped ``RelayLink`` driven
 by the daemon's reconnect policy (``bench/storm/clients.py``). Node B is then
 SIGKILLed: its machines' connections drop, they back off as the daemon does, and
-HAProxy sends them to node A (connect retries and redispatch at once, health checks
+HAProxy sends them to node A (connect retries and redispatch at once, /livez checks
 within ~0.6 s). Measured from the SIGKILL until every machine node B held has
 authenticated again; node A's, Redis's and HAProxy's CPU over that window.
 """

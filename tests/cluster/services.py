@@ -3,7 +3,7 @@
 - PostgreSQL: the machine's server; each test gets a fresh database, dropped after.
 - Redis: a private ``redis-server`` per test on a free port (no persistence), so a
   test can restart it without touching anyone else's.
-- HAProxy: round robin over the nodes, no stickiness, health checks on ``/health``;
+- HAProxy: round robin over the nodes, no stickiness, health checks on ``/livez``;
   its stats socket tells which node each client connection went to.
 
 A missing service FAILS the test with what to install or start; never a skip.
@@ -140,8 +140,9 @@ frontend relay
     default_backend nodes
 backend nodes
     balance roundrobin
-    option httpchk GET /health
+    option httpchk GET /livez
     http-check expect status 200
+    timeout check 1s
     default-server inter 300ms fall 2 rise 1
 {servers}
 """

@@ -28,6 +28,26 @@ def test_health_reports_a_real_round_trip(relay: RelayProcess) -> None:
     assert report["relay_fingerprint"] == relay.fingerprint
 
 
+def test_livez_answers_without_a_round_trip(relay: RelayProcess) -> None:
+    """The load balancer's check on the embedded relay: 200 while serving, and no
+    connection behind it (unlike /health, whose probe is one)."""
+    before = _accepted(relay)
+    for _ in range(5):
+        status, body = _get(relay.http_url + "/livez")
+        assert (status, json.loads(body)) == (200, {"ok": True, "detail": "ok"})
+    assert _accepted(relay) == before
+    assert _get(relay.http_url + "/health")[0] == 200
+    assert _accepted(relay) == before + 1
+
+
+def _accepted(relay: RelayProcess) -> float:
+    text = _get(relay.http_url + "/metrics")[1].decode()
+    line = next(
+        x for x in text.splitlines() if x.startswith("starmux_relay_connections_accepted_total ")
+    )
+    return float(line.split()[1])
+
+
 def test_health_fails_when_routing_is_broken(relay_factory: RelayFactory) -> None:
     # A relay that cannot route (no connections allowed from loopback) is unhealthy
     # even though its HTTP server answers: the check really goes through /v1/ws.
