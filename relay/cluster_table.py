@@ -83,6 +83,7 @@ from .state import RelayState
 log = logging.getLogger("starmux.relay.cluster")
 
 REGISTRY_CHECK_INTERVAL = 1.0
+SAID_OFFLINE_SECONDS = 60.0
 _DATA_HEAD = encode_frame(FrameType.DATA, b"\0" * PEER_KEY_SIZE, b"")[:4]
 _SOURCE = slice(len(_DATA_HEAD), len(_DATA_HEAD) + PEER_KEY_SIZE)
 _UNREACHABLE = CONTROL.encode(RouteError(FailureCode.UNREACHABLE, "no such peer online for you"))
@@ -194,6 +195,12 @@ class ClusterRoutingTable:
         self._watch: asyncio.Task[None] | None = None
         self.revocations_applied = 0
         self.device_removals_applied = 0
+        # Presence lost with the bus, to be said again when it is back (see
+        # on_reconnected): local peers that came or went while it was out (key →
+        # account, status), and remote peers this node's controllers were told went
+        # offline because their node vanished from the bus (key → node, when).
+        self._unsent: dict[bytes, tuple[bytes, SessionStatus]] = {}
+        self._said_offline: dict[bytes, tuple[str, float]] = {}
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self, state: RelayState) -> None:
@@ -235,6 +242,8 @@ class ClusterRoutingTable:
             # machine it believes online, and the machine's end of it is gone.
             self._tell_controllers(elsewhere, online=False, local_only=False)
         self._announce(peer)
+        self._said_offline.pop(peer.key, None)  # the endpoint announces it now
+        self._note_unsent(peer)
         return replaced or elsewhere
 
     def detach(self, peer: Peer) -> bool:
@@ -242,7 +251,12 @@ class ClusterRoutingTable:
             return False
         if peer.key not in self._private:
             self.bus.release(peer.key)
+        self._note_unsent(peer)
         return True
+
+    def _note_unsent(self, peer: Peer) -> None:
+        if not self.bus.connected and peer.key not in self._private:
+            self._unsent[peer.key] = (peer.account, peer.status)
 
     def move_to_account(self, peer: Peer, account: bytes, status: SessionStatus) -> None:
         if isinstance(peer, RemotePeer):
@@ -253,6 +267,7 @@ class ClusterRoutingTable:
             return
         self._local.move_to_account(peer, account, status)
         self._announce(peer)
+        self._note_unsent(peer)
 
     def get(self, key: bytes) -> Peer | None:
         return self._local.get(key) or self._remote.get(key)
@@ -395,24 +410,60 @@ class ClusterRoutingTable:
         if old is not None and old.node == entry.node:
             proxy._partner = old._partner
         self._remember(proxy)
+        said = self._said_offline.get(entry.key)
+        if said is not None and said[0] == entry.node:
+            # Its node is back on the bus (it re-announces what it holds): our
+            # controllers heard "offline" from us, so they hear "online" from us too.
+            # (Held by another node now, that node announces it, as for any connection.)
+            self._tell_present(proxy, online=True)
 
     def on_snapshot(self, entries: Sequence[PeerEntry]) -> None:
-        partners = {key: proxy._partner for key, proxy in self._remote.items()}
+        """Replace the directory of remote peers, and tell this node's controllers
+        what changed since the last one: presence sent to them over the bus while it
+        was out (a peer on another node came or went) was lost with it. A peer now
+        held by another node counts as gone, then back (as in :meth:`attach`)."""
+        before = dict(self._remote)
+        self._forget_old_offline()
         self._remote.clear()
         self._remote_by_account.clear()
         for entry in entries:
             if self._local.get(entry.key) is None:
                 proxy = RemotePeer(self.bus, entry, self.state.metrics)
-                proxy._partner = partners.get(entry.key)
+                old = before.get(entry.key)
+                proxy._partner = old._partner if old is not None else None
                 self._remember(proxy)
+        for key, old in before.items():
+            now = self._remote.get(key)
+            if (now is None or now.node != old.node) and self._local.get(key) is None:
+                self._tell_present(old, online=False)
+        for key, proxy in self._remote.items():
+            old = before.get(key)
+            if old is None or old.node != proxy.node:
+                self._tell_present(proxy, online=True)
+
+    def _tell_present(self, proxy: RemotePeer, *, online: bool) -> None:
+        """A remote machine's or device's presence, to this node's controllers."""
+        if online:
+            self._said_offline.pop(proxy.key, None)
+        if proxy.account and proxy.status in (SessionStatus.MACHINE, SessionStatus.CONTROLLER):
+            # Every node tells its own controllers: each hears it once.
+            self._tell_controllers(proxy, online=online, local_only=True)
+            if not online:
+                self._said_offline[proxy.key] = (proxy.node, time.monotonic())
+
+    def _forget_old_offline(self) -> None:
+        """A peer whose node does not come back within a minute reconnects somewhere
+        (and is announced there); keep the set from growing for ever."""
+        horizon = time.monotonic() - SAID_OFFLINE_SECONDS
+        for key in [k for k, (_, when) in self._said_offline.items() if when < horizon]:
+            del self._said_offline[key]
 
     def on_node_gone(self, node: str) -> None:
+        self._forget_old_offline()
         gone = [p for p in self._remote.values() if p.node == node]
         for proxy in gone:
             self._forget(proxy.key)
-            if proxy.status in (SessionStatus.MACHINE, SessionStatus.CONTROLLER):
-                # Every node tells its own controllers: each hears it once.
-                self._tell_controllers(proxy, online=False, local_only=True)
+            self._tell_present(proxy, online=False)
 
     def on_revocation(self, key: bytes, account: bytes, proof: bytes) -> None:
         peer = self._local.get(key)
@@ -464,7 +515,30 @@ class ClusterRoutingTable:
         peer.cut_off(final, code, reason, then=then)
 
     async def on_reconnected(self) -> None:
+        self._reannounce()
         await self._recheck_revocations()
+
+    def _reannounce(self) -> None:
+        """After a bus outage: what this node's machines and devices did while it was
+        out (came, went), said again to the controllers on other nodes (it was lost
+        with the bus). Other nodes do the converse from their snapshot
+        (:meth:`on_snapshot`) and from re-announcements of nodes they had declared
+        gone (:meth:`on_presence`); between them every controller hears of every
+        change, whichever node reconnects first, and hears "online" only for a peer
+        it does not believe online (a controller re-handshakes on that)."""
+        unsent, self._unsent = self._unsent, {}
+        for key, (account, status) in unsent.items():
+            peer = self._local.get(key)
+            online = peer is not None
+            if peer is not None:
+                account, status = peer.account, peer.status
+            if not account or status not in (SessionStatus.MACHINE, SessionStatus.CONTROLLER):
+                continue
+            body = CONTROL.encode(Presence(online, self.state.clock()))
+            frame = encode_frame(FrameType.PRESENCE, key, body)
+            for controller in self._remote_by_account.get(account, {}).values():
+                if controller.status is SessionStatus.CONTROLLER and controller.key != key:
+                    controller.deliver(frame, time.perf_counter())
 
     async def _recheck_revocations(self) -> None:
         """What the stream may have lost: revoked machines and removed devices among
