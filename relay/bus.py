@@ -145,6 +145,9 @@ class BusListener(Protocol):
     def on_device_removed(self, key: bytes, account: bytes) -> None:
         """Controller device ``key`` was removed from ``account``'s device log."""
 
+    def on_lost(self) -> None:
+        """The bus connection was lost; it is being re-established."""
+
     async def on_reconnected(self) -> None:
         """The bus is back after an outage: re-read what may have been missed."""
 

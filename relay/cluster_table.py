@@ -3,9 +3,9 @@
 This is the injection point for the cluster: :class:`ClusterRoutingTable`
 implements :class:`relay.routing.RoutingTable`, so the endpoint and the request
 handlers route, pair, revoke and announce presence exactly as on one node. A peer
-held elsewhere is a :class:`RemotePeer`: the same attributes the routing rules
-read (key, account, status, pairing link), and ``deliver``/``close`` that go over
-the bus to its node. So :func:`relay.routing.may_route`, the limits, ERROR frames
+held elsewhere is a :class:`relay.remote_peer.RemotePeer`: the same attributes the
+routing rules read (key, account, status, pairing link), and ``deliver``/``close``
+that go over the bus to its node. So :func:`relay.routing.may_route`, the limits, ERROR frames
 and close codes are the same code for local and remote peers:
 
 - the sender's node checks ``may_route`` against its view of the remote peer and
@@ -19,7 +19,9 @@ and close codes are the same code for local and remote peers:
 Presence: the holder announces its machines to every controller of the account
 (local ones directly, remote ones through their proxies); when a node's heartbeat
 expires, every other node tells *its own* controllers that the dead node's
-machines are offline.
+machines are offline. What crossed nodes while the bus was out (presence,
+``devices-changed``) is said again when it is back: see :meth:`on_snapshot`,
+:meth:`on_presence` and :meth:`on_reconnected`.
 
 Revocation and device removal: the registry (PostgreSQL) is written first, then
 the key is appended to the bus's revocation stream; a node reading it cuts the
@@ -39,7 +41,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 
 from starmux.close_codes import CloseCode
@@ -64,18 +65,15 @@ from .bus import (
     TICKET,
     ClusterBus,
     PeerEntry,
-    close_command,
-    cut_command,
     decode_command,
     frame_message,
     move_command,
-    ticket_command,
 )
 from .device_requests import cut_off as cut_off_device
-from .metrics import RelayMetrics
 from .peer import Peer
 from .pg_registry import PostgresRegistry
 from .registry import RegistryError
+from .remote_peer import RemotePeer
 from .requests import announce_presence
 from .routing import LocalRoutingTable, may_route
 from .state import RelayState
@@ -84,13 +82,10 @@ log = logging.getLogger("starmux.relay.cluster")
 
 REGISTRY_CHECK_INTERVAL = 1.0
 SAID_OFFLINE_SECONDS = 60.0
+LOSS_MARGIN_SECONDS = 5.0  # detection lag plus clock skew between nodes
 _DATA_HEAD = encode_frame(FrameType.DATA, b"\0" * PEER_KEY_SIZE, b"")[:4]
 _SOURCE = slice(len(_DATA_HEAD), len(_DATA_HEAD) + PEER_KEY_SIZE)
 _UNREACHABLE = CONTROL.encode(RouteError(FailureCode.UNREACHABLE, "no such peer online for you"))
-
-
-def _nothing(_peer: Peer) -> None:
-    return None
 
 
 def _proves(proof: bytes, key: bytes, account: bytes) -> bool:
@@ -107,76 +102,6 @@ def _proves(proof: bytes, key: bytes, account: bytes) -> bool:
         and message.machine_key == key
         and message.account == account
     )
-
-
-class RemotePeer(Peer):
-    """A peer another node holds. Not a connection: no socket, queue or limits here
-    (its node has them); only what routing reads, and ways to reach its node."""
-
-    __slots__ = ("_bus", "_partner", "node")
-
-    def __init__(self, bus: ClusterBus, entry: PeerEntry, metrics: RelayMetrics) -> None:
-        # Deliberately not Peer.__init__: there is no WebSocket on this node.
-        self.key = entry.key
-        self.account = entry.account
-        self.status = entry.status
-        self.node = entry.node
-        self.card = b""
-        self.ip = ""
-        self.closed = False
-        self.queue = deque()
-        self.queued_bytes = 0
-        self.opened_ticket = None
-        self.metrics = metrics
-        self.on_close = _nothing
-        self._bus = bus
-        self._partner: bytes | None = None
-
-    @property
-    def ticket_peer(self) -> bytes | None:
-        return self._partner
-
-    @ticket_peer.setter
-    def ticket_peer(self, partner: bytes | None) -> None:
-        """Pairing links are set on both ends at once (requests.open_ticket): the
-        holder sets its side and this node's view of the partner."""
-        self._partner = partner
-        self._bus.send(self.key, ticket_command(partner))
-
-    def deliver(self, data: bytes, received_at: float) -> bool:
-        if self._bus.send(self.key, frame_message(data)):
-            return True
-        self.metrics.drops["bus-down"] += 1
-        return False
-
-    def close(self, code: CloseCode, reason: str) -> None:
-        # REPLACED: the key connected again here; the old holder goes without an
-        # offline announcement, as a replaced local connection does.
-        quietly = code is CloseCode.REPLACED
-        self._bus.send(
-            self.key, close_command(self.node, code, reason, after_flush=False, quietly=quietly)
-        )
-        self.on_close(self)
-
-    def close_after_flush(self, code: CloseCode, reason: str) -> None:
-        self._bus.send(
-            self.key, close_command(self.node, code, reason, after_flush=True, quietly=False)
-        )
-
-    def cut_off(self, final: bytes, code: CloseCode, reason: str, *, then: bytes = b"") -> None:
-        """Unroutable from this node at once (no routed status: :func:`may_route`
-        refuses it; the account stays so the table's index finds it to forget it);
-        its holder does the same, sends ``final`` then ``then`` as a local peer's
-        :meth:`Peer.cut_off` does, and closes."""
-        self.status = SessionStatus.UNPAIRED
-        self._partner = None
-        self._bus.send(self.key, cut_command(final, code, reason, then))
-
-    def close_silently(self) -> None:
-        return None
-
-    async def finish(self) -> None:
-        return None
 
 
 class ClusterRoutingTable:
@@ -200,6 +125,7 @@ class ClusterRoutingTable:
         # account, status), and remote peers this node's controllers were told went
         # offline because their node vanished from the bus (key → node, when).
         self._unsent: dict[bytes, tuple[bytes, SessionStatus]] = {}
+        self._bus_lost_at: float | None = None
         self._said_offline: dict[bytes, tuple[str, float]] = {}
 
     # --- lifecycle ---------------------------------------------------------------
@@ -514,9 +440,37 @@ class ClusterRoutingTable:
             announce_presence(self.state, peer, online=False)
         peer.cut_off(final, code, reason, then=then)
 
+    def on_lost(self) -> None:
+        if self._bus_lost_at is None:
+            self._bus_lost_at = self.state.clock()
+
     async def on_reconnected(self) -> None:
         self._reannounce()
         await self._recheck_revocations()
+        await self._tell_device_log_changes()
+
+    async def _tell_device_log_changes(self) -> None:
+        """``devices-changed`` reaches devices on other nodes over the bus: to this
+        node's devices whose account's log grew while it was out, say it now (they
+        re-read the log; PostgreSQL has it). From a little before the loss was
+        noticed, and across nodes' clocks: a notice too many only costs a re-read."""
+        lost_at, self._bus_lost_at = self._bus_lost_at, None
+        if lost_at is None:
+            return
+        accounts = {p.account for p in self._local.peers() if p.status is SessionStatus.CONTROLLER}
+        accounts.discard(b"")
+        try:
+            changed = await self.registry.device_logs_changed_since(
+                sorted(accounts), lost_at - LOSS_MARGIN_SECONDS
+            )
+        except RegistryError as exc:
+            log.warning("cannot re-read device log changes: %s", exc)
+            return
+        for account in changed:
+            notice = Notice(NoticeEvent.DEVICES_CHANGED, b"", account, 0.0)
+            frame = encode_frame(FrameType.NOTICE, b"", CONTROL.encode(notice))
+            for controller in self._local.account_controllers(account):
+                controller.deliver(frame, time.perf_counter())
 
     def _reannounce(self) -> None:
         """After a bus outage: what this node's machines and devices did while it was

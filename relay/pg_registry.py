@@ -464,6 +464,18 @@ class PostgresRegistry:
                 await conn.execute(sql, now, key)
 
     # --- device logs -------------------------------------------------------------
+    async def device_logs_changed_since(self, accounts: Sequence[bytes], at: float) -> set[bytes]:
+        """Which of ``accounts`` had device log entries written at or after ``at``
+        (one query for every account with a device on a node)."""
+        if not accounts:
+            return set()
+        sql = (
+            "SELECT DISTINCT account FROM device_log WHERE account = ANY($1::bytea[]) AND at >= $2"
+        )
+        async with self._reading() as conn:
+            rows = await conn.fetch(sql, list(accounts), at)
+        return {bytes(r[0]) for r in rows}
+
     async def device_log(self, account: bytes) -> list[DeviceLogRow]:
         sql = "SELECT seq, hash, entry, author, at FROM device_log WHERE account = $1 ORDER BY seq"
         async with self._reading() as conn:

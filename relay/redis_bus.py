@@ -228,6 +228,8 @@ class RedisBus:
             self._detail = f"bus lost: {type(failure).__name__}: {failure}"[:200]
             log.warning("cluster bus lost (%s); reconnecting", self._detail)
             self._counts["disconnects"] += 1
+            if self._listener is not None:
+                self._listener.on_lost()
             await self._teardown()
             delay = 0.1
             while not self._closing:

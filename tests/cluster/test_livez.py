@@ -70,11 +70,13 @@ def busy(url: str, clients: int = 40, in_flight: int = 20) -> Iterator[None]:
             await node.ws.send(frame)
 
     async def run() -> None:
-        tasks = [asyncio.create_task(echo(RelayNode(Role.CONTROLLER))) for _ in range(clients)]
+        nodes = [RelayNode(Role.CONTROLLER) for _ in range(clients)]
+        tasks = [asyncio.create_task(echo(node)) for node in nodes]
         await done.wait()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(node.close() for node in nodes), return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
@@ -85,6 +87,7 @@ def busy(url: str, clients: int = 40, in_flight: int = 20) -> Iterator[None]:
     finally:
         loop.call_soon_threadsafe(done.set)
         thread.join()
+        loop.close()
 
 
 @contextmanager

@@ -1,19 +1,21 @@
-"""Presence that crossed nodes while Redis was down is not lost for good.
+"""Presence and ``devices-changed`` that crossed nodes while Redis was down are
+not lost for good.
 
 Devices hear of machines and devices on other nodes only through the bus; while
 Redis is down those PRESENCE frames are dropped. When the bus is back, each node
 tells its own controllers what changed in its view of the others (its snapshot),
 re-says what its own peers did during the outage, and answers the re-announcement
 of a node it had declared gone, so every device ends up with the truth whichever
-node reconnects first. Here Redis restarts empty (no persistence), the hardest
-case: the first node back sees nobody else at all.
+node reconnects first; and a node's devices whose account's device log grew
+meanwhile hear ``devices-changed`` (the log is in PostgreSQL). Here Redis restarts
+empty (no persistence), the hardest case: the first node back sees nobody else.
 """
 
 from __future__ import annotations
 
 import time
 
-from starmux.control import CONTROL, Presence
+from starmux.control import CONTROL, Notice, NoticeEvent, Presence
 from starmux.device_roles import DeviceRole
 from starmux.frames import FrameType
 from starmux.identity import Role
@@ -22,7 +24,7 @@ from tests.integration.node import RelayNode
 from tests.timeouts import scaled
 
 from .conftest import RelayCluster
-from .test_cluster_devices import add_device, frames_within, with_log
+from .test_cluster_devices import add_device, frames_within, next_notice, with_log
 from .test_cluster_failures import presence, wait_health
 
 
@@ -48,7 +50,7 @@ async def test_presence_missed_during_a_redis_outage_is_told_when_it_returns(
     owner, account = await register_controller(a, cluster.registration_token)
     log = await with_log(owner, account)
     phone = RelayNode(Role.CONTROLLER, "phone")
-    await add_device(owner, log, phone, DeviceRole.VIEWER)
+    log = await add_device(owner, log, phone, DeviceRole.VIEWER)
     await phone.connect(b.url)
     assert await presence(owner, phone.key, 10) is True
     stays = await pair_machine(b, owner, account, name="stays")
@@ -67,6 +69,8 @@ async def test_presence_missed_during_a_redis_outage_is_told_when_it_returns(
         assert "cluster bus" in await wait_health(node, 503)
     await leaves_b.close()
     await leaves_a.close()
+    tablet = RelayNode(Role.CONTROLLER, "tablet")
+    await add_device(owner, log, tablet, DeviceRole.VIEWER)  # through node A
     returned = RelayNode(Role.MACHINE, keys=returns.keys)
     await returned.connect(b.url)
     # Across nodes nothing can be said now (same-node presence still flows).
@@ -81,6 +85,10 @@ async def test_presence_missed_during_a_redis_outage_is_told_when_it_returns(
     expected_by_owner = {**expected, phone.key: True}
     owner_last = await heard_until(owner, {leaves_b.key: False, returns.key: True})
     phone_last = await heard_until(phone, {leaves_a.key: False})
+    # The notice the owner's node sent the phone when the tablet was added was lost.
+    assert await next_notice(phone, NoticeEvent.DEVICES_CHANGED, b"") == Notice(
+        NoticeEvent.DEVICES_CHANGED, b"", account, 0.0
+    )
     print(f"\nRedis back: presence missed during the outage told on both nodes in "
           f"{time.perf_counter() - start:.2f} s")  # fmt: skip
     # Whatever else was said in passing (the first node back sees nobody and says

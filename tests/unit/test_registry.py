@@ -487,7 +487,10 @@ async def test_grant_guards_revoked_and_paired_keys(reg: AnyRegistry, backend: B
     await with_open_ticket(reg)
     # Neither state is reachable through the API (create_ticket refuses both);
     # written behind its back to prove grant_machine still keeps the invariants.
-    await backend.raw("INSERT INTO revocations VALUES (?, ?, ?, ?)", (MACHINE, T0, ACCOUNT, CTRL))
+    await backend.raw(
+        "INSERT INTO revocations (key, revoked_at, account, revoked_by) VALUES (?, ?, ?, ?)",
+        (MACHINE, T0, ACCOUNT, CTRL),
+    )
     await refused(backend, "revoked", grant(reg))
     await backend.raw("DELETE FROM revocations")
     await grant(reg)
