@@ -5,8 +5,8 @@ implements :class:`relay.routing.RoutingTable`, so the endpoint and the request
 handlers route, pair, revoke and announce presence exactly as on one node. A peer
 held elsewhere is a :class:`relay.remote_peer.RemotePeer`: the same attributes the
 routing rules read (key, account, status, pairing link), and ``deliver``/``close``
-that go over the bus to its node. So :func:`relay.routing.may_route`, the limits, ERROR frames
-and close codes are the same code for local and remote peers:
+that go over the bus to its node. So :func:`relay.routing.may_route`, the limits,
+ERROR frames and close codes are the same code for local and remote peers:
 
 - the sender's node checks ``may_route`` against its view of the remote peer and
   answers ERROR at once if refused; a frame that reached nobody (the peer left, its
@@ -26,8 +26,8 @@ machines are offline. What crossed nodes while the bus was out (presence,
 Revocation and device removal: the registry (PostgreSQL) is written first, then
 the key is appended to the bus's revocation stream; a node reading it cuts the
 machine (REVOKED notice, the controller's signed revocation stored with it, close
-4003) or the removed controller device
-(``device-removed`` notice, close 4004) off if it holds it. The node that took
+4003) or the removed controller device (``device-removed`` notice, close 4004)
+off if it holds it. The node that took
 the request also cuts the peer off directly when it sees it online elsewhere (a
 command to its holder: one publish, no wait for the stream); whichever arrives
 second finds nothing left to do. After the bus or the registry comes back, a
