@@ -18,19 +18,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SERVED_FOLDERS = ("app", "icons", "proto", "vendor")
+SERVED_FILES = ("index.html", "sw.js", "manifest.webmanifest")
+TOOLING = ("package.json", "package-lock.json", "tools/", "test/", "node_modules/")
+
+
 def _assert_ships_the_web_controller(names: list[str]) -> None:
-    """The wheel carries web/'s served files (pip install needs no Node), not its tooling."""
+    """The wheel carries every file web/ serves (pip install needs no Node): the app's
+    shell, screens, icons, service worker and manifest as well as the protocol and the
+    vendored code; not its tooling."""
     web = ROOT / "web"
-    served = [
-        path
-        for folder in ("proto", "vendor")
-        for path in (web / folder).rglob("*")
-        if path.is_file()
-    ]
-    assert len(served) > 20, "web/proto and web/vendor hold too few files"
-    for path in served:
-        assert f"starmux/web/{path.relative_to(web)}" in names, f"not in the wheel: {path}"
-    for left_out in ("package.json", "package-lock.json", "tools/", "test/", "node_modules/"):
+    for folder in SERVED_FOLDERS:
+        files = [path for path in (web / folder).rglob("*") if path.is_file()]
+        assert files, f"web/{folder} is empty: the check would prove nothing"
+        for path in files:
+            assert f"starmux/web/{path.relative_to(web)}" in names, f"not in the wheel: {path}"
+    for name in SERVED_FILES:
+        assert (web / name).is_file(), f"web/{name} is missing from the source tree"
+        assert f"starmux/web/{name}" in names, f"not in the wheel: web/{name}"
+    for left_out in TOOLING:
         assert not any(name.startswith(f"starmux/web/{left_out}") for name in names), left_out
 
 
