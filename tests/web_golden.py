@@ -535,6 +535,74 @@ def codes_golden() -> dict[str, Any]:
     }
 
 
+def join_golden() -> dict[str, Any]:
+    """A whole join (the new device shows the code, an owner reads it) made by the
+    Python core with fixed randomness: the JS new device, given the same keys and
+    randomness, must answer each owner message with exactly these bytes."""
+    from starmux.device_link import LinkAttempt
+    from starmux.device_log import DeviceLog, Op
+
+    relay, owner, device, machine = _keys(1), _keys(5), _keys(6), _keys(2)
+    owner_card = owner.card(Role.CONTROLLER, "laptop")
+    device_card = device.card(Role.CONTROLLER, "browser")
+    account = b"\x47" * 16
+    code = LinkCode(
+        Direction.JOIN,
+        "ws://127.0.0.1:8765",
+        relay.fingerprint,
+        b"\x08" * 16,
+        device.fingerprint,
+        b"\x09" * 32,
+    )
+    shower = LinkAttempt(
+        device,
+        device_card,
+        code,
+        shows=True,
+        relay_key=relay.sign_public,
+        rng=lambda n: b"\x61" * n,
+    )
+    reader = LinkAttempt(
+        owner,
+        owner_card,
+        code,
+        shows=False,
+        relay_key=relay.sign_public,
+        account=account,
+        role=DeviceRole.VIEWER,
+        rng=lambda n: b"\x62" * n,
+    )
+    messages = [reader.start()]
+    messages.append(shower.receive(messages[0]) or b"")
+    assert reader.receive(messages[1]) is None
+    messages.append(reader.accept() or b"")
+    assert shower.receive(messages[2]) is None
+    messages.append(shower.accept() or b"")
+    assert reader.receive(messages[3]) is None
+    log = DeviceLog.genesis(owner, owner_card, account, at=1700000000.0)
+    log, _ = log.append(
+        owner, Op.ADD, device.sign_public, card=device_card, role=DeviceRole.VIEWER, at=1700000001.0
+    )
+    machine_card = machine.card(Role.MACHINE, "box").encode()
+    messages.append(reader.welcome(log, (machine_card,)))
+    messages.append(shower.receive(messages[4]) or b"")
+    assert reader.receive(messages[5]) is None and shower.comparison_code
+    return {
+        "code": code.to_text(),
+        "relay_key": relay.sign_public.hex(),
+        "device": {
+            "signing_seed": (bytes([6]) * 32).hex(),
+            "dh_private": (bytes([106]) * 32).hex(),
+        },
+        "device_rng": "61",
+        "account": account.hex(),
+        "messages": [m.hex() for m in messages],
+        "comparison_code": shower.comparison_code,
+        "owner_name": owner_card.name,
+        "role": DeviceRole.VIEWER.value,
+    }
+
+
 def _code_verdicts(pair: str, link: str, join: str) -> list[dict[str, Any]]:
     """Pasted codes, good and garbled, with whether each Python parser takes them:
     ``pair`` the pairing code's, ``link`` a link code's (an owner shows it), ``join``
@@ -601,6 +669,7 @@ def golden() -> dict[str, Any]:
         "messages": messages_golden(),
         "crypto": crypto_golden(),
         "codes": codes_golden(),
+        "join": join_golden(),
     }
 
 

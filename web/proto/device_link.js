@@ -19,6 +19,25 @@
 //       .start() -> body;  .receive(body) -> body | null;  .inviter;  .account;  .log;
 //       .machines (cards);  .comparisonCode;  .phase
 //   linkPrologue(relayKey, ticket, inviterFp)
+//
+// The join direction (starmux/device_link.py's LinkAttempt with shows=True on the new
+// device): a browser without a camera shows a join code, an owner reads it with
+// `starmux devices add CODE`. The new device holds the ticket and is the responder;
+// the owner opens the ticket and is the initiator; the domain is starmux/join/v1 and
+// the prologue names the new device's own fingerprint. After the handshake the new
+// device's person confirms the comparison code and says so (pairing-accepted); only
+// then does the owner append add(device, role) — the owner picks the role.
+//
+//   owner (initiator)                       new device (responder, shows the code)
+//   -> e                                    <- e, ee, s, es  + new device's card
+//   -> s, se, psk + owner card, account     (psk proves the code was read)
+//                                           person confirms -> pairing-accepted
+//   link-welcome (account, log, machines) ->  verify: the log adds this device
+//                                           <- pairing-stored
+//
+//   new JoiningDevice(keys, card, code, {relayKey, rng})   code: parseJoinCode(…)
+//       .receive(body) -> body | null;  .accept() -> body;  .owner;  .account;
+//       .comparisonCode;  .role, .log, .machines (once linked);  .phase
 
 import { equal } from './bytes.js';
 import { SecureChannel } from './channel.js';
@@ -33,9 +52,11 @@ import { PAIR_PROTOCOL, readIdentity } from './pairing.js';
 import { transcript } from './transcript.js';
 
 export const LINK_DOMAIN = 'starmux/link/v1';
+export const JOIN_DOMAIN = 'starmux/join/v1';
 const EMPTY = new Uint8Array(0);
 
 export const linkPrologue = (relayKey, ticket, inviterFp) => transcript(LINK_DOMAIN, relayKey, ticket, inviterFp);
+export const joinPrologue = (relayKey, ticket, deviceFp) => transcript(JOIN_DOMAIN, relayKey, ticket, deviceFp);
 
 class End {
   constructor(hs, phase) {
@@ -210,5 +231,91 @@ export class NewDevice extends End {
     this.machines = machines;
     this.phase = 'linked';
     return this.seal('pairing-stored', {});
+  }
+}
+
+export class JoiningDevice extends End {
+  #keys;
+  #card;
+
+  constructor(keys, card, code, { relayKey, rng = randomBytes }) {
+    if (!fingerprintsMatch(keys.fingerprint, code.deviceFingerprint)) {
+      throw new UsageError('the join code must name the device that shows it');
+    }
+    super(new HandshakeState(PAIR_PROTOCOL, {
+      initiator: false,
+      prologue: joinPrologue(relayKey, code.ticket, fingerprintFromText(code.deviceFingerprint)),
+      s: KeyPair.fromPrivate(keys.dhPrivate),
+      psks: [code.secret],
+      rng,
+    }), 'await-first');
+    this.#keys = keys;
+    this.#card = card;
+    this.owner = null;
+    this.role = null;
+    this.log = null;
+    this.machines = [];
+  }
+
+  receive(body) {
+    if (this.phase === 'await-first' || this.phase === 'await-final') return this.#handshake(this.payload(body, Kind.PAIR_HANDSHAKE));
+    if (this.phase !== 'await-welcome') {
+      // also in 'confirming': the owner must wait for this person's pairing-accepted
+      throw this.fail(`unexpected link message in phase ${this.phase}`);
+    }
+    let welcome;
+    let log;
+    let machines;
+    try {
+      welcome = APP.decodeAs(this.payload(body, Kind.PAIR_TRANSPORT), 'link-welcome');
+      log = DeviceLog.verify(decodeEntries(welcome.log), { account: this.account });
+      machines = welcome.machines.map(decodeCard);
+    } catch (error) {
+      if (error instanceof PairingFailed) throw error;
+      if (error instanceof DeviceLogError && error.kind !== 'format') throw this.fail(`the owner's device log is invalid: ${error.message}`);
+      if (error instanceof RemoteProtocolError || error instanceof CryptoError || error instanceof DeviceLogError) {
+        throw this.fail('the owner sent an invalid account, log or machine');
+      }
+      throw error;
+    }
+    const me = log.device(this.#keys.signPublic);
+    if (me === null || !equal(welcome.account, this.account)) throw this.fail("the owner's log does not add this device");
+    if (machines.some((card) => card.role !== Role.MACHINE)) throw this.fail("the owner sent a machine card that is not a machine's");
+    this.log = log;
+    this.machines = machines;
+    this.role = me.role;
+    this.phase = 'linked';
+    return this.seal('pairing-stored', {});
+  }
+
+  /** This device's person saw the same comparison code as the owner's. */
+  accept() {
+    if (this.phase !== 'confirming') throw new UsageError('accept only once the handshake is read');
+    this.phase = 'await-welcome';
+    return this.seal('pairing-accepted', { name: '' });
+  }
+
+  #handshake(payload) {
+    let identity;
+    try {
+      if (this.phase === 'await-first') {
+        if (this.hs.readMessage(payload).length > 0) throw this.fail('the first link message must carry no data');
+        this.phase = 'await-final';
+        const me = APP.encode('pairing-identity', { card: this.#card.encoded, account: EMPTY });
+        return wrap(Kind.PAIR_HANDSHAKE, this.hs.writeMessage(me));
+      }
+      identity = this.hs.readMessage(payload);
+    } catch (error) {
+      // the psk is mixed into ->s,se,psk: almost always a wrong or stale code
+      if (error instanceof CryptoError) throw this.fail('a device tried to link with a wrong or stale code');
+      throw error;
+    }
+    let account;
+    [this.owner, account] = this.identity(identity);
+    if (account.length !== 16) throw this.fail('the other device sent no valid account id');
+    this.account = account;
+    this.finishHandshake();
+    this.phase = 'confirming';
+    return null;
   }
 }

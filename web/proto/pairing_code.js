@@ -1,10 +1,12 @@
-// Pairing codes (daemon QR) and link codes (device QR), parse and format, mirroring
-// starmux/pairing_code.py and the LinkCode of starmux/device_link.py.
+// Pairing codes (daemon QR), link and join codes (device QR), parse and format,
+// mirroring starmux/pairing_code.py and starmux/link_code.py.
 //
 //   parsePairingCode(text) -> {relayUrl, relayFingerprint, ticket, machineFingerprint, secret, expiresAt}
 //   formatPairingCode(code) -> 'starmux://pair/v1?relay=…&rfp=…&ticket=…&mfp=…&secret=…[&exp=…]'
 //   parseLinkCode(text) -> {relayUrl, relayFingerprint, ticket, inviterFingerprint, secret, role}
 //   formatLinkCode(code) -> 'starmux://link/v1?relay=…&rfp=…&ticket=…&ifp=…&secret=…&role=…'
+//   parseJoinCode(text) -> {relayUrl, relayFingerprint, ticket, deviceFingerprint, secret}
+//   formatJoinCode(code) -> 'starmux://join/v1?relay=…&rfp=…&ticket=…&dfp=…&secret=…'
 //   checkRelayUrl(url)
 //
 // Strict: every refusal is a PairingCodeError naming the part that is wrong, because
@@ -17,15 +19,16 @@ import { normalizeFingerprint } from './fingerprint.js';
 
 export const PAIR_PREFIX = 'starmux://pair/v1?';
 export const LINK_PREFIX = 'starmux://link/v1?';
+export const JOIN_PREFIX = 'starmux://join/v1?';
 export const TICKET_SIZE = 16;
 export const SECRET_SIZE = 32;
 export const MAX_CODE_LENGTH = 1024;
 export const MAX_RELAY_URL = 256;
 const PAIR_PARAMS = ['relay', 'rfp', 'ticket', 'mfp', 'secret'];
 const LINK_PARAMS = ['relay', 'rfp', 'ticket', 'ifp', 'secret', 'role'];
+const JOIN_PARAMS = ['relay', 'rfp', 'ticket', 'dfp', 'secret'];
 const ROLES = ['owner', 'operator', 'viewer'];
 const PAIR_HINT = 'copy the whole code the daemon printed, starting with starmux://pair/v1?';
-const LINK_HINT = 'copy the whole code `starmux devices link` printed, starting with starmux://link/v1?';
 
 export function checkRelayUrl(url) {
   if (typeof url !== 'string' || url.length > MAX_RELAY_URL || !/^[\x21-\x7e]*$/.test(url)) {
@@ -142,48 +145,74 @@ export function parsePairingCode(input) {
   });
 }
 
-export function formatLinkCode(code) {
-  if (!ROLES.includes(code.role)) throw new UsageError(`unknown role ${code.role}`);
-  return LINK_PREFIX + query({
+// The two device-code directions, as starmux/link_code.py's FORMS: an invite (an owner
+// shows it, the new device reads it) and a join (the new device shows it, an owner
+// reads it). `shower` is the field naming the fingerprint of the device showing it.
+const FORMS = {
+  invite: { prefix: LINK_PREFIX, params: LINK_PARAMS, fpParam: 'ifp', shower: 'inviterFingerprint',
+    shownBy: 'starmux devices link', readBy: 'starmux link CODE', what: 'link code' },
+  join: { prefix: JOIN_PREFIX, params: JOIN_PARAMS, fpParam: 'dfp', shower: 'deviceFingerprint',
+    shownBy: 'starmux link --show', readBy: 'starmux devices add CODE', what: 'join code' },
+};
+
+function formatDeviceCode(form, code) {
+  const params = {
     relay: checkRelayUrl(code.relayUrl),
     rfp: normalizeFingerprint(code.relayFingerprint).replaceAll('-', ''),
     ticket: b64url(code.ticket),
-    ifp: normalizeFingerprint(code.inviterFingerprint).replaceAll('-', ''),
+    [form.fpParam]: normalizeFingerprint(code[form.shower]).replaceAll('-', ''),
     secret: b64url(code.secret),
-    role: code.role,
-  });
+  };
+  if (form === FORMS.invite) {
+    if (!ROLES.includes(code.role)) throw new UsageError(`unknown role ${code.role}`);
+    params.role = code.role;
+  }
+  return form.prefix + query(params);
 }
 
-export function parseLinkCode(input) {
+function parseDeviceCode(form, input) {
   const text = typeof input === 'string' ? input.trim() : '';
-  if (text.length > MAX_CODE_LENGTH || !text.startsWith(LINK_PREFIX)) {
+  const hint = `copy the whole code \`${form.shownBy}\` printed, starting with ${form.prefix}`;
+  if (text.length > MAX_CODE_LENGTH || !text.startsWith(form.prefix)) {
+    const other = form === FORMS.invite ? FORMS.join : FORMS.invite;
+    if (text.startsWith(other.prefix)) {
+      throw new PairingCodeError(`this code is for \`${other.readBy}\` (it was shown by \`${other.shownBy}\`)`,
+        { hint: `run \`${other.readBy}\` with it on the other device` });
+    }
     if (text.startsWith('starmux://pair/')) {
-      throw new PairingCodeError('this is a machine pairing code, not a device link code',
+      throw new PairingCodeError('this is a machine pairing code, not a device code',
         { hint: 'pair machines with the pairing screen' });
     }
-    throw new PairingCodeError('this is not a starmux link code', { hint: LINK_HINT });
+    throw new PairingCodeError(`this is not a starmux ${form.what}`, { hint });
   }
-  const pairs = parsePairs(text.slice(LINK_PREFIX.length), 2 * LINK_PARAMS.length);
+  const pairs = parsePairs(text.slice(form.prefix.length), 2 * form.params.length);
   if (pairs === null || pairs.some(([, value]) => value === '')) {
-    throw new PairingCodeError("the link code's parameters are garbled", { hint: LINK_HINT });
+    throw new PairingCodeError(`the ${form.what}'s parameters are garbled`, { hint });
   }
   const params = Object.fromEntries(pairs);
   const keys = Object.keys(params);
-  if (keys.length !== pairs.length || keys.length !== LINK_PARAMS.length || !LINK_PARAMS.every((k) => Object.hasOwn(params, k))) {
-    throw new PairingCodeError('the link code lacks or repeats a part (was it cut off?)', { hint: LINK_HINT });
+  if (keys.length !== pairs.length || keys.length !== form.params.length || !form.params.every((k) => Object.hasOwn(params, k))) {
+    throw new PairingCodeError(`the ${form.what} lacks or repeats a part (was it cut off?)`, { hint });
   }
   try {
-    if (!ROLES.includes(params.role)) throw new UsageError(`'${params.role}' is not a valid DeviceRole`);
-    return Object.freeze({
+    if (form === FORMS.invite && !ROLES.includes(params.role)) throw new UsageError(`'${params.role}' is not a valid DeviceRole`);
+    const code = {
       relayUrl: checkRelayUrl(params.relay),
       relayFingerprint: normalizeFingerprint(params.rfp),
-      ticket: unb64(params.ticket, TICKET_SIZE, 'ticket', LINK_HINT),
-      inviterFingerprint: normalizeFingerprint(params.ifp),
-      secret: unb64(params.secret, SECRET_SIZE, 'secret', LINK_HINT),
-      role: params.role,
-    });
+      ticket: unb64(params.ticket, TICKET_SIZE, 'ticket', hint),
+      [form.shower]: normalizeFingerprint(params[form.fpParam]),
+      secret: unb64(params.secret, SECRET_SIZE, 'secret', hint),
+    };
+    if (form === FORMS.invite) code.role = params.role;
+    return Object.freeze(code);
   } catch (error) {
     if (error instanceof PairingCodeError) throw error;
-    throw new PairingCodeError(`the link code is malformed: ${error.message}`, { hint: LINK_HINT });
+    throw new PairingCodeError(`the ${form.what} is malformed: ${error.message}`, { hint });
   }
 }
+
+export const formatLinkCode = (code) => formatDeviceCode(FORMS.invite, code);
+export const parseLinkCode = (input) => parseDeviceCode(FORMS.invite, input);
+/** A join code, shown by a new device (this browser) for `starmux devices add CODE`. */
+export const formatJoinCode = (code) => formatDeviceCode(FORMS.join, code);
+export const parseJoinCode = (input) => parseDeviceCode(FORMS.join, input);

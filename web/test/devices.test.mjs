@@ -12,7 +12,7 @@ import { CryptoError, DeviceLogError, PairingCodeError, PairingFailed } from '..
 import { NodeKeys, Role } from '../proto/identity.js';
 import { finish, initiate, respond } from '../proto/live_channel.js';
 import { ControllerPairing, MachinePairing } from '../proto/pairing.js';
-import { formatLinkCode, formatPairingCode, parseLinkCode, parsePairingCode } from '../proto/pairing_code.js';
+import { formatLinkCode, formatPairingCode, parseJoinCode, parseLinkCode, parsePairingCode } from '../proto/pairing_code.js';
 import { GOLDEN } from './golden.mjs';
 
 const C = GOLDEN.crypto;
@@ -174,7 +174,7 @@ test('a link code for another inviter is refused before anything is sent back', 
 test('every pasted code the Python parsers take or refuse, JS takes or refuses alike', () => {
   const disagreements = [];
   for (const verdict of GOLDEN.codes.verdicts) {
-    for (const [name, parse] of [['pair', parsePairingCode], ['link', parseLinkCode]]) {
+    for (const [name, parse] of [['pair', parsePairingCode], ['link', parseLinkCode], ['join', parseJoinCode]]) {
       let ok = true;
       try {
         parse(verdict.text);
