@@ -40,6 +40,8 @@ export const ENTRIES = {
   // A classic script (UMD, sets globalThis.jsQR): load it with <script src> or
   // importScripts(), not import.
   jsqr: ['dist/jsQR.js'],
+  // Drawing this browser's join code as a QR for `starmux devices add` (an ES module).
+  'qrcode-generator': ['dist/qrcode.mjs'],
 };
 
 /** Bare import prefixes that vendored files use, for the browser's import map. */
