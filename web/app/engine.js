@@ -23,7 +23,7 @@ import { parseLinkCode, parsePairingCode } from "../proto/pairing_code.js";
 import { decideCheckpoint } from "../proto/decisions.js";
 import { revokeTranscript } from "../proto/relay_auth.js";
 import { idbGet, idbPut } from "./idb.js";
-import { FlowError, joinAccount, PeerInbox, pairMachine } from "./net/flows.js";
+import { FlowError, joinAccount, joinByShowing, PeerInbox, pairMachine } from "./net/flows.js";
 import { MachineChannel } from "./net/machine_channel.js";
 import { LinkClosed, RelayLink, RelayRefused } from "./net/relay_link.js";
 import { SessionBook, toHexKey } from "./net/sessions.js";
@@ -71,6 +71,7 @@ export class Engine {
     this.channels = new Map(); // hex key -> MachineChannel
     this.names = new Map(); // hex key -> the machine's name (private names included)
     this.inboxes = new Map(); // hex key -> PeerInbox of a running flow
+    this.stranger = null; // showing a join code: (peer) => void for an unknown sender
     this.link = null;
     this.stopped = false;
     this.book = null;
@@ -222,7 +223,26 @@ export class Engine {
     const hex = toHex(peer);
     const inbox = this.inboxes.get(hex);
     if (inbox) inbox.push(body);
-    else this.channels.get(hex)?.receive(body);
+    else if (this.channels.has(hex)) this.channels.get(hex).receive(body);
+    else if (this.stranger) {
+      // The owner that opened this browser's join code: its first message.
+      this.#inbox(peer).push(body);
+      this.stranger(peer);
+    }
+  }
+
+  #firstPeer(timeoutMs) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.stranger = null;
+        reject(new EngineError("no owner opened the code before it expired: show a fresh one"));
+      }, timeoutMs);
+      this.stranger = (peer) => {
+        clearTimeout(timer);
+        this.stranger = null;
+        resolve({ peer, inbox: this.inboxes.get(toHex(peer)) });
+      };
+    });
   }
 
   #inbox(peer) {
@@ -398,6 +418,33 @@ export class Engine {
       link.close();
     }
     const device = { relayUrl: code.relayUrl, relayKey: link.relayKey, account: joined.account, name: card.name, role: code.role };
+    await this.#becomeDevice(device, joined.log, joined.machines);
+  }
+
+  // Show a join code for `starmux devices add CODE` on an owner (no camera needed).
+  async joinByShowing(relayUrl, name, { show, status }) {
+    if (this.device) throw new EngineError("this browser already is a device of an account");
+    const problem = relayUrlError(relayUrl);
+    if (problem) throw new EngineError(problem);
+    const card = this.keys.card(Role.CONTROLLER, name || "browser");
+    const link = new RelayLink({ url: relayUrl, keys: this.keys, card, handlers: { data: (peer, body) => this.#onData(peer, body) } });
+    let joined;
+    try {
+      await link.connect();
+      joined = await joinByShowing({
+        link, keys: this.keys, card, show, status,
+        firstPeer: (ms) => this.#firstPeer(ms),
+        confirm: (comparison, owner) => this.confirm("Link this browser", comparison, `Check that ${owner} shows the same code.`),
+      });
+    } catch (exc) {
+      if (exc instanceof RelayRefused) throw new EngineError(REFUSALS[exc.code] || exc.message);
+      throw exc;
+    } finally {
+      this.stranger = null;
+      this.inboxes.clear();
+      link.close();
+    }
+    const device = { relayUrl, relayKey: link.relayKey, account: joined.account, name: card.name, role: joined.role };
     await this.#becomeDevice(device, joined.log, joined.machines);
   }
 

@@ -76,6 +76,7 @@ const actions = {
     else notify("error", answer.error || "the service worker refused");
   },
   link: (code, name) => guarded(() => engine.joinByCode(code, name)),
+  showJoinCode: (relay, name, callbacks) => guarded(() => engine.joinByShowing(relay, name, callbacks)),
   register: (url, token, name) => guarded(() => engine.register(url, token, name)),
   pairMachine: (code) => guarded(() => engine.pairMachine(code)),
   decide: (machine, id, approve, reason) => guarded(() => engine.decide(machine, id, approve, reason)),

@@ -1,21 +1,25 @@
 // Becoming a device and pairing a machine: the I/O around web/proto's state
-// machines (NewDevice in device_link.js, ControllerPairing in pairing.js), like
-// client/device_actions.py::join and client/actions.py::pair.
+// machines (NewDevice and JoiningDevice in device_link.js, ControllerPairing in
+// pairing.js), like client/device_linking.py's join and join_shown and
+// client/actions.py::pair.
 //
 // Each flow waits for DATA from one peer through a PeerInbox; every failure
 // tells the other side (abort) and the relay (a failed attempt) unless the other
 // side aborted first, and the error says what to do next.
 
 import { equal } from "../../proto/bytes.js";
-import { NewDevice } from "../../proto/device_link.js";
+import { JoiningDevice, NewDevice } from "../../proto/device_link.js";
 import { PairingFailed } from "../../proto/errors.js";
 import { fingerprint, fingerprintsMatch } from "../../proto/fingerprint.js";
+import { randomBytes } from "../../proto/noise.js";
 import { abortBody, ControllerPairing } from "../../proto/pairing.js";
+import { formatJoinCode, parseJoinCode, SECRET_SIZE } from "../../proto/pairing_code.js";
 import { grantTranscript } from "../../proto/relay_auth.js";
 import { RelayRefused } from "./relay_link.js";
 
 const STEP_MS = 30000;
 const CONFIRM_MS = 120000;
+const LONGEST_SHOWN_MS = 15 * 60 * 1000;
 
 export class FlowError extends Error {}
 
@@ -108,6 +112,52 @@ export async function joinAccount({ link, keys, card, code, inbox, confirm }) {
     throw error instanceof PairingFailed || error instanceof FlowError ? new FlowError(`${error.message}: ask for a fresh link code`) : error;
   }
   return { account: device.account, log: device.log, machines: device.machines, inviter: device.inviter };
+}
+
+// The new device showing its own join code (a browser without a camera), like
+// client/device_linking.py::join_shown: hold a fresh link ticket, show the code,
+// wait for the owner that opens it (`starmux devices add CODE`), compare codes, and
+// take the account the owner hands over. `firstPeer(ms)` resolves {peer, inbox} for
+// the first DATA of a device this one does not know; `show(text, expiresAt)` and
+// `status(text)` tell the person where it stands.
+export async function joinByShowing({ link, keys, card, firstPeer, show, status, confirm }) {
+  if (link.auth.status !== "unregistered") throw new FlowError("this device's key already belongs to an account");
+  let created;
+  try {
+    created = await link.request("create-link-ticket", {}, "ticket-created");
+  } catch (error) {
+    throw new FlowError(refusalText(error));
+  }
+  const text = formatJoinCode({
+    relayUrl: link.url, relayFingerprint: fingerprint(link.relayKey), ticket: created.ticket,
+    deviceFingerprint: keys.fingerprint, secret: randomBytes(SECRET_SIZE),
+  });
+  const code = parseJoinCode(text);
+  show(text, created.expires_at);
+  status("waiting for an owner to run the command");
+  const waitMs = Math.min(Math.max(created.expires_at * 1000 - Date.now(), 1000), LONGEST_SHOWN_MS);
+  const { peer: ownerKey, inbox: peer } = await firstPeer(waitMs);
+  status("an owner device opened the code: connecting");
+  const device = new JoiningDevice(keys, card, code, { relayKey: link.relayKey });
+  try {
+    link.sendData(ownerKey, device.receive(await peer.next()));
+    // The owner's person compares before it sends its last handshake message.
+    device.receive(await peer.next(CONFIRM_MS));
+    if (!equal(device.owner.signPublic, ownerKey)) {
+      throw new PairingFailed("the owner's card is not the key the relay connected");
+    }
+    status("compare the codes");
+    if (!(await confirm(device.comparisonCode, device.owner.name))) {
+      throw new PairingFailed("link cancelled: the comparison codes were not confirmed");
+    }
+    link.sendData(ownerKey, device.accept());
+    status(`waiting for ${device.owner.name} to add this browser`);
+    link.sendData(ownerKey, device.receive(await peer.next(CONFIRM_MS)));
+  } catch (error) {
+    await failed(link, ownerKey, code.ticket, error);
+    throw error instanceof PairingFailed || error instanceof FlowError ? new FlowError(`${error.message}: show a fresh code`) : error;
+  }
+  return { account: device.account, log: device.log, machines: device.machines, owner: device.owner, role: device.role };
 }
 
 // The controller's side of pairing a machine, through this device's live link.

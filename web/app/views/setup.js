@@ -1,6 +1,8 @@
 // Becoming a device: link to an existing account (an owner's `starmux devices link`
-// code, pasted or scanned), or start a new account with a relay registration token.
+// code, pasted or scanned, or this browser's own code for `starmux devices add`), or
+// start a new account with a relay registration token.
 import { h } from "../dom.js";
+import { showCodeCard } from "../joinshow.js";
 import { codeInput } from "../qrinput.js";
 
 export function setupView(ctx) {
@@ -39,6 +41,10 @@ export function setupView(ctx) {
         busyText: "Linking: compare the code shown on both devices…",
         onCode: (code) => ctx.actions.link(code, name.value.trim()),
       })),
+    h("section", { className: "card", "aria-labelledby": "show-title" },
+      h("h2", { id: "show-title" }, "Or show a code for an owner to add"),
+      h("p", { className: "muted" }, "No camera here? Show this browser's own code and add it from an owner device with “starmux devices add CODE”. It uses the relay URL below."),
+      showCodeCard({ onShow: (callbacks) => ctx.actions.showJoinCode(relay.value.trim(), name.value.trim(), callbacks) })),
     h("form", { className: "card", "aria-labelledby": "new-title", on: { submit: (event) => { event.preventDefault(); register(); } } },
       h("h2", { id: "new-title" }, "Or start a new account"),
       h("label", { htmlFor: "relay-url" }, "Relay URL"), relay,
