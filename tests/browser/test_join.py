@@ -5,6 +5,8 @@ browser then lists the owner's machine and its sessions. The page logs no consol
 error (the ``page`` fixture's teardown).
 
 Figure (printed with -s): seconds from the code being shown to the machine listed.
+Screenshots of the shown code: ``join-show-*.png`` (``STARMUX_SCREENS_DIR``, as
+test_screens.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..integration.cluster import Paired
 from ..integration.daemon_process import run_cli
 from ..timeouts import scaled
 from .conftest import wait_for_keys
+from .test_screens import shoot, shots_dir
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,6 +52,7 @@ def test_a_browser_shows_its_code_and_an_owner_adds_it(
     qr = tmp_path / "browser-join-qr.png"
     page.locator("#join-qr canvas").screenshot(path=str(qr))
     assert decode_pairing_code_from_image(qr, prefix="starmux://join/") == code
+    shoot(page, shots_dir(tmp_path), "join-show")  # also: no sideways scrolling at 360 px
 
     # The owner adds it; the CLI blocks until linked, so it runs beside the page.
     outcome: list[CompletedProcess[str]] = []
