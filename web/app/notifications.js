@@ -4,7 +4,7 @@
 // foreground (they do not push about it); send the decisions the service worker
 // signed when a notification's Approve or Deny was tapped.
 
-import { idbTakeAll } from "./idb.js";
+import { idbDelete, idbEntries } from "./idb.js";
 
 export const PUSH_TARGET = "p-web"; // this device's push target id on every machine
 export const DECISION_PREFIX = "decision:"; // IndexedDB "state" keys the service worker writes (web/sw.js)
@@ -47,8 +47,23 @@ export async function enablePush(engine) {
 export const saveSettings = (engine, kinds, reminderFraction) =>
   engine.commandAll("notify-settings", { kinds, reminder_fraction: reminderFraction });
 
+// A queued decision stays in IndexedDB until its machine acks the command (a page
+// closed before then leaves it for the next one), and goes out again under the same
+// command id, which the daemon runs at most once. `sending`: keys this page already
+// put in a machine's outbox (which itself resends after a reconnect).
+const sending = new Set();
+
 export async function sendQueuedDecisions(engine) {
-  for (const { machine, fields } of await idbTakeAll("state", DECISION_PREFIX)) engine.submitSigned(machine, fields);
+  for (const [key, { machine, fields, command_id: id }] of await idbEntries("state", DECISION_PREFIX)) {
+    if (sending.has(key)) continue;
+    const acked = engine.submitSigned(machine, fields, id);
+    if (acked === null) {
+      await idbDelete("state", key); // a machine this device no longer has: never deliverable
+      continue;
+    }
+    sending.add(key);
+    acked.then(() => idbDelete("state", key)).finally(() => sending.delete(key));
+  }
 }
 
 // While a session is on screen and the page visible, claim it (renewed); otherwise

@@ -1,0 +1,117 @@
+"""What a notification's action does when things go wrong, in Chromium through real
+parts (the same set-up as tests/browser/test_push.py, whose docstring says what is
+stood in for and why): a decision tapped while the relay is away is kept in
+IndexedDB until its machine acks it, even when the page that took it closes first,
+and the next page sends it."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from ..integration.cluster import Paired
+from ..integration.push_service import PushService
+from ..integration.relay_process import RelayProcess
+from ..integration.test_notify_push import agent
+from ..integration.watcher import Watcher
+from ..timeouts import poll, scaled
+from .conftest import ConsoleRecord, wait_for_keys
+from .test_controller import link_browser
+from .test_push import _fake_subscription, _registration_id, _shown
+
+pytestmark = pytest.mark.timeout(300)
+
+QUEUED = """async () => {
+  const request = indexedDB.open("starmux");
+  const db = await new Promise((ok, fail) => {
+    request.onsuccess = () => ok(request.result);
+    request.onerror = fail;
+  });
+  const keys = await new Promise((ok, fail) => {
+    const all = db.transaction("state").objectStore("state").getAllKeys();
+    all.onsuccess = () => ok(all.result); all.onerror = fail;
+  });
+  db.close();
+  return keys.filter((k) => String(k).startsWith("decision:"));
+}"""
+TAP = """async ([tag, action]) => {
+  const [notification] = await self.registration.getNotifications({ tag });
+  self.dispatchEvent(new NotificationEvent("notificationclick", { notification, action }));
+  return Boolean(notification);
+}"""
+
+
+@pytest.fixture
+def service() -> Iterator[PushService]:
+    server = PushService()
+    yield server
+    server.close()
+
+
+def push_on(context: BrowserContext, page: Page, paired: Paired, service: PushService) -> Any:
+    """Link the browser, turn notifications on; the CDP session and registration id."""
+    sub = service.subscribe()
+    context.grant_permissions(["notifications"], origin=paired.relay.http_url)
+    context.add_init_script(_fake_subscription(sub))
+    link_browser(page, paired)
+    page.click("#tabs >> text=Devices")
+    page.click("#notify-enable")
+    expect(page.locator("#notify-status")).to_contain_text("Notifications on. gpu-box: yes")
+    return _registration_id(context, page)
+
+
+def deliver(cdp: Any, origin: str, registration: str, sealed: bytes) -> None:
+    data = base64.b64encode(sealed).decode()
+    cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {"origin": origin, "registrationId": registration, "data": data},
+    )
+
+
+def test_a_decision_tapped_offline_survives_the_page_and_reaches_the_daemon(
+    context: BrowserContext,
+    page: Page,
+    paired: Paired,
+    service: PushService,
+    relays: list[RelayProcess],
+    console: ConsoleRecord,
+    tmp_path: Path,
+) -> None:
+    origin = paired.relay.http_url
+    cdp, registration = push_on(context, page, paired, service)
+    session = paired.run(*agent(tmp_path / "stamp", "Ship it?", "--timeout", "120"))
+    watcher = Watcher(paired.controller, session)
+    service.wait_for(1, within=10)
+    deliver(cdp, origin, registration, service.plaintexts[0][2])
+    note = poll(lambda: _shown(page, 1), within=10, what="the checkpoint notification")[0]
+    assert note["actions"] == ["approve", "deny"]
+
+    console.allow_refused_connections()
+    paired.relay.kill()
+    expect(page.locator("#connection")).to_contain_text("offline since")
+    worker = context.service_workers[0]
+    assert worker.evaluate(TAP, [note["tag"], "approve"]) is True
+    key = f"decision:{note['data']['machine']}/{note['data']['checkpoint']}"
+    poll(lambda: worker.evaluate(QUEUED) == [key] or None, within=10, what="the queued decision")
+    # The open page took it into its outbox (the relay is away: no ack can come) ...
+    page.close()
+    # ... and closed: the decision is still queued, not lost with the page.
+    assert worker.evaluate(QUEUED) == [key]
+
+    paired.relay = RelayProcess(paired.relay.data_dir, port=paired.relay.port).start()
+    relays.append(paired.relay)
+    again = context.new_page()
+    again.on("console", console.on_console)
+    again.on("pageerror", console.on_page_error)
+    again.goto(origin + "/app/")
+    wait_for_keys(again, "unlocked")
+    expect(again.locator("#connection")).to_have_text("live", timeout=scaled(30) * 1000)
+    assert watcher.finish() == 0  # the daemon got the decision; the agent went on
+    assert b"approved by" in b"".join(watcher.lines)
+    # Acked: it leaves the queue.
+    poll(lambda: again.evaluate(QUEUED) == [] or None, within=10, what="the queue emptied")
