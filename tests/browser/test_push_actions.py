@@ -2,11 +2,14 @@
 parts (the same set-up as tests/browser/test_push.py, whose docstring says what is
 stood in for and why): a decision tapped while the relay is away is kept in
 IndexedDB until its machine acks it, even when the page that took it closes first,
-and the next page sends it."""
+and the next page sends it; the notification settings a device saved are what the
+Devices screen shows after a reload, and turning notifications off stops pushes."""
 
 from __future__ import annotations
 
 import base64
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from ..integration.cluster import Paired
+from ..integration.cluster import Paired, pending_checkpoint
 from ..integration.push_service import PushService
 from ..integration.relay_process import RelayProcess
 from ..integration.test_notify_push import agent
@@ -115,3 +118,51 @@ def test_a_decision_tapped_offline_survives_the_page_and_reaches_the_daemon(
     assert b"approved by" in b"".join(watcher.lines)
     # Acked: it leaves the queue.
     poll(lambda: again.evaluate(QUEUED) == [] or None, within=10, what="the queue emptied")
+
+
+def _subscriptions(paired: Paired) -> int:
+    with sqlite3.connect(paired.relay.data_dir / "registry.sqlite3") as db:
+        count: int = db.execute("SELECT count(*) FROM push_subscriptions").fetchone()[0]
+    return count
+
+
+def test_saved_choices_come_back_after_a_reload_and_off_stops_pushes(
+    context: BrowserContext,
+    page: Page,
+    paired: Paired,
+    service: PushService,
+    tmp_path: Path,
+) -> None:
+    push_on(context, page, paired, service)
+    assert _subscriptions(paired) == 1
+    page.uncheck("label.check:has-text('A session succeeded') input")
+    page.fill("#notify-reminder", "50")
+    page.click("#notify-save")
+    expect(page.locator("#notify-status")).to_contain_text("Saved. gpu-box: yes")
+
+    page.reload()
+    wait_for_keys(page, "unlocked")
+    page.click("#tabs >> text=Devices")
+    expect(page.locator("#notify-reminder")).to_have_value("50")
+    expect(page.locator("label.check:has-text('A session succeeded') input")).not_to_be_checked()
+    for kept in ("A checkpoint waits", "A session failed"):
+        expect(page.locator(f"label.check:has-text('{kept}') input")).to_be_checked()
+    expect(page.locator("#notify-state")).to_have_text("Pushes are on for this device.")
+
+    page.click("#notify-disable")
+    expect(page.locator("#notify-status")).to_contain_text("Notifications off. gpu-box: yes")
+    expect(page.locator("#notify-state")).to_have_text("Pushes are off for this device.")
+    assert _subscriptions(paired) == 0  # the relay forgot it
+    unsubscribed = page.evaluate(
+        "navigator.serviceWorker.ready.then((r) => r.pushManager.getSubscription())"
+    )
+    assert unsubscribed is None  # and the browser dropped it
+    # A new checkpoint: its event is on the machine (the CLI sees it), no push comes.
+    paired.run(*agent(tmp_path / "stamp", "Quiet?", "--timeout", "120"))
+    pending_checkpoint(paired.cli, "Quiet?")
+    time.sleep(scaled(1.0))  # a push comes ~0.3 s after its checkpoint: none did
+    assert service.received == []
+    page.reload()
+    wait_for_keys(page, "unlocked")
+    page.click("#tabs >> text=Devices")
+    expect(page.locator("#notify-state")).to_have_text("Pushes are off for this device.")
