@@ -1,13 +1,17 @@
-"""What a notification's action does when things go wrong, in Chromium through real
-parts (the same set-up as tests/browser/test_push.py, whose docstring says what is
-stood in for and why): a decision tapped while the relay is away is kept in
-IndexedDB until its machine acks it, even when the page that took it closes first,
-and the next page sends it; the notification settings a device saved are what the
-Devices screen shows after a reload, and turning notifications off stops pushes."""
+"""Notifications in Chromium through real parts, beyond the happy path (the set-up
+of tests/browser/test_push.py, whose docstring says what is stood in for and why):
+
+- a decision tapped while the relay is away stays in IndexedDB until its machine
+  acks it, even when the page that took it closes first; the next page sends it;
+- Deny works like Approve;
+- with the code pin locked even a genuine push shows only the generic notice;
+- the settings a device saved are what the Devices screen shows after a reload,
+  and turning notifications off stops pushes."""
 
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,7 +29,8 @@ from ..integration.watcher import Watcher
 from ..timeouts import poll, scaled
 from .conftest import ConsoleRecord, wait_for_keys
 from .test_controller import link_browser
-from .test_push import _fake_subscription, _registration_id, _shown
+from .test_push import GENERIC, _fake_subscription, _registration_id, _shown
+from .web_server import copy_web_root
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -166,3 +171,68 @@ def test_saved_choices_come_back_after_a_reload_and_off_stops_pushes(
     wait_for_keys(page, "unlocked")
     page.click("#tabs >> text=Devices")
     expect(page.locator("#notify-state")).to_have_text("Pushes are off for this device.")
+
+
+def test_deny_from_the_notification_reaches_the_agent(
+    context: BrowserContext, page: Page, paired: Paired, service: PushService, tmp_path: Path
+) -> None:
+    cdp, registration = push_on(context, page, paired, service)
+    session = paired.run(*agent(tmp_path / "stamp", "Drop the table?", "--timeout", "120"))
+    watcher = Watcher(paired.controller, session)
+    service.wait_for(1, within=10)
+    deliver(cdp, paired.relay.http_url, registration, service.plaintexts[0][2])
+    note = poll(lambda: _shown(page, 1), within=10, what="the checkpoint notification")[0]
+    worker = context.service_workers[0]
+    assert worker.evaluate(TAP, [note["tag"], "deny"]) is True
+    assert watcher.finish() == 1  # `starmux checkpoint` said: denied; the session failed
+    me = page.locator("section[aria-labelledby=me-title] .mono").text_content() or ""
+    said = b"".join(watcher.lines).decode()
+    assert me and f": denied by {me}" in said, (said, me)  # by this browser device
+    assert paired.session(session)["exit_code"] == 1
+
+
+@pytest.fixture
+def served_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The relay serves a copy of web/ (requested before ``paired``, so the relay
+    starts with it), which the test can then change."""
+    root = copy_web_root(tmp_path / "web")
+    monkeypatch.setenv("STARMUX_WEB_ROOT", str(root))
+    return root
+
+
+def test_with_the_code_locked_a_real_push_shows_only_the_generic_notice(
+    served_copy: Path,
+    context: BrowserContext,
+    page: Page,
+    paired: Paired,
+    service: PushService,
+    relays: list[RelayProcess],
+    console: ConsoleRecord,
+    tmp_path: Path,
+) -> None:
+    origin = paired.relay.http_url
+    cdp, registration = push_on(context, page, paired, service)
+    title = "Rotate the keys?"
+    paired.run(*agent(tmp_path / "stamp", title, "--timeout", "120"), title="key rotation")
+    service.wait_for(1, within=10)
+    sealed = service.plaintexts[0][2]  # a genuine push, sealed to this device
+
+    # The server now sends other code: the pin locks the keys.
+    console.allow_refused_connections()
+    paired.relay.kill()
+    dom = served_copy / "app" / "dom.js"
+    dom.write_text(dom.read_text() + "\nglobalThis.starmuxTampered = true;\n")
+    paired.relay = RelayProcess(paired.relay.data_dir, port=paired.relay.port).start()
+    relays.append(paired.relay)
+    page.reload()
+    wait_for_keys(page, "locked")
+
+    deliver(cdp, origin, registration, sealed)
+    shown = poll(lambda: _shown(page, 1), within=10, what="a notification")
+    assert len(shown) == 1
+    generic = shown[0]
+    assert generic["title"] == GENERIC and generic["body"] == "" and generic["actions"] == []
+    assert generic["data"] == {"kind": "generic"}  # no machine, session or checkpoint
+    texts = json.dumps(generic)
+    for secret in (title, "key rotation", "the-secret-body", "gpu-box"):
+        assert secret not in texts
