@@ -105,24 +105,7 @@ def _env(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True})
-@click.option("--machine", "-m", required=True, help="Machine name or fingerprint.")
-@click.option("--cwd", default="~", help="Working directory on the machine [its home].")
-@click.option("--title", default="", help="A title for the session.")
-@click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the process (repeatable).")
-@click.option("--pty", is_flag=True, help="Give the process a terminal (interactive agents).")
-@click.option(
-    "--attach",
-    "attachments",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A file to deliver before the command starts (repeatable); the session "
-    "finds it in $STARMUX_ATTACHMENTS.",
-)
-@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-@home_option
-@json_option
-def run_command(
+def start_session(
     machine: str,
     cwd: str,
     title: str,
@@ -133,7 +116,8 @@ def run_command(
     home: Path | None,
     as_json: bool,
 ) -> None:
-    """Start COMMAND on a machine: starmux run --machine M -- COMMAND ARGS..."""
+    """`starmux run --machine M -- COMMAND ARGS...` without task options: a plain
+    session on that machine (the click command lives in client/task_commands.py)."""
     fields: dict[str, Any] = {
         "machine": machine,
         "argv": list(argv),

@@ -19,7 +19,7 @@ from starmux import agent_protocol as wire
 from . import agent_client
 from .agent_cli import home_option, json_option, printable, progress, when
 from .agent_cli import resolve_home as _home
-from .session_commands import _env, _report, say_refused
+from .session_commands import _env, _report, say_refused, start_session
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -159,10 +159,8 @@ def run_command(
         )
     )
     if not is_task:
-        from .session_commands import run_command as session_run
-
-        assert session_run.callback is not None
-        session_run.callback(
+        assert machine is not None  # no --to, so --machine (checked above)
+        start_session(
             machine=machine, cwd=cwd, title=title, env_pairs=env_pairs, pty=pty,
             attachments=attachments, argv=argv, home=home, as_json=as_json,
         )  # fmt: skip

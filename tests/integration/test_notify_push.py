@@ -26,6 +26,7 @@ from starmux.notify_push import SEALED_SIZE, open_notification
 from starmux.notify_rules import NotifyKind
 
 from ..timeouts import poll, scaled
+from . import checkpoint_agent
 from .cluster import Paired, pair, pending_checkpoint, python
 from .daemon_process import DaemonProcess
 from .push_service import PushService, subscribe_device
@@ -35,19 +36,7 @@ TITLE = "Push the-secret-title?"
 
 
 def agent(stamp: Path, title: str = TITLE, *extra: str) -> list[str]:
-    args = ["checkpoint", title, "--body", "the-secret-body", *extra]
-    return python(
-        "import subprocess, sys, time\n"
-        f"open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
-        f"r = subprocess.run([sys.executable, '-m', 'starmux.cli', *{args!r}])\n"
-        "sys.exit(r.returncode)\n"
-    )
-
-
-def _raised_at(paired: Paired) -> float:
-    """When the daemon logged the (only) checkpoint: its own clock, this machine's."""
-    with sqlite3.connect(paired.daemon.home / "daemon.sqlite3") as db:
-        return float(db.execute("SELECT min(created_at) FROM checkpoints").fetchone()[0])
+    return checkpoint_agent.agent(stamp, title, "the-secret-body", *extra)
 
 
 @pytest.fixture
@@ -87,7 +76,7 @@ def test_checkpoint_pushes_once_within_two_seconds_sealed_twice(
     session = paired.run(*agent(stamp, TITLE, "--timeout", "120"), title="nightly deploy")
     post = service.wait_for(1, within=10.0)[0]
     latency = post.at - float(stamp.read_text())
-    raised = _raised_at(paired)
+    raised = checkpoint_agent.raised_at(paired)
     print(
         f"checkpoint -> push: {latency * 1000:.0f} ms from the agent's call, "
         f"{(post.at - raised) * 1000:.0f} ms from the daemon's checkpoint-raised; "

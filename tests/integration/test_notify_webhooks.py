@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ..timeouts import poll, scaled
+from . import checkpoint_agent
 from .cluster import Paired, pair, pending_checkpoint, python
 from .daemon_process import DaemonProcess, run_cli
 from .push_service import WebhookSink
@@ -24,19 +24,7 @@ SECRET_BODY = "rm -rf /srv/the-secret-command"
 
 def agent(stamp: Path, *extra: str) -> list[str]:
     """Write when the checkpoint is about to be raised, then raise it."""
-    args = ["checkpoint", SECRET_TITLE, "--body", SECRET_BODY, *extra]
-    return python(
-        "import subprocess, sys, time\n"
-        f"open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
-        f"r = subprocess.run([sys.executable, '-m', 'starmux.cli', *{args!r}])\n"
-        "sys.exit(r.returncode)\n"
-    )
-
-
-def _raised_at(paired: Paired) -> float:
-    """When the daemon logged the (only) checkpoint: its own clock, this machine's."""
-    with sqlite3.connect(paired.daemon.home / "daemon.sqlite3") as db:
-        return float(db.execute("SELECT min(created_at) FROM checkpoints").fetchone()[0])
+    return checkpoint_agent.agent(stamp, SECRET_TITLE, SECRET_BODY, *extra)
 
 
 @pytest.fixture
@@ -73,7 +61,7 @@ def test_webhook_without_content_arrives_within_two_seconds(
     paired.run(*agent(stamp, "--timeout", "120"))
     post = sink.wait_for(1, within=10.0)[0]
     latency = post.at - float(stamp.read_text())
-    raised = _raised_at(paired)
+    raised = checkpoint_agent.raised_at(paired)
     print(
         f"checkpoint -> webhook: {latency * 1000:.0f} ms from the agent's call, "
         f"{(post.at - raised) * 1000:.0f} ms from the daemon's checkpoint-raised"

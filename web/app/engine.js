@@ -581,10 +581,11 @@ export class Engine {
 
   // A decision the service worker signed (a notification's Approve/Deny): sent like
   // any decision, through the machine's outbox.
-  submitSigned(machineHex, fields) {
+  // `id`: the command id the worker chose, the same on every resend.
+  submitSigned(machineHex, fields, id) {
     const channel = this.channels.get(machineHex);
     if (!channel) return null;
-    return channel.submit(commandId(), APP.encode("decide-checkpoint", fields));
+    return channel.submit(id || commandId(), APP.encode("decide-checkpoint", fields));
   }
 
   // Tell the machine this device shows `session` in the foreground until `until`

@@ -43,23 +43,36 @@ export async function idbPut(store, key, value) {
   }
 }
 
-// Every value whose key starts with `prefix`, removed in the same transaction: a
-// queue another context (the service worker) appends to under its own keys.
-export async function idbTakeAll(store, prefix) {
+// Every [key, value] whose key starts with `prefix`: a queue another context (the
+// service worker) appends to under its own keys; entries leave it by idbDelete.
+export async function idbEntries(store, prefix) {
   const db = await openDb();
   try {
     return await new Promise((resolve, reject) => {
-      const tx = db.transaction(store, "readwrite");
-      const taken = [];
+      const tx = db.transaction(store);
+      const found = [];
       const request = tx.objectStore(store).openCursor(IDBKeyRange.bound(prefix, `${prefix}\uffff`));
       request.onsuccess = () => {
         const cursor = request.result;
         if (!cursor) return;
-        taken.push(cursor.value);
-        cursor.delete();
+        found.push([cursor.key, cursor.value]);
         cursor.continue();
       };
-      tx.oncomplete = () => resolve(taken);
+      tx.oncomplete = () => resolve(found);
+      tx.onerror = () => reject(tx.error);
+    });
+  } finally {
+    db.close();
+  }
+}
+
+export async function idbDelete(store, key) {
+  const db = await openDb();
+  try {
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction(store, "readwrite");
+      tx.objectStore(store).delete(key);
+      tx.oncomplete = () => resolve();
       tx.onerror = () => reject(tx.error);
     });
   } finally {

@@ -6,7 +6,7 @@ import { codeStatus, controllingWorker, trustOffered } from "./codepin.js";
 import { h, replace } from "./dom.js";
 import { Engine } from "./engine.js";
 import { hasKeys, KeysLocked, storeKeys, unlockKeys } from "./keystore.js";
-import { enablePush, saveSettings, sendQueuedDecisions, trackViewing } from "./notifications.js";
+import { disablePush, enablePush, savedSettings, saveSettings, sendQueuedDecisions, trackViewing } from "./notifications.js";
 import { Store } from "./store.js";
 import { approvalsView } from "./views/approvals.js";
 import { devicesView } from "./views/devices.js";
@@ -91,6 +91,8 @@ const actions = {
   watchOutput: (machine, session, callback) => engine.watchOutput(machine, session, callback),
   enablePush: () => guarded(() => enablePush(engine)),
   saveNotifySettings: (kinds, fraction) => guarded(() => saveSettings(engine, kinds, fraction)),
+  disablePush: () => guarded(() => disablePush(engine)),
+  notifySettings: () => savedSettings(),
 };
 
 function connectionText(state) {

@@ -4,7 +4,7 @@
 // foreground (they do not push about it); send the decisions the service worker
 // signed when a notification's Approve or Deny was tapped.
 
-import { idbTakeAll } from "./idb.js";
+import { idbDelete, idbEntries, idbGet, idbPut } from "./idb.js";
 
 export const PUSH_TARGET = "p-web"; // this device's push target id on every machine
 export const DECISION_PREFIX = "decision:"; // IndexedDB "state" keys the service worker writes (web/sw.js)
@@ -15,6 +15,8 @@ export const KINDS = [
   ["session-failed", "A session failed"],
   ["session-lost", "A session was lost"],
 ];
+const SETTINGS_STATE = "notify-settings"; // IndexedDB "state": what the machines accepted
+const DEFAULTS = { kinds: KINDS.map(([kind]) => kind), reminder_fraction: 0.8, push: false };
 const VIEWING_FOR_S = 60; // a viewing claim lasts this long; renewed while still true
 const VIEWING_RENEW_MS = 30000;
 
@@ -41,14 +43,57 @@ export async function enablePush(engine) {
     p256dh: new Uint8Array(subscription.getKey("p256dh")),
     auth: new Uint8Array(subscription.getKey("auth")),
   });
-  return engine.commandAll("notify-target", { target: PUSH_TARGET, target_kind: "push", url: "", content: "full" });
+  const results = await engine.commandAll("notify-target", { target: PUSH_TARGET, target_kind: "push", url: "", content: "full" });
+  await remember({ push: true });
+  return results;
 }
 
-export const saveSettings = (engine, kinds, reminderFraction) =>
-  engine.commandAll("notify-settings", { kinds, reminder_fraction: reminderFraction });
+// Off: the browser drops the subscription, the relay forgets it (an empty
+// register-push), every machine removes this device's push target. Each step runs
+// even when an earlier one failed: the relay forgetting alone already stops pushes.
+export async function disablePush(engine) {
+  const registration = await navigator.serviceWorker.ready;
+  const subscription = await registration.pushManager.getSubscription();
+  if (subscription) await subscription.unsubscribe();
+  await engine.registerPush({ endpoint: "", p256dh: new Uint8Array(0), auth: new Uint8Array(0) });
+  await remember({ push: false });
+  return engine.commandAll("notify-target-remove", { target: PUSH_TARGET });
+}
+
+// The choices this device last saved (the kinds and the reminder's fraction are
+// this device's own on every machine; only this device sets them), and whether
+// pushes are on. Defaults until the first save.
+export async function savedSettings() {
+  return { ...DEFAULTS, ...((await idbGet("state", SETTINGS_STATE)) || {}) };
+}
+
+async function remember(fields) {
+  await idbPut("state", SETTINGS_STATE, { ...(await savedSettings()), ...fields });
+}
+
+export async function saveSettings(engine, kinds, reminderFraction) {
+  const results = await engine.commandAll("notify-settings", { kinds, reminder_fraction: reminderFraction });
+  if (results.some((r) => r.ok)) await remember({ kinds, reminder_fraction: reminderFraction });
+  return results;
+}
+
+// A queued decision stays in IndexedDB until its machine acks the command (a page
+// closed before then leaves it for the next one), and goes out again under the same
+// command id, which the daemon runs at most once. `sending`: keys this page already
+// put in a machine's outbox (which itself resends after a reconnect).
+const sending = new Set();
 
 export async function sendQueuedDecisions(engine) {
-  for (const { machine, fields } of await idbTakeAll("state", DECISION_PREFIX)) engine.submitSigned(machine, fields);
+  for (const [key, { machine, fields, command_id: id }] of await idbEntries("state", DECISION_PREFIX)) {
+    if (sending.has(key)) continue;
+    const acked = engine.submitSigned(machine, fields, id);
+    if (acked === null) {
+      await idbDelete("state", key); // a machine this device no longer has: never deliverable
+      continue;
+    }
+    sending.add(key);
+    acked.then(() => idbDelete("state", key)).finally(() => sending.delete(key));
+  }
 }
 
 // While a session is on screen and the page visible, claim it (renewed); otherwise

@@ -7,10 +7,12 @@
 //   a push that does not open to a note signed by a paired machine, the notification
 //   is a fixed generic notice. Nothing the relay controls is ever shown.
 // - An action signs the decision here, with the device key, the moment it is tapped,
-//   and queues it in IndexedDB ("decision:" keys, app/notifications.js); an open app
-//   is told to send it through its machine channel, or the app is opened and sends it
-//   at start. The worker keeps no relay connection or Noise channel of its own: that
-//   would duplicate the page's whole connection and sync code for one message.
+//   and queues it in IndexedDB ("decision:" keys, app/notifications.js) with the
+//   command id it goes under; an open app is told to send it through its machine
+//   channel, or the app is opened and sends it at start. It leaves the queue only
+//   when the machine acks that command. The worker keeps no relay connection or
+//   Noise channel of its own: that would duplicate the page's whole connection and
+//   sync code for one message.
 //
 // Which platforms show the actions: Chrome, Edge and Opera on Windows, macOS, Linux,
 // ChromeOS and Android. Firefox and Safari (macOS, iOS home-screen apps) show no
@@ -122,7 +124,8 @@ async function queueDecision(data, approve, codeLocked) {
   const signer = await webCryptoSigner(keys.seed);
   const signature = await signer.sign(decisionTranscript(machine, data.checkpoint, approve, "", decidedAt));
   const fields = { checkpoint: data.checkpoint, approve, reason: "", decided_at: decidedAt, signature };
-  await idbPut("state", `${DECISION_PREFIX}${data.machine}/${data.checkpoint}`, { machine: data.machine, fields });
+  const commandId = `w-${toHex(crypto.getRandomValues(new Uint8Array(8)))}`; // kept for every resend
+  await idbPut("state", `${DECISION_PREFIX}${data.machine}/${data.checkpoint}`, { machine: data.machine, fields, command_id: commandId });
   return true;
 }
 

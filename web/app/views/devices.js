@@ -1,36 +1,6 @@
 // This device, the account's devices (owners may remove one) and the code hash.
 import { h, machineText, replace } from "../dom.js";
-import { KINDS } from "../notifications.js";
-
-// Notifications: turn pushes on for this device, and choose what is pushed.
-function notificationsCard(ctx) {
-  const status = h("p", { className: "meta", id: "notify-status", role: "status" });
-  const boxes = KINDS.map(([kind, label]) =>
-    h("label", { className: "check" }, h("input", { type: "checkbox", name: "notify-kind", value: kind, checked: true }), ` ${label}`));
-  const summary = (results) =>
-    results.map((r) => `${machineText(r.name || "machine", 60)}: ${r.ok ? "yes" : machineText(r.error, 120)}`).join(" · ");
-  const enable = h("button", { type: "button", className: "primary", id: "notify-enable", on: { click: async () => {
-    status.textContent = "Turning on…";
-    try {
-      status.textContent = `Notifications on. ${summary(await ctx.actions.enablePush())}`;
-    } catch (exc) {
-      status.textContent = `Not turned on: ${exc.message}`;
-    }
-  } } }, "Turn on notifications");
-  const save = h("button", { type: "button", id: "notify-save", on: { click: async () => {
-    const kinds = boxes.map((b) => b.firstChild).filter((i) => i.checked).map((i) => i.value);
-    try {
-      status.textContent = `Saved. ${summary(await ctx.actions.saveNotifySettings(kinds, 0.8))}`;
-    } catch (exc) {
-      status.textContent = `Not saved: ${exc.message}`;
-    }
-  } } }, "Save choices");
-  return h("section", { className: "card", "aria-labelledby": "notify-title" },
-    h("h2", { id: "notify-title" }, "Notifications"),
-    h("p", { className: "muted" }, "Machines encrypt each notification to this device: the relay and the push service see only its size. Approve and Deny show on the notification in Chrome, Edge and Android; elsewhere a tap opens the approval here."),
-    h("fieldset", {}, h("legend", {}, "Notify me when"), ...boxes),
-    h("div", { className: "actions" }, enable, save), status);
-}
+import { notificationsCard } from "./notify_card.js";
 
 export function devicesView(ctx) {
   const me = h("div", {});
