@@ -27,6 +27,7 @@ from playwright.sync_api import (
 )
 
 from ..integration.cluster import Paired, pair
+from ..integration.conftest import stop_controller_agents
 from ..integration.daemon_process import DaemonProcess
 from ..integration.relay_process import RelayProcess
 from ..timeouts import scaled
@@ -47,6 +48,9 @@ REFUSED = re.compile(
     r"^(WebSocket connection to '\S+' failed: .*net::ERR_CONNECTION_REFUSED"
     r"|Failed to load resource: net::ERR_CONNECTION_REFUSED)$"
 )
+# Controller commands start a controller agent per home: stop them after each test.
+__all__ = ["stop_controller_agents"]
+
 PHONE: ViewportSize = {"width": 390, "height": 844}
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 
