@@ -31,7 +31,7 @@ def test_a_new_account_from_the_browser_follows_the_relay(
     page.fill("textarea", "starmux://pair/v1?relay=ws://x")
     page.click("text=Use this code")
     expect(page.locator("section[aria-labelledby=link-title] [role=status]")).to_contain_text(
-        "machine pairing code, not a device link code"
+        "machine pairing code, not a device code"
     )
     page.fill("#device-name", "phone")
     page.fill("#relay-token", "not-the-token")
