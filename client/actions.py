@@ -37,6 +37,7 @@ from starmux.pairing import (
     ControllerPairing,
     PairingAborted,
     PairingFailed,
+    PairingPhase,
     abort_body,
     cancel_body,
 )
@@ -142,7 +143,7 @@ async def init(
             else:
                 account = auth.account
         except RelayRefused as exc:
-            if exc.code == "bad-token":
+            if exc.code == FailureCode.BAD_TOKEN:
                 raise UsageError(
                     "the relay refused the registration token",
                     hint="use the one-time token the relay printed at its first start "
@@ -202,9 +203,9 @@ async def pair(
             )
             try:
                 await link.send_data(machine_key, handshake.start(machine_key))
-                while handshake.phase.value != "confirmed":
+                while handshake.phase is not PairingPhase.CONFIRMED:
                     # A machine started with --confirm waits for its person first.
-                    accepting = handshake.phase.value == "await-accepted"
+                    accepting = handshake.phase is PairingPhase.AWAIT_ACCEPTED
                     patience = MACHINE_CONFIRM_PATIENCE if accepting else PAIRING_STEP_TIMEOUT
                     reply = handshake.receive(await _from(link, machine_key, patience=patience))
                     if reply is not None:
@@ -321,7 +322,7 @@ async def revoke(home: Path, query: str) -> KnownMachine:
                     RevokeMachine(0, machine.key, issued_at, signature), MachineRevoked
                 )
             except RelayRefused as exc:
-                if exc.code != "unknown-machine":
+                if exc.code != FailureCode.UNKNOWN_MACHINE:
                     raise
         await store.remove_machine(machine.key)
         return machine

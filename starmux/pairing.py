@@ -84,7 +84,10 @@ def _identity(
     return card, identity.account
 
 
-class _Phase(enum.Enum):
+class PairingPhase(enum.Enum):
+    """Where one side of a pairing stands (public: a driver waits longer while the
+    machine's person decides, i.e. in AWAIT_ACCEPTED)."""
+
     START = "start"
     AWAIT_IDENTITY = "await-identity"  # controller: sent ->e
     AWAIT_ACCEPTED = "await-accepted"  # controller: sent ->s,se,psk
@@ -99,7 +102,7 @@ class _Phase(enum.Enum):
 
 class _Side:
     def __init__(self) -> None:
-        self.phase = _Phase.START
+        self.phase = PairingPhase.START
         self._channel: SecureChannel | None = None
         self.handshake_hash = b""
 
@@ -109,8 +112,8 @@ class _Side:
             raise UsageError("no comparison code before the handshake completes")
         return comparison_code(self.handshake_hash)
 
-    def _expect(self, phase: _Phase) -> None:
-        if self.phase is _Phase.FAILED:
+    def _expect(self, phase: PairingPhase) -> None:
+        if self.phase is PairingPhase.FAILED:
             raise PairingFailed("this pairing attempt already failed")
         if self.phase is not phase:
             raise PairingFailed(f"unexpected pairing message in phase {self.phase.value}")
@@ -118,7 +121,7 @@ class _Side:
     def _fail(
         self, message: str, exc: BaseException | None = None, *, aborted: bool = False
     ) -> PairingFailed:
-        self.phase = _Phase.FAILED
+        self.phase = PairingPhase.FAILED
         self._channel = None
         error = PairingAborted(message) if aborted else PairingFailed(message)
         if exc is not None:
@@ -190,19 +193,19 @@ class ControllerPairing(_Side):
 
     def start(self, machine_key: bytes) -> bytes:
         """Check the relay's idea of the machine against the code; first message."""
-        self._expect(_Phase.START)
+        self._expect(PairingPhase.START)
         if not fingerprints_match(fingerprint(machine_key), self._code.machine_fingerprint):
             raise self._fail(
                 f"the machine behind this ticket has fingerprint {fingerprint(machine_key)}, "
                 f"not {self._code.machine_fingerprint} as the code says; refusing"
             )
         self._machine_key = machine_key
-        self.phase = _Phase.AWAIT_IDENTITY
+        self.phase = PairingPhase.AWAIT_IDENTITY
         return wrap(Kind.PAIR_HANDSHAKE, self._hs.write_message(b""))
 
     def receive(self, body: bytes) -> bytes | None:
         """Handle one DATA body from the machine; returns a body to send, if any."""
-        if self.phase is _Phase.AWAIT_IDENTITY:
+        if self.phase is PairingPhase.AWAIT_IDENTITY:
             try:
                 kind, payload = unwrap(body)
             except RemoteProtocolError as exc:
@@ -229,28 +232,28 @@ class ControllerPairing(_Side):
             )
             self.handshake_hash = self._hs.handshake_hash
             self._channel = SecureChannel.from_handshake(self._hs)
-            self.phase = _Phase.AWAIT_ACCEPTED
+            self.phase = PairingPhase.AWAIT_ACCEPTED
             return wrap(Kind.PAIR_HANDSHAKE, final)
-        if self.phase is _Phase.AWAIT_ACCEPTED:
+        if self.phase is PairingPhase.AWAIT_ACCEPTED:
             accepted = self._receive_message(body, PairingAccepted)
             if accepted.name:
                 self.machine_name = _valid_name(accepted.name)
-            self.phase = _Phase.CONFIRMED
+            self.phase = PairingPhase.CONFIRMED
             return None
-        if self.phase is _Phase.AWAIT_STORED:
+        if self.phase is PairingPhase.AWAIT_STORED:
             self._receive_message(body, PairingStored)
-            self.phase = _Phase.PAIRED
+            self.phase = PairingPhase.PAIRED
             return None
         raise self._fail(f"unexpected pairing message in phase {self.phase.value}")
 
     def grant(self, keys: NodeKeys, *, issued_at: float) -> tuple[bytes, bytes]:
         """Sign the grant. Returns (signature, body to send to the machine)."""
-        self._expect(_Phase.CONFIRMED)
+        self._expect(PairingPhase.CONFIRMED)
         assert self.machine_card is not None
         signature = keys.sign(
             grant_transcript(self._account, self.machine_card.encode(), issued_at)
         )
-        self.phase = _Phase.AWAIT_STORED
+        self.phase = PairingPhase.AWAIT_STORED
         return signature, self._encrypt(PairingGranted(self._account, issued_at, signature))
 
 
@@ -272,7 +275,7 @@ class MachinePairing(_Side):
         self._keys = keys
         self._card = card
         self._private_name = private_name
-        self.phase = _Phase.AWAIT_FIRST
+        self.phase = PairingPhase.AWAIT_FIRST
         self.controller_card: IdentityCard | None = None
         self.account = b""
         self.grant: PairingGranted | None = None
@@ -286,7 +289,7 @@ class MachinePairing(_Side):
         )
 
     def receive(self, body: bytes) -> bytes | None:
-        if self.phase is _Phase.AWAIT_GRANT:
+        if self.phase is PairingPhase.AWAIT_GRANT:
             granted = self._receive_message(body, PairingGranted)
             assert self.controller_card is not None
             try:
@@ -300,7 +303,7 @@ class MachinePairing(_Side):
             if not hmac.compare_digest(granted.account, self.account):
                 raise self._fail("the grant names another account than the handshake")
             self.grant = granted
-            self.phase = _Phase.PAIRED
+            self.phase = PairingPhase.PAIRED
             return self._encrypt(PairingStored())
         try:
             kind, payload = unwrap(body)
@@ -309,13 +312,13 @@ class MachinePairing(_Side):
         if kind is not Kind.PAIR_HANDSHAKE:
             raise self._fail("unexpected message during pairing")
         try:
-            if self.phase is _Phase.AWAIT_FIRST:
+            if self.phase is PairingPhase.AWAIT_FIRST:
                 if self._hs.read_message(payload):
                     raise self._fail("the first pairing message must carry no data")
-                self.phase = _Phase.AWAIT_FINAL
+                self.phase = PairingPhase.AWAIT_FINAL
                 identity = APP.encode(PairingIdentity(self._card.encode(), b""))
                 return wrap(Kind.PAIR_HANDSHAKE, self._hs.write_message(identity))
-            self._expect(_Phase.AWAIT_FINAL)
+            self._expect(PairingPhase.AWAIT_FINAL)
             payload = self._hs.read_message(payload)
         except CryptoError as exc:
             # Almost always a wrong secret (the psk is mixed in this message).
@@ -329,7 +332,7 @@ class MachinePairing(_Side):
         self.account = account
         self.handshake_hash = self._hs.handshake_hash
         self._channel = SecureChannel.from_handshake(self._hs)
-        self.phase = _Phase.AWAIT_GRANT
+        self.phase = PairingPhase.AWAIT_GRANT
         return self._encrypt(PairingAccepted(self._private_name))
 
 
