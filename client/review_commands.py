@@ -22,7 +22,7 @@ import click
 from . import agent_client
 from .agent_cli import home_option, json_option, printable, progress, when
 from .agent_cli import resolve_home as _home
-from .session_commands import _report, refuse_changed_relay, say_freshness, say_refused
+from .session_commands import _report, listed_rows, refuse_changed_relay, say_refused
 
 SHORT_LINES = 8  # lines of a preview in the `approvals` listing
 
@@ -154,13 +154,9 @@ def approvals_command(words: tuple[str, ...], home: Path | None, as_json: bool) 
         _show(_home(home), words[1], as_json)
         return
     reply = agent_client.call(_home(home), "approvals")
-    say_refused(reply)
-    rows = [c for c in reply.get("approvals") or [] if isinstance(c, dict)]
-    refuse_changed_relay(reply)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    rows = listed_rows(reply, "approvals", as_json)
+    if rows is None:
         return
-    say_freshness(reply)
     if not rows:
         click.echo("nothing waits for approval")
     for c in rows:

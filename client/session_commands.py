@@ -50,6 +50,21 @@ def refuse_changed_relay(reply: dict[str, Any]) -> None:
         raise StarmuxError(printable(relay.get("error", "")), hint=printable(relay.get("hint", "")))
 
 
+def listed_rows(reply: dict[str, Any], key: str, as_json: bool) -> list[dict[str, Any]] | None:
+    """The rows of a listing answered from the agent's cache (``reply[key]``): refusals
+    and a changed relay end the command; with ``--json`` the rows are printed and None
+    is returned (nothing more to print); else how fresh each machine's part is is said
+    and the rows are returned for the caller to print."""
+    say_refused(reply)
+    rows = [r for r in reply.get(key) or [] if isinstance(r, dict)]
+    refuse_changed_relay(reply)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return None
+    say_freshness(reply)
+    return rows
+
+
 def say_freshness(reply: dict[str, Any]) -> None:
     """For every machine whose part of the answer is not live: how old it is."""
     refuse_changed_relay(reply)
@@ -174,13 +189,9 @@ def _session_line(r: dict[str, Any]) -> str:
 def sessions_command(machine: str | None, home: Path | None, as_json: bool) -> None:
     """List sessions on all machines (from the controller agent's cache)."""
     reply = agent_client.call(_home(home), "sessions", machine=machine)
-    say_refused(reply)
-    rows = [r for r in reply.get("sessions") or [] if isinstance(r, dict)]
-    refuse_changed_relay(reply)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    rows = listed_rows(reply, "sessions", as_json)
+    if rows is None:
         return
-    say_freshness(reply)
     if not rows:
         click.echo("no sessions yet: starmux run --machine M -- COMMAND")
     for r in rows:
