@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -45,7 +44,6 @@ from starmux.node.link import (
     Data,
     LinkEvent,
     NoticeReceived,
-    RelayClosedConnection,
     RelayLink,
     RelayRefused,
     RevocationReceived,
@@ -67,7 +65,7 @@ from starmux.reconnect import Forget, LinkFailure, Reconnect, Stop, close_failur
 from starmux.relay_auth import RelayKeyMismatch
 from starmux.revocation import revoking_controller
 
-from . import fleet_settings
+from . import fleet_settings, link_words, start_flags
 from .checkpoints import Checkpoints
 from .devices import DeviceGate
 from .eventlog import EventLog
@@ -142,14 +140,14 @@ class Daemon:
 
     async def run(self) -> None:
         await self.store.open()
-        self.allow_roots = await self._allowed_roots()
+        self.allow_roots = await start_flags.allowed_roots(self.store, self._allow_roots_flag)
         self._set_status(DaemonState.STARTING, allow_roots=[str(root) for root in self.allow_roots])
         self.log = await EventLog.open(self.home / DATABASE_FILE)
         self.sessions = SessionManager(
             self.log,
             allowed_roots=self.allow_roots,
             api_socket=self.home / API_SOCKET,
-            allowed_env=await self._allowed_env(),
+            allowed_env=await start_flags.allowed_env(self.store, self._allow_env_flag),
         )
         self.task_queue = await TaskQueue.open(self.home / DATABASE_FILE)
         try:
@@ -189,15 +187,6 @@ class Daemon:
     api: LocalApiServer | None = None
     tasks: TaskRunner | None = None
     notifications: Notifications | None = None
-
-    async def _allowed_env(self) -> frozenset[str] | None:
-        """``--allow-env`` names, remembered: a restart must not silently widen them."""
-        if self._allow_env_flag:
-            names = sorted(set(self._allow_env_flag))
-            await self.store.set_setting("allow_env", json.dumps(names))
-            return frozenset(names)
-        stored = await self.store.setting("allow_env")
-        return frozenset(json.loads(stored)) if stored is not None else None
 
     async def _services(self, keys: NodeKeys, card: IdentityCard) -> LiveService:
         """Checkpoints, the local API and the live service for this identity."""
@@ -248,20 +237,6 @@ class Daemon:
         self.live.notifications = self.notifications
         return self.live
 
-    async def _allowed_roots(self) -> list[Path]:
-        """``--allow-root`` is remembered like the relay and the name: a restart without
-        it keeps the roots it had, instead of silently widening them to the home."""
-        if self._allow_roots_flag:
-            stored = json.dumps([str(root) for root in self._allow_roots_flag])
-            await self.store.set_setting("allow_roots", stored)
-            return self._allow_roots_flag
-        stored_text = await self.store.setting("allow_roots")
-        if stored_text:
-            roots = json.loads(stored_text)
-            if isinstance(roots, list) and roots and all(isinstance(r, str) for r in roots):
-                return [Path(root) for root in roots]
-        return [Path.home()]
-
     async def _configure(self) -> None:
         stored = await self.store.setting("relay_url")
         if self._relay_url_flag and stored and self._relay_url_flag != stored:
@@ -287,7 +262,7 @@ class Daemon:
 
     async def _identity(self) -> tuple[NodeKeys, IdentityCard]:
         keys, created = self.store.keys()
-        name = self.real_name = await self.store.setting("name") or _default_name()
+        name = self.real_name = await self.store.setting("name") or start_flags.default_name()
         if self._private_name_flag:
             await self.store.set_setting("private_name", "1")
         if await self.store.setting("private_name"):
@@ -356,9 +331,9 @@ class Daemon:
                 "relay-restarting", f"relay restarting; reconnecting in {delay:.1f}s", delay=delay
             )
         else:
-            why = _why(failure, cause)
+            why = link_words.why(failure, cause)
             self.terminal.event(
-                _EVENT_OF.get(failure, "reconnecting"),
+                link_words.event_of(failure),
                 f"{why}; retrying in {delay:.1f}s",
                 reason="refused" if failure is LinkFailure.REFUSED else why,
                 delay=round(delay, 2),
@@ -602,36 +577,4 @@ class Daemon:
 
 
 #: the terminal event for a failure that needs explaining
-_EVENT_OF = {
-    LinkFailure.KEY_MISMATCH: "relay-key-mismatch",
-    LinkFailure.REFUSED_AS_REVOKED: "relay-refuses-revoked",
-}
-
-
-def _why(failure: LinkFailure, cause: object) -> str:
-    if failure is LinkFailure.REFUSED:
-        return "relay not listening"
-    if isinstance(cause, RelayKeyMismatch):
-        return f"REFUSING the relay: {cause.message} ({cause.hint})"
-    if failure is LinkFailure.REFUSED_AS_REVOKED:
-        return (
-            "the relay refuses this machine as revoked, but no revocation signed by one of "
-            "its controllers reached it: keeping its keys and pairing (if you revoked it, "
-            "stop the daemon and delete its home to start afresh)"
-        )
-    if isinstance(cause, RelayRefused):
-        return f"the relay refused a request: {cause.message}"
-    if isinstance(cause, Closed):
-        return f"connection to the relay lost ({cause.reason})"
-    if isinstance(cause, RelayClosedConnection):
-        return f"the relay refused the connection ({cause.code})"
-    return str(cause)
-
-
-def _default_name() -> str:
-    import socket
-
-    return (socket.gethostname() or "machine")[:64]
-
-
 __all__ = ["Daemon", "DaemonStopped", "Kind", "RelayRefused"]
