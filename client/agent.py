@@ -46,6 +46,7 @@ from starmux.backoff import Backoff
 from starmux.errors import StarmuxError, UsageError
 from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
+from starmux.reconnect import LinkFailure, close_failure
 from starmux.relay_auth import RelayKeyMismatch
 
 from . import machine_admin, outbox_report, review, task_watch
@@ -71,6 +72,24 @@ log = logging.getLogger("starmux.controller.agent")
 
 #: How long a read-only command waits for the first sync after the agent started.
 FIRST_SYNC_WAIT = 10.0
+#: how long the agent stays off the relay after another connection with this device's
+#: key replaced its own (see :func:`_link_loop`)
+REPLACED_WAIT = 30.0
+REPLACED_WHY = "another connection with this device's key replaced the agent's"
+REPLACED_HINT = (
+    "stop the other process using this device's keys (a copied starmux home?); "
+    "each device needs its own: `starmux link` makes one"
+)
+
+
+def was_replaced(controller: LiveController) -> bool:
+    """The relay closed the link because the same key connected again elsewhere."""
+    reason = controller.close_reason
+    if reason is None:
+        return False
+    return close_failure(reason.code, connected=True) is LinkFailure.REPLACED
+
+
 #: The agent exits if its home disappears (a deleted test folder, a removed profile).
 HOME_CHECK_INTERVAL = 5.0
 #: Seconds between the progress items of a `get`.
@@ -195,20 +214,32 @@ class ControllerAgent:
             finally:
                 state.note_live()
                 reason = controller.close_reason
+                replaced = not self.link_released and was_replaced(controller)
                 await controller.close()
                 why = (
                     "released for another command"
                     if self.link_released
                     else (f"connection lost ({reason})" if reason else "connection lost")
                 )
-                state.set_controller(None, why)
+                state.set_controller(
+                    None,
+                    REPLACED_WHY if replaced else why,
+                    hint=REPLACED_HINT if replaced else "",
+                )
                 log.info("relay link ended: %s", why)
             if isinstance(controller.failure, DeviceRemoved):
                 self._removed_for_good()
                 return
             if controller.failure is not None:
                 log.warning("the controller stopped: %r", controller.failure)
-            if not self.link_released:
+            if replaced:
+                # Reconnecting at once would replace the other connection in turn, and
+                # it would do the same: two holders of one key closing each other many
+                # times a second. Stay off long enough for a tool to finish, and say why.
+                delay = REPLACED_WAIT + backoff.next_delay()
+                log.warning("%s; trying again in %.0fs (%s)", REPLACED_WHY, delay, REPLACED_HINT)
+                await self._sleep_unless_released(delay)
+            elif not self.link_released:
                 await self._sleep_unless_released(backoff.next_delay())
 
     def _removed_for_good(self) -> None:

@@ -46,6 +46,7 @@ from starmux.messages import (
     StartSession,
 )
 
+from .agent_client import relay_link_released
 from .cache import Cache, CheckpointRow, SessionRow
 from .device_copy import DeviceRemoved
 from .live import EventCallback, LiveController
@@ -70,7 +71,18 @@ async def live_controller(
     home: Path, *, on_event: EventCallback | None = None, required: bool = True
 ) -> AsyncIterator[tuple[ControllerStore, LiveController | None]]:
     """A store and (if the relay answers) a live controller of its own, outside the
-    agent: for tests and tools that drive the protocol directly."""
+    agent: for tests and tools that drive the protocol directly. A running agent is
+    asked to stay off the relay meanwhile: one key, one connection."""
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.to_thread(stack.enter_context, relay_link_released(home))
+        async with _live_controller(home, on_event=on_event, required=required) as live:
+            yield live
+
+
+@contextlib.asynccontextmanager
+async def _live_controller(
+    home: Path, *, on_event: EventCallback | None, required: bool
+) -> AsyncIterator[tuple[ControllerStore, LiveController | None]]:
     async with ControllerStore(home) as store:
         config = await store.config()
         controller = LiveController(store, config, on_event=on_event)

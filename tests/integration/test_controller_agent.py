@@ -4,6 +4,7 @@ and approve knocked each other off the relay and lost lines)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -13,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from starmux.client.agent_process import read_status
+from starmux.home import load_node_keys
+from starmux.identity import Role
 
 from .cluster import Paired, pair, python
 from .daemon_process import DaemonProcess, run_cli, starmux_command
+from .node import RelayNode
 from .relay_process import RelayProcess
 from .watcher import Watcher
 
@@ -283,3 +287,27 @@ def test_machines_rename(paired: Paired) -> None:
     assert isinstance(machines, list) and [m["name"] for m in machines] == ["trainer"]
     listed = run_cli(paired.controller, "machines")
     assert listed.stdout.startswith("trainer")
+
+
+def test_the_agent_does_not_fight_another_holder_of_its_key(paired: Paired) -> None:
+    """A second connection with the device's key (another process, a copied home)
+    replaces the agent's: the agent stays off instead of replacing it back at once
+    (both would close each other in a loop), and `controller status` says why."""
+    assert run_cli(paired.controller, "sessions").returncode == 0  # the agent is connected
+
+    async def hold_the_key() -> None:
+        keys = load_node_keys(paired.controller / "controller.key")
+        other = RelayNode(Role.CONTROLLER, "copy", keys=keys)
+        await other.connect(paired.relay.url)
+        try:
+            # Before the fix the agent was back within its 0.5 s backoff, closing this.
+            with pytest.raises(TimeoutError):
+                await other.expect_close(timeout=3.0)
+        finally:
+            await other.close()
+
+    asyncio.run(hold_the_key())
+    relay = json.loads(run_cli(paired.controller, "controller", "status", "--json").stdout)
+    relay = relay["agent"]["relay"]
+    assert relay["connected"] is False
+    assert "replaced" in relay["error"] and "its own" in relay["hint"]

@@ -10,6 +10,7 @@ ids and answers the controller's sync with events and acks that use them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from starmux.client.agent_client import relay_link_released
 from starmux.client.sessions import live_controller
 from starmux.client.store import ControllerStore
 from starmux.codec import Message
@@ -84,7 +86,10 @@ async def _paired_machine_b(paired: Paired) -> tuple[RelayNode, IdentityCard]:
     """Machine B, paired with the same controller (relay grant and controller pin);
     returns it and the controller's card (B needs it to answer Noise_KK)."""
     keys = load_node_keys(paired.controller / "controller.key")
-    async with ControllerStore(paired.controller) as store:
+    # The agent (started by earlier commands) stays off the relay meanwhile: one key,
+    # one connection (it would stay off for a while after being replaced).
+    async with ControllerStore(paired.controller) as store, contextlib.AsyncExitStack() as stack:
+        await asyncio.to_thread(stack.enter_context, relay_link_released(paired.controller))
         config = await store.config()
         controller = RelayNode(Role.CONTROLLER, config.name, keys=keys)
         await controller.connect(paired.relay.url)
@@ -268,14 +273,17 @@ def test_a_compromised_machines_hostile_times_and_ids_break_nothing(
         plan.served.clear()
         before = plan.handshakes
 
-        async def sync_once() -> set[bytes]:
+        async def sync_once() -> tuple[set[bytes], int]:
+            # (counted before the agent, off the relay meanwhile, reconnects after)
             async with live_controller(paired.controller) as (_, controller):
                 assert controller is not None
                 await asyncio.to_thread(plan.served.wait, 20.0)
-                return await controller.wait_live([machine_b.key], within=3.0)
+                live = await controller.wait_live([machine_b.key], within=3.0)
+                return live, plan.handshakes
 
-        assert asyncio.run(sync_once()) == set()
-        assert plan.handshakes == before + 1
+        live, handshakes = asyncio.run(sync_once())
+        assert live == set()
+        assert handshakes == before + 1
     finally:
         serving.cancel()
         asyncio.run_coroutine_threadsafe(machine_b.close(), machine_loop).result(timeout=10)
