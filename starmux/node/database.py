@@ -41,6 +41,8 @@ import aiosqlite
 from starmux.errors import StarmuxError
 from starmux.home import ensure_private_dir
 
+from .checkpointer import watch_connection
+
 __all__ = ["Migration", "SchemaError", "load_migrations", "migrate", "run_in_database"]
 
 T = TypeVar("T")
@@ -48,6 +50,7 @@ T = TypeVar("T")
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Leading whitespace and comments, stripped to find a statement's first keyword.
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
+_WAL_SIZE_LIMIT = 8 << 20
 _WAL_ATTEMPTS = 50  # about 12 s in all, well past any other opener's migration
 _TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 
@@ -249,6 +252,12 @@ async def open_database(
         # against power loss, so fall back to FULL.
         await db.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
         await db.execute("PRAGMA foreign_keys=ON")
+        if wal and await asyncio.to_thread(watch_connection, path, db, _is_open):
+            # Checkpoints run in the background (see checkpointer.py), not inside
+            # the commit that crosses 1,000 pages; a WAL grown by a burst is cut
+            # back to this size when it starts over.
+            await db.execute("PRAGMA wal_autocheckpoint=0")
+            await db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         # Another process (e.g. a CLI command next to the daemon) may hold the write
         # lock briefly; wait for it instead of failing at once.
         await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
@@ -257,6 +266,11 @@ async def open_database(
         await db.close()
         raise
     return db
+
+
+def _is_open(db: object) -> bool:
+    # aiosqlite has no public "closed?"; ``_running`` turns False in close()/stop().
+    return bool(getattr(db, "_running", False))
 
 
 async def run_in_database(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
