@@ -49,6 +49,7 @@ from starmux.messages import (
     StartSession,
 )
 from starmux.node.database import run_in_database
+from starmux.node.loop_writer import LoopWriter, in_transaction
 from starmux.resync import Applied as Applied
 from starmux.resync import Cursor as Cursor
 from starmux.resync import cursor_for, next_in_order
@@ -135,8 +136,13 @@ _CHECKPOINT_COLUMNS = (
 
 
 class Cache:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    """The controller's copy of its machines' logs. ``writer``: where page applies
+    run (the live controller's; see :mod:`starmux.node.loop_writer`), else on
+    ``db``'s thread."""
+
+    def __init__(self, db: aiosqlite.Connection, writer: LoopWriter | None = None) -> None:
         self.db = db
+        self.writer = writer
 
     async def cursor(self, machine: bytes) -> Cursor:
         rows = list(
@@ -161,7 +167,13 @@ class Cache:
         start stay right for the whole batch."""
         if not pages:
             return []
-        return await run_in_database(self.db, lambda conn: _apply_pages(conn, pages))
+
+        def work(conn: sqlite3.Connection) -> list[AppliedPage]:
+            return _apply_pages(conn, pages)
+
+        if self.writer is not None:
+            return await self.writer.transaction(work)
+        return await run_in_database(self.db, lambda conn: in_transaction(conn, work))
 
     # --- reads ----------------------------------------------------------------------
 
@@ -333,56 +345,50 @@ EventRow = tuple[bytes, int, str, float, bytes]
 def _apply_pages(
     conn: sqlite3.Connection, pages: Sequence[tuple[bytes, EventPage]]
 ) -> list[AppliedPage]:
-    """:meth:`Cache.apply_pages`' transaction, on the database thread."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        cursors = _cursors(conn, {machine for machine, _ in pages})
-        rows: list[EventRow] = []
-        statements: list[Statement] = []
-        results: list[AppliedPage] = []
-        for machine, page in pages:
-            cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
-            if wiped:
-                # The machine's log was wiped: what this batch queued for it goes
-                # too (written first, so the delete sees it).
-                _write(conn, rows, statements)
-                rows, statements = [], []
-                for table in ("events", "sessions", "checkpoints", "approval_rules"):
-                    conn.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
-            in_order = next_in_order(cursor.seq, page.events)
-            kept: list[LoggedEvent] = []
-            refused: list[int] = []
-            for event in in_order.events:
-                try:
-                    statement = projection(machine, event)
-                except MessageError as exc:
-                    log.warning(
-                        "warning: refused event %d from machine %s: %s",
-                        event.seq,
-                        fingerprint(machine) if len(machine) == 32 else machine.hex(),
-                        exc.message,
-                    )
-                    refused.append(event.seq)
-                    continue
-                kept.append(event)
-                rows.append((machine, event.seq, event.session, event.at, event.body))
-                if statement is not None:
-                    statements.append(statement)
-            if in_order.events:
-                cursor = Cursor(cursor.epoch, in_order.events[-1].seq)
-            cursors[machine] = cursor
-            results.append(AppliedPage(kept, in_order.gap, tuple(refused)))
-        _write(conn, rows, statements)
-        conn.executemany(
-            "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
-            "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-            [(machine, c.epoch, c.seq) for machine, c in cursors.items() if c.epoch],
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back by itself (disk full, I/O)
-            conn.execute("ROLLBACK")
-        raise
+    """:meth:`Cache.apply_pages`' statements, inside its transaction (the write
+    lock is held throughout)."""
+    cursors = _cursors(conn, {machine for machine, _ in pages})
+    rows: list[EventRow] = []
+    statements: list[Statement] = []
+    results: list[AppliedPage] = []
+    for machine, page in pages:
+        cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
+        if wiped:
+            # The machine's log was wiped: what this batch queued for it goes
+            # too (written first, so the delete sees it).
+            _write(conn, rows, statements)
+            rows, statements = [], []
+            for table in ("events", "sessions", "checkpoints", "approval_rules"):
+                conn.execute(f"DELETE FROM {table} WHERE machine = ?", (machine,))
+        in_order = next_in_order(cursor.seq, page.events)
+        kept: list[LoggedEvent] = []
+        refused: list[int] = []
+        for event in in_order.events:
+            try:
+                statement = projection(machine, event)
+            except MessageError as exc:
+                log.warning(
+                    "warning: refused event %d from machine %s: %s",
+                    event.seq,
+                    fingerprint(machine) if len(machine) == 32 else machine.hex(),
+                    exc.message,
+                )
+                refused.append(event.seq)
+                continue
+            kept.append(event)
+            rows.append((machine, event.seq, event.session, event.at, event.body))
+            if statement is not None:
+                statements.append(statement)
+        if in_order.events:
+            cursor = Cursor(cursor.epoch, in_order.events[-1].seq)
+        cursors[machine] = cursor
+        results.append(AppliedPage(kept, in_order.gap, tuple(refused)))
+    _write(conn, rows, statements)
+    conn.executemany(
+        "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "
+        "ON CONFLICT (machine) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+        [(machine, c.epoch, c.seq) for machine, c in cursors.items() if c.epoch],
+    )
     return results
 
 

@@ -127,6 +127,9 @@ class LiveController:
         Only machines this controller paired are considered, each with the card pinned
         at pairing: the relay's list says who is online, never who a machine is (see
         :mod:`starmux.client.roster`)."""
+        # Pages are applied on the loop's own thread when the cache is free (the
+        # hot path with many machines; see starmux/node/loop_writer.py).
+        self.cache.writer = await self.store.loop_writer()
         self.link = RelayLink(
             self.config.relay_url, self.keys, self.card, pinned_relay_key=self.config.relay_key
         )

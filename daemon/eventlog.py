@@ -54,7 +54,8 @@ from typing import Any
 import aiosqlite
 
 from starmux.errors import StarmuxError, UsageError
-from starmux.node.database import open_database, read_setting, run_in_database, write_setting
+from starmux.node.database import open_database, read_setting, write_setting
+from starmux.node.loop_writer import LoopWriter
 
 __all__ = [
     "EventLog",
@@ -201,35 +202,22 @@ def _undo_write(conn: sqlite3.Connection, exc: sqlite3.Error, sql: str) -> State
 def _write_batch(
     conn: sqlite3.Connection, batch: list[_Write], last_seq: int
 ) -> tuple[dict[int, EventLogError], list[tuple[float, str, bytes]], int]:
-    """One commit's transaction, on the database thread (one round trip, see
-    :func:`~starmux.node.database.run_in_database`): the writes dropped (by index),
-    the events written, the new last seq. Raises if the whole batch failed (rolled
-    back)."""
+    """One commit's statements, inside the transaction :class:`LoopWriter` opened:
+    the writes dropped (by index), the events written, the new last seq. Raises if
+    the whole batch failed (then it is rolled back)."""
     dropped: dict[int, EventLogError] = {}
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for index, write in enumerate(batch):
-            if write.statements or write.guard is not None:
-                error = _run_statements(conn, write.statements, write.guard)
-                if error is not None:
-                    dropped[index] = error
-        events = [w.event for i, w in enumerate(batch) if w.event is not None and i not in dropped]
-        if events:
-            conn.executemany(_INSERT, events)
-            # AUTOINCREMENT under the write lock numbers one statement's rows
-            # consecutively, so the high-water mark gives every seq of the batch.
-            row = conn.execute(_HIGH_WATER).fetchone()
-            last_seq = int(row[0])
-        conn.execute("COMMIT")
-    except BaseException:
-        # SQLite rolls back by itself on some errors (I/O, full disk); then there is
-        # nothing left to roll back, and a second ROLLBACK would only hide the cause.
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("event log: rollback failed")
-        raise
+    for index, write in enumerate(batch):
+        if write.statements or write.guard is not None:
+            error = _run_statements(conn, write.statements, write.guard)
+            if error is not None:
+                dropped[index] = error
+    events = [w.event for i, w in enumerate(batch) if w.event is not None and i not in dropped]
+    if events:
+        conn.executemany(_INSERT, events)
+        # AUTOINCREMENT under the write lock numbers one statement's rows
+        # consecutively, so the high-water mark gives every seq of the batch.
+        row = conn.execute(_HIGH_WATER).fetchone()
+        last_seq = int(row[0])
     return dropped, events, last_seq
 
 
@@ -250,6 +238,7 @@ class EventLog:
         self,
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
+        commits: LoopWriter,
         *,
         epoch: str,
         last_seq: int,
@@ -257,6 +246,7 @@ class EventLog:
     ) -> None:
         self._writer = writer
         self._reader = reader
+        self._commits = commits
         self._max_batch = max_batch
         self.epoch = epoch
         #: The seq of the last committed event (0 for a log that never had one).
@@ -286,11 +276,12 @@ class EventLog:
         try:
             # Reads must not become writes that bypass the writer's ordering.
             await reader.execute("PRAGMA query_only = ON")
+            commits = await LoopWriter.open(writer, path)
         except BaseException:
             await reader.close()
             await writer.close()
             raise
-        return cls(writer, reader, epoch=epoch, last_seq=last_seq, max_batch=max_batch)
+        return cls(writer, reader, commits, epoch=epoch, last_seq=last_seq, max_batch=max_batch)
 
     async def close(self) -> None:
         """Commit what is pending, then close. Appending afterwards is an error."""
@@ -299,6 +290,7 @@ class EventLog:
         try:
             await self._task
         finally:
+            self._commits.close()
             await self._writer.close()
             await self._reader.close()
 
@@ -366,8 +358,8 @@ class EventLog:
 
     async def _commit(self, batch: list[_Write]) -> None:
         try:
-            dropped, events, last_seq = await run_in_database(
-                self._writer, lambda conn: _write_batch(conn, batch, self.last_seq)
+            dropped, events, last_seq = await self._commits.transaction(
+                lambda conn: _write_batch(conn, batch, self.last_seq)
             )
         except Exception as exc:
             failure = EventLogError(f"event log commit failed: {exc}")

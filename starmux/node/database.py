@@ -34,7 +34,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import aiosqlite
 
@@ -42,6 +42,9 @@ from starmux.errors import StarmuxError
 from starmux.home import ensure_private_dir
 
 from .checkpointer import watch_connection
+
+if TYPE_CHECKING:
+    from .loop_writer import LoopWriter
 
 __all__ = ["Migration", "SchemaError", "load_migrations", "migrate", "run_in_database"]
 
@@ -316,12 +319,25 @@ class HomeDatabase:
     def __init__(self, home: Path) -> None:
         self.home = home
         self._db: aiosqlite.Connection | None = None
+        self._loop_writer: LoopWriter | None = None
 
     async def open(self) -> None:
         ensure_private_dir(self.home)
         self._db = await open_database(self.home / self.FILE, self.PACKAGE)
 
+    async def loop_writer(self) -> LoopWriter:
+        """Where this file's hot write transactions run (see loop_writer.py); opened
+        on first use, since most commands never need one."""
+        from .loop_writer import LoopWriter
+
+        if self._loop_writer is None:
+            self._loop_writer = await LoopWriter.open(self.db, self.home / self.FILE)
+        return self._loop_writer
+
     async def close(self) -> None:
+        if self._loop_writer is not None:
+            self._loop_writer.close()
+            self._loop_writer = None
         if self._db is not None:
             await self._db.close()
             self._db = None
