@@ -74,8 +74,9 @@ class ControllerPeer:
     feed: Feed = field(default_factory=Feed)
     queue: asyncio.Queue[tuple[LiveChannel, Message]] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
-    #: set when a file transfer to this controller may have a chunk to send
-    chunks: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set when a message was queued or a file transfer may have a chunk to send:
+    #: the one thing an idle sender waits on
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def logged(event: StoredEvent) -> LoggedEvent:
@@ -379,6 +380,7 @@ class LiveService:
 
     def _enqueue(self, peer: ControllerPeer, message: Message) -> None:
         peer.queue.put_nowait((peer.channel, message))
+        peer.wake.set()
 
     async def _sender(self, peer: ControllerPeer) -> None:
         queue = peer.queue
@@ -389,10 +391,14 @@ class LiveService:
                 # approvals never queue behind a file (the credit bounds how much
                 # of it is in flight ahead of them).
                 chunk = self.transfers.next_chunk(peer.key) if self.transfers else None
-                held = (peer.channel, chunk) if chunk else await self._next_message(peer)
-                if held is None:
-                    continue  # woken by credit
-            channel, message = held or await queue.get()
+                if not chunk:
+                    # One event for both (a message queued, transfer credit): waiting
+                    # on two futures at once cost more than sealing a small page.
+                    peer.wake.clear()
+                    await peer.wake.wait()
+                    continue
+                held = (peer.channel, chunk)
+            channel, message = held or queue.get_nowait()
             held = None
             if channel is not peer.channel or channel.closed or self._send is None:
                 continue
@@ -415,23 +421,10 @@ class LiveService:
             except StarmuxError:
                 return
 
-    async def _next_message(self, peer: ControllerPeer) -> tuple[LiveChannel, Message] | None:
-        """The next queued message, or None when a transfer got credit first."""
-        peer.chunks.clear()
-        queued = asyncio.ensure_future(peer.queue.get())
-        credit = asyncio.ensure_future(peer.chunks.wait())
-        try:
-            await asyncio.wait({queued, credit}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            credit.cancel()
-            if not queued.done():
-                queued.cancel()  # not run yet: the queue keeps anything put meanwhile
-        return queued.result() if queued.done() and not queued.cancelled() else None
-
     def _wake_chunks(self, key: bytes) -> None:
         peer = self.peers.get(key)
         if peer is not None:
-            peer.chunks.set()
+            peer.wake.set()
 
     async def _reset(self, peer: bytes) -> None:
         if self._send is not None:
