@@ -18,14 +18,10 @@ from starmux.control import (
     AccountRegistered,
     FailureCode,
     GrantMachine,
-    ListMachines,
     MachineGranted,
-    MachineList,
-    MachineRevoked,
     OpenTicket,
     RegisterAccount,
     ReportPairingFailure,
-    RevokeMachine,
     SessionStatus,
     TicketOpened,
 )
@@ -42,10 +38,8 @@ from starmux.pairing import (
     cancel_body,
 )
 from starmux.pairing_code import PairingCode, check_relay_url
-from starmux.relay_auth import revoke_transcript
 
-from .roster import reconcile
-from .store import ControllerConfig, ControllerStore, KnownMachine
+from .store import ControllerConfig, ControllerStore
 
 PAIRING_STEP_TIMEOUT = 20.0
 MACHINE_CONFIRM_PATIENCE = 300.0
@@ -264,65 +258,3 @@ async def _from(link: RelayLink, peer: bytes, *, patience: float = PAIRING_STEP_
     except TimeoutError as exc:
         raise PairingFailed("the machine stopped answering during pairing") from exc
     raise PairingFailed("the relay connection closed during pairing")
-
-
-@dataclass(frozen=True)
-class MachineView:
-    key: bytes
-    name: str
-    fingerprint: str
-    online: bool
-    listed: bool  # False: the relay did not list it (it stays paired here)
-    paired_at: float
-    last_seen: float | None
-
-
-@dataclass(frozen=True)
-class MachinesReport:
-    machines: list[MachineView]
-    warnings: list[str]  # what the relay's list got wrong, already escaped
-
-
-async def machines(home: Path) -> MachinesReport:
-    """The machines this controller paired, with what the relay says of them.
-
-    Never adds nor deletes a machine: the relay's list is only presence (see
-    :mod:`starmux.client.roster`); ``revoke`` is the one way to forget a machine."""
-    async with ControllerStore(home) as store:
-        config = await store.config()
-        async with connected(store, config) as link:
-            listing = await link.request(ListMachines(0), MachineList)
-        assert isinstance(listing, MachineList)
-        roster = reconcile(await store.machines(), listing)
-        views = [
-            MachineView(
-                entry.machine.key,
-                entry.machine.name,  # a private machine's card says only "machine"
-                entry.card.fingerprint,
-                entry.online,
-                entry.listing is not None,
-                entry.machine.paired_at,
-                entry.listing.last_seen if entry.listing is not None else entry.machine.last_seen,
-            )
-            for entry in roster.entries
-        ]
-        return MachinesReport(views, roster.warnings)
-
-
-async def revoke(home: Path, query: str) -> KnownMachine:
-    async with ControllerStore(home) as store:
-        config = await store.config()
-        machine = await store.find_machine(query)
-        keys = store.keys()
-        issued_at = time.time()
-        signature = keys.sign(revoke_transcript(config.account, machine.key, issued_at))
-        async with connected(store, config) as link:
-            try:
-                await link.request(
-                    RevokeMachine(0, machine.key, issued_at, signature), MachineRevoked
-                )
-            except RelayRefused as exc:
-                if exc.code != FailureCode.UNKNOWN_MACHINE:
-                    raise
-        await store.remove_machine(machine.key)
-        return machine

@@ -7,11 +7,12 @@ event loop would only add start-up time to every call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,15 @@ def relay_link_released(home: Path) -> Iterator[None]:
         for raw in _Lines(sock):
             checked(_as_reply(wire.parse_reply(raw)))
             break
+        yield
+
+
+@contextlib.asynccontextmanager
+async def relay_link_released_async(home: Path) -> AsyncIterator[None]:
+    """:func:`relay_link_released` for a coroutine: the agent is asked (over its
+    socket, off the loop) before the block runs and given the link back after."""
+    with contextlib.ExitStack() as stack:
+        await asyncio.to_thread(stack.enter_context, relay_link_released(home))
         yield
 
 

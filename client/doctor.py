@@ -9,6 +9,7 @@ from starmux.errors import StarmuxError
 from starmux.identity import Role
 from starmux.node.doctor import Check, relay_checks
 
+from .agent_client import relay_link_released_async
 from .cache import Cache
 from .store import ControllerStore
 
@@ -22,9 +23,12 @@ async def role_checks(home: Path) -> list[Check]:
         except StarmuxError as exc:
             checks.append(Check("controller", False, exc.message, exc.hint or ""))
         else:
-            checks += await relay_checks(
-                config.relay_url, keys, Role.CONTROLLER, config.name, config.relay_key
-            )
+            # The check connects with the device's key: a running agent stays off
+            # the relay meanwhile rather than being replaced (and staying off).
+            async with relay_link_released_async(home):
+                checks += await relay_checks(
+                    config.relay_url, keys, Role.CONTROLLER, config.name, config.relay_key
+                )
             waiting = await Cache(store.db).pending()
             checks.append(await _notifications(store, keys.sign_public))
             checks.append(

@@ -46,7 +46,7 @@ from starmux.messages import (
     StartSession,
 )
 
-from .agent_client import relay_link_released
+from .agent_client import relay_link_released_async
 from .cache import Cache, CheckpointRow, SessionRow
 from .device_copy import DeviceRemoved
 from .live import EventCallback, LiveController
@@ -73,10 +73,11 @@ async def live_controller(
     """A store and (if the relay answers) a live controller of its own, outside the
     agent: for tests and tools that drive the protocol directly. A running agent is
     asked to stay off the relay meanwhile: one key, one connection."""
-    async with contextlib.AsyncExitStack() as stack:
-        await asyncio.to_thread(stack.enter_context, relay_link_released(home))
-        async with _live_controller(home, on_event=on_event, required=required) as live:
-            yield live
+    async with (
+        relay_link_released_async(home),
+        _live_controller(home, on_event=on_event, required=required) as live,
+    ):
+        yield live
 
 
 @contextlib.asynccontextmanager

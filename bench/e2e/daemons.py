@@ -168,4 +168,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    import os
+    if os.environ.get("XP_UVLOOP"):
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

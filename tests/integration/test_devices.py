@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from starmux.client.actions import connected
+from starmux.client.agent_client import relay_link_released_async
 from starmux.client.store import KEY_FILE as CONTROLLER_KEY_FILE
 from starmux.client.store import ControllerStore
 from starmux.device_log import DeviceLog, decode_entries, encode_entries
@@ -144,7 +145,7 @@ def _daemon_log(home: Path) -> DeviceLog:
 
 async def _replay(home: Path, machine: str, entries: bytes) -> None:
     """What a malicious relay can do: hand the machine an older log, as if from B."""
-    async with ControllerStore(home) as store:
+    async with ControllerStore(home) as store, relay_link_released_async(home):
         config = await store.config()
         target = await store.find_machine(machine)
         async with connected(store, config) as relay_link:

@@ -10,7 +10,6 @@ ids and answers the controller's sync with events and acks that use them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from starmux.client.agent_client import relay_link_released
+from starmux.client.agent_client import relay_link_released_async
 from starmux.client.sessions import live_controller
 from starmux.client.store import ControllerStore
 from starmux.codec import Message
@@ -88,8 +87,10 @@ async def _paired_machine_b(paired: Paired) -> tuple[RelayNode, IdentityCard]:
     keys = load_node_keys(paired.controller / "controller.key")
     # The agent (started by earlier commands) stays off the relay meanwhile: one key,
     # one connection (it would stay off for a while after being replaced).
-    async with ControllerStore(paired.controller) as store, contextlib.AsyncExitStack() as stack:
-        await asyncio.to_thread(stack.enter_context, relay_link_released(paired.controller))
+    async with (
+        ControllerStore(paired.controller) as store,
+        relay_link_released_async(paired.controller),
+    ):
         config = await store.config()
         controller = RelayNode(Role.CONTROLLER, config.name, keys=keys)
         await controller.connect(paired.relay.url)
