@@ -46,6 +46,7 @@ from starmux.backoff import Backoff
 from starmux.errors import StarmuxError, UsageError
 from starmux.home import ensure_private_dir
 from starmux.messages import SessionStatusChanged
+from starmux.node import event_loop
 from starmux.reconnect import LinkFailure, close_failure
 from starmux.relay_auth import RelayKeyMismatch
 
@@ -552,5 +553,5 @@ def run_agent(home: Path) -> int:
     ensure_private_dir(home)
     with ProcessLock(home, AGENT_FILES, argv=sys.argv) as lock:
         agent = ControllerAgent(home)
-        asyncio.run(agent.run(on_ready=lambda: lock.update_status(state=AgentState.SERVING)))
+        event_loop.run(agent.run(on_ready=lambda: lock.update_status(state=AgentState.SERVING)))
     return 0

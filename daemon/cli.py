@@ -15,6 +15,7 @@ import click
 
 from starmux.errors import UsageError
 from starmux.home import default_home
+from starmux.node import event_loop
 
 home_option = click.option(
     "--home",
@@ -217,7 +218,7 @@ def start_command(
             allow_env=allow_env or None,
             private_name=private_name,
         )
-        asyncio.run(_run_until_signal(daemon.run()))
+        event_loop.run(_run_until_signal(daemon.run()))
 
 
 async def _run_until_signal(main: Coroutine[Any, Any, None]) -> None:

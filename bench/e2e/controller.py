@@ -2,10 +2,10 @@
 
 ``python -m bench.e2e.controller --home DIR``
 
-Runs the shipped :class:`client.live.LiveController` on the default asyncio loop (as
-the CLI does) over a controller home that is already paired, counts the events it
-has applied to its SQLite cache (``on_event`` runs after the commit) and, for
-latency, reads the append time each stamped body carries. Answers
+Runs the shipped :class:`client.live.LiveController` on the controller agent's loop
+(:func:`starmux.node.event_loop.run`: uvloop) over a controller home that is
+already paired, counts the events it has applied to its SQLite cache (``on_event``
+runs after the commit) and, for latency, reads the append time each stamped body carries. Answers
 ``{"event": "live", "machines": [hex, ...]}`` once every machine is live, then
 commands (stdin, JSON lines):
 
@@ -34,6 +34,7 @@ from bench.e2e.daemons import read_stamp
 from starmux.client.live import LiveController
 from starmux.client.store import ControllerStore
 from starmux.messages import LoggedEvent
+from starmux.node import event_loop
 
 FEEDBACK = 0.01  # seconds between cursor reports while the daemons flood
 SETUP_TIMEOUT = 60.0
@@ -118,9 +119,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    import os
-    if os.environ.get("XP_UVLOOP"):
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    event_loop.run(main())

@@ -4,8 +4,9 @@
 
 Runs ``N`` real :class:`daemon.runtime.Daemon` objects (through
 :class:`bench.common.daemon_host.DaemonHost`: each its own home, keys, SQLite event log,
-relay link) on the event loop ``starmux daemon start`` uses: the default asyncio
-loop. Pairing is storm_daemons' (``code`` events for the parent to pair), then
+relay link) on the event loop ``starmux daemon start`` uses
+(:func:`starmux.node.event_loop.run`: uvloop). Pairing is storm_daemons' (``code``
+events for the parent to pair), then
 ``{"event": "all-paired", "machines": [machine key hex, ...]}`` in daemon order.
 
 Every event is an ``Output`` of 1 KiB of data (:data:`bench.common.targets.BODY`), appended
@@ -39,6 +40,7 @@ from bench.common.procs import commands, emit
 from bench.common.targets import BODY, MARKER
 from starmux.daemon.runtime import Daemon
 from starmux.messages import APP, Output, OutputStream, SessionCreated
+from starmux.node import event_loop
 
 #: The event body: ``Output(OutputStream.STDOUT, 1 KiB)``; the stamp goes where MARKER is.
 TEMPLATE = APP.encode(Output(OutputStream.STDOUT, BODY))
@@ -168,9 +170,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    import os
-    if os.environ.get("XP_UVLOOP"):
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    event_loop.run(main())

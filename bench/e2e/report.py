@@ -17,11 +17,11 @@ METHOD = """\
 How it is measured (`python -m bench.e2e`). *starmux*: a relay process (`starmux relay serve`,
 shipped limits except the per-IP ones, since every machine connects from 127.0.0.1); N
 real `daemon.runtime.Daemon`s spread over K load processes (N × K in the tables; K = 1 is
-the old one-process shape) on the daemon's own event loop (default asyncio;
+the old one-process shape) on the daemon's own event loop (uvloop, `starmux.node.event_loop`;
 `bench/e2e/daemons.py`, built on `bench/common/daemon_host.py`), each with its own keys,
 SQLite event log and relay link, paired for real with a controller (`client.actions.pair`,
 code read from the daemon's terminal); the controller's `client.live.LiveController` runs
-alone in its own process (`bench/e2e/controller.py`; default asyncio, as the CLI) over
+alone in its own process (`bench/e2e/controller.py`; uvloop, as the controller agent) over
 Noise_KK channels and counts the events it has applied to its SQLite cache (`on_event`,
 after the commit). Every event is `Output("stdout", 1 KiB)` (1,056-byte body) appended to
 the daemon's real `EventLog` (group commit); the live service pushes committed events as
