@@ -132,8 +132,9 @@ class BusListener(Protocol):
 
     def on_presence(self, entry: PeerEntry, online: bool) -> None: ...
 
-    def on_snapshot(self, entries: Sequence[PeerEntry]) -> None:
-        """Every peer every live node holds, after (re)connecting to the bus."""
+    def on_snapshot(self, entries: Sequence[PeerEntry], nodes: Sequence[str] = ()) -> None:
+        """Every peer every live node holds, after (re)connecting to the bus; ``nodes``:
+        the other live nodes (some may hold nothing)."""
 
     def on_node_gone(self, node: str) -> None:
         """``node``'s heartbeat expired: it crashed or lost the bus."""

@@ -127,6 +127,9 @@ class ClusterRoutingTable:
         self._unsent: dict[bytes, tuple[bytes, SessionStatus]] = {}
         self._bus_lost_at: float | None = None
         self._said_offline: dict[bytes, tuple[str, float]] = {}
+        # The other nodes this node's directory has heard of (last snapshot, then
+        # presence): presence from any other node is news the snapshot never had.
+        self._nodes: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self, state: RelayState) -> None:
@@ -331,6 +334,8 @@ class ClusterRoutingTable:
             return
         if self._local.get(entry.key) is not None:
             return  # we hold it now; the other node is being told to let go
+        unseen_node = entry.node not in self._nodes
+        self._nodes.add(entry.node)
         old = self._forget(entry.key)
         proxy = RemotePeer(self.bus, entry, self.state.metrics)
         if old is not None and old.node == entry.node:
@@ -342,13 +347,21 @@ class ClusterRoutingTable:
             # controllers heard "offline" from us, so they hear "online" from us too.
             # (Held by another node now, that node announces it, as for any connection.)
             self._tell_present(proxy, online=True)
+        elif unseen_node and (old is None or old.node != entry.node):
+            # A node our last snapshot did not see (both came back to an empty Redis
+            # at once, each taking its snapshot before the other wrote its own): it
+            # could not tell our controllers what changed meanwhile (it did not know
+            # them), and its re-announcement is the first we hear of this peer. Tell
+            # it as the snapshot would have.
+            self._tell_present(proxy, online=True)
 
-    def on_snapshot(self, entries: Sequence[PeerEntry]) -> None:
+    def on_snapshot(self, entries: Sequence[PeerEntry], nodes: Sequence[str] = ()) -> None:
         """Replace the directory of remote peers, and tell this node's controllers
         what changed since the last one: presence sent to them over the bus while it
         was out (a peer on another node came or went) was lost with it. A peer now
         held by another node counts as gone, then back (as in :meth:`attach`)."""
         before = dict(self._remote)
+        self._nodes = {*nodes, *(entry.node for entry in entries)}
         self._forget_old_offline()
         self._remote.clear()
         self._remote_by_account.clear()
@@ -385,6 +398,7 @@ class ClusterRoutingTable:
             del self._said_offline[key]
 
     def on_node_gone(self, node: str) -> None:
+        self._nodes.discard(node)
         self._forget_old_offline()
         gone = [p for p in self._remote.values() if p.node == node]
         for proxy in gone:

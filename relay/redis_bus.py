@@ -196,7 +196,7 @@ class RedisBus:
         self._connected = True
         self._detail = "ok"
         assert self._listener is not None
-        self._listener.on_snapshot(entries)
+        self._listener.on_snapshot(entries, sorted(self._nodes))
         self._tasks += [
             loop.create_task(self._drain()),
             loop.create_task(self._heartbeat()),
