@@ -130,6 +130,8 @@ class ClusterRoutingTable:
         # The other nodes this node's directory has heard of (last snapshot, then
         # presence): presence from any other node is news the snapshot never had.
         self._nodes: set[str] = set()
+        #: what the last re-announcement said (see :meth:`_reannounce`), and when
+        self._reannounced: tuple[dict[bytes, tuple[bytes, SessionStatus]], float] = ({}, 0.0)
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self, state: RelayState) -> None:
@@ -354,6 +356,11 @@ class ClusterRoutingTable:
             # them), and its re-announcement is the first we hear of this peer. Tell
             # it as the snapshot would have.
             self._tell_present(proxy, online=True)
+        if unseen_node:
+            # The converse: our own re-announcement missed that node's controllers.
+            changed, when = self._reannounced
+            if time.monotonic() - when < SAID_OFFLINE_SECONDS:
+                self._retell(proxy, changed)
 
     def on_snapshot(self, entries: Sequence[PeerEntry], nodes: Sequence[str] = ()) -> None:
         """Replace the directory of remote peers, and tell this node's controllers
@@ -495,18 +502,30 @@ class ClusterRoutingTable:
         change, whichever node reconnects first, and hears "online" only for a peer
         it does not believe online (a controller re-handshakes on that)."""
         unsent, self._unsent = self._unsent, {}
-        for key, (account, status) in unsent.items():
+        # Kept a while: a node our snapshot did not see yet (both came back at once)
+        # has controllers this misses now; they hear it when that node shows up.
+        self._reannounced = (unsent, time.monotonic())
+        for controller in list(self._remote.values()):
+            self._retell(controller, unsent)
+
+    def _retell(
+        self, controller: RemotePeer, changed: dict[bytes, tuple[bytes, SessionStatus]]
+    ) -> None:
+        """Presence of this node's peers that changed during the outage, to one
+        remote controller of their account."""
+        if controller.status is not SessionStatus.CONTROLLER:
+            return
+        for key, (account, status) in changed.items():
             peer = self._local.get(key)
             online = peer is not None
             if peer is not None:
                 account, status = peer.account, peer.status
             if not account or status not in (SessionStatus.MACHINE, SessionStatus.CONTROLLER):
                 continue
+            if account != controller.account or controller.key == key:
+                continue
             body = CONTROL.encode(Presence(online, self.state.clock()))
-            frame = encode_frame(FrameType.PRESENCE, key, body)
-            for controller in self._remote_by_account.get(account, {}).values():
-                if controller.status is SessionStatus.CONTROLLER and controller.key != key:
-                    controller.deliver(frame, time.perf_counter())
+            controller.deliver(encode_frame(FrameType.PRESENCE, key, body), time.perf_counter())
 
     async def _recheck_revocations(self) -> None:
         """What the stream may have lost: revoked machines and removed devices among

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from starmux.control import CONTROL, Presence, SessionStatus
 from starmux.frames import FrameType, parse_frame
-from starmux.relay.bus import PeerEntry
+from starmux.relay.bus import FRAME, PeerEntry
 from starmux.relay.cluster_table import ClusterRoutingTable
 from starmux.relay.metrics import RelayMetrics
 
@@ -64,3 +64,33 @@ def test_a_known_nodes_announcement_is_not_said_twice() -> None:
     # directory update must not make them hear "online" a second time.
     table.on_presence(machine(RETURNS), True)
     assert owner.heard == []
+
+
+@dataclass
+class Sent:
+    """The bus, as far as a remote peer's ``deliver`` uses it."""
+
+    messages: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def send(self, key: bytes, message: bytes) -> bool:
+        self.messages.append((key, message))
+        return True
+
+
+def test_our_reannouncement_reaches_a_controller_whose_node_shows_up_later() -> None:
+    bus = Sent()
+    table = ClusterRoutingTable(cast(Any, bus), cast(Any, None))
+    table._state = cast(Any, SimpleNamespace(clock=lambda: 1.0, metrics=RelayMetrics()))
+    came = LocalController(RETURNS, status=SessionStatus.MACHINE)
+    table._local.attach(cast(Any, came))
+    table._unsent = {RETURNS: (ACCOUNT, SessionStatus.MACHINE)}  # came during the outage
+    table.on_snapshot([], [])  # the owner's node had not written its peers yet
+    table._reannounce()  # nobody to tell yet
+    assert bus.messages == []
+    owner = PeerEntry(OWNER, "a", ACCOUNT, SessionStatus.CONTROLLER)
+    table.on_presence(owner, True)  # its node shows up: the owner hears it now
+    [(to, message)] = bus.messages
+    assert to == OWNER
+    assert message.startswith(FRAME)
+    frame = parse_frame(message[len(FRAME) :])
+    assert frame.peer == RETURNS and CONTROL.decode(frame.body) == Presence(True, 1.0)
