@@ -505,8 +505,11 @@ class ClusterRoutingTable:
         # Kept a while: a node our snapshot did not see yet (both came back at once)
         # has controllers this misses now; they hear it when that node shows up.
         self._reannounced = (unsent, time.monotonic())
-        for controller in list(self._remote.values()):
-            self._retell(controller, unsent)
+        accounts = {account for account, _ in unsent.values()}
+        accounts |= {peer.account for key in unsent if (peer := self._local.get(key))}
+        for account in accounts:
+            for controller in list(self._remote_by_account.get(account, {}).values()):
+                self._retell(controller, unsent)
 
     def _retell(
         self, controller: RemotePeer, changed: dict[bytes, tuple[bytes, SessionStatus]]
