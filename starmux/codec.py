@@ -164,27 +164,40 @@ def _exact(expected: type) -> _Check:
 
 
 def _fields_converter(cls: type[M]) -> Callable[[Any], M]:
-    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    converters: dict[str, _Check] = {}
+    fields = _field_names(cls)
+    #: (name, converter) in field order, so the fields go to ``cls`` by position
+    converters: list[tuple[str, _Check]] = []
     names = frozenset(fields)
 
     def convert(value: Any) -> M:
         if not converters:  # built lazily so messages may refer to later classes
             hints = typing.get_type_hints(cls, include_extras=True)
-            converters.update({name: _converter(hints[name]) for name in fields})
+            converters.extend((name, _converter(hints[name])) for name in fields)
         if type(value) is not dict or value.keys() != names:
             raise _Invalid
         try:
-            return cls(**{name: converters[name](value[name]) for name in fields})
+            return cls(*[check(value[name]) for name, check in converters])
         except (TypeError, ValueError, UsageError) as exc:  # __post_init__ refused it
             raise _Invalid from exc
 
     return convert
 
 
+#: Field names per message class: ``dataclasses.fields`` filters the class's fields
+#: again on every call, and encoding an event page calls it once per event.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _to_wire(value: Any) -> Any:
     if isinstance(value, Message):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+        return {name: _to_wire(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, enum.StrEnum):
         return value.value
     if isinstance(value, tuple):
@@ -207,6 +220,8 @@ class MessageCodec:
         """Class decorator adding ``cls`` to this codec."""
         if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
             raise UsageError(f"{cls.__name__} must be a frozen dataclass")
+        if any(not f.init or f.kw_only for f in dataclasses.fields(cls)):
+            raise UsageError(f"{cls.__name__}: every field is decoded by position")
         if cls.KIND in self._classes:
             raise UsageError(f"message kind {cls.KIND!r} registered twice")
         self._classes[cls.KIND] = cls
