@@ -263,6 +263,26 @@ def test_register_refuses_a_non_frozen_dataclass() -> None:
     assert codec.kinds == frozenset()
 
 
+def test_register_refuses_fields_that_decoding_by_position_cannot_fill() -> None:
+    codec = MessageCodec(MessageError)
+
+    @dataclass(frozen=True, kw_only=True)
+    class Keyword(Message):
+        KIND = "keyword"
+        x: int
+
+    @dataclass(frozen=True)
+    class Derived(Message):
+        KIND = "derived"
+        x: int
+        y: int = dataclasses.field(init=False, default=0)
+
+    for cls in (Keyword, Derived):
+        with pytest.raises(UsageError, match="by position"):
+            codec.register(cls)
+    assert codec.kinds == frozenset()
+
+
 def test_register_refuses_a_plain_class() -> None:
     codec = MessageCodec(MessageError)
 
