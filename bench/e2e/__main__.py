@@ -24,6 +24,10 @@ Both stacks run at once; each round gives starmux, then bare, the same window.
 Then **approve → blocked process continues** for one machine, by
 ``python -m bench.sessions``'s method (no bare counterpart).
 
+``--window W``: every machine may have ``W`` events in flight in the throughput
+windows, instead of 1,024 shared by all; it shows how much of the cost with many
+machines comes from each page carrying few events (not written to RESULTS.md).
+
 ``--quick``: 2×2 only, one short round (about 20 s; its figures are a smoke
 test). The full run (1×1, 10×4, 100×4, 100×1; about 6 minutes) writes the
 "End-to-end" section of ``bench/RESULTS.md``. ``--profile DIR`` samples the
@@ -64,6 +68,8 @@ class Settings:
     rate: float = 1000.0  # events/s in all, latency windows
     approvals: int = 50
     profile: Path | None = None
+    #: events in flight per machine in the throughput windows (None: 1,024 shared by all)
+    window: int | None = None
 
 
 FULL = Settings()
@@ -111,7 +117,9 @@ async def measure(tmp: Path, n: int, processes: int, settings: Settings) -> dict
         for number in range(settings.rounds):
             path = profile / f"n{n}x{processes}-throughput" if profile and number == 0 else None
             result = await _profiled(
-                starmux, lambda: starmux.throughput(settings.warmup, settings.seconds), path
+                starmux,
+                lambda: starmux.throughput(settings.warmup, settings.seconds, settings.window),
+                path,
             )
             rounds["starmux"]["tp"].append(result)
             rounds["bare"]["tp"].append(await bare.throughput(settings.warmup, settings.seconds))
@@ -185,6 +193,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="latency, events/s [1000]")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks go here")
     parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="throughput: events in flight per machine (a diagnosis of how page size "
+        "sets the cost; default: 1,024 in flight shared by all machines)",
+    )
+    parser.add_argument(
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -206,6 +221,7 @@ def main() -> None:
         rate=args.rate or base.rate,
         approvals=base.approvals,
         profile=args.profile,
+        window=args.window,
     )
     if settings.profile is not None:
         settings.profile.mkdir(parents=True, exist_ok=True)
