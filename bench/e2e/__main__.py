@@ -25,8 +25,9 @@ Then **approve → blocked process continues** for one machine, by
 ``python -m bench.sessions``'s method (no bare counterpart).
 
 ``--window W``: every machine may have ``W`` events in flight in the throughput
-windows, instead of 1,024 shared by all; it shows how much of the cost with many
-machines comes from each page carrying few events (not written to RESULTS.md).
+windows, instead of 1,024 shared by all (bursts of ``W``/4): it shows how much of
+the cost with many machines comes from each machine committing and sending a few
+events at a time (not written to RESULTS.md).
 
 ``--quick``: 2×2 only, one short round (about 20 s; its figures are a smoke
 test). The full run (1×1, 10×4, 100×4, 100×1; about 6 minutes) writes the
@@ -196,8 +197,8 @@ def main() -> None:
         "--window",
         type=int,
         default=None,
-        help="throughput: events in flight per machine (a diagnosis of how page size "
-        "sets the cost; default: 1,024 in flight shared by all machines)",
+        help="throughput: events in flight per machine (a diagnosis: how the size of each "
+        "machine's commits and pages sets the cost; default: 1,024 shared by all)",
     )
     parser.add_argument(
         "--write",
