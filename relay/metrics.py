@@ -7,7 +7,8 @@ and a custom collector turns them into metric families when ``/metrics`` is read
 
 from __future__ import annotations
 
-import bisect
+import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -25,13 +26,21 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class LatencyHistogram:
+    __slots__ = ("buckets", "counts", "first", "total")
+
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
         self.counts = [0] * (len(buckets) + 1)
         self.total = 0.0
+        #: the first bucket's bound: nearly every routed frame falls below it
+        self.first = buckets[0] if buckets else -math.inf
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        # Once per routed frame: the common case skips the bisect (same bucket).
+        if seconds <= self.first:
+            self.counts[0] += 1
+        else:
+            self.counts[bisect_left(self.buckets, seconds)] += 1
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:

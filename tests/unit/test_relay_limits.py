@@ -1,11 +1,16 @@
 """Network-free tests of the relay's limit primitives: address buckets, proxy trust,
-token buckets by key, and the send budget's shedding policy."""
+token buckets by key, the latency histogram and the send budget's shedding policy."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from starmux.relay.addresses import ProxyTrust, ip_bucket
+from starmux.relay.metrics import LATENCY_BUCKETS, LatencyHistogram
 from starmux.relay.ratelimit import KeyedBuckets
 from starmux.relay.send_budget import SendBudget, shed_order
 
@@ -88,3 +93,16 @@ def test_send_budget_counts_write_buffers_when_it_sheds() -> None:
     queuer.add(40)
     queuer.add(60)  # queued total 110: over; fresh sizes are writer 80, queuer 100
     assert queuer.was_shed and not writer.was_shed
+
+
+@given(st.lists(st.floats(-1.0, 10.0) | st.sampled_from(LATENCY_BUCKETS), max_size=50))
+def test_latency_histogram_buckets_as_bisect_left(values: list[float]) -> None:
+    histogram = LatencyHistogram()
+    expected = [0] * (len(LATENCY_BUCKETS) + 1)
+    total = 0.0
+    for value in values:
+        histogram.observe(value)
+        expected[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        total += value
+    assert histogram.counts == expected
+    assert histogram.total == total
