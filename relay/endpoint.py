@@ -28,7 +28,7 @@ from .admission import TRANSPORT_EXTENSION, UPGRADED_EXTENSION
 from .device_requests import install as install_device_requests
 from .metrics import RelayMetrics
 from .peer import Peer
-from .ratelimit import TokenBucket
+from .ratelimit import FrameLimiter
 from .registry import RegistryError
 from .requests import HANDLERS, announce_presence, greet_controller, send_control
 from .routing import may_route
@@ -167,8 +167,12 @@ async def _serve(
         max_queue_bytes=limits.send_queue_bytes,
         budget=state.send_budget,
         transport=(websocket.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION),
-        frames=TokenBucket(limits.frames_per_second, limits.frame_burst),
-        bytes_=TokenBucket(limits.bytes_per_second, limits.byte_burst),
+        limiter=FrameLimiter(
+            limits.frames_per_second,
+            limits.frame_burst,
+            limits.bytes_per_second,
+            limits.byte_burst,
+        ),
         metrics=state.metrics,
         on_close=_on_close(state),  # type: ignore[arg-type]
     )
@@ -211,7 +215,7 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
             metrics.drops["too-large"] += 1
             peer.close(CloseCode.FRAME_TOO_LARGE, "frame too large")
             return
-        if not peer.frames.take(1, now) or not peer.bytes_.take(size, now):
+        if not peer.limiter.take(size, now):
             metrics.drops["flood"] += 1
             peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
             return

@@ -30,7 +30,7 @@ from starmux.close_codes import CloseCode
 from starmux.control import SessionStatus
 
 from .metrics import RelayMetrics
-from .ratelimit import TokenBucket
+from .ratelimit import FrameLimiter
 from .send_budget import SendBudget
 
 CLOSE_TIMEOUT = 1.0
@@ -46,12 +46,11 @@ class Peer:
         "_writer",
         "account",
         "budget",
-        "bytes_",
         "card",
         "closed",
-        "frames",
         "ip",
         "key",
+        "limiter",
         "max_queue",
         "max_queue_bytes",
         "metrics",
@@ -77,8 +76,7 @@ class Peer:
         max_queue_bytes: int,
         budget: SendBudget,
         transport: asyncio.WriteTransport | None,
-        frames: TokenBucket,
-        bytes_: TokenBucket,
+        limiter: FrameLimiter,
         metrics: RelayMetrics,
         on_close: Callable[[Peer], None],
     ) -> None:
@@ -92,8 +90,7 @@ class Peer:
         self.max_queue_bytes = max_queue_bytes
         self.budget = budget
         self._transport = transport
-        self.frames = frames
-        self.bytes_ = bytes_
+        self.limiter = limiter  # frames and bytes per second this connection sends
         self.metrics = metrics
         self.on_close = on_close
         #: the peer key this connection may reach through an open pairing ticket

@@ -32,6 +32,58 @@ class TokenBucket:
         return True
 
 
+class FrameLimiter:
+    """A connection's two limits on frames it sends, checked once per frame.
+
+    Exactly ``frames.take(1, now) and bytes_.take(size, now)`` on two
+    :class:`TokenBucket` s, in one call: one refill for both (they are always read
+    at the same ``now``), no ``min()``. As there, a frame refused for its bytes has
+    still spent its frame token (the connection is closed for it anyway).
+    """
+
+    __slots__ = ("byte_burst", "byte_rate", "bytes", "frame_burst", "frame_rate", "frames", "last")
+
+    def __init__(
+        self,
+        frame_rate: float,
+        frame_burst: float,
+        byte_rate: float,
+        byte_burst: float,
+        now: float | None = None,
+    ) -> None:
+        self.frame_rate = frame_rate
+        self.frame_burst = frame_burst
+        self.frames = frame_burst
+        self.byte_rate = byte_rate
+        self.byte_burst = byte_burst
+        self.bytes = byte_burst
+        self.last = time.monotonic() if now is None else now
+
+    def take(self, size: float, now: float) -> bool:
+        """Spend one frame and ``size`` bytes; False if either bucket is short."""
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.last = now
+            frames = self.frames + elapsed * self.frame_rate
+            if frames > self.frame_burst:
+                frames = self.frame_burst
+            byte_tokens = self.bytes + elapsed * self.byte_rate
+            if byte_tokens > self.byte_burst:
+                byte_tokens = self.byte_burst
+            self.bytes = byte_tokens
+        else:
+            frames = self.frames
+            byte_tokens = self.bytes
+        if frames < 1:
+            self.frames = frames
+            return False
+        self.frames = frames - 1
+        if byte_tokens < size:
+            return False
+        self.bytes = byte_tokens - size
+        return True
+
+
 class KeyedBuckets:
     """One token bucket per key (an address bucket, a public key)."""
 

@@ -1,5 +1,6 @@
 """Network-free tests of the relay's limit primitives: address buckets, proxy trust,
-token buckets by key, the latency histogram and the send budget's shedding policy."""
+token buckets by key, the per-connection frame limiter, the latency histogram and the
+send budget's shedding policy."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from starmux.relay.addresses import ProxyTrust, ip_bucket
 from starmux.relay.metrics import LATENCY_BUCKETS, LatencyHistogram
-from starmux.relay.ratelimit import KeyedBuckets
+from starmux.relay.ratelimit import FrameLimiter, KeyedBuckets, TokenBucket
 from starmux.relay.send_budget import SendBudget, shed_order
 
 
@@ -93,6 +94,40 @@ def test_send_budget_counts_write_buffers_when_it_sheds() -> None:
     queuer.add(40)
     queuer.add(60)  # queued total 110: over; fresh sizes are writer 80, queuer 100
     assert queuer.was_shed and not writer.was_shed
+
+
+@given(
+    rates=st.tuples(*(st.floats(0.5, 1e7) for _ in range(4))),
+    steps=st.lists(st.tuples(st.floats(0, 2.0), st.integers(0, 70_000)), min_size=1, max_size=60),
+)
+def test_frame_limiter_decides_as_a_frame_bucket_then_a_byte_bucket(
+    rates: tuple[float, float, float, float], steps: list[tuple[float, int]]
+) -> None:
+    # The relay's one check per frame: the same answers as the two buckets it
+    # replaced (frames.take(1) and then bytes_.take(size)), up to the first refusal,
+    # which closes the connection.
+    frame_rate, frame_burst, byte_rate, byte_burst = rates
+    limiter = FrameLimiter(frame_rate, frame_burst, byte_rate, byte_burst, now=0.0)
+    frames = TokenBucket(frame_rate, frame_burst, now=0.0)
+    bytes_ = TokenBucket(byte_rate, byte_burst, now=0.0)
+    now = 0.0
+    for elapsed, size in steps:
+        now += elapsed
+        expected = frames.take(1, now) and bytes_.take(size, now)
+        assert limiter.take(size, now) is expected
+        if not expected:
+            break
+        assert (limiter.frames, limiter.bytes) == (frames.tokens, bytes_.tokens)
+
+
+def test_frame_limiter_refuses_past_either_burst_and_refills() -> None:
+    limiter = FrameLimiter(10, 2, 1000, 1500, now=0.0)
+    assert limiter.take(1000, 0.0)
+    assert not limiter.take(1000, 0.0)  # bytes short (500 left), frames not
+    limiter = FrameLimiter(10, 2, 1000, 1500, now=0.0)
+    assert limiter.take(1, 0.0) and limiter.take(1, 0.0)
+    assert not limiter.take(1, 0.0)  # frames short
+    assert limiter.take(1, 0.1)  # one frame back after 0.1 s
 
 
 @given(st.lists(st.floats(-1.0, 10.0) | st.sampled_from(LATENCY_BUCKETS), max_size=50))

@@ -40,7 +40,7 @@ from starmux.identity import NodeKeys, Role
 from starmux.relay.config import Limits, RelayConfig
 from starmux.relay.metrics import RelayMetrics
 from starmux.relay.peer import Peer
-from starmux.relay.ratelimit import TokenBucket
+from starmux.relay.ratelimit import FrameLimiter
 from starmux.relay.registry import RegistryError
 from starmux.relay.requests import HANDLERS, token_hash
 from starmux.relay.routing import LocalRoutingTable, may_route
@@ -109,8 +109,7 @@ class Relay:
             max_queue_bytes=1 << 30,
             budget=self.state.send_budget,
             transport=None,
-            frames=TokenBucket(1e9, 1e9),
-            bytes_=TokenBucket(1e9, 1e9),
+            limiter=FrameLimiter(1e9, 1e9, 1e9, 1e9),
             metrics=self.state.metrics,
             on_close=lambda p: None,
         )
