@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 
 from starlette.websockets import WebSocket
 
@@ -115,17 +116,37 @@ class Peer:
         if self.closed:
             return False
         size = len(data)
+        queue = self.queue
+        transport = self._transport
+        # Read once: nothing runs between this check and the send below.
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
         if (
-            len(self.queue) >= self.max_queue
-            or self.queued_bytes + size + self._write_buffer() > self.max_queue_bytes
+            len(queue) >= self.max_queue
+            or self.queued_bytes + size + buffered > self.max_queue_bytes
         ):
             self.metrics.drops["slow-consumer"] += 1
             self.close(CloseCode.SLOW_CONSUMER, "send queue full")
             return False
-        if not self.queue and not self._sending and data and self._send_now(data):
-            self.metrics.latency.observe(time.perf_counter() - received_at)
-            return True
-        self.queue.append((data, received_at))
+        if not buffered and not queue and not self._sending and data and transport is not None:
+            # Written now if the socket takes it without waiting; else queued. Waking
+            # the writer task instead would send it one loop turn later, after every
+            # other frame read in this turn: at thousands of frames per second that
+            # wait is most of the relay's tail latency. The send is a coroutine whose
+            # only suspension point comes first (uvicorn waits while the socket is
+            # paused), so it is driven here by hand: if it would wait, nothing was
+            # sent, it is dropped and the frame goes to the queue as before. (Inline,
+            # not a method: this runs once per routed frame.)
+            sending = self.websocket.send_bytes(data)
+            try:
+                sending.send(None)
+            except StopIteration:
+                self.metrics.latency.observe(perf_counter() - received_at)
+                return True
+            except Exception:  # noqa: S110 - a socket going away: the writer path meets it
+                pass
+            else:
+                sending.close()
+        queue.append((data, received_at))
         self.queued_bytes += size
         self.budget.added(self, size)  # may shed this very peer
         if self.closed:
@@ -135,28 +156,6 @@ class Peer:
         else:
             self._wake.set()
         return True
-
-    def _send_now(self, data: bytes) -> bool:
-        """Write ``data`` now if the socket takes it without waiting; False: queue it.
-
-        Waking the writer task instead would send it one loop turn later, after every
-        other frame read in this turn: at thousands of frames per second that wait
-        is most of the relay's tail latency. The send is a coroutine whose only
-        suspension point comes first (uvicorn waits while the socket is paused), so
-        it is driven here by hand: if it would wait, nothing was sent, it is dropped
-        and the frame goes to the queue as before."""
-        transport = self._transport
-        if transport is None or transport.get_write_buffer_size():
-            return False
-        sending = self.websocket.send_bytes(data)
-        try:
-            sending.send(None)
-        except StopIteration:
-            return True
-        except Exception:  # a socket going away: the writer path meets it as before
-            return False
-        sending.close()
-        return False
 
     def _write_buffer(self) -> int:
         transport = self._transport
