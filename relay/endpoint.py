@@ -19,14 +19,13 @@ from starmux.close_codes import CloseCode
 from starmux.codec import Message
 from starmux.control import CONTROL, Failure, FailureCode, RouteError, SessionStatus
 from starmux.errors import CryptoError, FrameError, RemoteProtocolError
-from starmux.frames import FrameType, encode_frame, parse_frame, readdress_data
+from starmux.frames import FrameType, data_head, encode_frame, parse_frame, readdress_data_from
 from starmux.identity import IdentityCard, Role
 from starmux.relay_auth import RelayAuth
 
 from .addresses import ip_bucket
 from .admission import TRANSPORT_EXTENSION, UPGRADED_EXTENSION
 from .device_requests import install as install_device_requests
-from .metrics import RelayMetrics
 from .peer import Peer
 from .ratelimit import FrameLimiter
 from .registry import RegistryError
@@ -196,11 +195,14 @@ async def _serve(
 
 
 async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
+    # Runs once per frame a connection sends: what can be is bound once here.
     metrics = state.metrics
-    table = state.table
+    find = state.table.get
     max_size = state.config.limits.max_frame_size
     clock = time.perf_counter
     receive = websocket.receive
+    within_limits = peer.limiter.take
+    head = data_head(peer.key)
     while not peer.closed:
         message = await receive()
         data = message.get("bytes")
@@ -215,48 +217,37 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
             metrics.drops["too-large"] += 1
             peer.close(CloseCode.FRAME_TOO_LARGE, "frame too large")
             return
-        if not peer.limiter.take(size, now):
+        if not within_limits(size, now):
             metrics.drops["flood"] += 1
             peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
             return
-        fast = readdress_data(data, peer.key)
-        if fast is not None:  # the hot path: a well-formed DATA frame, header only
-            _route(peer, table.get(fast[0]), fast[0], fast[1], size, now, metrics)
+        # The hot path: a well-formed DATA frame, header only.
+        routed = readdress_data_from(data, head)
+        if routed is None:
+            try:
+                frame = parse_frame(data, max_size=max_size)
+            except FrameError:
+                metrics.drops["malformed"] += 1
+                peer.close(CloseCode.PROTOCOL_ERROR, "malformed frame")
+                return
+            if frame.type is FrameType.REQUEST:
+                await _handle_request(state, peer, frame.body)
+                continue
+            if frame.type is not FrameType.DATA:
+                metrics.drops["unexpected-type"] += 1
+                peer.close(CloseCode.PROTOCOL_ERROR, "unexpected frame type")
+                return
+            routed = frame.peer, encode_frame(FrameType.DATA, peer.key, frame.body)
+        # Deliver, or tell the sender (never a silent drop) without saying why.
+        address, readdressed = routed
+        destination = find(address)
+        if destination is not None and may_route(peer, destination):
+            if destination.deliver(readdressed, now):
+                metrics.frames_routed += 1
+                metrics.bytes_routed += size
             continue
-        try:
-            frame = parse_frame(data, max_size=max_size)
-        except FrameError:
-            metrics.drops["malformed"] += 1
-            peer.close(CloseCode.PROTOCOL_ERROR, "malformed frame")
-            return
-        if frame.type is FrameType.DATA:
-            readdressed = encode_frame(FrameType.DATA, peer.key, frame.body)
-            _route(peer, table.get(frame.peer), frame.peer, readdressed, size, now, metrics)
-        elif frame.type is FrameType.REQUEST:
-            await _handle_request(state, peer, frame.body)
-        else:
-            metrics.drops["unexpected-type"] += 1
-            peer.close(CloseCode.PROTOCOL_ERROR, "unexpected frame type")
-            return
-
-
-def _route(
-    peer: Peer,
-    destination: Peer | None,
-    address: bytes,
-    readdressed: bytes,
-    size: int,
-    now: float,
-    metrics: RelayMetrics,
-) -> None:
-    """Deliver, or tell the sender (never a silent drop) without saying why."""
-    if destination is not None and may_route(peer, destination):
-        if destination.deliver(readdressed, now):
-            metrics.frames_routed += 1
-            metrics.bytes_routed += size
-        return
-    metrics.drops["unreachable" if destination is None else "forbidden"] += 1
-    peer.deliver(encode_frame(FrameType.ERROR, address, _UNREACHABLE), now)
+        metrics.drops["unreachable" if destination is None else "forbidden"] += 1
+        peer.deliver(encode_frame(FrameType.ERROR, address, _UNREACHABLE), now)
 
 
 async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:
