@@ -51,12 +51,14 @@ async def _stalled(relay_url: str) -> RelayNode:
     return node
 
 
-async def _flood_self(node: RelayNode, frames: int) -> None:
-    for _ in range(frames):
+async def _flood_self(node: RelayNode, frames: int) -> int:
+    """Send ``frames`` frames to ``node`` itself; how many were sent."""
+    for sent in range(frames):
         try:
             await node.send(FrameType.DATA, node.key, PAYLOAD)
         except websockets.ConnectionClosed:
-            return
+            return sent
+    return frames
 
 
 async def _wait_for(
@@ -111,16 +113,24 @@ async def test_over_the_budget_the_biggest_queue_is_shed(relay_factory: RelayFac
         }
     )
     big, small = await _stalled(relay.url), await _stalled(relay.url)
+    routed = 0  # frames sent so far, all of them routed (queued) unless a peer closed
+
+    async def flood(node: RelayNode, frames: int) -> dict[str, float]:
+        # The metrics are read once the relay has taken in every frame sent: frames
+        # still in the sockets' buffers would otherwise land after the reading, and
+        # push the big queue past its own bound (4011) before the budget is crossed.
+        nonlocal routed
+        routed += await _flood_self(node, frames)
+        return await _wait_for(relay.http_url, "starmux_relay_frames_routed_total", routed)
+
     # The big one queues (past what the kernel buffers hold) until it holds ~5 MiB...
     sent = 0
-    while _metrics(relay.http_url)["starmux_relay_send_buffer_bytes"] < 5 * MiB:
-        await _flood_self(big, 10)
+    while (await flood(big, 10))["starmux_relay_send_buffer_bytes"] < 5 * MiB:
         sent += 10
         assert sent < 2000, "the relay never queued anything for a reader that stopped"
     # ...then the small one pushes the total over the budget.
     sent = 0
-    while not _metrics(relay.http_url).get('starmux_relay_drops_total{reason="memory-budget"}'):
-        await _flood_self(small, 5)
+    while not (await flood(small, 5)).get('starmux_relay_drops_total{reason="memory-budget"}'):
         sent += 5
         assert sent < 2000, "the budget never shed anything"
     values = _metrics(relay.http_url)
