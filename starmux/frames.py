@@ -111,22 +111,17 @@ def data_head(source: bytes) -> bytes:
     return _DATA_HEAD + source
 
 
-def readdress_data(data: bytes, source: bytes) -> tuple[bytes, bytes] | None:
-    """The relay's fast path for a DATA frame: ``(destination, the frame from source)``.
+def readdress_data_from(data: bytes, head: bytes) -> tuple[bytes, bytes] | None:
+    """The relay's fast path for a DATA frame: ``(destination, the frame from source)``,
+    where ``head`` is :func:`data_head` of the source (built once per connection).
 
     Byte-identical to :func:`parse_frame` then ``encode_frame(DATA, source, body)`` for
     the canonical encoding every node produces, with one copy instead of an unpack
     and a pack; ``None`` for anything else, which then takes the full parser (and is
-    rejected there if malformed).
+    rejected there if malformed). Per routed frame: one struct unpack reads the
+    envelope (cheaper than slicing it byte by byte), one concatenation builds the
+    re-addressed frame.
     """
-    return readdress_data_from(data, _DATA_HEAD + source)
-
-
-def readdress_data_from(data: bytes, head: bytes) -> tuple[bytes, bytes] | None:
-    """:func:`readdress_data` with the new head (:func:`data_head`) built by the caller.
-
-    Per routed frame: one struct unpack reads the envelope (cheaper than slicing it
-    byte by byte), then one concatenation builds the re-addressed frame."""
     size = len(data)
     if size < _ENVELOPE.size:
         if size == _BIN8_EMPTY and data.startswith(_DATA_HEAD) and data[_PEER_END:] == b"\xc4\0":

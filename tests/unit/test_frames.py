@@ -178,23 +178,24 @@ def test_parse_refuses_non_bytes(value: object) -> None:
 def test_readdress_fast_path_matches_the_full_parser(
     peer: bytes, source: bytes, body: bytes
 ) -> None:
-    from starmux.frames import readdress_data
+    from starmux.frames import data_head, readdress_data_from
 
     wire = encode_frame(FrameType.DATA, peer, body)
-    fast = readdress_data(wire, source)
+    fast = readdress_data_from(wire, data_head(source))
     assert fast is not None
     assert fast == (peer, encode_frame(FrameType.DATA, source, parse_frame(wire).body))
 
 
 @given(data=st.binary(max_size=200))
 def test_readdress_fast_path_declines_anything_else(data: bytes) -> None:
-    from starmux.frames import readdress_data
+    from starmux.frames import data_head, readdress_data_from
 
-    fast = readdress_data(data, b"\1" * 32)
+    head = data_head(b"\1" * 32)
+    fast = readdress_data_from(data, head)
     if fast is not None:  # only canonical DATA frames take the fast path
         frame = parse_frame(data)
         assert frame.type is FrameType.DATA and fast[0] == frame.peer
     for truncated in (data[:-1], data + b"\0"):
-        result = readdress_data(truncated, b"\1" * 32)
+        result = readdress_data_from(truncated, head)
         if result is not None:
             assert parse_frame(truncated).type is FrameType.DATA
