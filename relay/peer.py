@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -179,7 +178,7 @@ class Peer:
         send = self.websocket.send_bytes
         latency = self.metrics.latency
         budget = self.budget
-        clock = time.perf_counter
+        clock = perf_counter
         while not self.closed:
             while queue:
                 data, received_at = queue.popleft()
@@ -201,7 +200,7 @@ class Peer:
 
     def close_after_flush(self, code: CloseCode, reason: str) -> None:
         """Send what is queued (e.g. a notice), then close with ``code``."""
-        self.deliver(b"", time.perf_counter())  # b"" is the in-band close marker
+        self.deliver(b"", perf_counter())  # b"" is the in-band close marker
         self._close_after = (code, reason)
 
     def cut_off(self, final: bytes, code: CloseCode, reason: str, *, then: bytes = b"") -> None:
@@ -218,9 +217,9 @@ class Peer:
         self.status = SessionStatus.UNPAIRED
         self.ticket_peer = None
         self._clear_queue()
-        self.deliver(final, time.perf_counter())
+        self.deliver(final, perf_counter())
         if then:  # e.g. the signed revocation after the notice
-            self.deliver(then, time.perf_counter())
+            self.deliver(then, perf_counter())
         self.close_after_flush(code, reason)
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.close, code, reason)
 
