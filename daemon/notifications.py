@@ -84,6 +84,10 @@ TARGET_BURST = 10
 TARGET_PER_MINUTE = 20.0
 
 _ENDED = frozenset(status.value for status in TERMINAL)
+#: The kinds of event the planner acts on (see ``_on_commit``).
+_PLANNED: frozenset[type | None] = frozenset(
+    {SessionCreated, CheckpointRaised, CheckpointDecided, SessionStatusChanged}
+)
 #: pushes held while the relay is away (the oldest goes first when more come)
 UNSENT_PUSHES = 32
 
@@ -249,9 +253,13 @@ class Notifications:
 
     def _on_commit(self, events: list[StoredEvent]) -> None:
         deliveries: list[Delivery] = []
+        planned = False
         for event in events:
-            if event.session == NOTIFY_STREAM:
+            # Most events are output: telling them apart by kind alone spares a
+            # full decode of each, on every commit of a busy session.
+            if event.session == NOTIFY_STREAM or APP.claimed_class(event.body) not in _PLANNED:
                 continue
+            planned = True
             try:
                 message = APP.decode(event.body)
             except StarmuxError:
@@ -271,7 +279,8 @@ class Notifications:
                 self.planner.checkpoint_decided(message.checkpoint)
             elif isinstance(message, SessionStatusChanged):
                 deliveries += self.planner.session_ended(event.session, message.status, at=event.at)
-        self._wake.set()  # a new checkpoint may have an earlier reminder
+        if planned:  # a new checkpoint may have an earlier reminder
+            self._wake.set()
         self._deliver(deliveries)
 
     async def _reminders(self) -> None:

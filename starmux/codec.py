@@ -269,17 +269,26 @@ class MessageCodec:
         """Whether ``data`` claims a kind and version this codec knows, valid or not:
         what a newer peer sends is not understood; what this code should have been
         able to decode, and could not, is invalid."""
+        return self.claimed_class(data) is not None
+
+    def claimed_class(self, data: bytes | bytearray | memoryview) -> type[Message] | None:
+        """The class whose kind and version ``data`` claims, without checking its
+        fields (None: not a message of this codec's). For a consumer that only acts
+        on a few kinds: telling the rest apart costs a msgpack parse, not a decode.
+        What it then acts on, it must still :meth:`decode`."""
         if len(data) > self._max_size:
-            return False
+            return None
         try:
             value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
         except Exception:
-            return False
+            return None
         if type(value) is not list or len(value) != 3:
-            return False
+            return None
         kind, version = value[0], value[1]
         cls = self._classes.get(kind) if type(kind) is str else None
-        return cls is not None and type(version) is int and version == cls.VERSION
+        if cls is None or type(version) is not int or version != cls.VERSION:
+            return None
+        return cls
 
     def decode_as(self, data: bytes | bytearray | memoryview, cls: type[M]) -> M:
         """Decode and require a specific message class."""

@@ -241,6 +241,14 @@ def test_understands_tells_a_newer_peers_message_from_an_invalid_one() -> None:
     assert not CODEC.understands(b"\x01" * 4097)
 
 
+def test_claimed_class_names_the_kind_without_checking_its_fields() -> None:
+    assert CODEC.claimed_class(CODEC.encode(Point(1, "x"))) is Point
+    assert CODEC.claimed_class(timed(1e300)) is Timed  # claimed, though invalid
+    assert CODEC.claimed_class(pack("point", 2, {"x": 1, "label": "a"})) is None  # newer
+    assert CODEC.claimed_class(pack("nope", 1, {})) is None
+    assert CODEC.claimed_class(b"\xc1") is None
+
+
 def test_accepted_bytes_like_inputs() -> None:
     encoded = CODEC.encode(Point(1, "x"))
     assert CODEC.decode(bytearray(encoded)) == Point(1, "x")
