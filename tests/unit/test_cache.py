@@ -3,6 +3,8 @@ in the transaction that advances the cursor; projections kept with them."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import msgpack
 import pytest
 
 from starmux.client.cache import AmbiguousId, Cache, Cursor
-from starmux.client.store import ControllerStore
+from starmux.client.store import DATABASE_FILE, ControllerStore
 from starmux.codec import Message
 from starmux.decisions import Verdict
 from starmux.messages import (
@@ -28,6 +30,7 @@ from starmux.messages import (
     SessionStatusChanged,
     StartSession,
 )
+from starmux.node.loop_writer import LoopWriter
 from starmux.session_state import Status
 
 MACHINE = b"m" * 32
@@ -347,3 +350,33 @@ async def test_an_event_of_a_newer_daemon_is_kept_not_refused(cache: Cache) -> N
 
     assert [e.seq for e in applied.events] == [1, 2] and applied.refused == ()
     assert await stored_seqs(cache) == [1, 2]
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["loop-writer", "database-thread"])
+async def test_cursors_written_by_another_connection_are_read_again(
+    tmp_path: Path, on_loop: bool
+) -> None:
+    # The cache keeps the cursors it committed between applies; a write by any other
+    # connection (another process resetting a machine) must not be hidden by that.
+    home = tmp_path / "home"
+    async with ControllerStore(home) as store:
+        path = home / DATABASE_FILE
+        writer = await LoopWriter.open(store.db, path) if on_loop else None
+        cache = Cache(store.db, writer)
+        try:
+            await cache.apply_page(MACHINE, page(output(1), output(2), output(3)))
+            other = sqlite3.connect(path, isolation_level=None)
+            with contextlib.closing(other):
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("DELETE FROM events WHERE machine = ? AND seq > 1", (MACHINE,))
+                other.execute("UPDATE cursors SET seq = 1 WHERE machine = ?", (MACHINE,))
+                other.execute("COMMIT")
+
+            applied = await cache.apply_page(MACHINE, page(output(2), output(3), output(4)))
+
+            assert [e.seq for e in applied.events] == [2, 3, 4] and not applied.gap
+            assert await cache.cursor(MACHINE) == Cursor("e1", 4)
+            assert await stored_seqs(cache) == [1, 2, 3, 4]
+        finally:
+            if writer is not None:
+                writer.close()
