@@ -97,12 +97,15 @@ def _converter(hint: Any) -> _Check:
 
         return to_float
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
-        enum_type = hint
+        # The members by value: a lookup, where ``enum_type(value)`` goes through
+        # EnumType.__call__ and Enum.__new__ for every decoded field.
+        members: dict[str, enum.StrEnum] = {member.value: member for member in hint}
 
         def to_enum(value: Any) -> enum.StrEnum:
-            if type(value) is not str or value not in enum_type._value2member_map_:
+            member = members.get(value) if type(value) is str else None
+            if member is None:
                 raise _Invalid
-            return enum_type(value)
+            return member
 
         return to_enum
     if isinstance(hint, type) and issubclass(hint, Message):
