@@ -62,7 +62,15 @@ RELAY_ENV = {
     "STARMUX_RELAY_REQUEST_BURST": "1000000",
     "STARMUX_RELAY_REGISTRATIONS_PER_MINUTE_PER_IP": "1000000",
 }
-TARGETS = {"throughput_ratio": 0.8, "p99_ms": 3.0, "kib_per_connection": 32.0, "stall": 0.10}
+#: The relay issue's targets, with issue 20's on throughput (≥ 0.9× bare, was 0.8×) and
+#: on the tail (p99 within 1.5× bare's in the same run, besides ≤ 3 ms).
+TARGETS = {
+    "throughput_ratio": 0.9,
+    "p99_ms": 3.0,
+    "p99_ratio": 1.5,
+    "kib_per_connection": 32.0,
+    "stall": 0.10,
+}
 #: The machine counts as quiet below this many busy cores; other processes' CPU above
 #: NOISY during a measurement is flagged next to the figures.
 QUIET = 0.15
@@ -357,6 +365,7 @@ def figures(results: dict[str, Any], settings: Settings) -> list[str]:
         f", {sorted(cuts)[len(cuts) // 2]:.1f} s after it stopped reading" if cuts else ""
     )
     rounds = f"median of {settings.rounds}"
+    tail_met = sl["p99_ms"] <= min(TARGETS["p99_ms"], TARGETS["p99_ratio"] * bl["p99_ms"])
     rows = [
         "| figure | bare | starmux | starmux/bare | target |",
         "|---|---:|---:|---:|---|",
@@ -375,7 +384,8 @@ def figures(results: dict[str, Any], settings: Settings) -> list[str]:
         f"| 2. latency p99, ms (best round in brackets) | {bl['p99_ms']:.3f} "
         f"({bl['best_p99_ms']:.3f}) | {sl['p99_ms']:.3f} ({sl['best_p99_ms']:.3f}) "
         f"| {sl['p99_ms'] / bl['p99_ms']:.2f} "
-        f"| ≤ {TARGETS['p99_ms']}: {_verdict(sl['p99_ms'] <= TARGETS['p99_ms'])} |",
+        f"| ≤ {TARGETS['p99_ms']} ms and ≤ {TARGETS['p99_ratio']}× bare: "
+        f"{_verdict(tail_met)} |",
         f"| 2. latency p99.9 / max over all rounds, ms | {bl['p999_ms']:.2f} / "
         f"{bl['max_ms']:.2f} | {sl['p999_ms']:.2f} / {sl['max_ms']:.2f} | | |",
         f"| 2. server CPU at {_n(settings.rate)} msg/s, cores | {bl['server_cpu']:.2f} "
