@@ -1,15 +1,19 @@
 """The Noise crypto functions for ``25519_ChaChaPoly_BLAKE2b`` (spec rev 34, section 4).
 
-Every primitive comes from libsodium through PyNaCl; nothing here implements a
-cipher, a curve or a hash. HMAC is the stdlib construction over ``hashlib.blake2b``
-(block size 128, digest 64), which is what Noise's HMAC-HASH means for BLAKE2b.
+Nothing here implements a cipher, a curve or a hash. X25519 and BLAKE2b come from
+libsodium through PyNaCl. ChaCha20-Poly1305 comes from OpenSSL through
+``cryptography``, as a :class:`Aead` object bound to one key: PyNaCl's wrapper cost
+some 10 µs per call before the cipher ran (more than sealing 1 KiB), and every
+transport message pays it on both sides (issue 20). HMAC is the stdlib construction
+over ``hashlib.blake2b`` (block size 128, digest 64), which is what Noise's
+HMAC-HASH means for BLAKE2b.
 
 Invariants:
 
 - Every crypto failure (bad tag, low-order point, wrong-sized peer input) raises
   :class:`~starmux.errors.CryptoError` with no reason and no chained cause, so
   nothing upstream can turn the failure into an oracle.
-- Every size is checked before a byte reaches libsodium: PyNaCl's
+- Every size is checked before a byte reaches a library: PyNaCl's
   ``crypto_scalarmult`` does not check the lengths of its arguments.
 - No randomness is drawn here except through an explicit ``rng`` parameter.
 """
@@ -27,6 +31,8 @@ import nacl.encoding
 import nacl.exceptions
 import nacl.hash
 import nacl.utils
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from starmux.errors import CryptoError, UsageError
 
@@ -36,6 +42,7 @@ __all__ = [
     "KEYLEN",
     "MAX_NONCE",
     "TAGLEN",
+    "Aead",
     "KeyPair",
     "Rng",
     "aead_decrypt",
@@ -126,22 +133,47 @@ def _nonce(n: int) -> bytes:
     return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
 
 
+class Aead:
+    """ChaCha20-Poly1305 (IETF) under one key, with Noise's nonces: built once per
+    key (a :class:`~starmux.noise.symmetric.CipherState` keeps one until it rekeys),
+    so a message pays for the cipher, not for setting up a key."""
+
+    __slots__ = ("_cipher", "_key")
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != KEYLEN:
+            raise UsageError(f"cipher key must be {KEYLEN} bytes")
+        self._key = key  # only to copy the object: OpenSSL's context cannot be
+        self._cipher = ChaCha20Poly1305(key)
+
+    def __repr__(self) -> str:
+        return "Aead(<key hidden>)"
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Aead:
+        return Aead(self._key)
+
+    def encrypt(self, n: int, ad: bytes, plaintext: bytes) -> bytes:
+        """ENCRYPT(k, n, ad, plaintext) -> ciphertext || tag."""
+        return self._cipher.encrypt(_nonce(n), plaintext, ad)
+
+    def decrypt(self, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+        """DECRYPT; any failure is an opaque :class:`CryptoError`."""
+        if not isinstance(ciphertext, bytes) or len(ciphertext) < TAGLEN:
+            raise CryptoError()
+        try:
+            return self._cipher.decrypt(_nonce(n), ciphertext, ad)
+        except (InvalidTag, ValueError, OverflowError):
+            raise CryptoError() from None
+
+
 def aead_encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
     """ChaCha20-Poly1305 (IETF) ENCRYPT(k, n, ad, plaintext) -> ciphertext || tag."""
-    return nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, _nonce(n), key)
+    return Aead(key).encrypt(n, ad, plaintext)
 
 
 def aead_decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
     """ChaCha20-Poly1305 (IETF) DECRYPT; any failure is an opaque :class:`CryptoError`."""
-    # PyNaCl sizes its output buffer as len - TAGLEN without checking the sign.
-    if not isinstance(ciphertext, bytes) or len(ciphertext) < TAGLEN:
-        raise CryptoError()
-    try:
-        return nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-            ciphertext, ad, _nonce(n), key
-        )
-    except nacl.exceptions.CryptoError:
-        raise CryptoError() from None
+    return Aead(key).decrypt(n, ad, ciphertext)
 
 
 def hash_(data: bytes) -> bytes:

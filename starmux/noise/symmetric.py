@@ -20,7 +20,7 @@ from starmux.noise.primitives import (
     HASHLEN,
     KEYLEN,
     MAX_NONCE,
-    aead_decrypt,
+    Aead,
     aead_encrypt,
     hash_,
     hkdf,
@@ -32,10 +32,11 @@ __all__ = ["CipherState", "SymmetricState"]
 class CipherState:
     """A key ``k`` (possibly empty) and a counter nonce ``n``."""
 
-    __slots__ = ("_k", "_n")
+    __slots__ = ("_aead", "_k", "_n")
 
     def __init__(self, key: bytes | None = None) -> None:
         self._k: bytes | None = None
+        self._aead: Aead | None = None  # the cipher under ``_k``, built once per key
         self._n = 0
         if key is not None:
             self.initialize_key(key)
@@ -51,6 +52,7 @@ class CipherState:
         if key is not None and (not isinstance(key, bytes) or len(key) != KEYLEN):
             raise UsageError(f"cipher key must be {KEYLEN} bytes")
         self._k = key
+        self._aead = None if key is None else Aead(key)
         self._n = 0
 
     def has_key(self) -> bool:
@@ -62,20 +64,20 @@ class CipherState:
         self._n = nonce
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
-        if self._k is None:
+        if self._aead is None:
             return plaintext
         if self._n >= MAX_NONCE:
             raise CryptoError()
-        ciphertext = aead_encrypt(self._k, self._n, ad, plaintext)
+        ciphertext = self._aead.encrypt(self._n, ad, plaintext)
         self._n += 1
         return ciphertext
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
-        if self._k is None:
+        if self._aead is None:
             return ciphertext
         if self._n >= MAX_NONCE:
             raise CryptoError()
-        plaintext = aead_decrypt(self._k, self._n, ad, ciphertext)
+        plaintext = self._aead.decrypt(self._n, ad, ciphertext)
         self._n += 1
         return plaintext
 
@@ -86,7 +88,8 @@ class CipherState:
         """
         if self._k is None:
             raise UsageError("cannot rekey a cipher that has no key")
-        self._k = aead_encrypt(self._k, MAX_NONCE, b"", bytes(KEYLEN))[:KEYLEN]
+        key = aead_encrypt(self._k, MAX_NONCE, b"", bytes(KEYLEN))[:KEYLEN]
+        self._k, self._aead = key, Aead(key)
 
 
 class SymmetricState:
