@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from bench.common.pacing import paced
 from bench.common.procs import commands, emit
 from bench.common.targets import BODY, MARKER
 from bench.common.wsclient import DISCARD, RawWebSocket, client_frame, connect
 
-TICK = 0.001
 CHUNK = 16  # messages per write while flooding
 MAX_WRITES = 64  # writes per call before yielding to the loop
 
@@ -67,17 +67,15 @@ class Senders:
         head, tail = self.frame[: self.stamp_at], self.frame[self.stamp_at + 8 :]
         pack = struct.Struct("<q").pack
         sent = dropped = turn = 0
-        start = time.monotonic()
-        while (elapsed := time.monotonic() - start) < seconds:
-            for _ in range(int(elapsed * rate) - sent):
+        async for due in paced(rate, seconds):
+            for _ in range(due):
                 ws = self.sockets[turn]
                 turn = (turn + 1) % len(self.sockets)
                 if ws.writable:
                     ws.write(head + pack(time.monotonic_ns()) + tail)
                 else:
                     dropped += 1
-            sent = int(elapsed * rate)
-            await asyncio.sleep(TICK)
+            sent += due
         return sent, dropped
 
 

@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 from bench.common.daemon_host import start_from_argv, stop_all
+from bench.common.pacing import paced
 from bench.common.procs import commands, emit
 from bench.common.targets import BODY, MARKER
 from starmux.daemon.runtime import Daemon
@@ -46,7 +47,6 @@ from starmux.node import event_loop
 TEMPLATE = APP.encode(Output(OutputStream.STDOUT, BODY))
 STAMP_AT = TEMPLATE.find(MARKER)
 _STAMP = struct.Struct("<q")
-TICK = 0.001  # the paced sender's period
 
 
 def session_id(index: int) -> str:
@@ -129,15 +129,13 @@ class Traffic:
         logs = [(d.log, session_id(i)) for i, d in enumerate(self.daemons)]
         pending: list[asyncio.Future[int]] = []
         sent = turn = 0
-        start = time.monotonic()
-        while (elapsed := time.monotonic() - start) < seconds:
+        async for due in paced(rate, seconds):
             at = time.time()
-            for _ in range(int(elapsed * rate) - sent):
+            for _ in range(due):
                 log, session = logs[turn]
                 turn = (turn + 1) % len(logs)
                 pending.append(log.append_nowait(session, stamped(time.monotonic_ns()), at=at))
-            sent = int(elapsed * rate)
-            await asyncio.sleep(TICK)
+            sent += due
         await asyncio.gather(*pending)  # every append committed (or its error raised)
         return sent
 
