@@ -366,7 +366,7 @@ EventRow = tuple[bytes, int, str, float, bytes]
 class CursorMemo:
     """The cursors as committed, kept between page applies so a batch of many
     machines' pages does not read each machine's cursor again (with 100 machines
-    streaming, that lookup was a fifth of the apply).
+    streaming, that lookup was a tenth of the apply).
 
     Sound only while no other connection wrote: ``PRAGMA data_version`` on the
     connection that last committed says whether one did (it changes with every
