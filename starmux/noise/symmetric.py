@@ -21,7 +21,6 @@ from starmux.noise.primitives import (
     KEYLEN,
     MAX_NONCE,
     Aead,
-    aead_encrypt,
     hash_,
     hkdf,
 )
@@ -32,11 +31,11 @@ __all__ = ["CipherState", "SymmetricState"]
 class CipherState:
     """A key ``k`` (possibly empty) and a counter nonce ``n``."""
 
-    __slots__ = ("_aead", "_k", "_n")
+    __slots__ = ("_k", "_n")
 
     def __init__(self, key: bytes | None = None) -> None:
-        self._k: bytes | None = None
-        self._aead: Aead | None = None  # the cipher under ``_k``, built once per key
+        #: the spec's ``k``, held as the cipher built under it (once per key)
+        self._k: Aead | None = None
         self._n = 0
         if key is not None:
             self.initialize_key(key)
@@ -49,10 +48,7 @@ class CipherState:
         return self._n
 
     def initialize_key(self, key: bytes | None) -> None:
-        if key is not None and (not isinstance(key, bytes) or len(key) != KEYLEN):
-            raise UsageError(f"cipher key must be {KEYLEN} bytes")
-        self._k = key
-        self._aead = None if key is None else Aead(key)
+        self._k = None if key is None else Aead(key)  # Aead checks the key's size
         self._n = 0
 
     def has_key(self) -> bool:
@@ -64,20 +60,20 @@ class CipherState:
         self._n = nonce
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
-        if self._aead is None:
+        if self._k is None:
             return plaintext
         if self._n >= MAX_NONCE:
             raise CryptoError()
-        ciphertext = self._aead.encrypt(self._n, ad, plaintext)
+        ciphertext = self._k.encrypt(self._n, ad, plaintext)
         self._n += 1
         return ciphertext
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
-        if self._aead is None:
+        if self._k is None:
             return ciphertext
         if self._n >= MAX_NONCE:
             raise CryptoError()
-        plaintext = self._aead.decrypt(self._n, ad, ciphertext)
+        plaintext = self._k.decrypt(self._n, ad, ciphertext)
         self._n += 1
         return plaintext
 
@@ -88,8 +84,7 @@ class CipherState:
         """
         if self._k is None:
             raise UsageError("cannot rekey a cipher that has no key")
-        key = aead_encrypt(self._k, MAX_NONCE, b"", bytes(KEYLEN))[:KEYLEN]
-        self._k, self._aead = key, Aead(key)
+        self._k = Aead(self._k.encrypt(MAX_NONCE, b"", bytes(KEYLEN))[:KEYLEN])
 
 
 class SymmetricState:
