@@ -56,6 +56,8 @@ from starmux.resync import Cursor as Cursor
 from starmux.resync import cursor_for, next_in_order
 from starmux.review_messages import ApprovalRuleRemoved, ApprovalRuleSet
 
+from .cursor_memo import CursorMemo
+
 log = logging.getLogger("starmux.controller")
 
 
@@ -173,26 +175,23 @@ class Cache:
             return []
 
         memo = self._cursors
-        written: list[tuple[sqlite3.Connection, int, dict[bytes, Cursor]]] = []
+        Work = tuple[list[AppliedPage], sqlite3.Connection, int, dict[bytes, Cursor]]
 
-        def work(conn: sqlite3.Connection) -> list[AppliedPage]:
+        def work(conn: sqlite3.Connection) -> Work:
             version, cursors = memo.read(conn, {machine for machine, _ in pages})
-            results = _apply_pages(conn, pages, cursors)
-            written.append((conn, version, cursors))
-            return results
+            return _apply_pages(conn, pages, cursors), conn, version, cursors
 
         async with self._applying:
             try:
                 if self.writer is not None:
-                    results = await self.writer.transaction(work)
+                    done = await self.writer.transaction(work)
                 else:
-                    results = await run_in_database(
-                        self.db, lambda conn: in_transaction(conn, work)
-                    )
+                    done = await run_in_database(self.db, lambda conn: in_transaction(conn, work))
             except BaseException:
                 memo.forget()  # rolled back, or unknown (cancelled on the thread)
                 raise
-            memo.committed(*written[-1])
+            results, conn, version, cursors = done
+            memo.committed(conn, version, cursors)
         return results
 
     # --- reads ----------------------------------------------------------------------
@@ -363,46 +362,6 @@ Statement = tuple[str, tuple[Any, ...]]
 EventRow = tuple[bytes, int, str, float, bytes]
 
 
-class CursorMemo:
-    """The cursors as committed, kept between page applies so a batch of many
-    machines' pages does not read each machine's cursor again (with 100 machines
-    streaming, that lookup was a tenth of the apply).
-
-    Sound only while no other connection wrote: ``PRAGMA data_version`` on the
-    connection that last committed says whether one did (it changes with every
-    commit of any other connection, and not with this connection's own), and any
-    other connection, or a failed or unknown commit, starts the memo over."""
-
-    def __init__(self) -> None:
-        self._conn: sqlite3.Connection | None = None
-        self._version = -1
-        self._known: dict[bytes, Cursor] = {}
-
-    def read(
-        self, conn: sqlite3.Connection, machines: set[bytes]
-    ) -> tuple[int, dict[bytes, Cursor]]:
-        """Inside the write transaction: the data version now, and the cursors of
-        ``machines`` (a machine without a row is absent)."""
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        if conn is not self._conn or version != self._version:
-            self.forget()
-        missing = machines - self._known.keys()
-        loaded = _cursors(conn, missing) if missing else {}
-        known = self._known
-        return version, {m: c for m in machines if (c := loaded.get(m) or known.get(m))}
-
-    def committed(
-        self, conn: sqlite3.Connection, version: int, cursors: dict[bytes, Cursor]
-    ) -> None:
-        if conn is not self._conn or version != self._version:
-            self._known = {}
-        self._conn, self._version = conn, version
-        self._known.update(cursors)
-
-    def forget(self) -> None:
-        self._conn, self._version, self._known = None, -1, {}
-
-
 def _apply_pages(
     conn: sqlite3.Connection,
     pages: Sequence[tuple[bytes, EventPage]],
@@ -453,14 +412,6 @@ def _apply_pages(
         [(machine, c.epoch, c.seq) for machine, c in cursors.items() if c.epoch],
     )
     return results
-
-
-def _cursors(conn: sqlite3.Connection, machines: set[bytes]) -> dict[bytes, Cursor]:
-    marks = ",".join("?" * len(machines))
-    rows = conn.execute(
-        f"SELECT machine, epoch, seq FROM cursors WHERE machine IN ({marks})", tuple(machines)
-    ).fetchall()
-    return {bytes(row[0]): Cursor(row[1], row[2]) for row in rows}
 
 
 def _write(conn: sqlite3.Connection, rows: list[EventRow], statements: list[Statement]) -> None:
