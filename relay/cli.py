@@ -66,6 +66,14 @@ relay_group.add_command(repin_command)
     default=None,
     help="Serve /metrics on its own listener at this port (and not on the main one).",
 )
+@click.option("--livez-host", default=None, help="Bind address of the /livez listener [127.0.0.1].")
+@click.option(
+    "--livez-port",
+    type=int,
+    default=None,
+    help="Also answer /livez on this listener, from a thread: a check that a CPU-starved"
+    " node still answers within a load balancer's timeout.",
+)
 @click.option(
     "--registry",
     default=None,
@@ -161,6 +169,12 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
         else:
             click.echo(f"metrics on {url}")
 
+    def on_livez_listening(url: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": "livez-listening", "url": url}))
+        else:
+            click.echo(f"liveness check on {url}")
+
     from .server import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -170,5 +184,6 @@ def serve_command(config_file: Path | None, as_json: bool, **flags: object) -> N
                 on_ready=on_ready,
                 on_listening=on_listening,
                 on_metrics_listening=on_metrics_listening,
+                on_livez_listening=on_livez_listening,
             )
         )

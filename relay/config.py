@@ -85,6 +85,10 @@ class RelayConfig:
     #: never a flag (argv is visible to every local user)
     metrics_token: str = field(default="", repr=False)
     metrics_token_file: Path | None = None
+    #: answer the load balancer's /livez from a thread on its own listener (see
+    #: relay/livez_listener.py: a starved event loop answered too late)
+    livez_host: str = "127.0.0.1"
+    livez_port: int | None = None
     # The cluster (DESIGN.md section 12): both set, or neither (the embedded relay).
     registry: str | None = None  # postgresql://... — the shared registry
     bus: str | None = None  # redis://... — frames, presence, revocations between nodes
@@ -212,6 +216,8 @@ def _validate(config: RelayConfig) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     if config.metrics_port is not None and not 0 <= config.metrics_port <= 65535:
         raise ConfigError(f"metrics_port {config.metrics_port} is out of range")
+    if config.livez_port is not None and not 0 <= config.livez_port <= 65535:
+        raise ConfigError(f"livez_port {config.livez_port} is out of range")
     if config.metrics_token_file is not None and not config.metrics_token:
         raise ConfigError(f"the metrics token file {config.metrics_token_file} is empty")
     for proxy in config.trusted_proxies:

@@ -11,7 +11,8 @@ parsed (per-address cap and rate, a deadline until the WebSocket handshake). At
 start the soft file-descriptor limit is raised to the hard one: each connection is
 a descriptor, and the common soft default (1,024) would let a few hundred sockets
 lock everyone out; under systemd raise the hard limit with ``LimitNOFILE=``.
-An optional second listener serves ``/metrics`` alone (``metrics_port``).
+An optional second listener serves ``/metrics`` alone (``metrics_port``), and a
+third, answered by a thread, ``/livez`` alone (``livez_port``: relay/livez_listener.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import random
 import resource
 import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -33,8 +35,10 @@ from starmux.control import Notice, NoticeEvent
 from starmux.frames import FrameType
 
 from .admission import Admission, guarded_protocols
-from .app import StartupInfo, create_app, create_metrics_app, open_relay_state
+from .app import StartupInfo, cluster_of, create_app, create_metrics_app, open_relay_state
 from .config import RelayConfig
+from .health import liveness
+from .livez_listener import LivezListener
 from .requests import send_control
 from .state import RelayState
 
@@ -90,6 +94,7 @@ class RelayServer(uvicorn.Server):
         on_listening: Callable[[str], None],
         metrics_config: uvicorn.Config | None = None,
         on_metrics_listening: Callable[[str], None] | None = None,
+        on_livez_listening: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(config)
         self.relay_state = state
@@ -97,6 +102,8 @@ class RelayServer(uvicorn.Server):
         self._metrics_config = metrics_config
         self._on_metrics_listening = on_metrics_listening
         self._metrics_server: asyncio.Server | None = None
+        self._on_livez_listening = on_livez_listening
+        self._livez: LivezListener | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -104,6 +111,8 @@ class RelayServer(uvicorn.Server):
             return
         if self._metrics_config is not None:
             await self._start_metrics_listener(self._metrics_config)
+        if self.relay_state.config.livez_port is not None:
+            await self._start_livez_listener()
         # With --port 0 the OS picks the port; clients (and /health) need the real one.
         port = self.servers[0].sockets[0].getsockname()[1]
         relay_config = self.relay_state.config
@@ -127,10 +136,35 @@ class RelayServer(uvicorn.Server):
         if self._on_metrics_listening is not None:
             self._on_metrics_listening(f"http://{host}:{port}/metrics")
 
+    async def _start_livez_listener(self) -> None:
+        state = self.relay_state
+        config = state.config
+        assert config.livez_port is not None
+        cluster = cluster_of(state)
+        try:
+            self._livez = LivezListener(
+                config.livez_host, config.livez_port, lambda: liveness(state, cluster)
+            )
+        except OSError as exc:
+            # As uvicorn does when the main port is taken: say why, and exit non-zero.
+            log.error(  # noqa: TRY400 (the reason is the message; no traceback)
+                "cannot listen for /livez on %s port %s: %s",
+                config.livez_host,
+                config.livez_port,
+                exc.strerror or exc,
+            )
+            await self.lifespan.shutdown()
+            sys.exit(1)
+        self._livez.start(asyncio.get_running_loop())
+        if self._on_livez_listening is not None:
+            self._on_livez_listening(self._livez.url)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await announce_restart(self.relay_state)
         if self._metrics_server is not None:
             self._metrics_server.close()
+        if self._livez is not None:
+            await self._livez.close()
         await super().shutdown(sockets)
 
 
@@ -215,6 +249,7 @@ async def serve(
     on_ready: Callable[[StartupInfo], None],
     on_listening: Callable[[str], None],
     on_metrics_listening: Callable[[str], None] | None = None,
+    on_livez_listening: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Serve until stopped. ``clock`` (wall-clock seconds) times tickets, rate-limit
@@ -240,5 +275,6 @@ async def serve(
         on_listening,
         metrics_config=metrics_config,
         on_metrics_listening=on_metrics_listening,
+        on_livez_listening=on_livez_listening,
     )
     await server.serve()

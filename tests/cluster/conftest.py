@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import stop_controller_agents
 from tests.integration.daemon_process import DaemonProcess
-from tests.integration.relay_process import RelayProcess
+from tests.integration.relay_process import RelayProcess, free_port
 
 from .services import HaProxy, RedisServer, fresh_database
 
@@ -28,6 +28,8 @@ class RelayCluster:
     redis: RedisServer
     nodes: list[RelayProcess] = field(default_factory=list)
     proxy: HaProxy | None = None
+    #: each node's /livez listener, the port HAProxy checks (kept across restarts)
+    livez_ports: dict[int, int] = field(default_factory=dict)
 
     @property
     def key_file(self) -> Path:
@@ -45,6 +47,7 @@ class RelayCluster:
         return tokens[0]
 
     def start_node(self, index: int, port: int | None = None) -> RelayProcess:
+        livez_port = self.livez_ports.setdefault(index, free_port())
         node = RelayProcess(
             self.workdir / f"node{index}",
             # The registry through the environment, the bus as a flag: both paths.
@@ -58,8 +61,9 @@ class RelayCluster:
                 "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "100000",
                 "STARMUX_RELAY_REQUEST_BURST_PER_IP": "100000",
             },
-            extra_args=["--bus", self.redis.url, "--key-file", str(self.key_file)],
-        )
+            extra_args=["--bus", self.redis.url, "--key-file", str(self.key_file),
+                        "--livez-port", str(livez_port)],
+        )  # fmt: skip
         if port is not None:
             node.port = port
         if index < len(self.nodes):
@@ -99,7 +103,9 @@ def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[RelayCluster]
         try:
             for index in range(2):
                 group.start_node(index)
-            group.proxy = HaProxy(tmp_path, [n.port for n in group.nodes]).start()
+            group.proxy = HaProxy(
+                tmp_path, [n.port for n in group.nodes], [group.livez_ports[i] for i in range(2)]
+            ).start()
             yield group
         finally:
             if group.proxy is not None:

@@ -152,6 +152,8 @@ backend nodes
 class HaProxy:
     workdir: Path
     node_ports: list[int]
+    #: where each node answers HAProxy's /livez check (its --livez-port), as in deploy/
+    check_ports: list[int]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -166,7 +168,8 @@ class HaProxy:
     def start(self) -> HaProxy:
         binary = _require("haproxy", "haproxy")
         servers = "\n".join(
-            f"    server n{i} 127.0.0.1:{port} check" for i, port in enumerate(self.node_ports)
+            f"    server n{i} 127.0.0.1:{port} check port {check}"
+            for i, (port, check) in enumerate(zip(self.node_ports, self.check_ports, strict=True))
         )
         config = self.workdir / "haproxy.cfg"
         config.write_text(

@@ -40,6 +40,8 @@ class RelayProcess:
     registration_token_file: Path | None = None
     #: the separate /metrics listener's URL, when metrics_port is set
     metrics_url: str = ""
+    #: the /livez listener's URL, when livez_port is set
+    livez_url: str = ""
     #: runs in the child before exec (e.g. to lower a resource limit)
     preexec: Callable[[], None] | None = None
     output: list[str] = field(default_factory=list)
@@ -83,6 +85,8 @@ class RelayProcess:
                     self.registration_token = self.registration_token_file.read_text().strip()
             elif event["event"] == "metrics-listening":
                 self.metrics_url = event["url"]
+            elif event["event"] == "livez-listening":
+                self.livez_url = event["url"]
             elif event["event"] == "listening":
                 self.url = event["url"]
                 return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -51,6 +52,32 @@ def test_metrics_on_their_own_listener(relay_factory: RelayFactory) -> None:
     status, body = _get(relay.metrics_url)
     assert status == 200 and b"starmux_relay_connections_accepted_total" in body
     assert _get(relay.http_url + "/health")[0] == 200  # /health stays where it was
+
+
+def test_livez_on_its_own_listener(relay_factory: RelayFactory) -> None:
+    relay = relay_factory(args=["--livez-port", "0"])
+    assert relay.livez_url.startswith("http://127.0.0.1:") and relay.livez_url.endswith("/livez")
+    status, body = _get(relay.livez_url)
+    assert (status, json.loads(body)) == (200, {"ok": True, "detail": "ok"})
+    assert _get(relay.http_url + "/livez")[0] == 200  # and still on the main listener
+    assert _get(relay.livez_url.replace("/livez", "/metrics"))[0] == 404  # nothing else
+
+
+def test_a_taken_livez_port_stops_the_relay_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "starmux.cli", "relay", "serve", "--port", "0",
+             "--data-dir", str(tmp_path / "relay"), "--livez-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result
+    assert f"cannot listen for /livez on 127.0.0.1 port {port}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_metrics_behind_a_bearer_token(relay_factory: RelayFactory, tmp_path: Path) -> None:

@@ -53,6 +53,8 @@ def test_node_settings_load_as_a_cluster_config() -> None:
         assert "@postgres:5432/" in config.registry, name
         assert config.key_file == Path("/keys/relay.key")
         assert config.trusted_proxies  # HAProxy's X-Forwarded-For counts real clients
+        # The balancer's check on the thread-answered listener, reachable by HAProxy.
+        assert config.livez_port == 8766 and config.livez_host == "0.0.0.0"
 
 
 def test_every_node_shares_one_key_file_and_keeps_its_own_data() -> None:
@@ -72,7 +74,7 @@ def test_haproxy_round_robin_over_the_nodes_without_stickiness() -> None:
     assert not [line for line in lines if line.split()[0] in ("cookie", "stick", "stick-table")]
     servers = [line.split() for line in lines if line.startswith("server ")]
     assert {s[2] for s in servers} == {f"{name}:8765" for name in relay_services()}
-    assert all("check" in s for s in servers)
+    assert all(s[3:] == ["check", "port", "8766"] for s in servers)  # the livez listener
     # The cheap liveness check, not the full round trip of /health (README).
     assert "option httpchk GET /livez" in lines
     assert "timeout tunnel 1h" in lines  # WebSockets outlive the HTTP timeouts

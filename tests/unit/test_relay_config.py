@@ -59,6 +59,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({"STARMUX_RELAY_SEND_BUFFER_BUDGET": "1000000"}, "send_buffer_budget"),
         ({"STARMUX_RELAY_UPGRADE_TIMEOUT": "0"}, "positive"),
         ({"STARMUX_RELAY_METRICS_PORT": "70000"}, "out of range"),
+        ({"STARMUX_RELAY_LIVEZ_PORT": "-1"}, "out of range"),
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str], message: str) -> None:
