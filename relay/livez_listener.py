@@ -151,7 +151,8 @@ class _LivezServer(ThreadingHTTPServer):
 
 
 class LivezListener:
-    """The listener and its thread; :meth:`start` binds (port 0 picks one)."""
+    """The listener and its thread: constructing it binds (port 0 picks one), or
+    raises OSError; :meth:`start` serves."""
 
     def __init__(self, host: str, port: int, check: Check) -> None:
         self.heartbeat = LoopHeartbeat()
