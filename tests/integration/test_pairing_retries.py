@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -35,13 +36,18 @@ def test_rate_limited_ticket_request_is_retried_not_fatal(
     tmp_path: Path, relay_factory: RelayFactory, daemons: list[DaemonProcess]
 ) -> None:
     # A small per-address budget, spent by another key on the same address.
-    relay = relay_factory(env={"STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "3"})
+    # The relay's clock is moved by the test: its window is a minute, not waited out.
+    relay = relay_factory(
+        env={"STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "3"}, fake_clock=True
+    )
     asyncio.run(_spend_ticket_budget(relay))
     daemon = DaemonProcess(tmp_path / "box", relay.url).start()
     daemons.append(daemon)
     daemon.wait_for("too many pairing requests.*retrying in", timeout=30)
-    # The relay's window is a minute; the daemon keeps retrying and then offers a code.
-    daemon.wait_for(CODE_PATTERN, timeout=120)  # fails at once if the daemon exits
+    assert not re.search(CODE_PATTERN, "".join(daemon.output))  # the budget is spent
+    relay.advance_clock(60.0)  # the minute passes: the budget is back
+    # The daemon keeps retrying (it did not exit) and then offers a code.
+    daemon.wait_for(CODE_PATTERN, timeout=60)  # fails at once if the daemon exits
 
 
 def _controller(tmp_path: Path, relay: RelayProcess) -> Path:
