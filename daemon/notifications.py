@@ -74,7 +74,7 @@ from starmux.session_state import TERMINAL
 
 from .eventlog import EventLog, StoredEvent
 from .store import DaemonStore
-from .webhooks import Outcome, WebhookSender
+from .webhooks import Outcome, WebhookSender, retry_scale
 
 log = logging.getLogger("starmux.daemon")
 
@@ -120,7 +120,7 @@ class Notifications:
         self.clock = clock
         self.planner = Planner(machine=machine_name)
         self.budget = RateBudget(per_minute=TARGET_PER_MINUTE, burst=TARGET_BURST)
-        self.webhooks = WebhookSender(self._webhook_done)
+        self.webhooks = WebhookSender(self._webhook_done, retry_scale=retry_scale())
         self._health: dict[tuple[bytes, str], _Health] = {}
         self._send_push: SendPush | None = None
         self._unsent: collections.deque[tuple[Delivery, bytes]] = collections.deque(

@@ -6,8 +6,9 @@ Invariants:
   target has one worker task that POSTs in order, with a bounded queue (the oldest
   waiting notification is dropped, and counted, when a dead endpoint lets it fill).
 - A failed POST (connection error, timeout, 5xx, 408/425/429) is retried with
-  :func:`starmux.notify_delivery.retry_delay`; after the last try the notification
-  is given up and the target reported failing. Another 4xx is not retried.
+  :func:`starmux.notify_delivery.retry_delay` (times ``STARMUX_WEBHOOK_RETRY_SCALE``,
+  1 unless a test shortens it: :func:`retry_scale`); after the last try the
+  notification is given up and the target reported failing. Another 4xx is not retried.
 - The URL never reaches a log, an error text or a status event: it may carry a
   secret (an ntfy topic is a capability).
 """
@@ -17,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
+from starmux.errors import ConfigError
 from starmux.notify_delivery import retry_delay, retryable_status, webhook_request
 from starmux.notify_rules import Notification, Target
 
@@ -31,6 +35,28 @@ log = logging.getLogger("starmux.daemon")
 POST_TIMEOUT = 10.0
 #: notifications waiting per target before the oldest is dropped
 QUEUE_LIMIT = 32
+#: A factor on every retry delay. Only for tests: the real schedule (0.5 s ... 8 s, 15.5 s
+#: in all) would make a test of a failing endpoint wait out those 15.5 s; with 0.4 the
+#: same six tries, backing off alike, take 6.2 s. Unset, the schedule is the default.
+RETRY_SCALE_ENV = "STARMUX_WEBHOOK_RETRY_SCALE"
+
+
+def retry_scale(environ: Mapping[str, str] = os.environ) -> float:
+    """``STARMUX_WEBHOOK_RETRY_SCALE``, read when the daemon starts: a factor in
+    (0, 1] on every retry delay (it only ever shortens the schedule); 1 unset."""
+    text = environ.get(RETRY_SCALE_ENV, "")
+    if not text:
+        return 1.0
+    try:
+        scale = float(text) if len(text) <= 32 else math.nan
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale <= 1:  # False for nan too
+        raise ConfigError(
+            f"{RETRY_SCALE_ENV}={text[:40]!r} is not a factor between 0 and 1",
+            hint="e.g. 0.1 for a ten times shorter retry schedule; unset for the default",
+        )
+    return scale
 
 
 @dataclass(frozen=True)
@@ -55,9 +81,12 @@ class _Worker:
 
 
 class WebhookSender:
-    def __init__(self, report: Report, *, timeout: float = POST_TIMEOUT) -> None:
+    def __init__(
+        self, report: Report, *, timeout: float = POST_TIMEOUT, retry_scale: float = 1.0
+    ) -> None:
         self._report = report
         self._timeout = timeout
+        self._retry_scale = retry_scale  # see RETRY_SCALE_ENV
         self._workers: dict[tuple[bytes, str], _Worker] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -120,7 +149,7 @@ class WebhookSender:
             if delay is None:
                 tries = f"{failures} {'try' if failures == 1 else 'tries'}"
                 return Outcome(target, False, f"{detail} after {tries}", failures)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay * self._retry_scale)
 
     async def _post_once(self, url: str, headers: dict[str, str], body: bytes) -> tuple[str, bool]:
         """("", False) when delivered, else (why, worth retrying)."""

@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from starmux.daemon.webhooks import RETRY_SCALE_ENV
+
 from ..timeouts import poll, scaled
 from . import checkpoint_agent
 from .cluster import Paired, pair, pending_checkpoint, python
 from .daemon_process import DaemonProcess, run_cli
-from .push_service import WebhookSink
+from .push_service import Received, WebhookSink
 from .relay_process import RelayProcess
 
 SECRET_TITLE = "Deploy the-secret-title?"
 SECRET_BODY = "rm -rf /srv/the-secret-command"
+DECIDED_TITLE = "Deploy the-secret-title, decided?"
 
 
 def agent(stamp: Path, *extra: str) -> list[str]:
@@ -88,38 +91,75 @@ def test_webhook_without_content_arrives_within_two_seconds(
     assert row["state"] == "active" and row["machine"] == "gpu-box"
 
 
+def _of(session_title: str, sink: WebhookSink) -> list[Received]:
+    """The POSTs about the session titled ``session_title`` (content ``full``), in the
+    order they came: a raise or a reminder names it in its body, its end in its title."""
+    with sink.lock:
+        posts = list(sink.received)
+    return [
+        p
+        for p in posts
+        if p.headers.get("Title", "").startswith(f"gpu-box: {session_title} ")
+        or f"session: {session_title}\n".encode() in p.body
+    ]
+
+
 def test_full_content_and_a_reminder_before_expiry_none_after_a_decision(
     paired: Paired, sink: WebhookSink, tmp_path: Path
 ) -> None:
     _notify(paired, "webhook", sink.base + "/full", "--content", "full")
     _notify(paired, "settings", "--reminder", "0.5")
-    # 1: nobody decides; the reminder comes at half the timeout, before expiry.
+    # Two checkpoints of 4 s, raised together so that the test waits out one timeout,
+    # not two: nobody decides the first; the second is decided at once. Their POSTs
+    # interleave: each is told apart by its session's title.
+    one, two = "run one", "run two"  # the sessions' titles
     started = time.time()
-    paired.run(*agent(tmp_path / "one", "--timeout", "4s"))
-    first, reminder = sink.wait_for(2, within=10.0)
+    paired.run(*agent(tmp_path / "one", "--timeout", "4s"), title=one)
+    paired.run(
+        *checkpoint_agent.agent(tmp_path / "two", DECIDED_TITLE, SECRET_BODY, "--timeout", "4s"),
+        title=two,
+    )
+    # 2: decided at once (once its raise was told): no reminder follows.
+    poll(lambda: _of(two, sink) or None, within=10.0, what="the second raise's POST")
+    checkpoint = pending_checkpoint(paired.cli, DECIDED_TITLE)
+    paired.cli("approve", str(checkpoint["id"]))
+    # 1: the reminder comes at half the timeout, before expiry; then the session ends
+    # (the expiry's default, deny, fails it): told too.
+    first, reminder, ended = poll(
+        lambda: _of(one, sink)[:3] if len(_of(one, sink)) >= 3 else None,
+        within=10.0,
+        what="the first checkpoint's raise, reminder and end",
+    )
     assert first.headers["Title"] == f"gpu-box: {SECRET_TITLE}"
     assert SECRET_BODY.encode() in first.body
     assert reminder.body.startswith(b"still waiting")
     raised = float((tmp_path / "one").read_text())
     assert 1.5 < reminder.at - raised < 4.0, reminder.at - raised
     assert reminder.at - started < 4.0 + scaled(2.0)
-    # The first session ends (the expiry's default, deny, fails it): told too.
-    ended = sink.wait_for(3, within=10.0)[2]
     assert ended.headers["Title"].startswith("gpu-box: ") and "failed" in ended.headers["Title"]
-    # 2: decided at once: no reminder follows.
-    paired.run(*agent(tmp_path / "two", "--timeout", "4s"))
-    sink.wait_for(4, within=10.0)
-    checkpoint = pending_checkpoint(paired.cli, SECRET_TITLE)
-    paired.cli("approve", str(checkpoint["id"]))
-    time.sleep(4.5)  # past the reminder time (2 s) and the expiry (4 s)
+    # Past the second's reminder time (2 s) and its expiry (4 s), both counted from its
+    # raise (the daemon's clock, this machine's): nothing more came.
+    expires_at = checkpoint["expires_at"]
+    assert isinstance(expires_at, float), checkpoint
+    time.sleep(max(0.0, expires_at + 0.5 - time.time()))
     titles = [r.headers.get("Title", "") + " | " + r.body.decode()[:20] for r in sink.received]
-    assert len(titles) == 5, titles  # the second raise, then its session's success
-    assert "succeeded" in titles[4] and "still waiting" not in "".join(titles[3:])
+    assert len(titles) == 5, titles  # the second's raise, then its session's success
+    assert len(_of(one, sink)) == 3, titles
+    decided = [r.headers.get("Title", "") + " | " + r.body.decode() for r in _of(two, sink)]
+    assert len(decided) == 2 and decided[0].startswith(f"gpu-box: {DECIDED_TITLE} | "), decided
+    assert "succeeded" in decided[1] and "still waiting" not in "".join(decided), decided
 
 
 def test_failing_endpoint_is_retried_reported_and_never_blocks(
-    paired: Paired, tmp_path: Path
+    tmp_path: Path,
+    relay: RelayProcess,
+    daemons: list[DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The daemon reads it at start: the real schedule (0.5, 1, 2, 4, 8 s) at 0.4 times,
+    # so the six tries take 6.2 s, not 15.5 s, and still back off the same way.
+    monkeypatch.setenv(RETRY_SCALE_ENV, "0.4")
+    paired = pair(tmp_path, relay, daemons)
     dead = WebhookSink(statuses=[500] * 100)
     try:
         _notify(paired, "webhook", dead.base + "/down")
@@ -137,6 +177,9 @@ def test_failing_endpoint_is_retried_reported_and_never_blocks(
             what="a session while the webhook fails",
         )
         assert time.monotonic() - begun < scaled(5.0)
+        # ... meanwhile indeed: the webhook was still being retried (its 6th try not
+        # yet made) while that session ran and reported.
+        assert len(dead.received) < 6, "the session outlasted the retries: no proof"
         # After its last retry the target shows failing, with why (never the URL).
         failing = poll(
             lambda: next(
