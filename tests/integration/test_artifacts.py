@@ -11,6 +11,7 @@ import pty
 import statistics
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,38 @@ def digest_of(path: Path) -> str:
     digest = file_digest()
     digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def write_big(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``, every MiB different (a chunk put in the
+    wrong place shows); return their digest (``digest_of``), taken as they are written."""
+    digest = file_digest()
+    block = os.urandom(1 << 20)
+    with path.open("wb") as file:
+        for index in range(size >> 20):
+            data = index.to_bytes(8, "big") + block[8:]
+            file.write(data)
+            digest.update(data)
+        tail = os.urandom(size % (1 << 20))  # a short last chunk, if any
+        file.write(tail)
+        digest.update(tail)
+    return digest.hexdigest()
+
+
+def pair_while_writing(
+    tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess], name: str, size: int
+) -> tuple[Paired, Path, str]:
+    """``pair`` while a thread writes a big file (``write_big``) into the machine's
+    work folder (the two wait on different things); the pair, the file, its digest."""
+    workdir = tmp_path / "work"  # the folder `pair` makes for the sessions
+    workdir.mkdir()
+    big = workdir / name
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(write_big, big, size)
+        paired = pair(tmp_path, relay, daemons)
+        digest = written.result()
+    assert paired.workdir == workdir
+    return paired, big, digest
 
 
 def on_a_terminal(home: Path, *args: str) -> bytes:
@@ -225,23 +258,21 @@ def test_200_mib_artifact_resumes_across_a_relay_restart_while_live_output_flows
     tmp_path: Path, relay_factory: RelayFactory, daemons: list[DaemonProcess]
 ) -> None:
     relay = relay_factory()
-    paired = pair(tmp_path, relay, daemons)
-    big = paired.workdir / "big.bin"
-    with big.open("wb") as file:
-        block = os.urandom(1 << 20)
-        for index in range(BIG >> 20):
-            file.write(index.to_bytes(8, "big") + block[8:])  # every MiB differs
+    paired, big, written = pair_while_writing(tmp_path, relay, daemons, "big.bin", BIG)
     session = paired.run(*publish(str(big)))
+    # While the machine copies the artifact: the ticker starts, its watch gets past
+    # its first sync.
+    stop = tmp_path / "stop-ticking"
+    ticker = paired.run(*python(TICKER), str(stop), title="ticker")
+    watch = TimedWatcher(paired.controller, ticker)
     code, output = finished_output(paired, session)
     assert code == 0, output
     artifact = json.loads(output)["artifact"]
 
-    stop = tmp_path / "stop-ticking"
-    ticker = paired.run(*python(TICKER), str(stop), title="ticker")
-    watch = TimedWatcher(paired.controller, ticker)
     watch.wait_lines(25)  # past the first sync
     baseline_start = time.time()
-    watch.wait_lines(75)  # a second of baseline: live output with nothing else going on
+    # A second of baseline (50 more lines): live output with nothing else going on.
+    watch.wait_lines(len(watch.lines) + 50)
     baseline_end = time.time()
 
     target = tmp_path / "big.fetched"
@@ -273,7 +304,7 @@ def test_200_mib_artifact_resumes_across_a_relay_restart_while_live_output_flows
     assert watch.finish() == 0
 
     fetched = json.loads(stdout)
-    assert fetched["digest"] == digest_of(big)
+    assert fetched["digest"] == written  # the digest of what big.bin was written with
     assert target.stat().st_size == BIG and filecmp.cmp(target, big, shallow=False)
     # Resumed where the controller stood, not restarted: one resume, past 40 %, and
     # the machine sent the file once plus at most the window lost in flight.
@@ -359,19 +390,14 @@ def test_an_attachment_upload_resumes_across_a_relay_restart(
 
 
 def test_a_fetch_interrupted_by_an_agent_restart_resumes_from_the_kept_part(
-    paired: Paired, tmp_path: Path
+    tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess]
 ) -> None:
     """`controller stop` in the middle of a `get`: the part stays; the next `get` (a new
     agent) asks the machine only for the chunks the part lacks, and checks the hash
     of the whole file."""
     # Big enough that `controller stop` lands mid-way at the machine's file pace.
     size = 160 * 1024 * 1024 + 12345  # a short last chunk
-    big = paired.workdir / "dataset.bin"
-    with big.open("wb") as file:
-        block = os.urandom(1 << 20)
-        for index in range(size >> 20):
-            file.write(index.to_bytes(8, "big") + block[8:])  # every MiB differs
-        file.write(os.urandom(12345))
+    paired, big, written = pair_while_writing(tmp_path, relay, daemons, "dataset.bin", size)
     session = paired.run(*publish(str(big)))
     code, output = finished_output(paired, session)
     assert code == 0, output
@@ -409,7 +435,7 @@ def test_a_fetch_interrupted_by_an_agent_restart_resumes_from_the_kept_part(
     kept = held // CHUNK_SIZE * CHUNK_SIZE
     assert fetched["kept_from_before"] == kept
     assert fetched["bytes_received"] == size - kept
-    assert fetched["digest"] == digest_of(big) and filecmp.cmp(target, big, shallow=False)
+    assert fetched["digest"] == written and filecmp.cmp(target, big, shallow=False)
     assert not part.exists() and not resume.exists()
     # What the machine sent for this fetch: only the chunks the part lacked.
     report = paired.daemon.wait_for(
@@ -428,13 +454,16 @@ def test_an_upload_no_session_claims_is_deleted_after_the_bound(
     """A run whose start is refused (its folder is outside the allowed roots) after its
     attachment arrived: the staged file waits for a start-session that never comes,
     and the daemon deletes it once it sat unclaimed for STARMUX_UNCLAIMED_UPLOAD_TTL."""
-    monkeypatch.setenv("STARMUX_UNCLAIMED_UPLOAD_TTL", "6")  # the daemon reads it at start
+    # The bound outlasts the refused `run` (so the staged file is seen), and no more.
+    ttl = scaled(3.0)
+    monkeypatch.setenv("STARMUX_UNCLAIMED_UPLOAD_TTL", f"{ttl:g}")  # read at the daemon's start
     paired = pair(tmp_path, relay, daemons)
     data = tmp_path / "dataset.csv"
     data.write_bytes(os.urandom(300_000))
     outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
     outside.mkdir()
     mark = len(paired.daemon.output)
+    began = time.monotonic()  # before the upload: its bound runs from a later moment
     result = run_cli(
         paired.controller,
         "run",
@@ -453,5 +482,6 @@ def test_an_upload_no_session_claims_is_deleted_after_the_bound(
     assert len(staged) == 1 and staged[0].stat().st_size == data.stat().st_size
 
     said = paired.daemon.wait_for(r"attachment dataset\.csv deleted: [^\n]*", after=mark)
-    assert "not claimed by a session for 6 s" in said.group(0)
+    assert time.monotonic() - began >= ttl  # not deleted before its bound
+    assert f"not claimed by a session for {ttl:g} s" in said.group(0)
     assert list(uploads.iterdir()) == []
