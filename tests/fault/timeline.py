@@ -33,18 +33,26 @@ def numbered_line(i: int, pad: int) -> str:
 
 def chatty_script(lines: int, rate: int, pad: int = 0) -> str:
     """Python code printing ``numbered_line(1..lines, pad)`` at ``rate`` lines/s;
-    argv[1]: the file where it keeps the number of the last line printed."""
+    argv[1]: the file where it keeps the number of the last line printed. It stops
+    early, after the line written in ``argv[1] + ".stop"`` (:meth:`Stream.end_at`):
+    a test whose faults are over need not wait out the rest of the output."""
     tail = f" {'x' * pad}" if pad else ""
     return f"""
 import os, sys, time
 progress = sys.argv[1]
+last = {lines}
 start = time.monotonic()
 for i in range(1, {lines} + 1):
     print(str(i) + {tail!r}, flush=True)
-    if i % 20 == 0:
+    if i % 20 == 0 or i == last:
         with open(progress + ".tmp", "w") as f:
             f.write(str(i))
         os.replace(progress + ".tmp", progress)
+        if os.path.exists(progress + ".stop"):
+            with open(progress + ".stop") as f:
+                last = min(last, int(f.read()))
+        if i >= last:
+            break
         pause = start + i / {rate} - time.monotonic()
         if pause > 0:
             time.sleep(pause)
@@ -79,6 +87,17 @@ class Stream:
             return int(self.progress_file.read_text() or 0)
         except FileNotFoundError:
             return 0
+
+    def end_at(self, seconds: float = 1.0) -> int:
+        """Have the session print ``seconds`` more of output, then end; returns its
+        last line. The script reads the request every 20 lines, and ``printed()`` is
+        at most 20 lines old, so the line asked for is still ahead of it."""
+        last = self.printed() + max(40, int(seconds * self.rate))
+        stop = self.progress_file.with_name(self.progress_file.name + ".stop")
+        staged = stop.with_name(stop.name + ".tmp")
+        staged.write_text(str(last))
+        staged.replace(stop)
+        return last
 
     def watched(self) -> int:
         """Lines the controller's ``watch`` printed (they are 1..n; checked at the end)."""
