@@ -43,18 +43,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from bench.cluster.services import database, haproxy, load_average, nodes, redis_server
-from bench.cluster.storm import fill, kill_storm
+from bench.cluster.storm import SETTLE, fill, kill_storm
 from bench.common.procs import cpu_seconds
 from bench.common.results_file import add_results_option, shown, write_section
 from bench.common.targets import Pair, StarmuxTarget, open_pairs
 from bench.common.wsclient import DISCARD, RawWebSocket
 from bench.relay.loadgen import (
+    ARRIVAL,
     latency_window,
     summarize_latency,
     summarize_throughput,
@@ -69,6 +71,10 @@ LAYOUTS: dict[str, Callable[[int, int], tuple[int, int]]] = {
     "two nodes, pairs local": lambda i, half: (0, 0) if i < half else (1, 1),
     "split across two nodes": lambda i, half: (0, 1),
 }
+#: ``--quick`` only: the seconds a latency window waits for its last messages, and the
+#: storm's pauses before the kill (connections settling, a first CPU sample).
+QUICK_ARRIVAL = 0.05
+QUICK_SETTLE = 0.1
 
 
 class LayoutTarget(StarmuxTarget):
@@ -103,6 +109,7 @@ async def throughput(args: argparse.Namespace, ports: list[int], pids: list[int]
         for pair in layouts[name]:
             pair.sender.mode = DISCARD
     shape = {"window": args.window, "warmup": args.warmup}
+    arrival = QUICK_ARRIVAL if args.quick else ARRIVAL
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     windows: dict[str, list[Any]] = {name: [] for name in layouts}
     for pairs in layouts.values():
@@ -119,7 +126,7 @@ async def throughput(args: argparse.Namespace, ports: list[int], pids: list[int]
             windows[name].append(
                 await latency_window(
                     pairs, rate=args.rate, warmup=args.warmup, seconds=args.seconds,
-                    server_pid=pids[0],
+                    server_pid=pids[0], arrival=arrival,
                 )
             )  # fmt: skip
     results = {}
@@ -240,6 +247,7 @@ def run_storm(args: argparse.Namespace, workdir: str) -> tuple[list[str], dict[s
                     other_pids={"Redis": redis_pid, "HAProxy": proxy_pid},
                     tmp=tmp,
                     give_up_after=args.storm_timeout,
+                    settle=QUICK_SETTLE if args.quick else SETTLE,
                 )
             )
             # HAProxy's own word on the nodes' health checks during the storm.
@@ -275,17 +283,26 @@ def main() -> None:
     add_results_option(parser)
     args = parser.parse_args()
     if args.quick:
-        args.pairs, args.rounds, args.seconds, args.warmup = 20, 1, 0.5, 0.2
-        args.machines, args.storm_timeout = 100, 60.0
+        args.pairs, args.rounds, args.seconds, args.warmup = 4, 1, 0.1, 0.05
+        args.machines, args.load_processes, args.storm_timeout = 20, 1, 60.0
     started = time.monotonic()
     lines: list[str] = []
     results: dict[str, Any] = {"settings": vars(args)}
     with tempfile.TemporaryDirectory(prefix="starmux-bench-cluster-") as workdir:
+        throughput_part = storm_part = None
+        if args.quick and not (args.skip_throughput or args.skip_storm):
+            # --quick only: both parts at once (each has its own database, Redis and
+            # nodes), as a smoke run's figures mean nothing; a full run keeps them apart
+            # so that neither loads the machine while the other measures.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(run_throughput, args, workdir)
+                storm_part = run_storm(args, workdir)
+                throughput_part = pending.result()
         if not args.skip_throughput:
-            part, results["throughput"] = run_throughput(args, workdir)
+            part, results["throughput"] = throughput_part or run_throughput(args, workdir)
             lines += part
         if not args.skip_storm:
-            part, results["storm"] = run_storm(args, workdir)
+            part, results["storm"] = storm_part or run_storm(args, workdir)
             lines += ["", *part] if lines else part
     print("\n".join(lines))
     print(json.dumps(results, default=str), file=sys.stderr)

@@ -29,6 +29,8 @@ from bench.storm.report import quantile
 from starmux.relay.pg_registry import PostgresRegistry
 
 MACHINES_METRIC = 'starmux_relay_connections{role="machine"}'
+#: Seconds for the last welcomes once every machine connected, before the kill.
+SETTLE = 1.0
 
 
 async def fill(registry_url: str, machines: int, salt: bytes) -> float:
@@ -69,7 +71,10 @@ async def kill_storm(
     other_pids: dict[str, int],
     tmp: Path,
     give_up_after: float,
+    settle: float = SETTLE,
 ) -> dict[str, Any]:
+    """``settle``: seconds for the last welcomes after every machine connected; the
+    samplers get at most that (half a second by default) for a first sample."""
     loads: list[LoadProcess] = []
     try:
         share = -(-machines // load_processes)
@@ -88,7 +93,7 @@ async def kill_storm(
         for load in loads:
             await load.expect("connected", within=900)
         connect_s = time.monotonic() - connect_started
-        await asyncio.sleep(1.0)  # the last welcomes and presence settle
+        await asyncio.sleep(settle)  # the last welcomes and presence settle
         held = [await asyncio.to_thread(machines_on, node) for node in nodes]
         survivor, victim = nodes
         since = time.monotonic()
@@ -101,7 +106,7 @@ async def kill_storm(
             **{name: Sampler(pid) for name, pid in other_pids.items()},
             **{load.name: Sampler(load.pid) for load in loads},
         }
-        await asyncio.sleep(0.5)  # a first sample of each before the kill
+        await asyncio.sleep(min(0.5, settle))  # a first sample of each before the kill
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
         deadline = killed_at + give_up_after

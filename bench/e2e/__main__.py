@@ -29,11 +29,11 @@ windows, instead of 1,024 shared by all (bursts of ``W``/4): it shows how much o
 the cost with many machines comes from each machine committing and sending a few
 events at a time (not written to RESULTS.md).
 
-``--quick``: 2×2 only, one short round (about 20 s; its figures are a smoke
-test). The full run (1×1, 10×4, 100×4, 100×1; about 6 minutes) writes the
-"End-to-end" section of ``bench/RESULTS.md``. ``--profile DIR`` samples the
-controller, the first daemon process and the relay with py-spy during the first
-starmux throughput and latency windows of each shape (figures then perturbed:
+``--quick``: 2×2 only, one short round, the approve round trip alongside it (a few
+seconds; its figures are a smoke test). The full run (1×1, 10×4, 100×4, 100×1; about
+6 minutes) writes the "End-to-end" section of ``bench/RESULTS.md``. ``--profile DIR``
+samples the controller, the first daemon process and the relay with py-spy during the
+first starmux throughput and latency windows of each shape (figures then perturbed:
 RESULTS.md is left alone unless ``--write``).
 """
 
@@ -53,7 +53,7 @@ from typing import Any
 from bench.common.procs import Profiler
 from bench.common.results_file import add_results_option, shown
 from bench.e2e.report import figures, summarize, write_results
-from bench.e2e.stacks import BareStack, CpuWindow, StarmuxStack
+from bench.e2e.stacks import BARE_ARRIVAL, BareStack, CpuWindow, StarmuxStack
 from bench.sessions.measure import approvals
 from starmux.client.demo import DemoReport, Process, set_up_locally
 
@@ -68,14 +68,18 @@ class Settings:
     latency_seconds: float = 3.0
     rate: float = 1000.0  # events/s in all, latency windows
     approvals: int = 50
+    arrival: float = BARE_ARRIVAL  # seconds the bare receiver waits after a latency window
     profile: Path | None = None
     #: events in flight per machine in the throughput windows (None: 1,024 shared by all)
     window: int | None = None
+    #: Run the approve round trip (a relay and daemon of its own) alongside the shapes
+    #: instead of after them: only for --quick, whose figures mean nothing.
+    side_by_side: bool = False
 
 
 FULL = Settings()
-QUICK = Settings(shapes=((2, 2),), rounds=1, warmup=0.2, seconds=0.5, latency_seconds=0.5,
-                 approvals=2)  # fmt: skip
+QUICK = Settings(shapes=((2, 2),), rounds=1, warmup=0.05, seconds=0.1, latency_seconds=0.1,
+                 approvals=2, arrival=0.05, side_by_side=True)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -132,7 +136,7 @@ async def measure(tmp: Path, n: int, processes: int, settings: Settings) -> dict
             path = profile / f"n{n}x{processes}-latency" if profile and number == 0 else None
             result = await _profiled(starmux, lambda: starmux.latency(*shape), path)
             rounds["starmux"]["lat"].append(result)
-            rounds["bare"]["lat"].append(await bare.latency(*shape))
+            rounds["bare"]["lat"].append(await bare.latency(*shape, settings.arrival))
             say(f"  N = {n}, latency round {number + 1} done")
     finally:
         for stack in (starmux, bare):
@@ -160,20 +164,33 @@ async def approve(tmp: Path, count: int) -> dict[str, float]:
     return {**result, "busy_cores": cpu["cpu_ours"] + cpu["cpu_others"], **cpu}
 
 
-async def run(settings: Settings, load_before: str) -> dict[str, Any]:
+async def shapes(tmp: Path, settings: Settings) -> list[dict[str, Any]]:
     per_n = []
+    for n, processes in settings.shapes:
+        say(f"N = {n}: starting a relay, {n} daemons over {processes} processes (paired "
+            "one by one), a controller, the bare forwarder and its senders…")  # fmt: skip
+        where = tmp / f"n{n}x{processes}"
+        (where / "starmux").mkdir(parents=True)
+        (where / "bare").mkdir(parents=True)
+        per_n.append(await measure(where, n, processes, settings))
+    return per_n
+
+
+async def run(settings: Settings, load_before: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="starmux-e2e-") as name:
         tmp = Path(name)
-        for n, processes in settings.shapes:
-            say(f"N = {n}: starting a relay, {n} daemons over {processes} processes (paired "
-                "one by one), a controller, the bare forwarder and its senders…")  # fmt: skip
-            where = tmp / f"n{n}x{processes}"
-            (where / "starmux").mkdir(parents=True)
-            (where / "bare").mkdir(parents=True)
-            per_n.append(await measure(where, n, processes, settings))
-        say(f"approve round trip: {settings.approvals} checkpoints on one machine…")
         (tmp / "approve").mkdir()
-        approve_result = await approve(tmp / "approve", settings.approvals)
+        if settings.side_by_side:
+            say(f"approve round trip: {settings.approvals} checkpoints on one machine, "
+                "alongside the shapes…")  # fmt: skip
+            async with asyncio.TaskGroup() as group:
+                measured = group.create_task(shapes(tmp, settings))
+                approved = group.create_task(approve(tmp / "approve", settings.approvals))
+            per_n, approve_result = measured.result(), approved.result()
+        else:
+            per_n = await shapes(tmp, settings)
+            say(f"approve round trip: {settings.approvals} checkpoints on one machine…")
+            approve_result = await approve(tmp / "approve", settings.approvals)
     return {
         "settings": asdict(settings),
         "load_before": load_before,
@@ -221,8 +238,10 @@ def main() -> None:
         latency_seconds=base.latency_seconds,
         rate=args.rate or base.rate,
         approvals=base.approvals,
+        arrival=base.arrival,
         profile=args.profile,
         window=args.window,
+        side_by_side=base.side_by_side,
     )
     if settings.profile is not None:
         settings.profile.mkdir(parents=True, exist_ok=True)

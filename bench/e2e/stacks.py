@@ -66,6 +66,8 @@ RECEIVER_ID = b"\xff\xff"
 SETUP_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 120.0
 BARE_DRAIN_TIMEOUT = 30.0
+#: Seconds the bare receiver keeps reading after a latency window, for the last ones.
+BARE_ARRIVAL = 0.3
 
 Say = Callable[[str], None]
 
@@ -372,7 +374,9 @@ class BareStack:
             print(f"  bare: {late}", file=sys.stderr, flush=True)
         return {"per_s": messages / elapsed, "events": messages, "undrained": undrained, **cpu}
 
-    async def latency(self, rate: float, warmup: float, seconds: float) -> dict[str, Any]:
+    async def latency(
+        self, rate: float, warmup: float, seconds: float, arrival: float = BARE_ARRIVAL
+    ) -> dict[str, Any]:
         receiver, delays = self.receiver, list[int]()
         receiver.delays = delays
         receiver.stamp_offset = (RECEIVER_ID + BODY).find(MARKER)
@@ -384,7 +388,7 @@ class BareStack:
         await asyncio.sleep(seconds)
         cpu = meter.read(rate * seconds)
         paced = await self.senders.expect("paced", within=DRAIN_TIMEOUT)
-        await asyncio.sleep(0.3)  # the last ones arrive
+        await asyncio.sleep(arrival)  # the last ones arrive
         receiver.mode = DISCARD
         sent = int(paced["sent"]) - int(paced["dropped"])
         return {"delays": sorted(delays), "sent": sent, **cpu}

@@ -2,7 +2,7 @@
 
 Appends 100-byte events to a fresh ``daemon.sqlite3`` in a temporary directory
 (WAL, ``synchronous=NORMAL``: the daemon's settings) and prints durable appends/s,
-best of 3 runs of about ``--seconds`` each, for:
+best of 3 runs of about ``--seconds`` each (``--quick``: one run), for:
 
 - one commit per event: a single producer awaiting each append;
 - group commit, N producers each awaiting each append (a commit carries ~N events);
@@ -84,14 +84,14 @@ async def measure(path: Path, work: Work, seconds: float, runs: int = 3) -> Rate
     return best
 
 
-async def run(seconds: float) -> None:
+async def run(seconds: float, runs: int = 3) -> None:
     cases: list[tuple[str, Work]] = [("one commit per event (awaited)", one_by_one)]
     cases += [(f"group commit, {n} producers", producers(n)) for n in PRODUCERS]
     cases += [(f"group commit, append_nowait bursts of {n}", bursts(n)) for n in BURSTS]
     baseline = 0.0
     with tempfile.TemporaryDirectory(prefix="starmux-bench-") as tmp:
         for index, (name, work) in enumerate(cases):
-            rate = await measure(Path(tmp) / f"daemon-{index}.sqlite3", work, seconds)
+            rate = await measure(Path(tmp) / f"daemon-{index}.sqlite3", work, seconds, runs)
             baseline = baseline or rate.appends_per_s
             print(
                 f"{name:<42} {rate.appends_per_s:>10,.0f} appends/s"
@@ -102,17 +102,20 @@ async def run(seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=None, help="each run [1; --quick: 0.1]")
+    parser.add_argument("--seconds", type=float, default=None, help="each run [1; --quick: 0.05]")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    parser.add_argument("--quick", action="store_true", help="short runs; figures mean little")
+    parser.add_argument(
+        "--quick", action="store_true", help="one short run of each; figures mean little"
+    )
     args = parser.parse_args()
-    seconds = args.seconds or (0.1 if args.quick else 1.0)
+    seconds = args.seconds or (0.05 if args.quick else 1.0)
+    runs = 1 if args.quick else 3
     if args.uvloop:
         import uvloop
 
-        uvloop.run(run(seconds))
+        uvloop.run(run(seconds, runs))
     else:
-        asyncio.run(run(seconds))
+        asyncio.run(run(seconds, runs))
 
 
 if __name__ == "__main__":

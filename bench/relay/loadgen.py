@@ -49,6 +49,8 @@ from starmux.frames import FrameType
 #: Latency runs send what is due every TICK; uvloop rounds timers to whole milliseconds.
 TICK = 0.001
 RSS_SAMPLE = 0.25  # seconds between samples of the server's RSS in a latency window
+ARRIVAL = 0.3  # seconds a latency window waits after its last send for the last ones to arrive
+AFTER_STALL = 1.0  # seconds after a stalled window before the server's RSS is read again
 QUIET = 0.15  # cores busy on the machine below which it counts as quiet
 
 
@@ -191,8 +193,13 @@ async def latency_window(
     server_pid: int,
     stall: Pair | None = None,
     stall_rate: float = 0.0,
+    arrival: float = ARRIVAL,
+    after_stall: float = AFTER_STALL,
 ) -> LatencyWindow:
-    """``rate`` stamped messages/s round-robin over ``pairs``; delays after the warm-up."""
+    """``rate`` stamped messages/s round-robin over ``pairs``; delays after the warm-up.
+
+    ``arrival``: seconds the window waits after its last send for the last messages;
+    ``after_stall``: with ``stall``, seconds after that before the RSS is read again."""
     delays: list[int] = []
     for pair in pairs:
         pair.receiver.mode = STAMP
@@ -243,7 +250,7 @@ async def latency_window(
     assert meter is not None
     cpu = meter.read()
     window_sent = sent - window_sent
-    await asyncio.sleep(0.3)  # let the last ones arrive
+    await asyncio.sleep(arrival)  # let the last ones arrive
     for pair in pairs:
         pair.receiver.mode = DISCARD
     facts: dict[str, Any] = {
@@ -255,7 +262,7 @@ async def latency_window(
         **cpu,
     }
     if stall is not None:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(after_stall)
         facts.update(
             stall_sent=stall_sent - stall_dropped,
             rss_after_kib=rss_kib(server_pid),
@@ -383,7 +390,7 @@ async def traffic(args: argparse.Namespace) -> dict[str, Any]:
         plain: dict[str, list[LatencyWindow]] = {srv.name: [] for srv in servers}
         stalled: dict[str, list[LatencyWindow]] = {srv.name: [] for srv in servers}
         closes = {srv.name: 0 for srv in servers}
-        load = {"rate": args.rate, "warmup": args.warmup}
+        load = {"rate": args.rate, "warmup": args.warmup, "arrival": args.arrival}
         connections = 2 * args.latency_pairs
         for number in range(args.rounds):
             await quiet(args.quiet_wait)
@@ -404,6 +411,7 @@ async def traffic(args: argparse.Namespace) -> dict[str, Any]:
                         server_pid=srv.pid,
                         stall=srv.stalls[number],
                         stall_rate=args.stall_rate,
+                        after_stall=args.after_stall,
                         **load,
                     )
                 )
@@ -467,6 +475,12 @@ def main() -> None:
     run.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
     run.add_argument("--seconds", type=float, default=1.5, help="throughput and latency windows")
     run.add_argument("--stall-seconds", type=float, default=3.0, help="stalled windows")
+    run.add_argument(
+        "--arrival", type=float, default=ARRIVAL, help="seconds for a window's last messages"
+    )
+    run.add_argument(
+        "--after-stall", type=float, default=AFTER_STALL, help="seconds to the RSS after a stall"
+    )
     run.add_argument(
         "--quiet-wait", type=float, default=0.0, help="max seconds to wait for a quiet machine"
     )

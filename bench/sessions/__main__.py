@@ -29,11 +29,11 @@ from starmux.client.demo import DemoReport, Process, set_up_locally
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--lines", type=int, default=None, help="[200000; --quick: 5000]")
-    parser.add_argument("--approvals", type=int, default=None, help="[50; --quick: 3]")
+    parser.add_argument("--approvals", type=int, default=None, help="[50; --quick: 2]")
     parser.add_argument("--quick", action="store_true", help="a scaled-down smoke run")
     args = parser.parse_args()
     lines = args.lines or (5_000 if args.quick else 200_000)
-    count = args.approvals or (3 if args.quick else 50)
+    count = args.approvals or (2 if args.quick else 50)
     with tempfile.TemporaryDirectory(prefix="starmux-bench-") as tmp:
         root = Path(tmp)
         processes: list[Process] = []

@@ -23,8 +23,9 @@
    the time until a fresh ``LiveController`` has every machine live (Noise_KK re-run,
    log resynced).
 
-``--quick`` is a scaled-down smoke run (50 machines, 3 daemons). The full run
-writes its figures to ``bench/RESULTS.md`` (its own section, "Reconnect storm").
+``--quick`` is a scaled-down smoke run (20 machines in one load process, 2 daemons,
+shorter pauses, the resync alongside the storm). The full run writes its figures to
+``bench/RESULTS.md`` (its own section, "Reconnect storm").
 
 Experiments, to measure a proposed change before making it (never by default, and
 then RESULTS.md is left alone unless ``--write``): ``--policies`` adds reconnect
@@ -98,6 +99,10 @@ class Settings:
     policies: tuple[str, ...] = ("shipped",)
     profile: Path | None = None  # py-spy the new relay during each storm; stacks here
     keep: bool = False  # keep the temporary folder (logs, registry) for a look afterwards
+    settle: float = 1.0  # seconds for the last welcomes before a storm, and between storms
+    #: Run the controller resync (its own relay) alongside the storm instead of after it:
+    #: only for --quick, whose figures mean nothing; a full run keeps them apart.
+    side_by_side: bool = False
 
 
 def say(text: str) -> None:
@@ -266,7 +271,7 @@ async def run_storm(tmp: Path, settings: Settings) -> dict[str, Any]:
         for load in loads:
             await load.expect("connected", within=600)
         connect_s = time.monotonic() - connect_started
-        await asyncio.sleep(1.0)  # let the last welcomes and presence settle
+        await asyncio.sleep(settings.settle)  # let the last welcomes and presence settle
         steady_rss = Sampler(relay.pid).sample()
         say(f"connected: {settings.machines} machines in {connect_s:.1f} s")
         results = []
@@ -278,7 +283,7 @@ async def run_storm(tmp: Path, settings: Settings) -> dict[str, Any]:
                     f"all in {result['all_back_s']:.2f} s"
                 )
                 results.append(result)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(settings.settle)
         return {
             "machines": settings.machines,
             "populate_s": populate_s,
@@ -299,25 +304,30 @@ async def run(settings: Settings) -> tuple[dict[str, Any], dict[str, Any] | None
             say(f"keeping the relay's and the load processes' files in {tmp}")
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="storm-")))
+        if settings.side_by_side and settings.controller_machines:
+            say(f"controller resync: {settings.controller_machines} daemons, alongside the storm…")
+            async with asyncio.TaskGroup() as group:
+                stormed = group.create_task(run_storm(tmp, settings))
+                resynced = group.create_task(controller_resync(tmp, settings))
+            return stormed.result(), resynced.result()
         storm_results = await run_storm(tmp, settings)
         if not settings.controller_machines:
             return storm_results, None
         say(f"controller resync: {settings.controller_machines} daemons…")
-        resync = await run_resync(
-            tmp,
-            machines=settings.controller_machines,
-            lines=settings.lines,
-            env=RELAY_ENV,
-            say=say,
-        )
-        return storm_results, resync
+        return storm_results, await controller_resync(tmp, settings)
+
+
+async def controller_resync(tmp: Path, settings: Settings) -> dict[str, Any]:
+    return await run_resync(
+        tmp, machines=settings.controller_machines, lines=settings.lines, env=RELAY_ENV, say=say
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--machines", type=int, default=None, help="[5000; --quick: 50]")
-    parser.add_argument("--load-processes", type=int, default=2)
-    parser.add_argument("--controller-machines", type=int, default=None, help="[100; --quick: 3]")
+    parser.add_argument("--machines", type=int, default=None, help="[5000; --quick: 20]")
+    parser.add_argument("--load-processes", type=int, default=None, help="[2; --quick: 1]")
+    parser.add_argument("--controller-machines", type=int, default=None, help="[100; --quick: 2]")
     parser.add_argument("--lines", type=int, default=100, help="history lines per daemon")
     parser.add_argument(
         "--policies",
@@ -343,16 +353,18 @@ def main() -> None:
     add_results_option(parser)
     args = parser.parse_args()
     settings = Settings(
-        machines=args.machines or (50 if args.quick else 5000),
-        load_processes=args.load_processes,
+        machines=args.machines or (20 if args.quick else 5000),
+        load_processes=args.load_processes or (1 if args.quick else 2),
         controller_machines=0
         if args.skip_resync
-        else args.controller_machines or (3 if args.quick else 100),
+        else args.controller_machines or (2 if args.quick else 100),
         lines=args.lines,
         storm_timeout=60.0 if args.quick else 120.0,
         policies=tuple(p for p in args.policies.split(",") if p),
         profile=args.profile,
         keep=args.keep,
+        settle=0.1 if args.quick else 1.0,
+        side_by_side=args.quick,
     )
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_RESULTS = ROOT / "bench" / "RESULTS.md"
-#: Per suite; a hang fails the test instead of the run. Each takes 2-30 s on an idle
+#: Per suite; a hang fails the test instead of the run. Each takes 1-15 s on an idle
 #: 2-core machine, several times that when the machine is shared.
 TIMEOUT = 300.0
 
