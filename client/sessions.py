@@ -299,6 +299,11 @@ class ControllerState:
         try:
             while True:
                 wake.clear()
+                # The row before the events: a row that says ended then means every
+                # event up to the end is stored (one transaction applies both), so the
+                # read below gets them all. Read after, an end applied while the events
+                # were being sent ended the watch without the output that came with it.
+                row = await self.cache.session(session_id, row.machine) or row
                 events = await self.cache.session_events(
                     session_id, after=sent, machine=row.machine
                 )
@@ -309,7 +314,6 @@ class ControllerState:
                         await send("output", event.seq, chunk)
                     elif (status := status_of(event)) is not None:
                         await send("status", event.seq, status)
-                row = await self.cache.session(session_id, row.machine) or row
                 if not follow or row.status in ENDED:
                     return row
                 online = self.controller is not None and self.controller.is_online(row.machine)
