@@ -40,6 +40,14 @@ def test_a_daemon_revoked_through_another_node_while_redis_is_down_forgets_its_k
     assert cluster.holder_of_machines() == [1]
     old_key = tmp_path / "old-machine.key"
     shutil.copy(daemon.home / "machine.key", old_key)
+    # The controller agent connects to node A and syncs with the machine while the
+    # bus is up, as a running agent would have. Started by `revoke` itself with Redis
+    # down, it would sit out its whole first-sync wait (client/agent.py,
+    # FIRST_SYNC_WAIT, 10 s) for a machine it cannot reach before taking the command.
+    assert run_json(controller, "sessions") == []  # answers after the first sync
+    agent = run_json(controller, "controller", "status")["agent"]
+    assert agent["relay_url"] == a.url and agent["relay"]["connected"], agent
+    assert [(m["name"], m["live"]) for m in agent["machines"]] == [("gpu-box", True)], agent
 
     cluster.redis.stop()
     for node in (a, b):
@@ -47,7 +55,9 @@ def test_a_daemon_revoked_through_another_node_while_redis_is_down_forgets_its_k
     mark = len(daemon.output)
     revoked = run_cli(controller, "revoke", "gpu-box", "--yes")  # through node A
     assert revoked.returncode == 0, revoked.stderr
-    assert "REVOKED" not in daemon.output[mark:]  # node B cannot know yet
+    # Node B cannot know yet: the daemon heard nothing and B still holds it.
+    assert "REVOKED" not in daemon.output[mark:]
+    assert cluster.holder_of_machines() == [1]
 
     cluster.redis.start()
     daemon.wait_for("REVOKED by its controller", after=mark, timeout=30)
