@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.relay_process import free_port
+from tests.timeouts import scaled
 
 POSTGRES_ADMIN = os.environ.get(
     "STARMUX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -86,6 +87,8 @@ def _require(program: str, package: str) -> str:
 
 
 def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
+    """``timeout`` in unscaled seconds (tests/timeouts.py)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -211,7 +214,8 @@ class HaProxy:
         return out
 
     def wait_up(self, nodes: range | list[int], *, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+        """``timeout`` in unscaled seconds (tests/timeouts.py)."""
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             try:  # the stats socket appears a moment after the frontend listens
                 servers = self.servers()
