@@ -5,6 +5,8 @@ import { test } from 'node:test';
 
 import { Action, cursorFor, Follower, nextInOrder } from '../app/net/resync.js';
 import { splitCommand } from '../app/engine.js';
+import { SessionBook } from '../app/net/sessions.js';
+import { APP } from '../proto/codec.js';
 import { Store } from '../app/store.js';
 import { machineText, outputText, statusText } from '../app/dom.js';
 
@@ -60,4 +62,15 @@ test("a machine's text cannot carry terminal or bidi controls", () => {
   assert.equal(outputText('\u001b[32mgreen\u001b[0m\r\nnext\r'), 'green\nnext');
   assert.equal(machineText('x'.repeat(10), 4), 'xxxx…');
   assert.equal(statusText('waiting_approval'), 'waiting for approval');
+});
+
+test('a snapshot of kept output does not grow with output applied after it', () => {
+  const book = new SessionBook(new Store(), { nameOf: () => '', me: '' });
+  const line = (seq, text) => ({ seq, at: 1, session: 's-1', body: APP.encode('output', { stream: 'stdout', data: new TextEncoder().encode(text) }) });
+  book.apply('fp', [line(1, 'one\n')]);
+  const saved = book.snapshot('fp');
+  book.apply('fp', [line(2, 'two\n')]); // arrives while the snapshot waits to be written
+  assert.equal(saved['s-1'].chunks.length, 1);
+  assert.equal(saved['s-1'].bytes, 4);
+  assert.equal(book.snapshot('fp')['s-1'].chunks.length, 2);
 });

@@ -21,10 +21,15 @@ export class SessionBook {
     this.mine = new Set(); // checkpoint keys this device decided
   }
 
-  // This machine's kept output, by session (for the engine's snapshot).
+  // This machine's kept output, by session (for the engine's snapshot): copies, as
+  // of now. The store writes the snapshot after an await, and output applied
+  // meanwhile went into the same (live) arrays: saved ahead of the cursor saved with
+  // it, it was shown twice after a reload and resync.
   snapshot(fp) {
     const out = {};
-    for (const [key, kept] of this.output) if (key.startsWith(`${fp}/`)) out[key.slice(fp.length + 1)] = kept;
+    for (const [key, kept] of this.output) {
+      if (key.startsWith(`${fp}/`)) out[key.slice(fp.length + 1)] = { ...kept, chunks: [...kept.chunks] };
+    }
     return out;
   }
 
