@@ -35,7 +35,17 @@ async def _flood_requests(node: RelayNode, count: int) -> None:
             else:
                 request = RegisterAccount(number, WRONG_TOKEN)
             await node.send(FrameType.REQUEST, b"", CONTROL.encode(request))  # type: ignore[arg-type]
-    await node.close()
+    # Read the answers while closing: left unread they fill the client's receive queue,
+    # it stops reading the socket, never sees the relay's close, and close() sits out
+    # its whole close_timeout (10 s; python-websockets/websockets#1555).
+    await asyncio.gather(_drain(node), node.close())
+
+
+async def _drain(node: RelayNode) -> None:
+    assert node.ws is not None
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for _ in node.ws:
+            pass
 
 
 async def _churn_auths(url: str, times: int) -> None:
