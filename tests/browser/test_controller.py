@@ -25,7 +25,7 @@ from ..integration.relay_process import RelayProcess
 from ..integration.shown_codes import Inviter
 from ..integration.test_checkpoints import agent
 from ..integration.watcher import Watcher
-from ..timeouts import scaled
+from ..timeouts import poll, scaled
 from .conftest import ConsoleRecord, wait_for_keys
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,6 +50,11 @@ def link_browser(page: Page, paired: Paired, role: str = "owner") -> None:
 
 def machine_card(page: Page, name: str) -> Locator:
     return page.locator("#machine-list li", has_text=name)
+
+
+def held(gate: Path) -> bool | None:
+    """True once the session's counter waits at ``gate``; None (poll on) before."""
+    return Path(f"{gate}.held").exists() or None
 
 
 def test_link_pair_watch_approve_revoke(
@@ -85,12 +90,24 @@ def test_link_pair_watch_approve_revoke(
     second.wait_for("connected to")
 
     # --- start a session from the browser; watch it live through a relay restart -------
-    lines = 400
+    # The session counts to 400: 1-20 before the outage, 21-350 while the relay is
+    # away, 351-400 live after its restart. In its working directory it holds before 21
+    # until the test makes "relay-down" and before 351 until "relay-back" (announcing
+    # each hold with a ".held" file), so the phases do not hang on the machine's speed
+    # and no count is sat out in real time. Lines the page gets live come 20 ms apart;
+    # those printed in the outage 1 ms apart (they come back in one resync).
+    lines, down, back = 400, paired.workdir / "relay-down", paired.workdir / "relay-back"
     page.click("#tabs >> text=Start")
     page.select_option("#start-machine", label="gpu-box")
     page.fill("#start-cwd", str(paired.workdir))
     counter = (
-        f"import time; [(print(i, flush=True), time.sleep(0.02)) for i in range(1, {lines + 1})]"
+        "import os, time;"
+        ' hold = lambda gate: (open(gate + ".held", "w").close(),'
+        " [time.sleep(0.01) for _ in iter(lambda: os.path.exists(gate), True)]);"
+        f' gates = {{21: "{down.name}", 351: "{back.name}"}};'
+        " [(i in gates and hold(gates[i]), print(i, flush=True),"
+        " time.sleep(0.001 if 21 <= i <= 350 else 0.02))"
+        f" for i in range(1, {lines + 1})]"
     )
     page.fill("#start-command", f"python3 -c '{counter}'")
     page.fill("#start-title", "count")
@@ -103,9 +120,14 @@ def test_link_pair_watch_approve_revoke(
     console.allow_refused_connections()
     paired.relay.kill()
     expect(page.locator("#connection")).to_contain_text("offline since")
+    down.touch()  # 21 to 350 are printed while the relay is away
+    poll(lambda: held(back), within=20, what="the session printing up to 350")
     paired.relay = RelayProcess(paired.relay.data_dir, port=paired.relay.port).start()
     relays.append(paired.relay)
     expect(page.locator("#connection")).to_have_text("live", timeout=scaled(30) * 1000)
+    # What was printed in the outage arrives after the restart, before anything new.
+    expect(page.locator("#output-text")).to_contain_text("\n350\n")
+    back.touch()  # 351 to 400 are printed live
     expect(page.locator("#session-meta")).to_contain_text("succeeded", timeout=scaled(60) * 1000)
     text = page.text_content("#output-text") or ""
     assert text == "".join(f"{i}\n" for i in range(1, lines + 1))  # no gap, no repeat

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -25,7 +26,7 @@ from starmux.link_code import Direction, parse_link_code
 
 from ..integration.cluster import Paired
 from ..integration.daemon_process import run_cli
-from ..timeouts import scaled
+from ..timeouts import COMMAND, scaled
 from .conftest import wait_for_keys
 from .test_screens import shoot, shots_dir
 
@@ -35,10 +36,15 @@ pytestmark = pytest.mark.timeout(300)
 def test_a_browser_shows_its_code_and_an_owner_adds_it(
     page: Page, paired: Paired, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    session = paired.run("sh", "-c", "echo joined-from-the-cli", title="before-the-join")
-    page.goto(paired.relay.http_url + "/app/")
-    wait_for_keys(page, "unlocked")
-    page.fill("#device-name", "laptop-browser")
+    # The CLI owner starts a session while the page loads: it exists before the join.
+    with ThreadPoolExecutor(1) as beside:
+        before = beside.submit(
+            paired.run, "sh", "-c", "echo joined-from-the-cli", title="before-the-join"
+        )
+        page.goto(paired.relay.http_url + "/app/")
+        wait_for_keys(page, "unlocked")
+        page.fill("#device-name", "laptop-browser")
+        session = before.result(timeout=COMMAND)
     page.click("#join-show")
     expect(page.locator("#join-code")).to_have_text(re.compile(r"^starmux://join/v1\?"))
     shown_at = time.monotonic()
@@ -51,8 +57,10 @@ def test_a_browser_shows_its_code_and_an_owner_adds_it(
     # The QR on the page is the same code: decoded by the CLI's own image decoder.
     qr = tmp_path / "browser-join-qr.png"
     page.locator("#join-qr canvas").screenshot(path=str(qr))
-    assert decode_pairing_code_from_image(qr, prefix="starmux://join/") == code
-    shoot(page, shots_dir(tmp_path), "join-show")  # also: no sideways scrolling at 360 px
+    with ThreadPoolExecutor(1) as beside:  # decoded while the page is photographed
+        decoded = beside.submit(decode_pairing_code_from_image, qr, prefix="starmux://join/")
+        shoot(page, shots_dir(tmp_path), "join-show")  # also: no sideways scrolling at 360 px
+        assert decoded.result(timeout=COMMAND) == code
 
     # The owner adds it; the CLI blocks until linked, so it runs beside the page.
     outcome: list[CompletedProcess[str]] = []
@@ -80,9 +88,11 @@ def test_a_browser_shows_its_code_and_an_owner_adds_it(
     expect(page.locator("#connection")).to_have_text("live", timeout=scaled(30) * 1000)
     expect(page.locator("#machine-list li", has_text="gpu-box")).to_contain_text("online")
     listed_seconds = time.monotonic() - shown_at
-    page.click("#tabs >> text=Sessions")
-    expect(page.locator("#session-list li", has_text="before-the-join")).to_be_visible()
-    devices = run_cli(paired.controller, "devices", "--json")
+    with ThreadPoolExecutor(1) as beside:  # the CLI's device list beside the page's
+        listed = beside.submit(run_cli, paired.controller, "devices", "--json")
+        page.click("#tabs >> text=Sessions")
+        expect(page.locator("#session-list li", has_text="before-the-join")).to_be_visible()
+        devices = listed.result(timeout=COMMAND)
     assert "laptop-browser" in devices.stdout and "operator" in devices.stdout
     assert session
     with capsys.disabled():

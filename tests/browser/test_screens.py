@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,16 @@ from ..integration.cluster import Paired, pending_checkpoint, python
 from ..integration.shown_codes import Inviter
 from ..integration.test_checkpoints import agent
 from ..integration.watcher import Watcher
+from ..timeouts import COMMAND
 from .conftest import DESKTOP, PHONE, wait_for_keys
 from .web_server import WebServer, copy_web_root
 
 pytestmark = pytest.mark.timeout(300)
+
+
+#: Resolves once the page has rendered a frame after the last change and started the
+#: next (two animation frames): what a screenshot should show, without a fixed wait.
+NEXT_FRAME = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
 
 
 def shots_dir(tmp_path: Path) -> Path:
@@ -38,7 +45,7 @@ def shoot(page: Page, folder: Path, name: str) -> None:
     for size, dark, suffix in ((PHONE, True, "phone"), (DESKTOP, False, "desktop")):
         page.set_viewport_size(size)
         page.emulate_media(color_scheme="dark" if dark else "light")
-        page.wait_for_timeout(150)  # a frame to lay out after the resize (pictures only)
+        page.evaluate(NEXT_FRAME)  # laid out and painted at this size and scheme
         page.screenshot(path=str(folder / f"{name}-{suffix}.png"))
     for width in (PHONE["width"], 360):
         page.set_viewport_size({"width": width, "height": PHONE["height"]})
@@ -47,14 +54,32 @@ def shoot(page: Page, folder: Path, name: str) -> None:
     page.set_viewport_size(PHONE)
 
 
+def make_data(paired: Paired) -> str:
+    """Through the CLI owner: a finished session with output, a checkpoint left pending
+    and one the CLI decided. Returns the pending checkpoint's session."""
+    build = paired.run(*python("print('\\x1b[32mbuild ok\\x1b[0m'); print('tests: 214 passed')"),
+                       title="build and test")  # fmt: skip
+    Watcher(paired.controller, build).finish()
+    session = paired.run(*agent("Deploy to production?", "--timeout", "600"), title="deploy")
+    later = paired.run(*agent("Run the database migration?", "--timeout", "600"))
+    paired.cli("approve", str(pending_checkpoint(paired.cli, "Run the database migration?")["id"]))
+    Watcher(paired.controller, later).finish()
+    return session
+
+
 def test_screens(page: Page, paired: Paired, tmp_path: Path) -> None:
     folder = shots_dir(tmp_path)
-    page.goto(paired.relay.http_url + "/app/")
-    wait_for_keys(page, "unlocked")
-    page.fill("#device-name", "phone")
-    shoot(page, folder, "setup")
+    # The CLI owner makes the data beside the browser's start, not beside its link (a
+    # `starmux run` during `devices link` can come back queued instead of run).
+    with ThreadPoolExecutor(1) as cli:
+        data = cli.submit(make_data, paired)
+        page.goto(paired.relay.http_url + "/app/")
+        wait_for_keys(page, "unlocked")
+        page.fill("#device-name", "phone")
+        shoot(page, folder, "setup")
+        session = data.result(timeout=COMMAND)
 
-    inviter = Inviter(paired.controller, "owner")
+    inviter = Inviter(paired.controller, "owner")  # the browser joins an account with history
     page.fill("textarea", inviter.wait_code())
     page.click("text=Use this code")
     expect(page.locator("#comparison-code")).to_have_text(re.compile(r"\d"))
@@ -63,14 +88,6 @@ def test_screens(page: Page, paired: Paired, tmp_path: Path) -> None:
     inviter.finish()
     expect(page.locator("#connection")).to_have_text("live")
     expect(page.locator("#machine-list li", has_text="gpu-box")).to_contain_text("online")
-
-    build = paired.run(*python("print('\\x1b[32mbuild ok\\x1b[0m'); print('tests: 214 passed')"),
-                       title="build and test")  # fmt: skip
-    Watcher(paired.controller, build).finish()
-    session = paired.run(*agent("Deploy to production?", "--timeout", "600"), title="deploy")
-    later = paired.run(*agent("Run the database migration?", "--timeout", "600"))
-    paired.cli("approve", str(pending_checkpoint(paired.cli, "Run the database migration?")["id"]))
-    Watcher(paired.controller, later).finish()
     expect(page.locator("#machine-list")).to_contain_text("1 running")
     shoot(page, folder, "machines")
 
