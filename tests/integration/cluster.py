@@ -64,6 +64,14 @@ def python(code: str) -> list[str]:
 def pair(
     tmp_path: Path, relay: RelayProcess, daemons: list[DaemonProcess], name: str = "gpu-box"
 ) -> Paired:
+    # The daemon starts first (it does not block) and boots while `init` registers
+    # the controller: the two are independent, and each takes a second on a slow box.
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    daemon = DaemonProcess(
+        tmp_path / name, relay.url, name=name, extra_args=["--allow-root", str(tmp_path)]
+    ).start()
+    daemons.append(daemon)
     controller = tmp_path / "controller"
     init = run_cli(
         controller,
@@ -76,12 +84,6 @@ def pair(
         "laptop",
     )
     assert init.returncode == 0, init.stderr
-    workdir = tmp_path / "work"
-    workdir.mkdir(exist_ok=True)
-    daemon = DaemonProcess(
-        tmp_path / name, relay.url, name=name, extra_args=["--allow-root", str(tmp_path)]
-    ).start()
-    daemons.append(daemon)
     paired = run_cli(controller, "pair", daemon.pairing_code(), "--yes")
     assert paired.returncode == 0, paired.stderr
     daemon.wait_for("connected to")
