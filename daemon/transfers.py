@@ -64,6 +64,7 @@ from starmux.transfer_messages import (
     check_file_name,
 )
 
+from .env_numbers import positive_number
 from .eventlog import EventLog
 
 ARTIFACTS_DIR = "artifacts"
@@ -512,16 +513,11 @@ def unclaimed_upload_ttl(environ: Mapping[str, str] = os.environ) -> float:
     """How long a staged upload may wait for its ``start-session``:
     ``STARMUX_UNCLAIMED_UPLOAD_TTL`` in seconds (e.g. ``600``), read once at start;
     1 h by default."""
-    text = environ.get("STARMUX_UNCLAIMED_UPLOAD_TTL", "")
-    if not text:
-        return UNCLAIMED_UPLOAD_TTL
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 30 * 86400:
-        raise UsageError(
-            f"STARMUX_UNCLAIMED_UPLOAD_TTL={text[:40]!r} is not a number of seconds",
-            hint="give 1..2592000 (30 days), e.g. 3600",
-        )
-    return seconds
+    return positive_number(
+        environ,
+        "STARMUX_UNCLAIMED_UPLOAD_TTL",
+        default=UNCLAIMED_UPLOAD_TTL,
+        upper=30 * 86400,
+        what="a number of seconds",
+        hint="give 1..2592000 (30 days), e.g. 3600",
+    )

@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
-from starmux.errors import ConfigError
 from starmux.notify_delivery import retry_delay, retryable_status, webhook_request
 from starmux.notify_rules import Notification, Target
+
+from .env_numbers import positive_number
 
 log = logging.getLogger("starmux.daemon")
 
@@ -44,19 +44,14 @@ RETRY_SCALE_ENV = "STARMUX_WEBHOOK_RETRY_SCALE"
 def retry_scale(environ: Mapping[str, str] = os.environ) -> float:
     """``STARMUX_WEBHOOK_RETRY_SCALE``, read when the daemon starts: a factor in
     (0, 1] on every retry delay (it only ever shortens the schedule); 1 unset."""
-    text = environ.get(RETRY_SCALE_ENV, "")
-    if not text:
-        return 1.0
-    try:
-        scale = float(text) if len(text) <= 32 else math.nan
-    except ValueError:
-        scale = math.nan
-    if not 0 < scale <= 1:  # False for nan too
-        raise ConfigError(
-            f"{RETRY_SCALE_ENV}={text[:40]!r} is not a factor between 0 and 1",
-            hint="e.g. 0.1 for a ten times shorter retry schedule; unset for the default",
-        )
-    return scale
+    return positive_number(
+        environ,
+        RETRY_SCALE_ENV,
+        default=1.0,
+        upper=1.0,
+        what="a factor between 0 and 1",
+        hint="e.g. 0.1 for a ten times shorter retry schedule; unset for the default",
+    )
 
 
 @dataclass(frozen=True)
