@@ -22,6 +22,7 @@ import click
 
 from starmux.errors import UsageError
 from starmux.node.web_files import APP_PREFIX, app_routes, load_bundle
+from starmux.url_host import url_host
 from starmux.web_bundle import websocket_origin
 
 from .agent_cli import home_option, resolve_home
@@ -104,9 +105,8 @@ def web_command(
             f"cannot listen on {host}:{port}: {exc.strerror}", hint="try another --port"
         ) from exc
     bound = listener.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
     scheme = "https" if tls else "http"
-    url = f"{scheme}://{shown_host}:{bound}{APP_PREFIX}/"
+    url = f"{scheme}://{url_host(host)}:{bound}{APP_PREFIX}/"
     if as_json:
         click.echo(json.dumps({"url": url, "hash": bundle.hash_text, "relays": list(relays)}))
     else:

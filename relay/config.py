@@ -17,6 +17,7 @@ from typing import Any
 
 from starmux.errors import ConfigError
 from starmux.frames import MAX_FRAME_SIZE
+from starmux.url_host import url_host
 
 ENV_PREFIX = "STARMUX_RELAY_"
 
@@ -102,9 +103,7 @@ class RelayConfig:
             return self.public_url
         scheme = "wss" if self.tls_cert else "ws"
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{url_host(host)}:{self.port}"
 
 
 _TOP = {f.name: f for f in dataclasses.fields(RelayConfig) if f.name != "limits"}

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from starmux.url_host import url_host
+
 log = logging.getLogger("starmux.relay")
 
 HEARTBEAT = 0.5
@@ -164,8 +166,7 @@ class LivezListener:
     @property
     def url(self) -> str:
         host, port = str(self._server.server_address[0]), self._server.server_address[1]
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}/livez"
+        return f"http://{url_host(host)}:{port}/livez"
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.heartbeat.start(loop)

@@ -33,6 +33,7 @@ from starlette.applications import Starlette
 
 from starmux.control import Notice, NoticeEvent
 from starmux.frames import FrameType
+from starmux.url_host import url_host
 
 from .admission import Admission, guarded_protocols
 from .app import StartupInfo, cluster_of, create_app, create_metrics_app, open_relay_state
@@ -132,7 +133,7 @@ class RelayServer(uvicorn.Server):
             protocol, host=config.host, port=config.port, backlog=64
         )
         port = self._metrics_server.sockets[0].getsockname()[1]
-        host = config.host if ":" not in config.host else f"[{config.host}]"
+        host = url_host(config.host)
         if self._on_metrics_listening is not None:
             self._on_metrics_listening(f"http://{host}:{port}/metrics")
 
