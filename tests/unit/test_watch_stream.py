@@ -13,28 +13,12 @@ import nacl.utils
 from starmux.client.cache import Cache
 from starmux.client.sessions import ControllerState
 from starmux.client.store import ControllerConfig, ControllerStore
-from starmux.codec import Message
 from starmux.identity import NodeKeys, Role
-from starmux.messages import (
-    APP,
-    EventPage,
-    LoggedEvent,
-    Output,
-    OutputStream,
-    SessionCreated,
-    SessionStatusChanged,
-)
+from starmux.messages import EventPage, LoggedEvent, SessionCreated, SessionStatusChanged
 from starmux.session_state import Status
 
-SESSION = "s-1"
-
-
-def logged(seq: int, message: Message) -> LoggedEvent:
-    return LoggedEvent(seq, 1000.0 + seq, SESSION, APP.encode(message))
-
-
-def line(seq: int) -> LoggedEvent:
-    return logged(seq, Output(OutputStream.STDOUT, f"line {seq}\n".encode()))
+from .test_cache import SESSION, logged
+from .test_cache import output as line
 
 
 async def test_an_end_applied_mid_send_comes_after_all_the_output(tmp_path: Path) -> None:
