@@ -84,8 +84,6 @@ def livez_answer(check: Check, heartbeat: LoopHeartbeat) -> tuple[int, bytes]:
 class _LivezHandler(BaseHTTPRequestHandler):
     server: _LivezServer
     timeout = REQUEST_TIMEOUT
-    server_version = "starmux-relay"
-    sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: nothing held open
 
     def do_GET(self) -> None:  # the name http.server dispatches to
@@ -105,6 +103,10 @@ class _LivezHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def version_string(self) -> str:
+        # Not http.server's "BaseHTTP/x Python/y": nothing a scanner can use.
+        return "starmux-relay"
 
     def log_message(self, format: str, *args: object) -> None:
         # Checks arrive every second from each balancer: no access log. Errors such
