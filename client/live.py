@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +35,13 @@ from starmux.e2e import Kind, unwrap, wrap
 from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError
 from starmux.identity import IdentityCard, NodeKeys, Role
 from starmux.live_channel import LiveChannel, finish, initiate, reset_body
+from starmux.live_window import AckPacer, Window, window_for
 from starmux.messages import (
     APP,
     CommandAck,
     CommandEnvelope,
     EventPage,
+    LiveAck,
     LoggedEvent,
     SyncRequest,
 )
@@ -68,6 +70,9 @@ SYNC_PAGE = 1000
 #: Link events handled as one batch at most (their event pages: one transaction).
 READ_BATCH = 64
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a machine's window share is reused before the machines are counted again
+#: (the count walks every machine; a batch is applied far more often than that).
+WINDOW_RECOUNT = 0.1
 
 #: Called for every newly applied event, in order: (machine key, event).
 EventCallback = Callable[[bytes, LoggedEvent], None]
@@ -82,12 +87,15 @@ class MachineChannel:
     channel: LiveChannel | None = None
     live: asyncio.Event = field(default_factory=asyncio.Event)
     follow: Follower = field(default_factory=Follower)
+    #: when to acknowledge live pages (end-to-end flow control)
+    pacer: AckPacer = field(default_factory=AckPacer)
     acks: dict[str, asyncio.Future[CommandAck]] = field(default_factory=dict)
 
     def off_live(self) -> None:
         """The channel is gone or being replaced: not live until synced again."""
         self.live.clear()
         self.follow.channel_lost()
+        self.pacer.reset()
 
 
 class LiveController:
@@ -112,6 +120,8 @@ class LiveController:
         self._reader: asyncio.Task[None] | None = None
         #: event pages decrypted but not yet applied (see _read)
         self._pages: list[tuple[MachineChannel, EventPage]] = []
+        #: each live machine's window and when it was worked out (see _window)
+        self._window: tuple[float, Window] | None = None
         self.closed = asyncio.Event()
         self.close_reason: Closed | None = None
         #: what stopped the reader, other than the link closing (see raise_failure)
@@ -412,19 +422,47 @@ class LiveController:
         pages, self._pages = self._pages, []
         results = await self.cache.apply_pages([(m.key, page) for m, page in pages])
         synced: set[bytes] = set()
+        acking: dict[bytes, MachineChannel] = {}
         for (machine, page), applied in zip(pages, results, strict=True):
             if self.on_event is not None:
                 for event in applied.events:
                     self.on_event(machine.key, event)
             action = machine.follow.page(page, gap=applied.gap)
+            if not applied.gap and machine.follow.live:
+                machine.pacer.applied(page)
+                acking[machine.key] = machine
             if action is Action.REQUEST_SYNC:
                 machine.live.clear()
+                acking.pop(machine.key, None)
                 if machine.key not in synced:  # one request answers every gap
                     synced.add(machine.key)
                     await self._request_sync(machine)
             elif action is Action.GO_LIVE:
                 machine.live.set()
                 await self.flush_outbox(machine)
+        if acking:
+            await self._acknowledge(acking.values())
+
+    async def _acknowledge(self, machines: Iterable[MachineChannel]) -> None:
+        """Live-acks to the machines whose pushes used half their window since the
+        last, or that just went live (their first: from it on they keep the window)."""
+        window = self._live_window()
+        for machine in machines:
+            pacer = machine.pacer
+            if machine.follow.live and pacer.epoch and pacer.due(window):
+                await self._send(
+                    machine, LiveAck(pacer.epoch, pacer.seq, window.pages, window.bytes)
+                )
+                pacer.sent(window)
+
+    def _live_window(self) -> Window:
+        now = time.monotonic()
+        if self._window is None or now - self._window[0] > WINDOW_RECOUNT:
+            # Every machine with a channel may be pushing or answering a sync: counting
+            # only the live ones would hand the syncing ones' share out twice.
+            open_channels = sum(1 for m in self.machines.values() if m.channel is not None)
+            self._window = (now, window_for(open_channels))
+        return self._window[1]
 
     async def _on_message(self, machine: MachineChannel, message: Message) -> None:
         if isinstance(message, DeviceLogSync):  # we were behind the machine

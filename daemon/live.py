@@ -33,6 +33,7 @@ from starmux.errors import (
 )
 from starmux.identity import IdentityCard, NodeKeys
 from starmux.live_channel import LiveChannel, reset_body, respond
+from starmux.live_window import page_cost
 from starmux.messages import (
     APP,
     CancelSession,
@@ -40,6 +41,7 @@ from starmux.messages import (
     CommandEnvelope,
     DecideCheckpoint,
     EventPage,
+    LiveAck,
     LoggedEvent,
     SendInput,
     StartSession,
@@ -83,10 +85,6 @@ def logged(event: StoredEvent) -> LoggedEvent:
     return LoggedEvent(event.seq, event.at, event.session, event.body)
 
 
-def _page_cost(page: EventPage) -> int:
-    return sum(len(e.body) + len(e.session) + 32 for e in page.events)
-
-
 def merge_live_pages(first: EventPage, second: EventPage) -> EventPage | None:
     """``first`` and ``second`` as one live page, or None if they may not be joined:
     both must be pushed live events (not a sync answer, not the "sync again" page) of
@@ -100,7 +98,7 @@ def merge_live_pages(first: EventPage, second: EventPage) -> EventPage | None:
         and bool(second.events)
         and first.epoch == second.epoch
         and len(first.events) + len(second.events) <= PAGE_EVENTS
-        and _page_cost(first) + _page_cost(second) <= PAGE_BYTES
+        and page_cost(first) + page_cost(second) <= PAGE_BYTES
     )
     if not joinable:
         return None
@@ -236,6 +234,9 @@ class LiveService:
             except RoleRefused:
                 return
             await self._sync(peer, message)
+        elif isinstance(message, LiveAck):
+            # Only bounds what is pushed to this very controller: no role needed.
+            peer.feed.acked(message, epoch=self.log.epoch)
         elif isinstance(message, CommandEnvelope):
             ack = await self._command(peer, message)
             self._enqueue(peer, ack)

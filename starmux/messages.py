@@ -125,6 +125,27 @@ class SyncRequest(Message):
 
 @APP.register
 @dataclass(frozen=True)
+class LiveAck(Message):
+    """Controller → machine, while live: every event through ``seq`` of ``epoch`` is
+    applied; push at most ``window_pages`` pages and ``window_bytes`` bytes beyond
+    it, then say "sync again" (see :mod:`starmux.live_window`)."""
+
+    KIND = "live-ack"
+    epoch: str
+    seq: int
+    window_pages: int
+    window_bytes: int
+
+    def __post_init__(self) -> None:
+        check_id(self.epoch, "epoch")
+        if self.seq < 0:
+            raise UsageError("a live-ack's seq cannot be negative")
+        if not (1 <= self.window_pages <= 1 << 20 and 1 <= self.window_bytes <= 1 << 40):
+            raise UsageError("a live-ack's window is out of range")
+
+
+@APP.register
+@dataclass(frozen=True)
 class LoggedEvent(Message):
     """One entry of a machine's event log; ``body`` is an APP-encoded event message."""
 

@@ -22,8 +22,10 @@ Invariants:
   (:func:`pages`). Going live happens in the same step as computing ``more``
   (no await between them in the adapter), so no commit falls between the last
   sync page and the first pushed one. A controller whose send queue is longer
-  than ``max_backlog`` goes back to ``syncing`` and is told so with an empty
-  ``more=True`` page: it pages through the log instead of an unbounded queue.
+  than ``max_backlog``, or that has not acknowledged enough of what was pushed
+  (its live window, :mod:`starmux.live_window`), goes back to ``syncing`` and is
+  told so with an empty ``more=True`` page: it pages through the log instead of an
+  unbounded queue here or at the relay.
 - Controller: events are applied exactly once, in order (:func:`next_in_order`);
   a gap or ``more`` means "request again from the cursor"; the first complete
   answer means live (the adapter then sends its outbox). Duplicate pages apply
@@ -40,21 +42,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .messages import EventPage, LoggedEvent, SyncRequest
+from .live_window import InFlight, accepted, event_cost
+from .messages import EventPage, LiveAck, LoggedEvent, SyncRequest
 
 PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
 PAGE_EVENTS = 1000
 MAX_BACKLOG = 256  # messages queued for a controller before it is taken off live
 
 
-def pages(events: Sequence[LoggedEvent], epoch: str, *, live: bool) -> list[EventPage]:
-    """Split events into pages (``more=False``) that each fit one encrypted message."""
+def pages(
+    events: Sequence[LoggedEvent], epoch: str, *, live: bool, max_bytes: int = PAGE_BYTES
+) -> list[EventPage]:
+    """Split events into pages (``more=False``) that each fit one encrypted message
+    and ``max_bytes`` (an event bigger than that still gets a page of its own)."""
+    max_bytes = min(max_bytes, PAGE_BYTES)
     result: list[EventPage] = []
     current: list[LoggedEvent] = []
     size = 0
     for event in events:
-        cost = len(event.body) + len(event.session) + 32
-        if current and (size + cost > PAGE_BYTES or len(current) >= PAGE_EVENTS):
+        cost = event_cost(event)
+        if current and (size + cost > max_bytes or len(current) >= PAGE_EVENTS):
             result.append(EventPage(epoch, tuple(current), False, live))
             current, size = [], 0
         current.append(event)
@@ -75,7 +82,7 @@ class FeedState(enum.StrEnum):
 class FeedEvent(enum.StrEnum):
     ANSWERED_MORE = "answered-more"  # a sync page went out, more to come
     ANSWERED_LAST = "answered-last"  # the sync page that reached the log's end
-    BEHIND = "behind"  # the controller's queue is too long
+    BEHIND = "behind"  # the controller's queue is too long, or its window full
 
 
 FEED_TRANSITIONS: dict[tuple[FeedState, FeedEvent], FeedState] = {
@@ -104,6 +111,8 @@ class Feed:
         self.max_backlog = max_backlog
         #: The last seq handed to the controller (by a page or a push).
         self.sent_seq = 0
+        #: Live pages the controller has not acknowledged, and its window.
+        self.in_flight = InFlight()
 
     @property
     def live(self) -> bool:
@@ -114,6 +123,15 @@ class Feed:
         if new is None:
             raise UsageError(f"a feed cannot take {event.value} when {self.state.value}")
         self.state = new
+        if new is FeedState.SYNCING:
+            # From here the controller's own requests pace what it gets.
+            self.in_flight.clear()
+
+    def acked(self, ack: LiveAck, *, epoch: str) -> None:
+        """The controller's live-ack: what it applied, and its window from now on. An
+        ack for another epoch (the log was wiped since) acknowledges nothing."""
+        seq = ack.seq if ack.epoch == epoch else 0
+        self.in_flight.acked(seq, accepted(ack.window_pages, ack.window_bytes))
 
     def read_for(self, request: SyncRequest, *, epoch: str) -> Read:
         """The log range that answers ``request`` (from the start for another epoch)."""
@@ -123,12 +141,16 @@ class Feed:
     def answer(
         self, read: Read, events: Sequence[LoggedEvent], *, epoch: str, last_seq: int
     ) -> EventPage:
-        """The one page answering a request, given what was read and the log's end now."""
-        batch = pages(events, epoch, live=False)
+        """The one page answering a request, given what was read and the log's end now.
+        Within the controller's live window, if it gave one: a controller paging many
+        machines at once must not get more from all of them than the relay holds."""
+        window = self.in_flight.window
+        batch = pages(events, epoch, live=False, max_bytes=window.bytes if window else PAGE_BYTES)
         first = batch[0].events if batch else ()
         last = first[-1].seq if first else read.after
         more = last < last_seq
         self._go(FeedEvent.ANSWERED_MORE if more else FeedEvent.ANSWERED_LAST)
+        self.in_flight.forget_through(read.after)  # the request's cursor says it applied these
         self.sent_seq = last
         return EventPage(epoch, first, more, False)
 
@@ -142,11 +164,13 @@ class Feed:
         fresh = [e for e in events if e.seq > self.sent_seq]
         if not fresh:
             return []
-        if backlog > self.max_backlog:
+        batch = pages(fresh, epoch, live=True)
+        if backlog > self.max_backlog or not self.in_flight.fits(batch):
             self._go(FeedEvent.BEHIND)
             return [EventPage(epoch, (), True, True)]
         self.sent_seq = fresh[-1].seq
-        return pages(fresh, epoch, live=True)
+        self.in_flight.pushed(batch)
+        return batch
 
 
 # --- the controller's side ------------------------------------------------------------

@@ -74,6 +74,15 @@ function need(condition) {
 /** Each message's own rules, by kind (Python: __post_init__). */
 export const CHECKS = {
   'sync-request': (m) => need(m.epoch === '' || isId(m.epoch)),
+  'live-ack': (m) =>
+    need(
+      isId(m.epoch) &&
+        m.seq >= 0 &&
+        m.window_pages >= 1 &&
+        m.window_pages <= 2 ** 20 &&
+        m.window_bytes >= 1 &&
+        m.window_bytes <= 2 ** 40,
+    ),
   'logged-event': (m) => need(m.seq >= 1 && isId(m.session)),
   'event-page': (m) => need(isId(m.epoch)),
   command: (m) => need(isId(m.command_id)),

@@ -1159,6 +1159,27 @@ export const SCHEMA = {
      ]
     ]
    },
+   "live-ack": {
+    "version": 1,
+    "fields": [
+     [
+      "epoch",
+      "str"
+     ],
+     [
+      "seq",
+      "int"
+     ],
+     [
+      "window_pages",
+      "int"
+     ],
+     [
+      "window_bytes",
+      "int"
+     ]
+    ]
+   },
    "logged-event": {
     "version": 1,
     "fields": [

@@ -1,0 +1,184 @@
+"""End-to-end flow control of live pushes, both ends (sans-I/O).
+
+The relay queues what it cannot yet write to a connection and closes a receiver
+whose queue passes its bound (1,024 frames or 4 MiB by default: close code 4011).
+It cannot push back on senders, so without a bound of our own a fleet whose output
+outruns its controller got the controller disconnected, and after the resync
+disconnected again (measured: 100 machines streaming to one controller; issue 20).
+
+So the controller acknowledges what it applied, and each machine keeps what it
+pushed beyond the last acknowledgement within a window the controller gives::
+
+    machine (InFlight, in its Feed)              controller (AckPacer, per machine)
+
+    push page ──────────────────────────────▶    applied: count it
+    (pages, bytes past the last ack)             half a window counted, or went live:
+    ◀──────────────── live-ack(seq, window) ──   send live-ack, count from zero
+    a push would pass the window:
+    "sync again" page ─────────────────────▶     sync-request from the cursor
+                                                 (one page per round trip)
+
+- The controller splits one budget (:data:`PAGE_BUDGET`, :data:`BYTE_BUDGET`,
+  below the relay's default bounds, with room for commands and transfers) between
+  its live machines (:func:`window_for`), so what all of them may have in flight
+  stays under the relay's bound up to :data:`PAGE_BUDGET` / :data:`MIN_PAGES`
+  machines. Past the window a machine is paged by sync requests, which are paced by
+  the controller itself.
+- A machine applies no bound until the first live-ack on a channel: a controller
+  that never sends one (an older one, or the browser's) is pushed to as before.
+- A window only ever limits what is pushed; every event still reaches the
+  controller, by push or by sync, exactly once and in order (:mod:`starmux.resync`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .messages import EventPage, LoggedEvent
+
+#: Pages and bytes all of a controller's live machines may have in flight together:
+#: the relay closes a connection at 1,024 queued frames or 4 MiB.
+PAGE_BUDGET = 768
+BYTE_BUDGET = 3 * 1024 * 1024
+#: The least window a machine gets, however many share the budget.
+MIN_PAGES = 4
+MIN_BYTES = 16 * 1024
+#: What a machine accepts from a controller at most (a window is the controller's
+#: choice, but a machine need not hold more than this on its word).
+MAX_PAGES = PAGE_BUDGET
+MAX_BYTES = BYTE_BUDGET
+
+
+def event_cost(event: LoggedEvent) -> int:
+    """What an event costs in a page: its body, its session id and the framing."""
+    return len(event.body) + len(event.session) + 32
+
+
+def page_cost(page: EventPage) -> int:
+    return sum(event_cost(event) for event in page.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    pages: int
+    bytes: int
+
+
+def window_for(live_machines: int) -> Window:
+    """Each live machine's share of the controller's budget."""
+    share = max(1, live_machines)
+    return Window(max(MIN_PAGES, PAGE_BUDGET // share), max(MIN_BYTES, BYTE_BUDGET // share))
+
+
+def accepted(pages: int, size: int) -> Window:
+    """A controller's window as a machine keeps it: within :data:`MAX_PAGES` and
+    :data:`MAX_BYTES`."""
+    return Window(min(max(1, pages), MAX_PAGES), min(max(1, size), MAX_BYTES))
+
+
+class InFlight:
+    """The machine's side: the live pages pushed to one controller that it has not
+    acknowledged yet, and the window they must fit (None until the first ack)."""
+
+    def __init__(self) -> None:
+        self.window: Window | None = None
+        self._pages: deque[tuple[int, int]] = deque()  # (last seq, cost)
+        self._bytes = 0
+
+    @property
+    def pages(self) -> int:
+        return len(self._pages)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def acked(self, seq: int, window: Window) -> None:
+        """The controller applied everything through ``seq``; its window is now ``window``."""
+        self.window = window
+        self.forget_through(seq)
+
+    def forget_through(self, seq: int) -> None:
+        pages = self._pages
+        while pages and pages[0][0] <= seq:
+            self._bytes -= pages.popleft()[1]
+
+    def clear(self) -> None:
+        """Back to syncing: what the controller asks for next is paced by its requests."""
+        self._pages.clear()
+        self._bytes = 0
+
+    def fits(self, batch: Sequence[EventPage]) -> bool:
+        """Whether pushing ``batch`` keeps within the window (always, without one)."""
+        window = self.window
+        if window is None:
+            return True
+        size = sum(page_cost(page) for page in batch)
+        return self.pages + len(batch) <= window.pages and self._bytes + size <= window.bytes
+
+    def pushed(self, batch: Sequence[EventPage]) -> None:
+        if self.window is None:
+            return  # no bound to keep: nothing to remember
+        for page in batch:
+            if page.events:
+                cost = page_cost(page)
+                self._pages.append((page.events[-1].seq, cost))
+                self._bytes += cost
+
+
+class AckPacer:
+    """The controller's side for one machine's channel: when to send a live-ack."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+        self.bytes = 0
+        self.seq = 0
+        self.epoch = ""
+        self.window: Window | None = None
+
+    def reset(self) -> None:
+        """A new channel: nothing counted, no window given yet."""
+        self.pages = self.bytes = self.seq = 0
+        self.epoch = ""
+        self.window = None
+
+    def applied(self, page: EventPage) -> None:
+        """A page was applied without a gap: everything through its last event is.
+        Live pages count toward the next ack; a sync answer was paced by its request."""
+        self.epoch = page.epoch
+        if page.events:
+            if page.live:
+                self.pages += 1
+                self.bytes += page_cost(page)
+            self.seq = max(self.seq, page.events[-1].seq)
+
+    def due(self, window: Window) -> bool:
+        """Whether to acknowledge now: half the window was used (so a machine at full
+        speed is never stopped by an ack still on its way), or the window changed."""
+        if self.window != window:
+            return True
+        return self.pages * 2 >= window.pages or self.bytes * 2 >= window.bytes
+
+    def sent(self, window: Window) -> None:
+        """A live-ack for :attr:`seq` with ``window`` went out."""
+        self.pages = self.bytes = 0
+        self.window = window
+
+
+__all__ = [
+    "BYTE_BUDGET",
+    "MAX_BYTES",
+    "MAX_PAGES",
+    "MIN_BYTES",
+    "MIN_PAGES",
+    "PAGE_BUDGET",
+    "AckPacer",
+    "InFlight",
+    "Window",
+    "accepted",
+    "event_cost",
+    "page_cost",
+    "window_for",
+]

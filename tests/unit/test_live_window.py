@@ -1,0 +1,236 @@
+"""Flow control of live pushes (network-free): the window split, the machine's
+in-flight bound inside its Feed, the controller's ack pacing, and both talking over
+an in-memory wire with a controller that falls behind."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from starmux.errors import UsageError
+from starmux.live_window import (
+    BYTE_BUDGET,
+    MAX_BYTES,
+    MAX_PAGES,
+    MIN_BYTES,
+    MIN_PAGES,
+    PAGE_BUDGET,
+    AckPacer,
+    Window,
+    accepted,
+    page_cost,
+    window_for,
+)
+from starmux.messages import EventPage, LiveAck, LoggedEvent, SyncRequest
+from starmux.resync import (
+    Action,
+    Cursor,
+    Feed,
+    FeedState,
+    Follower,
+    Read,
+    cursor_for,
+    next_in_order,
+)
+
+EPOCH = "0123456789abcdef"
+
+
+def events(first: int, last: int, *, size: int = 10) -> list[LoggedEvent]:
+    return [LoggedEvent(seq, float(seq), "s-1", b"x" * size) for seq in range(first, last + 1)]
+
+
+def live_feed() -> Feed:
+    feed = Feed()
+    feed.answer(Read(0, 10), [], epoch=EPOCH, last_seq=0)
+    assert feed.live
+    return feed
+
+
+SYNC_AGAIN = EventPage(EPOCH, (), True, True)
+
+
+def test_the_budget_is_split_between_live_machines_down_to_a_floor() -> None:
+    assert window_for(0) == window_for(1) == Window(PAGE_BUDGET, BYTE_BUDGET)
+    assert window_for(4) == Window(PAGE_BUDGET // 4, BYTE_BUDGET // 4)
+    assert window_for(100_000) == Window(MIN_PAGES, MIN_BYTES)
+    # Up to this many machines, all of them together stay within the budget.
+    most = PAGE_BUDGET // MIN_PAGES
+    assert window_for(most).pages * most <= PAGE_BUDGET
+    assert window_for(most).bytes * most <= BYTE_BUDGET
+
+
+def test_a_machine_bounds_the_window_a_controller_gives() -> None:
+    assert accepted(0, -5) == Window(1, 1)
+    assert accepted(10**9, 10**15) == Window(MAX_PAGES, MAX_BYTES)
+    assert accepted(7, 7000) == Window(7, 7000)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [("bad id!", 1, 1, 1), (EPOCH, -1, 1, 1), (EPOCH, 1, 0, 1), (EPOCH, 1, 1, 0),
+     (EPOCH, 1, 2**20 + 1, 1), (EPOCH, 1, 1, 2**40 + 1)],
+)  # fmt: skip
+def test_a_live_ack_out_of_range_does_not_exist(fields: tuple[str, int, int, int]) -> None:
+    with pytest.raises(UsageError):
+        LiveAck(*fields)
+
+
+def test_without_an_ack_a_controller_is_pushed_to_as_before() -> None:
+    feed = live_feed()
+    for seq in range(1, 2001):
+        assert len(feed.committed(events(seq, seq), epoch=EPOCH, backlog=0)) == 1
+    assert feed.live and feed.in_flight.pages == 0  # nothing kept: no bound to keep
+
+
+def test_pushes_stop_at_the_window_and_the_controller_is_told_to_sync() -> None:
+    feed = live_feed()
+    feed.acked(LiveAck(EPOCH, 0, 3, 10_000), epoch=EPOCH)
+    for seq in (1, 2, 3):
+        assert len(feed.committed(events(seq, seq), epoch=EPOCH, backlog=0)) == 1
+    assert feed.in_flight.pages == 3
+    assert feed.committed(events(4, 4), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+    assert feed.state is FeedState.SYNCING and feed.in_flight.pages == 0
+    assert feed.committed(events(5, 5), epoch=EPOCH, backlog=0) == []  # paged, not pushed
+    # The controller's request pages the rest; at the log's end it is live again and
+    # the window it gave still holds.
+    page = feed.answer(Read(3, 100), events(4, 5), epoch=EPOCH, last_seq=5)
+    assert [e.seq for e in page.events] == [4, 5] and not page.more and feed.live
+    for seq in (6, 7, 8):
+        assert len(feed.committed(events(seq, seq), epoch=EPOCH, backlog=0)) == 1
+    assert feed.committed(events(9, 9), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+
+
+def test_a_sync_answer_fits_the_window_too() -> None:
+    """Many machines paged at once answer one page each: within the window, all of
+    them together stay within what the relay holds for the controller."""
+    feed = live_feed()
+    logged = events(1, 20, size=1000)
+    one = page_cost(EventPage(EPOCH, tuple(logged[:1]), False, True))
+    assert len(feed.answer(Read(0, 100), logged, epoch=EPOCH, last_seq=20).events) == 20
+    feed.acked(LiveAck(EPOCH, 0, 8, 3 * one), epoch=EPOCH)
+    page = feed.answer(Read(0, 100), logged, epoch=EPOCH, last_seq=20)
+    assert [e.seq for e in page.events] == [1, 2, 3] and page.more
+    # An event bigger than the window still goes, alone: the log always moves on.
+    feed.acked(LiveAck(EPOCH, 0, 8, 10), epoch=EPOCH)
+    page = feed.answer(Read(3, 100), logged[3:], epoch=EPOCH, last_seq=20)
+    assert [e.seq for e in page.events] == [4] and page.more
+
+
+def test_an_ack_frees_the_window() -> None:
+    feed = live_feed()
+    feed.acked(LiveAck(EPOCH, 0, 2, 10_000), epoch=EPOCH)
+    feed.committed(events(1, 1), epoch=EPOCH, backlog=0)
+    feed.committed(events(2, 3), epoch=EPOCH, backlog=0)
+    feed.acked(LiveAck(EPOCH, 1, 2, 10_000), epoch=EPOCH)  # the first page only
+    assert feed.in_flight.pages == 1
+    assert len(feed.committed(events(4, 4), epoch=EPOCH, backlog=0)) == 1
+    assert feed.committed(events(5, 5), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+
+
+def test_the_window_counts_bytes_too() -> None:
+    feed = live_feed()
+    one = page_cost(EventPage(EPOCH, tuple(events(1, 1, size=1000)), False, True))
+    feed.acked(LiveAck(EPOCH, 0, 100, 2 * one), epoch=EPOCH)
+    assert len(feed.committed(events(1, 2, size=1000), epoch=EPOCH, backlog=0)) == 1
+    assert feed.in_flight.bytes == 2 * one
+    assert feed.committed(events(3, 3, size=1000), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+
+
+def test_an_ack_for_another_epoch_acknowledges_nothing() -> None:
+    feed = live_feed()
+    feed.acked(LiveAck(EPOCH, 0, 2, 10_000), epoch=EPOCH)
+    feed.committed(events(1, 2), epoch=EPOCH, backlog=0)
+    feed.committed(events(3, 3), epoch=EPOCH, backlog=0)
+    feed.acked(LiveAck("feedfacefeedface", 3, 2, 10_000), epoch=EPOCH)
+    assert feed.in_flight.pages == 2
+    assert feed.committed(events(4, 4), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+
+
+def test_the_controller_acks_on_going_live_then_every_half_window() -> None:
+    pacer, window = AckPacer(), Window(4, 10_000)
+    pacer.applied(EventPage(EPOCH, tuple(events(1, 5)), False, False))  # the last sync page
+    assert (pacer.seq, pacer.pages) == (5, 0) and pacer.due(window)  # no window given yet
+    pacer.sent(window)
+    pacer.applied(EventPage(EPOCH, tuple(events(6, 6)), False, True))
+    assert not pacer.due(window)
+    pacer.applied(EventPage(EPOCH, tuple(events(7, 7)), False, True))
+    assert pacer.due(window) and pacer.seq == 7
+    pacer.sent(window)
+    assert not pacer.due(window)
+    assert pacer.due(Window(2, 10_000))  # a new share is said at once
+    pacer.reset()
+    assert (pacer.seq, pacer.epoch, pacer.window) == (0, "", None)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> None:
+    """The machine commits faster than the controller applies; acks and pages are
+    delayed on the wire. Live pages in flight never pass the window, and every event
+    arrives once, in order."""
+    rng = random.Random(seed)
+    window = Window(rng.randint(1, 6), rng.choice([200, 1_000, 100_000]))
+    log: list[LoggedEvent] = []
+    feed, follow, pacer = Feed(), Follower(), AckPacer()
+    cursor = Cursor("", 0)
+    applied: list[int] = []
+    down: list[EventPage] = []  # machine → controller
+    up: list[LiveAck] = []  # controller → machine
+    most_in_flight = 0
+    told_to_sync = 0
+
+    def commit() -> None:
+        nonlocal told_to_sync
+        fresh = events(len(log) + 1, len(log) + rng.randint(1, 4), size=rng.randint(1, 120))
+        log.extend(fresh)
+        pushed = feed.committed(fresh, epoch=EPOCH, backlog=0)
+        told_to_sync += pushed == [SYNC_AGAIN]
+        down.extend(pushed)
+
+    def request() -> None:
+        follow.requested()
+        read = feed.read_for(SyncRequest(cursor.epoch, cursor.seq, 7), epoch=EPOCH)
+        chunk = [e for e in log if e.seq > read.after][: read.limit]
+        down.append(feed.answer(read, chunk, epoch=EPOCH, last_seq=len(log)))
+
+    def deliver() -> None:
+        nonlocal cursor
+        page = down.pop(0)
+        cursor, _ = cursor_for(cursor, page)
+        result = next_in_order(cursor.seq, page.events)
+        applied.extend(e.seq for e in result.events)
+        if result.events:
+            cursor = Cursor(cursor.epoch, result.events[-1].seq)
+        action = follow.page(page, gap=result.gap)
+        if not result.gap and follow.live:
+            pacer.applied(page)
+            if pacer.due(window):
+                up.append(LiveAck(EPOCH, pacer.seq, window.pages, window.bytes))
+                pacer.sent(window)
+        if action is Action.REQUEST_SYNC:
+            pacer.reset()
+            request()
+
+    request()
+    for _ in range(600):
+        commit()  # every step: the machine outruns the controller
+        if rng.random() < 0.4 and down:
+            deliver()
+        if up and rng.random() < 0.5:
+            feed.acked(up.pop(0), epoch=EPOCH)
+        if feed.in_flight.window is not None:
+            most_in_flight = max(most_in_flight, feed.in_flight.pages)
+            assert feed.in_flight.bytes <= window.bytes
+    assert most_in_flight <= window.pages
+    for _ in range(100_000):  # no more commits: it must settle
+        if not down and follow.live:
+            break
+        if up:
+            feed.acked(up.pop(0), epoch=EPOCH)
+        if not down:
+            request()
+        deliver()
+    assert applied == list(range(1, len(log) + 1))
+    assert feed.live and follow.live and not down
+    assert told_to_sync, "the window never filled: this run proved nothing"
