@@ -48,7 +48,8 @@ from starmux.fingerprint import comparison_code, fingerprint, fingerprint_bytes
 from starmux.frames import Frame, FrameType, encode_frame
 from starmux.identity import NodeKeys, Role
 from starmux.link_code import Direction, LinkCode
-from starmux.messages import APP
+from starmux.live_window import page_cost, window_for
+from starmux.messages import APP, EventPage, LoggedEvent
 from starmux.padding import padded_size
 from starmux.pairing_code import PairingCode
 from starmux.relay_auth import (
@@ -663,6 +664,24 @@ def _code_verdicts(pair: str, link: str, join: str) -> list[dict[str, Any]]:
     return table
 
 
+def live_window_golden() -> dict[str, Any]:
+    """Each machine's window for a number of open channels, and page costs: the
+    browser's live-acks must give what the Python controller gives."""
+    page = EventPage(
+        "e-1",
+        (LoggedEvent(1, 0.0, "s-1", b"x" * 100), LoggedEvent(2, 0.0, "s-22", b"")),
+        False,
+        True,
+    )
+    return {
+        "windows": [
+            [n, *dataclasses.astuple(window_for(n))]
+            for n in (0, 1, 2, 3, 7, 100, 191, 192, 193, 10_000)
+        ],
+        "page": {"sessions": ["s-1", "s-22"], "bodies": [100, 0], "cost": page_cost(page)},
+    }
+
+
 def golden() -> dict[str, Any]:
     return {
         "frames": frames_golden(),
@@ -670,6 +689,7 @@ def golden() -> dict[str, Any]:
         "crypto": crypto_golden(),
         "codes": codes_golden(),
         "join": join_golden(),
+        "live_window": live_window_golden(),
     }
 
 

@@ -34,11 +34,7 @@ from starmux.resync import (
     next_in_order,
 )
 
-EPOCH = "0123456789abcdef"
-
-
-def events(first: int, last: int, *, size: int = 10) -> list[LoggedEvent]:
-    return [LoggedEvent(seq, float(seq), "s-1", b"x" * size) for seq in range(first, last + 1)]
+from .test_resync import EPOCH, events
 
 
 def live_feed() -> Feed:

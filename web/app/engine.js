@@ -24,6 +24,7 @@ import { decideCheckpoint } from "../proto/decisions.js";
 import { revokeTranscript } from "../proto/relay_auth.js";
 import { idbGet, idbPut } from "./idb.js";
 import { FlowError, joinAccount, joinByShowing, PeerInbox, pairMachine } from "./net/flows.js";
+import { windowFor } from "./net/live_window.js";
 import { MachineChannel } from "./net/machine_channel.js";
 import { LinkClosed, RelayLink, RelayRefused } from "./net/relay_link.js";
 import { SessionBook, toHexKey } from "./net/sessions.js";
@@ -210,6 +211,9 @@ export class Engine {
       changed: (channel) => this.store.dispatch({ type: "machine/update", fingerprint: channel.card.fingerprint, fields: { online: channel.online, live: channel.live } }),
       warn: (channel, text) => this.store.dispatch({ type: "notice/add", kind: "error", text: `${this.names.get(toHex(channel.key))}: ${text}` }),
       deviceLogOffered: (_channel, entries) => this.#takeLog(entries),
+      // Every machine with a channel may be pushing or answering a sync: each gets
+      // an equal share of what the relay holds for this browser.
+      liveWindow: () => windowFor([...this.channels.values()].filter((c) => c.channel !== null).length),
     };
   }
 

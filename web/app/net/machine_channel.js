@@ -15,6 +15,7 @@
 import { Kind, unwrap, wrap } from "../../proto/e2e.js";
 import { CryptoError, RemoteProtocolError } from "../../proto/errors.js";
 import { finish, initiate, resetBody } from "../../proto/live_channel.js";
+import { AckPacer } from "./live_window.js";
 import { Action, cursorFor, Follower, nextInOrder } from "./resync.js";
 
 const SYNC_PAGE = 1000;
@@ -23,11 +24,12 @@ export class MachineChannel {
   constructor(key, card, host) {
     this.key = key;
     this.card = card;
-    this.host = host; // { send(peer, body), keys, relayKey, deviceLog(), apply(machine, events, wiped), changed(machine) }
+    this.host = host; // { send(peer, body), keys, relayKey, deviceLog(), apply(machine, events, wiped), changed(machine), liveWindow() }
     this.online = false;
     this.handshake = null;
     this.channel = null;
     this.follow = new Follower();
+    this.pacer = new AckPacer(); // live-acks: the machine's pushes stay within a window
     this.cursor = { epoch: "", seq: 0 };
     this.outbox = new Map(); // command id -> { kind, fields }
     this.acks = new Map(); // command id -> [resolve]
@@ -39,6 +41,7 @@ export class MachineChannel {
 
   #offLive() {
     this.follow.channelLost();
+    this.pacer.reset();
     this.host.changed(this);
   }
 
@@ -134,6 +137,7 @@ export class MachineChannel {
         this.host.changed(this);
         this.#flush();
       }
+      if (!inOrder.gap && this.follow.live) this.#acknowledge(message);
     } else if (message.kind === "command-ack") {
       this.outbox.delete(message.command_id);
       const waiters = this.acks.get(message.command_id) || [];
@@ -142,6 +146,15 @@ export class MachineChannel {
     } else if (message.kind === "device-log-sync") {
       this.host.deviceLogOffered(this, message.entries);
     }
+  }
+
+  #acknowledge(page) {
+    this.pacer.applied(page);
+    const window = this.host.liveWindow();
+    if (!this.pacer.due(window)) return;
+    const { epoch, seq } = this.pacer;
+    this.#send("live-ack", { epoch, seq, window_pages: window.pages, window_bytes: window.bytes });
+    this.pacer.sent(window);
   }
 
   #requestSync() {
