@@ -110,22 +110,20 @@ class InFlight:
         self._pages.clear()
         self._bytes = 0
 
-    def fits(self, batch: Sequence[EventPage]) -> bool:
-        """Whether pushing ``batch`` keeps within the window (always, without one)."""
+    def admit(self, batch: Sequence[EventPage]) -> bool:
+        """Count ``batch`` as pushed if it keeps within the window (always, without
+        one); False, and nothing counted, if it would not."""
         window = self.window
         if window is None:
-            return True
-        size = sum(page_cost(page) for page in batch)
-        return self.pages + len(batch) <= window.pages and self._bytes + size <= window.bytes
-
-    def pushed(self, batch: Sequence[EventPage]) -> None:
-        if self.window is None:
-            return  # no bound to keep: nothing to remember
-        for page in batch:
+            return True  # no bound to keep: nothing to remember
+        costs = [page_cost(page) for page in batch]
+        if self.pages + len(batch) > window.pages or self._bytes + sum(costs) > window.bytes:
+            return False
+        for page, cost in zip(batch, costs, strict=True):
             if page.events:
-                cost = page_cost(page)
                 self._pages.append((page.events[-1].seq, cost))
                 self._bytes += cost
+        return True
 
 
 class AckPacer:

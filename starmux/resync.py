@@ -165,11 +165,10 @@ class Feed:
         if not fresh:
             return []
         batch = pages(fresh, epoch, live=True)
-        if backlog > self.max_backlog or not self.in_flight.fits(batch):
+        if backlog > self.max_backlog or not self.in_flight.admit(batch):
             self._go(FeedEvent.BEHIND)
             return [EventPage(epoch, (), True, True)]
         self.sent_seq = fresh[-1].seq
-        self.in_flight.pushed(batch)
         return batch
 
 
