@@ -235,8 +235,9 @@ class LiveService:
                 return
             await self._sync(peer, message)
         elif isinstance(message, LiveAck):
-            # Only bounds what is pushed to this very controller: no role needed.
-            peer.feed.acked(message, epoch=self.log.epoch)
+            # Only paces what is pushed to this very controller: no role needed.
+            for page in peer.feed.acked(message, epoch=self.log.epoch):
+                self._enqueue(peer, page)
         elif isinstance(message, CommandEnvelope):
             ack = await self._command(peer, message)
             self._enqueue(peer, ack)
@@ -406,8 +407,13 @@ class LiveService:
             # Under load, commits queue up small live pages while the last one is being
             # sent: join those already waiting into one message (fewer seals, frames and
             # controller wake-ups). Only what is already queued is joined, so an idle
-            # machine's event goes out at once, alone.
-            while isinstance(message, EventPage) and not queue.empty():
+            # machine's event goes out at once, alone. (A controller that gives a window
+            # gets its pages as the feed counted them: the feed joins them itself.)
+            while (
+                isinstance(message, EventPage)
+                and not queue.empty()
+                and peer.feed.in_flight.window is None
+            ):
                 held = queue.get_nowait()
                 merged = (
                     merge_live_pages(message, held[1])

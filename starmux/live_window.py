@@ -9,14 +9,22 @@ disconnected again (measured: 100 machines streaming to one controller; issue 20
 So the controller acknowledges what it applied, and each machine keeps what it
 pushed beyond the last acknowledgement within a window the controller gives::
 
-    machine (InFlight, in its Feed)              controller (AckPacer, per machine)
+    machine (Feed + InFlight)                    controller (AckPacer, per machine)
 
     push page ──────────────────────────────▶    applied: count it
     (pages, bytes past the last ack)             half a window counted, or went live:
-    ◀──────────────── live-ack(seq, window) ──   send live-ack, count from zero
-    a push would pass the window:
+    half the window out: commits wait, joined    send live-ack, count from zero
+    ◀──────────────── live-ack(seq, window) ──
+    push what waited ───────────────────────▶
+    what waits would not fit a whole window:
     "sync again" page ─────────────────────▶     sync-request from the cursor
                                                  (one page per round trip)
+
+Both ends count the same pages (the machine joins no counted pages afterwards), so
+when half the window is out on the machine's count, the controller's count reaches
+half once it has applied those pages, and its ack frees the machine: nothing waits
+for good. Under load this joins commits into bigger pages (fewer messages, frames
+and acks per event); an idle machine's commit goes at once.
 
 - The controller splits one budget (:data:`PAGE_BUDGET`, :data:`BYTE_BUDGET`,
   below the relay's default bounds, with room for commands and transfers) between
@@ -109,6 +117,13 @@ class InFlight:
         """Back to syncing: what the controller asks for next is paced by its requests."""
         self._pages.clear()
         self._bytes = 0
+
+    def half_used(self) -> bool:
+        """Whether half the window is in flight: the controller acknowledges then."""
+        window = self.window
+        return window is not None and (
+            self.pages * 2 >= window.pages or self._bytes * 2 >= window.bytes
+        )
 
     def admit(self, batch: Sequence[EventPage]) -> bool:
         """Count ``batch`` as pushed if it keeps within the window (always, without

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .live_window import InFlight, accepted, event_cost
+from .live_window import InFlight, accepted, event_cost, page_cost
 from .messages import EventPage, LiveAck, LoggedEvent, SyncRequest
 
 PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
@@ -113,6 +113,9 @@ class Feed:
         self.sent_seq = 0
         #: Live pages the controller has not acknowledged, and its window.
         self.in_flight = InFlight()
+        #: Committed while half the window was in flight: pushed, joined into bigger
+        #: pages, when the controller's next ack frees the window.
+        self.held: list[LoggedEvent] = []
 
     @property
     def live(self) -> bool:
@@ -126,12 +129,15 @@ class Feed:
         if new is FeedState.SYNCING:
             # From here the controller's own requests pace what it gets.
             self.in_flight.clear()
+            self.held = []
 
-    def acked(self, ack: LiveAck, *, epoch: str) -> None:
-        """The controller's live-ack: what it applied, and its window from now on. An
-        ack for another epoch (the log was wiped since) acknowledges nothing."""
+    def acked(self, ack: LiveAck, *, epoch: str) -> list[EventPage]:
+        """The controller's live-ack: what it applied, and its window from now on (an
+        ack for another epoch, the log was wiped since, acknowledges nothing). Returns
+        what to push now: what was held for it."""
         seq = ack.seq if ack.epoch == epoch else 0
         self.in_flight.acked(seq, accepted(ack.window_pages, ack.window_bytes))
+        return self._release(epoch) if self.live else []
 
     def read_for(self, request: SyncRequest, *, epoch: str) -> Read:
         """The log range that answers ``request`` (from the start for another epoch)."""
@@ -151,6 +157,7 @@ class Feed:
         more = last < last_seq
         self._go(FeedEvent.ANSWERED_MORE if more else FeedEvent.ANSWERED_LAST)
         self.in_flight.forget_through(read.after)  # the request's cursor says it applied these
+        self.held = [e for e in self.held if e.seq > last]  # this page carries the rest
         self.sent_seq = last
         return EventPage(epoch, first, more, False)
 
@@ -164,12 +171,38 @@ class Feed:
         fresh = [e for e in events if e.seq > self.sent_seq]
         if not fresh:
             return []
-        batch = pages(fresh, epoch, live=True)
-        if backlog > self.max_backlog or not self.in_flight.admit(batch):
-            self._go(FeedEvent.BEHIND)
-            return [EventPage(epoch, (), True, True)]
+        if backlog > self.max_backlog:
+            return self._behind(epoch)
         self.sent_seq = fresh[-1].seq
-        return batch
+        if self.in_flight.window is None:
+            return pages(fresh, epoch, live=True)  # no window given: pushed as they come
+        self.held.extend(fresh)
+        return self._release(epoch)
+
+    def _release(self, epoch: str) -> list[EventPage]:
+        """Push held events while less than half the window is in flight, in pages of
+        at most half its bytes (so one always fits then, and what is pushed brings the
+        controller to its next ack). Under load commits wait here and join into bigger
+        pages (fewer messages and frames); when idle they go at once. What cannot fit
+        a whole window: "sync again", and the controller pages through the log."""
+        window = self.in_flight.window
+        if window is None or not self.held:
+            return []
+        batch = pages(self.held, epoch, live=True, max_bytes=max(1, window.bytes // 2))
+        out: list[EventPage] = []
+        for page in batch:
+            if self.in_flight.half_used() or not self.in_flight.admit([page]):
+                break
+            out.append(page)
+        self.held = self.held[sum(len(page.events) for page in out) :]
+        waiting = batch[len(out) :]
+        if len(waiting) > window.pages or sum(map(page_cost, waiting)) > window.bytes:
+            return out + self._behind(epoch)
+        return out
+
+    def _behind(self, epoch: str) -> list[EventPage]:
+        self._go(FeedEvent.BEHIND)
+        return [EventPage(epoch, (), True, True)]
 
 
 # --- the controller's side ------------------------------------------------------------

@@ -80,22 +80,61 @@ def test_without_an_ack_a_controller_is_pushed_to_as_before() -> None:
     assert feed.live and feed.in_flight.pages == 0  # nothing kept: no bound to keep
 
 
-def test_pushes_stop_at_the_window_and_the_controller_is_told_to_sync() -> None:
+def seqs(pushed: list[EventPage]) -> list[list[int]]:
+    return [[e.seq for e in page.events] for page in pushed]
+
+
+def test_commits_wait_while_half_the_window_is_out_and_go_joined_on_the_ack() -> None:
     feed = live_feed()
-    feed.acked(LiveAck(EPOCH, 0, 3, 10_000), epoch=EPOCH)
-    for seq in (1, 2, 3):
-        assert len(feed.committed(events(seq, seq), epoch=EPOCH, backlog=0)) == 1
-    assert feed.in_flight.pages == 3
-    assert feed.committed(events(4, 4), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
-    assert feed.state is FeedState.SYNCING and feed.in_flight.pages == 0
-    assert feed.committed(events(5, 5), epoch=EPOCH, backlog=0) == []  # paged, not pushed
-    # The controller's request pages the rest; at the log's end it is live again and
-    # the window it gave still holds.
-    page = feed.answer(Read(3, 100), events(4, 5), epoch=EPOCH, last_seq=5)
-    assert [e.seq for e in page.events] == [4, 5] and not page.more and feed.live
-    for seq in (6, 7, 8):
-        assert len(feed.committed(events(seq, seq), epoch=EPOCH, backlog=0)) == 1
-    assert feed.committed(events(9, 9), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+    feed.acked(LiveAck(EPOCH, 0, 4, 100_000), epoch=EPOCH)
+    # Idle: each commit goes at once, alone.
+    assert seqs(feed.committed(events(1, 1), epoch=EPOCH, backlog=0)) == [[1]]
+    assert seqs(feed.committed(events(2, 2), epoch=EPOCH, backlog=0)) == [[2]]
+    # Half the window out: the controller acks once it applied them; meanwhile
+    # commits wait and join.
+    assert feed.in_flight.half_used()
+    for seq in (3, 4, 5):
+        assert feed.committed(events(seq, seq), epoch=EPOCH, backlog=0) == []
+    assert [e.seq for e in feed.held] == [3, 4, 5]
+    assert seqs(feed.acked(LiveAck(EPOCH, 2, 4, 100_000), epoch=EPOCH)) == [[3, 4, 5]]
+    assert feed.held == [] and feed.in_flight.pages == 1 and feed.live
+
+
+def test_what_cannot_fit_a_whole_window_is_paged_by_the_controller() -> None:
+    feed = live_feed()
+    one = page_cost(EventPage(EPOCH, tuple(events(1, 1, size=1000)), False, True))
+    feed.acked(LiveAck(EPOCH, 0, 100, 4 * one), epoch=EPOCH)
+    # Pages of at most half the window's bytes: two events each.
+    assert seqs(feed.committed(events(1, 3, size=1000), epoch=EPOCH, backlog=0)) == [[1, 2]]
+    assert feed.committed(events(4, 6, size=1000), epoch=EPOCH, backlog=0) == []
+    assert [e.seq for e in feed.held] == [3, 4, 5, 6]  # a whole window: still fits
+    assert feed.committed(events(7, 7, size=1000), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+    assert feed.state is FeedState.SYNCING and feed.held == [] and feed.in_flight.pages == 0
+    assert feed.committed(events(8, 8), epoch=EPOCH, backlog=0) == []  # paged, not pushed
+    # The controller's request pages the rest; at the log's end it is live again.
+    page = feed.answer(Read(2, 100), events(3, 4, size=1000), epoch=EPOCH, last_seq=8)
+    assert [e.seq for e in page.events] == [3, 4] and page.more
+    page = feed.answer(Read(4, 100), events(5, 8, size=10), epoch=EPOCH, last_seq=8)
+    assert not page.more and feed.live
+
+
+def test_a_page_count_window_holds_too() -> None:
+    feed = live_feed()
+    feed.acked(LiveAck(EPOCH, 0, 2, 100_000), epoch=EPOCH)
+    assert seqs(feed.committed(events(1, 1), epoch=EPOCH, backlog=0)) == [[1]]
+    assert feed.committed(events(2, 2), epoch=EPOCH, backlog=0) == []  # 1 of 2 out: half
+    assert seqs(feed.acked(LiveAck(EPOCH, 1, 2, 100_000), epoch=EPOCH)) == [[2]]
+
+
+def test_an_answer_while_live_carries_what_was_held() -> None:
+    feed = live_feed()
+    feed.acked(LiveAck(EPOCH, 0, 2, 100_000), epoch=EPOCH)
+    feed.committed(events(1, 1), epoch=EPOCH, backlog=0)
+    feed.committed(events(2, 3), epoch=EPOCH, backlog=0)
+    assert [e.seq for e in feed.held] == [2, 3]
+    page = feed.answer(Read(1, 100), events(2, 3), epoch=EPOCH, last_seq=3)
+    assert not page.more and feed.live and feed.held == []
+    assert feed.acked(LiveAck(EPOCH, 3, 2, 100_000), epoch=EPOCH) == []  # nothing twice
 
 
 def test_a_sync_answer_fits_the_window_too() -> None:
@@ -114,34 +153,13 @@ def test_a_sync_answer_fits_the_window_too() -> None:
     assert [e.seq for e in page.events] == [4] and page.more
 
 
-def test_an_ack_frees_the_window() -> None:
-    feed = live_feed()
-    feed.acked(LiveAck(EPOCH, 0, 2, 10_000), epoch=EPOCH)
-    feed.committed(events(1, 1), epoch=EPOCH, backlog=0)
-    feed.committed(events(2, 3), epoch=EPOCH, backlog=0)
-    feed.acked(LiveAck(EPOCH, 1, 2, 10_000), epoch=EPOCH)  # the first page only
-    assert feed.in_flight.pages == 1
-    assert len(feed.committed(events(4, 4), epoch=EPOCH, backlog=0)) == 1
-    assert feed.committed(events(5, 5), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
-
-
-def test_the_window_counts_bytes_too() -> None:
-    feed = live_feed()
-    one = page_cost(EventPage(EPOCH, tuple(events(1, 1, size=1000)), False, True))
-    feed.acked(LiveAck(EPOCH, 0, 100, 2 * one), epoch=EPOCH)
-    assert len(feed.committed(events(1, 2, size=1000), epoch=EPOCH, backlog=0)) == 1
-    assert feed.in_flight.bytes == 2 * one
-    assert feed.committed(events(3, 3, size=1000), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
-
-
 def test_an_ack_for_another_epoch_acknowledges_nothing() -> None:
     feed = live_feed()
     feed.acked(LiveAck(EPOCH, 0, 2, 10_000), epoch=EPOCH)
-    feed.committed(events(1, 2), epoch=EPOCH, backlog=0)
-    feed.committed(events(3, 3), epoch=EPOCH, backlog=0)
-    feed.acked(LiveAck("feedfacefeedface", 3, 2, 10_000), epoch=EPOCH)
-    assert feed.in_flight.pages == 2
-    assert feed.committed(events(4, 4), epoch=EPOCH, backlog=0) == [SYNC_AGAIN]
+    feed.committed(events(1, 1), epoch=EPOCH, backlog=0)
+    feed.committed(events(2, 2), epoch=EPOCH, backlog=0)
+    assert feed.acked(LiveAck("feedfacefeedface", 1, 2, 10_000), epoch=EPOCH) == []
+    assert feed.in_flight.pages == 1 and [e.seq for e in feed.held] == [2]
 
 
 def test_the_controller_acks_on_going_live_then_every_half_window() -> None:
@@ -174,14 +192,14 @@ def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> 
     down: list[EventPage] = []  # machine → controller
     up: list[LiveAck] = []  # controller → machine
     most_in_flight = 0
-    told_to_sync = 0
+    held_back = 0
 
     def commit() -> None:
-        nonlocal told_to_sync
+        nonlocal held_back
         fresh = events(len(log) + 1, len(log) + rng.randint(1, 4), size=rng.randint(1, 120))
         log.extend(fresh)
         pushed = feed.committed(fresh, epoch=EPOCH, backlog=0)
-        told_to_sync += pushed == [SYNC_AGAIN]
+        held_back += bool(feed.held) or SYNC_AGAIN in pushed
         down.extend(pushed)
 
     def request() -> None:
@@ -205,8 +223,7 @@ def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> 
                 up.append(LiveAck(EPOCH, pacer.seq, window.pages, window.bytes))
                 pacer.sent(window)
         if action is Action.REQUEST_SYNC:
-            pacer.reset()
-            request()
+            request()  # (as the controller does: the count goes on, acks come no later)
 
     request()
     for _ in range(600):
@@ -214,19 +231,20 @@ def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> 
         if rng.random() < 0.4 and down:
             deliver()
         if up and rng.random() < 0.5:
-            feed.acked(up.pop(0), epoch=EPOCH)
+            down.extend(feed.acked(up.pop(0), epoch=EPOCH))
         if feed.in_flight.window is not None:
             most_in_flight = max(most_in_flight, feed.in_flight.pages)
             assert feed.in_flight.bytes <= window.bytes
     assert most_in_flight <= window.pages
-    for _ in range(100_000):  # no more commits: it must settle
-        if not down and follow.live:
-            break
+    for _ in range(100_000):  # no more commits: it must settle, nothing held for good
         if up:
-            feed.acked(up.pop(0), epoch=EPOCH)
+            down.extend(feed.acked(up.pop(0), epoch=EPOCH))
+        if not down and follow.live and not up:
+            break
         if not down:
             request()
-        deliver()
+        if down:
+            deliver()
     assert applied == list(range(1, len(log) + 1))
-    assert feed.live and follow.live and not down
-    assert told_to_sync, "the window never filled: this run proved nothing"
+    assert feed.live and follow.live and not down and not feed.held
+    assert held_back, "the window never filled: this run proved nothing"
