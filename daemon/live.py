@@ -407,21 +407,18 @@ class LiveService:
             # Under load, commits queue up small live pages while the last one is being
             # sent: join those already waiting into one message (fewer seals, frames and
             # controller wake-ups). Only what is already queued is joined, so an idle
-            # machine's event goes out at once, alone. (A controller that gives a window
-            # gets its pages as the feed counted them: the feed joins them itself.)
-            while (
-                isinstance(message, EventPage)
-                and not queue.empty()
-                and peer.feed.in_flight.window is None
-            ):
+            # machine's event goes out at once, alone. The feed counts the joined page
+            # as one, as the controller will (its window's count must match).
+            while isinstance(message, EventPage) and not queue.empty():
                 held = queue.get_nowait()
-                merged = (
-                    merge_live_pages(message, held[1])
-                    if held[0] is channel and isinstance(held[1], EventPage)
-                    else None
-                )
+                second = held[1]
+                if held[0] is not channel or not isinstance(second, EventPage):
+                    break
+                merged = merge_live_pages(message, second)
                 if merged is None:
                     break
+                for page in peer.feed.joined(message, second):
+                    queue.put_nowait((channel, page))  # (after all that is queued)
                 message, held = merged, None
             try:
                 await self._send(peer.key, channel.seal(message))

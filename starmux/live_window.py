@@ -113,6 +113,18 @@ class InFlight:
         while pages and pages[0][0] <= seq:
             self._bytes -= pages.popleft()[1]
 
+    def joined(self, first: EventPage, second: EventPage) -> None:
+        """The machine sent two counted pages as one message (its sender joins pages
+        queued behind a send): count them as the one page the controller will count."""
+        if not (first.events and second.events):
+            return
+        pages, last = self._pages, (first.events[-1].seq, second.events[-1].seq)
+        for i in range(len(pages) - 1, 0, -1):  # they are among the newest
+            if (pages[i - 1][0], pages[i][0]) == last:
+                pages[i - 1] = (last[1], pages[i - 1][1] + pages[i][1])
+                del pages[i]
+                return
+
     def clear(self) -> None:
         """Back to syncing: what the controller asks for next is paced by its requests."""
         self._pages.clear()

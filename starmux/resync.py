@@ -139,6 +139,13 @@ class Feed:
         self.in_flight.acked(seq, accepted(ack.window_pages, ack.window_bytes))
         return self._release(epoch) if self.live else []
 
+    def joined(self, first: EventPage, second: EventPage) -> list[EventPage]:
+        """The machine's sender sent two pushed pages as one message. They count as
+        the one page the controller will count, which may free room: returns what
+        was held and can go now."""
+        self.in_flight.joined(first, second)
+        return self._release(first.epoch) if self.live else []
+
     def read_for(self, request: SyncRequest, *, epoch: str) -> Read:
         """The log range that answers ``request`` (from the start for another epoch)."""
         after = max(0, request.after_seq) if request.epoch == epoch else 0

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from starmux.daemon.live import merge_live_pages
 from starmux.errors import UsageError
 from starmux.live_window import (
     BYTE_BUDGET,
@@ -55,6 +56,23 @@ def test_the_budget_is_split_between_live_machines_down_to_a_floor() -> None:
     most = PAGE_BUDGET // MIN_PAGES
     assert window_for(most).pages * most <= PAGE_BUDGET
     assert window_for(most).bytes * most <= BYTE_BUDGET
+
+
+def test_pages_the_sender_joins_count_as_one_and_may_free_room() -> None:
+    feed = live_feed()
+    feed.acked(LiveAck(EPOCH, 0, 5, 100_000), epoch=EPOCH)
+    first, second, third = (
+        feed.committed(events(seq, seq), epoch=EPOCH, backlog=0)[0] for seq in (1, 2, 3)
+    )
+    assert feed.committed(events(4, 4), epoch=EPOCH, backlog=0) == []  # 3 of 5 out: held
+    before = feed.in_flight.bytes
+    assert feed.joined(first, third) == []  # not neighbours: nothing changes
+    assert feed.in_flight.pages == 3
+    # Joined, they are 2 pages: under half the window, so what was held goes.
+    assert [[e.seq for e in p.events] for p in feed.joined(first, second)] == [[4]]
+    assert feed.in_flight.pages == 3 and feed.in_flight.bytes > before
+    feed.acked(LiveAck(EPOCH, 2, 5, 100_000), epoch=EPOCH)  # the joined page
+    assert feed.in_flight.pages == 2
 
 
 def test_a_machine_bounds_the_window_a_controller_gives() -> None:
@@ -178,7 +196,7 @@ def test_the_controller_acks_on_going_live_then_every_half_window() -> None:
     assert (pacer.seq, pacer.epoch, pacer.window) == (0, "", None)
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(40))
 def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> None:
     """The machine commits faster than the controller applies; acks and pages are
     delayed on the wire. Live pages in flight never pass the window, and every event
@@ -225,9 +243,18 @@ def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> 
         if action is Action.REQUEST_SYNC:
             request()  # (as the controller does: the count goes on, acks come no later)
 
+    def join_queued() -> None:
+        """The machine's sender joins the two pages at the head of its queue."""
+        if len(down) > 1 and (merged := merge_live_pages(down[0], down[1])) is not None:
+            released = feed.joined(down[0], down[1])
+            down[:2] = [merged]
+            down.extend(released)
+
     request()
     for _ in range(600):
         commit()  # every step: the machine outruns the controller
+        if rng.random() < 0.3:
+            join_queued()
         if rng.random() < 0.4 and down:
             deliver()
         if up and rng.random() < 0.5:
