@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .live_window import InFlight, accepted, event_cost, page_cost
+from .live_window import InFlight, accepted, event_cost
 from .messages import EventPage, LiveAck, LoggedEvent, SyncRequest
 
 PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
@@ -55,19 +55,26 @@ def pages(
 ) -> list[EventPage]:
     """Split events into pages (``more=False``) that each fit one encrypted message
     and ``max_bytes`` (an event bigger than that still gets a page of its own)."""
+    return [page for page, _ in costed_pages(events, epoch, live=live, max_bytes=max_bytes)]
+
+
+def costed_pages(
+    events: Sequence[LoggedEvent], epoch: str, *, live: bool, max_bytes: int = PAGE_BYTES
+) -> list[tuple[EventPage, int]]:
+    """:func:`pages`, each with its cost (:func:`~starmux.live_window.page_cost`)."""
     max_bytes = min(max_bytes, PAGE_BYTES)
-    result: list[EventPage] = []
+    result: list[tuple[EventPage, int]] = []
     current: list[LoggedEvent] = []
     size = 0
     for event in events:
         cost = event_cost(event)
         if current and (size + cost > max_bytes or len(current) >= PAGE_EVENTS):
-            result.append(EventPage(epoch, tuple(current), False, live))
+            result.append((EventPage(epoch, tuple(current), False, live), size))
             current, size = [], 0
         current.append(event)
         size += cost
     if current:
-        result.append(EventPage(epoch, tuple(current), False, live))
+        result.append((EventPage(epoch, tuple(current), False, live), size))
     return result
 
 
@@ -195,15 +202,16 @@ class Feed:
         window = self.in_flight.window
         if window is None or not self.held:
             return []
-        batch = pages(self.held, epoch, live=True, max_bytes=max(1, window.bytes // 2))
+        batch = costed_pages(self.held, epoch, live=True, max_bytes=max(1, window.bytes // 2))
         out: list[EventPage] = []
-        for page in batch:
-            if self.in_flight.half_used() or not self.in_flight.admit([page]):
+        for page, cost in batch:
+            if self.in_flight.half_used() or not self.in_flight.admit(page, cost):
                 break
             out.append(page)
-        self.held = self.held[sum(len(page.events) for page in out) :]
+        if out:
+            self.held = self.held[sum(len(page.events) for page in out) :]
         waiting = batch[len(out) :]
-        if len(waiting) > window.pages or sum(map(page_cost, waiting)) > window.bytes:
+        if len(waiting) > window.pages or sum(cost for _, cost in waiting) > window.bytes:
             return out + self._behind(epoch)
         return out
 
