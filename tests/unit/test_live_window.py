@@ -31,11 +31,9 @@ from starmux.resync import (
     FeedState,
     Follower,
     Read,
-    cursor_for,
-    next_in_order,
 )
 
-from .test_resync import EPOCH, events
+from .test_resync import EPOCH, apply, events
 
 
 def live_feed() -> Feed:
@@ -229,13 +227,10 @@ def test_a_slow_controller_gets_everything_once_within_its_window(seed: int) -> 
     def deliver() -> None:
         nonlocal cursor
         page = down.pop(0)
-        cursor, _ = cursor_for(cursor, page)
-        result = next_in_order(cursor.seq, page.events)
-        applied.extend(e.seq for e in result.events)
-        if result.events:
-            cursor = Cursor(cursor.epoch, result.events[-1].seq)
-        action = follow.page(page, gap=result.gap)
-        if not result.gap and follow.live:
+        cursor, new, gap = apply(cursor, page)
+        applied.extend(new)
+        action = follow.page(page, gap=gap)
+        if not gap and follow.live:
             pacer.applied(page)
             if pacer.due(window):
                 up.append(LiveAck(EPOCH, pacer.seq, window.pages, window.bytes))

@@ -41,6 +41,16 @@ def seqs(page: EventPage) -> list[int]:
     return [e.seq for e in page.events]
 
 
+def apply(cursor: Cursor, page: EventPage) -> tuple[Cursor, list[int], bool]:
+    """The controller applying ``page`` at ``cursor``, as its cache does: the new
+    cursor, the seqs applied, and whether a gap stopped it."""
+    cursor, _ = cursor_for(cursor, page)
+    result = next_in_order(cursor.seq, page.events)
+    if result.events:
+        cursor = Cursor(cursor.epoch, result.events[-1].seq)
+    return cursor, [e.seq for e in result.events], result.gap
+
+
 # --- pages ----------------------------------------------------------------------------
 
 
@@ -218,12 +228,9 @@ def test_every_event_arrives_once_in_order_whatever_interleaves(seed: int) -> No
     def deliver() -> None:
         nonlocal cursor
         page = wire.pop(0)
-        cursor, _ = cursor_for(cursor, page)
-        result = next_in_order(cursor.seq, page.events)
-        applied.extend(e.seq for e in result.events)
-        if result.events:
-            cursor = Cursor(cursor.epoch, result.events[-1].seq)
-        if follow.page(page, gap=result.gap) is Action.REQUEST_SYNC:
+        cursor, new, gap = apply(cursor, page)
+        applied.extend(new)
+        if follow.page(page, gap=gap) is Action.REQUEST_SYNC:
             request()
 
     commit()
