@@ -120,7 +120,7 @@ class LiveController:
         self._reader: asyncio.Task[None] | None = None
         #: event pages decrypted but not yet applied (see _read)
         self._pages: list[tuple[MachineChannel, EventPage]] = []
-        #: each live machine's window and when it was worked out (see _window)
+        #: each machine's window share and when it was worked out (see _live_window)
         self._window: tuple[float, Window] | None = None
         self.closed = asyncio.Event()
         self.close_reason: Closed | None = None
