@@ -58,21 +58,34 @@ MAX_PAGES = PAGE_BUDGET
 MAX_BYTES = BYTE_BUDGET
 
 
+#: What an event costs in a page beyond its body and session id (its framing).
+EVENT_FRAMING = 32
+
+
 def event_cost(event: LoggedEvent) -> int:
     """What an event costs in a page: its body, its session id and the framing."""
-    return len(event.body) + len(event.session) + 32
+    return len(event.body) + len(event.session) + EVENT_FRAMING
 
 
 def page_cost(page: EventPage) -> int:
-    """The sum of its events' :func:`event_cost` (counted per page by the controller)."""
+    """The sum of its events' :func:`event_cost` (written out: the controller counts
+    every page it applies)."""
     events = page.events
-    return sum([len(event.body) + len(event.session) for event in events]) + 32 * len(events)
+    return sum([len(event.body) + len(event.session) for event in events]) + (
+        EVENT_FRAMING * len(events)
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
     pages: int
     bytes: int
+
+    def half_used(self, pages: int, size: int) -> bool:
+        """Whether ``pages`` pages of ``size`` bytes use half of it or more: where the
+        machine starts holding commits and the controller acks. Both ends must
+        decide it alike, or a machine could hold commits with no ack coming."""
+        return pages * 2 >= self.pages or size * 2 >= self.bytes
 
 
 def window_for(live_machines: int) -> Window:
@@ -134,9 +147,7 @@ class InFlight:
     def half_used(self) -> bool:
         """Whether half the window is in flight: the controller acknowledges then."""
         window = self.window
-        return window is not None and (
-            self.pages * 2 >= window.pages or self._bytes * 2 >= window.bytes
-        )
+        return window is not None and window.half_used(self.pages, self._bytes)
 
     def admit(self, page: EventPage, cost: int) -> bool:
         """Count ``page`` (of :func:`page_cost` ``cost``) as pushed if it keeps within
@@ -181,9 +192,7 @@ class AckPacer:
     def due(self, window: Window) -> bool:
         """Whether to acknowledge now: half the window was used (so a machine at full
         speed is never stopped by an ack still on its way), or the window changed."""
-        if self.window != window:
-            return True
-        return self.pages * 2 >= window.pages or self.bytes * 2 >= window.bytes
+        return self.window != window or window.half_used(self.pages, self.bytes)
 
     def sent(self, window: Window) -> None:
         """A live-ack for :attr:`seq` with ``window`` went out."""
@@ -193,6 +202,7 @@ class AckPacer:
 
 __all__ = [
     "BYTE_BUDGET",
+    "EVENT_FRAMING",
     "MAX_BYTES",
     "MAX_PAGES",
     "MIN_BYTES",
