@@ -28,12 +28,14 @@ and acks per event); an idle machine's commit goes at once.
 
 - The controller splits one budget (:data:`PAGE_BUDGET`, :data:`BYTE_BUDGET`,
   below the relay's default bounds, with room for commands and transfers) between
-  its live machines (:func:`window_for`), so what all of them may have in flight
-  stays under the relay's bound up to :data:`PAGE_BUDGET` / :data:`MIN_PAGES`
-  machines. Past the window a machine is paged by sync requests, which are paced by
-  the controller itself.
+  its machines with an open channel (:func:`window_for`), so what all of them may
+  have in flight stays under the relay's bound up to :data:`PAGE_BUDGET` /
+  :data:`MIN_PAGES` machines. What a machine holds that would not fit its whole
+  window is paged by sync requests, which the controller itself paces.
 - A machine applies no bound until the first live-ack on a channel: a controller
-  that never sends one (an older one, or the browser's) is pushed to as before.
+  that never sends one (an older one) is pushed to as before. Both of ours send
+  it: the CLI's agent (``client/live.py``) and the browser
+  (``web/app/net/live_window.js``).
 - A window only ever limits what is pushed; every event still reaches the
   controller, by push or by sync, exactly once and in order (:mod:`starmux.resync`).
 """
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 
 from .messages import EventPage, LoggedEvent
 
-#: Pages and bytes all of a controller's live machines may have in flight together:
+#: Pages and bytes all of a controller's machines may have in flight together:
 #: the relay closes a connection at 1,024 queued frames or 4 MiB.
 PAGE_BUDGET = 768
 BYTE_BUDGET = 3 * 1024 * 1024
@@ -88,9 +90,9 @@ class Window:
         return pages * 2 >= self.pages or size * 2 >= self.bytes
 
 
-def window_for(live_machines: int) -> Window:
-    """Each live machine's share of the controller's budget."""
-    share = max(1, live_machines)
+def window_for(machines: int) -> Window:
+    """Each machine's share of the controller's budget, ``machines`` sharing it."""
+    share = max(1, machines)
     return Window(max(MIN_PAGES, PAGE_BUDGET // share), max(MIN_BYTES, BYTE_BUDGET // share))
 
 
