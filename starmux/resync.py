@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .live_window import InFlight, accepted, event_cost
+from .live_window import InFlight, Window, accepted, event_cost
 from .messages import EventPage, LiveAck, LoggedEvent, SyncRequest
 
 PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
@@ -120,9 +120,11 @@ class Feed:
         self.sent_seq = 0
         #: Live pages the controller has not acknowledged, and its window.
         self.in_flight = InFlight()
-        #: Committed while half the window was in flight: pushed, joined into bigger
-        #: pages, when the controller's next ack frees the window.
-        self.held: list[LoggedEvent] = []
+        #: Committed while half the window was in flight, already cut into the pages
+        #: (with their costs) they will be pushed as when the controller's next ack
+        #: frees the window; ``_held_cut``: the epoch and page size they were cut for.
+        self._held: list[tuple[EventPage, int]] = []
+        self._held_cut = ("", 0)
 
     @property
     def live(self) -> bool:
@@ -136,7 +138,7 @@ class Feed:
         if new is FeedState.SYNCING:
             # From here the controller's own requests pace what it gets.
             self.in_flight.clear()
-            self.held = []
+            self._held = []
 
     def acked(self, ack: LiveAck, *, epoch: str) -> list[EventPage]:
         """The controller's live-ack: what it applied, and its window from now on (an
@@ -171,7 +173,10 @@ class Feed:
         more = last < last_seq
         self._go(FeedEvent.ANSWERED_MORE if more else FeedEvent.ANSWERED_LAST)
         self.in_flight.forget_through(read.after)  # the request's cursor says it applied these
-        self.held = [e for e in self.held if e.seq > last]  # this page carries the rest
+        if self._held:  # this page carries what was held up to ``last``
+            kept = [e for e in self.held if e.seq > last]
+            self._held = []
+            self._hold(kept, *self._held_cut)
         self.sent_seq = last
         return EventPage(epoch, first, more, False)
 
@@ -188,10 +193,30 @@ class Feed:
         if backlog > self.max_backlog:
             return self._behind(epoch)
         self.sent_seq = fresh[-1].seq
-        if self.in_flight.window is None:
+        window = self.in_flight.window
+        if window is None:
             return pages(fresh, epoch, live=True)  # no window given: pushed as they come
-        self.held.extend(fresh)
+        self._hold(fresh, epoch, _held_page_bytes(window))
         return self._release(epoch)
+
+    @property
+    def held(self) -> list[LoggedEvent]:
+        """The events held, in order."""
+        return [event for page, _ in self._held for event in page.events]
+
+    def _hold(self, events: Sequence[LoggedEvent], epoch: str, max_bytes: int) -> None:
+        """Add ``events`` to what is held, cut into pages of at most ``max_bytes``
+        exactly as :func:`costed_pages` would cut all of it. Only the last page is
+        still open, so only it is cut again: holding a commit costs what the commit
+        holds, not everything held (up to a window, 3 MiB for one machine)."""
+        if (epoch, max_bytes) != self._held_cut:
+            events, self._held = [*self.held, *events], []
+            self._held_cut = (epoch, max_bytes)
+        elif not events:
+            return
+        elif self._held:
+            events = [*self._held.pop()[0].events, *events]
+        self._held.extend(costed_pages(events, epoch, live=True, max_bytes=max_bytes))
 
     def _release(self, epoch: str) -> list[EventPage]:
         """Push held events while less than half the window is in flight, in pages of
@@ -200,17 +225,16 @@ class Feed:
         pages (fewer messages and frames); when idle they go at once. What cannot fit
         a whole window: "sync again", and the controller pages through the log."""
         window = self.in_flight.window
-        if window is None or not self.held:
+        if window is None or not self._held:
             return []
-        batch = costed_pages(self.held, epoch, live=True, max_bytes=max(1, window.bytes // 2))
+        self._hold((), epoch, _held_page_bytes(window))  # cut again if the window changed
         out: list[EventPage] = []
-        for page, cost in batch:
+        for page, cost in self._held:
             if self.in_flight.half_used() or not self.in_flight.admit(page, cost):
                 break
             out.append(page)
-        if out:
-            self.held = self.held[sum(len(page.events) for page in out) :]
-        waiting = batch[len(out) :]
+        del self._held[: len(out)]
+        waiting = self._held
         if len(waiting) > window.pages or sum(cost for _, cost in waiting) > window.bytes:
             return out + self._behind(epoch)
         return out
@@ -218,6 +242,12 @@ class Feed:
     def _behind(self, epoch: str) -> list[EventPage]:
         self._go(FeedEvent.BEHIND)
         return [EventPage(epoch, (), True, True)]
+
+
+def _held_page_bytes(window: Window) -> int:
+    """Held events go in pages of at most half the window's bytes: one always fits
+    while less than half is in flight."""
+    return max(1, window.bytes // 2)
 
 
 # --- the controller's side ------------------------------------------------------------
