@@ -21,11 +21,12 @@ Invariants:
 - Machine: a page holds events in seq order and fits one Noise message
   (:func:`pages`). Going live happens in the same step as computing ``more``
   (no await between them in the adapter), so no commit falls between the last
-  sync page and the first pushed one. A controller whose send queue is longer
-  than ``max_backlog``, or that has not acknowledged enough of what was pushed
-  (its live window, :mod:`starmux.live_window`), goes back to ``syncing`` and is
-  told so with an empty ``more=True`` page: it pages through the log instead of an
-  unbounded queue here or at the relay.
+  sync page and the first pushed one. Once half a controller's live window
+  (:mod:`starmux.live_window`) is unacknowledged, commits are held and pushed
+  joined on its next ack. A controller whose send queue is longer than
+  ``max_backlog``, or for which more is held than its whole window, goes back to
+  ``syncing`` and is told so with an empty ``more=True`` page: it pages through
+  the log instead of an unbounded queue here or at the relay.
 - Controller: events are applied exactly once, in order (:func:`next_in_order`);
   a gap or ``more`` means "request again from the cursor"; the first complete
   answer means live (the adapter then sends its outbox). Duplicate pages apply
