@@ -132,23 +132,36 @@ class PushService(_Receiver):
         return sub
 
     def answer(self, entry: Received) -> int:
-        super().answer(entry)
+        # Recorded together, once opened: a test that saw the POST (wait_for) reads
+        # its plaintext at once. Recorded before it was opened, the plaintext could
+        # still be missing (a browser test read plaintexts[0] and found none). A POST
+        # that does not open is still recorded.
+        plaintext: bytes | None = None
+        try:
+            status, plaintext = self._open(entry)
+        finally:
+            with self.lock:
+                if plaintext is not None:
+                    self.plaintexts.append((entry.at, entry.path, plaintext))
+                self.received.append(entry)
+        return status
+
+    def _open(self, entry: Received) -> tuple[int, bytes | None]:
+        """The status a push service answers ``entry`` with, and its plaintext."""
         headers = {k.lower(): v for k, v in entry.headers.items()}
         if entry.path in self.gone:
-            return 410
+            return 410, None
         sub = self.subscriptions.get(entry.path)
         if sub is None:
-            return 404
+            return 404, None
         if headers.get("content-encoding") != "aes128gcm" or "ttl" not in headers:
-            return 400
+            return 400, None
         if not headers.get("authorization", "").startswith("vapid t="):
-            return 401
+            return 401, None
         plaintext = http_ece.decrypt(
             entry.body, private_key=sub.private_key, auth_secret=sub.auth, version="aes128gcm"
         )
-        with self.lock:
-            self.plaintexts.append((entry.at, entry.path, plaintext))
-        return 201
+        return 201, plaintext
 
 
 def subscribe_device(
