@@ -54,8 +54,9 @@ from typing import Any
 import aiosqlite
 
 from starmux.errors import StarmuxError, UsageError
-from starmux.node.database import open_database, read_setting, write_setting
+from starmux.node.database import open_database, read_setting, run_in_database, write_setting
 from starmux.node.loop_writer import LoopWriter
+from starmux.resync import first_page
 
 __all__ = [
     "EventLog",
@@ -418,6 +419,21 @@ class EventLog:
             f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, _check_limit(limit))
         )
         return [_stored(row) for row in rows]
+
+    async def read_page(self, seq: int, *, limit: int, max_bytes: int) -> list[StoredEvent]:
+        """The events after ``seq`` that one page of ``max_bytes`` holds
+        (:func:`~starmux.resync.first_page`), at most ``limit``: rows are read one by
+        one and no further, so a small page never costs a read of ``limit`` events."""
+        query = (f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, _check_limit(limit)))
+
+        def read(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(*query)
+            try:
+                return first_page(map(_stored, rows), max_bytes)
+            finally:
+                rows.close()  # ends the read: a statement left open holds the WAL back
+
+        return await run_in_database(self._reader, read)
 
     async def read_session(self, session: str, *, after: int = 0, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` of one session's events with a seq above ``after``."""

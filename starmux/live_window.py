@@ -44,8 +44,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
-from .messages import EventPage, LoggedEvent
+from .messages import EventPage
 
 #: Pages and bytes all of a controller's machines may have in flight together:
 #: the relay closes a connection at 1,024 queued frames or 4 MiB.
@@ -64,7 +65,18 @@ MAX_BYTES = BYTE_BUDGET
 EVENT_FRAMING = 32
 
 
-def event_cost(event: LoggedEvent) -> int:
+class Costed(Protocol):
+    """An event as logged or as sent (:class:`~starmux.messages.LoggedEvent`, or the
+    machine's row): what its cost is counted from."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def session(self) -> str: ...
+
+
+def event_cost(event: Costed) -> int:
     """What an event costs in a page: its body, its session id and the framing."""
     return len(event.body) + len(event.session) + EVENT_FRAMING
 

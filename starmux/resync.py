@@ -39,12 +39,15 @@ Invariants:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import UsageError
-from .live_window import InFlight, Window, accepted, event_cost
+from .live_window import Costed, InFlight, Window, accepted, event_cost
 from .messages import EventPage, LiveAck, LoggedEvent, SyncRequest
+
+E = TypeVar("E", bound=Costed)
 
 PAGE_BYTES = 48 * 1024  # an EventPage must fit one Noise message (64 KiB) with room
 PAGE_EVENTS = 1000
@@ -69,7 +72,7 @@ def costed_pages(
     size = 0
     for event in events:
         cost = event_cost(event)
-        if current and (size + cost > max_bytes or len(current) >= PAGE_EVENTS):
+        if _page_full(len(current), size, cost, max_bytes):
             result.append((EventPage(epoch, tuple(current), False, live), size))
             current, size = [], 0
         current.append(event)
@@ -77,6 +80,29 @@ def costed_pages(
     if current:
         result.append((EventPage(epoch, tuple(current), False, live), size))
     return result
+
+
+def first_page(events: Iterable[E], max_bytes: int = PAGE_BYTES) -> list[E]:
+    """The leading events :func:`pages` would put in its first page, taken from
+    ``events`` one at a time: a sync answer is one page, so the log is read lazily
+    and no further than this (one event past it at most)."""
+    max_bytes = min(max_bytes, PAGE_BYTES)
+    taken: list[E] = []
+    size = 0
+    for event in events:
+        cost = event_cost(event)
+        if _page_full(len(taken), size, cost, max_bytes):
+            break
+        taken.append(event)
+        size += cost
+    return taken
+
+
+def _page_full(count: int, size: int, cost: int, max_bytes: int) -> bool:
+    """Whether a page of ``count`` events and ``size`` bytes is closed before an event
+    of ``cost`` (one rule for every cut: an event too big for ``max_bytes`` still
+    gets a page of its own)."""
+    return count > 0 and (size + cost > max_bytes or count >= PAGE_EVENTS)
 
 
 # --- the machine's side ---------------------------------------------------------------
@@ -109,6 +135,8 @@ class Read:
 
     after: int
     limit: int
+    #: what one answer holds at most (see :func:`first_page`): no more need be read
+    max_bytes: int = PAGE_BYTES
 
 
 class Feed:
@@ -159,17 +187,21 @@ class Feed:
     def read_for(self, request: SyncRequest, *, epoch: str) -> Read:
         """The log range that answers ``request`` (from the start for another epoch)."""
         after = max(0, request.after_seq) if request.epoch == epoch else 0
-        return Read(after, max(1, min(request.limit, PAGE_EVENTS)))
+        return Read(after, max(1, min(request.limit, PAGE_EVENTS)), self._answer_bytes())
+
+    def _answer_bytes(self) -> int:
+        """A sync answer's size: within the controller's live window, if it gave one
+        (a controller paging many machines at once must not get more from all of them
+        than the relay holds)."""
+        window = self.in_flight.window
+        return min(window.bytes, PAGE_BYTES) if window else PAGE_BYTES
 
     def answer(
         self, read: Read, events: Sequence[LoggedEvent], *, epoch: str, last_seq: int
     ) -> EventPage:
-        """The one page answering a request, given what was read and the log's end now.
-        Within the controller's live window, if it gave one: a controller paging many
-        machines at once must not get more from all of them than the relay holds."""
-        window = self.in_flight.window
-        batch = pages(events, epoch, live=False, max_bytes=window.bytes if window else PAGE_BYTES)
-        first = batch[0].events if batch else ()
+        """The one page answering a request, given what was read and the log's end now
+        (cut again here: the window may have changed while the log was read)."""
+        first = first_page(events, self._answer_bytes())
         last = first[-1].seq if first else read.after
         more = last < last_seq
         self._go(FeedEvent.ANSWERED_MORE if more else FeedEvent.ANSWERED_LAST)
@@ -179,7 +211,7 @@ class Feed:
             self._held = []
             self._hold(kept, *self._held_cut)
         self.sent_seq = last
-        return EventPage(epoch, first, more, False)
+        return EventPage(epoch, tuple(first), more, False)
 
     def committed(
         self, events: Sequence[LoggedEvent], *, epoch: str, backlog: int

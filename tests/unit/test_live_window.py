@@ -5,6 +5,7 @@ an in-memory wire with a controller that falls behind."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,17 +21,20 @@ from starmux.live_window import (
     AckPacer,
     Window,
     accepted,
+    event_cost,
     page_cost,
     window_for,
 )
 from starmux.messages import EventPage, LiveAck, LoggedEvent, SyncRequest
 from starmux.resync import (
+    PAGE_BYTES,
     Action,
     Cursor,
     Feed,
     FeedState,
     Follower,
     Read,
+    first_page,
 )
 
 from .test_resync import EPOCH, apply, events
@@ -167,6 +171,29 @@ def test_a_sync_answer_fits_the_window_too() -> None:
     feed.acked(LiveAck(EPOCH, 0, 8, 10), epoch=EPOCH)
     page = feed.answer(Read(3, 100), logged[3:], epoch=EPOCH, last_seq=20)
     assert [e.seq for e in page.events] == [4] and page.more
+
+
+def test_a_sync_request_reads_no_more_of_the_log_than_its_answer_holds() -> None:
+    """A window of a few events must not cost a read of the request's limit (a
+    thousand events) on every page: the log is read lazily up to the answer."""
+    feed = live_feed()
+    assert feed.read_for(SyncRequest(EPOCH, 0, 1000), epoch=EPOCH).max_bytes == PAGE_BYTES
+    logged = events(1, 1000, size=1000)
+    one = event_cost(logged[0])
+    feed.acked(LiveAck(EPOCH, 0, 8, 3 * one), epoch=EPOCH)
+    read = feed.read_for(SyncRequest(EPOCH, 0, 1000), epoch=EPOCH)
+    assert read == Read(0, 1000, 3 * one)
+    pulled: list[int] = []
+
+    def log() -> Iterator[LoggedEvent]:
+        for event in logged:
+            pulled.append(event.seq)
+            yield event
+
+    taken = first_page(log(), read.max_bytes)
+    assert [e.seq for e in taken] == [1, 2, 3] and pulled == [1, 2, 3, 4]
+    page = feed.answer(read, taken, epoch=EPOCH, last_seq=1000)
+    assert [e.seq for e in page.events] == [1, 2, 3] and page.more
 
 
 def test_an_ack_for_another_epoch_acknowledges_nothing() -> None:

@@ -25,6 +25,7 @@ from starmux.resync import (
     FollowState,
     Read,
     cursor_for,
+    first_page,
     next_in_order,
     page_kind,
     pages,
@@ -63,6 +64,18 @@ def test_pages_hold_events_in_order_and_fit_one_message() -> None:
     many = pages(events(1, PAGE_EVENTS + 1, size=1), EPOCH, live=True)
     assert [len(p.events) for p in many] == [PAGE_EVENTS, 1] and all(p.live for p in many)
     assert pages([], EPOCH, live=True) == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_first_page_is_the_first_of_the_pages(seed: int) -> None:
+    rng = random.Random(seed)
+    logged = [
+        LoggedEvent(seq, 0.0, "s-1", b"x" * rng.choice([0, 10, 1000, 20_000, 60_000]))
+        for seq in range(1, rng.randrange(0, 1200))
+    ]
+    max_bytes = rng.choice([1, 100, 5000, 30_000, PAGE_BYTES, 10 * PAGE_BYTES])
+    split = pages(logged, EPOCH, live=False, max_bytes=max_bytes)
+    assert first_page(iter(logged), max_bytes) == list(split[0].events if split else [])
 
 
 # --- the machine's side ---------------------------------------------------------------
