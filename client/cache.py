@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
@@ -60,6 +60,9 @@ from .cursor_memo import CursorMemo
 
 log = logging.getLogger("starmux.controller")
 
+#: the cursor of a machine nothing was applied from yet
+NO_CURSOR = Cursor("", 0)
+
 
 class AmbiguousId(UsageError):
     """Two machines claim the same session or checkpoint id (one of them copied it)."""
@@ -70,6 +73,8 @@ class AppliedPage(Applied):
     """:class:`~starmux.resync.Applied`, and the events refused (see module docstring)."""
 
     refused: tuple[int, ...] = ()  # seqs of invalid events: consumed, not applied
+    #: the machine's cursor once this page was applied (committed with it)
+    cursor: Cursor = field(default_factory=lambda: NO_CURSOR)
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ class Cache:
                 "SELECT epoch, seq FROM cursors WHERE machine = ?", (machine,)
             )
         )
-        return Cursor(rows[0][0], rows[0][1]) if rows else Cursor("", 0)
+        return Cursor(rows[0][0], rows[0][1]) if rows else NO_CURSOR
 
     async def apply_page(self, machine: bytes, page: EventPage) -> AppliedPage:
         return (await self.apply_pages([(machine, page)]))[0]
@@ -374,7 +379,7 @@ def _apply_pages(
     statements: list[Statement] = []
     results: list[AppliedPage] = []
     for machine, page in pages:
-        cursor, wiped = cursor_for(cursors.get(machine, Cursor("", 0)), page)
+        cursor, wiped = cursor_for(cursors.get(machine, NO_CURSOR), page)
         if wiped:
             # The machine's log was wiped: what this batch queued for it goes
             # too (written first, so the delete sees it).
@@ -404,7 +409,7 @@ def _apply_pages(
         if in_order.events:
             cursor = Cursor(cursor.epoch, in_order.events[-1].seq)
         cursors[machine] = cursor
-        results.append(AppliedPage(kept, in_order.gap, tuple(refused)))
+        results.append(AppliedPage(kept, in_order.gap, tuple(refused), cursor))
     _write(conn, rows, statements)
     conn.executemany(
         "INSERT INTO cursors (machine, epoch, seq) VALUES (?, ?, ?) "

@@ -59,7 +59,7 @@ from starmux.resync import Action, Follower
 from starmux.transfer_messages import TRANSFER_MESSAGES
 
 from . import device_copy
-from .cache import Cache
+from .cache import Cache, Cursor
 from .roster import reconcile
 from .store import ControllerConfig, ControllerStore
 from .transfers import ControllerTransfers
@@ -421,6 +421,9 @@ class LiveController:
             return
         pages, self._pages = self._pages, []
         results = await self.cache.apply_pages([(m.key, page) for m, page in pages])
+        # Each machine's cursor as the batch committed it: what a sync request asks
+        # from (a machine paging through its log asks once per page).
+        cursors = {m.key: applied.cursor for (m, _), applied in zip(pages, results, strict=True)}
         synced: set[bytes] = set()
         acking: dict[bytes, MachineChannel] = {}
         for (machine, page), applied in zip(pages, results, strict=True):
@@ -436,7 +439,7 @@ class LiveController:
                 acking.pop(machine.key, None)
                 if machine.key not in synced:  # one request answers every gap
                     synced.add(machine.key)
-                    await self._request_sync(machine)
+                    await self._request_sync(machine, cursors[machine.key])
             elif action is Action.GO_LIVE:
                 machine.live.set()
                 await self.flush_outbox(machine)
@@ -477,8 +480,10 @@ class LiveController:
             if future is not None and not future.done():
                 future.set_result(message)
 
-    async def _request_sync(self, machine: MachineChannel) -> None:
-        cursor = await self.cache.cursor(machine.key)
+    async def _request_sync(self, machine: MachineChannel, cursor: Cursor | None = None) -> None:
+        """Ask ``machine`` for its log after ``cursor`` (by default: as the cache has it)."""
+        if cursor is None:
+            cursor = await self.cache.cursor(machine.key)
         machine.follow.requested()
         await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
 

@@ -139,6 +139,10 @@ async def test_a_batch_of_pages_from_several_machines_is_one_transaction(cache: 
 
     assert [[e.seq for e in r.events] for r in results] == [[1, 2], [1], [3], [], [4]]
     assert [r.gap for r in results] == [False, False, False, True, False]
+    # Each with its machine's cursor after it (what a sync request asks from).
+    assert [r.cursor for r in results] == [
+        Cursor("e1", 2), Cursor("x1", 1), Cursor("e1", 3), Cursor("x1", 1), Cursor("e1", 4),
+    ]  # fmt: skip
     assert await cache.cursor(MACHINE) == Cursor("e1", 4)
     assert await cache.cursor(OTHER) == Cursor("x1", 1)
     rows = await cache.db.execute_fetchall("SELECT machine, seq FROM events ORDER BY machine, seq")
