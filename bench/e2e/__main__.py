@@ -24,10 +24,16 @@ Both stacks run at once; each round gives starmux, then bare, the same window.
 Then **approve → blocked process continues** for one machine, by
 ``python -m bench.sessions``'s method (no bare counterpart).
 
-``--window W``: every machine may have ``W`` events in flight in the throughput
-windows, instead of 1,024 shared by all (bursts of ``W``/4): it shows how much of
-the cost with many machines comes from each machine committing and sending a few
-events at a time (not written to RESULTS.md).
+In the throughput windows every machine may have 1,024 events appended and not yet
+applied, as one machine alone has: each of the N machines floods as the one
+machine of 1×1 does (bursts of 256), and what reaches the controller is paced by
+the product's own flow control (``live-ack``: each machine's share of the
+controller's window, PROTOCOL.md 6.4). ``--window W`` sets that per machine (bursts
+of ``W``/4). ``--shared-window`` is the shape of the first measurements: 1,024
+events shared by all machines, 10 each at N = 100, so that every machine commits
+and sends two events at a time, waiting on the harness's own cursor reports every
+ten events, while the one machine of 1×1 commits 256; it stood in for flow control
+the product did not have yet (neither is written to RESULTS.md).
 
 ``--quick``: 2×2 only, one short round, the approve round trip alongside it (a few
 seconds; its figures are a smoke test). The full run (1×1, 10×4, 100×4, 100×1; about
@@ -70,8 +76,10 @@ class Settings:
     approvals: int = 50
     arrival: float = BARE_ARRIVAL  # seconds the bare receiver waits after a latency window
     profile: Path | None = None
-    #: events in flight per machine in the throughput windows (None: 1,024 shared by all)
+    #: events in flight per machine in the throughput windows (None: FLOW_BUDGET each)
     window: int | None = None
+    #: FLOW_BUDGET split between all machines instead (the first measurements' shape)
+    shared_window: bool = False
     #: Run the approve round trip (a relay and daemon of its own) alongside the shapes
     #: instead of after them: only for --quick, whose figures mean nothing.
     side_by_side: bool = False
@@ -123,7 +131,12 @@ async def measure(tmp: Path, n: int, processes: int, settings: Settings) -> dict
             path = profile / f"n{n}x{processes}-throughput" if profile and number == 0 else None
             result = await _profiled(
                 starmux,
-                lambda: starmux.throughput(settings.warmup, settings.seconds, settings.window),
+                lambda: starmux.throughput(
+                    settings.warmup,
+                    settings.seconds,
+                    settings.window,
+                    shared=settings.shared_window,
+                ),
                 path,
             )
             rounds["starmux"]["tp"].append(result)
@@ -214,8 +227,13 @@ def main() -> None:
         "--window",
         type=int,
         default=None,
-        help="throughput: events in flight per machine (a diagnosis: how the size of each "
-        "machine's commits and pages sets the cost; default: 1,024 shared by all)",
+        help="throughput: events in flight per machine [1,024 each, as one machine alone]",
+    )
+    parser.add_argument(
+        "--shared-window",
+        action="store_true",
+        help="throughput: 1,024 events in flight shared by all machines (the first "
+        "measurements' shape: a few events per machine at a time)",
     )
     parser.add_argument(
         "--write",
@@ -241,6 +259,7 @@ def main() -> None:
         arrival=base.arrival,
         profile=args.profile,
         window=args.window,
+        shared_window=args.shared_window,
         side_by_side=base.side_by_side,
     )
     if settings.profile is not None:

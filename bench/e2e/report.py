@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.results_file import write_section
+from bench.e2e.stacks import FLOW_BUDGET
 from bench.relay.loadgen import percentile
 
 HEADING = "## End-to-end"
@@ -14,40 +15,42 @@ HEADING = "## End-to-end"
 NOISY = 0.3
 
 METHOD = """\
-How it is measured (`python -m bench.e2e`). *starmux*: a relay process (`starmux relay serve`,
-shipped limits except the per-IP ones, since every machine connects from 127.0.0.1); N
-real `daemon.runtime.Daemon`s spread over K load processes (N × K in the tables; K = 1 is
-the old one-process shape) on the daemon's own event loop (uvloop, `starmux.node.event_loop`;
-`bench/e2e/daemons.py`, built on `bench/common/daemon_host.py`), each with its own keys,
-SQLite event log and relay link, paired for real with a controller (`client.actions.pair`,
-code read from the daemon's terminal); the controller's `client.live.LiveController` runs
-alone in its own process (`bench/e2e/controller.py`; uvloop, as the controller agent) over
-Noise_KK channels and counts the events it has applied to its SQLite cache (`on_event`,
-after the commit). Every event is `Output("stdout", 1 KiB)` (1,056-byte body) appended to
-the daemon's real `EventLog` (group commit); the live service pushes committed events as
-pages. *Throughput*: each daemon appends in bursts (window/4 per call, at most two bursts
-uncommitted) while fewer than its window of events are unapplied by the controller (the
-controller reports its cursors every 10 ms, relayed by the parent to the load processes;
-the windows add up to 1,024 events), so the figure is a steady state. Without that window
-the daemons append some 35,000 events/s, the controller falls behind, is taken off live
-and pages through the logs (nothing is lost and no connection is closed: the log is the
-buffer) while the daemons take the CPU it needs. With K = 1 all N daemons share one process, so at
-N = 100 their combined cost sits on one core, which 100 real machines would not. *Latency*: a fixed
-total rate, round-robin over the daemons, each event stamped with `time.monotonic_ns()`
-(CLOCK_MONOTONIC, one clock for every process of the host) when it is appended, read by
-the controller after its cache commit: log commit, live push, Noise, relay and cache apply
-are all inside. *Bare*: the same N senders → 1 receiver through `bench/common/bare_forwarder.py`
-(the relay's stack, no auth, no crypto, no logs), senders in one load process with
-`bench/common/wsclient.py` on uvloop (`bench/e2e/bare.py`), flooding as fast as TCP takes (the
-forwarder awaits each forward in the sender's loop, so the receiver pushes back end to
-end), receiver in the parent; messages are the 2-byte address and the same 1 KiB, stamped
-with `time.monotonic_ns()` for latency (the receiver reads `perf_counter_ns`, on Linux the
-same CLOCK_MONOTONIC, checked at start). Both stacks run at once, and each round gives
-starmux then bare the same window; figures are medians over rounds (the latency max pools
-all rounds). CPU is each process's run time from `/proc/PID/task/*/schedstat` (nanoseconds, every
-thread) over each measured window; "other
-processes" is `/proc/stat` busy time minus this benchmark's whole process tree: at or
-above 0.3 cores a figure is marked noisy. *Approve*: `python -m bench.sessions`'s method (a relay
+How it is measured (`python -m bench.e2e`). *starmux*: a relay process (`starmux relay
+serve`, shipped limits except the per-IP ones, since every machine connects from 127.0.0.1);
+N real `daemon.runtime.Daemon`s spread over K load processes (N × K in the tables; K = 1 is
+the old one-process shape) on the daemon's own event loop (uvloop,
+`starmux.node.event_loop`; `bench/e2e/daemons.py`, built on `bench/common/daemon_host.py`),
+each with its own keys, SQLite event log and relay link, paired for real with a controller
+(`client.actions.pair`, code read from the daemon's terminal); the controller's
+`client.live.LiveController` runs alone in its own process (`bench/e2e/controller.py`;
+uvloop, as the controller agent) over Noise_KK channels and counts the events it has applied
+to its SQLite cache (`on_event`, after the commit). Every event is `Output("stdout", 1 KiB)`
+(1,056-byte body) appended to the daemon's real `EventLog` (group commit); the live service
+pushes committed events as pages. *Throughput*: each daemon appends in bursts (window/4 per
+call, at most two bursts uncommitted) while fewer than its window of events are unapplied by
+the controller (the controller reports its cursors every 10 ms, relayed by the parent to the
+load processes; 1,024 events per machine, as one machine alone has, so each of N machines
+floods as the one machine does), so the figure is a steady state. What reaches the
+controller is paced by starmux's own flow control: each machine pushes within its share of
+the controller's live window (`live-ack`), and one further ahead pages through its log on
+the controller's requests. Without the harness's window the daemons would append faster than
+anything applies them and take the CPU the controller needs. With K = 1 all N daemons share
+one process, so at N = 100 their combined cost sits on one core, which 100 real machines
+would not. *Latency*: a fixed total rate, round-robin over the daemons, each event stamped
+with `time.monotonic_ns()` (CLOCK_MONOTONIC, one clock for every process of the host) when
+it is appended, read by the controller after its cache commit: log commit, live push, Noise,
+relay and cache apply are all inside. *Bare*: the same N senders → 1 receiver through
+`bench/common/bare_forwarder.py` (the relay's stack, no auth, no crypto, no logs), senders
+in one load process with `bench/common/wsclient.py` on uvloop (`bench/e2e/bare.py`),
+flooding as fast as TCP takes (the forwarder awaits each forward in the sender's loop, so
+the receiver pushes back end to end), receiver in the parent; messages are the 2-byte
+address and the same 1 KiB, stamped with `time.monotonic_ns()` for latency (the receiver
+reads `perf_counter_ns`, on Linux the same CLOCK_MONOTONIC, checked at start). Both stacks
+run at once, and each round gives starmux then bare the same window; figures are medians
+over rounds (the latency max pools all rounds). CPU is each process's run time from
+`/proc/PID/task/*/schedstat` (nanoseconds, every thread) over each measured window; "other
+processes" is `/proc/stat` busy time minus this benchmark's whole process tree: at or above
+0.3 cores a figure is marked noisy. *Approve*: `python -m bench.sessions`'s method (a relay
 and a daemon as processes, as `starmux demo`; an agent raises checkpoints with `starmux
 checkpoint` one after another; time from the controller submitting its signed approval to
 the agent process printing that it continued, `time.time()` on both sides), one machine;
@@ -122,6 +125,13 @@ def targets(per_n: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _flood(settings: dict[str, Any]) -> str:
+    """What the throughput windows let each machine have in flight."""
+    if settings.get("shared_window"):
+        return f"throughput: {FLOW_BUDGET:,} events in flight shared by all machines"
+    return f"throughput: {settings.get('window') or FLOW_BUDGET:,} events in flight per machine"
+
+
 def figures(results: dict[str, Any]) -> list[str]:
     s = results["settings"]
     lines = [
@@ -129,6 +139,7 @@ def figures(results: dict[str, Any]) -> list[str]:
         f"{', '.join(f'{n} × {k}' for n, k in s['shapes'])}; {s['rounds']} rounds; "
         f"throughput windows {s['warmup']:g} s warm-up + {s['seconds']:g} s, latency windows "
         f"{s['warmup']:g} + {s['latency_seconds']:g} s at {s['rate']:,.0f} events/s in all; "
+        f"{_flood(s)}; "
         f"1 KiB bodies throughout. Load average before the run: {results['load_before']}.",
         "",
         "| N × K | figure | bare | starmux | starmux/bare |",

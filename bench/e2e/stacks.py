@@ -60,7 +60,8 @@ RELAY_ENV = {
     "STARMUX_RELAY_AUTH_RATE_PER_KEY": "1000",
     "STARMUX_RELAY_AUTH_BURST_PER_KEY": "1000",
 }
-#: Events in flight (appended, not yet applied by the controller), over all machines.
+#: Events a machine may have appended and the controller not applied yet: each
+#: machine's, as one machine alone has (``shared``: over all machines together).
 FLOW_BUDGET = 1024
 RECEIVER_ID = b"\xff\xff"
 SETUP_TIMEOUT = 60.0
@@ -255,11 +256,11 @@ class StarmuxStack:
         return int((await self.controller.expect("count", within=10))["count"]), time.monotonic()
 
     async def throughput(
-        self, warmup: float, seconds: float, window: int | None = None
+        self, warmup: float, seconds: float, window: int | None = None, *, shared: bool = False
     ) -> dict[str, Any]:
-        """``window``: events in flight per machine (default: :data:`FLOW_BUDGET`
-        shared by all of them)."""
-        window = window or max(8, FLOW_BUDGET // len(self.where))
+        """``window``: events in flight per machine (default: :data:`FLOW_BUDGET`, or
+        with ``shared`` that budget split between the machines)."""
+        window = window or (max(8, FLOW_BUDGET // len(self.where)) if shared else FLOW_BUDGET)
         await self.controller.send("feedback", on=True)
         try:
             for host in self.hosts:
