@@ -37,6 +37,7 @@ from bench.common.procs import (
     free_port,
     machine_busy_seconds,
 )
+from bench.common.relay_env import relay_env
 from bench.common.targets import BODY, MARKER
 from bench.common.wsclient import COUNT, DISCARD, STAMP, RawWebSocket, connect
 from starmux.client import actions
@@ -44,22 +45,7 @@ from starmux.pairing_code import parse_pairing_code
 
 #: Every daemon connects from 127.0.0.1 and pairs within seconds: only the per-IP
 #: guards are raised; the per-connection limits (frames, bytes, send queue) are shipped.
-RELAY_ENV = {
-    "STARMUX_RELAY_CONNECTIONS_PER_IP": "2000",
-    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE": "100000",
-    # per-IP guards against connection churn and request floods (one IP here)
-    "STARMUX_RELAY_CONNECTION_RATE_PER_IP": "100000",
-    "STARMUX_RELAY_CONNECTION_BURST_PER_IP": "100000",
-    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUEST_BURST_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUESTS_PER_SECOND": "1000000",
-    "STARMUX_RELAY_REQUEST_BURST": "1000000",
-    "STARMUX_RELAY_REGISTRATIONS_PER_MINUTE_PER_IP": "1000000",
-    # the controller pairs every machine over a connection of its own key
-    "STARMUX_RELAY_AUTH_RATE_PER_KEY": "1000",
-    "STARMUX_RELAY_AUTH_BURST_PER_KEY": "1000",
-}
+RELAY_ENV = relay_env(2000)
 #: Events a machine may have appended and the controller not applied yet: each
 #: machine's, as one machine alone has (``shared``: over all machines together).
 FLOW_BUDGET = 1024

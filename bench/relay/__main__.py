@@ -43,27 +43,14 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
+from bench.common.relay_env import relay_env
 from bench.common.results_file import ROOT, add_results_option, shown
 from bench.relay.loadgen import AFTER_STALL, ARRIVAL
 
 START_TIMEOUT = 30.0
 LOADGEN_TIMEOUT = 450.0
 #: The relay's limits are raised so the benchmark measures routing, not the limiter.
-RELAY_ENV = {
-    "STARMUX_RELAY_CONNECTIONS_PER_IP": "20000",
-    "STARMUX_RELAY_FRAMES_PER_SECOND": "1000000",
-    "STARMUX_RELAY_FRAME_BURST": "2000000",
-    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE": "100000",
-    # per-IP guards against connection churn and request floods (one IP here)
-    "STARMUX_RELAY_CONNECTION_RATE_PER_IP": "100000",
-    "STARMUX_RELAY_CONNECTION_BURST_PER_IP": "100000",
-    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUEST_BURST_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUESTS_PER_SECOND": "1000000",
-    "STARMUX_RELAY_REQUEST_BURST": "1000000",
-    "STARMUX_RELAY_REGISTRATIONS_PER_MINUTE_PER_IP": "1000000",
-}
+RELAY_ENV = relay_env(20000, FRAMES_PER_SECOND="1000000", FRAME_BURST="2000000")
 #: The relay issue's targets, with issue 20's on throughput (≥ 0.9× bare, was 0.8×) and
 #: on the tail (p99 within 1.5× bare's in the same run, besides ≤ 3 ms).
 TARGETS = {

@@ -59,6 +59,7 @@ from bench.common.procs import (
     free_port,
     peak_rss_kib,
 )
+from bench.common.relay_env import relay_env
 from bench.common.results_file import add_results_option, shown
 from bench.storm.clients import POLICIES, machine_card, machine_keys
 from bench.storm.report import figures, quantile, write_results
@@ -74,19 +75,7 @@ if TYPE_CHECKING:  # asyncpg is the cluster extra's; the storm itself does not n
 
 #: Limits raised so the storm meets the relay's real work, not its per-IP guards
 #: (every machine connects from 127.0.0.1 here).
-RELAY_ENV = {
-    "STARMUX_RELAY_CONNECTIONS_PER_IP": "20000",
-    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE": "100000",
-    # per-IP guards against connection churn and request floods (one IP here)
-    "STARMUX_RELAY_CONNECTION_RATE_PER_IP": "100000",
-    "STARMUX_RELAY_CONNECTION_BURST_PER_IP": "100000",
-    "STARMUX_RELAY_PAIRING_REQUESTS_PER_MINUTE_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUESTS_PER_SECOND_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUEST_BURST_PER_IP": "1000000",
-    "STARMUX_RELAY_REQUESTS_PER_SECOND": "1000000",
-    "STARMUX_RELAY_REQUEST_BURST": "1000000",
-    "STARMUX_RELAY_REGISTRATIONS_PER_MINUTE_PER_IP": "1000000",
-}
+RELAY_ENV = relay_env(20000)
 
 
 @dataclass(frozen=True)
