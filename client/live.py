@@ -55,11 +55,11 @@ from starmux.node.link import (
     Undeliverable,
 )
 from starmux.noise import HandshakeState
-from starmux.resync import Action, Follower
+from starmux.resync import Action, Cursor, Follower
 from starmux.transfer_messages import TRANSFER_MESSAGES
 
 from . import device_copy
-from .cache import Cache, Cursor
+from .cache import Cache
 from .roster import reconcile
 from .store import ControllerConfig, ControllerStore
 from .transfers import ControllerTransfers

@@ -19,9 +19,11 @@ Invariants:
   A request for another epoch (the log was wiped, or a first sync) is answered
   from the start of the current one.
 - Machine: a page holds events in seq order and fits one Noise message
-  (:func:`pages`). Going live happens in the same step as computing ``more``
-  (no await between them in the adapter), so no commit falls between the last
-  sync page and the first pushed one. Once half a controller's live window
+  (:func:`pages`). A request is answered with one page, so the adapter reads the
+  log no further than that page (:attr:`Read.max_bytes`, :func:`first_page`).
+  Going live happens in the same step as computing ``more`` (no await between
+  them in the adapter), so no commit falls between the last sync page and the
+  first pushed one. Once half a controller's live window
   (:mod:`starmux.live_window`) is unacknowledged, commits are held and pushed
   joined on its next ack. A controller whose send queue is longer than
   ``max_backlog``, or for which more is held than its whole window, goes back to
