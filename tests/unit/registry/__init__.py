@@ -1,0 +1,1 @@
+"""The relay registry against real SQLite files and a real PostgreSQL server."""
