@@ -74,6 +74,10 @@ HANDSHAKE_TIMEOUT = 10.0
 #: (the count walks every machine; a batch is applied far more often than that).
 WINDOW_RECOUNT = 0.1
 
+#: The epoch a live-ack names before the machine's epoch is known (a first sync): any
+#: epoch but the machine's acknowledges nothing there, and still gives the window.
+NO_EPOCH = "none"
+
 #: Called for every newly applied event, in order: (machine key, event).
 EventCallback = Callable[[bytes, LoggedEvent], None]
 
@@ -458,13 +462,29 @@ class LiveController:
                 )
                 pacer.sent(window)
 
+    async def _give_window(self, machine: MachineChannel, cursor: Cursor) -> None:
+        """The machine's share of the window, before its first sync answer: without
+        one it answers in pages of 48 KiB, and a hundred machines answering a fresh
+        controller at once would pass what the relay holds for it (4 MiB). A live-ack
+        for the cursor it is about to be asked from (another epoch, or none yet:
+        acknowledges nothing) carries it."""
+        window = self._live_window()
+        epoch = cursor.epoch or NO_EPOCH
+        await self._send(machine, LiveAck(epoch, cursor.seq, window.pages, window.bytes))
+        machine.pacer.sent(window)
+
     def _live_window(self) -> Window:
         now = time.monotonic()
         if self._window is None or now - self._window[0] > WINDOW_RECOUNT:
-            # Every machine with a channel may be pushing or answering a sync: counting
-            # only the live ones would hand the syncing ones' share out twice.
-            open_channels = sum(1 for m in self.machines.values() if m.channel is not None)
-            self._window = (now, window_for(open_channels))
+            # Every machine with a channel may be pushing or answering a sync, and one
+            # in a handshake soon will: counting only the live ones would hand the
+            # others' share out twice (at start-up, channels open one by one).
+            talking = sum(
+                1
+                for m in self.machines.values()
+                if m.channel is not None or m.handshake is not None
+            )
+            self._window = (now, window_for(talking))
         return self._window[1]
 
     async def _on_message(self, machine: MachineChannel, message: Message) -> None:
@@ -481,9 +501,12 @@ class LiveController:
                 future.set_result(message)
 
     async def _request_sync(self, machine: MachineChannel, cursor: Cursor | None = None) -> None:
-        """Ask ``machine`` for its log after ``cursor`` (by default: as the cache has it)."""
+        """Ask ``machine`` for its log after ``cursor`` (by default: as the cache has it);
+        on a new channel, with the window first (see :meth:`_give_window`)."""
         if cursor is None:
             cursor = await self.cache.cursor(machine.key)
+        if machine.pacer.window is None:
+            await self._give_window(machine, cursor)
         machine.follow.requested()
         await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
 

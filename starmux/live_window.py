@@ -11,8 +11,10 @@ pushed beyond the last acknowledgement within a window the controller gives::
 
     machine (Feed + InFlight)                    controller (AckPacer, per machine)
 
+    ◀──────────── live-ack(cursor, window) ──    new channel: the window, then
+    ◀──────────────────────── sync-request ──    the first sync request
     push page ──────────────────────────────▶    applied: count it
-    (pages, bytes past the last ack)             half a window counted, or went live:
+    (pages, bytes past the last ack)             half a window counted:
     half the window out: commits wait, joined    send live-ack, count from zero
     ◀──────────────── live-ack(seq, window) ──
     push what waited ───────────────────────▶
@@ -28,7 +30,8 @@ and acks per event); an idle machine's commit goes at once.
 
 - The controller splits one budget (:data:`PAGE_BUDGET`, :data:`BYTE_BUDGET`,
   below the relay's default bounds, with room for commands and transfers) between
-  its machines with an open channel (:func:`window_for`), so what all of them may
+  its machines with an open channel or a handshake under way (:func:`window_for`),
+  and gives each its share before its first sync request, so what all of them may
   have in flight stays under the relay's bound up to :data:`PAGE_BUDGET` /
   :data:`MIN_PAGES` machines. What a machine holds that would not fit its whole
   window is paged by sync requests, which the controller itself paces.

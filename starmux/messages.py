@@ -126,9 +126,10 @@ class SyncRequest(Message):
 @APP.register
 @dataclass(frozen=True)
 class LiveAck(Message):
-    """Controller → machine, while live: every event through ``seq`` of ``epoch`` is
-    applied; push at most ``window_pages`` pages and ``window_bytes`` bytes beyond
-    it, then say "sync again" (see :mod:`starmux.live_window`)."""
+    """Controller → machine, on a new channel and while live: every event through
+    ``seq`` of ``epoch`` is applied; push (or answer) at most ``window_pages`` pages
+    and ``window_bytes`` bytes beyond it, then say "sync again" (see
+    :mod:`starmux.live_window`)."""
 
     KIND = "live-ack"
     epoch: str

@@ -211,9 +211,10 @@ export class Engine {
       changed: (channel) => this.store.dispatch({ type: "machine/update", fingerprint: channel.card.fingerprint, fields: { online: channel.online, live: channel.live } }),
       warn: (channel, text) => this.store.dispatch({ type: "notice/add", kind: "error", text: `${this.names.get(toHex(channel.key))}: ${text}` }),
       deviceLogOffered: (_channel, entries) => this.#takeLog(entries),
-      // Every machine with a channel may be pushing or answering a sync: each gets
-      // an equal share of what the relay holds for this browser.
-      liveWindow: () => windowFor([...this.channels.values()].filter((c) => c.channel !== null).length),
+      // Every machine with a channel, or soon one (a handshake out), may be pushing or
+      // answering a sync: each gets an equal share of what the relay holds for this browser.
+      liveWindow: () =>
+        windowFor([...this.channels.values()].filter((c) => c.channel !== null || c.handshake !== null).length),
     };
   }
 

@@ -29,6 +29,10 @@ export function pageCost(page) {
 
 // When to send one machine a live-ack: once it is live (its first: from then on
 // the machine keeps the window), then each time half the window was applied.
+// The epoch a live-ack names before the machine's is known (a first sync): any epoch
+// but the machine's acknowledges nothing there, and still gives the window.
+export const NO_EPOCH = "none";
+
 export class AckPacer {
   pages = 0;
   bytes = 0;

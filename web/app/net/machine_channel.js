@@ -15,7 +15,7 @@
 import { Kind, unwrap, wrap } from "../../proto/e2e.js";
 import { CryptoError, RemoteProtocolError } from "../../proto/errors.js";
 import { finish, initiate, resetBody } from "../../proto/live_channel.js";
-import { AckPacer } from "./live_window.js";
+import { AckPacer, NO_EPOCH } from "./live_window.js";
 import { Action, cursorFor, Follower, nextInOrder } from "./resync.js";
 
 const SYNC_PAGE = 1000;
@@ -158,6 +158,19 @@ export class MachineChannel {
   }
 
   #requestSync() {
+    // On a new channel the window goes first: without one a machine answers in 48 KiB
+    // pages, and many machines answering at once would pass what the relay holds for
+    // this browser. A live-ack for the cursor (or for no epoch yet) acknowledges nothing.
+    if (this.pacer.window === null) {
+      const window = this.host.liveWindow();
+      this.#send("live-ack", {
+        epoch: this.cursor.epoch || NO_EPOCH,
+        seq: this.cursor.seq,
+        window_pages: window.pages,
+        window_bytes: window.bytes,
+      });
+      this.pacer.sent(window);
+    }
     this.follow.requested();
     this.#send("sync-request", { epoch: this.cursor.epoch, after_seq: this.cursor.seq, limit: SYNC_PAGE });
   }
