@@ -413,23 +413,20 @@ class EventLog:
 
     # --- reading --------------------------------------------------------------------
 
-    async def read_after(self, seq: int, *, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` committed events with a seq above ``seq``, in seq order."""
-        rows = await self._reader.execute_fetchall(
-            f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, _check_limit(limit))
-        )
-        return [_stored(row) for row in rows]
-
-    async def read_page(self, seq: int, *, limit: int, max_bytes: int) -> list[StoredEvent]:
-        """The events after ``seq`` that one page of ``max_bytes`` holds
-        (:func:`~starmux.resync.first_page`), at most ``limit``: rows are read one by
-        one and no further, so a small page never costs a read of ``limit`` events."""
+    async def read_after(
+        self, seq: int, *, limit: int, max_bytes: int | None = None
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` committed events with a seq above ``seq``, in seq order; with
+        ``max_bytes``, only those one page of it holds (:func:`~starmux.resync.first_page`):
+        rows are read one by one and no further, so a small page never costs a read of
+        ``limit`` events."""
         query = (f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, _check_limit(limit)))
 
         def read(conn: sqlite3.Connection) -> list[StoredEvent]:
             rows = conn.execute(*query)
             try:
-                return first_page(map(_stored, rows), max_bytes)
+                events = map(_stored, rows)
+                return list(events) if max_bytes is None else first_page(events, max_bytes)
             finally:
                 rows.close()  # ends the read: a statement left open holds the WAL back
 

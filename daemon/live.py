@@ -255,7 +255,7 @@ class LiveService:
 
     async def _sync(self, peer: ControllerPeer, request: SyncRequest) -> None:
         read = peer.feed.read_for(request, epoch=self.log.epoch)
-        events = await self.log.read_page(read.after, limit=read.limit, max_bytes=read.max_bytes)
+        events = await self.log.read_after(read.after, limit=read.limit, max_bytes=read.max_bytes)
         # No await from here to going live: every later commit is pushed.
         page = peer.feed.answer(
             read, [logged(e) for e in events], epoch=self.log.epoch, last_seq=self.log.last_seq

@@ -518,20 +518,20 @@ async def test_read_after_pages(log: EventLog) -> None:
         await log.read_after(0, limit=-1)
 
 
-async def test_read_page_reads_what_one_page_holds(log: EventLog) -> None:
+async def test_read_after_with_max_bytes_reads_what_one_page_holds(log: EventLog) -> None:
     for i in range(30):
         await log.append("s-1", b"%04d" % i * 250, at=0.0)  # 1,000 bytes each
     every = await log.read_after(0, limit=1000)
     cost = event_cost(every[0])
-    page = await log.read_page(0, limit=1000, max_bytes=5 * cost)
+    page = await log.read_after(0, limit=1000, max_bytes=5 * cost)
     assert page == every[:5] == first_page(every, 5 * cost)
-    assert await log.read_page(27, limit=1000, max_bytes=5 * cost) == every[27:]
-    assert await log.read_page(3, limit=2, max_bytes=5 * cost) == every[3:5]
+    assert await log.read_after(27, limit=1000, max_bytes=5 * cost) == every[27:]
+    assert await log.read_after(3, limit=2, max_bytes=5 * cost) == every[3:5]
     # An event bigger than the page is still read, alone: the log always moves on.
-    assert await log.read_page(8, limit=1000, max_bytes=10) == every[8:9]
-    assert await log.read_page(30, limit=1000, max_bytes=5 * cost) == []
+    assert await log.read_after(8, limit=1000, max_bytes=10) == every[8:9]
+    assert await log.read_after(30, limit=1000, max_bytes=5 * cost) == []
     with pytest.raises(UsageError):
-        await log.read_page(0, limit=-1, max_bytes=cost)
+        await log.read_after(0, limit=-1, max_bytes=cost)
 
 
 async def test_read_session_pages_through_one_session(log: EventLog) -> None:
