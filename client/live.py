@@ -35,7 +35,7 @@ from starmux.e2e import Kind, unwrap, wrap
 from starmux.errors import CryptoError, RemoteProtocolError, StarmuxError
 from starmux.identity import IdentityCard, NodeKeys, Role
 from starmux.live_channel import LiveChannel, finish, initiate, reset_body
-from starmux.live_window import AckPacer, Window, window_for
+from starmux.live_window import NO_EPOCH, AckPacer, Window, window_for
 from starmux.messages import (
     APP,
     CommandAck,
@@ -73,10 +73,6 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Seconds a machine's window share is reused before the machines are counted again
 #: (the count walks every machine; a batch is applied far more often than that).
 WINDOW_RECOUNT = 0.1
-
-#: The epoch a live-ack names before the machine's epoch is known (a first sync): any
-#: epoch but the machine's acknowledges nothing there, and still gives the window.
-NO_EPOCH = "none"
 
 #: Called for every newly applied event, in order: (machine key, event).
 EventCallback = Callable[[bytes, LoggedEvent], None]
@@ -451,26 +447,20 @@ class LiveController:
             await self._acknowledge(acking.values())
 
     async def _acknowledge(self, machines: Iterable[MachineChannel]) -> None:
-        """Live-acks to the machines whose pushes used half their window since the
-        last, or that just went live (their first: from it on they keep the window)."""
+        """Live-acks to the live machines whose pushes used half their window since
+        the last ack, or whose share changed."""
         window = self._live_window()
         for machine in machines:
             pacer = machine.pacer
             if machine.follow.live and pacer.epoch and pacer.due(window):
-                await self._send(
-                    machine, LiveAck(pacer.epoch, pacer.seq, window.pages, window.bytes)
-                )
-                pacer.sent(window)
+                await self._send_ack(machine, pacer.epoch, pacer.seq, window)
 
-    async def _give_window(self, machine: MachineChannel, cursor: Cursor) -> None:
-        """The machine's share of the window, before its first sync answer: without
-        one it answers in pages of 48 KiB, and a hundred machines answering a fresh
-        controller at once would pass what the relay holds for it (4 MiB). A live-ack
-        for the cursor it is about to be asked from (another epoch, or none yet:
-        acknowledges nothing) carries it."""
-        window = self._live_window()
-        epoch = cursor.epoch or NO_EPOCH
-        await self._send(machine, LiveAck(epoch, cursor.seq, window.pages, window.bytes))
+    async def _send_ack(
+        self, machine: MachineChannel, epoch: str, seq: int, window: Window
+    ) -> None:
+        """A live-ack: everything through ``seq`` of ``epoch`` applied, ``window`` from
+        now on (what the machine's pacer counts against)."""
+        await self._send(machine, LiveAck(epoch, seq, window.pages, window.bytes))
         machine.pacer.sent(window)
 
     def _live_window(self) -> Window:
@@ -502,11 +492,15 @@ class LiveController:
 
     async def _request_sync(self, machine: MachineChannel, cursor: Cursor | None = None) -> None:
         """Ask ``machine`` for its log after ``cursor`` (by default: as the cache has it);
-        on a new channel, with the window first (see :meth:`_give_window`)."""
+        on a new channel, with its share of the window first."""
         if cursor is None:
             cursor = await self.cache.cursor(machine.key)
         if machine.pacer.window is None:
-            await self._give_window(machine, cursor)
+            # Without a window a machine answers in 48 KiB pages, and a hundred of
+            # them answering a fresh controller at once would pass what the relay
+            # holds for it (4 MiB). An ack for the cursor asked from (or for no epoch
+            # yet) acknowledges nothing and carries the window.
+            await self._send_ack(machine, cursor.epoch or NO_EPOCH, cursor.seq, self._live_window())
         machine.follow.requested()
         await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
 

@@ -64,6 +64,10 @@ MAX_PAGES = PAGE_BUDGET
 MAX_BYTES = BYTE_BUDGET
 
 
+#: The epoch a live-ack names before the controller knows the machine's (a first
+#: sync): any epoch but the machine's acknowledges nothing, and still gives the window.
+NO_EPOCH = "none"
+
 #: What an event costs in a page beyond its body and session id (its framing).
 EVENT_FRAMING = 32
 
@@ -224,6 +228,7 @@ __all__ = [
     "MAX_PAGES",
     "MIN_BYTES",
     "MIN_PAGES",
+    "NO_EPOCH",
     "PAGE_BUDGET",
     "AckPacer",
     "InFlight",

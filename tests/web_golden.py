@@ -48,7 +48,7 @@ from starmux.fingerprint import comparison_code, fingerprint, fingerprint_bytes
 from starmux.frames import Frame, FrameType, encode_frame
 from starmux.identity import NodeKeys, Role
 from starmux.link_code import Direction, LinkCode
-from starmux.live_window import page_cost, window_for
+from starmux.live_window import NO_EPOCH, page_cost, window_for
 from starmux.messages import APP, EventPage, LoggedEvent
 from starmux.padding import padded_size
 from starmux.pairing_code import PairingCode
@@ -679,6 +679,7 @@ def live_window_golden() -> dict[str, Any]:
             for n in (0, 1, 2, 3, 7, 100, 191, 192, 193, 10_000)
         ],
         "page": {"sessions": ["s-1", "s-22"], "bodies": [100, 0], "cost": page_cost(page)},
+        "no_epoch": NO_EPOCH,
     }
 
 

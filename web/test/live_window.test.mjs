@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { AckPacer, pageCost, windowFor } from '../app/net/live_window.js';
+import { AckPacer, NO_EPOCH, pageCost, windowFor } from '../app/net/live_window.js';
 import { GOLDEN } from './golden.mjs';
 
 const W = GOLDEN.live_window;
@@ -14,6 +14,10 @@ const page = (evts, live) => ({ kind: 'event-page', epoch: 'e-1', events: evts, 
 
 test('each machine gets the window the Python controller gives', () => {
   for (const [n, pages, bytes] of W.windows) assert.deepEqual(windowFor(n), { pages, bytes }, `${n} machines`);
+});
+
+test('a first sync names the same placeholder epoch as Python', () => {
+  assert.equal(NO_EPOCH, W.no_epoch);
 });
 
 test('a page costs what it costs in Python', () => {

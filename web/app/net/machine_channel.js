@@ -152,7 +152,11 @@ export class MachineChannel {
     this.pacer.applied(page);
     const window = this.host.liveWindow();
     if (!this.pacer.due(window)) return;
-    const { epoch, seq } = this.pacer;
+    this.#sendAck(this.pacer.epoch, this.pacer.seq, window);
+  }
+
+  // A live-ack: everything through `seq` of `epoch` applied, `window` from now on.
+  #sendAck(epoch, seq, window) {
     this.#send("live-ack", { epoch, seq, window_pages: window.pages, window_bytes: window.bytes });
     this.pacer.sent(window);
   }
@@ -162,14 +166,7 @@ export class MachineChannel {
     // pages, and many machines answering at once would pass what the relay holds for
     // this browser. A live-ack for the cursor (or for no epoch yet) acknowledges nothing.
     if (this.pacer.window === null) {
-      const window = this.host.liveWindow();
-      this.#send("live-ack", {
-        epoch: this.cursor.epoch || NO_EPOCH,
-        seq: this.cursor.seq,
-        window_pages: window.pages,
-        window_bytes: window.bytes,
-      });
-      this.pacer.sent(window);
+      this.#sendAck(this.cursor.epoch || NO_EPOCH, this.cursor.seq, this.host.liveWindow());
     }
     this.follow.requested();
     this.#send("sync-request", { epoch: this.cursor.epoch, after_seq: this.cursor.seq, limit: SYNC_PAGE });
