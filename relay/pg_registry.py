@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any
 
 import asyncpg
 
@@ -42,26 +41,23 @@ from starmux.relay.registry import (
     RegistryError,
     TicketRecord,
 )
-from starmux.relay.sqlite_registry import check_link_ticket, check_usable_ticket
+from starmux.relay.registry_rows import (
+    SELECT_CONTROLLER,
+    SELECT_MACHINE,
+    TICKET_COLUMNS,
+    check_link_ticket,
+    check_usable_ticket,
+    controller_record,
+    machine_record,
+    ticket_record,
+)
 
 __all__ = ["WRITE_LOCK", "PostgresRegistry", "Revocation"]
 
 #: Advisory lock id that serialises multi-step writes (b"stmxregw", signed 64-bit).
 WRITE_LOCK = int.from_bytes(b"stmxregw", "big", signed=True)
 
-_SELECT_MACHINE = (
-    "SELECT m.key, m.account, m.card, m.granted_by, m.grant_signature, m.grant_issued_at,"
-    " m.paired_at, m.last_seen, r.revoked_at"
-    " FROM machines AS m LEFT JOIN revocations AS r ON r.key = m.key"
-)
-_SELECT_TICKET = (
-    "SELECT ticket, machine_key, machine_card, created_at, expires_at, failures,"
-    " opened_by, consumed_at, burnt FROM tickets WHERE ticket = $1"
-)
-_SELECT_CONTROLLER = (
-    "SELECT key, account, card, created_at, last_seen FROM controllers"
-    " WHERE key NOT IN (SELECT key FROM removed_devices)"
-)
+_SELECT_TICKET = f"SELECT {TICKET_COLUMNS} FROM tickets WHERE ticket = $1"
 _TOUCH = tuple(
     f"UPDATE {table} SET last_seen = GREATEST(coalesce(last_seen, $1), $1) WHERE key = $2"
     for table in ("machines", "controllers")
@@ -79,31 +75,6 @@ class Revocation:
     seq: int  # increasing in commit order of the insert; a reader's resume point
     key: bytes
     account: bytes
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _controller(row: Any) -> ControllerRecord:
-    seen = None if row[4] is None else float(row[4])
-    return ControllerRecord(bytes(row[0]), bytes(row[1]), bytes(row[2]), float(row[3]), seen)
-
-
-def _machine(row: Any) -> MachineRecord:
-    key, account, card, granted_by, signature, issued_at, paired_at, seen, revoked = row
-    return MachineRecord(
-        bytes(key), bytes(account), bytes(card), bytes(granted_by), bytes(signature),
-        float(issued_at), float(paired_at), _opt_float(seen), _opt_float(revoked),
-    )  # fmt: skip
-
-
-def _ticket(row: Any) -> TicketRecord:
-    ticket, key, card, created_at, expires_at, failures, opened_by, consumed_at, _ = row
-    return TicketRecord(
-        bytes(ticket), bytes(key), bytes(card), float(created_at), float(expires_at),
-        int(failures), None if opened_by is None else bytes(opened_by), _opt_float(consumed_at),
-    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -289,14 +260,14 @@ class PostgresRegistry:
 
     async def controller(self, key: bytes) -> ControllerRecord | None:
         async with self._reading() as conn:
-            row = await conn.fetchrow(_SELECT_CONTROLLER + " AND key = $1", key)
-        return None if row is None else _controller(row)
+            row = await conn.fetchrow(SELECT_CONTROLLER + " AND key = $1", key)
+        return None if row is None else controller_record(row)
 
     async def controllers_of(self, account: bytes) -> list[ControllerRecord]:
-        sql = _SELECT_CONTROLLER + " AND account = $1 ORDER BY created_at, seq"
+        sql = SELECT_CONTROLLER + " AND account = $1 ORDER BY created_at, seq"
         async with self._reading() as conn:
             rows = await conn.fetch(sql, account)
-        return [_controller(row) for row in rows]
+        return [controller_record(row) for row in rows]
 
     # --- tickets -----------------------------------------------------------------
     async def create_ticket(
@@ -337,7 +308,7 @@ class PostgresRegistry:
                 await conn.execute(
                     "UPDATE tickets SET opened_by = $1 WHERE ticket = $2", controller_key, ticket
                 )
-        return dataclasses.replace(_ticket(row), opened_by=controller_key)
+        return dataclasses.replace(ticket_record(row), opened_by=controller_key)
 
     async def record_ticket_failure(self, ticket: bytes, *, max_failures: int) -> int:
         if max_failures < 1:
@@ -394,22 +365,20 @@ class PostgresRegistry:
             await self._audit(
                 conn, "machine.granted", granted_by, machine_key, f"account {account.hex()}", now
             )
-            record = await conn.fetchrow(_SELECT_MACHINE + " WHERE m.key = $1", machine_key)
-        return _machine(record)
+            record = await conn.fetchrow(SELECT_MACHINE + " WHERE m.key = $1", machine_key)
+        return machine_record(record)
 
     # --- machines ----------------------------------------------------------------
     async def machine(self, key: bytes) -> MachineRecord | None:
         async with self._reading() as conn:
-            row = await conn.fetchrow(_SELECT_MACHINE + " WHERE m.key = $1", key)
-        return None if row is None else _machine(row)
+            row = await conn.fetchrow(SELECT_MACHINE + " WHERE m.key = $1", key)
+        return None if row is None else machine_record(row)
 
     async def machines_of(self, account: bytes) -> list[MachineRecord]:
-        sql = (
-            _SELECT_MACHINE + " WHERE m.account = $1 AND r.key IS NULL ORDER BY m.paired_at, m.seq"
-        )
+        sql = SELECT_MACHINE + " WHERE m.account = $1 AND r.key IS NULL ORDER BY m.paired_at, m.seq"
         async with self._reading() as conn:
             rows = await conn.fetch(sql, account)
-        return [_machine(row) for row in rows]
+        return [machine_record(row) for row in rows]
 
     async def is_revoked(self, key: bytes) -> bool:
         async with self._reading() as conn:

@@ -39,93 +39,27 @@ from starmux.relay.registry import (
     RegistryError,
     TicketRecord,
 )
-
-__all__ = ["SqliteRegistry", "check_usable_ticket"]
-
-
-_SELECT_MACHINE = (
-    "SELECT m.key, m.account, m.card, m.granted_by, m.grant_signature, m.grant_issued_at,"
-    " m.paired_at, m.last_seen, r.revoked_at"
-    " FROM machines AS m LEFT JOIN revocations AS r ON r.key = m.key"
+from starmux.relay.registry_rows import (
+    SELECT_CONTROLLER,
+    SELECT_MACHINE,
+    TICKET_COLUMNS,
+    check_link_ticket,
+    check_usable_ticket,
+    controller_record,
+    machine_record,
+    ticket_record,
 )
-_SELECT_TICKET = (
-    "SELECT ticket, machine_key, machine_card, created_at, expires_at, failures,"
-    " opened_by, consumed_at, burnt FROM tickets WHERE ticket = ?"
-)
-# A removed device keeps its row (machines name it as their granter) but is no
-# longer a controller: every lookup leaves removed keys out.
-_SELECT_CONTROLLER = (
-    "SELECT key, account, card, created_at, last_seen FROM controllers"
-    " WHERE key NOT IN (SELECT key FROM removed_devices)"
-)
+
+__all__ = ["SqliteRegistry"]
+
+
+_SELECT_TICKET = f"SELECT {TICKET_COLUMNS} FROM tickets WHERE ticket = ?"
 
 
 _TOUCH = tuple(
     f"UPDATE {table} SET last_seen = max(coalesce(last_seen, ?), ?) WHERE key = ?"
     for table in ("machines", "controllers")
 )
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _controller(row: Any) -> ControllerRecord:
-    return ControllerRecord(
-        bytes(row[0]), bytes(row[1]), bytes(row[2]), float(row[3]), _opt_float(row[4])
-    )
-
-
-def _machine(row: Any) -> MachineRecord:
-    key, account, card, granted_by, signature, issued_at, paired_at, seen, revoked = row
-    return MachineRecord(
-        bytes(key), bytes(account), bytes(card), bytes(granted_by), bytes(signature),
-        float(issued_at), float(paired_at), _opt_float(seen), _opt_float(revoked),
-    )  # fmt: skip
-
-
-def _ticket(row: Any) -> TicketRecord:
-    ticket, key, card, created_at, expires_at, failures, opened_by, consumed_at, _ = row
-    return TicketRecord(
-        bytes(ticket), bytes(key), bytes(card), float(created_at), float(expires_at),
-        int(failures), None if opened_by is None else bytes(opened_by), _opt_float(consumed_at),
-    )  # fmt: skip
-
-
-def check_usable_ticket(row: Any, now: float) -> None:
-    """Refuse a ticket that cannot be opened or granted any more.
-
-    Order: a finished ticket (consumed) says so before how it could not be used.
-    ``row`` is a ticket row in ``_SELECT_TICKET`` order (shared with the PostgreSQL
-    registry, so both refuse in the same order with the same codes).
-    """
-    if row is None:
-        raise RegistryError(FailureCode.UNKNOWN_TICKET, "no such pairing ticket")
-    if row[7] is not None:
-        raise RegistryError(FailureCode.CONSUMED, "this pairing ticket was already used")
-    if row[8]:
-        raise RegistryError(
-            FailureCode.BURNT,
-            "too many failed attempts on this pairing ticket",
-            hint="restart pairing",
-        )
-    if now >= float(row[4]):
-        raise RegistryError(
-            FailureCode.EXPIRED, "this pairing ticket has expired", hint="restart pairing"
-        )
-
-
-def check_link_ticket(row: Any, now: float, *, by: bytes, change: DeviceChange) -> None:
-    """Refuse consuming a link ticket for anything but the one device it links.
-
-    Its two ends are the device that holds it (showed the code) and the one that
-    opened it (read the code); one is the owner appending, the other the device
-    added — whichever showed (an owner's invite, or a new device's join code)."""
-    check_usable_ticket(row, now)
-    added = [record.key for record in change.added]
-    ends = {bytes(row[1]), None if row[6] is None else bytes(row[6])}
-    if len(added) != 1 or ends != {by, added[0]}:
-        raise RegistryError(FailureCode.MISMATCH, "this link ticket is not for that device")
 
 
 class SqliteRegistry:
@@ -267,14 +201,14 @@ class SqliteRegistry:
 
     async def controller(self, key: bytes) -> ControllerRecord | None:
         async with self._reading() as db:
-            row = await self._one(db, _SELECT_CONTROLLER + " AND key = ?", (key,))
-        return None if row is None else _controller(row)
+            row = await self._one(db, SELECT_CONTROLLER + " AND key = ?", (key,))
+        return None if row is None else controller_record(row)
 
     async def controllers_of(self, account: bytes) -> list[ControllerRecord]:
-        sql = _SELECT_CONTROLLER + " AND account = ? ORDER BY created_at, rowid"
+        sql = SELECT_CONTROLLER + " AND account = ? ORDER BY created_at, rowid"
         async with self._reading() as db:
             rows = await db.execute_fetchall(sql, (account,))
-        return [_controller(row) for row in rows]
+        return [controller_record(row) for row in rows]
 
     # --- tickets -----------------------------------------------------------------
     async def create_ticket(
@@ -314,7 +248,7 @@ class SqliteRegistry:
                 await db.execute(
                     "UPDATE tickets SET opened_by = ? WHERE ticket = ?", (controller_key, ticket)
                 )
-        return dataclasses.replace(_ticket(row), opened_by=controller_key)
+        return dataclasses.replace(ticket_record(row), opened_by=controller_key)
 
     async def record_ticket_failure(self, ticket: bytes, *, max_failures: int) -> int:
         if max_failures < 1:
@@ -373,22 +307,22 @@ class SqliteRegistry:
             await self._audit(
                 db, "machine.granted", granted_by, machine_key, f"account {account.hex()}", now
             )
-            row = await self._one(db, _SELECT_MACHINE + " WHERE m.key = ?", (machine_key,))
-        return _machine(row)
+            row = await self._one(db, SELECT_MACHINE + " WHERE m.key = ?", (machine_key,))
+        return machine_record(row)
 
     # --- machines ----------------------------------------------------------------
     async def machine(self, key: bytes) -> MachineRecord | None:
         async with self._reading() as db:
-            row = await self._one(db, _SELECT_MACHINE + " WHERE m.key = ?", (key,))
-        return None if row is None else _machine(row)
+            row = await self._one(db, SELECT_MACHINE + " WHERE m.key = ?", (key,))
+        return None if row is None else machine_record(row)
 
     async def machines_of(self, account: bytes) -> list[MachineRecord]:
         sql = (
-            _SELECT_MACHINE + " WHERE m.account = ? AND r.key IS NULL ORDER BY m.paired_at, m.rowid"
+            SELECT_MACHINE + " WHERE m.account = ? AND r.key IS NULL ORDER BY m.paired_at, m.rowid"
         )
         async with self._reading() as db:
             rows = await db.execute_fetchall(sql, (account,))
-        return [_machine(row) for row in rows]
+        return [machine_record(row) for row in rows]
 
     async def is_revoked(self, key: bytes) -> bool:
         async with self._reading() as db:
