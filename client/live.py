@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,6 +426,9 @@ class LiveController:
         cursors = {m.key: applied.cursor for (m, _), applied in zip(pages, results, strict=True)}
         synced: set[bytes] = set()
         acking: dict[bytes, MachineChannel] = {}
+        going_live: list[MachineChannel] = []
+        # The batch's sync requests and acks go out together, in one write.
+        out: list[tuple[MachineChannel, Message]] = []
         for (machine, page), applied in zip(pages, results, strict=True):
             if self.on_event is not None:
                 for event in applied.events:
@@ -439,29 +442,31 @@ class LiveController:
                 acking.pop(machine.key, None)
                 if machine.key not in synced:  # one request answers every gap
                     synced.add(machine.key)
-                    await self._request_sync(machine, cursors[machine.key])
+                    out += self._sync_request(machine, cursors[machine.key])
             elif action is Action.GO_LIVE:
                 machine.live.set()
-                await self.flush_outbox(machine)
-        if acking:
-            await self._acknowledge(acking.values())
+                going_live.append(machine)
+        out += self._acks(acking.values())
+        await self._send_all(out)
+        for machine in going_live:
+            await self.flush_outbox(machine)
 
-    async def _acknowledge(self, machines: Iterable[MachineChannel]) -> None:
+    def _acks(self, machines: Iterable[MachineChannel]) -> list[tuple[MachineChannel, Message]]:
         """Live-acks to the live machines whose pushes used half their window since
         the last ack, or whose share changed."""
         window = self._live_window()
-        for machine in machines:
-            pacer = machine.pacer
-            if machine.follow.live and pacer.epoch and pacer.due(window):
-                await self._send_ack(machine, pacer.epoch, pacer.seq, window)
+        return [
+            (machine, self._ack(machine, machine.pacer.epoch, machine.pacer.seq, window))
+            for machine in machines
+            if machine.follow.live and machine.pacer.epoch and machine.pacer.due(window)
+        ]
 
-    async def _send_ack(
-        self, machine: MachineChannel, epoch: str, seq: int, window: Window
-    ) -> None:
-        """A live-ack: everything through ``seq`` of ``epoch`` applied, ``window`` from
-        now on (what the machine's pacer counts against)."""
-        await self._send(machine, LiveAck(epoch, seq, window.pages, window.bytes))
+    def _ack(self, machine: MachineChannel, epoch: str, seq: int, window: Window) -> LiveAck:
+        """A live-ack for ``machine``, to send now: everything through ``seq`` of
+        ``epoch`` applied, ``window`` from now on (what the machine's pacer counts
+        against)."""
         machine.pacer.sent(window)
+        return LiveAck(epoch, seq, window.pages, window.bytes)
 
     def _live_window(self) -> Window:
         now = time.monotonic()
@@ -490,19 +495,27 @@ class LiveController:
             if future is not None and not future.done():
                 future.set_result(message)
 
-    async def _request_sync(self, machine: MachineChannel, cursor: Cursor | None = None) -> None:
-        """Ask ``machine`` for its log after ``cursor`` (by default: as the cache has it);
-        on a new channel, with its share of the window first."""
-        if cursor is None:
-            cursor = await self.cache.cursor(machine.key)
+    async def _request_sync(self, machine: MachineChannel) -> None:
+        """Ask ``machine`` for its log after its cursor as the cache has it."""
+        cursor = await self.cache.cursor(machine.key)
+        await self._send_all(self._sync_request(machine, cursor))
+
+    def _sync_request(
+        self, machine: MachineChannel, cursor: Cursor
+    ) -> list[tuple[MachineChannel, Message]]:
+        """What asks ``machine`` for its log after ``cursor``, to send now: on a new
+        channel, its share of the window first."""
+        out: list[tuple[MachineChannel, Message]] = []
         if machine.pacer.window is None:
             # Without a window a machine answers in 48 KiB pages, and a hundred of
             # them answering a fresh controller at once would pass what the relay
             # holds for it (4 MiB). An ack for the cursor asked from (or for no epoch
             # yet) acknowledges nothing and carries the window.
-            await self._send_ack(machine, cursor.epoch or NO_EPOCH, cursor.seq, self._live_window())
+            ack = self._ack(machine, cursor.epoch or NO_EPOCH, cursor.seq, self._live_window())
+            out.append((machine, ack))
         machine.follow.requested()
-        await self._send(machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE))
+        out.append((machine, SyncRequest(cursor.epoch, cursor.seq, SYNC_PAGE)))
+        return out
 
     async def send_to(self, key: bytes, message: Message) -> bool:
         """Send over ``key``'s channel if it has one now (False: it has none)."""
@@ -519,3 +532,16 @@ class LiveController:
         if machine.channel is None or self.link is None:
             return
         await self.link.send_data(machine.key, machine.channel.seal(message))
+
+    async def _send_all(self, messages: Sequence[tuple[MachineChannel, Message]]) -> None:
+        """Seal each message in order, then write them all at once (see
+        :meth:`RelayLink.send_data_many`); as :meth:`_send`, none to a machine
+        without a channel."""
+        if self.link is None:
+            return
+        frames = [
+            (machine.key, machine.channel.seal(message))
+            for machine, message in messages
+            if machine.channel is not None
+        ]
+        await self.link.send_data_many(frames)

@@ -8,7 +8,7 @@ withdrawal an assign-ack timeout or a lost machine sends."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import msgpack
@@ -32,9 +32,15 @@ S = TaskState
 class RecordingLink:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
+        self.writes: list[int] = []  # frames per write
 
     async def send_data(self, peer: bytes, body: bytes) -> None:
         self.sent.append((peer, body))
+        self.writes.append(1)
+
+    async def send_data_many(self, frames: Sequence[tuple[bytes, bytes]]) -> None:
+        self.sent += frames
+        self.writes.append(len(frames))
 
 
 class Clock:

@@ -5,6 +5,7 @@ good, since a machine never starts KK itself."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import nacl.utils
@@ -21,9 +22,15 @@ class RecordingLink:
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
+        self.writes: list[int] = []  # frames per write
 
     async def send_data(self, peer: bytes, body: bytes) -> None:
         self.sent.append((peer, body))
+        self.writes.append(1)
+
+    async def send_data_many(self, frames: Sequence[tuple[bytes, bytes]]) -> None:
+        self.sent += frames
+        self.writes.append(len(frames))
 
 
 async def _controller(tmp_path: Path) -> tuple[LiveController, MachineChannel, RecordingLink]:

@@ -18,7 +18,7 @@ from starmux.e2e import Kind, unwrap
 from starmux.identity import NodeKeys, Role
 from starmux.live_channel import LiveChannel, respond
 from starmux.live_window import window_for
-from starmux.messages import LiveAck, LoggedEvent, SyncRequest
+from starmux.messages import EventPage, LiveAck, LoggedEvent, SyncRequest
 from starmux.resync import PAGE_BYTES, Feed, first_page
 
 from .test_live_presence import RecordingLink
@@ -83,3 +83,53 @@ def opened(channel: LiveChannel, body: bytes) -> Message:
     kind, payload = unwrap(body)
     assert kind is Kind.SESSION_TRANSPORT
     return channel.open(payload)
+
+
+async def test_a_batch_of_pages_from_many_machines_asks_for_more_in_one_write(
+    tmp_path: Path,
+) -> None:
+    # A controller resyncing many machines answers each page with a request for the
+    # next; the requests a batch of pages calls for go out together (one write, not
+    # one system call each), every one sealed for its own machine.
+    store = ControllerStore(tmp_path / "home")
+    await store.open()
+    try:
+        keys = store.keys(create=True)
+        config = ControllerConfig("ws://127.0.0.1:1", nacl.utils.random(32), b"\x01" * 16, "laptop")
+        controller = LiveController(store, config)
+        link = RecordingLink()
+        controller.link = link  # type: ignore[assignment]
+        channels: list[tuple[MachineChannel, LiveChannel]] = []
+        for name in ("box", "gpu", "laptop-2"):
+            machine_keys = NodeKeys.generate()
+            machine = MachineChannel(
+                machine_keys.sign_public, machine_keys.card(Role.MACHINE, name)
+            )
+            controller.machines[machine.key] = machine
+            await controller._handshake(machine)
+            ((_, hello),) = link.sent
+            channel, reply = respond(
+                machine_keys, keys.card(Role.CONTROLLER, "laptop"), unwrap(hello)[1],
+                relay_key=config.relay_key,
+            )  # fmt: skip
+            link.sent.clear()
+            await controller._on_data(machine, reply)
+            for _, body in link.sent:  # the window and the first request: read, in turn
+                opened(channel, body)
+            link.sent.clear()
+            channels.append((machine, channel))
+        link.writes.clear()
+
+        for n, (machine, _) in enumerate(channels, start=1):
+            events = tuple(LoggedEvent(seq, 0.0, "s-1", b"x") for seq in range(1, n + 1))
+            controller._pages.append((machine, EventPage(EPOCH, events, more=True, live=False)))
+        await controller._apply_pages()
+
+        assert link.writes == [len(channels)]
+        for n, ((machine, channel), (peer, body)) in enumerate(
+            zip(channels, link.sent, strict=True), start=1
+        ):
+            assert peer == machine.key
+            assert opened(channel, body) == SyncRequest(EPOCH, n, 1000)
+    finally:
+        await store.close()
