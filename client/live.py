@@ -529,14 +529,11 @@ class LiveController:
         return True
 
     async def _send(self, machine: MachineChannel, message: Message) -> None:
-        if machine.channel is None or self.link is None:
-            return
-        await self.link.send_data(machine.key, machine.channel.seal(message))
+        await self._send_all(((machine, message),))
 
     async def _send_all(self, messages: Sequence[tuple[MachineChannel, Message]]) -> None:
         """Seal each message in order, then write them all at once (see
-        :meth:`RelayLink.send_data_many`); as :meth:`_send`, none to a machine
-        without a channel."""
+        :meth:`RelayLink.send_data_many`); none to a machine without a channel."""
         if self.link is None:
             return
         frames = [

@@ -204,13 +204,12 @@ class RelayLink:
 
     async def request(self, message: M, reply_type: type[Message] | None = None) -> Message:
         """Send a request (its ``request_id`` is assigned here) and await the reply."""
-        if self._ws is None or self.closed is not None:
-            raise ConnectionLost("not connected to the relay")
+        ws = self._connected()
         request_id = next(self._ids)
         message = dataclasses.replace(message, request_id=request_id)  # type: ignore[type-var]
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        await self._ws.send(encode_frame(FrameType.REQUEST, b"", CONTROL.encode(message)))
+        await ws.send(encode_frame(FrameType.REQUEST, b"", CONTROL.encode(message)))
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 reply = await future
@@ -224,13 +223,14 @@ class RelayLink:
             raise RemoteProtocolError(f"expected {reply_type.KIND}, got {reply.KIND}")
         return reply
 
-    async def send_data(self, peer: bytes, body: bytes) -> None:
+    def _connected(self) -> websockets.ClientConnection:
+        """The connection to send on; ConnectionLost if there is none now."""
         if self._ws is None or self.closed is not None:
             raise ConnectionLost("not connected to the relay")
-        try:
-            await self._ws.send(encode_frame(FrameType.DATA, peer, body))
-        except websockets.ConnectionClosed as exc:
-            raise ConnectionLost("the relay connection closed") from exc
+        return self._ws
+
+    async def send_data(self, peer: bytes, body: bytes) -> None:
+        await self.send_data_many(((peer, body),))
 
     async def send_data_many(self, frames: Sequence[tuple[bytes, bytes]]) -> None:
         """DATA frames ``(peer, body)``, in order, written to the socket at once.
@@ -238,14 +238,14 @@ class RelayLink:
         A controller paging a hundred machines asks many of them for their next page
         in one turn; one write each would be one system call each (measured: most of
         what a sync request cost it). Each is still its own WebSocket message."""
-        if len(frames) <= 1:
-            for peer, body in frames:
-                await self.send_data(peer, body)
+        if not frames:
             return
-        ws = self._ws
-        if ws is None or self.closed is not None:
-            raise ConnectionLost("not connected to the relay")
+        ws = self._connected()
         try:
+            if len(frames) == 1:
+                ((peer, body),) = frames
+                await ws.send(encode_frame(FrameType.DATA, peer, body))
+                return
             # send_context checks the connection is open, and on exit waits for the
             # write buffer to drain as send() does; the frames are framed here and
             # handed to the transport together (send_binary queues no end of stream,
