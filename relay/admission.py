@@ -32,11 +32,11 @@ import time
 from typing import Any, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
 from .addresses import ProxyTrust, ip_bucket
 from .config import Limits
+from .direct_frames import DirectFrames
 from .metrics import RelayMetrics
 from .ratelimit import KeyedBuckets
 
@@ -136,8 +136,9 @@ class Admission:
 
 def guarded_protocols(
     admission: Admission,
-) -> tuple[type[H11Protocol], type[WebSocketsSansIOProtocol]]:
-    """uvicorn's HTTP and WebSocket protocols, reporting to ``admission``."""
+) -> tuple[type[H11Protocol], type[DirectFrames]]:
+    """uvicorn's HTTP and WebSocket protocols, reporting to ``admission``; the
+    WebSocket one also routes frames directly (:mod:`relay.direct_frames`)."""
 
     class GuardedHTTP(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -149,7 +150,7 @@ def guarded_protocols(
             admission.released(self.transport)
             super().connection_lost(exc)
 
-    class GuardedWebSocket(WebSocketsSansIOProtocol):
+    class GuardedWebSocket(DirectFrames):
         def handle_connect(self, event: Request) -> None:
             super().handle_connect(event)
             if hasattr(self, "scope"):

@@ -2,8 +2,12 @@
 
 Thin by design: it moves bytes between the socket and the core (frame parser,
 :mod:`starmux.relay_auth`, :mod:`relay.requests`) and enforces limits. The hot
-path for a DATA frame is: rate check → parse the envelope → look up the peer →
-check :func:`may_route` → enqueue the re-addressed frame. The body is never read.
+path for a DATA frame is: parse the envelope → rate check → look up the peer →
+check :func:`may_route` → write the re-addressed frame, or queue it if the receiver
+is behind. The body is never read. While the connection's task waits for its next
+message, that path runs as the socket is read (:mod:`relay.direct_frames`);
+everything else (requests, other encodings, anything refused) waits for the task,
+in order.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -26,6 +32,7 @@ from starmux.relay_auth import RelayAuth
 from .addresses import ip_bucket
 from .admission import TRANSPORT_EXTENSION, UPGRADED_EXTENSION
 from .device_requests import install as install_device_requests
+from .direct_frames import DIRECT_EXTENSION, DirectFrames
 from .peer import Peer
 from .ratelimit import FrameLimiter
 from .registry import RegistryError
@@ -155,6 +162,7 @@ async def _serve(
     account: bytes,
 ) -> None:
     limits = state.config.limits
+    extensions = websocket.scope.get("extensions") or {}
     peer = Peer(
         websocket,
         key=card.sign_public,
@@ -165,7 +173,8 @@ async def _serve(
         max_queue=limits.send_queue_frames,
         max_queue_bytes=limits.send_queue_bytes,
         budget=state.send_budget,
-        transport=(websocket.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION),
+        transport=extensions.get(TRANSPORT_EXTENSION),
+        direct=extensions.get(DIRECT_EXTENSION),
         limiter=FrameLimiter(
             limits.frames_per_second,
             limits.frame_burst,
@@ -194,16 +203,62 @@ async def _serve(
                 await state.registry.touch(peer.key, now=state.clock())
 
 
-async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
-    # Runs once per frame a connection sends: what can be is looked up once here
-    # (no new objects, though: most connections sit idle in this frame).
+def _router(
+    state: RelayState, peer: Peer
+) -> tuple[Callable[[bytes], bool], Callable[[tuple[bytes, bytes], int, float], None]]:
+    """The hot path, per frame: ``route`` and ``forward``, bound to ``peer``.
+
+    ``route(data)`` routes a well-formed DATA frame within the limits; it returns
+    False, having done nothing, for anything else (the task's path in :func:`_pump`
+    handles and counts it). It runs once per routed frame, either as the socket is
+    read (:mod:`relay.direct_frames`) or from the task, so what can be is looked up
+    once here, when the connection is served. ``forward((destination, frame), size,
+    now)`` delivers a re-addressed frame, or tells the sender (never a silent drop)
+    without saying why.
+    """
     metrics = state.metrics
     table = state.table
     max_size = state.config.limits.max_frame_size
     clock = time.perf_counter
-    receive = websocket.receive
     limiter = peer.limiter
-    head = b""  # what precedes the body of the frames re-addressed from peer
+    head = data_head(peer.key)  # what precedes the body of the frames re-addressed from peer
+
+    def forward(routed: tuple[bytes, bytes], size: int, now: float) -> None:
+        destination = table.get(routed[0])
+        if destination is not None and may_route(peer, destination):
+            if destination.deliver(routed[1], now):
+                metrics.frames_routed += 1
+                metrics.bytes_routed += size
+            return
+        metrics.drops["unreachable" if destination is None else "forbidden"] += 1
+        peer.deliver(encode_frame(FrameType.ERROR, routed[0], _UNREACHABLE), now)
+
+    def route(data: bytes) -> bool:
+        if peer.closed:
+            return True  # closing: nothing more is read from it
+        size = len(data)
+        if size > max_size:
+            return False
+        routed = readdress_data_from(data, head)
+        if routed is None:
+            return False
+        now = clock()
+        if not limiter.take(size, now):
+            metrics.drops["flood"] += 1
+            peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
+            return True
+        forward(routed, size, now)
+        return True
+
+    return route, forward
+
+
+async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
+    metrics = state.metrics
+    max_size = state.config.limits.max_frame_size
+    route, forward = _router(state, peer)
+    direct: DirectFrames | None = (websocket.scope.get("extensions") or {}).get(DIRECT_EXTENSION)
+    receive = websocket.receive if direct is None else partial(direct.receive_routing, route)
     while not peer.closed:
         message = await receive()
         data = message.get("bytes")
@@ -212,44 +267,34 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
                 return
             peer.close(CloseCode.PROTOCOL_ERROR, "text messages are not frames")
             return
-        now = clock()
+        if route(data):
+            continue
+        now = time.perf_counter()
         size = len(data)
         if size > max_size:
             metrics.drops["too-large"] += 1
             peer.close(CloseCode.FRAME_TOO_LARGE, "frame too large")
             return
-        if not limiter.take(size, now):
+        if not peer.limiter.take(size, now):
             metrics.drops["flood"] += 1
             peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
             return
-        # The hot path: a well-formed DATA frame, header only.
-        if not head:  # built at the first frame: idle connections do not hold it
-            head = data_head(peer.key)
-        routed = readdress_data_from(data, head)
-        if routed is None:
-            try:
-                frame = parse_frame(data, max_size=max_size)
-            except FrameError:
-                metrics.drops["malformed"] += 1
-                peer.close(CloseCode.PROTOCOL_ERROR, "malformed frame")
-                return
-            if frame.type is FrameType.REQUEST:
-                await _handle_request(state, peer, frame.body)
-                continue
-            if frame.type is not FrameType.DATA:
-                metrics.drops["unexpected-type"] += 1
-                peer.close(CloseCode.PROTOCOL_ERROR, "unexpected frame type")
-                return
-            routed = frame.peer, encode_frame(FrameType.DATA, peer.key, frame.body)
-        # Deliver, or tell the sender (never a silent drop) without saying why.
-        destination = table.get(routed[0])
-        if destination is not None and may_route(peer, destination):
-            if destination.deliver(routed[1], now):
-                metrics.frames_routed += 1
-                metrics.bytes_routed += size
+        try:
+            frame = parse_frame(data, max_size=max_size)
+        except FrameError:
+            metrics.drops["malformed"] += 1
+            peer.close(CloseCode.PROTOCOL_ERROR, "malformed frame")
+            return
+        if frame.type is FrameType.REQUEST:
+            await _handle_request(state, peer, frame.body)
             continue
-        metrics.drops["unreachable" if destination is None else "forbidden"] += 1
-        peer.deliver(encode_frame(FrameType.ERROR, routed[0], _UNREACHABLE), now)
+        if frame.type is not FrameType.DATA:
+            metrics.drops["unexpected-type"] += 1
+            peer.close(CloseCode.PROTOCOL_ERROR, "unexpected frame type")
+            return
+        # A DATA frame in another (valid) encoding than the one every node writes.
+        routed = frame.peer, encode_frame(FrameType.DATA, peer.key, frame.body)
+        forward(routed, size, now)
 
 
 async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:

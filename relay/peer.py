@@ -6,8 +6,9 @@ Invariants:
   the socket's write buffer, the peer is closed as a slow consumer; every queued
   byte is also counted in the relay-wide :class:`~relay.send_budget.SendBudget`.
 - A frame to a peer with nothing queued, nothing being sent and an empty socket
-  buffer is written at once by the task that routes it (as the bare forwarder
-  does); only a peer that is behind gets its frames queued for its writer task.
+  buffer is written at once by whatever routes it (the sender's task, or the read
+  of the sender's socket: relay/direct_frames.py); only a peer that is behind gets
+  its frames queued for its writer task.
   Frames are sent in the order delivered either way.
 - The writer task exists only once something was queued (idle connections, the
   vast majority, cost no task).
@@ -29,6 +30,7 @@ from starlette.websockets import WebSocket
 from starmux.close_codes import CloseCode
 from starmux.control import SessionStatus
 
+from .direct_frames import DirectFrames
 from .metrics import RelayMetrics
 from .ratelimit import FrameLimiter
 from .send_budget import SendBudget
@@ -40,6 +42,7 @@ class Peer:
     __slots__ = (
         "_close_after",
         "_close_task",
+        "_direct",
         "_sending",
         "_transport",
         "_wake",
@@ -79,6 +82,7 @@ class Peer:
         limiter: FrameLimiter,
         metrics: RelayMetrics,
         on_close: Callable[[Peer], None],
+        direct: DirectFrames | None = None,
     ) -> None:
         self.websocket = websocket
         self.key = key
@@ -90,6 +94,7 @@ class Peer:
         self.max_queue_bytes = max_queue_bytes
         self.budget = budget
         self._transport = transport
+        self._direct = direct  # the protocol under websocket, to write without ASGI
         self.limiter = limiter  # frames and bytes per second this connection sends
         self.metrics = metrics
         self.on_close = on_close
@@ -134,17 +139,24 @@ class Peer:
             # only suspension point comes first (uvicorn waits while the socket is
             # paused), so it is driven here by hand: if it would wait, nothing was
             # sent, it is dropped and the frame goes to the queue as before. (Inline,
-            # not a method: this runs once per routed frame.)
-            sending = self.websocket.send_bytes(data)
-            try:
-                sending.send(None)
-            except StopIteration:
-                self.metrics.latency.observe(perf_counter() - received_at)
-                return True
-            except Exception:  # noqa: S110 - a socket going away: the writer path meets it
-                pass
+            # not a method: this runs once per routed frame.) With the protocol at
+            # hand, the frame is written without the ASGI layers (relay.direct_frames).
+            direct = self._direct
+            if direct is not None:
+                if direct.send_now(data):
+                    self.metrics.latency.observe(perf_counter() - received_at)
+                    return True
             else:
-                sending.close()
+                sending = self.websocket.send_bytes(data)
+                try:
+                    sending.send(None)
+                except StopIteration:
+                    self.metrics.latency.observe(perf_counter() - received_at)
+                    return True
+                except Exception:  # noqa: S110 - a socket going away: the writer path meets it
+                    pass
+                else:
+                    sending.close()
         queue.append((data, received_at))
         self.queued_bytes += size
         self.budget.added(self, size)  # may shed this very peer

@@ -5,6 +5,11 @@ a peer that is behind (socket buffer full) has its frames queued for its writer 
 and, once it catches up, is written to directly again (relay/peer.py). Here one
 reader stops reading while frames pile up, then reads again: every frame arrives
 once, in order, across both switches.
+
+On the way in, a DATA frame in the encoding every node writes is routed as the
+socket is read while the connection's task waits; anything else (a request, a DATA
+frame in another valid encoding) goes through the task (relay/direct_frames.py).
+Frames sent in one write, mixing both, come out in the order they went in.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from starmux.frames import FrameType
+from starmux.control import CONTROL, ListMachines, MachineList
+from starmux.frames import FrameType, encode_frame, parse_frame
 from starmux.identity import Role
 
-from .conftest import RelayFactory
+from .conftest import RelayFactory, register_controller
 from .node import RelayNode
 from .test_relay_memory import _metrics
 
@@ -74,3 +80,69 @@ async def test_frames_keep_their_order_from_direct_sends_to_the_queue_and_back(
     assert await _read_numbers(node, 20) == list(range(sent, sent + 20))
     assert _metrics(relay.http_url)["starmux_relay_send_buffer_bytes"] == 0
     await node.close()
+
+
+def _peer_as_bin16(key: bytes, body: bytes) -> bytes:
+    """A DATA frame to ``key`` in valid msgpack that is not the canonical encoding
+    (the peer key as bin16): the relay's task parses it in full."""
+    canonical = encode_frame(FrameType.DATA, key, body)
+    return bytes((0x93, int(FrameType.DATA), 0xC5, 0, 32)) + canonical[4:]
+
+
+async def test_frames_read_directly_and_through_the_task_keep_their_order(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = relay_factory()
+    # A controller: its ListMachines requests are answered after a registry read, so
+    # frames read while the relay's task waits for it must wait behind it.
+    node, _account = await register_controller(relay)
+    assert node.ws is not None
+    sent: list[tuple[str, int]] = []
+    frames: list[bytes] = []
+    for number in range(360):
+        body = struct.pack(">I", number) + b"x" * 200
+        if number % 8 == 7:  # 45 requests: within the per-connection burst of 50
+            frames.append(
+                encode_frame(FrameType.REQUEST, b"", CONTROL.encode(ListMachines(number)))
+            )
+            sent.append(("response", number))
+            continue
+        slow = number % 10 == 3
+        frames.append(
+            _peer_as_bin16(node.key, body) if slow else encode_frame(FrameType.DATA, node.key, body)
+        )
+        sent.append(("data", number))
+    assert parse_frame(frames[3]).peer == node.key  # the other encoding is still valid
+    # Each request in a write of its own and what follows it in the next, both at
+    # once: the relay's task is then at times still waiting for the registry when
+    # the frames after the request are read (the case the task's order must cover),
+    # while the frames between requests, mixing both encodings, come in one read.
+    batch: list[bytes] = []
+    for encoded, (kind, _number) in zip(frames, sent, strict=True):
+        if kind == "response":
+            _write(node, batch)
+            _write(node, [encoded])
+            batch = []
+        else:
+            batch.append(encoded)
+    _write(node, batch)
+    received: list[tuple[str, int]] = []
+    while len(received) < len(sent):
+        frame = await node.recv()
+        if frame.type is FrameType.DATA:
+            received.append(("data", struct.unpack(">I", frame.body[:4])[0]))
+        else:
+            assert frame.type is FrameType.RESPONSE, frame
+            reply = CONTROL.decode(frame.body)
+            assert isinstance(reply, MachineList), reply
+            received.append(("response", reply.request_id))
+    assert received == sent
+    await node.close()
+
+
+def _write(node: RelayNode, frames: list[bytes]) -> None:
+    """``frames`` as WebSocket messages in one write."""
+    assert node.ws is not None
+    for frame in frames:
+        node.ws.protocol.send_binary(frame)
+    node.ws.transport.writelines(node.ws.protocol.data_to_send())
