@@ -9,7 +9,10 @@ forward is awaited in the sender's own loop, so a stalled receiver pushes back o
 its sender through TCP instead of being buffered or disconnected.
 
 ``--loop``, ``--ws`` and ``--deflate`` switch the stack, for the stack comparison in
-``python -m bench.relay``. It prints ``{"event": "listening", "url": ...}`` once bound.
+``python -m bench.relay``. ``--direct`` reads and writes frames as the relay does
+(:mod:`relay.direct_frames`): a frame whose receiver takes it at once is forwarded as
+the socket is read; anything else waits for the sender's task, as above. It prints
+``{"event": "listening", "url": ...}`` once bound.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import json
 import socket
 import sys
+from functools import partial
 
 import uvicorn
 from starlette.applications import Starlette
@@ -26,9 +30,18 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from starmux.frames import MAX_FRAME_SIZE
+from starmux.relay.direct_frames import DIRECT_EXTENSION, DirectFrames
 
 #: connection id (the 2 bytes as sent) → its WebSocket
 CONNECTIONS: dict[bytes, WebSocket] = {}
+#: the same, as the protocol under it, with --direct
+DIRECT: dict[bytes, DirectFrames] = {}
+
+
+def route_now(data: bytes) -> bool:
+    """Forward ``data`` as read if its receiver takes it now (or is gone: dropped)."""
+    destination = DIRECT.get(data[:2])
+    return destination is None or destination.send_now(data)
 
 
 async def forward(websocket: WebSocket) -> None:
@@ -40,6 +53,10 @@ async def forward(websocket: WebSocket) -> None:
     me = me[:2]
     CONNECTIONS[me] = websocket
     receive = websocket.receive
+    direct = (websocket.scope.get("extensions") or {}).get(DIRECT_EXTENSION)
+    if direct is not None:
+        DIRECT[me] = direct
+        receive = partial(direct.receive_routing, route_now)
     try:
         while True:
             message = await receive()
@@ -54,6 +71,7 @@ async def forward(websocket: WebSocket) -> None:
     finally:
         if CONNECTIONS.get(me) is websocket:
             del CONNECTIONS[me]
+            DIRECT.pop(me, None)
 
 
 class Forwarder(uvicorn.Server):
@@ -72,14 +90,19 @@ def main() -> None:
         "--ws", default="websockets-sansio", choices=["websockets-sansio", "websockets", "wsproto"]
     )
     parser.add_argument("--deflate", action="store_true", help="per-message deflate on")
+    parser.add_argument(
+        "--direct", action="store_true", help="frames read and written as the relay does"
+    )
     args = parser.parse_args()
+    if args.direct and args.ws != "websockets-sansio":
+        parser.error("--direct is a websockets-sansio protocol")
     app = Starlette(routes=[WebSocketRoute("/v1/ws", forward)])
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=args.port,
         loop=args.loop,
-        ws=args.ws,
+        ws=DirectFrames if args.direct else args.ws,
         ws_per_message_deflate=args.deflate,
         ws_max_size=MAX_FRAME_SIZE + 1024,
         ws_ping_interval=20.0,

@@ -275,10 +275,11 @@ def measure(settings: Settings) -> dict[str, Any]:
             else {}
         )
         say("bare forwarder and starmux relay: throughput, latency, stalled receiver")
-        with bare() as bare_server, relay() as relay_server:
+        with bare() as bare_server, bare("--direct") as direct, relay() as relay_server:
             results = loadgen(
                 "traffic",
                 bare_server.spec("bare", "bare"),
+                direct.spec("direct", "bare"),
                 relay_server.spec("starmux", "starmux"),
                 *settings.traffic_args(),
             )
@@ -290,7 +291,11 @@ def measure(settings: Settings) -> dict[str, Any]:
 
 
 STACKS = [
-    ("uvloop, websockets-sansio, deflate off (the relay's)", []),
+    ("uvloop, websockets-sansio, deflate off, frames through ASGI (the baseline's)", []),
+    (
+        "the same, frames read and written directly (the relay's: relay/direct_frames.py)",
+        ["--direct"],
+    ),
     ("asyncio loop, websockets-sansio", ["--loop", "asyncio"]),
     ("uvloop, websockets (legacy)", ["--ws", "websockets"]),
     ("uvloop, wsproto", ["--ws", "wsproto"]),
@@ -361,6 +366,7 @@ def figures(results: dict[str, Any], settings: Settings) -> list[str]:
     bl, sl = b["latency"], s["latency"]
     bs, ss = b["stalled"], s["stalled"]
     bm, sm = b["memory"], s["memory"]
+    dt, dl = results["direct"]["throughput"], results["direct"]["latency"]
     ratio = st["messages_per_s"] / bt["messages_per_s"]
 
     def mib(run: dict[str, Any]) -> str:
@@ -388,6 +394,13 @@ def figures(results: dict[str, Any], settings: Settings) -> list[str]:
         f"| 1. server CPU per routed message, µs | {bt['server_us_per_message']:.1f} "
         f"| {st['server_us_per_message']:.1f} "
         f"| {st['server_us_per_message'] / bt['server_us_per_message']:.2f} | |",
+        f"| 1. the same against a bare forwarder that also reads and writes frames "
+        f"directly, as the relay does: msg/s, CPU µs per message | {_n(dt['messages_per_s'])}, "
+        f"{dt['server_us_per_message']:.1f} | {_n(st['messages_per_s'])}, "
+        f"{st['server_us_per_message']:.1f} | {st['messages_per_s'] / dt['messages_per_s']:.2f}, "
+        f"{st['server_us_per_message'] / dt['server_us_per_message']:.2f} | |",
+        f"| 2. the same against it: latency p99, ms | {dl['p99_ms']:.3f} | {sl['p99_ms']:.3f} "
+        f"| {sl['p99_ms'] / dl['p99_ms']:.2f} | |",
         f"| 2. latency p50, ms ({_n(settings.rate)} msg/s over {bl['connections']} "
         f"connections; {rounds}) | {bl['p50_ms']:.3f} | {sl['p50_ms']:.3f} "
         f"| {sl['p50_ms'] / bl['p50_ms']:.2f} | |",
@@ -429,7 +442,8 @@ def figures(results: dict[str, Any], settings: Settings) -> list[str]:
     if "stack" in results:
         rows += [
             "",
-            "Stacks, measured with the bare forwarder (the relay runs on the first row's):",
+            "Stacks, measured with the bare forwarder (the baseline above runs on the first"
+            " row's, the relay on the second's):",
             "",
             "| stack | msg/s | RSS per idle connection, KiB |",
             "|---|---:|---:|",
