@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from functools import partial
+from time import perf_counter
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -203,28 +202,51 @@ async def _serve(
                 await state.registry.touch(peer.key, now=state.clock())
 
 
-def _router(
-    state: RelayState, peer: Peer
-) -> tuple[Callable[[bytes], bool], Callable[[tuple[bytes, bytes], int, float], None]]:
-    """The hot path, per frame: ``route`` and ``forward``, bound to ``peer``.
+class _Router:
+    """The hot path, per frame, for one connection's frames.
 
-    ``route(data)`` routes a well-formed DATA frame within the limits; it returns
+    :meth:`route` routes a well-formed DATA frame within the limits; it returns
     False, having done nothing, for anything else (the task's path in :func:`_pump`
     handles and counts it). It runs once per routed frame, either as the socket is
     read (:mod:`relay.direct_frames`) or from the task, so what can be is looked up
-    once here, when the connection is served. ``forward((destination, frame), size,
-    now)`` delivers a re-addressed frame, or tells the sender (never a silent drop)
-    without saying why.
+    once, when the connection is served; in slots rather than a closure's cells,
+    because every idle connection holds one.
     """
-    metrics = state.metrics
-    table = state.table
-    max_size = state.config.limits.max_frame_size
-    clock = time.perf_counter
-    limiter = peer.limiter
-    head = data_head(peer.key)  # what precedes the body of the frames re-addressed from peer
 
-    def forward(routed: tuple[bytes, bytes], size: int, now: float) -> None:
-        destination = table.get(routed[0])
+    __slots__ = ("head", "limiter", "max_size", "metrics", "peer", "table")
+
+    def __init__(self, state: RelayState, peer: Peer) -> None:
+        self.peer = peer
+        self.metrics = state.metrics
+        self.table = state.table
+        self.max_size = state.config.limits.max_frame_size
+        self.limiter = peer.limiter
+        self.head = data_head(peer.key)  # what precedes the body of the re-addressed frames
+
+    def route(self, data: bytes) -> bool:
+        peer = self.peer
+        if peer.closed:
+            return True  # closing: nothing more is read from it
+        size = len(data)
+        if size > self.max_size:
+            return False
+        routed = readdress_data_from(data, self.head)
+        if routed is None:
+            return False
+        now = perf_counter()
+        if not self.limiter.take(size, now):
+            self.metrics.drops["flood"] += 1
+            peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
+            return True
+        self.forward(routed, size, now)
+        return True
+
+    def forward(self, routed: tuple[bytes, bytes], size: int, now: float) -> None:
+        """Deliver ``(destination, frame)``, or tell the sender (never a silent drop)
+        without saying why."""
+        peer = self.peer
+        metrics = self.metrics
+        destination = self.table.get(routed[0])
         if destination is not None and may_route(peer, destination):
             if destination.deliver(routed[1], now):
                 metrics.frames_routed += 1
@@ -233,34 +255,18 @@ def _router(
         metrics.drops["unreachable" if destination is None else "forbidden"] += 1
         peer.deliver(encode_frame(FrameType.ERROR, routed[0], _UNREACHABLE), now)
 
-    def route(data: bytes) -> bool:
-        if peer.closed:
-            return True  # closing: nothing more is read from it
-        size = len(data)
-        if size > max_size:
-            return False
-        routed = readdress_data_from(data, head)
-        if routed is None:
-            return False
-        now = clock()
-        if not limiter.take(size, now):
-            metrics.drops["flood"] += 1
-            peer.close(CloseCode.FLOOD, "too many frames or bytes per second")
-            return True
-        forward(routed, size, now)
-        return True
-
-    return route, forward
-
 
 async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
     metrics = state.metrics
     max_size = state.config.limits.max_frame_size
-    route, forward = _router(state, peer)
+    router = _Router(state, peer)
+    route = router.route
     direct: DirectFrames | None = (websocket.scope.get("extensions") or {}).get(DIRECT_EXTENSION)
-    receive = websocket.receive if direct is None else partial(direct.receive_routing, route)
     while not peer.closed:
-        message = await receive()
+        if direct is None:
+            message = await websocket.receive()
+        else:
+            message = await direct.receive_routing(route)
         data = message.get("bytes")
         if data is None:
             if message["type"] == "websocket.disconnect":
@@ -294,7 +300,7 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
             return
         # A DATA frame in another (valid) encoding than the one every node writes.
         routed = frame.peer, encode_frame(FrameType.DATA, peer.key, frame.body)
-        forward(routed, size, now)
+        router.forward(routed, size, now)
 
 
 async def _handle_request(state: RelayState, peer: Peer, body: bytes) -> None:
