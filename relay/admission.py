@@ -40,8 +40,6 @@ from .direct_frames import DirectFrames
 from .metrics import RelayMetrics
 from .ratelimit import KeyedBuckets
 
-#: the ASGI scope extension carrying the connection's transport (for write buffers)
-TRANSPORT_EXTENSION = "starmux.transport"
 #: the ASGI scope extension the endpoint calls once the WebSocket is accepted
 UPGRADED_EXTENSION = "starmux.upgraded"
 #: the whole answer to a socket over a limit: it fits any socket buffer
@@ -155,7 +153,6 @@ def guarded_protocols(
             super().handle_connect(event)
             if hasattr(self, "scope"):
                 extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
-                extensions[TRANSPORT_EXTENSION] = self.transport
                 transport = self.transport
                 extensions[UPGRADED_EXTENSION] = lambda: admission.upgraded(transport)
 

@@ -29,9 +29,9 @@ from starmux.identity import IdentityCard, Role
 from starmux.relay_auth import RelayAuth
 
 from .addresses import ip_bucket
-from .admission import TRANSPORT_EXTENSION, UPGRADED_EXTENSION
+from .admission import UPGRADED_EXTENSION
 from .device_requests import install as install_device_requests
-from .direct_frames import DIRECT_EXTENSION, DirectFrames
+from .direct_frames import DIRECT_EXTENSION
 from .peer import Peer
 from .ratelimit import FrameLimiter
 from .registry import RegistryError
@@ -172,7 +172,6 @@ async def _serve(
         max_queue=limits.send_queue_frames,
         max_queue_bytes=limits.send_queue_bytes,
         budget=state.send_budget,
-        transport=extensions.get(TRANSPORT_EXTENSION),
         direct=extensions.get(DIRECT_EXTENSION),
         limiter=FrameLimiter(
             limits.frames_per_second,
@@ -261,7 +260,7 @@ async def _pump(websocket: WebSocket, state: RelayState, peer: Peer) -> None:
     max_size = state.config.limits.max_frame_size
     router = _Router(state, peer)
     route = router.route
-    direct: DirectFrames | None = (websocket.scope.get("extensions") or {}).get(DIRECT_EXTENSION)
+    direct = peer.direct
     while not peer.closed:
         if direct is None:
             message = await websocket.receive()

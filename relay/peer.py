@@ -42,7 +42,6 @@ class Peer:
     __slots__ = (
         "_close_after",
         "_close_task",
-        "_direct",
         "_sending",
         "_transport",
         "_wake",
@@ -51,6 +50,7 @@ class Peer:
         "budget",
         "card",
         "closed",
+        "direct",
         "ip",
         "key",
         "limiter",
@@ -78,11 +78,10 @@ class Peer:
         max_queue: int,
         max_queue_bytes: int,
         budget: SendBudget,
-        transport: asyncio.WriteTransport | None,
+        direct: DirectFrames | None,
         limiter: FrameLimiter,
         metrics: RelayMetrics,
         on_close: Callable[[Peer], None],
-        direct: DirectFrames | None = None,
     ) -> None:
         self.websocket = websocket
         self.key = key
@@ -93,8 +92,10 @@ class Peer:
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self.budget = budget
-        self._transport = transport
-        self._direct = direct  # the protocol under websocket, to write without ASGI
+        # The protocol under websocket (None: another server, and every frame goes
+        # through the writer task), to write without ASGI and read its buffer.
+        self.direct = direct
+        self._transport = direct.transport if direct is not None else None
         self.limiter = limiter  # frames and bytes per second this connection sends
         self.metrics = metrics
         self.on_close = on_close
@@ -131,32 +132,22 @@ class Peer:
             self.metrics.drops["slow-consumer"] += 1
             self.close(CloseCode.SLOW_CONSUMER, "send queue full")
             return False
-        if not buffered and not queue and not self._sending and data and transport is not None:
-            # Written now if the socket takes it without waiting; else queued. Waking
-            # the writer task instead would send it one loop turn later, after every
-            # other frame read in this turn: at thousands of frames per second that
-            # wait is most of the relay's tail latency. The send is a coroutine whose
-            # only suspension point comes first (uvicorn waits while the socket is
-            # paused), so it is driven here by hand: if it would wait, nothing was
-            # sent, it is dropped and the frame goes to the queue as before. (Inline,
-            # not a method: this runs once per routed frame.) With the protocol at
-            # hand, the frame is written without the ASGI layers (relay.direct_frames).
-            direct = self._direct
-            if direct is not None:
-                if direct.send_now(data):
-                    self.metrics.latency.observe(perf_counter() - received_at)
-                    return True
-            else:
-                sending = self.websocket.send_bytes(data)
-                try:
-                    sending.send(None)
-                except StopIteration:
-                    self.metrics.latency.observe(perf_counter() - received_at)
-                    return True
-                except Exception:  # noqa: S110 - a socket going away: the writer path meets it
-                    pass
-                else:
-                    sending.close()
+        # Written now if the socket takes it at once (relay/direct_frames.py); else
+        # queued. Waking the writer task instead would send it one loop turn later,
+        # after every other frame read in this turn: at thousands of frames per second
+        # that wait is most of the relay's tail latency. (Inline, not a method: this
+        # runs once per routed frame.)
+        direct = self.direct
+        if (
+            not buffered
+            and not queue
+            and not self._sending
+            and data
+            and direct is not None
+            and direct.send_now(data)
+        ):
+            self.metrics.latency.observe(perf_counter() - received_at)
+            return True
         queue.append((data, received_at))
         self.queued_bytes += size
         self.budget.added(self, size)  # may shed this very peer

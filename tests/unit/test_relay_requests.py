@@ -108,7 +108,7 @@ class Relay:
             max_queue=64,
             max_queue_bytes=1 << 30,
             budget=self.state.send_budget,
-            transport=None,
+            direct=None,
             limiter=FrameLimiter(1e9, 1e9, 1e9, 1e9),
             metrics=self.state.metrics,
             on_close=lambda p: None,
