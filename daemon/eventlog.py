@@ -5,7 +5,9 @@ Every daemon write goes through one writer task on the log's own connection to
 takes everything queued (up to ``max_batch``) and commits it in one ``BEGIN
 IMMEDIATE`` transaction. Idle, an append commits at once; under load one commit
 carries many events. Reads use a second, read-only connection, so a reader never
-sees a transaction the writer has not committed (WAL lets both run at once).
+sees a transaction the writer has not committed (WAL lets both run at once); reads
+of the newest events are answered from memory instead (:mod:`.recent_events`: a
+controller paging behind a busy machine costs no query).
 
 Invariants:
 
@@ -58,6 +60,8 @@ from starmux.node.database import open_database, read_setting, run_in_database, 
 from starmux.node.loop_writer import LoopWriter
 from starmux.resync import first_page
 
+from .recent_events import RecentEvents
+
 __all__ = [
     "EventLog",
     "EventLogError",
@@ -77,6 +81,9 @@ _EPOCH = re.compile(r"^[0-9a-f]{16}$")
 _COLUMNS = "SELECT seq, at, session, body FROM events"
 _INSERT = "INSERT INTO events (at, session, body) VALUES (?, ?, ?)"
 _HIGH_WATER = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+#: The newest events kept in memory to answer sync requests (:mod:`.recent_events`):
+#: a controller a few thousand lines behind reads them without a query.
+RECENT_BYTES = 2 * 1024 * 1024
 
 
 class EventLogError(StarmuxError):
@@ -244,6 +251,7 @@ class EventLog:
         epoch: str,
         last_seq: int,
         max_batch: int,
+        recent_bytes: int = RECENT_BYTES,
     ) -> None:
         self._writer = writer
         self._reader = reader
@@ -254,6 +262,7 @@ class EventLog:
         self.last_seq = last_seq
         #: Transactions committed so far (each carries one batch).
         self.commits = 0
+        self._recent = RecentEvents[StoredEvent](last_seq=last_seq, max_bytes=recent_bytes)
         self._pending: collections.deque[_Write] = collections.deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -262,9 +271,16 @@ class EventLog:
 
     @classmethod
     async def open(
-        cls, path: Path, *, max_batch: int = 512, rng: Callable[[int], bytes] = os.urandom
+        cls,
+        path: Path,
+        *,
+        max_batch: int = 512,
+        recent_bytes: int = RECENT_BYTES,
+        rng: Callable[[int], bytes] = os.urandom,
     ) -> EventLog:
-        """Open (creating and migrating) the log in the daemon database at ``path``."""
+        """Open (creating and migrating) the log in the daemon database at ``path``;
+        ``recent_bytes``: how much of the newest events :meth:`read_after` keeps in
+        memory."""
         if max_batch < 1:
             raise UsageError("max_batch must be at least 1")
         writer = await open_database(path, "starmux.daemon")
@@ -282,7 +298,15 @@ class EventLog:
             await reader.close()
             await writer.close()
             raise
-        return cls(writer, reader, commits, epoch=epoch, last_seq=last_seq, max_batch=max_batch)
+        return cls(
+            writer,
+            reader,
+            commits,
+            epoch=epoch,
+            last_seq=last_seq,
+            max_batch=max_batch,
+            recent_bytes=recent_bytes,
+        )
 
     async def close(self) -> None:
         """Commit what is pending, then close. Appending afterwards is an error."""
@@ -389,6 +413,7 @@ class EventLog:
                 _resolve(write.future, seq)
                 seq += 1
         if committed:
+            self._recent.add(committed)
             self._publish(committed)
 
     # --- subscribers ----------------------------------------------------------------
@@ -419,7 +444,11 @@ class EventLog:
         """Up to ``limit`` committed events with a seq above ``seq``, in seq order; with
         ``max_bytes``, only those one page of it holds (:func:`~starmux.resync.first_page`):
         rows are read one by one and no further, so a small page never costs a read of
-        ``limit`` events."""
+        ``limit`` events. The newest events are answered from memory."""
+        _check_limit(limit)
+        recent = self._recent.after(seq, limit=limit, max_bytes=max_bytes)
+        if recent is not None:
+            return recent
         query = (f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, _check_limit(limit)))
 
         def read(conn: sqlite3.Connection) -> list[StoredEvent]:

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import aiosqlite
 import pytest
@@ -532,6 +533,54 @@ async def test_read_after_with_max_bytes_reads_what_one_page_holds(log: EventLog
     assert await log.read_after(30, limit=1000, max_bytes=5 * cost) == []
     with pytest.raises(UsageError):
         await log.read_after(0, limit=-1, max_bytes=cost)
+
+
+async def test_reads_from_memory_equal_reads_from_the_file(path: Path) -> None:
+    """The newest events answer from memory (``recent_bytes``), older ones from SQLite;
+    every read, whichever answers it, equals the same query of the file."""
+    every_cost = 1_000 + 3 + 208
+    event_log = await EventLog.open(path, recent_bytes=12 * every_cost)
+    try:
+        for batch in range(6):
+            futures = [
+                event_log.append_nowait(f"s-{i % 2}", b"%04d" % i * 250, at=float(i))
+                for i in range(batch * 5, batch * 5 + 5)
+            ]
+            await asyncio.gather(*futures)
+        rows = await raw(path, "SELECT seq, at, session, body FROM events ORDER BY seq")
+        in_file = [StoredEvent(*cast(tuple[int, float, str, bytes], row)) for row in rows]
+        assert len(in_file) == 30
+        for after in range(0, 32):
+            for limit, page in [(1000, None), (4, None), (1000, 3 * event_cost(in_file[0]))]:
+                expected = in_file[after : after + limit]
+                if page is not None:
+                    expected = first_page(expected, page)
+                read = await event_log.read_after(after, limit=limit, max_bytes=page)
+                assert read == expected, (after, limit, page)
+    finally:
+        await event_log.close()
+
+
+async def test_a_reopened_log_reads_its_history_from_the_file(path: Path) -> None:
+    first = await EventLog.open(path)
+    for i in range(5):
+        await first.append("s", b"%d" % i, at=0.0)
+    await first.close()
+    second = await EventLog.open(path)
+    try:
+        assert [e.seq for e in await second.read_after(2, limit=10)] == [3, 4, 5]
+        await second.append("s", b"5", at=0.0)
+        assert [e.body for e in await second.read_after(0, limit=10)] == [
+            b"0",
+            b"1",
+            b"2",
+            b"3",
+            b"4",
+            b"5",
+        ]
+        assert [e.seq for e in await second.read_after(5, limit=10)] == [6]
+    finally:
+        await second.close()
 
 
 async def test_read_session_pages_through_one_session(log: EventLog) -> None:
