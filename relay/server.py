@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import random
 import resource
@@ -31,6 +30,7 @@ from collections.abc import Callable
 import uvicorn
 from starlette.applications import Starlette
 
+from starmux.collector import settle_collector
 from starmux.control import Notice, NoticeEvent
 from starmux.frames import FrameType
 from starmux.url_host import url_host
@@ -261,9 +261,7 @@ async def serve(
     state.clock = clock
     # Start-up objects (modules, the app) live for ever: keep the cycle collector off
     # them, and run it less often (what the hot path allocates is freed by refcount).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    settle_collector()
     on_ready(info)
     admission = Admission(config.limits, state.proxy_trust, state.metrics)
     app = create_app(state)

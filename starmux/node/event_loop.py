@@ -15,11 +15,15 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ..collector import settle_collector
+
 T = TypeVar("T")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on uvloop when it is there."""
+    """``asyncio.run(main)`` on uvloop when it is there, with the cycle collector
+    settled (:mod:`starmux.collector`)."""
+    settle_collector()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows, or a trimmed install
