@@ -107,7 +107,7 @@ class RecentEvents(Generic[E]):
         start = self._start + offset
         if max_bytes is None:
             return self._events[start : start + limit]
-        # A page holds at most PAGE_EVENTS: no more than ``limit`` need be looked at.
+        # Cut at ``limit`` first, as the query's LIMIT does; then what one page holds.
         return first_page(self._events[start : start + limit], max_bytes)
 
     def _trim(self) -> None:
