@@ -445,11 +445,11 @@ class EventLog:
         ``max_bytes``, only those one page of it holds (:func:`~starmux.resync.first_page`):
         rows are read one by one and no further, so a small page never costs a read of
         ``limit`` events. The newest events are answered from memory."""
-        _check_limit(limit)
+        limit = _check_limit(limit)
         recent = self._recent.after(seq, limit=limit, max_bytes=max_bytes)
         if recent is not None:
             return recent
-        query = (f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, _check_limit(limit)))
+        query = (f"{_COLUMNS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
 
         def read(conn: sqlite3.Connection) -> list[StoredEvent]:
             rows = conn.execute(*query)

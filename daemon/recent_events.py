@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 from starmux.errors import UsageError
+from starmux.live_window import Costed
 from starmux.resync import first_page
 
 __all__ = ["EVENT_OVERHEAD", "RecentEvents"]
@@ -38,15 +39,11 @@ __all__ = ["EVENT_OVERHEAD", "RecentEvents"]
 EVENT_OVERHEAD = 208
 
 
-class HeldEvent(Protocol):
+class HeldEvent(Costed, Protocol):
+    """An event as :func:`~starmux.resync.first_page` costs it, with its seq."""
+
     @property
     def seq(self) -> int: ...
-
-    @property
-    def body(self) -> bytes: ...
-
-    @property
-    def session(self) -> str: ...
 
 
 E = TypeVar("E", bound=HeldEvent)

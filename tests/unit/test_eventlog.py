@@ -28,6 +28,7 @@ from starmux.daemon.eventlog import (
     StatementError,
     StoredEvent,
 )
+from starmux.daemon.recent_events import EVENT_OVERHEAD
 from starmux.errors import UsageError
 from starmux.live_window import event_cost
 from starmux.resync import first_page
@@ -538,7 +539,7 @@ async def test_read_after_with_max_bytes_reads_what_one_page_holds(log: EventLog
 async def test_reads_from_memory_equal_reads_from_the_file(path: Path) -> None:
     """The newest events answer from memory (``recent_bytes``), older ones from SQLite;
     every read, whichever answers it, equals the same query of the file."""
-    every_cost = 1_000 + 3 + 208
+    every_cost = 1_000 + 3 + EVENT_OVERHEAD  # what memory counts per event held
     event_log = await EventLog.open(path, recent_bytes=12 * every_cost)
     try:
         for batch in range(6):
