@@ -15,6 +15,13 @@ beginning again, so the file stays as small as before. A file is checked often
 while it is written (the WAL then stays a few thousand pages at most) and rarely
 when idle; its connection closes soon after the last of the process's own
 connections to it has.
+
+A writer starts the WAL over in the first transaction that finds it wholly
+copied. One committing every millisecond or so rarely does (some commit lands
+while the checkpoint runs), so its WAL would grow without bound: past
+:data:`RESTART_FRAMES` pages a ``RESTART`` checkpoint copies the rest while holding
+writers off for that moment (the loop's writer then commits on its database
+thread, :mod:`starmux.node.loop_writer`), so that the next writer starts it over.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ IDLE_INTERVAL = 1.0
 TARGET_FRAMES = 1000
 #: How long to wait for another process's brief lock before skipping this turn.
 BUSY_TIMEOUT_MS = 50
+#: WAL pages past which a checkpoint holds writers off so the WAL starts over (64 MiB
+#: of 4 KiB pages): rare, since the commits held off wait some milliseconds.
+RESTART_FRAMES = 16 * TARGET_FRAMES
 
 IsOpen = Callable[[], bool]
 
@@ -128,13 +138,24 @@ class Checkpointer:
 
 def next_interval(interval: float, before: int, frames: int | None) -> float:
     """The wait before the next checkpoint, from the WAL's frame count at this one
-    (``frames``; None: it could not run) and at the last (``before``): long enough
-    for about :data:`TARGET_FRAMES` new pages at the rate just seen."""
+    (``frames``; None: it could not run) and at the last (``before``; -1: none yet):
+    long enough for about :data:`TARGET_FRAMES` new pages at the rate just seen.
+
+    The new pages are what the count grew by, not the count. A writer starts the
+    WAL over only when it begins while the WAL is wholly copied, and one committing
+    every millisecond or so rarely does: some commit lands while the checkpoint
+    runs. The WAL then keeps growing, and reading its whole count as new pages held
+    a busy file at :data:`BUSY_INTERVAL` (issue 20: 50 checkpoints a second at 1,000
+    events/s, each with two fsyncs, against the 6 the rate needs). A count smaller
+    than the last means the WAL started over: all of it is new. (One that started
+    over and outgrew the last count reads as fewer new pages than it has: the next
+    checkpoint is late once, by at most :data:`IDLE_INTERVAL`.)"""
     if frames is None:
         return BUSY_INTERVAL
-    if frames == before or frames == 0:
-        return IDLE_INTERVAL  # nothing written since
-    wanted = interval * TARGET_FRAMES / frames
+    written = frames if before < 0 or frames < before else frames - before
+    if written <= 0:
+        return IDLE_INTERVAL  # nothing written since (or no WAL: -1)
+    wanted = interval * TARGET_FRAMES / written
     return min(IDLE_INTERVAL, max(BUSY_INTERVAL, wanted))
 
 
@@ -145,14 +166,23 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _checkpoint(path: Path, connection: sqlite3.Connection) -> int | None:
-    """One passive checkpoint; the WAL's frame count, None if it could not run (a
-    busy or vanished file: try again soon)."""
+    """One passive checkpoint, and a restarting one past :data:`RESTART_FRAMES`; the
+    WAL's frame count, None if it could not run (a busy or vanished file: try again
+    soon)."""
     try:
-        row = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        frames = _run_checkpoint(connection, "PASSIVE")
+        if frames >= RESTART_FRAMES:
+            _run_checkpoint(connection, "RESTART")  # (busy: again next turn)
     except sqlite3.Error as exc:
         log.debug("checkpoint of %s skipped: %s", path, exc)
         return None
-    return int(row[1]) if row is not None else None
+    return frames
+
+
+def _run_checkpoint(connection: sqlite3.Connection, mode: str) -> int:
+    """``PRAGMA wal_checkpoint(mode)``; the WAL's frame count (-1: not in WAL mode)."""
+    rows = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+    return int(rows[0][1])
 
 
 #: The process's one checkpointer (started with the first file it watches).
