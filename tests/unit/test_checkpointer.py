@@ -8,8 +8,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from starmux.node import checkpointer
 from starmux.node.checkpointer import CHECKPOINTER, next_interval
 from starmux.node.database import open_database
@@ -28,11 +26,15 @@ def test_the_interval_follows_the_write_rate() -> None:
 
 def test_the_rate_counts_the_pages_written_since_the_last_checkpoint() -> None:
     # The WAL was not started over (commits landed while the last checkpoint ran):
-    # 250 of its 20,000 pages are new in 0.05 s, so wait 0.2 s for 1,000 more; its
+    # 250 of its 10,000 pages are new in 0.05 s, so wait 0.2 s for 1,000 more; its
     # whole count read as new pages would hold it at the floor.
-    assert next_interval(0.05, 19_750, 20_000) == 0.2
+    assert next_interval(0.05, 9_750, 10_000) == 0.2
     # A count below the last one: the WAL started over, every page in it is new.
     assert next_interval(0.5, 20_000, 2000) == 0.25
+    # Grown past its bound: as often as may be, so a writer soon starts it over.
+    grown = checkpointer.GROWN_FRAMES
+    assert next_interval(0.5, grown, grown + 10) == checkpointer.BUSY_INTERVAL
+    assert next_interval(0.5, grown - 10, grown - 5) == checkpointer.IDLE_INTERVAL
 
 
 def _rows_in_main_file(path: Path, copy: Path) -> int:
@@ -68,53 +70,5 @@ def test_commits_skip_the_automatic_checkpoint_and_the_background_one_runs(
             await db.close()
         CHECKPOINTER.run_once()
         assert not CHECKPOINTER.watching(path)  # closed with the last connection
-
-    asyncio.run(scenario())
-
-
-def test_a_wal_written_without_pause_is_started_over_past_its_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "daemon.sqlite3"
-    monkeypatch.setattr(checkpointer, "RESTART_FRAMES", 500)  # (not 64 MiB of rows)
-
-    async def scenario() -> None:
-        db = await open_database(path, "starmux.daemon")
-        # A writer like the loop's (starmux.node.loop_writer): no automatic checkpoint.
-        writer = sqlite3.connect(path, isolation_level=None)
-        writer.execute("PRAGMA wal_autocheckpoint=0")
-        rows = 500  # a WAL page or more a row
-
-        def write(first: int, count: int) -> None:
-            writer.execute("BEGIN IMMEDIATE")
-            for seq in range(first, first + count):
-                writer.execute(
-                    "INSERT INTO events (seq, session, at, body) VALUES (?, 's-1', 0, ?)",
-                    (seq, b"x" * 4000),
-                )
-            writer.execute("COMMIT")
-
-        # What the checkpointer's own connection runs (``_files``: no public handle).
-        statements: list[str] = []
-        CHECKPOINTER._files[path.resolve()].connection.set_trace_callback(statements.append)
-        restart = "PRAGMA wal_checkpoint(RESTART)"
-        try:
-            write(1, rows - 100)
-            await asyncio.to_thread(CHECKPOINTER.run_once, every=True)
-            assert restart not in statements  # below the bound a checkpoint only copies
-            # More than the bound since the WAL last started over.
-            write(rows - 99, 600)
-            await asyncio.to_thread(CHECKPOINTER.run_once, every=True)
-            assert restart in statements  # so the next writer starts it over
-            write(rows + 501, 1)
-            with sqlite3.connect(path) as probe:
-                frames = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-            probe.close()
-            assert 0 < frames < 10  # (the one row's pages, from the start)
-            copied = await asyncio.to_thread(_rows_in_main_file, path, tmp_path / "b")
-            assert copied == rows + 501
-        finally:
-            writer.close()
-            await db.close()
 
     asyncio.run(scenario())
